@@ -1,0 +1,5 @@
+import sys
+
+from tests.lab.cli import main
+
+sys.exit(main())

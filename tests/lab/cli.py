@@ -1,0 +1,36 @@
+"""``python -m tests.lab up|down|status [--dir DIR]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tests.lab import stack
+from tests.lab.core import Lab, LabError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tests.lab", description="The hanzo.kms lab of real servers.")
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--dir", help="lab directory (default: $HANZO_KMS_LAB_DIR or .lab in the checkout)")
+    args = parser.parse_args(argv)
+    lab = Lab(args.dir)
+    try:
+        if args.command == "up":
+            stack.up(lab)
+        elif args.command == "down":
+            stack.down(lab)
+        else:
+            if lab.load() is None:
+                print(f"no lab in {lab.dir} (run: make lab-up)")
+                return 1
+            rows = stack.status(lab)
+            width = max(len(name) for name, _, _ in rows)
+            for name, ok, detail in rows:
+                print(f"{'ok  ' if ok else 'DOWN'}  {name:<{width}}  {detail}")
+            down = [name for name, ok, _ in rows if not ok]
+            print(f"{len(rows) - len(down)}/{len(rows)} healthy" + (f"; down: {', '.join(down)}" if down else ""))
+            return 1 if down else 0
+    except LabError as exc:
+        print(f"lab error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,220 @@
+"""Process and state plumbing shared by every lab component.
+
+The lab starts real servers on 127.0.0.1. Each process is recorded in the state file with its pid and the
+executable it was started from, so ``down`` stops exactly what ``up`` started and never a recycled pid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = REPO_ROOT / ".lab"
+
+
+class LabError(Exception):
+    """A lab problem with a message meant for the operator."""
+
+
+def wait_until(predicate, timeout, what, interval=0.05):
+    """Poll ``predicate`` until it returns a truthy value; raise LabError naming ``what`` on timeout.
+
+    A LabError raised by the predicate is final and propagates at once; any other exception means "not yet"
+    and the last one is kept for the timeout message.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except LabError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f": last error: {last_error}" if last_error else ""
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def port_is_free(port, host="127.0.0.1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pid_exe(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def require_binary(name, package):
+    """Return the path of ``name`` or fail with the Debian package that provides it."""
+    path = shutil.which(name)
+    if not path:
+        raise LabError(f"'{name}' not found: install the Debian package '{package}' (make setup does this)")
+    return path
+
+
+class Lab:
+    """One lab directory: its state file, logs and the processes it started."""
+
+    def __init__(self, directory=None):
+        self.dir = Path(directory or os.environ.get("HANZO_KMS_LAB_DIR") or DEFAULT_DIR).resolve()
+        self.state_path = self.dir / STATE_FILE
+        self.state = {}
+        self._ports_taken = set()
+
+    # -- state -----------------------------------------------------------------------------------------
+    def load(self):
+        if not self.state_path.exists():
+            return None
+        try:
+            self.state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LabError(f"state file {self.state_path} is unreadable ({exc}); run 'make lab-down' to clear it") from exc
+        if self.state.get("version") != STATE_VERSION:
+            raise LabError(f"state file {self.state_path} has version {self.state.get('version')!r}, "
+                           f"expected {STATE_VERSION}; run 'make lab-down' to clear it")
+        return self.state
+
+    def save(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.state_path)
+
+    def path(self, *parts):
+        """A path inside the lab dir (parent folders created)."""
+        target = self.dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    # -- ports and processes ---------------------------------------------------------------------------
+    def free_port(self):
+        """A loopback port that is free now and not yet handed out by this lab run."""
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            # SeaweedFS and others derive gRPC ports as port+10000; keep that range usable too.
+            if port not in self._ports_taken and port + 10000 < 65536 and port_is_free(port + 10000):
+                self._ports_taken.add(port)
+                return port
+        raise LabError("could not find a free loopback port")
+
+    def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM"):
+        """Start ``argv`` in its own session, log to logs/<name>.log, record it for ``down``; return the pid."""
+        log_path = self.path("logs", f"{name}.log")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        kwargs = {}
+        if user:
+            entry = pwd.getpwnam(user)
+            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+            full_env["HOME"] = entry.pw_dir
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=full_env, cwd=cwd, start_new_session=True, **kwargs)
+        self.state.setdefault("processes", []).append({
+            "name": name, "pid": proc.pid, "exe": pid_exe(proc.pid) or str(argv[0]),
+            "stop_signal": stop_signal, "log": str(log_path)})
+        self.save()
+        return proc.pid
+
+    def process(self, name):
+        for proc in self.state.get("processes", []):
+            if proc["name"] == name:
+                return proc
+        raise LabError(f"no process named {name!r} in the lab state")
+
+    def process_alive(self, proc):
+        """True when the recorded pid still runs the recorded executable."""
+        if not pid_alive(proc["pid"]):
+            return False
+        exe = pid_exe(proc["pid"])
+        return exe is None or exe == proc["exe"]
+
+    def log_tail(self, name, lines=20):
+        try:
+            text = Path(self.process(name)["log"]).read_text(encoding="utf-8", errors="replace")
+        except (OSError, LabError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_process(self, name, predicate, timeout, what):
+        """wait_until, but fail at once (with the log tail) if the process named ``name`` exits."""
+        proc = self.process(name)
+
+        def check():
+            if not self.process_alive(proc):
+                raise LabError(f"{name} exited while waiting for {what}; log {proc['log']}:\n{self.log_tail(name)}")
+            return predicate()
+
+        try:
+            return wait_until(check, timeout, what)
+        except LabError as exc:
+            if not self.process_alive(proc):
+                raise
+            raise LabError(f"{exc}\nlog {proc['log']}:\n{self.log_tail(name)}") from None
+
+    def stop_process(self, proc, timeout=20.0):
+        """Stop one recorded process (its whole session); return False if it was already gone."""
+        if not self.process_alive(proc):
+            return False
+        sig = getattr(signal, proc.get("stop_signal", "SIGTERM"))
+        try:
+            os.killpg(proc["pid"], sig)
+        except (ProcessLookupError, PermissionError):
+            os.kill(proc["pid"], sig)
+        try:
+            wait_until(lambda: not pid_alive(proc["pid"]), timeout, f"{proc['name']} to stop")
+        except LabError:
+            try:
+                os.killpg(proc["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_until(lambda: not pid_alive(proc["pid"]), 5, f"{proc['name']} to die after SIGKILL")
+        return True
+
+    def stop_all(self):
+        """Stop every recorded process, newest first (dependants before what they depend on)."""
+        stopped = []
+        for proc in reversed(self.state.get("processes", [])):
+            if self.stop_process(proc):
+                stopped.append(proc["name"])
+        return stopped

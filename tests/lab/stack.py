@@ -1,0 +1,135 @@
+"""Bring the whole lab up, check it, take it down. Shared by the CLI and the pytest fixtures."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+
+from tests.lab import haproxy, kms, postgres, redis, s3
+from tests.lab.core import STATE_VERSION, Lab, LabError, port_is_free, wait_until
+
+SITES = ("dc1", "dc2")
+MARKER = ".hanzo-kms-lab"
+
+
+def _kube():
+    """The Kubernetes component; HANZO_KMS_LAB_WITHOUT_KUBE=1 leaves the clusters out (a developer shortcut for
+    quick runs of the non-Kubernetes services; tests that need the clusters then fail, they are not skipped)."""
+    if os.environ.get("HANZO_KMS_LAB_WITHOUT_KUBE") == "1" or importlib.util.find_spec("tests.lab.kube") is None:
+        return None
+    from tests.lab import kube  # pylint: disable=import-outside-toplevel
+
+    return kube
+
+
+def _wipe(lab):
+    """Remove the lab dir, but only one the lab made (it holds the marker), never an arbitrary --dir."""
+    if lab.dir.exists():
+        if not (lab.dir / MARKER).exists():
+            raise LabError(f"{lab.dir} exists but is not a lab dir (no {MARKER}); refusing to remove it")
+        shutil.rmtree(lab.dir)
+
+
+def status(lab):
+    """[(component, ok, detail)] for every service, checked for real, plus one row per dead process."""
+    state = lab.state
+    missing = (False, "never started: the last 'up' did not finish; run 'make lab-up' again")
+    rows = [("s3", *(s3.check(state["s3"]) if "s3" in state else missing))]
+    for site in SITES:
+        entry = state.get("sites", {}).get(site, {})
+        rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
+        rows.append((f"{site} postgres", *(postgres.check(entry["postgres"]) if "postgres" in entry else missing)))
+        rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
+        if "kube" in entry:
+            problems = _kube().check(lab, entry["kube"])
+            rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or entry["kube"]["server"]))
+    if "lb" not in state:
+        rows.append(("haproxy", *missing))
+    for instance in state.get("lb", {}).get("instances", []):
+        rows.append((f"{instance['name']} haproxy", *haproxy.check_instance(instance)))
+    for proc in state.get("processes", []):
+        if not lab.process_alive(proc):
+            rows.append((f"process {proc['name']}", False, f"pid {proc['pid']} is not running (log {proc['log']})"))
+    return rows
+
+
+def healthy(lab):
+    return all(ok for _, ok, _ in status(lab))
+
+
+def up(lab, log=print):
+    """Start every service; idempotent. Returns the state. On failure nothing is left running."""
+    if lab.load() is not None:
+        try:
+            if healthy(lab):
+                log(f"lab already up in {lab.dir}")
+                return lab.state
+        except (KeyError, LabError):
+            pass
+        dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
+        log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
+            "stopping what remains and starting afresh")
+        down(lab, log=lambda _msg: None)
+    elif lab.dir.exists() and any(lab.dir.iterdir()):
+        _wipe(lab)
+    started = time.monotonic()
+    lab.dir.mkdir(parents=True, exist_ok=True)
+    lab.dir.chmod(0o755)  # PostgreSQL runs as 'postgres' and must reach its data dir below this one
+    (lab.dir / MARKER).touch()
+    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {}}
+    lab.save()
+    try:
+        lab.state["s3"] = s3.up(lab)
+        sites = lab.state["sites"]
+        for index, site in enumerate(SITES):
+            sites[site] = {"role": "active" if index == 0 else "passive", "redis": redis.up(lab, site)}
+        sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
+        sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
+        for site in SITES:
+            sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"])
+        lab.save()
+        lab.state["lb"] = haproxy.up(lab, {site: sites[site]["kms"]["port"] for site in SITES})
+        lab.save()
+        kube = _kube()
+        if kube is not None:
+            for index, site in enumerate(SITES):
+                sites[site]["kube"] = kube.up(lab, site, index)
+                lab.save()
+            if hasattr(kube, "write_merged_kubeconfig"):
+                lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
+    except BaseException:
+        lab.stop_all()
+        raise
+    lab.state["started_in_seconds"] = round(time.monotonic() - started, 1)
+    lab.save()
+    log(f"lab up in {lab.dir} after {lab.state['started_in_seconds']}s; state file {lab.state_path}")
+    return lab.state
+
+
+def _ports(state):
+    ports = [state["s3"]["ports"][name] for name in state.get("s3", {}).get("ports", {})]
+    for entry in state.get("sites", {}).values():
+        ports += [entry[c]["port"] for c in ("redis", "postgres", "kms") if c in entry]
+    for instance in state.get("lb", {}).get("instances", []):
+        ports += [instance["admin_port"], instance["frontend_port"], instance["stats_port"]]
+    return ports
+
+
+def down(lab, log=print):
+    """Stop only the processes this lab started (by pid), check their ports are free, remove the dir."""
+    try:
+        state = lab.load()
+    except LabError:
+        state = None  # an unreadable state file: nothing we can trust to stop; the dir is still removed
+    if state is None:
+        _wipe(lab)
+        log(f"no lab in {lab.dir}; nothing to stop")
+        return []
+    stopped = lab.stop_all()
+    ports = _ports(state)
+    wait_until(lambda: all(port_is_free(p) for p in ports), 10,
+               "the lab's ports to be released: " + ", ".join(str(p) for p in ports if not port_is_free(p)))
+    _wipe(lab)
+    log(f"lab in {lab.dir} stopped ({len(stopped)} processes) and removed")
+    return stopped
