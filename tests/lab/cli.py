@@ -24,10 +24,10 @@ def main(argv=None):
                 print(f"no lab in {lab.dir} (run: make lab-up)")
                 return 1
             rows = stack.status(lab)
-            width = max(len(name) for name, _, _ in rows)
+            width = max(len(row[0]) for row in rows)
             for name, ok, detail in rows:
                 print(f"{'ok  ' if ok else 'DOWN'}  {name:<{width}}  {detail}")
-            down = [name for name, ok, _ in rows if not ok]
+            down = [name for name, ok, dummy in rows if not ok]
             print(f"{len(rows) - len(down)}/{len(rows)} healthy" + (f"; down: {', '.join(down)}" if down else ""))
             return 1 if down else 0
     except LabError as exc:

@@ -126,7 +126,7 @@ class Lab:
     # -- ports and processes ---------------------------------------------------------------------------
     def free_port(self):
         """A loopback port that is free now and not yet handed out by this lab run."""
-        for _ in range(200):
+        for dummy in range(200):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]

@@ -7,7 +7,7 @@ import shutil
 import time
 
 from tests.lab import haproxy, kms, postgres, redis, s3
-from tests.lab.core import STATE_VERSION, Lab, LabError, port_is_free, wait_until
+from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
 MARKER = ".hanzo-kms-lab"
@@ -55,7 +55,7 @@ def status(lab):
 
 
 def healthy(lab):
-    return all(ok for _, ok, _ in status(lab))
+    return all(row[1] for row in status(lab))
 
 
 def up(lab, log=print):

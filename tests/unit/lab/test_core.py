@@ -1,0 +1,67 @@
+"""Pure logic of the lab plumbing: waiting, ports, state-file handling."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.lab import haproxy
+from tests.lab.core import Lab, LabError, port_is_free, wait_until
+
+
+def test_wait_until_returns_the_first_truthy_value():
+    calls = iter([0, None, "ready"])
+    assert wait_until(lambda: next(calls), 5, "a value", interval=0) == "ready"
+
+
+def test_wait_until_names_what_timed_out_and_the_last_error():
+    def failing():
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(LabError, match=r"waiting for the probe: last error: refused"):
+        wait_until(failing, 0.05, "the probe", interval=0.01)
+
+
+def test_wait_until_stops_at_once_on_a_lab_error():
+    calls = []
+
+    def fatal():
+        calls.append(1)
+        raise LabError("process exited")
+
+    with pytest.raises(LabError, match="process exited"):
+        wait_until(fatal, 30, "never")
+    assert len(calls) == 1
+
+
+def test_free_port_never_hands_out_the_same_port_twice(tmp_path):
+    lab = Lab(tmp_path)
+    ports = [lab.free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(port_is_free(p) for p in ports)
+
+
+def test_port_is_free_sees_a_listener():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert not port_is_free(sock.getsockname()[1])
+
+
+def test_a_state_file_of_another_version_is_refused_with_advice(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps({"version": 99}))
+    with pytest.raises(LabError, match="make lab-down"):
+        Lab(tmp_path).load()
+
+
+def test_an_unreadable_state_file_is_refused_with_advice(tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(LabError, match="unreadable"):
+        Lab(tmp_path).load()
+
+
+@pytest.mark.parametrize("admin_state, op_state, expected", [
+    (0, 2, "UP"), (0, 0, "DOWN"), (0x01, 2, "MAINT"), (0x04, 0, "MAINT"), (0x08, 2, "DRAIN"), (0x20, 2, "MAINT")])
+def test_haproxy_server_state_words(admin_state, op_state, expected):
+    assert haproxy.describe({"admin_state": admin_state, "op_state": op_state}) == expected
