@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from tests.lab import haproxy
-from tests.lab.core import Lab, LabError, port_is_free, wait_until
+from tests.lab.core import Lab, LabError, port_is_free, require_binary, wait_until
 
 
 def test_wait_until_returns_the_first_truthy_value():
@@ -65,3 +65,9 @@ def test_an_unreadable_state_file_is_refused_with_advice(tmp_path):
     (0, 2, "UP"), (0, 0, "DOWN"), (0x01, 2, "MAINT"), (0x04, 0, "MAINT"), (0x08, 2, "DRAIN"), (0x20, 2, "MAINT")])
 def test_haproxy_server_state_words(admin_state, op_state, expected):
     assert haproxy.describe({"admin_state": admin_state, "op_state": op_state}) == expected
+
+
+def test_a_missing_server_binary_names_the_debian_package(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(LabError, match="install the Debian package 'haproxy'"):
+        require_binary("haproxy", "haproxy")
