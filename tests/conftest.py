@@ -4,10 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-COLLECTIONS = REPO_ROOT / ".venv" / "collections"
-for path in (str(REPO_ROOT), str(COLLECTIONS)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+import tests.lab  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import  (puts the collection on sys.path)
 
 pytest_plugins = ["tests.lab.fixtures"]

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import ServerState
 from tests.lab import haproxy
 from tests.lab.core import Lab, LabError, port_is_free, require_binary, wait_until
 
@@ -62,9 +63,10 @@ def test_an_unreadable_state_file_is_refused_with_advice(tmp_path):
 
 
 @pytest.mark.parametrize("admin_state, op_state, expected", [
-    (0, 2, "UP"), (0, 0, "DOWN"), (0x01, 2, "MAINT"), (0x04, 0, "MAINT"), (0x08, 2, "DRAIN"), (0x20, 2, "MAINT")])
+    (0, 2, "UP"), (0, 0, "DOWN"), (0x01, 2, "MAINT"), (0x05, 0, "MAINT"), (0x04, 2, "UP"), (0x08, 2, "DRAIN"), (0x20, 2, "MAINT")])
 def test_haproxy_server_state_words(admin_state, op_state, expected):
-    assert haproxy.describe({"admin_state": admin_state, "op_state": op_state}) == expected
+    row = ServerState("kms", "dc1", op_state, admin_state, 1, 1, 0)
+    assert haproxy.describe(row) == expected
 
 
 def test_a_missing_server_binary_names_the_debian_package(monkeypatch):
