@@ -6,6 +6,8 @@ declare -A wanted=(
   [haproxy]=haproxy
   [/usr/lib/postgresql/15/bin/postgres]=postgresql-15
   [shellcheck]=shellcheck
+  [redis-cli]=redis-tools
+  [openssl]=openssl
 )
 missing=()
 for binary in "${!wanted[@]}"; do

@@ -1,0 +1,568 @@
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Consistent Redis backups over the replication protocol (what ``redis-cli --rdb`` does), streamed to a local
+file and/or S3 (multipart, bounded memory) while computing SHA-256 and checking the RDB CRC64.
+
+Also holds the small RESP client used by the restore code. Plain Python (standard library + boto3 for S3).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import queue
+import socket
+import ssl
+import threading
+import time
+
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb
+
+REDIS_CONNECTION_SPEC = dict(
+    host=dict(type='str', default='127.0.0.1'),
+    port=dict(type='int', default=6379),
+    username=dict(type='str'),
+    password=dict(type='str', no_log=True),
+    tls=dict(type='bool', default=False),
+    tls_ca_cert=dict(type='path'),
+    tls_cert=dict(type='path'),
+    tls_key=dict(type='path', no_log=False),
+    tls_validate_certs=dict(type='bool', default=True),
+    connect_timeout=dict(type='float', default=10.0),
+)
+
+MANIFEST_NAME = 'manifest.json'
+RDB_NAME = 'dump.rdb'
+TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
+MANIFEST_FORMAT = 1
+CHUNK = 1024 * 1024
+
+
+class RedisError(Exception):
+    """A Redis connection or protocol failure with a message meant for the user."""
+
+
+class ReplyError(RedisError):
+    """The server answered a command with an error reply."""
+
+
+def redis_connection_spec():
+    return {k: dict(v) for k, v in REDIS_CONNECTION_SPEC.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RESP client
+# --------------------------------------------------------------------------------------------------------------
+def encode_command(args):
+    out = [b'*%d\r\n' % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b'%d' % arg
+        out.append(b'$%d\r\n%s\r\n' % (len(arg), arg))
+    return b''.join(out)
+
+
+class RespConnection:
+    """One blocking connection speaking RESP2, with optional TLS and AUTH."""
+
+    def __init__(self, params, timeout=None):
+        self.host = params.get('host') or '127.0.0.1'
+        self.port = int(params.get('port') or 6379)
+        self.where = f'{self.host}:{self.port}'
+        self.buf = bytearray()
+        connect_timeout = float(params.get('connect_timeout') or 10.0)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
+        except OSError as exc:
+            raise RedisError(f'cannot connect to Redis at {self.where}: {exc}') from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if params.get('tls'):
+            try:
+                ctx = ssl.create_default_context(cafile=params.get('tls_ca_cert') or None)
+                if not params.get('tls_validate_certs', True):
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                if params.get('tls_cert'):
+                    ctx.load_cert_chain(params['tls_cert'], params.get('tls_key') or None)
+                sock = ctx.wrap_socket(sock, server_hostname=self.host)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise RedisError(f'TLS handshake with Redis at {self.where} failed: {exc}') from None
+        sock.settimeout(timeout)
+        self.sock = sock
+        password = params.get('password')
+        if password:
+            args = ['AUTH', params['username'], password] if params.get('username') else ['AUTH', password]
+            try:
+                self.command(*args)
+            except ReplyError as exc:
+                self.close()
+                raise RedisError(f'Redis at {self.where} rejected the credentials: {exc}') from None
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def settimeout(self, timeout):
+        self.sock.settimeout(timeout)
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise RedisError(f'connection to Redis at {self.where} failed while sending: {exc}') from None
+
+    def _fill(self):
+        try:
+            data = self.sock.recv(CHUNK)
+        except socket.timeout:
+            raise RedisError(f'timed out waiting for Redis at {self.where}') from None
+        except OSError as exc:
+            raise RedisError(f'connection to Redis at {self.where} failed: {exc}') from None
+        if not data:
+            raise RedisError(f'Redis at {self.where} closed the connection')
+        self.buf += data
+
+    def readline(self):
+        while True:
+            idx = self.buf.find(b'\n')
+            if idx >= 0:
+                line = bytes(self.buf[:idx])
+                del self.buf[:idx + 1]
+                return line[:-1] if line.endswith(b'\r') else line
+            self._fill()
+
+    def read_exact(self, size):
+        while len(self.buf) < size:
+            self._fill()
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    def read_reply(self):
+        line = self.readline()
+        if not line:
+            raise RedisError(f'empty reply line from Redis at {self.where}')
+        kind, rest = line[:1], line[1:]
+        if kind == b'+':
+            return rest.decode('utf-8', 'replace')
+        if kind == b'-':
+            return ReplyError(rest.decode('utf-8', 'replace'))
+        if kind == b':':
+            return int(rest)
+        if kind == b'$':
+            size = int(rest)
+            if size < 0:
+                return None
+            return self.read_exact(size + 2)[:-2]
+        if kind == b'*':
+            size = int(rest)
+            if size < 0:
+                return None
+            return [self.read_reply() for _unused in range(size)]
+        raise RedisError(f'unexpected reply {line[:60]!r} from Redis at {self.where}')
+
+    def command(self, *args):
+        self.send(encode_command(args))
+        reply = self.read_reply()
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+
+def parse_info(text):
+    if isinstance(text, bytes):
+        text = text.decode('utf-8', 'replace')
+    info = {}
+    for line in text.splitlines():
+        if not line or line.startswith('#') or ':' not in line:
+            continue
+        key, value = line.split(':', 1)
+        info[key] = value
+    return info
+
+
+def parse_keyspace(info):
+    """{'0': {'keys': n, 'expires': n}} from INFO keyspace fields."""
+    out = {}
+    for key, value in info.items():
+        if key.startswith('db') and key[2:].isdigit():
+            fields = dict(p.split('=', 1) for p in value.split(',') if '=' in p)
+            out[key[2:]] = {'keys': int(fields.get('keys', 0)), 'expires': int(fields.get('expires', 0))}
+    return out
+
+
+def server_info(conn):
+    info = parse_info(conn.command('INFO', 'server'))
+    info.update(parse_info(conn.command('INFO', 'keyspace')))
+    flavour = 'valkey' if info.get('valkey_version') or info.get('server_name') == 'valkey' else 'redis'
+    version = info.get('valkey_version') if flavour == 'valkey' else info.get('redis_version')
+    return {'server': flavour, 'version': version, 'redis_version': info.get('redis_version'),
+            'keyspace': parse_keyspace(info), 'info': info}
+
+
+def version_tuple(text):
+    parts = []
+    for piece in (text or '0').split('.')[:3]:
+        digits = ''.join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)
+
+
+def rdb_version_for(server, version):
+    """Highest RDB version a server loads (from its flavour and version)."""
+    ver = version_tuple(version)
+    if server == 'valkey':
+        if ver >= (9, 0, 0):
+            return 80
+        return 11 if ver >= (8, 0, 0) else (11 if ver >= (7, 2, 0) else 10)
+    table = [((8, 8, 0), 14), ((8, 6, 0), 13), ((7, 4, 0), 12), ((7, 2, 0), 11), ((7, 0, 0), 10), ((5, 0, 0), 9),
+             ((4, 0, 0), 8), ((3, 2, 0), 7), ((2, 6, 0), 6)]
+    for minimum, rdb in table:
+        if ver >= minimum:
+            return rdb
+    return 5
+
+
+def rdb_loadable(rdb_version, server, version):
+    target = rdb_version_for(server, version)
+    if server == 'valkey' and target == 80:
+        # Valkey 9 loads its own 80 and every Redis-compatible version up to 11; 12 only as "foreign" without new types
+        return rdb_version <= 11 or rdb_version == 80
+    return rdb_version <= target
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Replication-protocol fetch
+# --------------------------------------------------------------------------------------------------------------
+def fetch_rdb(params, sink, timeout=3600.0):
+    """Connect, ask for an RDB-only full sync and pass every chunk of the RDB to ``sink(chunk)``.
+
+    Returns (bytes transferred, server info dict). Raises RedisError.
+    """
+    conn = RespConnection(params, timeout=60.0)
+    try:
+        info = server_info(conn)
+        try:
+            conn.command('REPLCONF', 'capa', 'eof')
+        except ReplyError:
+            pass
+        rdb_only = True
+        try:
+            conn.command('REPLCONF', 'rdb-only', '1')
+        except ReplyError:
+            rdb_only = False  # Redis < 7.0: the command stream follows; the connection is closed after the RDB
+        conn.settimeout(timeout)
+        conn.send(b'SYNC\r\n')
+        while True:
+            line = conn.readline()
+            if line:
+                break  # bare newlines are keep-alives while the server prepares the snapshot
+        if line.startswith(b'-'):
+            raise RedisError(f'Redis at {conn.where} refused SYNC: {line[1:].decode("utf-8", "replace")} '
+                             '(the user needs the SYNC/REPLCONF permissions)')
+        if not line.startswith(b'$'):
+            raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}')
+        total = 0
+        if line.startswith(b'$EOF:'):
+            mark = line[5:]
+            if len(mark) != 40:
+                raise RedisError(f'bad EOF mark in the SYNC reply from {conn.where}')
+            tail = bytes(conn.buf)
+            conn.buf = bytearray()
+            while True:
+                if len(tail) >= 40 and tail[-40:] == mark:
+                    body = tail[:-40]
+                    if body:
+                        sink(body)
+                        total += len(body)
+                    break
+                if len(tail) > 40:
+                    sink(tail[:-40])
+                    total += len(tail) - 40
+                    tail = tail[-40:]
+                try:
+                    data = conn.sock.recv(CHUNK)
+                except socket.timeout:
+                    raise RedisError(f'timed out receiving the RDB from {conn.where}') from None
+                except OSError as exc:
+                    raise RedisError(f'connection to {conn.where} failed during the RDB transfer: {exc}') from None
+                if not data:
+                    raise RedisError(f'Redis at {conn.where} closed the connection before the end of the RDB')
+                tail += data
+        else:
+            try:
+                size = int(line[1:])
+            except ValueError:
+                raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}') from None
+            initial = bytes(conn.buf[:size])
+            del conn.buf[:size]
+            if initial:
+                sink(initial)
+                total += len(initial)
+            while total < size:
+                try:
+                    data = conn.sock.recv(min(CHUNK, size - total))
+                except socket.timeout:
+                    raise RedisError(f'timed out receiving the RDB from {conn.where}') from None
+                except OSError as exc:
+                    raise RedisError(f'connection to {conn.where} failed during the RDB transfer: {exc}') from None
+                if not data:
+                    raise RedisError(f'Redis at {conn.where} closed the connection after {total} of {size} RDB bytes')
+                sink(data)
+                total += len(data)
+        info['rdb_only'] = rdb_only
+        return total, info
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# S3 multipart streaming
+# --------------------------------------------------------------------------------------------------------------
+class S3StreamUpload:
+    """Multipart upload fed by ``write``, parts uploaded by two background threads.
+
+    Memory: the part being filled + ``max_pending`` queued + two in flight, i.e. 4 parts of ``part_size`` at most.
+    """
+
+    def __init__(self, client, bucket, key, part_size=8 * 1024 * 1024, max_pending=1, content_type=None):
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_size = max(int(part_size), 5 * 1024 * 1024)
+        self.buf = bytearray()
+        self.parts = {}
+        self.number = 0
+        self.upload_id = None
+        self.error = None
+        self.content_type = content_type or 'application/octet-stream'
+        self.queue = queue.Queue(maxsize=max_pending)
+        self.threads = []
+        self.size = 0
+
+    def _start(self):
+        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
+        self.upload_id = resp['UploadId']
+        for _unused in range(2):
+            thread = threading.Thread(target=self._worker, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _worker(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            number, body = item
+            if self.error is not None:
+                continue
+            try:
+                resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                               PartNumber=number, Body=body)
+                self.parts[number] = resp['ETag']
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                self.error = exc
+
+    def _submit(self, body):
+        if self.upload_id is None:
+            self._start()
+        if self.error is not None:
+            raise self.error
+        self.number += 1
+        self.queue.put((self.number, body if isinstance(body, bytes) else bytes(body)))
+
+    def write(self, chunk):
+        self.buf += chunk
+        self.size += len(chunk)
+        while len(self.buf) >= self.part_size:
+            with memoryview(self.buf) as view:
+                body = bytes(view[:self.part_size])
+            del self.buf[:self.part_size]
+            self._submit(body)
+
+    def _join(self):
+        for _unused in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
+
+    def close(self):
+        if self.upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buf), ContentType=self.content_type)
+            self.buf = bytearray()
+            return
+        if self.buf:
+            self._submit(self.buf)
+            self.buf = bytearray()
+        self._join()
+        if self.error is not None:
+            raise self.error
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': self.parts[n]} for n in sorted(self.parts)]})
+
+    def abort(self):
+        self.error = self.error or RuntimeError('aborted')
+        self._join()
+        if self.upload_id is not None:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except Exception:  # pylint: disable=broad-exception-caught
+                pass
+
+
+def _bound_malloc():
+    """Make glibc return freed large buffers to the OS at once.
+
+    glibc raises its mmap threshold after a large block is freed, so later 1-8 MiB buffers (received chunks, upload
+    parts) come from heap arenas that do not shrink: RSS creeps up with the RDB size. A fixed threshold keeps every
+    block >= 256 KiB in its own mapping, released on free, so memory stays bounded by the parts in flight.
+    """
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel
+        libc = ctypes.CDLL('libc.so.6')
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def backup_prefix(prefix, site, stamp):
+    parts = [p.strip('/') for p in (prefix or '', site or '') if p and p.strip('/')]
+    parts.append(stamp)
+    return '/'.join(parts) + '/'
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole backup
+# --------------------------------------------------------------------------------------------------------------
+def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
+    """Run a backup from module-style ``params``. Returns the result dict. Raises RedisError / RdbError / S3Error.
+
+    params: Redis connection keys, ``dest`` (local path), ``bucket``, ``prefix``, ``site``, ``part_size`` (MiB),
+    ``analyze`` (full structure pass, gives exact per-db key counts), ``timeout`` (s).
+    """
+    started = time.monotonic()
+    now = now or utcnow()
+    stamp = now.strftime(TIMESTAMP_FORMAT)
+    bucket = params.get('bucket')
+    dest = params.get('dest')
+    result = {'changed': not check_mode}
+    key_prefix = None
+    if bucket:
+        key_prefix = backup_prefix(params.get('prefix'), params.get('site'), stamp)
+        result.update(bucket=bucket, key=key_prefix + RDB_NAME, manifest_key=key_prefix + MANIFEST_NAME)
+    if dest:
+        result['dest'] = dest
+    client = None
+    if bucket:
+        client = s3_client_factory()
+    if check_mode:
+        conn = RespConnection(params, timeout=30.0)
+        try:
+            info = server_info(conn)
+        finally:
+            conn.close()
+        if client is not None:
+            from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+            s3_utils.check_bucket(client, bucket)
+        result.update(server=info['server'], server_version=info['version'], keyspace=info['keyspace'])
+        return result
+
+    _bound_malloc()
+    validator = redis_rdb.StreamValidator(structure=bool(params.get('analyze')))
+    upload = None
+    local = None
+    local_tmp = None
+    if client is not None:
+        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+        s3_utils.check_bucket(client, bucket)
+        upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 8) * 1024 * 1024)
+    if dest:
+        local_tmp = f'{dest}.part'
+        parent = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(parent):
+            raise RedisError(f'destination directory {parent} does not exist')
+        local = open(local_tmp, 'wb')  # pylint: disable=consider-using-with
+
+    def sink(chunk):
+        validator.feed(chunk)
+        if upload is not None:
+            upload.write(chunk)
+        if local is not None:
+            local.write(chunk)
+
+    try:
+        size, info = fetch_rdb(params, sink, timeout=float(params.get('timeout') or 3600))
+        summary = validator.finish()
+        if local is not None:
+            local.flush()
+            os.fsync(local.fileno())
+            local.close()
+            local = None
+        if upload is not None:
+            upload.close()
+            upload = None
+    except BaseException:
+        if upload is not None:
+            upload.abort()
+        if local is not None:
+            local.close()
+        if local_tmp and os.path.exists(local_tmp):
+            os.unlink(local_tmp)
+        raise
+    if local_tmp:
+        os.replace(local_tmp, dest)
+    manifest = build_manifest(params, info, summary, validator, size, now, params.get('analyze'))
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if client is not None:
+        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+        with s3_utils.wrap_errors('write manifest', bucket=bucket):
+            client.put_object(Bucket=bucket, Key=result['manifest_key'], Body=body, ContentType='application/json')
+    if dest:
+        with open(dest + '.manifest.json', 'wb') as handle:
+            handle.write(body)
+        result['dest_manifest'] = dest + '.manifest.json'
+    result.update(manifest=manifest, size=size, sha256=manifest['sha256'], crc64=manifest['crc64'],
+                  rdb_version=manifest['rdb_version'], server_version=manifest['source']['server_version'],
+                  keys_per_db=manifest['keys_per_db'], duration=round(time.monotonic() - started, 3))
+    return result
+
+
+def build_manifest(params, info, summary, validator, size, now, analyzed):
+    aux = summary.aux
+    keys_per_db = None
+    if analyzed and validator.structure_complete:
+        keys_per_db = {str(k): v for k, v in sorted(summary.keys_per_db.items())}
+    return {
+        'format': MANIFEST_FORMAT,
+        'object': RDB_NAME,
+        'timestamp': now.strftime('%Y-%m-%dT%H:%M:%SZ'),
+        'created_at': utcnow().strftime('%Y-%m-%dT%H:%M:%SZ'),
+        'size': size,
+        'sha256': validator.hexdigest(),
+        'crc64': None if summary.checksum_stored is None else f'{summary.checksum_stored:016x}',
+        'rdb_version': summary.version,
+        'keys_per_db': keys_per_db,
+        'keys': None if keys_per_db is None else sum(keys_per_db.values()),
+        'keyspace_at_start': info['keyspace'],
+        'functions': len(summary.functions) if analyzed else None,
+        'source': {
+            'host': params.get('host'), 'port': params.get('port'), 'site': params.get('site'),
+            'server': info['server'], 'server_version': info['version'],
+            'rdb_redis_ver': aux.get('redis-ver') or aux.get('valkey-ver'),
+            'method': 'replication',
+        },
+    }

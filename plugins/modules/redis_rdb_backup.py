@@ -1,0 +1,226 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: redis_rdb_backup
+short_description: Consistent Redis backup over the replication protocol, streamed to S3 with a manifest
+version_added: 0.1.0
+description:
+  - Fetches a consistent RDB snapshot from a running Redis or Valkey server over the network, the way
+    C(redis-cli --rdb) does (C(REPLCONF rdb-only 1) + C(SYNC)). No access to the server's volume and no blocking
+    C(SAVE) are needed; the server forks as for a replica's full sync.
+  - The RDB is streamed to S3 (multipart upload, bounded memory whatever the RDB size) and/or to a local file while its
+    SHA-256 is computed and its CRC64 trailer is checked. A transfer that fails either check leaves no object behind.
+  - S3 layout C(<prefix>/<site>/<UTC timestamp %Y%m%dT%H%M%SZ>/dump.rdb) plus C(manifest.json), written last. A backup
+    without a manifest is incomplete and never chosen by M(hanzo.kms.redis_rdb_restore).
+  - The manifest holds the server flavour and version, RDB version, size, SHA-256, CRC64, creation time, source, the
+    keyspace reported by the server when the backup started and, with O(analyze=true), the exact per-db key counts
+    read from the RDB.
+author:
+  - Hanzo KMS platform team (@hanzoai)
+extends_documentation_fragment:
+  - hanzo.kms.redis
+  - hanzo.kms.s3
+attributes:
+  check_mode:
+    support: full
+    description: Connects to Redis (and checks the bucket) and reports where the backup would go; no snapshot is taken.
+  diff_mode:
+    support: none
+    description: No diff is produced.
+options:
+  bucket:
+    description:
+      - S3 bucket to upload to. Without it nothing is uploaded and O(dest) is required.
+    type: str
+  prefix:
+    description:
+      - Key prefix of the backups in O(bucket).
+    type: str
+    default: ''
+  site:
+    description:
+      - Site (data center) name, a path component after O(prefix).
+    type: str
+  dest:
+    description:
+      - Local path to also (or only) write the RDB to. A C(<dest>.manifest.json) is written next to it.
+      - The file is written as C(<dest>.part) and renamed when complete and verified.
+    type: path
+  part_size:
+    description:
+      - Multipart upload part size in MiB (at least 5). At most four parts are held in memory (one being filled, one
+        queued, two uploading).
+    type: int
+    default: 8
+  analyze:
+    description:
+      - Parse the whole RDB while it streams to record exact per-db key counts and the number of functions in the
+        manifest. Costs CPU (about 2-3 s per million keys); the CRC64 and SHA-256 checks happen either way.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds the whole transfer may take, including the time the server needs to produce the snapshot.
+    type: float
+    default: 3600
+notes:
+  - The user needs permission for C(SYNC), C(REPLCONF), C(INFO) (for ACL users, for example C(+sync +replconf +info)).
+  - With C(repl-diskless-sync yes) (the Redis 7 default) the server waits C(repl-diskless-sync-delay) seconds
+    (default 5) before it starts the transfer.
+requirements:
+  - boto3 (for S3)
+  - anycrc (optional, a fast C CRC64; without it the CRC check is much slower)
+seealso:
+  - module: hanzo.kms.redis_rdb_restore
+  - module: hanzo.kms.s3_retention
+'''
+
+EXAMPLES = r'''
+- name: Back up the dc1 Redis to S3
+  hanzo.kms.redis_rdb_backup:
+    host: redis-master.kms.svc
+    password: "{{ redis_password }}"
+    endpoint_url: https://s3.example.com
+    access_key: "{{ s3_access_key }}"
+    secret_key: "{{ s3_secret_key }}"
+    addressing_style: path
+    bucket: kms-backups
+    prefix: redis
+    site: dc1
+  register: backup
+
+- name: Back up to a local file with exact key counts
+  hanzo.kms.redis_rdb_backup:
+    port: 6380
+    password: "{{ redis_password }}"
+    dest: /var/backups/redis/dump.rdb
+    analyze: true
+'''
+
+RETURN = r'''
+bucket:
+  description: Bucket the backup went to.
+  returned: when O(bucket) is set
+  type: str
+  sample: kms-backups
+key:
+  description: Object key of the RDB.
+  returned: when O(bucket) is set
+  type: str
+  sample: redis/dc1/20261122T041500Z/dump.rdb
+manifest_key:
+  description: Object key of the manifest.
+  returned: when O(bucket) is set
+  type: str
+  sample: redis/dc1/20261122T041500Z/manifest.json
+dest:
+  description: Local path of the RDB.
+  returned: when O(dest) is set
+  type: str
+dest_manifest:
+  description: Local path of the manifest written next to O(dest).
+  returned: when O(dest) is set and not in check mode
+  type: str
+manifest:
+  description: The manifest written.
+  returned: success, not in check mode
+  type: dict
+size:
+  description: Size of the RDB in bytes.
+  returned: success, not in check mode
+  type: int
+sha256:
+  description: SHA-256 of the RDB.
+  returned: success, not in check mode
+  type: str
+crc64:
+  description: CRC64 trailer of the RDB (hex; all zeros when the server has C(rdbchecksum no)).
+  returned: success, not in check mode
+  type: str
+rdb_version:
+  description: RDB format version.
+  returned: success, not in check mode
+  type: int
+  sample: 10
+server:
+  description: Server flavour (V(redis) or V(valkey)).
+  returned: in check mode
+  type: str
+server_version:
+  description: Server version.
+  returned: success
+  type: str
+  sample: 7.0.15
+keyspace:
+  description: Keys and expires per db reported by the server.
+  returned: in check mode
+  type: dict
+keys_per_db:
+  description: Exact keys per db read from the RDB (O(analyze=true)), else null.
+  returned: success, not in check mode
+  type: dict
+duration:
+  description: Seconds the backup took.
+  returned: success, not in check mode
+  type: float
+'''
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
+    RedisError,
+    redis_connection_spec,
+    run_backup,
+)
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
+    BOTO3_IMPORT_ERROR,
+    HAS_BOTO3,
+    S3Error,
+    s3_argument_spec,
+    s3_client,
+)
+
+
+def main():
+    argument_spec = redis_connection_spec()
+    argument_spec.update(s3_argument_spec())
+    argument_spec.update(
+        bucket=dict(type='str'),
+        prefix=dict(type='str', default=''),
+        site=dict(type='str'),
+        dest=dict(type='path'),
+        part_size=dict(type='int', default=8),
+        analyze=dict(type='bool', default=False),
+        timeout=dict(type='float', default=3600),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_one_of=[['bucket', 'dest']],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['bucket'] and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
+    if params['part_size'] < 5:
+        module.fail_json(msg='part_size must be at least 5 (MiB), the S3 minimum')
+    if not crc64_is_fast():
+        module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
+    try:
+        result = run_backup(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
+    except (RedisError, RdbError, S3Error) as exc:
+        module.fail_json(msg='Redis backup failed: %s' % exc)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(msg='Redis backup failed: %s' % exc, exception=traceback.format_exc())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,366 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: redis_rdb_restore
+short_description: Verified Redis restore from an RDB in S3 or a local file
+version_added: 0.1.0
+description:
+  - Restores a Redis or Valkey server from an RDB made by M(hanzo.kms.redis_rdb_backup) (or any RDB).
+  - "Source: an S3 object (O(key)), the newest complete backup under O(prefix)/O(site) (a backup is complete when its
+    C(manifest.json) exists), or a local file (O(src))."
+  - "Everything is verified before the target is touched: the SHA-256 against the manifest, the RDB CRC64 trailer, a
+    full structural pass over the RDB, and the RDB version against what the target server can load. A bad file fails
+    with a clear message and the target is unchanged."
+  - "O(method=restore): pipelined C(RESTORE key ttl payload REPLACE ABSTTL) with payloads sliced from the RDB without
+    decoding values, over O(connections) connections; functions with C(FUNCTION RESTORE). Works through any tunnel or
+    port-forward. Keys whose absolute expiry already passed are counted as expired and not restored."
+  - "O(method=replication): the module listens on O(listen_host):O(listen_port) and makes the target its replica; it
+    answers the target's C(PSYNC) with a full resync and the RDB, so the target loads it at native speed; then
+    C(REPLICAOF NO ONE) and the target's previous replication settings are put back. The target must reach the
+    listener (O(announce_host))."
+  - "O(method=file): writes the RDB into O(data_dir) of a stopped server, moves its AOF aside and (O(aof)) writes a new
+    AOF whose base is the RDB, so the next start loads it even with C(appendonly yes)."
+  - "O(method=auto): V(replication) when the target can reach the listener (a target on loopback, or O(announce_host)
+    set) and O(mode=replace), else V(restore)."
+  - "O(mode=replace) makes the target equal to the backup: every other key is deleted first (C(FLUSHALL) when allowed,
+    otherwise C(SCAN) + C(UNLINK), so it works with FLUSHALL/FLUSHDB disabled as in the Bitnami chart); functions are
+    replaced. O(mode=merge) only adds and overwrites the backup's keys."
+author:
+  - Hanzo KMS platform team (@hanzoai)
+extends_documentation_fragment:
+  - hanzo.kms.redis
+  - hanzo.kms.s3
+attributes:
+  check_mode:
+    support: full
+    description: Downloads and verifies the source, checks the target, and reports what would be restored.
+  diff_mode:
+    support: none
+    description: No diff is produced.
+options:
+  src:
+    description:
+      - Local RDB file. A C(<src>.manifest.json) next to it (or O(manifest)) is used for the SHA-256 check.
+    type: path
+  manifest:
+    description:
+      - Local manifest for O(src).
+    type: path
+  sha256:
+    description:
+      - Expected SHA-256 of O(src).
+    type: str
+  bucket:
+    description:
+      - S3 bucket holding the backups.
+    type: str
+  key:
+    description:
+      - Object key of the C(dump.rdb) to restore; its C(manifest.json) must exist next to it.
+    type: str
+  prefix:
+    description:
+      - Key prefix of the backups; the newest complete backup under O(prefix)/O(site) is restored.
+    type: str
+  site:
+    description:
+      - Site whose backups are searched (a path component after O(prefix)).
+    type: str
+  method:
+    description:
+      - How the data reaches the target.
+    type: str
+    choices: [auto, replication, restore, file]
+    default: auto
+  mode:
+    description:
+      - V(replace) makes the target equal to the backup, V(merge) keeps keys the backup does not have.
+      - O(method=replication) always replaces.
+    type: str
+    choices: [replace, merge]
+    default: replace
+  connections:
+    description:
+      - Parallel connections (worker processes) for O(method=restore).
+    type: int
+    default: 1
+  listen_host:
+    description:
+      - Address the replication listener binds to (O(method=replication)).
+    type: str
+    default: 127.0.0.1
+  listen_port:
+    description:
+      - Port of the replication listener; V(0) picks a free one.
+    type: int
+    default: 0
+  announce_host:
+    description:
+      - Address the target uses to reach the listener. Defaults to O(listen_host).
+    type: str
+  data_dir:
+    description:
+      - Data directory of the stopped server (O(method=file)).
+    type: path
+  dbfilename:
+    description:
+      - RDB file name the server loads (its C(dbfilename)).
+    type: str
+    default: dump.rdb
+  appenddirname:
+    description:
+      - AOF directory name (its C(appenddirname)), moved aside by O(method=file).
+    type: str
+    default: appendonlydir
+  appendfilename:
+    description:
+      - AOF base file name (its C(appendfilename)).
+    type: str
+    default: appendonly.aof
+  aof:
+    description:
+      - With O(method=file), whether to write an AOF whose base is the RDB (a multi-part AOF manifest on Redis 7+, an
+        RDB-preamble C(appendonly.aof) on older servers), so a server started with C(appendonly yes) loads the RDB.
+      - V(auto) does so when the data dir had an AOF (which is moved aside either way).
+    type: str
+    choices: [auto, 'yes', 'no']
+    default: auto
+  check_stopped:
+    description:
+      - With O(method=file), fail if something still answers on O(host):O(port).
+    type: bool
+    default: true
+  tmp_dir:
+    description:
+      - Directory for the downloaded RDB (needs room for one copy).
+    type: path
+  timeout:
+    description:
+      - Seconds the target may take to load the RDB (O(method=replication)).
+    type: float
+    default: 3600
+notes:
+  - The restore target must run the same or a newer Redis than the source (RDB versions are not backward compatible).
+  - RDBs holding module data are refused.
+  - After O(method=file), start the server; it loads the RDB (from C(dump.rdb), or from the new AOF base with
+    C(appendonly yes)).
+  - With O(method=replication), a target that was itself a replica is re-attached to its master afterwards, which
+    makes it resynchronise from that master.
+requirements:
+  - boto3 (for S3)
+  - anycrc (optional, a fast C CRC64; without it verification is much slower)
+seealso:
+  - module: hanzo.kms.redis_rdb_backup
+'''
+
+EXAMPLES = r'''
+- name: Restore the newest complete dc1 backup into the dc2 Redis
+  hanzo.kms.redis_rdb_restore:
+    host: 127.0.0.1
+    port: 6379
+    password: "{{ redis_password }}"
+    endpoint_url: https://s3.example.com
+    access_key: "{{ s3_access_key }}"
+    secret_key: "{{ s3_secret_key }}"
+    addressing_style: path
+    bucket: kms-backups
+    prefix: redis
+    site: dc1
+    method: restore
+  register: restored
+
+- name: Merge a local dump into a running server
+  hanzo.kms.redis_rdb_restore:
+    password: "{{ redis_password }}"
+    src: /var/backups/redis/dump.rdb
+    method: restore
+    mode: merge
+
+- name: Place a dump into the data dir of a stopped server
+  hanzo.kms.redis_rdb_restore:
+    src: /var/backups/redis/dump.rdb
+    method: file
+    data_dir: /data
+'''
+
+RETURN = r'''
+method:
+  description: Method used (V(auto) resolved).
+  returned: always
+  type: str
+  sample: restore
+mode:
+  description: Mode used.
+  returned: always
+  type: str
+source:
+  description: Where the RDB came from (type, bucket/key/manifest_key or path).
+  returned: always
+  type: dict
+sha256:
+  description: SHA-256 of the RDB.
+  returned: always
+  type: str
+rdb_version:
+  description: RDB format version.
+  returned: always
+  type: int
+bytes:
+  description: Size of the RDB.
+  returned: always
+  type: int
+backup_keys_per_db:
+  description: Keys per db in the backup.
+  returned: always
+  type: dict
+  sample: {"0": 1000, "2": 3}
+functions:
+  description: Function libraries in the backup.
+  returned: always
+  type: int
+target_server:
+  description: Target server flavour.
+  returned: unless O(method=file)
+  type: str
+target_version:
+  description: Target server version.
+  returned: unless O(method=file)
+  type: str
+target_keys_before:
+  description: Keys per db on the target before the restore.
+  returned: unless O(method=file)
+  type: dict
+target_keys_after:
+  description: Keys per db on the target after the restore.
+  returned: success, unless O(method=file) or check mode
+  type: dict
+would_restore_per_db:
+  description: Keys per db that would be restored.
+  returned: check mode, unless O(method=file)
+  type: dict
+keys_restored:
+  description: Keys restored per db (for V(replication), the keys the target holds after loading).
+  returned: success, unless O(method=file) or check mode
+  type: dict
+keys_expired:
+  description: Keys per db whose expiry had passed, not restored.
+  returned: success, unless O(method=file) or check mode
+  type: dict
+keys_skipped:
+  description: Keys per db neither restored nor expired.
+  returned: success, unless O(method=file) or check mode
+  type: dict
+cleared_with:
+  description: How the target was emptied for O(mode=replace) (V(flushall) or V(scan_unlink)).
+  returned: O(method=restore) and O(mode=replace)
+  type: str
+functions_restored:
+  description: Function libraries restored.
+  returned: O(method=restore)
+  type: int
+replication:
+  description: Bytes sent and the target's replication settings before the restore.
+  returned: O(method=replication)
+  type: dict
+errors:
+  description: First error replies from the target.
+  returned: success, unless O(method=file) or check mode
+  type: list
+  elements: str
+error_count:
+  description: Number of error replies.
+  returned: success, unless O(method=file) or check mode
+  type: int
+path:
+  description: Where the RDB was written (O(method=file)).
+  returned: O(method=file), not in check mode
+  type: str
+aof_moved_aside:
+  description: AOF paths moved aside (O(method=file)).
+  returned: O(method=file), not in check mode
+  type: list
+  elements: str
+aof_written:
+  description: AOF files written with the RDB as their base (O(method=file)).
+  returned: O(method=file), not in check mode
+  type: list
+  elements: str
+duration:
+  description: Seconds the restore took.
+  returned: always
+  type: float
+'''
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError, redis_connection_spec
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError, run_restore
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
+    BOTO3_IMPORT_ERROR,
+    HAS_BOTO3,
+    S3Error,
+    s3_argument_spec,
+    s3_client,
+)
+
+
+def main():
+    argument_spec = redis_connection_spec()
+    argument_spec.update(s3_argument_spec())
+    argument_spec.update(
+        src=dict(type='path'),
+        manifest=dict(type='path'),
+        sha256=dict(type='str'),
+        bucket=dict(type='str'),
+        key=dict(type='str', no_log=False),
+        prefix=dict(type='str'),
+        site=dict(type='str'),
+        method=dict(type='str', choices=['auto', 'replication', 'restore', 'file'], default='auto'),
+        mode=dict(type='str', choices=['replace', 'merge'], default='replace'),
+        connections=dict(type='int', default=1),
+        listen_host=dict(type='str', default='127.0.0.1'),
+        listen_port=dict(type='int', default=0),
+        announce_host=dict(type='str'),
+        data_dir=dict(type='path'),
+        dbfilename=dict(type='str', default='dump.rdb'),
+        appenddirname=dict(type='str', default='appendonlydir'),
+        appendfilename=dict(type='str', default='appendonly.aof'),
+        aof=dict(type='str', choices=['auto', 'yes', 'no'], default='auto'),
+        check_stopped=dict(type='bool', default=True),
+        tmp_dir=dict(type='path'),
+        timeout=dict(type='float', default=3600),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_one_of=[['src', 'bucket']],
+        mutually_exclusive=[['src', 'bucket'], ['key', 'prefix'], ['key', 'site']],
+        required_if=[['method', 'file', ['data_dir']]],
+        required_by={'manifest': 'src', 'sha256': 'src', 'key': 'bucket'},
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['bucket'] and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
+    if params['connections'] < 1:
+        module.fail_json(msg='connections must be at least 1')
+    if not crc64_is_fast():
+        module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
+    try:
+        result = run_restore(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
+    except (RestoreError, RedisError, RdbError, S3Error) as exc:
+        module.fail_json(msg='Redis restore failed: %s' % exc)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(msg='Redis restore failed: %s' % exc, exception=traceback.format_exc())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,286 @@
+"""Benchmark: redis_rdb_backup / redis_rdb_restore on 1M keys of mixed types, against Redis's own figures.
+
+Usage (needs the lab's S3: ``make lab-up``, or pass --lab-dir of a running lab):
+
+    .venv/bin/python tests/benchmarks/bench_redis_rdb.py [--lab-dir DIR] [--keys 1000000] [--big-mb 1024]
+
+Everything is measured in one run on the same machine:
+
+* a source Redis (``save ""``, no AOF, ``repl-diskless-sync-delay 0``) is filled server-side (Lua) with ``--keys``
+  keys: 70 % strings, 10 % hashes, 10 % lists, 5 % sorted sets, 5 % sets, 1 % of them with a TTL;
+* backup: ``run_backup`` streaming to S3 vs ``redis-cli --rdb`` to disk followed by a boto3 ``upload_file`` of that
+  file (the baseline), and the peak RSS of a child process doing the streaming backup of a ``--big-mb`` RDB;
+* restore: the time ``redis-server`` takes to load the same ``dump.rdb`` at startup (its own "DB loaded from disk"
+  figure and the wall time from spawn to ``loading:0``), next to each method of ``run_restore`` into a fresh empty
+  server of the same version: ``replication``, ``restore`` with 1 and 2 connections, ``file`` (+ start).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / ".venv" / "collections"))
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=wrong-import-position
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_restore  # noqa: E402
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or "redis-server"
+REDIS_CLI = shutil.which("redis-cli", path="/usr/bin:/usr/local/bin") or "redis-cli"
+
+FILL = """
+local n = tonumber(ARGV[1])
+local start = tonumber(ARGV[2])
+for i = start, start + n - 1 do
+  local r = i % 100
+  if r < 70 then
+    redis.call('SET', 'str:' .. i, 'value-' .. i .. '-' .. string.rep('x', 40))
+  elseif r < 80 then
+    redis.call('HSET', 'hash:' .. i, 'name', 'n' .. i, 'count', i, 'flag', 'yes')
+  elseif r < 90 then
+    redis.call('RPUSH', 'list:' .. i, 'a' .. i, 'b', 'c', 'd')
+  elseif r < 95 then
+    redis.call('ZADD', 'zset:' .. i, 1, 'a', 2, 'b', 3.5, 'c' .. i)
+  else
+    redis.call('SADD', 'set:' .. i, 'x', 'y', 'z' .. i)
+  end
+  if i % 100 == 7 then
+    redis.call('PEXPIRE', 'str:' .. i, 86400000)
+  end
+end
+return n
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workdir, name, extra=(), dbfilename="dump.rdb"):
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = self.dir / "server.log"
+        self.argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
+                     "--save", "", "--appendonly", "no", "--dbfilename", dbfilename, "--logfile", str(self.log),
+                     "--repl-diskless-sync-delay", "0", *extra]
+        self.proc = None
+
+    def start(self):
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
+        return self
+
+    def params(self):
+        return {"host": "127.0.0.1", "port": self.port}
+
+    def wait_loaded(self, timeout=600):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = redis_backup.RespConnection(self.params(), timeout=5)
+                try:
+                    info = redis_backup.parse_info(conn.command("INFO", "persistence"))
+                finally:
+                    conn.close()
+                if info.get("loading") == "0":
+                    return time.monotonic() - self.started
+            except (redis_backup.RedisError, OSError):
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not finish loading")
+            time.sleep(0.005)
+
+    def command(self, *args):
+        conn = redis_backup.RespConnection(self.params(), timeout=600)
+        try:
+            return conn.command(*args)
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+
+
+def fill(server, keys, batch=100_000):
+    done = 0
+    while done < keys:
+        n = min(batch, keys - done)
+        server.command("EVAL", FILL, 0, n, done)
+        done += n
+
+
+def fill_big(server, megabytes):
+    script = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'big:' .. i, string.rep(string.char(65 + i % 26), 1048576 - 64) .. i) end"
+    server.command("EVAL", script, 0, megabytes)
+
+
+def timed(func):
+    start = time.monotonic()
+    value = func()
+    return time.monotonic() - start, value
+
+
+def native_load_seconds(log_path):
+    match = re.findall(r"DB loaded from disk: ([0-9.]+) seconds", Path(log_path).read_text(errors="replace"))
+    return float(match[-1]) if match else None
+
+
+def lab_s3(lab_dir):
+    state = json.loads((Path(lab_dir) / "state.json").read_text())
+    entry = state["s3"]
+    params = {k: entry[k] for k in ("endpoint_url", "region", "access_key", "secret_key")}
+    params["addressing_style"] = "path"
+    return params, entry["bucket"]
+
+
+def child_backup_rss(params_json):
+    """Run one streaming backup in a child process; return (seconds, peak RSS MiB, RSS MiB before the backup)."""
+    code = ("import json,sys,time;sys.path.insert(0,%r);"
+            "from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup;"
+            "from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client;"
+            "p=json.loads(sys.argv[1]);c=s3_client(p);c.list_buckets();"
+            "base=int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])/1024;"
+            "t=time.monotonic();"
+            "redis_backup.run_backup(p, s3_client_factory=lambda: c);"
+            "import resource;print(json.dumps([time.monotonic()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, base]))"
+            % str(REPO / ".venv" / "collections"))
+    out = subprocess.run([sys.executable, "-c", code, params_json], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lab-dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO / ".lab")))
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--big-mb", type=int, default=1024, help="size of the RDB for the peak-memory check (0: skip)")
+    args = parser.parse_args()
+    s3params, bucket = lab_s3(args.lab_dir)
+    s3c = s3_client(s3params)
+    work = Path(tempfile.mkdtemp(prefix="bench-redis-rdb-"))
+    servers = []
+    rows = []
+
+    def row(what, seconds, note=""):
+        rows.append((what, seconds, note))
+        print(f"{what:<70} {seconds:8.2f} s  {note}", flush=True)
+
+    try:
+        src = Server(work, "src").start()
+        servers.append(src)
+        src.wait_loaded()
+        fill(src, args.keys)
+        keys = int(src.command("DBSIZE"))
+        print(f"source: {keys} keys, redis-server {redis_backup.parse_info(src.command('INFO', 'server'))['redis_version']}")
+
+        # ---- backup -------------------------------------------------------------------------------------------
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        params = dict(src.params(), bucket=bucket, prefix=prefix, site="dc1", **s3params)
+        t_backup, result = timed(lambda: redis_backup.run_backup(params, s3_client_factory=lambda: s3_client(s3params)))
+        size = result["size"]
+        cli_file = work / "cli.rdb"
+        cli_argv = [REDIS_CLI, "-p", str(src.port), "--rdb", str(cli_file)]
+        t_cli, _unused = timed(lambda: subprocess.run(cli_argv, check=True, capture_output=True))
+        t_upload, _unused = timed(lambda: s3c.upload_file(str(cli_file), bucket, f"{prefix}/baseline/dump.rdb"))
+        base = t_cli + t_upload
+        print(f"RDB: {size / 1e6:.1f} MB")
+        row("backup: redis-cli --rdb to disk", t_cli)
+        row("backup: boto3 upload_file of that file", t_upload)
+        row("backup baseline: redis-cli --rdb + upload", base, "1.00x")
+        row("backup: redis_rdb_backup streaming to S3 (CRC64 + sha256)", t_backup, f"{t_backup / base:.2f}x baseline")
+        params_an = dict(params, analyze=True)
+        t_an, _unused = timed(lambda: redis_backup.run_backup(params_an, s3_client_factory=lambda: s3_client(s3params)))
+        row("backup: same with analyze=true (exact key counts)", t_an, f"{t_an / base:.2f}x baseline")
+
+        dump = work / "dump.rdb"
+        shutil.copyfile(cli_file, dump)
+
+        # ---- native load ---------------------------------------------------------------------------------------
+        native = Server(work, "native")
+        shutil.copyfile(dump, native.dir / "dump.rdb")
+        native.start()
+        servers.append(native)
+        t_native_wall = native.wait_loaded()
+        t_native = native_load_seconds(native.log) or t_native_wall
+        native.stop()
+        row("native: redis-server loads dump.rdb at startup (its log figure)", t_native, "1.00x")
+        row("native: spawn to loading:0 (wall)", t_native_wall, f"{t_native_wall / t_native:.2f}x")
+
+        # ---- restore methods -----------------------------------------------------------------------------------
+        for label, extra in (("replication", {"method": "replication"}),
+                             ("restore, 1 connection", {"method": "restore", "connections": 1}),
+                             ("restore, 2 connections", {"method": "restore", "connections": 2})):
+            target = Server(work, f"t-{label.split(',', maxsplit=1)[0]}-{extra.get('connections', 0)}").start()
+            servers.append(target)
+            target.wait_loaded()
+            rparams = dict(target.params(), src=str(dump), **extra)
+            t_total, res = timed(lambda p=rparams: redis_restore.run_restore(p))
+            got = int(target.command("DBSIZE"))
+            # verification (sha256, structure + CRC pass) happens before the target is touched; report both
+            t_verify, _unused = timed(lambda: redis_restore.verify_source(str(dump), None, redis_restore.sha256_file(str(dump))))
+            t_apply = t_total - t_verify
+            rate = keys / t_total
+            row(f"restore method {label}: total", t_total,
+                f"{t_total / t_native:.2f}x native, {rate / 1000:.0f}k keys/s, {got} keys, {sum(res['keys_expired'].values())} expired")
+            row(f"restore method {label}: after verification", t_apply,
+                f"{t_apply / t_native:.2f}x native, {keys / t_apply / 1000:.0f}k keys/s")
+            target.stop()
+        ftarget = Server(work, "t-file")
+        fparams = {"src": str(dump), "method": "file", "data_dir": str(ftarget.dir), "port": ftarget.port, "check_stopped": True}
+        t_file, _unused = timed(lambda: redis_restore.run_restore(fparams))
+        ftarget.start()
+        servers.append(ftarget)
+        t_file_load = ftarget.wait_loaded()
+        row("restore method file: verify + place", t_file, "")
+        row("restore method file: + server start to loading:0", t_file + t_file_load, f"{(t_file + t_file_load) / t_native:.2f}x native")
+        ftarget.stop()
+
+        # ---- bounded memory --------------------------------------------------------------------------------------
+        if args.big_mb:
+            src.command("SELECT", 0)
+            big = Server(work, "big").start()
+            servers.append(big)
+            big.wait_loaded()
+            fill_big(big, args.big_mb)
+            bparams = dict(big.params(), bucket=bucket, prefix=prefix, site="big", **s3params)
+            seconds, rss, base_rss = child_backup_rss(json.dumps(bparams))
+            info = redis_backup.parse_info(big.command("INFO", "memory"))
+            row(f"backup of a {args.big_mb} MiB RDB streaming to S3", seconds,
+                f"backup process RSS: {base_rss:.0f} MiB before (Python + boto3), peak {rss:.0f} MiB, "
+                f"growth {rss - base_rss:.0f} MiB (goal <= 64 MiB); server used_memory "
+                f"{int(info['used_memory']) / 2**20:.0f} MiB")
+            big.stop()
+        print("\nJSON " + json.dumps([{"what": w, "seconds": round(s, 3), "note": n} for w, s, n in rows]))
+        print(f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    finally:
+        for server in servers:
+            try:
+                server.stop()
+            except Exception:  # pylint: disable=broad-exception-caught
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""hanzo.kms.cnpg_promote against the lab's two real kube-apiservers (dc1, dc2) and the CNPG operator stand-in.
+
+Each test gets a fresh namespace in both clusters holding ``kms-pg-dc1`` (primary, in dc1) and ``kms-pg-dc2``
+(replica, in dc2) of one distributed topology. The main scenarios run the real module through ``ansible-playbook``
+(ANSIBLE_CONFIG=/work/main/ansible.cfg, run from the repo root, JSON callback); the interruption scenarios drive the
+same module_utils state machine directly over kubernetes clients so they can stop it between steps.
+
+Set HANZO_KMS_CNPG_STANDIN_DELAY (seconds per simulated operator step) low, e.g. 0.05, before the lab starts to keep
+the stand-in's simulated delays near zero; ``-s`` prints the module timings of a switchover and a failover.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
+from tests.lab import cnpg_state
+from tests.lab.core import wait_until
+from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
+    kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig)
+
+try:
+    from kubernetes import client
+except ImportError:  # pragma: no cover
+    client = None
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "postgresql.cnpg.io", "v1"
+WAIT = 60
+DC1, DC2 = "kms-pg-dc1", "kms-pg-dc2"
+EXTERNAL = [
+    {"name": name, "plugin": {"name": cnpg_state.BARMAN_PLUGIN,
+                              "parameters": {"barmanObjectName": name, "serverName": name}}}
+    for name in (DC1, DC2)
+]
+PAUSE = "cnpg.io/reconciliationLoop"
+
+
+def pg_cluster(name, replica):
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Cluster", "metadata": {"name": name},
+            "spec": {"instances": 2, "storage": {"size": "1Gi"},
+                     "bootstrap": {"initdb": {"database": "kms", "owner": "kms"}} if name == DC1 else
+                     {"pg_basebackup": {"source": DC1}},
+                     "plugins": [{"name": cnpg_state.BARMAN_PLUGIN, "isWALArchiver": True,
+                                  "parameters": {"barmanObjectName": name, "serverName": name}}],
+                     "externalClusters": EXTERNAL, "replica": replica}}
+
+
+def custom(api_client):
+    return client.CustomObjectsApi(api_client)
+
+
+def get(api_client, namespace, name):
+    return custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, "clusters", name)
+
+
+def patch(api_client, namespace, name, body):
+    return custom(api_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "clusters", name, body)
+
+
+def wait_for(api_client, namespace, name, predicate, what):
+    def check():
+        obj = get(api_client, namespace, name)
+        return obj if predicate(obj) else None
+    return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=0.05)
+
+
+def healthy(obj):
+    status = obj.get("status") or {}
+    return status.get("phase") == cnpg.PHASE_HEALTHY and cnpg.condition_true(obj, "Ready")
+
+
+@pytest.fixture(name="topology")
+def fixture_topology(kube_clients, kube_namespace):  # noqa: F811  pylint: disable=redefined-outer-name
+    """dc1 primary and dc2 replica, both healthy; returns (namespace, dc1 client, dc2 client)."""
+    ns = kube_namespace
+    dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
+    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
+                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
+    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
+                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
+    wait_for(dc1, ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary")
+    wait_for(dc2, ns, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
+             "healthy replica")
+    return ns, dc1, dc2
+
+
+# -- running the module --------------------------------------------------------------------------------------------
+def run_module(tmp_path, kubeconfig_path, namespace, mode, old="dc1", new="dc2", check=False, diff=False,
+               **options):
+    """Run hanzo.kms.cnpg_promote through ansible-playbook; return (task result, seconds of module time)."""
+    names = {"dc1": DC1, "dc2": DC2}
+    args = {"mode": mode, "kubeconfig": kubeconfig_path, "poll_interval": 0.05,
+            "old_cluster": {"name": names[old], "namespace": namespace, "context": old},
+            "new_cluster": {"name": names[new], "namespace": namespace, "context": new}}
+    args.update(options)
+    playbook = tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Promote", "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}]}]), encoding="utf-8")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
+            "-e", f"ansible_python_interpreter={sys.executable}"]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    try:
+        report = json.loads(proc.stdout)
+        task = report["plays"][0]["tasks"][0]
+        result = task["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(f"ansible-playbook output not understood ({exc}):\n{proc.stdout}\n{proc.stderr}") from None
+    return result
+
+
+def run_direct(old_client, new_client, namespace, mode, old_name=DC1, new_name=DC2, **kwargs):
+    """The module's state machine over kubernetes clients (for stopping it between steps)."""
+    kwargs.setdefault("poll_interval", 0.05)
+    old = cnpg.KubeCluster(old_client, old_name, namespace, "old", request_timeout=5)
+    new = cnpg.KubeCluster(new_client, new_name, namespace, "new", request_timeout=5)
+    return cnpg.Promoter(old, new, mode, **kwargs).run()
+
+
+def summary_roles(result):
+    return {side: (result["after"][f"{side}_cluster"] or {}).get("role") for side in ("old", "new")}
+
+
+# -- switchover ----------------------------------------------------------------------------------------------------
+def test_switchover_both_ways_and_back(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dc1, dc2 = topology
+    result = run_module(tmp_path, kubeconfig, ns, "switchover")
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True and result["steps"] == ["demote", "promote"]
+    assert result["data_loss_possible"] is False
+    token = result["token"]
+    cnpg.parse_token(token)
+    assert summary_roles(result) == {"old": "replica", "new": "primary"}
+    assert result["before"]["new_cluster"]["role"] == "replica"
+    assert result["after"]["new_cluster"]["timeline"] == result["before"]["new_cluster"]["timeline"] + 1
+    new = get(dc2, ns, DC2)
+    assert new["spec"]["replica"] == {"primary": DC2, "source": DC1, "promotionToken": token}
+    assert new["status"]["lastPromotionToken"] == token and cnpg.reports_primary(new)
+    assert get(dc1, ns, DC1)["spec"]["replica"]["primary"] == DC2
+    print(f"\nswitchover dc1->dc2 module timings: {result['timings']}")
+
+    again = run_module(tmp_path, kubeconfig, ns, "switchover")
+    assert again["changed"] is False and again["plan"] == [] and again["token"] == token
+
+    back = run_module(tmp_path, kubeconfig, ns, "switchover", old="dc2", new="dc1")
+    assert back.get("failed") is not True, back
+    assert back["changed"] is True and back["token"] != token
+    assert summary_roles(back) == {"old": "replica", "new": "primary"}
+    # the stale promotionToken on dc2 was removed in the demotion patch (else CNPG's webhook refuses it)
+    assert "promotionToken" not in get(dc2, ns, DC2)["spec"]["replica"]
+    assert get(dc1, ns, DC1)["status"]["lastPromotionToken"] == back["token"]
+
+    # and forth again: every switch uses the newest demotion token
+    forth = run_module(tmp_path, kubeconfig, ns, "switchover")
+    assert forth["changed"] is True and forth["token"] not in (token, back["token"])
+    assert cnpg.promotion_done(get(dc2, ns, DC2), forth["token"])
+
+
+def test_check_mode_makes_no_change(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dc1, dc2 = topology
+    versions = (get(dc1, ns, DC1)["metadata"]["resourceVersion"], get(dc2, ns, DC2)["metadata"]["resourceVersion"])
+    result = run_module(tmp_path, kubeconfig, ns, "switchover", check=True, diff=True)
+    assert result["changed"] is True
+    assert [(p["step"], p["cluster"]) for p in result["plan"]] == [("demote", "old"), ("promote", "new")]
+    assert result["plan"][0]["patch"] == {"spec": {"replica": {"primary": DC2}}}
+    assert result["diff"]["after"]["old_cluster"]["spec"]["replica"]["primary"] == DC2
+    assert result["diff"]["before"]["old_cluster"]["spec"]["replica"]["primary"] == DC1
+    failover = run_module(tmp_path, kubeconfig, ns, "failover", check=True, old_cluster_fencing="fence")
+    assert [p["step"] for p in failover["plan"]] == ["fence", "promote"]
+    assert (get(dc1, ns, DC1)["metadata"]["resourceVersion"],
+            get(dc2, ns, DC2)["metadata"]["resourceVersion"]) == versions
+
+
+def test_token_mismatch_fails_with_phase_reason(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dummy, dc2 = topology
+    # the stand-in's designated primary "replayed" past the token's LSN: CNPG's fatal mismatch
+    patch(dc2, ns, DC2, {"metadata": {"annotations": {cnpg_state.REPLAYED_LSN_ANNOTATION: "FFFFFFFF/0"}}})
+    result = run_module(tmp_path, kubeconfig, ns, "switchover", promotion_timeout=3600)
+    assert result.get("failed") is True
+    assert cnpg.PHASE_UNRECOVERABLE in result["msg"] and cnpg_state.TOKEN_MISMATCH_REASON in result["msg"]
+    assert result["last_status"]["phase"] == cnpg.PHASE_UNRECOVERABLE
+    assert result["steps"] == ["demote", "promote"]
+
+
+def test_forbidden_and_not_found_messages(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns = topology[0]
+    result = run_module(tmp_path, kubeconfig, ns, "switchover",
+                        new_cluster={"name": "nope", "namespace": ns, "context": "dc2"})
+    assert result.get("failed") is True
+    assert f"Cluster {ns}/nope" in result["msg"] and "not found" in result["msg"]
+
+
+# -- interruptions -------------------------------------------------------------------------------------------------
+def test_resume_after_interruption_during_demotion(topology):
+    ns, dc1, dc2 = topology
+    patch(dc1, ns, DC1, {"metadata": {"annotations": {PAUSE: "disabled"}}})  # the operator stops reconciling dc1
+    with pytest.raises(cnpg.PhaseTimeout) as info:
+        run_direct(dc1, dc2, ns, "switchover", demotion_timeout=0.5)
+    assert "demotion token" in info.value.msg
+    assert info.value.details["last_status"]["spec_replica"]["primary"] == DC2
+    assert info.value.details["result"]["steps"] == ["demote"]
+    patch(dc1, ns, DC1, {"metadata": {"annotations": {PAUSE: None}}})
+    result = run_direct(dc1, dc2, ns, "switchover")
+    assert result["steps"] == ["promote"]
+    assert cnpg.promotion_done(get(dc2, ns, DC2), result["token"])
+
+
+def test_resume_after_interruption_before_promotion(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dc1, dc2 = topology
+    patch(dc1, ns, DC1, {"spec": {"replica": {"primary": DC2}}})  # a run stopped right after the demotion patch
+    old = wait_for(dc1, ns, DC1, lambda o: cnpg.demotion_done(o)[0], "demotion token")
+    result = run_module(tmp_path, kubeconfig, ns, "switchover")
+    assert result["steps"] == ["promote"] and result["token"] == old["status"]["demotionToken"]
+    assert summary_roles(result) == {"old": "replica", "new": "primary"}
+
+
+def test_resume_after_interruption_during_promotion(topology):
+    ns, dc1, dc2 = topology
+    patch(dc2, ns, DC2, {"metadata": {"annotations": {PAUSE: "disabled"}}})
+    with pytest.raises(cnpg.PhaseTimeout) as info:
+        run_direct(dc1, dc2, ns, "switchover", promotion_timeout=0.5)
+    assert "lastPromotionToken" in info.value.msg
+    token = info.value.details["result"]["token"]
+    assert info.value.details["last_status"]["spec_replica"]["promotionToken"] == token
+    patch(dc2, ns, DC2, {"metadata": {"annotations": {PAUSE: None}}})
+    result = run_direct(dc1, dc2, ns, "switchover")
+    assert result["steps"] == [] and result["token"] == token
+    assert cnpg.promotion_done(get(dc2, ns, DC2), token)
+
+
+# -- failover ------------------------------------------------------------------------------------------------------
+def test_failover_refused_when_old_reachable_and_unfenced(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dc1, dc2 = topology
+    versions = (get(dc1, ns, DC1)["metadata"]["resourceVersion"], get(dc2, ns, DC2)["metadata"]["resourceVersion"])
+    result = run_module(tmp_path, kubeconfig, ns, "failover")
+    assert result.get("failed") is True and "two writable primaries" in result["msg"]
+    assert (get(dc1, ns, DC1)["metadata"]["resourceVersion"],
+            get(dc2, ns, DC2)["metadata"]["resourceVersion"]) == versions
+
+
+def test_fencing_then_failover(topology, tmp_path, kubeconfig):  # noqa: F811
+    ns, dc1, dc2 = topology
+    result = run_module(tmp_path, kubeconfig, ns, "failover", old_cluster_fencing="fence")
+    assert result.get("failed") is not True, result
+    assert result["steps"] == ["fence", "promote"] and result["data_loss_possible"] is True
+    assert result["old_reachable"] is True and result["token"] is None
+    assert get(dc1, ns, DC1)["metadata"]["annotations"][cnpg.FENCE_ANNOTATION] == '["*"]'
+    new = get(dc2, ns, DC2)
+    assert new["spec"]["replica"]["primary"] == DC2 and "promotionToken" not in new["spec"]["replica"]
+    assert cnpg.promotion_done(new)
+    again = run_module(tmp_path, kubeconfig, ns, "failover")
+    assert again["changed"] is False
+
+
+def test_failover_with_dc1_apiserver_stopped(topology, tmp_path, kubeconfig, lab_handle):  # noqa: F811
+    ns, dummy, dc2 = topology
+    pid = lab_handle.process("dc1-kube-apiserver")["pid"]
+    os.kill(pid, signal.SIGSTOP)  # dc1's control plane stops answering
+    try:
+        result = run_module(tmp_path, kubeconfig, ns, "failover", request_timeout=2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.get("failed") is not True, result
+    assert result["old_reachable"] is False and result["old_error"]
+    assert result["data_loss_possible"] is True and result["steps"] == ["promote"]
+    assert result["before"]["old_cluster"] is None
+    assert result["lag"]["known"] is False
+    assert cnpg.promotion_done(get(dc2, ns, DC2))
+    print(f"\nfailover (dc1 apiserver stopped) module timings: {result['timings']}")
+
+
+def test_failover_module_time_old_site_fenced(topology, tmp_path, kubeconfig):  # noqa: F811
+    """Failover timing without the unreachable-probe cost: dc1 already fenced."""
+    ns, dc1, dc2 = topology
+    patch(dc1, ns, DC1, {"metadata": {"annotations": {cnpg.FENCE_ANNOTATION: '["*"]'}}})
+    result = run_module(tmp_path, kubeconfig, ns, "failover")
+    assert result["steps"] == ["promote"]
+    assert cnpg.promotion_done(get(dc2, ns, DC2))
+    print(f"\nfailover (dc1 fenced) module timings: {result['timings']}")
+
+
+def test_standalone_form_failover_and_switchover_refused(kube_clients, kube_namespace, tmp_path,  # noqa: F811
+                                                        kubeconfig):  # noqa: F811
+    ns = kube_namespace
+    dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
+    primary = pg_cluster(DC1, None)
+    del primary["spec"]["replica"]
+    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters", primary)
+    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
+                                                pg_cluster(DC2, {"enabled": True, "source": DC1}))
+    wait_for(dc1, ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary")
+    wait_for(dc2, ns, DC2, lambda o: healthy(o) and cnpg.is_replica(o), "healthy standalone replica")
+
+    refused = run_module(tmp_path, kubeconfig, ns, "switchover")
+    assert refused.get("failed") is True and "standalone" in refused["msg"] and refused["plan"] == []
+
+    result = run_module(tmp_path, kubeconfig, ns, "failover", old_cluster_fencing="hibernate")
+    assert result.get("failed") is not True, result
+    assert [p["patch"] for p in result["plan"]] == [
+        {"metadata": {"annotations": {cnpg.HIBERNATION_ANNOTATION: "on"}}},
+        {"spec": {"replica": {"enabled": False}}}]
+    assert any("irreversible" in w for w in result.get("warnings", []))
+    assert cnpg.promotion_done(get(dc2, ns, DC2))
+
+
+def test_per_side_credentials_and_forbidden_message(topology, tmp_path, kube_sites):  # noqa: F811
+    """old_cluster uses its own host/token/CA (a ServiceAccount that may only read Clusters): the demotion patch
+    fails with a message naming the object and the missing permission; nothing changes."""
+    ns, dc1, dummy = topology
+    rbac = client.RbacAuthorizationV1Api(dc1)
+    core = client.CoreV1Api(dc1)
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "cnpg-read"}, "rules": [
+        {"apiGroups": [GROUP], "resources": ["clusters"], "verbs": ["get", "list", "watch"]}]})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "cnpg-read"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cnpg-read"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})
+    token = core.create_namespaced_service_account_token(
+        "reader", ns, {"spec": {"audiences": [], "expirationSeconds": 600}}).status.token
+    site = kube_sites["dc1"]
+    version = get(dc1, ns, DC1)["metadata"]["resourceVersion"]
+    result = run_module(tmp_path, site["kubeconfig"], ns, "switchover",
+                        old_cluster={"name": DC1, "namespace": ns, "host": site["server"], "api_key": token,
+                                     "ca_cert": site["pki"]["ca"]},
+                        new_cluster={"name": DC2, "namespace": ns,
+                                     "kubeconfig": kube_sites["dc2"]["kubeconfig"], "context": "dc2"})
+    assert result.get("failed") is True
+    assert f"Cluster {ns}/{DC1}" in result["msg"] and "forbidden" in result["msg"]
+    assert "'patch' permission on clusters.postgresql.cnpg.io" in result["msg"]
+    assert result["before"]["old_cluster"]["role"] == "primary"  # reading worked with the same credentials
+    assert get(dc1, ns, DC1)["metadata"]["resourceVersion"] == version

@@ -1,0 +1,443 @@
+"""Lab component: one real Kubernetes control plane per site (issue 3).
+
+Per site: etcd + kube-apiserver (TLS, client-certificate and static-token authentication, RBAC) +
+kube-controller-manager + kube-scheduler + kwok (fake nodes; pods become Running/Ready, Jobs complete) + the
+CloudNativePG operator stand-in (tests/lab/cnpg_standin.py). The CNPG / Barman Cloud CRDs and the
+ValidatingAdmissionPolicies that carry CNPG's webhook rules (tests/lab/kube/cnpg-policies.yaml) are installed.
+Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
+
+    entry = kube.up(lab, "dc1", 0)      # state["sites"]["dc1"]["kube"]
+    problems = kube.check(lab, entry)   # [] when healthy
+    kube.write_merged_kubeconfig(lab, {"dc1": e1, "dc2": e2})   # <lab dir>/kubeconfig, contexts dc1/dc2
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import secrets
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.lab import kube_build
+from tests.lab.core import REPO_ROOT, LabError, wait_until
+
+DATA_DIR = Path(__file__).resolve().parent / "kube"
+ZONES = ("zone-a", "zone-b", "zone-c")
+NODES_PER_SITE = 3
+START_TIMEOUT = float(os.environ.get("HANZO_KMS_KUBE_START_TIMEOUT", "60"))
+FIELD_MANAGER = "hanzo-kms-lab"
+
+
+# -- binaries ------------------------------------------------------------------------------------------------------
+def ensure_binaries():
+    """Paths of the built binaries (plus ``crds`` and ``kwok_stages`` folders); LabError when not built."""
+    root = kube_build.cache_root()
+    if not kube_build.cached(root):
+        missing = [n for n in kube_build.BINARIES if not (root / "bin" / n).is_file()]
+        why = f"missing {', '.join(missing)}" if missing else "built from other pins than tools/kube/*/go.mod"
+        raise LabError(f"the Kubernetes binaries in {root} are not usable ({why}): run make k8s-bins")
+    paths = {name: root / "bin" / name for name in kube_build.BINARIES}
+    paths["crds"] = root / "crds"
+    paths["kwok_stages"] = root / "kwok-stages"
+    return paths
+
+
+# -- PKI -----------------------------------------------------------------------------------------------------------
+def _pki(directory):
+    """CA, apiserver serving cert, admin client cert (O=system:masters), service-account key pair (ECDSA P-256)."""
+    # pylint: disable=import-outside-toplevel
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    def key_pem(key):
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    later = now + datetime.timedelta(days=3650)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hanzo-kms-lab-ca")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(later)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False, decipher_only=False),
+                              critical=True)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(common_name, orgs=(), server=False):
+        key = ec.generate_private_key(ec.SECP256R1())
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        builder = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(later)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+        else:
+            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
+
+    sa_key = ec.generate_private_key(ec.SECP256R1())
+    files = {"ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM), "ca.key": key_pem(ca_key),
+             "sa.key": key_pem(sa_key),
+             "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)}
+    files["apiserver.crt"], files["apiserver.key"] = leaf("kube-apiserver", server=True)
+    files["admin.crt"], files["admin.key"] = leaf("hanzo-kms-lab-admin", orgs=("system:masters",))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        os.chmod(path, 0o600)
+    return {name: directory / name for name in files}
+
+
+# -- a tiny HTTPS client (no kubectl or python client needed to bring the cluster up) ---------------------------------
+class Api:
+    """Minimal JSON client for one apiserver, authenticated with the admin client certificate."""
+
+    def __init__(self, server, ca_file, cert_file, key_file):
+        self.server = server.rstrip("/")
+        self.context = ssl.create_default_context(cafile=str(ca_file))
+        self.context.load_cert_chain(str(cert_file), str(key_file))
+
+    @classmethod
+    def from_entry(cls, entry):
+        pki = entry["pki"]
+        return cls(entry["server"], pki["ca"], pki["admin_cert"], pki["admin_key"])
+
+    def request(self, method, path, body=None, content_type="application/json", params=None, timeout=10):
+        url = self.server + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=self.context, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            status = exc.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode("utf-8", "replace")
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def apply(self, obj):
+        """Server-side apply of one object (create or update)."""
+        path = _object_path(obj)
+        status, body = self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
+                                    params={"fieldManager": FIELD_MANAGER, "force": "true"}, timeout=30)
+        if status >= 300:
+            raise LabError(f"applying {obj['kind']} {obj['metadata']['name']} failed ({status}): {_message(body)}")
+        return body
+
+
+_PLURALS = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+            "ValidatingAdmissionPolicy": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
+            "ValidatingAdmissionPolicyBinding": ("admissionregistration.k8s.io/v1",
+                                                 "validatingadmissionpolicybindings", False),
+            "Node": ("v1", "nodes", False), "Namespace": ("v1", "namespaces", False)}
+
+
+def _object_path(obj):
+    _api_version, plural, _namespaced = _PLURALS[obj["kind"]]
+    api_version = obj["apiVersion"]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/{plural}/{obj['metadata']['name']}"
+
+
+def _message(body):
+    if isinstance(body, dict):
+        return body.get("message") or json.dumps(body)[:500]
+    return str(body)[:500]
+
+
+# -- kubeconfigs ---------------------------------------------------------------------------------------------------
+def _b64(path):
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def kubeconfig_dict(entries):
+    """One kubeconfig with a cluster/user/context per entry (context name = site)."""
+    config = {"apiVersion": "v1", "kind": "Config", "preferences": {}, "clusters": [], "users": [], "contexts": []}
+    for entry in entries:
+        site = entry["context"]
+        pki = entry["pki"]
+        config["clusters"].append({"name": site, "cluster": {"server": entry["server"],
+                                                             "certificate-authority-data": _b64(pki["ca"])}})
+        config["users"].append({"name": f"{site}-admin", "user": {"client-certificate-data": _b64(pki["admin_cert"]),
+                                                                  "client-key-data": _b64(pki["admin_key"])}})
+        config["contexts"].append({"name": site, "context": {"cluster": site, "user": f"{site}-admin",
+                                                             "namespace": "default"}})
+    config["current-context"] = entries[0]["context"] if entries else ""
+    return config
+
+
+def _write_kubeconfig(path, entries):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(kubeconfig_dict(entries), sort_keys=False), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+def write_merged_kubeconfig(lab, entries):
+    """Write <lab dir>/kubeconfig with one context per site; ``entries`` is {site: entry} or a list of entries."""
+    if isinstance(entries, dict):
+        entries = [entries[k] for k in sorted(entries)]
+    return str(_write_kubeconfig(lab.path("kubeconfig"), list(entries)))
+
+
+# -- up / check ----------------------------------------------------------------------------------------------------
+def _kwok_config(kube_dir, stages_dir):
+    docs = [(DATA_DIR / "kwok.yaml").read_text(encoding="utf-8").strip()]
+    for name in kube_build.KWOK_STAGES:
+        docs.append(Path(stages_dir, Path(name).name).read_text(encoding="utf-8").strip())
+    path = kube_dir / "kwok.yaml"
+    path.write_text("\n---\n".join(d.removeprefix("---").strip() for d in docs) + "\n", encoding="utf-8")
+    return path
+
+
+def _node(site, index):
+    name = f"{site}-node-{index + 1}"
+    zone = ZONES[index % len(ZONES)]
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                    "kubernetes.io/arch": "amd64", "type": "kwok",
+                                    "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": site}},
+            "spec": {},
+            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                       "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                       "nodeInfo": {"architecture": "amd64", "kubeletVersion": "fake", "kubeProxyVersion": "fake",
+                                    "operatingSystem": "linux"}}}
+
+
+def _nodes_ready(api):
+    status, body = api.get("/api/v1/nodes")
+    if status != 200:
+        return []
+    ready = []
+    for node in body.get("items", []):
+        for cond in node.get("status", {}).get("conditions", []):
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                ready.append(node["metadata"]["name"])
+    return ready
+
+
+def _crds_established(api, names):
+    for name in names:
+        status, body = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        if status != 200:
+            return False
+        conds = {c["type"]: c["status"] for c in body.get("status", {}).get("conditions", [])}
+        if conds.get("Established") != "True":
+            return False
+    return True
+
+
+def _policies_enforced(api):
+    """True once the admission policies reject a forbidden Cluster (dry run)."""
+    probe = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+             "metadata": {"name": "lab-policy-probe", "namespace": "default"},
+             "spec": {"instances": 1, "storage": {"size": "1Gi"},
+                      "externalClusters": [{"name": "a"}, {"name": "b"}],
+                      "replica": {"primary": "a", "source": "a", "enabled": True}}}
+    status, body = api.request("POST", "/apis/postgresql.cnpg.io/v1/namespaces/default/clusters", body=probe,
+                               params={"dryRun": "All"})
+    return status in (400, 403, 422) and "not compatible with the primary field" in _message(body)
+
+
+def up(lab, site, index):
+    """Start one site's control plane and return its state entry (see module docstring)."""
+    bins = ensure_binaries()
+    started = time.monotonic()
+    timings = {}
+
+    def mark(what):
+        timings[what] = round(time.monotonic() - started, 1)
+
+    kube_dir = lab.path(site, "kube", "x").parent
+    pki = _pki(kube_dir / "pki")
+    token = secrets.token_hex(16)
+    tokens = kube_dir / "pki" / "tokens.csv"
+    tokens.write_text(f'{token},hanzo-kms-lab-admin,hanzo-kms-lab-admin,"system:masters"\n', encoding="utf-8")
+    os.chmod(tokens, 0o600)
+    ports = {k: lab.free_port() for k in ("etcd_client", "etcd_peer", "apiserver", "controller_manager",
+                                          "scheduler", "kwok")}
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    entry = {"context": site, "server": server, "token": token, "ports": ports, "dir": str(kube_dir),
+             "version": kube_build.KUBE_VERSION,
+             "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
+             "processes": []}
+    kubeconfig = _write_kubeconfig(kube_dir / "kubeconfig", [entry])
+    entry["kubeconfig"] = str(kubeconfig)
+
+    def spawn(component, argv, **kwargs):
+        name = f"{site}-{component}"
+        lab.spawn(name, argv, **kwargs)
+        entry["processes"].append(name)
+        return name
+
+    etcd_url = f"http://127.0.0.1:{ports['etcd_client']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+    etcd = spawn("etcd", [bins["etcd"], f"--name={site}", f"--data-dir={kube_dir / 'etcd'}",
+                          f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                          f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+                          f"--initial-cluster={site}={peer_url}", "--unsafe-no-fsync",
+                          "--quota-backend-bytes=2147483648", "--log-level=warn"])
+    lab.wait_process(etcd, lambda: json.loads(urllib.request.urlopen(etcd_url + "/health", timeout=2).read())
+                     .get("health") == "true", START_TIMEOUT, f"{site} etcd /health")
+    mark("etcd")
+
+    cidr_octet = 96 + index
+    apiserver = spawn("kube-apiserver", [
+        bins["kube-apiserver"], f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
+        f"--client-ca-file={pki['ca.crt']}", f"--requestheader-client-ca-file={pki['ca.crt']}",
+        f"--token-auth-file={tokens}",
+        "--authorization-mode=Node,RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki['sa.pub']}", f"--service-account-signing-key-file={pki['sa.key']}",
+        f"--service-cluster-ip-range=10.{cidr_octet}.0.0/16", "--allow-privileged=true",
+        "--endpoint-reconciler-type=none", "--profiling=false", f"--cert-dir={kube_dir / 'pki'}"])
+    api = Api(server, pki["ca.crt"], pki["admin.crt"], pki["admin.key"])
+    lab.wait_process(apiserver, lambda: api.get("/readyz")[0] == 200, START_TIMEOUT, f"{site} kube-apiserver /readyz")
+    mark("apiserver")
+
+    admin_kc = str(kubeconfig)
+    spawn("kube-controller-manager", [
+        bins["kube-controller-manager"], f"--kubeconfig={admin_kc}", f"--authentication-kubeconfig={admin_kc}",
+        f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
+        f"--secure-port={ports['controller_manager']}", f"--service-account-private-key-file={pki['sa.key']}",
+        f"--root-ca-file={pki['ca.crt']}", f"--cluster-signing-cert-file={pki['ca.crt']}",
+        f"--cluster-signing-key-file={pki['ca.key']}", f"--service-cluster-ip-range=10.{cidr_octet}.0.0/16",
+        "--use-service-account-credentials=false", "--profiling=false", "--concurrent-deployment-syncs=5"])
+    spawn("kube-scheduler", [
+        bins["kube-scheduler"], f"--kubeconfig={admin_kc}", f"--authentication-kubeconfig={admin_kc}",
+        f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
+        f"--secure-port={ports['scheduler']}", "--profiling=false"])
+    spawn("kwok", [
+        bins["kwok"], f"--kubeconfig={admin_kc}", f"--config={_kwok_config(kube_dir, bins['kwok_stages'])}",
+        "--manage-all-nodes=true", f"--cidr=10.{200 + index}.0.0/16", "--node-ip=10.255.0.1",
+        f"--server-address=127.0.0.1:{ports['kwok']}", "--node-lease-duration-seconds=40"])
+
+    # CRDs (server-side apply: the Cluster CRD is larger than client-side apply's annotation budget) and policies.
+    crd_names = []
+    for path in sorted(Path(bins["crds"]).glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                api.apply(doc)
+                crd_names.append(doc["metadata"]["name"])
+    for index_node in range(NODES_PER_SITE):
+        api.apply(_node(site, index_node))
+    wait_until(lambda: _crds_established(api, crd_names), START_TIMEOUT, f"{site} CNPG CRDs to be Established")
+    mark("crds")
+    policies = yaml.safe_load((DATA_DIR / "cnpg-policies.yaml").read_text(encoding="utf-8"))
+    for doc in policies["items"]:
+        api.apply(doc)
+    wait_until(lambda: _policies_enforced(api), START_TIMEOUT, f"{site} CNPG admission policies to be enforced")
+    mark("policies")
+
+    ready_file = kube_dir / "cnpg-standin.ready"
+    ready_file.unlink(missing_ok=True)
+    standin = spawn("cnpg-standin", [sys.executable, "-m", "tests.lab.cnpg_standin", "--kubeconfig", admin_kc,
+                                     "--context", site, "--ready-file", ready_file],
+                    cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
+    lab.wait_process(standin, ready_file.exists, START_TIMEOUT, f"{site} CNPG stand-in to watch")
+    lab.wait_process(f"{site}-kwok", lambda: len(_nodes_ready(api)) >= NODES_PER_SITE, START_TIMEOUT,
+                     f"{site} nodes Ready")
+    mark("nodes_ready")
+    entry["nodes"] = sorted(_nodes_ready(api))
+    entry["start_seconds"] = timings
+    entry["crds"] = sorted(crd_names)
+    return entry
+
+
+def check(lab, entry):
+    """Health problems of one site's control plane; [] when healthy."""
+    problems = []
+    for name in entry.get("processes", []):
+        try:
+            if not lab.process_alive(lab.process(name)):
+                problems.append(f"{name} is not running")
+        except LabError as exc:
+            problems.append(str(exc))
+    try:
+        api = Api.from_entry(entry)
+        status, body = api.get("/readyz", params={"verbose": "1"})
+        if status != 200:
+            problems.append(f"{entry['context']} kube-apiserver /readyz returned {status}: {str(body)[-300:]}")
+        else:
+            ready = _nodes_ready(api)
+            if len(ready) < NODES_PER_SITE:
+                problems.append(f"{entry['context']}: only {len(ready)} Ready nodes ({', '.join(ready) or 'none'})")
+    except (OSError, ssl.SSLError) as exc:
+        problems.append(f"{entry['context']} kube-apiserver {entry.get('server')} unreachable: {exc}")
+    return problems
+
+
+def _dev_main():  # pragma: no cover - developer driver until the lab CLI calls up()/check()
+    import argparse  # pylint: disable=import-outside-toplevel
+    from tests.lab.core import Lab  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(description="start/stop only the Kubernetes part of the lab (development)")
+    parser.add_argument("action", choices=["up", "down", "check"])
+    parser.add_argument("--dir", default=os.environ.get("HANZO_KMS_KUBE_DEV_DIR", str(REPO_ROOT / ".lab-kube")))
+    args = parser.parse_args()
+    lab = Lab(args.dir)
+    lab.load()
+    lab.state.setdefault("version", 1)
+    if args.action == "up":
+        started = time.monotonic()
+        entries = {}
+        for index, site in enumerate(("dc1", "dc2")):
+            entries[site] = up(lab, site, index)
+            lab.state.setdefault("sites", {}).setdefault(site, {})["kube"] = entries[site]
+            lab.save()
+        write_merged_kubeconfig(lab, entries)
+        print(f"two clusters up in {time.monotonic() - started:.1f}s; kubeconfig {lab.path('kubeconfig')}")
+        for site, entry in entries.items():
+            print(f"{site}: seconds since start when ready: {entry['start_seconds']}")
+    elif args.action == "check":
+        problems = [p for s in lab.state.get("sites", {}).values() if "kube" in s for p in check(lab, s["kube"])]
+        print("\n".join(problems) or "healthy")
+        sys.exit(1 if problems else 0)
+    else:
+        print("stopped:", ", ".join(lab.stop_all()))
+        lab.state["processes"] = []
+        lab.state.pop("sites", None)
+        lab.save()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _dev_main()
