@@ -167,7 +167,8 @@ class Lab:
         if not pid_alive(proc["pid"]):
             return False
         exe = pid_exe(proc["pid"])
-        return exe is None or exe == proc["exe"]
+        # An upgraded binary reads "<path> (deleted)" while the old process still runs it.
+        return exe is None or exe.removesuffix(" (deleted)") == proc["exe"]
 
     def log_tail(self, name, lines=20):
         try:

@@ -19,7 +19,7 @@ BACKEND = "kms"
 
 def servers_state(address):
     """{server name: ServerState} of the KMS backend, read through the collection's own Runtime API client."""
-    return {server: row for (_backend, server), row in RuntimeClient(address).servers_state(BACKEND).items()}
+    return {key[1]: row for key, row in RuntimeClient(address).servers_state(BACKEND).items()}  # key: (backend, server)
 
 
 def describe(row):

@@ -38,7 +38,7 @@ def test_wait_until_stops_at_once_on_a_lab_error():
 
 def test_free_port_never_hands_out_the_same_port_twice(tmp_path):
     lab = Lab(tmp_path)
-    ports = [lab.free_port() for _ in range(50)]
+    ports = [lab.free_port() for unused_attempt in range(50)]
     assert len(set(ports)) == 50
     assert all(port_is_free(p) for p in ports)
 
