@@ -5,12 +5,22 @@ configured delays, compute the status CNPG 1.30 would write (per /work/shared/no
 phases with CNPG's exact strings, ``Ready`` / ``ReplicaClusterSwitch`` / ``ReplicaClusterDesignatedPrimaryTransition`` /
 ``ReplicaClusterFencing`` conditions, ``currentPrimary``, ``instancesReportedState[*].isPrimary``, the demotion token
 (base64 JSON with six keys), token-checked promotion and ``lastPromotionToken``, Backup phases ``running`` →
-``completed``. No I/O here: the controller applies the result.
+``completed``. No I/O here: the controller applies the result (real PostgreSQL actions go through ``Instance``).
 
-Simulation (there is no PostgreSQL): the system identifier is derived from the sorted ``externalClusters`` names (the
-same in every Cluster of a distributed topology) or from the uid; the WAL position grows with wall-clock time; a
-designated primary "replays" up to a promotion token's LSN ``delays.replay`` seconds after the token appears, unless
-the annotation ``lab.hanzo.kms/replayed-lsn`` pins the replayed LSN (lower = wait for ever, higher = fatal mismatch).
+Two modes per Cluster:
+
+- with an ``Instance`` (the lab's own Clusters ``kms/kms-pg-<site>``, mapped by the controller to that site's real
+  PostgreSQL): demotion calls ``Instance.demote`` (clean shutdown, restart as a standby of ``spec.replica.source``) and
+  builds the demotion token from the real ``pg_controldata``; promotion checks the token against the instance's
+  ``pg_controldata`` after a CHECKPOINT (restartpoint) exactly as CNPG's ``promotiontoken`` package does (system
+  identifier, timeline, REDO location: behind = wait, ahead = fatal), then ``Instance.promote``; ``systemID`` /
+  ``timelineID`` come from the server. The I/O lives behind the ``Instance`` interface (implemented in
+  tests/lab/cnpg_standin.py), so this module stays free of it.
+- without one (any other Cluster, e.g. the integration tests' own namespaces), everything is simulated: the system
+  identifier is derived from the sorted ``externalClusters`` names (the same in every Cluster of a distributed
+  topology) or from the uid; the WAL position grows with wall-clock time; a designated primary "replays" up to a
+  promotion token's LSN ``delays.replay`` seconds after the token appears, unless the annotation
+  ``lab.hanzo.kms/replayed-lsn`` pins the replayed LSN (lower = wait for ever, higher = fatal mismatch).
 """
 from __future__ import annotations
 
@@ -38,6 +48,7 @@ COND_FENCING = "ReplicaClusterFencing"
 COND_ARCHIVING = "ContinuousArchiving"
 
 FENCE_ANNOTATION = "cnpg.io/fencedInstances"
+HIBERNATION_ANNOTATION = "cnpg.io/hibernation"
 REPLAYED_LSN_ANNOTATION = "lab.hanzo.kms/replayed-lsn"
 TOKEN_KEYS = ("latestCheckpointTimelineID", "redoWalFile", "databaseSystemIdentifier",
               "latestCheckpointREDOLocation", "timeOfLatestCheckpoint", "operatorVersion")
@@ -73,6 +84,58 @@ class Result:
 
 class TokenError(ValueError):
     """A promotion token that is not base64 JSON with the six non-empty keys."""
+
+
+class InstanceError(Exception):
+    """A PostgreSQL action on a Cluster's real instance failed; the reconcile reports it and retries."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What the real instance says about itself."""
+    in_recovery: bool
+    system_id: str
+    timeline: int
+
+
+class Instance:
+    """The real PostgreSQL instance behind a Cluster (interface; tests/lab/cnpg_standin.py implements it)."""
+
+    def observe(self):
+        """An Observation, or None when the server does not answer. Never raises."""
+        raise NotImplementedError
+
+    def demote(self, source):
+        """Stop accepting writes: shut the primary down cleanly (fast shutdown, so the shutdown checkpoint is
+        written and sent to the standbys), then run it as a standby streaming from the instance of ``source`` (an
+        ``externalClusters`` name). Idempotent. Returns the parsed ``pg_controldata`` of the shut-down cluster."""
+        raise NotImplementedError
+
+    def controldata(self, checkpoint=False):
+        """Parsed ``pg_controldata``; with ``checkpoint``, run CHECKPOINT first (a restartpoint on a standby, so the
+        control file reflects the last replayed checkpoint, as CNPG does before checking a promotion token)."""
+        raise NotImplementedError
+
+    def promote(self):
+        """``pg_promote()`` and wait until the server is out of recovery."""
+        raise NotImplementedError
+
+    def bootstrap_replica(self, source):
+        """A new replica Cluster: keep the instance when it already is a standby of ``source``'s instance, else
+        replace its data with a fresh base backup of it (CNPG bootstraps a replica Cluster on new volumes)."""
+        raise NotImplementedError
+
+    def bootstrap_primary(self):
+        """A new primary Cluster: promote the instance if it runs as a standby (the lab keeps its data)."""
+        raise NotImplementedError
+
+    def stop(self):
+        """Fencing: shut the instance down cleanly (no-op when it is down)."""
+        raise NotImplementedError
+
+    def start(self):
+        """Unfencing: start the instance again in its configured role (no-op when it runs)."""
+        raise NotImplementedError
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -154,6 +217,76 @@ def parse_token(token):
     return content
 
 
+# -- pg_controldata and the real token -------------------------------------------------------------------------------
+# token key -> pg_controldata label (CNPG's promotiontoken.Data; operatorVersion is added by the operator)
+CONTROLDATA_LABELS = {
+    "latestCheckpointTimelineID": "Latest checkpoint's TimeLineID",
+    "redoWalFile": "Latest checkpoint's REDO WAL file",
+    "databaseSystemIdentifier": "Database system identifier",
+    "latestCheckpointREDOLocation": "Latest checkpoint's REDO location",
+    "timeOfLatestCheckpoint": "Time of latest checkpoint",
+}
+CD_SYSTEM_ID = CONTROLDATA_LABELS["databaseSystemIdentifier"]
+CD_TIMELINE = CONTROLDATA_LABELS["latestCheckpointTimelineID"]
+CD_REDO = CONTROLDATA_LABELS["latestCheckpointREDOLocation"]
+
+
+def parse_controldata(text):
+    """``pg_controldata`` output as {label: value} (values may contain colons: split at the first one)."""
+    values = {}
+    for line in text.splitlines():
+        label, sep, value = line.partition(":")
+        if sep and label.strip():
+            values[label.strip()] = value.strip()
+    return values
+
+
+def token_from_controldata(controldata, operator_version=OPERATOR_VERSION):
+    """The demotion token CNPG builds from the shut-down primary's ``pg_controldata``."""
+    missing = [label for label in CONTROLDATA_LABELS.values() if not controldata.get(label)]
+    if missing:
+        raise TokenError(f"pg_controldata output lacks {', '.join(missing)}")
+    content = {key: controldata[label] for key, label in CONTROLDATA_LABELS.items()}
+    content["operatorVersion"] = operator_version
+    return base64.b64encode(json.dumps(content).encode()).decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCheck:
+    """Why a promotion token cannot be used now: ``retryable`` = wait, else fatal."""
+    retryable: bool
+    message: str
+
+
+def check_token(content, controldata):
+    """CNPG's promotiontoken.ValidateAgainstInstanceStatus against a standby's ``pg_controldata`` taken after a
+    CHECKPOINT: None when the token matches (the standby replayed exactly up to the old primary's shutdown
+    checkpoint), else a TokenCheck."""
+    current_system = controldata.get(CD_SYSTEM_ID, "")
+    if content["databaseSystemIdentifier"] != current_system:
+        return TokenCheck(False, f"mismatching system identifiers, current:{current_system} "
+                                 f"wanted:{content['databaseSystemIdentifier']}")
+    try:
+        current_tl = int(controldata.get(CD_TIMELINE, ""))
+        replayed = parse_lsn(controldata.get(CD_REDO, ""))
+    except ValueError:
+        return TokenCheck(False, f"pg_controldata of the instance is not understood: {controldata}")
+    token_tl = int(content["latestCheckpointTimelineID"])
+    if token_tl > current_tl:
+        return TokenCheck(True, f"requested timeline not reached, current:{current_tl} wanted:{token_tl}")
+    if token_tl < current_tl:
+        return TokenCheck(False, f"requested timeline is older than current one, current:{current_tl} "
+                                 f"wanted:{token_tl}")
+    token_lsn = parse_lsn(content["latestCheckpointREDOLocation"])
+    if token_lsn < replayed:
+        return TokenCheck(False, f"promotion token LSN ({format_lsn(token_lsn)}) is older than the last replay LSN "
+                                 f"({format_lsn(replayed)})")
+    if replayed < token_lsn:
+        return TokenCheck(True, f"waiting for promotion token LSN ({format_lsn(token_lsn)}) to be replayed "
+                                f"(the last replayed LSN is {format_lsn(replayed)})")
+    return None
+
+
 def set_condition(conditions, ctype, status, reason, message, now, generation=None):
     """meta.SetStatusCondition: lastTransitionTime changes only when status does."""
     for cond in conditions:
@@ -182,8 +315,13 @@ def _wal_archiver(spec):
 
 
 # -- Cluster -------------------------------------------------------------------------------------------------------
-def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals,too-many-branches,too-many-statements
-    """Desired status of a Cluster. ``mem`` (a dict the caller keeps per object) holds step start times."""
+OBSERVE_INTERVAL = 2.0  # seconds between refreshes of systemID/timelineID from a real instance
+
+
+def reconcile_cluster(obj, mem, now, delays, instance=None):
+    # pylint: disable=too-many-locals,too-many-branches,too-many-statements,too-many-return-statements
+    """Desired status of a Cluster. ``mem`` (a dict the caller keeps per object) holds step start times and
+    what a real ``instance`` (an Instance, or None to simulate) reported during a transition."""
     meta = obj["metadata"]
     spec = obj.get("spec", {})
     name = meta["name"]
@@ -215,6 +353,7 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
         """Remaining seconds before the step ``key`` (started at first sight) is done; 0 when done."""
         return max(0.0, since(key) + seconds - now)
 
+    observed = instance.observe() if instance is not None else None
     status["instances"] = instances
     status["writeService"] = f"{name}-rw"
     status["readService"] = f"{name}-r"
@@ -229,12 +368,26 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
         left = wait("bootstrap", delays.step)
         if left > 0:
             return Result(status, annotations, left)
+        if instance is not None:
+            source = ((spec.get("replica") or {}).get("source") or
+                      next((m.get("source") for m in (spec.get("bootstrap") or {}).values()
+                            if isinstance(m, dict) and m.get("source")), ""))
+            try:
+                if replica:
+                    instance.bootstrap_replica(source)
+                else:
+                    instance.bootstrap_primary()
+            except InstanceError as exc:
+                status["phaseReason"] = f"bootstrapping the instance: {exc}"
+                return Result(status, annotations, 1.0)
+            observed = instance.observe()
         mem.pop("bootstrap", None)
         status["currentPrimary"] = pods[0]
         status["currentPrimaryTimestamp"] = timestamp(now)
-        status["systemID"] = system_id(obj)
-        status["timelineID"] = 1
-        status["instancesReportedState"] = {pods[0]: {"isPrimary": not replica, "timeLineID": 1}}
+        status["systemID"] = observed.system_id if observed else system_id(obj)
+        status["timelineID"] = observed.timeline if observed else 1
+        status["instancesReportedState"] = {pods[0]: {"isPrimary": not replica,
+                                                      "timeLineID": status["timelineID"]}}
         if instances > 1:
             status["instanceNames"] = pods[:1]
             status["readyInstances"] = 1
@@ -243,10 +396,14 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
             return Result(status, annotations, delays.step)
 
     primary = status["currentPrimary"]
+    if observed:  # the real server's facts win over the simulated ones
+        status["systemID"] = observed.system_id
+        status["timelineID"] = observed.timeline
     timeline = int(status.get("timelineID", 1))
     reported = status.setdefault("instancesReportedState", {})
     was_primary = bool(reported.get(primary, {}).get("isPrimary"))
     status.setdefault("systemID", system_id(obj))
+    steady_requeue = OBSERVE_INTERVAL if instance is not None else None
 
     # 2. instances (no PVC simulation: every requested instance exists and is ready)
     status["instanceNames"] = pods if primary in pods else [primary] + pods[1:]
@@ -277,6 +434,7 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
         designated = get_condition(status, COND_DESIGNATED)
         if not in_progress:
             mem.pop("demote", None)
+            mem.pop("controldata", None)
             switch["inProgress"] = True
             annotations[FENCE_ANNOTATION] = '["*"]'
             set_condition(conditions, COND_DESIGNATED, "False", "ReplicaClusterAfterPrimary",
@@ -293,14 +451,31 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
         mem.pop("demote", None)
         if designated is None or designated["status"] != "True":
             # the instance manager restarted the primary as a designated primary
+            if instance is not None:
+                try:
+                    mem["controldata"] = instance.demote((spec.get("replica") or {}).get("source") or "")
+                except InstanceError as exc:
+                    status["phaseReason"] = f"demoting the primary instance: {exc}"
+                    return Result(status, annotations, 1.0)
             reported[primary]["isPrimary"] = False
             set_condition(conditions, COND_DESIGNATED, "True", "TransitionCompleted",
                           "The designated primary transition is completed", now, gen)
             return Result(status, annotations, delays.step)
         # shutdown checkpoint archived: write the demotion token, unfence, done
-        lsn = simulated_lsn(now)
-        status["demotionToken"] = make_token(status["systemID"], timeline, lsn, now)
-        mem["demoted_lsn"] = lsn
+        if instance is not None:
+            try:
+                controldata = mem.get("controldata") or instance.controldata()
+                status["demotionToken"] = token_from_controldata(controldata)
+            except (InstanceError, TokenError) as exc:
+                status["phaseReason"] = f"reading pg_controldata of the demoted instance: {exc}"
+                return Result(status, annotations, 1.0)
+            mem.pop("controldata", None)
+            status["systemID"] = controldata[CD_SYSTEM_ID]
+            status["timelineID"] = int(controldata[CD_TIMELINE])
+        else:
+            lsn = simulated_lsn(now)
+            status["demotionToken"] = make_token(status["systemID"], timeline, lsn, now)
+            mem["demoted_lsn"] = lsn
         annotations[FENCE_ANNOTATION] = None
         switch["inProgress"] = False
         set_condition(conditions, COND_FENCING, "False", "ReplicaClusterUnfenced",
@@ -308,9 +483,11 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
         set_condition(conditions, COND_SWITCH, "True", "ReplicaClusterSwitchCompleted",
                       "Completed the Replica cluster transition", now, gen)
         ready(True, PHASE_HEALTHY)
-        return Result(status, annotations, None)
+        return Result(status, annotations, steady_requeue)
 
     # 4. promotion: no longer a replica, but the designated primary is still in recovery
+    if not replica and not was_primary and instance is not None:
+        return _promote_instance(instance, observed, token, status, reported, ready, now)
     if not replica and not was_primary:
         promote = True
         if token:
@@ -360,8 +537,86 @@ def reconcile_cluster(obj, mem, now, delays):  # pylint: disable=too-many-locals
     # 5. steady state
     if not replica:
         status.pop("demotionToken", None)
+    if instance is not None:
+        problem = _apply_fencing(instance, meta, mem)
+        if problem:
+            status["phaseReason"] = problem
+            return Result(status, annotations, 1.0)
     ready(True, PHASE_HEALTHY)
-    return Result(status, annotations, None)
+    return Result(status, annotations, steady_requeue)
+
+
+def fencing_requested(meta):
+    """All instances fenced (``cnpg.io/fencedInstances`` lists ``*``) or the Cluster hibernated."""
+    annotations = meta.get("annotations") or {}
+    if annotations.get(HIBERNATION_ANNOTATION) == "on":
+        return True
+    try:
+        fenced = json.loads(annotations.get(FENCE_ANNOTATION) or "[]")
+    except ValueError:
+        return False
+    return isinstance(fenced, list) and "*" in fenced
+
+
+def _apply_fencing(instance, meta, mem):
+    """Fencing stops the instance (as CNPG's instance manager does); unfencing starts what fencing stopped (only that:
+    an instance that died on its own stays down, as a test or drill left it)."""
+    try:
+        if fencing_requested(meta):
+            if not mem.get("fenced"):
+                instance.stop()
+                mem["fenced"] = True
+        elif mem.pop("fenced", False):
+            instance.start()
+    except InstanceError as exc:
+        return f"applying fencing to the instance: {exc}"
+    return None
+
+
+def _promote_instance(instance, observed, token, status, reported, ready, now):
+    """Promotion of a real instance: CNPG's token check against its pg_controldata, then pg_promote."""
+    annotations = {}
+    if observed is None:
+        ready(False, PHASE_PROMOTING, "the designated primary instance does not answer")
+        return Result(status, annotations, 1.0)
+    if observed.in_recovery:
+        if token:
+            try:
+                content = parse_token(token)
+            except TokenError as exc:
+                ready(False, PHASE_UNRECOVERABLE, f"{TOKEN_MISMATCH_REASON}: {exc}")
+                return Result(status, annotations, None)
+            try:
+                problem = check_token(content, instance.controldata(checkpoint=True))
+            except InstanceError as exc:
+                ready(False, PHASE_PROMOTING, f"checking the promotion token: {exc}")
+                return Result(status, annotations, 1.0)
+            if problem is not None and not problem.retryable:
+                ready(False, PHASE_UNRECOVERABLE, f"{TOKEN_MISMATCH_REASON}: {problem.message}")
+                return Result(status, annotations, None)
+            if problem is not None:
+                ready(False, PHASE_PROMOTING, problem.message)
+                return Result(status, annotations, 0.2)
+        try:
+            instance.promote()
+        except InstanceError as exc:
+            ready(False, PHASE_PROMOTING, f"promoting the designated primary instance: {exc}")
+            return Result(status, annotations, 1.0)
+        observed = instance.observe()
+    timeline = observed.timeline if observed else int(status.get("timelineID", 1)) + 1
+    primary = status["currentPrimary"]
+    status["timelineID"] = timeline
+    if observed:
+        status["systemID"] = observed.system_id
+    status["currentPrimaryTimestamp"] = timestamp(now)
+    status["targetPrimary"] = primary
+    for pod in status["instanceNames"]:
+        reported[pod] = {"isPrimary": pod == primary, "timeLineID": timeline}
+    if token:
+        status["lastPromotionToken"] = token
+    status.pop("demotionToken", None)
+    ready(True, PHASE_HEALTHY)
+    return Result(status, annotations, OBSERVE_INTERVAL)
 
 
 # -- Backup --------------------------------------------------------------------------------------------------------

@@ -44,14 +44,22 @@ def up(lab):
     identity_path = lab.path("s3", "identity.json")
     identity_path.write_text(json.dumps(identity), encoding="utf-8")
     identity_path.chmod(0o600)
-    ports = {name: lab.free_port() for name in ("master", "volume", "filer", "s3")}
+    ports = {name: lab.free_port() for name in ("master", "volume", "filer", "s3",
+                                                 "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")}
     argv = [_weed(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
             "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={ports['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.config={identity_path}",
+            # gRPC ports default to the HTTP port + 10000, which nothing reserves: another lab or service on the
+            # machine can hold them, and the volume server then loses its master (PutObject InternalError).
+            f"-master.port.grpc={ports['master_grpc']}", f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port.grpc={ports['filer_grpc']}", f"-s3.port.grpc={ports['s3_grpc']}",
             # Side services that listen on fixed default ports otherwise (two labs, or a helper, would collide).
-            "-s3.port.iceberg=0", "-s3.port.lance=0"]
-    lab.spawn("s3", argv)
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false"]  # the lab must not phone home
+    # SSE-S3 key: the install sets the bucket's default encryption (AES256), which SeaweedFS refuses to apply
+    # (PutObject InternalError) unless it has a key.
+    lab.spawn("s3", argv, env={"WEED_S3_SSE_KEY": secrets.token_hex(32)})
     entry["endpoint_url"] = f"http://127.0.0.1:{ports['s3']}"
     entry["ports"] = ports
     s3 = client(entry)

@@ -313,3 +313,273 @@ def test_delays_from_env():
     assert cs.Delays.from_env({"HANZO_KMS_CNPG_STANDIN_DELAY": "0"}) == cs.Delays(0.0, 0.0, 0.0)
     assert cs.Delays.from_env({"HANZO_KMS_CNPG_STANDIN_DELAY": "2", "HANZO_KMS_CNPG_STANDIN_BACKUP_DELAY": "5"}) \
         == cs.Delays(2.0, 2.0, 5.0)
+
+
+# -- the real instance path (the lab's own Clusters): pg_controldata, token checks, a fake Instance ----------------
+CONTROLDATA = """pg_control version number:            1300
+Catalog version number:               202209061
+Database system identifier:           7713577261947878576
+Database cluster state:               shut down
+pg_control last modified:             Sun Nov 29 13:00:02 2026
+Latest checkpoint location:           0/303DED8
+Latest checkpoint's REDO location:    0/303DED8
+Latest checkpoint's REDO WAL file:    000000010000000000000003
+Latest checkpoint's TimeLineID:       1
+Latest checkpoint's PrevTimeLineID:   1
+Latest checkpoint's NextXID:          0:745
+Time of latest checkpoint:            Sun Nov 29 13:00:02 2026
+Minimum recovery ending location:     0/0
+"""
+
+
+def controldata(system="7713577261947878576", timeline=1, redo="0/303DED8"):
+    parsed = cs.parse_controldata(CONTROLDATA)
+    parsed.update({cs.CD_SYSTEM_ID: system, cs.CD_TIMELINE: str(timeline), cs.CD_REDO: redo,
+                   "Latest checkpoint's REDO WAL file": cs.wal_file(timeline, cs.parse_lsn(redo))})
+    return parsed
+
+
+def test_parse_controldata_keeps_colons_in_values():
+    parsed = cs.parse_controldata(CONTROLDATA)
+    assert parsed["Database system identifier"] == "7713577261947878576"
+    assert parsed["Latest checkpoint's REDO location"] == "0/303DED8"
+    assert parsed["Latest checkpoint's NextXID"] == "0:745"
+    assert parsed["Time of latest checkpoint"] == "Sun Nov 29 13:00:02 2026"
+    assert parsed["Database cluster state"] == "shut down"
+
+
+def test_token_from_controldata_has_cnpg_keys_and_real_values():
+    token = cs.token_from_controldata(cs.parse_controldata(CONTROLDATA))
+    content = json.loads(base64.b64decode(token))
+    assert list(content) == list(cs.TOKEN_KEYS)
+    assert content == {"latestCheckpointTimelineID": "1", "redoWalFile": "000000010000000000000003",
+                       "databaseSystemIdentifier": "7713577261947878576", "latestCheckpointREDOLocation": "0/303DED8",
+                       "timeOfLatestCheckpoint": "Sun Nov 29 13:00:02 2026", "operatorVersion": cs.OPERATOR_VERSION}
+    assert cs.parse_token(token) == content
+
+
+def test_token_from_incomplete_controldata_is_refused():
+    with pytest.raises(cs.TokenError, match="REDO location"):
+        cs.token_from_controldata(cs.parse_controldata(CONTROLDATA.replace("REDO location", "REDO place")))
+
+
+@pytest.mark.parametrize("instance, retryable, words", [
+    (controldata(), None, None),
+    (controldata(system="1"), False, "mismatching system identifiers"),
+    (controldata(timeline=0), True, "requested timeline not reached"),
+    (controldata(timeline=2), False, "requested timeline is older"),
+    (controldata(redo="0/3000000"), True, "waiting for promotion token LSN (0/303DED8)"),
+    (controldata(redo="0/4000000"), False, "is older than the last replay LSN"),
+])
+def test_check_token_follows_cnpg(instance, retryable, words):
+    content = cs.parse_token(cs.token_from_controldata(cs.parse_controldata(CONTROLDATA)))
+    problem = cs.check_token(content, instance)
+    if retryable is None:
+        assert problem is None
+    else:
+        assert problem.retryable is retryable and words in problem.message
+
+
+class FakeInstance(cs.Instance):
+    """Our Instance interface over an in-memory server: enough to test the state machine's decisions."""
+
+    def __init__(self, primary, timeline=1, system="7713577261947878576"):
+        self.primary, self.timeline, self.system = primary, timeline, system
+        self.redo = 0x303DED8
+        self.replayed = None  # standby restartpoint REDO; None = in step with the token
+        self.calls = []
+        self.down = False
+        self.fail = None
+
+    def observe(self):
+        if self.down:
+            return None
+        return cs.Observation(in_recovery=not self.primary, system_id=self.system, timeline=self.timeline)
+
+    def demote(self, source):
+        self.calls.append(("demote", source))
+        if self.fail:
+            raise cs.InstanceError(self.fail)
+        self.primary = False
+        return controldata(self.system, self.timeline, cs.format_lsn(self.redo))
+
+    def controldata(self, checkpoint=False):
+        self.calls.append(("controldata", checkpoint))
+        redo = self.redo if self.replayed is None else self.replayed
+        return controldata(self.system, self.timeline, cs.format_lsn(redo))
+
+    def promote(self):
+        self.calls.append(("promote",))
+        self.primary = True
+        self.timeline += 1
+
+    def bootstrap_replica(self, source):
+        if self.primary:  # a primary where a replica is wanted: re-cloned
+            self.calls.append(("reclone", source))
+            self.primary = False
+
+    def bootstrap_primary(self):
+        if not self.primary:
+            self.calls.append(("promote",))
+            self.primary = True
+
+    def stop(self):
+        self.calls.append(("stop",))
+        self.down = True
+
+    def start(self):
+        self.calls.append(("start",))
+        self.down = False
+
+
+class InstanceWorld(World):
+    def __init__(self, obj, instance):
+        super().__init__(obj)
+        self.instance = instance
+
+    def step(self, advance=0.0):
+        self.now += advance
+        result = cs.reconcile_cluster(copy.deepcopy(self.obj), self.mem, self.now, self.delays, self.instance)
+        self.obj["status"] = result.status
+        annotations = self.obj["metadata"].setdefault("annotations", {})
+        for key, value in result.annotations.items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        return result
+
+    def settle(self, limit=20):
+        for dummy in range(limit):
+            result = self.step()
+            if result.requeue in (None, cs.OBSERVE_INTERVAL):
+                return result
+        raise AssertionError(f"no steady state after {limit} steps: {self.obj['status']}")
+
+
+def _real_pair():
+    dc1 = InstanceWorld(cluster("kms-pg-dc1", "kms-pg-dc1", "kms-pg-dc2"), FakeInstance(primary=True))
+    dc2 = InstanceWorld(cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1"), FakeInstance(primary=False))
+    dc1.settle()
+    dc2.settle()
+    return dc1, dc2
+
+
+def test_instance_facts_feed_the_status_and_are_refreshed():
+    dc1, dc2 = _real_pair()
+    assert dc1.status["systemID"] == "7713577261947878576" == dc2.status["systemID"]
+    assert dc1.status["instancesReportedState"]["kms-pg-dc1-1"]["isPrimary"] is True
+    dc2.instance.timeline = 5  # the standby followed a new timeline
+    assert dc2.step().requeue == cs.OBSERVE_INTERVAL
+    assert dc2.status["timelineID"] == 5
+    dc2.instance.down = True  # unreachable: the last known facts stay
+    dc2.step()
+    assert dc2.status["timelineID"] == 5
+
+
+def test_real_demotion_builds_the_token_from_the_instance():
+    dc1 = _real_pair()[0]
+    dc1.patch_replica(primary="kms-pg-dc2")
+    dc1.settle()
+    assert dc1.instance.calls == [("demote", "kms-pg-dc2")]
+    content = cs.parse_token(dc1.status["demotionToken"])
+    assert content["latestCheckpointREDOLocation"] == "0/303DED8"
+    assert content["redoWalFile"] == "000000010000000000000003"
+    assert dc1.cond(cs.COND_SWITCH)["status"] == "True"
+    assert dc1.status["instancesReportedState"]["kms-pg-dc1-1"]["isPrimary"] is False
+
+
+def test_real_demotion_failure_is_reported_and_retried():
+    dc1 = _real_pair()[0]
+    dc1.instance.fail = "pg_ctl stop failed"
+    dc1.patch_replica(primary="kms-pg-dc2")
+    dc1.step()
+    result = dc1.step()
+    assert result.requeue == 1.0 and "pg_ctl stop failed" in dc1.status["phaseReason"]
+    assert "demotionToken" not in dc1.status
+    dc1.instance.fail = None
+    dc1.settle()
+    assert dc1.status["demotionToken"]
+
+
+def test_real_promotion_waits_for_the_replay_then_promotes():
+    dc1, dc2 = _real_pair()
+    dc1.patch_replica(primary="kms-pg-dc2")
+    dc1.settle()
+    token = dc1.status["demotionToken"]
+    dc2.instance.replayed = 0x3000000  # the standby's restartpoint is still behind the shutdown checkpoint
+    dc2.patch_replica(primary="kms-pg-dc2", promotionToken=token)
+    result = dc2.step()
+    assert dc2.status["phase"] == cs.PHASE_PROMOTING and "waiting for promotion token LSN" in dc2.status["phaseReason"]
+    assert result.requeue == pytest.approx(0.2)
+    assert ("controldata", True) in dc2.instance.calls and ("promote",) not in dc2.instance.calls
+    dc2.instance.replayed = None
+    dc2.settle()
+    assert dc2.instance.calls[-1] == ("promote",)
+    assert dc2.status["phase"] == cs.PHASE_HEALTHY and dc2.status["lastPromotionToken"] == token
+    assert dc2.status["timelineID"] == 2
+    assert dc2.status["instancesReportedState"]["kms-pg-dc2-1"]["isPrimary"] is True
+
+
+def test_real_promotion_with_a_foreign_token_is_unrecoverable():
+    dc2 = _real_pair()[1]
+    bad = cs.token_from_controldata(controldata(system="42"))
+    dc2.patch_replica(primary="kms-pg-dc2", promotionToken=bad)
+    assert dc2.step().requeue is None
+    assert dc2.status["phase"] == cs.PHASE_UNRECOVERABLE
+    assert dc2.status["phaseReason"].startswith(cs.TOKEN_MISMATCH_REASON) and "system identifiers" in \
+        dc2.status["phaseReason"]
+    assert ("promote",) not in dc2.instance.calls
+
+
+def test_real_failover_promotes_at_once_and_waits_for_an_unreachable_instance():
+    dc2 = _real_pair()[1]
+    dc2.instance.down = True
+    dc2.patch_replica(primary="kms-pg-dc2")
+    result = dc2.step()
+    assert dc2.status["phase"] == cs.PHASE_PROMOTING and result.requeue == 1.0
+    dc2.instance.down = False
+    dc2.step()
+    assert dc2.instance.calls == [("promote",)]
+    assert dc2.status["timelineID"] == 2 and "lastPromotionToken" not in dc2.status
+
+
+def test_already_promoted_instance_is_not_promoted_again():
+    dc2 = _real_pair()[1]
+    dc2.instance.primary = True  # e.g. the stand-in restarted after pg_promote
+    dc2.instance.timeline = 2
+    dc2.patch_replica(primary="kms-pg-dc2")
+    dc2.settle()
+    assert dc2.instance.calls == [] and dc2.status["timelineID"] == 2
+    assert dc2.status["instancesReportedState"]["kms-pg-dc2-1"]["isPrimary"] is True
+
+
+def test_new_replica_cluster_reclones_an_instance_that_is_not_a_standby():
+    dc1 = InstanceWorld(cluster("kms-pg-dc1", "kms-pg-dc2", "kms-pg-dc2"), FakeInstance(primary=True))
+    dc1.settle()
+    assert dc1.instance.calls == [("reclone", "kms-pg-dc2")]
+    assert dc1.status["instancesReportedState"]["kms-pg-dc1-1"]["isPrimary"] is False
+    assert dc1.status["phase"] == cs.PHASE_HEALTHY
+    standby = InstanceWorld(cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1"), FakeInstance(primary=False))
+    standby.settle()
+    assert standby.instance.calls == []
+    primary = InstanceWorld(cluster("kms-pg-dc2", "kms-pg-dc2", "kms-pg-dc1"), FakeInstance(primary=False))
+    primary.settle()
+    assert primary.instance.calls == [("promote",)]
+    assert primary.status["instancesReportedState"]["kms-pg-dc2-1"]["isPrimary"] is True
+
+
+def test_fencing_stops_the_instance_and_unfencing_starts_it():
+    dc1 = _real_pair()[0]
+    dc1.obj["metadata"]["annotations"][cs.FENCE_ANNOTATION] = '["*"]'
+    dc1.settle()
+    dc1.settle()
+    assert dc1.instance.calls == [("stop",)]
+    del dc1.obj["metadata"]["annotations"][cs.FENCE_ANNOTATION]
+    dc1.settle()
+    assert dc1.instance.calls == [("stop",), ("start",)]
+    dc1.instance.down = True  # died on its own: not restarted
+    dc1.settle()
+    assert dc1.instance.calls == [("stop",), ("start",)]
+    assert cs.fencing_requested({"annotations": {cs.HIBERNATION_ANNOTATION: "on"}})
+    assert not cs.fencing_requested({"annotations": {cs.FENCE_ANNOTATION: '["kms-pg-dc1-2"]'}})
