@@ -8,12 +8,25 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+
+def _lab_port_range():
+    """Ports the lab hands out: from 10000 up to where the kernel's ephemeral range starts."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 10000, max(ephemeral_low, 12000)
+
+
+LAB_PORT_RANGE = _lab_port_range()
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -125,16 +138,19 @@ class Lab:
 
     # -- ports and processes ---------------------------------------------------------------------------
     def free_port(self):
-        """A loopback port that is free now and not yet handed out by this lab run."""
-        for dummy in range(200):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            # SeaweedFS and others derive gRPC ports as port+10000; keep that range usable too.
-            if port not in self._ports_taken and port + 10000 < 65536 and port_is_free(port + 10000):
+        """A loopback port that is free now and not yet handed out by this lab run.
+
+        Chosen below the kernel's ephemeral range (ip_local_port_range): a port from that range can be taken as the
+        source port of any outgoing connection on the machine the moment its server stops, which makes a restart on
+        the same port, or the check that ``down`` released it, fail at random.
+        """
+        low, high = LAB_PORT_RANGE
+        for dummy in range(500):
+            port = random.randrange(low, high)
+            if port not in self._ports_taken and port_is_free(port):
                 self._ports_taken.add(port)
                 return port
-        raise LabError("could not find a free loopback port")
+        raise LabError(f"could not find a free loopback port in {low}-{high}")
 
     def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM"):
         """Start ``argv`` in its own session, log to logs/<name>.log, record it for ``down``; return the pid."""

@@ -128,8 +128,11 @@ def down(lab, log=print):
         return []
     stopped = lab.stop_all()
     ports = _ports(state)
-    wait_until(lambda: all(port_is_free(p) for p in ports), 10,
-               "the lab's ports to be released: " + ", ".join(str(p) for p in ports if not port_is_free(p)))
+    try:
+        wait_until(lambda: all(port_is_free(p) for p in ports), 30, "the lab's ports to be released")
+    except LabError as exc:
+        busy = ", ".join(str(p) for p in ports if not port_is_free(p))
+        raise LabError(f"{exc}; still in use: {busy or 'none (released just now)'}") from exc
     _wipe(lab)
     log(f"lab in {lab.dir} stopped ({len(stopped)} processes) and removed")
     return stopped
