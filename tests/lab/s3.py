@@ -44,8 +44,8 @@ def up(lab):
     identity_path = lab.path("s3", "identity.json")
     identity_path.write_text(json.dumps(identity), encoding="utf-8")
     identity_path.chmod(0o600)
-    ports = {name: lab.free_port() for name in ("master", "volume", "filer", "s3",
-                                                 "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")}
+    services = ("master", "volume", "filer", "s3", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
+    ports = {name: lab.free_port() for name in services}
     argv = [_weed(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
             "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={ports['filer']}",
