@@ -1,4 +1,4 @@
-"""``python -m tests.lab up|down|status [--dir DIR]``."""
+"""``python -m tests.lab up|down|status [--dir DIR]``; ``kill --dir DIR NAME...`` stops recorded processes."""
 from __future__ import annotations
 
 import argparse
@@ -10,15 +10,24 @@ from tests.lab.core import Lab, LabError
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description="The hanzo.kms lab of real servers.")
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "kill"))
     parser.add_argument("--dir", help="lab directory (default: $HANZO_KMS_LAB_DIR or .lab in the checkout)")
-    args = parser.parse_args(argv)
+    parser.add_argument("names", nargs="*", help="kill: process names from the state file, e.g. dc1-kube-apiserver")
+    args = parser.parse_intermixed_args(argv)
     lab = Lab(args.dir)
     try:
         if args.command == "up":
             stack.up(lab)
         elif args.command == "down":
             stack.down(lab)
+        elif args.command == "kill":
+            # Simulates losing part of a site (failover tests); 'up' afterwards rebuilds the whole lab.
+            if lab.load() is None:
+                print(f"no lab in {lab.dir}")
+                return 1
+            for name in args.names:
+                stopped = lab.stop_process(lab.process(name))
+                print(f"{name}: {'stopped' if stopped else 'was not running'}")
         else:
             if lab.load() is None:
                 print(f"no lab in {lab.dir} (run: make lab-up)")

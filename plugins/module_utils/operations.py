@@ -1,0 +1,661 @@
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The logic of the operations playbooks (status, failover, switchover), as plain Python.
+
+Used by ``hanzo.kms.site_data_info`` (backup ages from S3 listings), ``hanzo.kms.switch_preflight`` (the go/no-go
+decision and the data-loss bound) and ``hanzo.kms.operation_report`` (the Markdown/JSON report). No Ansible import.
+
+A *site status* is the dict the ``hanzo.kms.site_status`` role gathers for one site (tolerating an unreachable one):
+
+    {"site": "dc1", "kube_reachable": bool, "kube_error": str|None,
+     "cluster": <Cluster object or None>, "cluster_error": str|None,
+     "kms": {"replicas": int, "ready_replicas": int, "available": bool}|None,
+     "backups": [<Backup objects of the Cluster>], "data": <hanzo.kms.site_data_info result>|None,
+     "inventory_role": "active"|"passive"}
+
+The *active* site is discovered from the Clusters (the one whose Cluster is a primary), never from the inventory's
+``site_role``, which a failover makes stale.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+
+from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
+    PHASE_HEALTHY,
+    condition_true,
+    get_condition,
+    is_replica,
+    reports_primary,
+    summarize,
+)
+
+UTC = datetime.timezone.utc
+# barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
+# history files directly in wals/, base backups as <server>/base/<backup id>/backup.info (+ data).
+WAL_RE = re.compile(r"^(?P<server>[^/]+)/wals/(?:[0-9A-F]{16}/)?(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history"
+                    r"|[0-9A-F]{24}\.[0-9A-F]{8}\.backup)(?:\.(?:gz|bz2|xz|snappy|zst|lz4))?$")
+BASE_RE = re.compile(r"^(?P<server>[^/]+)/base/(?P<id>[^/]+)/backup\.info$")
+STEP_RESULTS = ("running", "ok", "changed", "skipped", "failed")
+MODES = ("failover", "switchover")
+
+
+# -- time ----------------------------------------------------------------------------------------------------------
+def utcnow():
+    return datetime.datetime.now(UTC)
+
+
+def parse_time(value):
+    """Aware UTC datetime from a datetime, RFC 3339 text (``Z`` or offset) or ``%Y%m%dT%H%M%SZ``; None if empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    text = str(value).strip()
+    for fmt in ("%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S"):
+        try:
+            return datetime.datetime.strptime(text, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def iso(when):
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+def age_seconds(when, now):
+    when = parse_time(when)
+    return None if when is None else max(0, int((now - when).total_seconds()))
+
+
+def human_age(seconds):
+    """``42s``, ``3m 12s``, ``5h 02m``, ``2d 03h``; ``unknown`` for None."""
+    if seconds is None:
+        return "unknown"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+# -- object storage ------------------------------------------------------------------------------------------------
+def split_s3_url(url):
+    """``s3://bucket/path/`` -> (bucket, ``path/``)."""
+    match = re.match(r"^s3://([^/]+)/?(.*)$", url or "")
+    if not match:
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    path = match.group(2)
+    return match.group(1), (path.rstrip("/") + "/") if path else ""
+
+
+def analyze_cnpg_archive(objects, prefix, now, server=None):
+    """Newest archived WAL and newest base backup under an ObjectStore's ``prefix`` (barman-cloud layout).
+
+    ``objects``: iterable of (key, last_modified, size). ``server``: only this serverName (default: every server
+    found, the newest wins). Times are the objects' LastModified: when the WAL file reached the object store.
+    """
+    newest_wal, newest_base, wal_count, servers = None, None, 0, set()
+    for key, modified, size in objects:
+        if not key.startswith(prefix):
+            continue
+        rel = key[len(prefix):]
+        modified = parse_time(modified)
+        match = WAL_RE.match(rel)
+        if match and (server is None or match.group("server") == server):
+            servers.add(match.group("server"))
+            wal_count += 1
+            if newest_wal is None or modified > newest_wal["time"]:
+                newest_wal = {"key": key, "name": match.group("name"), "server": match.group("server"),
+                              "time": modified, "size": size}
+            continue
+        match = BASE_RE.match(rel)
+        if match and (server is None or match.group("server") == server):
+            servers.add(match.group("server"))
+            if newest_base is None or modified > newest_base["time"]:
+                newest_base = {"key": key, "backup_id": match.group("id"), "server": match.group("server"),
+                               "time": modified}
+    for entry in (newest_wal, newest_base):
+        if entry:
+            entry["age_seconds"] = age_seconds(entry["time"], now)
+            entry["time"] = iso(entry["time"])
+    return {"prefix": prefix, "servers": sorted(servers), "wal_count": wal_count, "newest_wal": newest_wal,
+            "newest_base_backup": newest_base}
+
+
+def summarize_redis_backups(backups, now):
+    """Newest complete Redis backup from ``s3_retention.list_complete_backups`` output (newest first)."""
+    if not backups:
+        return {"count": 0, "newest": None}
+    newest = backups[0]
+    when = parse_time(newest["time"])
+    rdb = [k for k in newest["keys"] if k.endswith("/dump.rdb")]
+    return {"count": len(backups), "newest": {
+        "name": newest["name"], "prefix": newest["prefix"], "key": rdb[0] if rdb else None,
+        "manifest_key": newest["manifest_key"], "size": newest["size"], "time": iso(when),
+        "age_seconds": age_seconds(when, now)}}
+
+
+# -- site summaries ------------------------------------------------------------------------------------------------
+def _cluster_summary(obj):
+    if not obj:
+        return None
+    summary = summarize(obj)
+    replica = (obj.get("spec") or {}).get("replica") or {}
+    archiving = get_condition(obj, "ContinuousArchiving")
+    summary.update(
+        source=replica.get("source"),
+        healthy=summary["phase"] == PHASE_HEALTHY and condition_true(obj, "Ready"),
+        is_primary=not is_replica(obj) and reports_primary(obj),
+        archiving=(archiving or {}).get("status"),
+        archiving_message=(archiving or {}).get("message"),
+    )
+    return summary
+
+
+def _replication(cluster):
+    if cluster is None:
+        return "unknown"
+    if cluster["role"] == "primary":
+        state = "primary" if cluster["current_primary_is_primary"] else "promoting"
+        return f"{state}, timeline {cluster['timeline']}"
+    if cluster["role"] == "demoting":
+        return "demoting (replica cluster switch in progress)"
+    return (f"replica of {cluster['spec_primary'] or cluster['source']} (designated primary "
+            f"{cluster['current_primary'] or '?'}{', in recovery' if not cluster['current_primary_is_primary'] else ''}"
+            f"), timeline {cluster['timeline']}")
+
+
+def _newest_k8s_backup(backups, now):
+    done = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "completed"]
+    failed = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "failed"]
+    newest = max(done, key=lambda b: parse_time(b["status"].get("stoppedAt")) or datetime.datetime.min.replace(
+        tzinfo=UTC), default=None)
+    out = {"completed": len(done), "failed": len(failed), "newest": None}
+    if newest:
+        stopped = parse_time(newest["status"].get("stoppedAt"))
+        out["newest"] = {"name": newest["metadata"]["name"], "time": iso(stopped),
+                         "age_seconds": age_seconds(stopped, now), "backup_id": newest["status"].get("backupId")}
+    return out
+
+
+def site_summary(status, now=None):
+    """The normalized view of one site status (see the module docstring) used by preflight and reports."""
+    now = now or utcnow()
+    status = status or {}
+    cluster = _cluster_summary(status.get("cluster"))
+    data = status.get("data") or {}
+    cnpg_archive = data.get("cnpg") or {}
+    k8s_backups = _newest_k8s_backup(status.get("backups"), now)
+    base_candidates = [b for b in (k8s_backups["newest"], cnpg_archive.get("newest_base_backup")) if b]
+    base = min(base_candidates, key=lambda b: b["age_seconds"] if b["age_seconds"] is not None else 1 << 62,
+               default=None)
+    redis = data.get("redis") or {}
+    kms = status.get("kms")
+    return {
+        "site": status.get("site"),
+        "inventory_role": status.get("inventory_role"),
+        "kube_reachable": bool(status.get("kube_reachable")),
+        "kube_error": status.get("kube_error"),
+        "cluster": cluster,
+        "cluster_error": status.get("cluster_error"),
+        "replication": _replication(cluster),
+        "kms": kms,
+        "kms_serving": bool(kms and kms.get("replicas", 0) > 0),
+        "wal_archive": cnpg_archive.get("newest_wal"),
+        "wal_archive_error": cnpg_archive.get("error"),
+        "base_backup": base,
+        "k8s_backups": k8s_backups,
+        "redis": redis.get("server"),
+        "redis_backup": (redis.get("backups") or {}).get("newest"),
+        "redis_backup_count": (redis.get("backups") or {}).get("count", 0),
+        "redis_error": redis.get("error"),
+        "redis_backup_error": (redis.get("backups") or {}).get("error"),
+    }
+
+
+def primaries(summaries):
+    """Sites whose Cluster is a primary (spec), in order; more than one means split brain."""
+    return [s["site"] for s in summaries if s["cluster"] and s["cluster"]["role"] == "primary"]
+
+
+def site_of_cluster(summaries, cluster_name):
+    for summary in summaries:
+        if summary["cluster"] and cluster_name in (summary["cluster"]["name"], summary["cluster"]["self"]):
+            return summary["site"]
+    return None
+
+
+# -- preflight -----------------------------------------------------------------------------------------------------
+def _data_loss(mode, old):
+    if mode == "switchover":
+        return {
+            "postgres": {"bound_seconds": 0,
+                         "basis": "switchover with the demotion token: the new primary replays up to the old "
+                                  "primary's shutdown checkpoint"},
+            "redis": {"bound_seconds": 0, "basis": "fresh backup taken after the old site's KMS was stopped"},
+        }
+    wal = (old or {}).get("wal_archive")
+    backup = (old or {}).get("redis_backup")
+    return {
+        "postgres": {
+            "bound_seconds": wal["age_seconds"] if wal else None,
+            "basis": (f"newest archived WAL {wal['name']} of {old['site']} reached the object store at {wal['time']}; "
+                      "transactions committed after it may be lost (less if the replica streamed them)") if wal
+            else "no archived WAL found for the old site: the bound is unknown",
+        },
+        "redis": {
+            "bound_seconds": backup["age_seconds"] if backup else None,
+            "basis": f"newest complete Redis backup of {old['site']} taken at {backup['time']}" if backup
+            else "no complete Redis backup of the old site: Redis starts empty",
+        },
+    }
+
+
+def preflight(mode, target, statuses, now=None):
+    """Go/no-go for a failover or switchover to ``target``.
+
+    Returns ``{ok, refusals, warnings, target, old_site, state, cnpg_state, phrase, data_loss, sites}`` where
+    ``state`` is ``fresh`` (nothing done yet), ``resume`` (an earlier run stopped midway) or ``done`` (CNPG already
+    promoted; the remaining steps only check).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    now = now or utcnow()
+    sums = [site_summary(s, now) for s in statuses]
+    by_site = {s["site"]: s for s in sums}
+    refusals, warnings = [], []
+    result = {"mode": mode, "target": target, "old_site": None, "state": None, "cnpg_state": None,
+              "phrase": f"{mode.upper()} TO {target}", "refusals": refusals, "warnings": warnings,
+              "sites": sums, "checked_at": iso(now)}
+    tgt = by_site.get(target)
+    if tgt is None:
+        refusals.append(f"{target!r} is not a site of the inventory (sites: {', '.join(by_site) or 'none'})")
+        return _finish(result, mode, None)
+    if not tgt["kube_reachable"]:
+        refusals.append(f"the target site {target} is unreachable ({tgt['kube_error'] or 'no answer'}): nothing "
+                        "can be promoted there")
+        return _finish(result, mode, None)
+    cluster = tgt["cluster"]
+    if cluster is None:
+        refusals.append(f"the target site {target} has no CNPG Cluster ({tgt['cluster_error'] or 'not found'})")
+        return _finish(result, mode, None)
+
+    others = [s for s in sums if s["site"] != target]
+    if cluster["role"] == "replica":
+        old_site = site_of_cluster(sums, cluster["spec_primary"])
+        if old_site is None and others:
+            old_site = others[0]["site"] if len(others) == 1 else None
+        if old_site is None or old_site == target:
+            refusals.append(f"the target Cluster {cluster['name']} replicates from {cluster['spec_primary']!r}, "
+                            "which is no site of the inventory")
+        result["old_site"] = old_site
+        result["cnpg_state"] = "replica"
+        if not cluster["healthy"]:
+            refusals.append(f"the target Cluster {cluster['name']} is not a healthy replica: phase "
+                            f"{cluster['phase']!r}, Ready={cluster['ready']}")
+    elif cluster["role"] == "primary":
+        # promoted already (done) or being promoted (resume): the old site is whichever other site was primary
+        old_candidates = [s["site"] for s in others if s["cluster"] and s["cluster"]["spec_primary"]
+                          in (cluster["name"], cluster["self"])] or [s["site"] for s in others]
+        result["old_site"] = old_candidates[0] if old_candidates else None
+        result["cnpg_state"] = "promoted" if cluster["is_primary"] and cluster["healthy"] else "promoting"
+        if cluster["phase"] and "unrecoverable" in cluster["phase"]:
+            refusals.append(f"the target Cluster {cluster['name']} is unrecoverable: {cluster['phase_reason']}")
+    else:
+        refusals.append(f"the target Cluster {cluster['name']} is itself being demoted ({cluster['phase']}); wait "
+                        "for the replica cluster switch to finish")
+        return _finish(result, mode, None)
+
+    old = by_site.get(result["old_site"]) if result["old_site"] else None
+    old_cluster = old["cluster"] if old else None
+    if mode == "switchover":
+        if old is None or not old["kube_reachable"]:
+            refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is unreachable "
+                            f"({(old or {}).get('kube_error') or 'unknown'}). Use the failover playbook if it is lost")
+        elif old_cluster is None:
+            refusals.append(f"the old site {old['site']} has no CNPG Cluster ({old['cluster_error'] or 'not found'})")
+        elif result["cnpg_state"] == "replica":
+            if old_cluster["role"] == "primary" and not old_cluster["healthy"]:
+                refusals.append(f"the old primary {old_cluster['name']} is not healthy (phase {old_cluster['phase']!r}); "
+                                "a switchover needs its clean shutdown. Repair it, or fail over")
+            if old_cluster["role"] in ("replica", "demoting") and old_cluster["spec_primary"] not in (
+                    cluster["name"], cluster["self"]):
+                refusals.append(f"neither {old_cluster['name']} nor {cluster['name']} is the primary")
+        if result["cnpg_state"] == "replica" and old and old["kube_reachable"] and not old["redis"]:
+            refusals.append(f"the old site's Redis does not answer ({old['redis_error'] or 'unknown'}): the fresh "
+                            "Redis backup a switchover takes is impossible")
+    else:
+        if old is None or not old["kube_reachable"]:
+            warnings.append(f"the old site {result['old_site'] or '?'} is unreachable: it cannot be fenced; make sure "
+                            "it stays down (or is fenced) before it comes back")
+        elif old_cluster and old_cluster["role"] == "primary" and old_cluster["fencing"] not in ("fenced", "hibernated"):
+            warnings.append(f"the old site {old['site']} still answers and its Cluster is a primary: it will be fenced "
+                            "(KMS scaled to 0, Cluster fenced). A switchover would lose no data")
+    if not tgt["kms_serving"] and not tgt["redis"]:
+        refusals.append(f"the target site's Redis does not answer ({tgt['redis_error'] or 'unknown'}): the Redis "
+                        "backup cannot be restored")
+    split = primaries(sums)
+    if len(split) > 1 and not (old_cluster and old_cluster["fencing"] in ("fenced", "hibernated")):
+        warnings.append(f"more than one Cluster is primary: {', '.join(split)} (split brain)")
+    if result["cnpg_state"] == "replica":
+        demoted = mode == "switchover" and old_cluster and old_cluster["role"] in ("replica", "demoting")
+        result["state"] = "resume" if (demoted or tgt["kms_serving"]) else "fresh"
+    else:
+        result["state"] = "done" if result["cnpg_state"] == "promoted" else "resume"
+    return _finish(result, mode, old)
+
+
+def _finish(result, mode, old):
+    result["ok"] = not result["refusals"]
+    result["data_loss"] = _data_loss(mode, old)
+    return result
+
+
+# -- reports -------------------------------------------------------------------------------------------------------
+def _cell(value, limit=200):
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _age_cell(entry, label_key=None):
+    if not entry:
+        return "none found"
+    label = f" ({entry[label_key]})" if label_key and entry.get(label_key) else ""
+    return f"{human_age(entry.get('age_seconds'))} ago{label}"
+
+
+def status_rows(summaries, lb=None):
+    """Rows (label, value per site) of the side-by-side status table."""
+    rows = []
+
+    def row(label, func):
+        rows.append([label] + [_cell(func(s)) for s in summaries])
+
+    row("Kubernetes API", lambda s: "reachable" if s["kube_reachable"] else f"UNREACHABLE: {s['kube_error'] or '?'}")
+    row("Inventory site_role", lambda s: s["inventory_role"] or "-")
+    row("CNPG Cluster", lambda s: s["cluster"]["name"] if s["cluster"] else (
+        "unknown" if not s["kube_reachable"] else f"MISSING: {s['cluster_error'] or '?'}"))
+    row("CNPG role", lambda s: s["cluster"]["role"] if s["cluster"] else "unknown")
+    row("CNPG phase", lambda s: (s["cluster"]["phase"] or "-") + (
+        f" (Ready={s['cluster']['ready']})" if s["cluster"] else "") if s["cluster"] else "unknown")
+    row("CNPG primary instance", lambda s: (s["cluster"]["current_primary"] or "-") if s["cluster"] else "unknown")
+    row("Timeline", lambda s: s["cluster"]["timeline"] if s["cluster"] else "unknown")
+    row("Replication", lambda s: s["replication"])
+    row("Fencing", lambda s: s["cluster"]["fencing"] if s["cluster"] else "unknown")
+    row("WAL archiving (condition)", lambda s: (s["cluster"]["archiving"] or "-") if s["cluster"] else "unknown")
+    row("Newest archived WAL", lambda s: _age_cell(s["wal_archive"], "name"))
+    row("Newest base backup", lambda s: _age_cell(s["base_backup"], "name") if s["base_backup"] and
+        s["base_backup"].get("name") else _age_cell(s["base_backup"], "backup_id"))
+    row("Newest Redis backup", lambda s: _age_cell(s["redis_backup"], "name") + (
+        f", {s['redis_backup_count']} complete" if s["redis_backup"] else ""))
+    row("Redis", lambda s: (f"{s['redis'].get('role', '?')} {s['redis'].get('version', '')}, "
+                            f"{s['redis'].get('keys', 0)} keys") if s["redis"] else f"DOWN: {s['redis_error'] or '?'}")
+    row("KMS replicas ready", lambda s: f"{s['kms'].get('ready_replicas', 0)}/{s['kms'].get('replicas', 0)}"
+        if s["kms"] else "unknown")
+    for inst in lb or []:
+        rows.append([f"LB {inst['name']}"] + [_cell(_lb_cell(inst, s["site"])) for s in summaries])
+    return rows
+
+
+def _lb_cell(inst, site):
+    if not inst.get("reachable", True):
+        return f"UNREACHABLE: {inst.get('error') or '?'}"
+    server = (inst.get("servers") or {}).get(site)
+    if not server:
+        return "no server"
+    tag = "SERVING" if site in (inst.get("serving") or []) else "not serving"
+    return f"{tag} ({server.get('state')}, {server.get('status')})"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for dummy in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def status_findings(summaries, lb=None):
+    """Plain-language findings: the discovered primary, stale inventory roles, unreachable parts, LB disagreement."""
+    found = []
+    prim = primaries(summaries)
+    if len(prim) == 1:
+        found.append(f"Active site (from the Clusters): {prim[0]}.")
+        stale = [s["site"] for s in summaries if s["inventory_role"] and
+                 (s["inventory_role"] == "active") != (s["site"] == prim[0])]
+        if stale:
+            found.append(f"The inventory's site_role is stale for {', '.join(stale)}: set site_role: active on "
+                         f"{prim[0]} (passive elsewhere) before the next install run.")
+    elif len(prim) > 1:
+        found.append(f"SPLIT BRAIN: more than one Cluster is primary: {', '.join(prim)}.")
+    else:
+        found.append("No reachable Cluster is primary (a site is down or a promotion is in progress).")
+    for s in summaries:
+        if not s["kube_reachable"]:
+            found.append(f"Site {s['site']} is UNREACHABLE ({s['kube_error'] or 'no answer'}); its column shows what "
+                         "the object store knows.")
+    serving = {i["name"]: sorted(i.get("serving") or []) for i in lb or [] if i.get("reachable", True)}
+    if len({tuple(v) for v in serving.values()}) > 1:
+        routes = "; ".join(f"{k} -> {', '.join(v) or 'nothing'}" for k, v in serving.items())
+        found.append(f"The load balancers disagree: {routes}.")
+    elif serving:
+        target = next(iter(serving.values()))
+        found.append(f"Load balancers send traffic to: {', '.join(target) or 'NOTHING'}.")
+        if len(prim) == 1 and target and target != [prim[0]]:
+            found.append(f"The load balancers do not point at the primary site {prim[0]}.")
+    return found
+
+
+def render_status(summaries, lb=None, generated=None):
+    header = ["", *[s["site"] for s in summaries]]
+    lines = [f"# Hanzo KMS status ({generated or iso(utcnow())})", "",
+             markdown_table(header, status_rows(summaries, lb)), ""]
+    lines += [f"- {f}" for f in status_findings(summaries, lb)]
+    return "\n".join(lines) + "\n"
+
+
+def step_update(report, name, result, detail=None, data=None, now=None):
+    """Record ``result`` (running|ok|changed|skipped|failed) of step ``name`` in ``report['steps']``."""
+    if result not in STEP_RESULTS:
+        raise ValueError(f"step result must be one of {', '.join(STEP_RESULTS)}")
+    now = now or utcnow()
+    steps = report.setdefault("steps", [])
+    step = next((s for s in steps if s["name"] == name and s["result"] == "running"), None)
+    if step is None:
+        step = {"name": name, "started": iso(now), "finished": None, "seconds": None, "result": "running",
+                "detail": None}
+        steps.append(step)
+    if result != "running":
+        step["finished"] = iso(now)
+        step["seconds"] = round((now - parse_time(step["started"])).total_seconds(), 1)
+    step["result"] = result
+    if detail is not None:
+        step["detail"] = detail
+    if data:
+        step["data"] = data
+    return step
+
+
+def _loss_line(entry):
+    if entry["bound_seconds"] is None:
+        return f"unknown — {entry['basis']}"
+    if entry["bound_seconds"] == 0:
+        return f"none — {entry['basis']}"
+    return f"at most {human_age(entry['bound_seconds'])} — {entry['basis']}"
+
+
+def render_report(report):
+    """Markdown of a failover/switchover report (see ``operation_report``)."""
+    op = report.get("operation", "operation")
+    lines = [f"# Hanzo KMS {op}: {report.get('old_site') or '?'} -> {report.get('target') or '?'}", "",
+             f"- Result: **{(report.get('result') or 'running').upper()}**",
+             f"- Started: {report.get('started')}; finished: {report.get('finished') or '-'}",
+             f"- Run by: {report.get('run_by') or '-'}; confirmation: `{report.get('confirmation') or '-'}`"]
+    pre = report.get("preflight") or {}
+    if pre:
+        lines.append(f"- Preflight: {'go' if pre.get('ok') else 'REFUSED'} (state {pre.get('state')}, CNPG "
+                     f"{pre.get('cnpg_state')})")
+        lines += [f"  - refused: {r}" for r in pre.get("refusals") or []]
+        lines += [f"  - warning: {w}" for w in pre.get("warnings") or []]
+    loss = report.get("data_loss") or pre.get("data_loss")
+    if loss:
+        lines += ["", "## Data-loss bound", "",
+                  f"- PostgreSQL: {_loss_line(loss['postgres'])}",
+                  f"- Redis: {_loss_line(loss['redis'])}"]
+    lines += ["", "## Steps", ""]
+    rows = [[s["name"], s["result"], s.get("started") or "", s.get("finished") or "",
+             "" if s.get("seconds") is None else f"{s['seconds']:.1f}", _cell(s.get("detail") or "")]
+            for s in report.get("steps") or []]
+    lines.append(markdown_table(["step", "result", "start", "end", "seconds", "detail"], rows))
+    for title, key in (("Before", "sites_before"), ("After", "sites_after")):
+        sums = report.get(key)
+        if sums:
+            lines += ["", f"## {title}", "", markdown_table(["", *[s["site"] for s in sums]],
+                                                            status_rows(sums, report.get(key.replace("sites", "lb"))))]
+    if report.get("error"):
+        lines += ["", "## Error", "", "```", str(report["error"]), "```",
+                  "", "Re-run the same command after fixing the cause: every step checks the state first."]
+    return "\n".join(lines) + "\n"
+
+
+def dumps(report):
+    return json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+
+
+# -- I/O: what hanzo.kms.site_data_info collects -------------------------------------------------------------------
+def redis_probe(params):
+    """Role, version and key count of a Redis server, or raise ``RedisError``."""
+    from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup  # pylint: disable=import-outside-toplevel
+
+    conn = redis_backup.RespConnection(params, timeout=float(params.get("connect_timeout") or 10.0))
+    try:
+        info = redis_backup.server_info(conn)
+        replication = redis_backup.parse_info(conn.command("INFO", "replication"))
+    finally:
+        conn.close()
+    return {"role": replication.get("role"), "server": info["server"], "version": info["version"],
+            "keys": sum(db["keys"] for db in info["keyspace"].values()), "keyspace": info["keyspace"],
+            "address": f"{params.get('host')}:{params.get('port')}"}
+
+
+def collect_site_data(params, s3_client, now=None):
+    """Backups of one site in the object store and its Redis server; every part reports its own error."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
+    from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError
+    from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
+
+    now = now or utcnow()
+    site = params["site"]
+    out = {"site": site, "now": iso(now)}
+    if params.get("cnpg_destination_path"):
+        bucket, prefix = split_s3_url(params["cnpg_destination_path"])
+    else:
+        parts = [p.strip("/") for p in (params.get("cnpg_prefix") or "cnpg", site) if p.strip("/")]
+        bucket, prefix = params["bucket"], "/".join(parts) + "/"
+    cnpg = {"bucket": bucket, "prefix": prefix}
+    try:
+        objects, dummy_server_time = s3_retention.list_objects(s3_client, bucket, prefix)
+        cnpg.update(analyze_cnpg_archive(((o.key, o.last_modified, o.size) for o in objects), prefix, now,
+                                         server=params.get("cnpg_server_name") or None))
+    except S3Error as exc:
+        cnpg["error"] = str(exc)
+    out["cnpg"] = cnpg
+
+    redis = {"server": None, "error": None}
+    redis_prefix = "/".join(p.strip("/") for p in (params.get("redis_prefix") or "", site) if p and p.strip("/"))
+    try:
+        listing = s3_retention.list_complete_backups(s3_client, params["bucket"], redis_prefix)
+        redis["backups"] = summarize_redis_backups(listing, now)
+    except S3Error as exc:
+        redis["backups"] = {"count": 0, "newest": None, "error": str(exc)}
+    redis["backups"]["prefix"] = redis_prefix + "/"
+    if params.get("probe_redis", True) and params.get("host"):
+        try:
+            redis["server"] = redis_probe(params)
+        except (RedisError, OSError) as exc:
+            redis["error"] = str(exc)
+    out["redis"] = redis
+    return out
+
+
+# -- global load balancer ------------------------------------------------------------------------------------------
+def lb_view(name, states, stats, backend):
+    """Which servers of ``backend`` an HAProxy instance sends traffic to.
+
+    ``states``: {(backend, server): ServerState} (``show servers state``); ``stats``: {server: row} (``show stat``).
+    A server serves when it is administratively ``ready`` with a weight above 0 and its health check passes (or it
+    has none).
+    """
+    servers, serving = {}, []
+    for (be_name, server), state in sorted(states.items()):
+        if be_name != backend:
+            continue
+        row = stats.get(server) or {}
+        status = (row.get("status") or "").strip() or "unknown"
+        servers[server] = {"state": state.state, "weight": state.uweight, "status": status,
+                           "check": (row.get("check_status") or "").replace("*", "").strip() or None}
+        healthy = status == "no check" or status.split()[0] == "UP"
+        if state.state == "ready" and state.uweight > 0 and healthy:
+            serving.append(server)
+    return {"name": name, "reachable": True, "error": None, "backend": backend, "servers": servers,
+            "serving": serving}
+
+
+def read_lb(instance, backend, timeout=5.0):
+    """``lb_view`` of one instance ({name, socket|address}); an unreachable instance is reported, not raised."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient
+
+    address = instance.get("socket") or instance.get("address")
+    name = instance.get("name") or address
+    client = RuntimeClient(address, name=name, timeout=timeout)
+    try:
+        return lb_view(name, client.servers_state(backend), client.server_stats(backend), backend)
+    except HAProxyError as exc:
+        return {"name": name, "reachable": False, "error": str(exc), "backend": backend, "servers": {},
+                "serving": []}
+
+
+# -- the report file -----------------------------------------------------------------------------------------------
+def update_report(report, params, now=None):
+    """Apply one ``hanzo.kms.operation_report`` call to ``report`` (a dict, changed in place) and return it."""
+    now = now or utcnow()
+    report.setdefault("operation", params["operation"])
+    report.setdefault("started", iso(now))
+    report.setdefault("result", "running")
+    report.setdefault("steps", [])
+    for key, value in (params.get("update") or {}).items():
+        report[key] = value
+    if params.get("sites") is not None:
+        summaries = [site_summary(s, now) for s in params["sites"]]
+        report["sites" if params.get("snapshot", "current") == "current" else f"sites_{params['snapshot']}"] = summaries
+    if params.get("lb") is not None:
+        report["lb" if params.get("snapshot", "current") == "current" else f"lb_{params['snapshot']}"] = params["lb"]
+    if params.get("step"):
+        step_update(report, params["step"], params.get("result") or "running", params.get("detail"),
+                    params.get("data"), now)
+    if params.get("finish"):
+        report["result"] = params["finish"]
+        report["finished"] = iso(now)
+        for step in report["steps"]:
+            if step["result"] == "running":  # interrupted by the failure being recorded
+                step_update(report, step["name"], "failed", step.get("detail") or "interrupted", now=now)
+    return report
+
+
+def render(report):
+    if report.get("operation") == "status":
+        return render_status(report.get("sites") or [], report.get("lb"), report.get("started"))
+    return render_report(report)

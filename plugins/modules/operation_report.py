@@ -1,0 +1,225 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: operation_report
+short_description: Record the steps of a Hanzo KMS operation and write its Markdown and JSON report
+version_added: 0.1.0
+description:
+  - Keeps the report of one failover, switchover or status run as C(<dir>/<name>.json) and renders
+    C(<dir>/<name>.md) from it after every call, so the report on disk is current even when the run stops midway.
+    With O(latest) it also writes C(<dir>/<operation>-latest.json) and C(.md).
+  - The report is the playbooks' output, not managed state, so the task never reports C(changed); a re-run of a
+    playbook that changes nothing on the sites then shows 0 changed.
+  - Each call can record one step (O(step) with O(result); the first call of a step sets its start time, a final
+    result its end time and duration), merge top-level fields (O(update)), store a snapshot of the sites and load
+    balancers (O(sites), O(lb), O(snapshot)) and close the report (O(finish)).
+  - Without O(dir) nothing is written and the rendered Markdown is only returned (the status playbook).
+author:
+  - Hanzo KMS platform team (@hanzoai)
+attributes:
+  check_mode:
+    support: full
+    description: Renders the report and writes nothing.
+  diff_mode:
+    support: none
+    description: No diff is produced.
+options:
+  dir:
+    description:
+      - Directory of the report files (created when missing).
+    type: path
+  name:
+    description:
+      - Base name of this run's files, for example V(failover-dc2-20261129T130000Z).
+      - Required with O(dir).
+    type: str
+  operation:
+    description:
+      - What the report is about.
+    type: str
+    required: true
+    choices: [failover, switchover, status]
+  step:
+    description:
+      - Name of the step to record.
+    type: str
+  result:
+    description:
+      - Result of O(step). V(running) marks its start.
+    type: str
+    choices: [running, ok, changed, skipped, failed]
+    default: running
+  detail:
+    description:
+      - One line about what the step found or did.
+    type: str
+  data:
+    description:
+      - Structured details of the step, kept in the JSON report.
+    type: dict
+  update:
+    description:
+      - Top-level fields merged into the report, for example C(target), C(old_site), C(preflight), C(data_loss),
+        C(error).
+    type: dict
+  sites:
+    description:
+      - Site statuses (as set by the C(hanzo.kms.site_status) role) to summarize into the report.
+    type: list
+    elements: dict
+  lb:
+    description:
+      - Load balancer views (RV(hanzo.kms.haproxy_info#module:instances)).
+    type: list
+    elements: dict
+  snapshot:
+    description:
+      - Whether O(sites) and O(lb) describe the state before or after the operation, or the current state (status).
+    type: str
+    choices: [before, after, current]
+    default: current
+  finish:
+    description:
+      - Close the report with this result; steps still running are marked failed.
+    type: str
+    choices: [succeeded, failed]
+  latest:
+    description:
+      - Also write C(<operation>-latest.json) and C(<operation>-latest.md) in O(dir).
+    type: bool
+    default: true
+seealso:
+  - module: hanzo.kms.switch_preflight
+'''
+
+EXAMPLES = r'''
+- name: Record the start of the promotion step
+  hanzo.kms.operation_report:
+    dir: /var/log/hanzo-kms
+    name: failover-dc2-20261129T130000Z
+    operation: failover
+    step: promote
+    result: running
+
+- name: Record its end
+  hanzo.kms.operation_report:
+    dir: /var/log/hanzo-kms
+    name: failover-dc2-20261129T130000Z
+    operation: failover
+    step: promote
+    result: changed
+    detail: kms-pg-dc2 promoted without a token, timeline 2
+'''
+
+RETURN = r'''
+report:
+  description: The whole report (what the JSON file holds).
+  returned: always
+  type: dict
+markdown:
+  description: The rendered Markdown.
+  returned: always
+  type: str
+json_path:
+  description: Path of the JSON report.
+  returned: when O(dir) is set
+  type: str
+markdown_path:
+  description: Path of the Markdown report.
+  returned: when O(dir) is set
+  type: str
+written:
+  description: The run's report files whose content changed in this call.
+  returned: when O(dir) is set, not in check mode
+  type: list
+  elements: str
+'''
+
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hanzo.kms.plugins.module_utils.operations import dumps, render, update_report
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file; return True when the content changed."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            if handle.read() == text:
+                return False
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.report-')
+    with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dir=dict(type='path'),
+            name=dict(type='str'),
+            operation=dict(type='str', required=True, choices=['failover', 'switchover', 'status']),
+            step=dict(type='str'),
+            result=dict(type='str', default='running', choices=['running', 'ok', 'changed', 'skipped', 'failed']),
+            detail=dict(type='str'),
+            data=dict(type='dict'),
+            update=dict(type='dict'),
+            sites=dict(type='list', elements='dict'),
+            lb=dict(type='list', elements='dict'),
+            snapshot=dict(type='str', default='current', choices=['before', 'after', 'current']),
+            finish=dict(type='str', choices=['succeeded', 'failed']),
+            latest=dict(type='bool', default=True),
+        ),
+        required_by=dict(dir=['name']),
+        supports_check_mode=True,
+    )
+    params = module.params
+    report = {}
+    json_path = md_path = None
+    if params['dir']:
+        json_path = os.path.join(params['dir'], params['name'] + '.json')
+        md_path = os.path.join(params['dir'], params['name'] + '.md')
+        try:
+            with open(json_path, encoding='utf-8') as handle:
+                report = json.load(handle)
+        except FileNotFoundError:
+            report = {}
+        except (OSError, ValueError) as exc:
+            module.fail_json(msg='cannot read the report %s: %s' % (json_path, exc))
+    try:
+        update_report(report, params)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    markdown = render(report)
+    result = dict(changed=False, report=report, markdown=markdown)
+    if params['dir']:
+        result.update(json_path=json_path, markdown_path=md_path)
+        if not module.check_mode:
+            try:
+                os.makedirs(params['dir'], exist_ok=True)
+                text = dumps(report)
+                written = [path for path, content in ((json_path, text), (md_path, markdown)) if write_atomic(path, content)]
+                if params['latest']:
+                    base = os.path.join(params['dir'], params['operation'] + '-latest')
+                    write_atomic(base + '.json', text)
+                    write_atomic(base + '.md', markdown)
+            except OSError as exc:
+                module.fail_json(msg='cannot write the report in %s: %s' % (params['dir'], exc))
+            result['written'] = written
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,87 @@
+"""Pure analysis of a drill's request log: outages (RTO), acknowledged writes lost (RPO), per-phase counts.
+
+A record is ``{"t0", "t1", "op": "write"|"read", "name", "status", "site", "ok"}`` (epoch seconds), as written by
+tests/drill/load.py. A phase is ``{"label", "start", "end"}`` (a playbook run or a lab action).
+"""
+from __future__ import annotations
+
+
+def outages(records):
+    """Runs of failed requests, in time order: each from the start of its first failed request to the end of the
+    first successful request after it (what a user retrying all the time would see). An outage still open at the
+    end of the log ends at the last request's end and is marked ``open``."""
+    runs = []
+    current = None
+    for rec in sorted(records, key=lambda r: r["t0"]):
+        if not rec["ok"]:
+            if current is None:
+                current = {"start": rec["t0"], "failed": 0, "open": True}
+            current["failed"] += 1
+            current["end"] = max(current.get("end", rec["t1"]), rec["t1"])
+        elif current is not None and rec["t1"] >= current["start"]:
+            current.update(end=rec["t1"], open=False)
+            runs.append(current)
+            current = None
+    if current is not None:
+        runs.append(current)
+    for run in runs:
+        run["duration"] = round(run["end"] - run["start"], 3)
+    return runs
+
+
+def longest_outage(records, start=None, end=None):
+    """The longest outage that overlaps [start, end] (whole log when omitted), or None."""
+    candidates = [o for o in outages(records)
+                  if (start is None or o["end"] >= start) and (end is None or o["start"] <= end)]
+    return max(candidates, key=lambda o: o["duration"], default=None)
+
+
+def first_success_after(records, when, site=None, op=None):
+    """The first successful request that started at or after ``when`` (optionally served by ``site``)."""
+    for rec in sorted(records, key=lambda r: r["t0"]):
+        if rec["t0"] >= when and rec["ok"] and (site is None or rec["site"] == site) and (op is None or rec["op"] == op):
+            return rec
+    return None
+
+
+def acknowledged_writes(records):
+    """{secret name: value} of every write the service acknowledged (HTTP 200); a later ack of a name wins."""
+    acked = {}
+    for rec in sorted(records, key=lambda r: r["t1"]):
+        if rec["op"] == "write" and rec["ok"]:
+            acked[rec["name"]] = rec["value"]
+    return acked
+
+
+def lost_writes(acked, rows):
+    """Acknowledged writes the surviving database does not hold with the acknowledged value: [(name, want, got)]."""
+    return sorted((name, value, rows.get(name)) for name, value in acked.items() if rows.get(name) != value)
+
+
+def counts(records, start=None, end=None):
+    """Requests that started inside [start, end]: totals and failures per operation, and which sites served."""
+    result = {"write": {"total": 0, "failed": 0}, "read": {"total": 0, "failed": 0}, "sites": {}}
+    for rec in records:
+        if (start is not None and rec["t0"] < start) or (end is not None and rec["t0"] > end):
+            continue
+        bucket = result[rec["op"]]
+        bucket["total"] += 1
+        bucket["failed"] += 0 if rec["ok"] else 1
+        if rec["ok"]:
+            result["sites"][rec["site"]] = result["sites"].get(rec["site"], 0) + 1
+    return result
+
+
+def phase_summary(records, phase, target_site=None):
+    """What users saw during one phase: counts, the longest outage overlapping it and, when a target site is
+    given, the time from the phase's start to the first request that site served successfully (its RTO)."""
+    summary = {"label": phase["label"], "start": phase["start"], "end": phase["end"],
+               "wall_seconds": round(phase["end"] - phase["start"], 3),
+               "counts": counts(records, phase["start"], phase["end"])}
+    worst = longest_outage(records, phase["start"], phase["end"])
+    summary["longest_outage_seconds"] = worst["duration"] if worst else 0.0
+    summary["failed_requests_in_longest_outage"] = worst["failed"] if worst else 0
+    if target_site:
+        first = first_success_after(records, phase["start"], site=target_site)
+        summary["first_success_on_target_seconds"] = round(first["t1"] - phase["start"], 3) if first else None
+    return summary

@@ -1,0 +1,222 @@
+"""``make drill`` / ``python -m tests.drill``: the DR drill on the lab, under load, with the real data path.
+
+Steps: lab up -> install.yml -> backup.yml -> load on (writes + reads of secrets through the global LB) ->
+switchover.yml to dc2 -> switchover.yml back to dc1 -> backup.yml (a fresh Redis backup, as the schedule would take)
+-> kill dc1 (kube-apiserver, PostgreSQL, Redis, KMS stand-in) -> failover.yml to dc2 -> load off. Then every
+acknowledged write is looked up in the surviving database (dc2's PostgreSQL) and the report is written:
+``<out>/drill.md`` (default out: ``<lab dir>-report``), ``drill.json``, ``timeline.png``, ``requests.jsonl``.
+
+The lab is left running (``make lab-down`` or ``python -m tests.lab down --dir DIR`` stops it); dc1 stays dead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+from tests.drill import analysis, plot
+from tests.drill.load import LoadClient
+from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
+
+VENV_BIN = Path(sys.executable).parent
+DC1_KILLED = ("dc1-kube-apiserver", "dc1-postgres", "dc1-redis", "dc1-kms")
+
+
+def kill_processes(lab, names):
+    """SIGKILL the named lab processes (their whole sessions) at once, as a lost data center: no clean shutdown,
+    no final checkpoint. Waits until they are gone; returns the names that were running."""
+    procs = [proc for proc in (lab.process(name) for name in names) if lab.process_alive(proc)]
+    for proc in procs:
+        try:
+            os.killpg(proc["pid"], signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            os.kill(proc["pid"], signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(proc["pid"]) for proc in procs), 10, "the killed processes to be gone")
+    return [proc["name"] for proc in procs]
+
+
+class Drill:
+    def __init__(self, lab_dir, out_dir, rate, settle):
+        self.lab_dir = Path(lab_dir).resolve()
+        self.out_dir = Path(out_dir).resolve()
+        self.rate = rate
+        self.settle = settle
+        self.phases = []
+        self.env = dict(os.environ, HANZO_KMS_LAB_DIR=str(self.lab_dir), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+                        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_FORCE_COLOR="0")
+        self.env.setdefault("HANZO_KMS_CNPG_STANDIN_DELAY", "0.05")
+
+    def log(self, message):
+        print(f"[drill {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def phase(self, label, argv, check=True):
+        """Run one command as a phase of the drill; its output goes to <out>/<n>-<label>.log."""
+        log_path = self.out_dir / f"{len(self.phases) + 1:02d}-{label.replace(' ', '-')}.log"
+        self.log(f"{label}: {' '.join(argv)}")
+        start = time.time()
+        with open(log_path, "w", encoding="utf-8") as out:
+            result = subprocess.run(argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        end = time.time()
+        self.phases.append({"label": label, "start": start, "end": end, "rc": result.returncode, "log": log_path.name})
+        self.log(f"{label}: rc={result.returncode} in {end - start:.1f} s (log {log_path})")
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{label} failed (rc {result.returncode}); see {log_path}")
+        return result.returncode
+
+    def playbook(self, label, name, *extra):
+        return self.phase(label, [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/lab", f"playbooks/{name}.yml",
+                                  *extra])
+
+    def lab_state(self):
+        lab = Lab(self.lab_dir)
+        if lab.load() is None:
+            raise RuntimeError(f"no lab in {self.lab_dir}")
+        return lab
+
+    def kill_dc1(self):
+        lab = self.lab_state()
+        start = time.time()
+        stopped = kill_processes(lab, DC1_KILLED)
+        self.phases.append({"label": "kill dc1", "start": start, "end": time.time(), "rc": 0, "stopped": stopped})
+        self.log(f"killed {', '.join(stopped)}")
+
+    def surviving_rows(self, site):
+        entry = self.lab_state().state["sites"][site]["postgres"]
+        conn = psycopg2.connect(host=entry["host"], port=entry["port"], user=entry["user"], password=entry["password"],
+                                dbname=entry["database"], connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT name, value FROM kms_secrets WHERE name LIKE 'drill-%'")
+                return dict(cur.fetchall())
+        finally:
+            conn.close()
+
+    def reports(self):
+        """The operation reports (JSON) the playbooks wrote into the lab's report dir, oldest first."""
+        found = []
+        for path in sorted((self.lab_dir / "reports").glob("**/*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                found.append({"file": str(path), "report": json.loads(path.read_text(encoding="utf-8"))})
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def run(self):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.phase("lab up", [sys.executable, "-m", "tests.lab", "up", "--dir", str(self.lab_dir)])
+        self.playbook("install", "install")
+        self.playbook("backup", "backup")
+        url = self.lab_state().state["lb"]["instances"][0]["frontend_url"]
+        load = LoadClient(url, rate=self.rate)
+        load.start()
+        self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")
+        try:
+            time.sleep(self.settle)  # a steady state before the first switch, for the timeline
+            self.playbook("switchover to dc2", "switchover", "-e", "switchover_target_site=dc2",
+                          "-e", "switchover_confirm='SWITCHOVER TO dc2'")
+            time.sleep(self.settle)
+            self.playbook("switchover to dc1", "switchover", "-e", "switchover_target_site=dc1",
+                          "-e", "switchover_confirm='SWITCHOVER TO dc1'")
+            time.sleep(self.settle)
+            self.playbook("backup before loss", "backup")
+            time.sleep(self.settle)
+            acked_before_loss = len(load.acked)
+            self.kill_dc1()
+            self.playbook("failover to dc2", "failover", "-e", "failover_target_site=dc2",
+                          "-e", "failover_confirm='FAILOVER TO dc2'")
+            time.sleep(self.settle)
+        finally:
+            records = load.stop()
+        rows = self.surviving_rows("dc2")
+        return self.write_report(records, rows, acked_before_loss)
+
+    def write_report(self, records, rows, acked_before_loss):
+        with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
+            for rec in records:
+                out.write(json.dumps(rec) + "\n")
+        acked = analysis.acknowledged_writes(records)
+        by_label = {p["label"]: p for p in self.phases}
+        kill_time = by_label["kill dc1"]["start"]
+        switch_phases = [by_label["switchover to dc2"], by_label["switchover to dc1"]]
+        failover = by_label["failover to dc2"]
+        acked_until_switch_end = {n: v for n, v in acked.items()
+                                  if any(r["name"] == n and r["t1"] <= switch_phases[1]["end"] for r in records)}
+        lost = analysis.lost_writes(acked, rows)
+        lost_before_kill = [item for item in lost if item[0] in acked_until_switch_end]
+        loss_window = [r for r in records if r["op"] == "write" and r["ok"] and r["t1"] <= kill_time]
+        first_dc2 = analysis.first_success_after(records, failover["start"], site="dc2")
+        result = {
+            "lab_dir": str(self.lab_dir),
+            "rate_per_second": self.rate,
+            "phases": self.phases,
+            "summaries": [analysis.phase_summary(records, p, target_site=p["label"].rsplit(" ", 1)[-1]
+                                                 if p["label"].startswith(("switchover", "failover")) else None)
+                          for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
+            "requests": {"total": len(records), "acknowledged_writes": len(acked),
+                         "acknowledged_before_dc1_was_killed": acked_before_loss},
+            "switchover": {"acknowledged_writes_lost": len(lost_before_kill), "lost": lost_before_kill[:50]},
+            "failover": {
+                "acknowledged_writes_lost": len(lost), "lost": lost[:50],
+                "rto_seconds_playbook_start_to_first_dc2_success":
+                    round(first_dc2["t1"] - failover["start"], 3) if first_dc2 else None,
+                "rto_seconds_kill_to_first_dc2_success": round(first_dc2["t1"] - kill_time, 3) if first_dc2 else None,
+                "last_acknowledged_write_before_kill": max((r["t1"] for r in loss_window), default=None),
+            },
+            "operation_reports": self.reports(),
+        }
+        (self.out_dir / "drill.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        plot.timeline(records, [p for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
+                      self.out_dir / "timeline.png", "hanzo.kms DR drill: requests through the global LB")
+        (self.out_dir / "drill.md").write_text(render_markdown(result), encoding="utf-8")
+        return result
+
+
+def render_markdown(result):
+    fail = result["failover"]
+    lines = ["# DR drill report", "",
+             f"Load: {result['rate_per_second']} writes/s + {result['rate_per_second']} reads/s through the global LB; "
+             f"{result['requests']['total']} requests, {result['requests']['acknowledged_writes']} acknowledged writes.",
+             "", "![timeline](timeline.png)", "",
+             "| phase | wall time (s) | writes ok/total | reads ok/total | longest outage (s) | first success on target (s) |",
+             "|---|---|---|---|---|---|"]
+    for s in result["summaries"]:
+        w, r = s["counts"]["write"], s["counts"]["read"]
+        first = s.get("first_success_on_target_seconds")
+        lines.append(f"| {s['label']} | {s['wall_seconds']} | {w['total'] - w['failed']}/{w['total']} | "
+                     f"{r['total'] - r['failed']}/{r['total']} | {s['longest_outage_seconds']} | "
+                     f"{'' if first is None else first} |")
+    lines += ["", "## Switchover (planned, both sites up)", "",
+              f"Acknowledged writes lost: **{result['switchover']['acknowledged_writes_lost']}** (target 0).", "",
+              "## Failover (dc1 killed: kube-apiserver, PostgreSQL, Redis, KMS stand-in)", "",
+              f"- RTO, failover playbook start to the first request served by dc2: "
+              f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s)",
+              f"- from the kill to the first request served by dc2: {fail['rto_seconds_kill_to_first_dc2_success']} s",
+              f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**", ""]
+    for item in result["operation_reports"]:
+        report = item["report"]
+        if report.get("operation") == "failover":
+            lines += [f"Failover report `{item['file']}`:", "", "```json",
+                      json.dumps({k: report[k] for k in report if k in ("data_loss", "data_loss_bound", "redis", "steps")},
+                                 indent=1, default=str)[:4000], "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tests.drill", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO_ROOT / ".lab-drill")),
+                        help="lab directory (a fresh one is best: the drill kills dc1)")
+    parser.add_argument("--out", help="report directory (default <lab dir>-report)")
+    parser.add_argument("--rate", type=float, default=10.0, help="writes per second (and as many reads)")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady load between phases")
+    args = parser.parse_args(argv)
+    drill = Drill(args.dir, args.out or f"{Path(args.dir).resolve()}-report", args.rate, args.settle)
+    result = drill.run()
+    print((drill.out_dir / "drill.md").read_text(encoding="utf-8"))
+    return 0 if result["switchover"]["acknowledged_writes_lost"] == 0 else 1

@@ -1,0 +1,155 @@
+"""Integration tests of the operations playbooks (issue 9): status.yml, switchover.yml (there and back) and the
+refusals of failover.yml/switchover.yml, on the session's lab after install.yml; plus site_data_info and
+haproxy_info against the lab's real S3 and HAProxy.
+
+The failover itself loses dc1 for good, so it runs in Molecule (molecule/failover), not on the shared session lab.
+Each playbook's wall time is printed (pytest -s).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_install import BIN, REPO_ROOT, ansible_env, playbook, recap
+from tests.lab import redis as lab_redis
+from tests.lab import s3 as lab_s3
+from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
+
+try:
+    from kubernetes import client
+except ImportError:  # pragma: no cover
+    client = None
+
+INVENTORY = ["-i", "inventories/lab"]
+
+
+def run(args, lab_dir, what):
+    started = time.monotonic()
+    proc = playbook(INVENTORY + args, lab_dir)
+    print(f"\n{what}: {time.monotonic() - started:.1f}s")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(lab, lab_dir):
+    proc = run(["playbooks/install.yml"], lab_dir, "install.yml")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return lab
+
+
+def adhoc(module, args, lab_dir):
+    return subprocess.run([str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-e",
+                           f"ansible_python_interpreter={sys.executable}", "-m", module, "-a", json.dumps(args)],
+                          cwd=REPO_ROOT, env=ansible_env(lab_dir), capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def cluster(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer-name
+    return client.CustomObjectsApi(kube_clients[site]).get_namespaced_custom_object(
+        "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}")
+
+
+def replicas(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer-name
+    return client.AppsV1Api(kube_clients[site]).read_namespaced_deployment("kms", "kms").spec.replicas
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback lab URL
+            return resp.status, resp.headers.get("X-KMS-Site"), json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("X-KMS-Site"), {}
+
+
+def test_status_shows_both_sites_and_the_lb(installed, lab_dir):
+    proc = run(["playbooks/status.yml"], lab_dir, "status.yml")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    out = proc.stdout
+    assert '"|  | dc1 | dc2 |"' in out
+    assert "| CNPG role | primary | replica |" in out
+    assert "Active site (from the Clusters): dc1." in out
+    assert "| LB lb1 | SERVING (ready, UP) | not serving (maint, MAINT) |" in out
+    assert "Load balancers send traffic to: dc1." in out
+
+
+def test_wrong_confirmation_changes_nothing(installed, lab_dir, kube_clients):  # noqa: F811  pylint: disable=redefined-outer-name
+    proc = run(["playbooks/switchover.yml", "-e", "switchover_target_site=dc2",
+                "-e", "switchover_confirm='SWITCHOVER TO DC2'"], lab_dir, "switchover.yml, wrong phrase")
+    assert proc.returncode != 0
+    assert "the confirmation must be exactly 'SWITCHOVER TO dc2'" in proc.stdout
+    assert cluster(kube_clients, "dc1")["spec"]["replica"]["primary"] == "kms-pg-dc1"
+    assert replicas(kube_clients, "dc1") != 0
+    report = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
+    assert report["result"] == "failed"
+    assert [(s["name"], s["result"]) for s in report["steps"]] == [("preflight", "ok"), ("confirm", "failed")]
+
+
+def test_unknown_target_site_is_refused(installed, lab_dir):
+    proc = run(["playbooks/failover.yml", "-e", "failover_target_site=dc9", "-e", "failover_confirm=x"], lab_dir,
+               "failover.yml, unknown site")
+    assert proc.returncode != 0 and "Set failover_target_site" in proc.stdout
+
+
+def test_site_data_info_reads_the_barman_layout(installed, lab_dir):
+    s3 = lab_s3.client(installed["s3"])
+    bucket = installed["s3"]["bucket"]
+    prefix = "cnpg/itest-site/kms-pg-itest-site/"
+    keys = [prefix + "wals/0000000100000000/000000010000000000000003.gz", prefix + "base/20261129T100000/backup.info"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    redis_entry = installed["sites"]["dc1"]["redis"]
+    try:
+        proc = adhoc("hanzo.kms.site_data_info", {
+            "site": "itest-site", "bucket": bucket, "endpoint_url": installed["s3"]["endpoint_url"],
+            "access_key": installed["s3"]["access_key"], "secret_key": installed["s3"]["secret_key"],
+            "addressing_style": "path", "host": redis_entry["host"], "port": redis_entry["port"],
+            "password": redis_entry["password"]}, lab_dir)
+    finally:
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]})
+    assert proc.returncode == 0, proc.stdout
+    assert '"name": "000000010000000000000003"' in proc.stdout
+    assert '"backup_id": "20261129T100000"' in proc.stdout
+    assert '"role": "master"' in proc.stdout
+
+
+def test_switchover_there_and_back(installed, lab_dir, kube_clients):  # noqa: F811  pylint: disable=redefined-outer-name
+    """dc1 -> dc2 -> dc1 with a marker key in dc1's Redis; checks the Clusters, Redis, HAProxy and the reports."""
+    frontends = [i["frontend_url"] for i in installed["lb"]["instances"]]
+    marker = f"itest:marker:{datetime.datetime.now().timestamp()}"
+    lab_redis.client(installed["sites"]["dc1"]["redis"]).set(marker, "from-dc1")
+    for target, old in (("dc2", "dc1"), ("dc1", "dc2")):
+        proc = run(["playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
+                    "-e", f"switchover_confirm='SWITCHOVER TO {target}'"], lab_dir, f"switchover.yml to {target}")
+        assert proc.returncode == 0, proc.stdout[-8000:]
+        new_cluster, old_cluster = cluster(kube_clients, target), cluster(kube_clients, old)
+        assert new_cluster["spec"]["replica"]["primary"] == f"kms-pg-{target}"
+        assert new_cluster["status"]["phase"] == "Cluster in healthy state"
+        assert new_cluster["status"]["lastPromotionToken"] == new_cluster["spec"]["replica"]["promotionToken"]
+        assert old_cluster["spec"]["replica"]["primary"] == f"kms-pg-{target}"
+        assert replicas(kube_clients, old) == 0 and replicas(kube_clients, target) >= 2
+        # the fresh backup of the old site's Redis was restored into the target's
+        assert lab_redis.client(installed["sites"][target]["redis"]).get(marker) == b"from-dc1"
+        for url in frontends:
+            status, served_by, dummy = get(url + "/api/status")
+            assert (status, served_by) == (200, target)
+        report = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
+        assert report["result"] == "succeeded" and report["target"] == target and report["old_site"] == old
+        assert [s["name"] for s in report["steps"]] == report["steps_planned"]
+        assert all(s["result"] in ("ok", "changed") for s in report["steps"]), report["steps"]
+        assert report["data_loss"]["postgres"]["bound_seconds"] == 0
+        # a re-run completes nothing new and reports every step done or skipped
+        if target == "dc2":
+            again = run(["playbooks/switchover.yml", "-e", "switchover_target_site=dc2",
+                         "-e", "switchover_confirm='SWITCHOVER TO dc2'"], lab_dir, "switchover.yml to dc2, again")
+            assert again.returncode == 0, again.stdout[-8000:]
+            assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap(again.stdout).values()), again.stdout[-4000:]
+            rerun = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
+            assert {s["name"]: s["result"] for s in rerun["steps"]}["restore_redis"] == "skipped"

@@ -1,0 +1,56 @@
+"""The drill's analysis of a request log (tests/drill/analysis.py)."""
+from __future__ import annotations
+
+from tests.drill import analysis
+
+
+def rec(t0, ok, op="write", name="s", site="dc1", value="v", duration=0.1):
+    return {"t0": t0, "t1": t0 + duration, "op": op, "name": name, "status": 200 if ok else 503, "site": site,
+            "ok": ok, "value": value}
+
+
+def test_an_outage_runs_from_the_first_failure_to_the_end_of_the_next_success():
+    log = [rec(0, True), rec(1, False), rec(2, False), rec(3, True), rec(4, True)]
+    runs = analysis.outages(log)
+    assert runs == [{"start": 1, "end": 3.1, "failed": 2, "open": False, "duration": 2.1}]
+
+
+def test_separate_outages_are_kept_apart_and_the_longest_is_chosen_per_window():
+    log = [rec(0, False), rec(1, True), rec(10, False), rec(11, False), rec(12, False), rec(14, True)]
+    runs = analysis.outages(log)
+    assert [r["failed"] for r in runs] == [1, 3]
+    assert analysis.longest_outage(log)["start"] == 10
+    assert analysis.longest_outage(log, 0, 5)["start"] == 0
+    assert analysis.longest_outage(log, 20, 30) is None
+
+
+def test_an_outage_at_the_end_of_the_log_is_open():
+    runs = analysis.outages([rec(0, True), rec(1, False), rec(2, False, duration=2.0)])
+    assert runs[0]["open"] is True
+    assert runs[0]["end"] == 4.0
+
+
+def test_first_success_after_honours_site_and_start():
+    log = [rec(0, True, site="dc1"), rec(5, True, site="dc1"), rec(6, False, site=""), rec(7, True, site="dc2")]
+    assert analysis.first_success_after(log, 1)["t0"] == 5
+    assert analysis.first_success_after(log, 1, site="dc2")["t0"] == 7
+    assert analysis.first_success_after(log, 8) is None
+
+
+def test_lost_writes_are_missing_rows_or_other_values():
+    log = [rec(0, True, name="a", value="1"), rec(1, True, name="b", value="2"), rec(2, False, name="c", value="3"),
+           rec(3, True, name="d", value="4")]
+    acked = analysis.acknowledged_writes(log)
+    assert acked == {"a": "1", "b": "2", "d": "4"}
+    assert analysis.lost_writes(acked, {"a": "1", "b": "old", "c": "3"}) == [("b", "2", "old"), ("d", "4", None)]
+    assert analysis.lost_writes(acked, {"a": "1", "b": "2", "d": "4"}) == []
+
+
+def test_phase_summary_counts_and_target_rto():
+    log = [rec(0, True), rec(1, False), rec(2, False, op="read"), rec(3, True, site="dc2"), rec(9, True, site="dc2")]
+    summary = analysis.phase_summary(log, {"label": "failover", "start": 0.5, "end": 5}, target_site="dc2")
+    assert summary["counts"]["write"] == {"total": 2, "failed": 1}
+    assert summary["counts"]["read"] == {"total": 1, "failed": 1}
+    assert summary["counts"]["sites"] == {"dc2": 1}
+    assert summary["longest_outage_seconds"] == 2.1
+    assert summary["first_success_on_target_seconds"] == 2.6

@@ -1,0 +1,347 @@
+"""Decisions and reports of the operations playbooks (plugins/module_utils/operations.py): backup ages from S3
+listings, site summaries, the failover/switchover preflight (including resumed runs), the data-loss bound, the
+load balancer view and the Markdown/JSON report."""
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from ansible_collections.hanzo.kms.plugins.module_utils import operations as ops
+from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import parse_servers_state
+
+NOW = datetime.datetime(2026, 11, 29, 13, 0, 0, tzinfo=datetime.timezone.utc)
+HEALTHY = "Cluster in healthy state"
+
+
+def ago(seconds):
+    return NOW - datetime.timedelta(seconds=seconds)
+
+
+def cluster(site, primary_site, *, reports_primary=None, phase=HEALTHY, ready="True", timeline=1, fenced=False,
+            switching=False):
+    name = f"kms-pg-{site}"
+    replica = name != f"kms-pg-{primary_site}"
+    if reports_primary is None:
+        reports_primary = not replica
+    annotations = {"cnpg.io/fencedInstances": '["*"]'} if fenced else {}
+    return {
+        "metadata": {"name": name, "namespace": "kms", "annotations": annotations},
+        "spec": {"replica": {"self": name, "primary": f"kms-pg-{primary_site}",
+                             "source": f"kms-pg-{'dc2' if site == 'dc1' else 'dc1'}"},
+                 "externalClusters": [{"name": "kms-pg-dc1"}, {"name": "kms-pg-dc2"}]},
+        "status": {"phase": phase, "currentPrimary": f"{name}-1", "timelineID": timeline,
+                   "instancesReportedState": {f"{name}-1": {"isPrimary": reports_primary, "timeLineID": timeline}},
+                   "switchReplicaClusterStatus": {"inProgress": switching},
+                   "conditions": [{"type": "Ready", "status": ready},
+                                  {"type": "ContinuousArchiving", "status": "True"}]},
+    }
+
+
+def site(name, primary_site="dc1", *, reachable=True, kms_replicas=None, redis_up=True, wal_age=30,
+         redis_backup_age=600, **cluster_kwargs):
+    if kms_replicas is None:
+        kms_replicas = 2 if primary_site == name else 0
+    return {
+        "site": name, "inventory_role": "active" if name == "dc1" else "passive",
+        "kube_reachable": reachable, "kube_error": None if reachable else "connection refused",
+        "cluster": cluster(name, primary_site, **cluster_kwargs) if reachable else None,
+        "cluster_error": None if reachable else "connection refused",
+        "kms": {"replicas": kms_replicas, "ready_replicas": kms_replicas, "available": True} if reachable else None,
+        "backups": [],
+        "data": {
+            "cnpg": {"newest_wal": None if wal_age is None else {
+                "name": "000000010000000000000007", "key": "cnpg/x", "time": ops.iso(ago(wal_age)),
+                "age_seconds": wal_age}, "newest_base_backup": None},
+            "redis": {"server": {"role": "master", "version": "7.0.15", "keys": 3} if redis_up else None,
+                      "error": None if redis_up else "connection refused",
+                      "backups": {"count": 1, "newest": None if redis_backup_age is None else {
+                          "name": "20261129T125000Z", "key": f"redis/{name}/20261129T125000Z/dump.rdb",
+                          "time": ops.iso(ago(redis_backup_age)), "age_seconds": redis_backup_age}}},
+        },
+    }
+
+
+# -- object storage ------------------------------------------------------------------------------------------------
+def test_cnpg_archive_finds_newest_wal_and_base_backup():
+    prefix = "cnpg/dc1/"
+    objects = [
+        (prefix + "kms-pg-dc1/wals/0000000100000000/000000010000000000000001.gz", ago(300), 10),
+        (prefix + "kms-pg-dc1/wals/0000000100000000/000000010000000000000002.gz", ago(60), 10),
+        (prefix + "kms-pg-dc1/wals/00000002.history.gz", ago(120), 1),
+        (prefix + "kms-pg-dc1/base/20261129T100000/backup.info", ago(3 * 3600), 1),
+        (prefix + "kms-pg-dc1/base/20261129T100000/data.tar.gz", ago(3 * 3600), 1000),
+        (prefix + "kms-pg-dc1/base/20261128T100000/backup.info", ago(27 * 3600), 1),
+        (prefix + "unrelated.txt", ago(1), 1),
+        ("cnpg/dc2/kms-pg-dc2/wals/0000000100000000/000000010000000000000009.gz", ago(1), 1),
+    ]
+    out = ops.analyze_cnpg_archive(objects, prefix, NOW)
+    assert out["wal_count"] == 3
+    assert out["servers"] == ["kms-pg-dc1"]
+    assert out["newest_wal"]["name"] == "000000010000000000000002"
+    assert out["newest_wal"]["age_seconds"] == 60
+    assert out["newest_base_backup"]["backup_id"] == "20261129T100000"
+    assert out["newest_base_backup"]["age_seconds"] == 3 * 3600
+
+
+def test_cnpg_archive_partial_wal_and_server_filter():
+    prefix = "cnpg/dc1/"
+    objects = [
+        (prefix + "old-server/wals/0000000100000000/000000010000000000000005.partial", ago(5), 1),
+        (prefix + "kms-pg-dc1/wals/0000000200000000/000000020000000000000001.zst", ago(50), 1),
+    ]
+    assert ops.analyze_cnpg_archive(objects, prefix, NOW)["newest_wal"]["name"].endswith(".partial")
+    only = ops.analyze_cnpg_archive(objects, prefix, NOW, server="kms-pg-dc1")
+    assert only["newest_wal"]["age_seconds"] == 50 and only["servers"] == ["kms-pg-dc1"]
+    assert ops.analyze_cnpg_archive([], prefix, NOW)["newest_wal"] is None
+
+
+def test_redis_backup_summary_takes_the_newest_complete():
+    backups = [{"name": "20261129T125000Z", "prefix": "redis/dc1/20261129T125000Z/", "time": ago(600),
+                "manifest_key": "redis/dc1/20261129T125000Z/manifest.json", "size": 123,
+                "keys": ["redis/dc1/20261129T125000Z/dump.rdb", "redis/dc1/20261129T125000Z/manifest.json"]},
+               {"name": "20261129T115000Z", "prefix": "redis/dc1/20261129T115000Z/", "time": ago(4200),
+                "manifest_key": "x", "size": 1, "keys": []}]
+    out = ops.summarize_redis_backups(backups, NOW)
+    assert out["count"] == 2
+    assert out["newest"]["key"] == "redis/dc1/20261129T125000Z/dump.rdb"
+    assert out["newest"]["age_seconds"] == 600
+    assert ops.summarize_redis_backups([], NOW) == {"count": 0, "newest": None}
+
+
+@pytest.mark.parametrize("url,expected", [("s3://kms-backups/cnpg/dc1/", ("kms-backups", "cnpg/dc1/")),
+                                          ("s3://b/cnpg/dc1", ("b", "cnpg/dc1/")), ("s3://b", ("b", ""))])
+def test_split_s3_url(url, expected):
+    assert ops.split_s3_url(url) == expected
+
+
+def test_split_s3_url_rejects_other_schemes():
+    with pytest.raises(ValueError):
+        ops.split_s3_url("https://example.com/x")
+
+
+@pytest.mark.parametrize("seconds,text", [(None, "unknown"), (42, "42s"), (192, "3m 12s"), (5 * 3600 + 120, "5h 02m"),
+                                          (2 * 86400 + 3 * 3600, "2d 03h")])
+def test_human_age(seconds, text):
+    assert ops.human_age(seconds) == text
+
+
+def test_parse_time_formats():
+    assert ops.parse_time("20261129T125000Z") == datetime.datetime(2026, 11, 29, 12, 50, tzinfo=datetime.timezone.utc)
+    assert ops.parse_time("2026-11-29T12:50:00Z") == ops.parse_time("2026-11-29T13:50:00+01:00")
+    assert ops.parse_time("") is None and ops.parse_time("garbage") is None
+
+
+# -- summaries -----------------------------------------------------------------------------------------------------
+def test_site_summary_of_a_primary_and_a_replica():
+    primary = ops.site_summary(site("dc1"), NOW)
+    replica = ops.site_summary(site("dc2"), NOW)
+    assert primary["cluster"]["role"] == "primary" and primary["cluster"]["is_primary"]
+    assert primary["replication"] == "primary, timeline 1"
+    assert replica["cluster"]["role"] == "replica" and replica["cluster"]["healthy"]
+    assert "replica of kms-pg-dc1" in replica["replication"] and "in recovery" in replica["replication"]
+    assert primary["kms_serving"] and not replica["kms_serving"]
+    assert replica["redis_backup"]["age_seconds"] == 600
+
+
+def test_site_summary_of_an_unreachable_site_keeps_the_object_store_view():
+    summary = ops.site_summary(site("dc1", reachable=False), NOW)
+    assert not summary["kube_reachable"] and summary["cluster"] is None
+    assert summary["replication"] == "unknown"
+    assert summary["wal_archive"]["age_seconds"] == 30
+
+
+def test_base_backup_from_backup_objects_when_the_archive_has_none():
+    status = site("dc1")
+    status["backups"] = [
+        {"metadata": {"name": "b1"}, "status": {"phase": "completed", "stoppedAt": ops.iso(ago(7200))}},
+        {"metadata": {"name": "b2"}, "status": {"phase": "completed", "stoppedAt": ops.iso(ago(100))}},
+        {"metadata": {"name": "b3"}, "status": {"phase": "failed", "stoppedAt": ops.iso(ago(10))}},
+    ]
+    summary = ops.site_summary(status, NOW)
+    assert summary["base_backup"]["name"] == "b2" and summary["base_backup"]["age_seconds"] == 100
+    assert summary["k8s_backups"]["failed"] == 1
+
+
+# -- preflight -----------------------------------------------------------------------------------------------------
+def test_failover_with_the_old_site_lost():
+    decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False), site("dc2")], NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["old_site"] == "dc1" and decision["state"] == "fresh"
+    assert decision["phrase"] == "FAILOVER TO dc2"
+    assert any("unreachable" in w for w in decision["warnings"])
+    assert decision["data_loss"]["postgres"]["bound_seconds"] == 30
+    assert decision["data_loss"]["redis"]["bound_seconds"] == 600
+
+
+def test_failover_data_loss_unknown_without_archive():
+    decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False, wal_age=None, redis_backup_age=None),
+                                                 site("dc2")], NOW)
+    assert decision["ok"]
+    assert decision["data_loss"]["postgres"]["bound_seconds"] is None
+    assert "unknown" in decision["data_loss"]["postgres"]["basis"]
+    assert decision["data_loss"]["redis"]["bound_seconds"] is None
+
+
+def test_failover_warns_that_a_reachable_primary_will_be_fenced():
+    decision = ops.preflight("failover", "dc2", [site("dc1"), site("dc2")], NOW)
+    assert decision["ok"]
+    assert any("will be fenced" in w for w in decision["warnings"])
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    ({"phase": "Setting up primary", "ready": "False"}, "not a healthy replica"),
+    ({"reachable": False}, "unreachable"),
+    ({"redis_up": False}, "Redis does not answer"),
+])
+def test_failover_refusals(kwargs, reason):
+    decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False), site("dc2", **kwargs)], NOW)
+    assert not decision["ok"]
+    assert any(reason in r for r in decision["refusals"]), decision["refusals"]
+
+
+def test_unknown_target_is_refused():
+    decision = ops.preflight("failover", "dc9", [site("dc1"), site("dc2")], NOW)
+    assert not decision["ok"] and "not a site" in decision["refusals"][0]
+
+
+def test_failover_rerun_after_promotion_is_done():
+    sites = [site("dc1", "dc1", reachable=False), site("dc2", "dc2", timeline=2, kms_replicas=2)]
+    decision = ops.preflight("failover", "dc2", sites, NOW)
+    assert decision["ok"] and decision["state"] == "done" and decision["old_site"] == "dc1"
+    assert decision["cnpg_state"] == "promoted"
+
+
+def test_failover_rerun_while_promoting_resumes():
+    sites = [site("dc1", reachable=False), site("dc2", "dc2", reports_primary=False, phase="Promoting to primary cluster",
+                                                ready="False")]
+    decision = ops.preflight("failover", "dc2", sites, NOW)
+    assert decision["ok"] and decision["state"] == "resume" and decision["cnpg_state"] == "promoting"
+
+
+def test_switchover_fresh():
+    decision = ops.preflight("switchover", "dc2", [site("dc1"), site("dc2")], NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["state"] == "fresh" and decision["old_site"] == "dc1"
+    assert decision["phrase"] == "SWITCHOVER TO dc2"
+    assert decision["data_loss"]["postgres"]["bound_seconds"] == 0
+    assert decision["data_loss"]["redis"]["bound_seconds"] == 0
+
+
+def test_switchover_back_discovers_the_primary_from_the_clusters_not_the_inventory():
+    # after a switchover to dc2 the inventory still says dc1 is active; the Clusters say dc2
+    sites = [site("dc1", "dc2", kms_replicas=0), site("dc2", "dc2", timeline=2, kms_replicas=2)]
+    decision = ops.preflight("switchover", "dc1", sites, NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["old_site"] == "dc2" and decision["state"] == "fresh"
+
+
+def test_switchover_refused_when_the_old_site_is_unreachable():
+    decision = ops.preflight("switchover", "dc2", [site("dc1", reachable=False), site("dc2")], NOW)
+    assert not decision["ok"]
+    assert any("failover" in r for r in decision["refusals"])
+
+
+def test_switchover_refused_when_the_old_redis_is_down():
+    decision = ops.preflight("switchover", "dc2", [site("dc1", redis_up=False), site("dc2")], NOW)
+    assert not decision["ok"] and any("fresh" in r for r in decision["refusals"])
+
+
+def test_switchover_resume_after_demotion():
+    sites = [site("dc1", "dc2", kms_replicas=0), site("dc2", "dc1")]  # old demoted, new not yet promoted
+    decision = ops.preflight("switchover", "dc2", sites, NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["state"] == "resume" and decision["old_site"] == "dc1"
+
+
+def test_target_being_demoted_is_refused():
+    decision = ops.preflight("switchover", "dc2", [site("dc1"), site("dc2", switching=True)], NOW)
+    assert not decision["ok"] and "demoted" in decision["refusals"][0]
+
+
+def test_preflight_rejects_unknown_mode():
+    with pytest.raises(ValueError):
+        ops.preflight("teleport", "dc2", [], NOW)
+
+
+# -- load balancer -------------------------------------------------------------------------------------------------
+HEADER = ("# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+          "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
+          "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+          "srv_check_addr srv_agent_addr srv_agent_port")
+STATE = "\n".join(["1", HEADER,
+                   "3 kms 1 dc1 127.0.0.1 2 0 1 1 5 6 3 4 6 0 0 0 - 8001 - 0 0 - - 0",
+                   "3 kms 2 dc2 127.0.0.1 0 1 1 1 5 6 3 4 6 0 0 0 - 8002 - 0 0 - - 0", ""])
+
+
+def test_lb_view_serving_server():
+    states = parse_servers_state(STATE)
+    stats = {"dc1": {"status": "UP", "check_status": "L7OK"}, "dc2": {"status": "MAINT", "check_status": "L7STS"}}
+    view = ops.lb_view("lb1", states, stats, "kms")
+    assert view["serving"] == ["dc1"]
+    assert view["servers"]["dc2"]["state"] == "maint"
+    down = ops.lb_view("lb1", states, {"dc1": {"status": "DOWN"}}, "kms")
+    assert down["serving"] == []
+
+
+# -- reports -------------------------------------------------------------------------------------------------------
+def test_status_rendering_side_by_side_and_findings():
+    sums = [ops.site_summary(site("dc1", "dc2", kms_replicas=0), NOW), ops.site_summary(site("dc2", "dc2"), NOW)]
+    servers = {"dc1": {"state": "maint", "status": "MAINT"}, "dc2": {"state": "ready", "status": "UP"}}
+    lb = [{"name": "lb1", "reachable": True, "servers": servers, "serving": ["dc2"]},
+          {"name": "lb2", "reachable": False, "error": "connection refused", "servers": {}, "serving": []}]
+    text = ops.render_status(sums, lb, "2026-11-29T13:00:00Z")
+    assert "| | dc1 | dc2 |" in text.replace("|  |", "| |")
+    assert "SERVING (ready, UP)" in text and "UNREACHABLE: connection refused" in text
+    assert "Active site (from the Clusters): dc2." in text
+    assert "site_role is stale for dc1, dc2" in text
+    assert "Load balancers send traffic to: dc2." in text
+
+
+def test_status_findings_split_brain_and_unreachable():
+    sums = [ops.site_summary(site("dc1", "dc1"), NOW), ops.site_summary(site("dc2", "dc2"), NOW),
+            ops.site_summary(site("dc3", reachable=False), NOW)]
+    found = " ".join(ops.status_findings(sums))
+    assert "SPLIT BRAIN" in found and "dc3 is UNREACHABLE" in found
+
+
+def test_report_steps_timings_and_failure():
+    report = {}
+    t0 = NOW
+    ops.update_report(report, {"operation": "failover", "update": {"target": "dc2", "old_site": "dc1"},
+                               "sites": [site("dc1"), site("dc2")], "snapshot": "before"}, t0)
+    ops.update_report(report, {"operation": "failover", "step": "preflight", "result": "running"}, t0)
+    ops.update_report(report, {"operation": "failover", "step": "preflight", "result": "ok", "detail": "go"},
+                      t0 + datetime.timedelta(seconds=2))
+    ops.update_report(report, {"operation": "failover", "step": "promote", "result": "running"},
+                      t0 + datetime.timedelta(seconds=3))
+    ops.update_report(report, {"operation": "failover", "finish": "failed", "update": {"error": "boom"}},
+                      t0 + datetime.timedelta(seconds=10))
+    assert [s["result"] for s in report["steps"]] == ["ok", "failed"]
+    assert report["steps"][0]["seconds"] == 2.0 and report["steps"][1]["seconds"] == 7.0
+    assert report["result"] == "failed" and report["finished"] == "2026-11-29T13:00:10Z"
+    assert [s["site"] for s in report["sites_before"]] == ["dc1", "dc2"]
+    text = ops.render(report)
+    assert text.startswith("# Hanzo KMS failover: dc1 -> dc2")
+    assert "**FAILED**" in text and "| promote | failed |" in text and "boom" in text
+    assert json.loads(ops.dumps(report))["steps"][0]["detail"] == "go"
+
+
+def test_report_data_loss_lines():
+    report = {"operation": "failover", "target": "dc2", "old_site": "dc1", "steps": [],
+              "data_loss": ops.preflight("failover", "dc2", [site("dc1", reachable=False), site("dc2")], NOW)["data_loss"]}
+    text = ops.render_report(report)
+    assert "PostgreSQL: at most 30s" in text and "Redis: at most 10m 00s" in text
+
+
+def test_a_step_rerun_gets_a_new_entry():
+    report = {}
+    for result in ("running", "failed", "running", "ok"):
+        ops.update_report(report, {"operation": "switchover", "step": "promote", "result": result}, NOW)
+    assert [s["result"] for s in report["steps"]] == ["failed", "ok"]
+
+
+def test_step_result_is_validated():
+    with pytest.raises(ValueError):
+        ops.step_update({}, "x", "exploded")
