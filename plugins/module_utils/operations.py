@@ -31,6 +31,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     reports_primary,
     summarize,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
 
 UTC = datetime.timezone.utc
 # barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
@@ -54,18 +55,8 @@ def parse_time(value):
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     text = str(value).strip()
-    for fmt in ("%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S"):
-        try:
-            return datetime.datetime.strptime(text, fmt).replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    # The backup key format (with or without its Z) and ISO 8601: one parser for the whole collection.
+    return s3_retention.parse_any_time(text) or s3_retention.parse_any_time(text, "%Y%m%dT%H%M%S")
 
 
 def iso(when):
@@ -552,7 +543,6 @@ def redis_probe(params):
 def collect_site_data(params, s3_client, now=None):
     """Backups of one site in the object store and its Redis server; every part reports its own error."""
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
     from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
 

@@ -5,6 +5,9 @@ executable it was started from, so ``down`` stops exactly what ``up`` started an
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
 import json
 import os
 import pwd
@@ -29,6 +32,7 @@ def _lab_port_range():
 LAB_PORT_RANGE = _lab_port_range()
 
 STATE_FILE = "state.json"
+LOCK_FILE = "state.lock"
 STATE_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / ".lab"
@@ -101,6 +105,41 @@ def require_binary(name, package):
     return path
 
 
+_MISSING = object()
+
+
+def merge_state(base, ours, theirs):
+    """Three-way merge of JSON state: what this process changed since ``base`` wins, everything else is taken from
+    ``theirs`` (the file as another process left it, e.g. a CNPG stand-in that restarted PostgreSQL with a new pid).
+    Lists of records with a ``name`` (processes) merge by name; other lists and scalars are whole values."""
+    if ours == base:
+        return theirs
+    if theirs == base or theirs is _MISSING:
+        return ours
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        base = base if isinstance(base, dict) else {}
+        merged = {}
+        for key in list(ours) + [k for k in theirs if k not in ours]:
+            value = merge_state(base.get(key, _MISSING), ours.get(key, _MISSING), theirs.get(key, _MISSING))
+            if value is not _MISSING:
+                merged[key] = value
+        return merged
+    if _named_records(ours) and _named_records(theirs):
+        base_by_name = {r["name"]: r for r in base} if _named_records(base) else {}
+        theirs_by_name = {r["name"]: r for r in theirs}
+        ours_names = {r["name"] for r in ours}
+        merged = [merge_state(base_by_name.get(r["name"], _MISSING), r, theirs_by_name.get(r["name"], _MISSING))
+                  for r in ours if not (r["name"] in base_by_name and r["name"] not in theirs_by_name
+                                        and r == base_by_name[r["name"]])]
+        merged += [r for r in theirs if r["name"] not in ours_names and r["name"] not in base_by_name]
+        return merged
+    return ours
+
+
+def _named_records(value):
+    return isinstance(value, list) and all(isinstance(r, dict) and "name" in r for r in value)
+
+
 class Lab:
     """One lab directory: its state file, logs and the processes it started."""
 
@@ -108,6 +147,8 @@ class Lab:
         self.dir = Path(directory or os.environ.get("HANZO_KMS_LAB_DIR") or DEFAULT_DIR).resolve()
         self.state_path = self.dir / STATE_FILE
         self.state = {}
+        self._base = {}  # the state as last read or written: what save() merges against
+        self._lock_depth = 0
         self._ports_taken = set()
 
     # -- state -----------------------------------------------------------------------------------------
@@ -116,6 +157,7 @@ class Lab:
             return None
         try:
             self.state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            self._base = copy.deepcopy(self.state)
         except (OSError, ValueError) as exc:
             raise LabError(f"state file {self.state_path} is unreadable ({exc}); run 'make lab-down' to clear it") from exc
         if self.state.get("version") != STATE_VERSION:
@@ -123,12 +165,40 @@ class Lab:
                            f"expected {STATE_VERSION}; run 'make lab-down' to clear it")
         return self.state
 
-    def save(self):
+    @contextlib.contextmanager
+    def locked(self):
+        """An exclusive lock on the state file between processes (re-entrant within this object)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.state_path)
+        with open(self.dir / LOCK_FILE, "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield self
+            finally:
+                self._lock_depth = 0
+
+    def save(self):
+        """Write the state, merged with changes other processes made to the file since this object read it."""
+        with self.locked():
+            if self.state_path.exists():
+                try:
+                    theirs = json.loads(self.state_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    theirs = _MISSING
+                if theirs is not _MISSING and theirs != self._base:
+                    self.state = merge_state(self._base, self.state, theirs)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            tmp.replace(self.state_path)
+            self._base = copy.deepcopy(self.state)
 
     def path(self, *parts):
         """A path inside the lab dir (parent folders created)."""

@@ -13,7 +13,6 @@ state (``processes[<site>-postgres]``, under ``state.lock``), so ``down`` still 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pwd
 import re
@@ -164,17 +163,15 @@ def check(entry):
 
 
 # -- role changes --------------------------------------------------------------------------------------------------
-LOCK_FILE = "state.lock"
 CLEAN_STATES = ("shut down", "shut down in recovery")
 START_ATTEMPTS_SECONDS = 30
 
 
 @contextlib.contextmanager
 def locked_state(lab_dir):
-    """The lab state, loaded and saved under an exclusive lock (the stand-ins of both sites update it)."""
+    """The lab state, loaded and saved under the lab's exclusive lock (the stand-ins of both sites update it)."""
     lab = Lab(lab_dir)
-    with open(lab.dir / LOCK_FILE, "a", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with lab.locked():
         if lab.load() is None:
             raise LabError(f"no lab state in {lab.dir}")
         yield lab

@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import ServerState
 from tests.lab import haproxy
-from tests.lab.core import Lab, LabError, port_is_free, require_binary, wait_until
+from tests.lab.core import Lab, LabError, merge_state, port_is_free, require_binary, wait_until
 
 
 def test_wait_until_returns_the_first_truthy_value():
@@ -73,3 +73,37 @@ def test_a_missing_server_binary_names_the_debian_package(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(LabError, match="install the Debian package 'haproxy'"):
         require_binary("haproxy", "haproxy")
+
+
+def test_save_keeps_what_another_process_changed_since_this_one_read_the_state(tmp_path):
+    first = Lab(tmp_path)
+    first.state = {"version": 1, "processes": [{"name": "dc1-postgres", "pid": 10}, {"name": "s3", "pid": 11}],
+                   "sites": {"dc1": {"postgres": {"role": "primary"}}}}
+    first.save()
+    stale = Lab(tmp_path)
+    stale.load()
+    # Another process (the CNPG stand-in) restarts PostgreSQL: new pid, new role.
+    other = Lab(tmp_path)
+    other.load()
+    other.state["processes"][0]["pid"] = 20
+    other.state["sites"]["dc1"]["postgres"]["role"] = "standby"
+    other.save()
+    # The stale object records a process of its own and saves.
+    stale.state["processes"].append({"name": "scratch-redis", "pid": 30})
+    stale.save()
+    again = Lab(tmp_path)
+    again.load()
+    assert [(p["name"], p["pid"]) for p in again.state["processes"]] == [
+        ("dc1-postgres", 20), ("s3", 11), ("scratch-redis", 30)]
+    assert again.state["sites"]["dc1"]["postgres"]["role"] == "standby"
+    assert stale.state == again.state
+
+
+def test_merge_state_lets_this_process_change_and_delete_its_own_values():
+    base = {"a": 1, "b": {"c": 2}, "gone": 3, "processes": [{"name": "x", "pid": 1}, {"name": "y", "pid": 2}]}
+    ours = {"a": 5, "b": {"c": 2}, "processes": [{"name": "x", "pid": 1}]}
+    theirs = {"a": 1, "b": {"c": 7}, "gone": 3, "new": 8,
+              "processes": [{"name": "x", "pid": 9}, {"name": "y", "pid": 2}, {"name": "z", "pid": 4}]}
+    merged = merge_state(base, ours, theirs)
+    assert merged == {"a": 5, "b": {"c": 7}, "new": 8,
+                      "processes": [{"name": "x", "pid": 9}, {"name": "z", "pid": 4}]}
