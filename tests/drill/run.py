@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import psycopg2
 
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
+from tests.lab import postgres
 from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -42,6 +44,48 @@ def kill_processes(lab, names):
     return [proc["name"] for proc in procs]
 
 
+class ReplicationSampler:
+    """Every ``interval`` s: how far dc2's PostgreSQL standby is behind dc1's primary (bytes of WAL not yet replayed).
+
+    A lab-only view of the PostgreSQL data-loss window: the lab streams WAL (docs/lab.md), so the failover report's
+    bound from the WAL archive age is unknown here; the last sample before dc1 is killed is what a failover can lose.
+    """
+
+    def __init__(self, lab_dir, interval=0.5):
+        self.lab_dir = lab_dir
+        self.interval = interval
+        self.samples = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def sample(self):
+        state = Lab(self.lab_dir).load()
+        entries = {site: state["sites"][site]["postgres"] for site in ("dc1", "dc2")}
+        primary = next((s for s, e in entries.items() if e.get("role", "primary" if s == "dc1" else "standby")
+                        == "primary"), "dc1")
+        standby = "dc2" if primary == "dc1" else "dc1"
+        taken = time.time()
+        current = postgres.query(entries[primary], "SELECT pg_current_wal_lsn()", superuser=True)[0][0]
+        replayed = postgres.query(entries[standby], "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())"
+                                  % repr(str(current)), superuser=True)[0][0]
+        return {"t": taken, "primary": primary, "lag_bytes": int(replayed or 0)}
+
+    def loop(self):
+        while not self.stopping.wait(self.interval):
+            try:
+                self.samples.append(self.sample())
+            except Exception:  # pylint: disable=broad-exception-caught
+                continue  # a switch or the kill in progress: no sample this round
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+        return self.samples
+
+
 class Drill:
     def __init__(self, lab_dir, out_dir, rate, settle):
         self.lab_dir = Path(lab_dir).resolve()
@@ -49,6 +93,7 @@ class Drill:
         self.rate = rate
         self.settle = settle
         self.phases = []
+        self.replication = []
         self.env = dict(os.environ, HANZO_KMS_LAB_DIR=str(self.lab_dir), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
                         PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_FORCE_COLOR="0")
         self.env.setdefault("HANZO_KMS_CNPG_STANDIN_DELAY", "0.05")
@@ -116,6 +161,8 @@ class Drill:
         url = self.lab_state().state["lb"]["instances"][0]["frontend_url"]
         load = LoadClient(url, rate=self.rate)
         load.start()
+        sampler = ReplicationSampler(self.lab_dir)
+        sampler.start()
         self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")
         try:
             time.sleep(self.settle)  # a steady state before the first switch, for the timeline
@@ -134,8 +181,16 @@ class Drill:
             time.sleep(self.settle)
         finally:
             records = load.stop()
+            self.replication = sampler.stop()
         rows = self.surviving_rows("dc2")
         return self.write_report(records, rows, acked_before_loss)
+
+    def replication_before(self, when):
+        """The standby's lag at the last sample before ``when``, and the largest lag of the run (bytes)."""
+        before = [x for x in self.replication if x["t"] <= when]
+        return {"samples": len(self.replication),
+                "last_before_kill": before[-1] if before else None,
+                "max_lag_bytes": max((x["lag_bytes"] for x in self.replication), default=None)}
 
     def write_report(self, records, rows, acked_before_loss):
         with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
@@ -162,6 +217,7 @@ class Drill:
             "requests": {"total": len(records), "acknowledged_writes": len(acked),
                          "acknowledged_before_dc1_was_killed": acked_before_loss},
             "switchover": {"acknowledged_writes_lost": len(lost_before_kill), "lost": lost_before_kill[:50]},
+            "replication_before_kill": self.replication_before(kill_time),
             "failover": {
                 "acknowledged_writes_lost": len(lost), "lost": lost[:50],
                 "rto_seconds_playbook_start_to_first_dc2_success":
@@ -198,7 +254,9 @@ def render_markdown(result):
               f"- RTO, failover playbook start to the first request served by dc2: "
               f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s)",
               f"- from the kill to the first request served by dc2: {fail['rto_seconds_kill_to_first_dc2_success']} s",
-              f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**", ""]
+              f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**",
+              f"- PostgreSQL standby lag at the last sample before the kill (every 0.5 s): "
+              f"{lag_text(result['replication_before_kill'])}", ""]
     for item in result["operation_reports"]:
         report = item["report"]
         if report.get("operation") == "failover":
@@ -206,6 +264,14 @@ def render_markdown(result):
                       json.dumps({k: report[k] for k in report if k in ("data_loss", "data_loss_bound", "redis", "steps")},
                                  indent=1, default=str)[:4000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def lag_text(replication):
+    last = replication.get("last_before_kill")
+    if not last:
+        return "no sample"
+    return (f"{last['lag_bytes']} bytes of WAL not yet replayed by the standby "
+            f"(largest during the drill: {replication['max_lag_bytes']} bytes, {replication['samples']} samples)")
 
 
 def main(argv=None):

@@ -95,7 +95,13 @@ def test_cnpg_clusters_form_a_distributed_topology(installed, kube_clients):  # 
                                                    "serverName": f"kms-pg-{site}"}}] or \
             spec["plugins"][0]["parameters"]["barmanObjectName"] == f"kms-pg-{site}-store"
         assert spec["affinity"]["topologyKey"] == "topology.kubernetes.io/zone"
-        assert ("initdb" in spec["bootstrap"]) == (site == "dc1")
+        # The replica bootstraps from the primary. dc1 starts with initdb; a Cluster re-created to rejoin after a
+        # failover (tests/integration/test_cnpg_standin_pg.py runs earlier on this lab) recovers from dc2 instead.
+        other = "kms-pg-dc2" if site == "dc1" else "kms-pg-dc1"
+        if site == "dc2":
+            assert spec["bootstrap"]["recovery"]["source"] == other
+        else:
+            assert "initdb" in spec["bootstrap"] or spec["bootstrap"]["recovery"]["source"] == other
         stores = api.list_namespaced_custom_object("barmancloud.cnpg.io", "v1", NAMESPACE, "objectstores")["items"]
         paths = {s["metadata"]["name"]: s["spec"]["configuration"]["destinationPath"] for s in stores}
         assert paths == {"kms-pg-dc1-store": "s3://kms-backups/cnpg/dc1/", "kms-pg-dc2-store": "s3://kms-backups/cnpg/dc2/"}
