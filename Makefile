@@ -73,6 +73,8 @@ demo: setup lab-up
 # the next lab-up rebuilds the lab).
 .PHONY: molecule-default molecule-backup molecule-switchover molecule-failover
 molecule-default molecule-backup molecule-switchover molecule-failover: venv
+	@# Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule reset -s $(@:molecule-%=%) >/dev/null
 	PATH=$(CURDIR)/$(BIN):$$PATH HANZO_KMS_LAB_DIR=$(LAB_DIR) $(BIN)/molecule test -s $(@:molecule-%=%)
 
 # Part of make test: the failover scenario (the failover is not in the pytest suite: it loses dc1 for good), on a lab

@@ -17,7 +17,7 @@ def timeline(records, phases, path, title):
     fig, axis = plt.subplots(figsize=(14, 4.5), dpi=110)
     for index, phase in enumerate(phases):
         axis.axvspan(phase["start"] - origin, phase["end"] - origin, color="0.85" if index % 2 else "0.92", zorder=0)
-        axis.text((phase["start"] - origin), 3.55, phase["label"], fontsize=7, rotation=20, va="bottom")
+        axis.text(phase["start"] - origin, 3.45 + 0.3 * (index % 2), phase["label"], fontsize=7, rotation=20, va="bottom")
     for site, color in list(SITE_COLORS.items()) + [("", "tab:red")]:
         chosen = [r for r in records if (r["site"] == site if r["ok"] else site == "")]
         if chosen:
