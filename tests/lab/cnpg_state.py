@@ -523,15 +523,7 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
         if promote:
             mem.pop(("replay", token), None)
             timeline += 1
-            status["timelineID"] = timeline
-            status["currentPrimaryTimestamp"] = timestamp(now)
-            status["targetPrimary"] = primary
-            for pod in status["instanceNames"]:
-                reported[pod] = {"isPrimary": pod == primary, "timeLineID": timeline}
-            if token:
-                status["lastPromotionToken"] = token
-            status.pop("demotionToken", None)
-            ready(True, PHASE_HEALTHY)
+            _mark_promoted(status, reported, primary, timeline, token, ready, now)
             return Result(status, annotations, None)
 
     # 5. steady state
@@ -605,9 +597,16 @@ def _promote_instance(instance, observed, token, status, reported, ready, now):
         observed = instance.observe()
     timeline = observed.timeline if observed else int(status.get("timelineID", 1)) + 1
     primary = status["currentPrimary"]
-    status["timelineID"] = timeline
     if observed:
         status["systemID"] = observed.system_id
+    _mark_promoted(status, reported, primary, timeline, token, ready, now)
+    return Result(status, annotations, OBSERVE_INTERVAL)
+
+
+def _mark_promoted(status, reported, primary, timeline, token, ready, now):
+    """What CNPG writes once the designated primary runs as a primary: the new timeline, every instance's
+    isPrimary, the token used (if any), no demotion token, healthy."""
+    status["timelineID"] = timeline
     status["currentPrimaryTimestamp"] = timestamp(now)
     status["targetPrimary"] = primary
     for pod in status["instanceNames"]:
@@ -616,7 +615,6 @@ def _promote_instance(instance, observed, token, status, reported, ready, now):
         status["lastPromotionToken"] = token
     status.pop("demotionToken", None)
     ready(True, PHASE_HEALTHY)
-    return Result(status, annotations, OBSERVE_INTERVAL)
 
 
 # -- Backup --------------------------------------------------------------------------------------------------------
