@@ -36,7 +36,9 @@ MANIFEST_NAME = 'manifest.json'
 RDB_NAME = 'dump.rdb'
 TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 MANIFEST_FORMAT = 1
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024          # RDB transfer reads
+REPLY_CHUNK = 64 * 1024      # command reply reads
+MAX_PARTS = 10000  # S3's limit of parts in one multipart upload
 
 
 class RedisError(Exception):
@@ -73,6 +75,7 @@ class RespConnection:
         self.port = int(params.get('port') or 6379)
         self.where = f'{self.host}:{self.port}'
         self.buf = bytearray()
+        self._chunk = None
         connect_timeout = float(params.get('connect_timeout') or 10.0)
         try:
             sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
@@ -117,16 +120,27 @@ class RespConnection:
         except OSError as exc:
             raise RedisError(f'connection to Redis at {self.where} failed while sending: {exc}') from None
 
-    def _fill(self):
+    def recv_into(self, target, during=''):
+        """Receive at least one byte into ``target`` (a writable buffer); returns the count.
+
+        ``during`` (e.g. ``' during the RDB transfer'``) completes the error messages. Raises RedisError on a timeout,
+        an error or the server closing the connection.
+        """
         try:
-            data = self.sock.recv(CHUNK)
+            got = self.sock.recv_into(target)
         except socket.timeout:
-            raise RedisError(f'timed out waiting for Redis at {self.where}') from None
+            raise RedisError(f'timed out waiting for Redis at {self.where}{during}') from None
         except OSError as exc:
-            raise RedisError(f'connection to Redis at {self.where} failed: {exc}') from None
-        if not data:
-            raise RedisError(f'Redis at {self.where} closed the connection')
-        self.buf += data
+            raise RedisError(f'connection to Redis at {self.where} failed{during}: {exc}') from None
+        if not got:
+            raise RedisError(f'Redis at {self.where} closed the connection{during}')
+        return got
+
+    def _fill(self):
+        if self._chunk is None:
+            self._chunk = bytearray(REPLY_CHUNK)
+        got = self.recv_into(self._chunk)
+        self.buf += memoryview(self._chunk)[:got]
 
     def readline(self):
         while True:
@@ -270,33 +284,32 @@ def fetch_rdb(params, sink, timeout=3600.0):
                              '(the user needs the SYNC/REPLCONF permissions)')
         if not line.startswith(b'$'):
             raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}')
+        # The RDB is received into one reused buffer and passed to ``sink`` as memoryviews (no per-chunk copies).
+        buf = bytearray(CHUNK + 40)
+        view = memoryview(buf)
         total = 0
         if line.startswith(b'$EOF:'):
-            mark = line[5:]
+            mark = bytes(line[5:])
             if len(mark) != 40:
                 raise RedisError(f'bad EOF mark in the SYNC reply from {conn.where}')
-            tail = bytes(conn.buf)
+            # the last 40 bytes seen are held back: they may be the EOF mark
+            initial = bytes(conn.buf)
             conn.buf = bytearray()
-            while True:
-                if len(tail) >= 40 and tail[-40:] == mark:
-                    body = tail[:-40]
-                    if body:
-                        sink(body)
-                        total += len(body)
-                    break
-                if len(tail) > 40:
-                    sink(tail[:-40])
-                    total += len(tail) - 40
-                    tail = tail[-40:]
-                try:
-                    data = conn.sock.recv(CHUNK)
-                except socket.timeout:
-                    raise RedisError(f'timed out receiving the RDB from {conn.where}') from None
-                except OSError as exc:
-                    raise RedisError(f'connection to {conn.where} failed during the RDB transfer: {exc}') from None
-                if not data:
-                    raise RedisError(f'Redis at {conn.where} closed the connection before the end of the RDB')
-                tail += data
+            if len(initial) > 40:
+                sink(initial[:-40])
+                total += len(initial) - 40
+                initial = initial[-40:]
+            kept = len(initial)
+            buf[:kept] = initial
+            while kept < 40 or buf[kept - 40:kept] != mark:
+                filled = kept + conn.recv_into(view[kept:], ' during the RDB transfer')
+                if filled > 40:
+                    sink(view[:filled - 40])
+                    total += filled - 40
+                    buf[:40] = buf[filled - 40:filled]
+                    kept = 40
+                else:
+                    kept = filled
         else:
             try:
                 size = int(line[1:])
@@ -308,16 +321,9 @@ def fetch_rdb(params, sink, timeout=3600.0):
                 sink(initial)
                 total += len(initial)
             while total < size:
-                try:
-                    data = conn.sock.recv(min(CHUNK, size - total))
-                except socket.timeout:
-                    raise RedisError(f'timed out receiving the RDB from {conn.where}') from None
-                except OSError as exc:
-                    raise RedisError(f'connection to {conn.where} failed during the RDB transfer: {exc}') from None
-                if not data:
-                    raise RedisError(f'Redis at {conn.where} closed the connection after {total} of {size} RDB bytes')
-                sink(data)
-                total += len(data)
+                got = conn.recv_into(view[:min(CHUNK, size - total)], f' after {total} of {size} RDB bytes')
+                sink(view[:got])
+                total += got
         info['rdb_only'] = rdb_only
         return total, info
     finally:
@@ -328,30 +334,34 @@ def fetch_rdb(params, sink, timeout=3600.0):
 # S3 multipart streaming
 # --------------------------------------------------------------------------------------------------------------
 class S3StreamUpload:
-    """Multipart upload fed by ``write``, parts uploaded by two background threads.
+    """Multipart upload fed by ``write``; full parts are uploaded by ``concurrency`` background threads.
 
-    Memory: the part being filled + ``max_pending`` queued + two in flight, i.e. 4 parts of ``part_size`` at most.
+    Memory: at most ``concurrency + 1`` part buffers exist (one being filled, the others uploading). A full part waits
+    for a free upload slot, so memory stays bounded whatever the object size. Parts are handed to boto3 without a copy.
     """
 
-    def __init__(self, client, bucket, key, part_size=8 * 1024 * 1024, max_pending=1, content_type=None):
+    def __init__(self, client, bucket, key, part_size=5 * 1024 * 1024, concurrency=1, content_type=None):
         self.client = client
         self.bucket = bucket
         self.key = key
         self.part_size = max(int(part_size), 5 * 1024 * 1024)
-        self.buf = bytearray()
+        self.concurrency = max(int(concurrency), 1)
+        self.part = bytearray(self.part_size)
+        self.filled = 0
         self.parts = {}
         self.number = 0
         self.upload_id = None
         self.error = None
         self.content_type = content_type or 'application/octet-stream'
-        self.queue = queue.Queue(maxsize=max_pending)
+        self.slots = threading.Semaphore(self.concurrency)
+        self.queue = queue.Queue()
         self.threads = []
         self.size = 0
 
     def _start(self):
         resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
         self.upload_id = resp['UploadId']
-        for _unused in range(2):
+        for _unused in range(self.concurrency):
             thread = threading.Thread(target=self._worker, daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -362,31 +372,51 @@ class S3StreamUpload:
             if item is None:
                 return
             number, body = item
-            if self.error is not None:
-                continue
             try:
-                resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                               PartNumber=number, Body=body)
-                self.parts[number] = resp['ETag']
+                if self.error is None:
+                    resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                                   PartNumber=number, Body=body)
+                    self.parts[number] = resp['ETag']
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self.error = exc
+            finally:
+                del item, body
+                self.slots.release()
 
-    def _submit(self, body):
+    def _submit(self):
+        """Hand the current part to an upload thread (waiting for a free slot) and start a new part."""
         if self.upload_id is None:
             self._start()
+        if self.number >= MAX_PARTS:
+            raise RedisError(f'the RDB is larger than {MAX_PARTS} parts of {self.part_size // 2**20} MiB, the most '
+                             'S3 allows in one object; raise part_size')
+        self.slots.acquire()  # pylint: disable=consider-using-with
         if self.error is not None:
+            self.slots.release()
             raise self.error
+        body = self.part
+        if self.filled < len(body):
+            del body[self.filled:]
         self.number += 1
-        self.queue.put((self.number, body if isinstance(body, bytes) else bytes(body)))
+        self.queue.put((self.number, body))
+        self.part = None
+        self.filled = 0
 
     def write(self, chunk):
-        self.buf += chunk
-        self.size += len(chunk)
-        while len(self.buf) >= self.part_size:
-            with memoryview(self.buf) as view:
-                body = bytes(view[:self.part_size])
-            del self.buf[:self.part_size]
-            self._submit(body)
+        """Copy ``chunk`` (bytes-like; not kept after the call) into the current part."""
+        view = memoryview(chunk)
+        size = len(view)
+        self.size += size
+        offset = 0
+        while offset < size:
+            if self.part is None:
+                self.part = bytearray(self.part_size)
+            take = min(size - offset, self.part_size - self.filled)
+            self.part[self.filled:self.filled + take] = view[offset:offset + take]
+            self.filled += take
+            offset += take
+            if self.filled == self.part_size:
+                self._submit()
 
     def _join(self):
         for _unused in self.threads:
@@ -397,12 +427,13 @@ class S3StreamUpload:
 
     def close(self):
         if self.upload_id is None:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buf), ContentType=self.content_type)
-            self.buf = bytearray()
+            body = bytes(self.part[:self.filled]) if self.part is not None else b''
+            self.part = None
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type)
             return
-        if self.buf:
-            self._submit(self.buf)
-            self.buf = bytearray()
+        if self.filled:
+            self._submit()
+        self.part = None
         self._join()
         if self.error is not None:
             raise self.error
@@ -412,6 +443,7 @@ class S3StreamUpload:
 
     def abort(self):
         self.error = self.error or RuntimeError('aborted')
+        self.part = None
         self._join()
         if self.upload_id is not None:
             try:
@@ -451,7 +483,7 @@ def utcnow():
 def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     """Run a backup from module-style ``params``. Returns the result dict. Raises RedisError / RdbError / S3Error.
 
-    params: Redis connection keys, ``dest`` (local path), ``bucket``, ``prefix``, ``site``, ``part_size`` (MiB),
+    params: Redis connection keys, ``dest`` (local path), ``bucket``, ``prefix``, ``site``, ``part_size`` (MiB), ``upload_concurrency``,
     ``analyze`` (full structure pass, gives exact per-db key counts), ``timeout`` (s).
     """
     started = time.monotonic()
@@ -489,7 +521,8 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     if client is not None:
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
         s3_utils.check_bucket(client, bucket)
-        upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 8) * 1024 * 1024)
+        upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 5) * 1024 * 1024,
+                                concurrency=int(params.get('upload_concurrency') or 1))
     if dest:
         local_tmp = f'{dest}.part'
         parent = os.path.dirname(os.path.abspath(dest))

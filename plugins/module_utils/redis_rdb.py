@@ -502,22 +502,25 @@ class _Parser:
                     return
                 rtype = op
                 start = pos
-                # key: fast path for a plain short length
+                # key: fast path for a plain short length (the key bytes are only sliced when records are wanted)
                 first = buf[pos + 1] if pos + 1 < end else -1
                 if 0 <= first < 64:
                     vpos = pos + 2 + first
-                    key = buf[pos + 2:vpos]
                     if vpos > end:
                         raise _Short()
+                    key = buf[pos + 2:vpos] if want_keys else None
                 else:
                     key, vpos = _read_string(buf, pos + 1, end)
                 if rtype in single:
-                    # inline fast paths for 6- and 14-bit plain lengths; everything else through _skip_string
+                    # inline fast paths for 6- and 14-bit plain lengths and for LZF strings whose two lengths are
+                    # 6-bit (most small values); everything else through _skip_string
                     first = buf[vpos] if vpos < end else 0xFF
                     if first < 0x40:
                         pos = vpos + 1 + first
                     elif first < 0x80 and vpos + 1 < end:
                         pos = vpos + 2 + (((first & 0x3F) << 8) | buf[vpos + 1])
+                    elif first == 0xC3 and vpos + 2 < end and buf[vpos + 1] < 0x40 and buf[vpos + 2] < 0x40:
+                        pos = vpos + 3 + buf[vpos + 1]
                     else:
                         pos = _skip_string(buf, vpos, end)
                 elif rtype in TYPE_NAMES:
@@ -743,13 +746,19 @@ class StreamValidator:
             return
         self.sha256.update(chunk)
         self.size += len(chunk)
-        # CRC covers everything except the final 8 bytes; hold back the last 8 bytes seen so far.
-        data = self._crc_pending + chunk
-        if len(data) > 8:
-            self.crc = crc64(memoryview(data)[:-8], self.crc)
-            self._crc_pending = bytearray(data[-8:])
+        # CRC covers everything except the final 8 bytes; hold back the last 8 bytes seen so far. ``chunk`` may be a
+        # view of a buffer the caller reuses, so nothing keeps a reference to it and large chunks are not copied.
+        if len(chunk) >= 8:
+            if self._crc_pending:
+                self.crc = crc64(self._crc_pending, self.crc)
+            with memoryview(chunk) as view:
+                self.crc = crc64(view[:-8], self.crc)
+                self._crc_pending = bytes(view[-8:])
         else:
-            self._crc_pending = bytearray(data)
+            data = bytes(self._crc_pending) + bytes(chunk)
+            if len(data) > 8:
+                self.crc = crc64(data[:-8], self.crc)
+            self._crc_pending = data[-8:]
         if self.version is None:
             self._head += chunk
             if len(self._head) < HEADER_LEN:

@@ -21,7 +21,7 @@ import datetime
 import email.utils
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     S3Error,
@@ -33,6 +33,9 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
 TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 MANIFEST_NAME = 'manifest.json'
 MAX_DELETE_BATCH = 1000
+# Requests in flight: deletes are latency-bound on the server side (each key is a metadata operation), so more
+# parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
+DEFAULT_CONCURRENCY = 32
 UTC = datetime.timezone.utc
 
 PERIODS = ('last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly')
@@ -511,7 +514,7 @@ def bucket_versioning(client, bucket, stats=None):
     return resp.get('Status')
 
 
-def read_manifest_times(client, bucket, backups, layout, stats=None, concurrency=8):
+def read_manifest_times(client, bucket, backups, layout, stats=None, concurrency=DEFAULT_CONCURRENCY):
     """For ``time_source=manifest``: GET each complete backup's manifest and set ``backup.time`` from
     ``layout.manifest_time_field`` (or ``time_error``)."""
     stats = stats or Stats()
@@ -558,14 +561,14 @@ def _entries(obj, purge_versions):
     return [(obj.key, None)]
 
 
-def delete_backups(client, bucket, backups, manifest_name=MANIFEST_NAME, purge_versions=False, concurrency=8,
-                   stats=None, batch_size=MAX_DELETE_BATCH):
+def delete_backups(client, bucket, backups, manifest_name=MANIFEST_NAME, purge_versions=False,
+                   concurrency=DEFAULT_CONCURRENCY, stats=None, batch_size=MAX_DELETE_BATCH):
     """Delete every object of ``backups`` with DeleteObjects (Quiet, <= ``batch_size`` keys per request).
 
     A backup's data objects are only sent after a response confirmed its manifest deleted, so a failure never
-    leaves data-less backups that look complete. Requests of one round run in parallel; a round's partial last
-    batch is held back to the next round when other batches of the round will unlock more data, so the number of
-    requests is ceil(keys/1000) whenever >= 1000 manifests are deleted (otherwise at most one more).
+    leaves data-less backups that look complete. Up to ``concurrency`` requests run at once; a partial batch is held
+    back while requests in flight may unlock more data, so the number of requests is ceil(keys/1000) whenever >= 1000
+    manifests are deleted (otherwise at most one more). After a request fails as a whole, no new request is sent.
     ``purge_versions`` deletes every version and delete marker (by VersionId) instead of adding delete markers.
     """
     stats = stats or Stats()
@@ -601,49 +604,57 @@ def delete_backups(client, bucket, backups, manifest_name=MANIFEST_NAME, purge_v
             return batch, None, translate_error(exc, bucket, endpoint, 'delete objects')
         return batch, resp.get('Errors') or [], None
 
+    def take():
+        batch = []
+        while len(batch) < batch_size and manifests:
+            batch.append(manifests.popleft())
+        while len(batch) < batch_size and ready:
+            batch.append(ready.popleft())
+        return batch
+
+    def settle(batch, errors, exc):
+        """Account for one response; returns False when the request itself failed (nothing more is sent)."""
+        stats.add('DeleteObjects')
+        if exc is not None:
+            result.failed_requests.append(str(exc))
+            for _k, _v, bprefix in batch:
+                if bprefix:
+                    result.skipped.add(bprefix)
+                    waiting.pop(bprefix, None)
+            return False
+        failed = set()
+        for err in errors:
+            result.errors.append(dict(key=err.get('Key'), version_id=err.get('VersionId'),
+                                      code=err.get('Code'), message=err.get('Message')))
+            failed.add((err.get('Key'), err.get('VersionId') or None))
+        result.deleted += len(batch) - len(errors)
+        for key, vid, bprefix in batch:
+            if not bprefix:
+                continue
+            if (key, vid) in failed or (key, None) in failed:
+                result.skipped.add(bprefix)
+                waiting.pop(bprefix, None)
+                continue
+            manifest_left[bprefix] -= 1
+            if manifest_left[bprefix] == 0 and bprefix in waiting:
+                ready.extend((k, v, None) for k, v in waiting.pop(bprefix))
+        return True
+
+    # Requests stream: up to ``concurrency`` in flight, a new one sent as soon as one returns. Only full batches are
+    # sent while a request in flight may still unlock data; a partial batch goes when nothing else is pending.
+    in_flight = set()
+    healthy = True
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        while manifests or ready:
-            batches = []
-            while manifests or ready:
-                batch = []
-                while len(batch) < batch_size and manifests:
-                    batch.append(manifests.popleft())
-                while len(batch) < batch_size and ready:
-                    batch.append(ready.popleft())
-                batches.append(batch)
-            if len(batches) > 1 and len(batches[-1]) < batch_size and waiting:
-                held = batches.pop()
-                for item in reversed(held):
-                    (manifests if item[2] else ready).appendleft(item)
-            aborted = False
-            for batch, errors, exc in pool.map(send, batches):
-                stats.add('DeleteObjects')
-                if exc is not None:
-                    result.failed_requests.append(str(exc))
-                    aborted = True
-                    for _k, _v, bprefix in batch:
-                        if bprefix:
-                            result.skipped.add(bprefix)
-                            waiting.pop(bprefix, None)
-                    continue
-                failed = set()
-                for err in errors:
-                    result.errors.append(dict(key=err.get('Key'), version_id=err.get('VersionId'),
-                                              code=err.get('Code'), message=err.get('Message')))
-                    failed.add((err.get('Key'), err.get('VersionId') or None))
-                result.deleted += len(batch) - len(errors)
-                for key, vid, bprefix in batch:
-                    if not bprefix:
-                        continue
-                    if (key, vid) in failed or (key, None) in failed:
-                        result.skipped.add(bprefix)
-                        waiting.pop(bprefix, None)
-                        continue
-                    manifest_left[bprefix] -= 1
-                    if manifest_left[bprefix] == 0 and bprefix in waiting:
-                        ready.extend((k, v, None) for k, v in waiting.pop(bprefix))
-            if aborted:
+        while True:
+            while healthy and len(in_flight) < max(1, concurrency) and (manifests or ready):
+                if len(manifests) + len(ready) < batch_size and in_flight and waiting:
+                    break
+                in_flight.add(pool.submit(send, take()))
+            if not in_flight:
                 break
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                healthy = settle(*future.result()) and healthy
     return result
 
 
@@ -755,7 +766,7 @@ def run_retention(client, params, check_mode=False, now=None):
     inv = build_inventory(objects, layout)
     if layout.time_source == 'manifest':
         read_manifest_times(client, bucket, [b for g in inv.groups.values() for b in g], layout, stats,
-                            concurrency=params.get('concurrency') or 8)
+                            concurrency=params.get('concurrency') or DEFAULT_CONCURRENCY)
     backups = plan_retention(inv, policy, now, incomplete_grace=grace,
                              delete_incomplete=params.get('delete_incomplete', True))
     to_delete = [b for b in backups if b.action == 'delete']
@@ -771,7 +782,8 @@ def run_retention(client, params, check_mode=False, now=None):
     if to_delete or leftovers:
         if not check_mode:
             dres = delete_backups(client, bucket, to_delete + leftovers, manifest_name=layout.manifest_name,
-                                  purge_versions=purge, concurrency=params.get('concurrency') or 8, stats=stats)
+                                  purge_versions=purge, stats=stats,
+                                  concurrency=params.get('concurrency') or DEFAULT_CONCURRENCY)
             if dres.errors:
                 classify_locked(client, bucket, dres.errors, stats)
             for b in to_delete + leftovers:

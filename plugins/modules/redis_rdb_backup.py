@@ -53,10 +53,19 @@ options:
     type: path
   part_size:
     description:
-      - Multipart upload part size in MiB (at least 5). At most four parts are held in memory (one being filled, one
-        queued, two uploading).
+      - Multipart upload part size in MiB (at least 5, the S3 minimum). S3 allows 10000 parts, so the largest RDB
+        this can store is O(part_size) x 10000 MiB (48.8 GiB with the default); a larger one fails with a message
+        saying so.
+      - Memory held for the upload is at most O(part_size) x (O(upload_concurrency) + 1) MiB (one part being filled,
+        the others uploading), whatever the size of the RDB.
     type: int
-    default: 8
+    default: 5
+  upload_concurrency:
+    description:
+      - Parts uploaded at the same time. The default keeps the whole backup process under 64 MiB; raise it (and
+        O(part_size)) for object storage with a high latency, at the cost of memory.
+    type: int
+    default: 1
   analyze:
     description:
       - Parse the whole RDB while it streams to record exact per-db key counts and the number of functions in the
@@ -197,7 +206,8 @@ def main():
         prefix=dict(type='str', default=''),
         site=dict(type='str'),
         dest=dict(type='path'),
-        part_size=dict(type='int', default=8),
+        part_size=dict(type='int', default=5),
+        upload_concurrency=dict(type='int', default=1),
         analyze=dict(type='bool', default=False),
         timeout=dict(type='float', default=3600),
     )
@@ -211,6 +221,8 @@ def main():
         module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
     if params['part_size'] < 5:
         module.fail_json(msg='part_size must be at least 5 (MiB), the S3 minimum')
+    if params['upload_concurrency'] < 1:
+        module.fail_json(msg='upload_concurrency must be at least 1')
     if not crc64_is_fast():
         module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
     try:

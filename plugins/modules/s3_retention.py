@@ -136,9 +136,10 @@ options:
     default: false
   concurrency:
     description:
-      - Number of parallel requests for deletion and for reading manifests.
+      - Number of parallel requests for deletion and for reading manifests. Deletion is bound by the server's
+        per-key work, so parallel requests shorten it; lower this for a server that throttles.
     type: int
-    default: 8
+    default: 32
 notes:
   - The policy is refused when no C(keep_*) option is set (as restic does), rather than deleting everything.
   - Rules use UTC calendar periods. O(keep_within) ignores backups with a future time when finding the newest.
@@ -375,7 +376,7 @@ def main():
         delete_incomplete=dict(type='bool', default=True),
         incomplete_grace=dict(type='str', default='1d'),
         purge_versions=dict(type='bool', default=False),
-        concurrency=dict(type='int', default=8),
+        concurrency=dict(type='int', default=32),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -384,6 +385,8 @@ def main():
     )
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
+    if module.params['concurrency'] < 1:
+        module.fail_json(msg='concurrency must be at least 1, got %d' % module.params['concurrency'])
 
     try:
         client = s3_client(module.params, max_pool_connections=max(10, module.params['concurrency']))

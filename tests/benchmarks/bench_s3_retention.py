@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 # pylint: disable=wrong-import-position
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (  # noqa: E402
+    DEFAULT_CONCURRENCY,
     TIMESTAMP_FORMAT,
     Layout,
     Policy,
@@ -81,7 +82,8 @@ def main():
     parser.add_argument("--lab-dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO / ".lab")))
     parser.add_argument("--backups", type=int, default=10000)
     parser.add_argument("--objects", type=int, default=10, help="objects per backup (incl. the manifest)")
-    parser.add_argument("--concurrency", type=int, default=8, help="parallel DeleteObjects requests of the engine")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="parallel DeleteObjects requests of the engine (default: the module's)")
     parser.add_argument("--baseline-first", action="store_true",
                         help="run s5cmd before the engine's delete phase (to check for an ordering bias)")
     args = parser.parse_args()
