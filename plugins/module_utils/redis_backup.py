@@ -36,7 +36,7 @@ MANIFEST_NAME = 'manifest.json'
 RDB_NAME = 'dump.rdb'
 TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 MANIFEST_FORMAT = 1
-CHUNK = 1024 * 1024          # RDB transfer reads
+CHUNK = 256 * 1024           # RDB transfer reads
 REPLY_CHUNK = 64 * 1024      # command reply reads
 MAX_PARTS = 10000  # S3's limit of parts in one multipart upload
 
@@ -457,12 +457,14 @@ def _bound_malloc():
 
     glibc raises its mmap threshold after a large block is freed, so later 1-8 MiB buffers (received chunks, upload
     parts) come from heap arenas that do not shrink: RSS creeps up with the RDB size. A fixed threshold keeps every
-    block >= 256 KiB in its own mapping, released on free, so memory stays bounded by the parts in flight.
+    block >= 256 KiB in its own mapping, released on free, so memory stays bounded by the parts in flight. The heap
+    left free after loading boto3's models is handed back too (about 1 MiB), which keeps the module under 64 MiB.
     """
     try:
         import ctypes  # pylint: disable=import-outside-toplevel
         libc = ctypes.CDLL('libc.so.6')
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)  # hand back what loading boto3's models left free in the heap
     except (OSError, AttributeError):
         pass
 

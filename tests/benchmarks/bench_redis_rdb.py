@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_restore  # noqa: E402
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_restore  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or "redis-server"
@@ -156,6 +156,30 @@ def lab_s3(lab_dir):
     return params, entry["bucket"]
 
 
+def module_backup_rss(params, workdir):
+    """Run ``hanzo.kms.redis_rdb_backup`` through ``ansible`` (AnsiballZ wrapper included); return (seconds, peak RSS MiB).
+
+    The module's interpreter is a small wrapper that runs the real Python as its child and records the child's peak
+    RSS (``RUSAGE_CHILDREN``); the wrapper itself is smaller than the module, so the figure is the module's.
+    """
+    out = Path(workdir) / "module-rss.txt"
+    wrapper = Path(workdir) / "python-rss"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import resource, subprocess, sys\n"
+        "rc = subprocess.call([sys.executable] + sys.argv[1:])\n"
+        f"open({str(out)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+        "sys.exit(rc)\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    argv = [str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-e", f"ansible_python_interpreter={wrapper}",
+            "-m", "hanzo.kms.redis_rdb_backup", "-a", json.dumps(params)]
+    start = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True, cwd=REPO, env=env)
+    return time.monotonic() - start, int(out.read_text()) / 1024
+
+
 def child_backup_rss(params_json):
     """Run one streaming backup in a child process; return (seconds, peak RSS MiB, RSS MiB before the backup).
 
@@ -208,7 +232,7 @@ def main():
         cli_file = work / "cli.rdb"
         cli_argv = [REDIS_CLI, "-p", str(src.port), "--rdb", str(cli_file)]
         # --repeat rounds, the order alternating, medians reported: single runs move by +-20 % on 2 shared cores
-        times = {"cli": [], "upload": [], "base": [], "stream": [], "analyze": []}
+        times = {"cli": [], "upload": [], "base": [], "stream": [], "analyze": [], "fetch": []}
         for round_no in range(args.repeat):
             def run_baseline():
                 t_cli, _unused = timed(lambda: subprocess.run(cli_argv, check=True, capture_output=True))
@@ -224,11 +248,17 @@ def main():
                 run_baseline()
             t_an, _unused = timed(lambda: redis_backup.run_backup(params_an, s3_client_factory=lambda: s3_client(s3params)))
             times["analyze"].append(t_an)
+            # the transfer alone (received and validated, not stored): what streaming adds on top of it is the upload
+            validator = redis_rdb.StreamValidator(structure=False)
+            t_fetch, _unused = timed(lambda v=validator: redis_backup.fetch_rdb(src.params(), v.feed))
+            times["fetch"].append(t_fetch)
         size = result["size"]
         med = {k: statistics.median(v) for k, v in times.items()}
         base = med["base"]
         print(f"RDB: {size / 1e6:.1f} MB; medians of {args.repeat} rounds")
         row("backup: redis-cli --rdb to disk", med["cli"])
+        row("backup: redis_rdb_backup's transfer alone (validated, not stored)", med["fetch"],
+            f"{med['fetch'] / med['cli']:.2f}x redis-cli --rdb")
         row("backup: boto3 upload_file of that file", med["upload"])
         row("backup baseline: redis-cli --rdb + upload", base, "1.00x; rounds: " + ", ".join(f"{t:.2f}" for t in times["base"]))
         row("backup: redis_rdb_backup streaming to S3 (CRC64 + sha256)", med["stream"],
@@ -299,6 +329,9 @@ def main():
                 row(f"big RDB streaming to S3, {label}", seconds,
                     f"{seconds / (t_cli + t_upload):.2f}x baseline; backup process peak RSS (VmHWM) {rss:.0f} MiB "
                     f"(goal <= 64 MiB), {base_rss:.0f} MiB before the backup (Python + boto3), growth {rss - base_rss:.0f} MiB")
+            seconds, rss = module_backup_rss(dict(big.params(), bucket=bucket, prefix=prefix, site="big", **s3params), work)
+            row("big RDB streaming to S3, the module through `ansible`, defaults", seconds,
+                f"module process peak RSS {rss:.0f} MiB (goal <= 64 MiB; includes Ansible's module wrapper)")
             big.stop()
         print("\nJSON " + json.dumps([{"what": w, "seconds": round(s, 3), "note": n} for w, s, n in rows]))
         print(f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
