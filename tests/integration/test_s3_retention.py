@@ -77,10 +77,13 @@ def write_backups(client, bucket, prefix, site, times, complete=True):
                  json.dumps({"timestamp": "x"}).encode())
 
 
-def wait_for_next_server_second(client, bucket):
+def wait_for_next_server_second(client, bucket, versions=False):
     """LastModified has one-second resolution: poll until an object written now is strictly newer than every
-    object already in the bucket."""
-    newest = max(o["LastModified"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", ()))
+    object already in the bucket (every version, with ``versions``)."""
+    if versions:
+        newest = max(v["LastModified"] for v in client.list_object_versions(Bucket=bucket).get("Versions", ()))
+    else:
+        newest = max(o["LastModified"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", ()))
     while True:
         stamp = client.put_object(Bucket=bucket, Key=".probe", Body=b"")
         del stamp
@@ -342,8 +345,14 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
             ["redis/dc1/%s/%s" % (ts(t), n) for t in times[:2] + times[-1:] for n in ("dump.rdb", "manifest.json")])
     finally:
         client.put_object_legal_hold(Bucket=name, Key=locked_manifest, LegalHold={"Status": "OFF"})
-    result = run_retention(client, params(name, keep_last=2, purge_versions=True))
+    # SeaweedFS bumps the LastModified that ListObjectVersions reports when a legal hold changes, so the released
+    # manifest can look like the most recently written complete backup, which is protected. A backup written after
+    # the release takes that role; with keep_last=3 the formerly locked backup is then the one to go.
+    wait_for_next_server_second(client, name, versions=True)
+    write_backups(client, name, "redis", "dc1", [datetime.datetime.now(UTC)])
+    result = run_retention(client, params(name, keep_last=3, purge_versions=True))
     assert not result["failed"] and result["summary"]["deleted"] == 1
+    assert [b["name"] for b in result["backups"] if b["action"] == "delete"] == [ts(times[-1])]
 
 
 # ------------------------------------------------------------------------------------------------ the real module
