@@ -217,6 +217,111 @@ def test_empty_prefix_and_whole_bucket(client, bucket):
     assert result["summary"]["deleted"] == 1 and len(all_keys(client, bucket)) == 4
 
 
+# ------------------------------------------------------------------------------------------------ shared bucket (issue 14)
+
+CNPG_KEYS = [
+    "cnpg/dc1/wals/0000000100000000/000000010000000000000001.gz",
+    "cnpg/dc1/wals/0000000100000000/000000010000000000000002.gz",
+    "cnpg/dc1/wals/0000000100000000/000000010000000000000003.partial",
+    "cnpg/dc1/base/20261201T000000/data.tar",
+    "cnpg/dc1/base/20261201T000000/backup.info",
+    "cnpg/dc10/wals/0000000100000000/000000010000000000000001.gz",
+    "cnpg/dc10/base/20261201T000000/data.tar",
+]
+
+
+def seed_shared_bucket(client, bucket):
+    """A bucket shared with CNPG's WAL archive, as the architecture lays it out, plus Redis backups of dc1 and dc10.
+
+    Returns (every key, the keys of the Redis backups, the keys a keep_last=1 run with no grace deletes). Per site: an old
+    and a new complete backup, an abandoned incomplete one (dump.rdb, no manifest); stray objects that are not backups
+    of the layout: a manifest without its data, a timestamp directory without a dump.rdb, a non-timestamp directory
+    holding a dump.rdb, a file inside the old backup's directory and a dump.rdb nested one level too deep.
+    """
+    old, new = datetime.datetime(2026, 10, 1, tzinfo=UTC), datetime.datetime(2026, 11, 1, tzinfo=UTC)
+    incomplete, orphan = datetime.datetime(2026, 10, 15, tzinfo=UTC), datetime.datetime(2026, 9, 1, tzinfo=UTC)
+    put_many(client, bucket, CNPG_KEYS)
+    recognised, obsolete, stray = [], [], ["redis/README.md", "README.md", "redis-old/dc1/dump.rdb"]
+    for site in ("dc1", "dc10"):
+        for when in (old, new):  # written oldest first: LastModified and manifest times agree with the names
+            base = "redis/%s/%s/" % (site, ts(when))
+            client.put_object(Bucket=bucket, Key=base + "dump.rdb", Body=b"REDIS0011")
+            client.put_object(Bucket=bucket, Key=base + "manifest.json",
+                              Body=json.dumps({"timestamp": when.isoformat(), "object": "dump.rdb"}).encode())
+        recognised += ["redis/%s/%s/%s" % (site, ts(when), n) for when in (old, new) for n in ("dump.rdb", "manifest.json")]
+        obsolete += ["redis/%s/%s/%s" % (site, ts(old), n) for n in ("dump.rdb", "manifest.json")]
+        client.put_object(Bucket=bucket, Key="redis/%s/%s/dump.rdb" % (site, ts(incomplete)), Body=b"REDIS0011")
+        recognised.append("redis/%s/%s/dump.rdb" % (site, ts(incomplete)))
+        obsolete.append("redis/%s/%s/dump.rdb" % (site, ts(incomplete)))
+        stray += ["redis/%s/%s/manifest.json" % (site, ts(orphan)),
+                  "redis/%s/%s/notes.txt" % (site, ts(orphan - datetime.timedelta(days=1))),
+                  "redis/%s/latest/dump.rdb" % site,
+                  "redis/%s/%s/notes.txt" % (site, ts(old)),
+                  "redis/%s/%s/copy/dump.rdb" % (site, ts(old))]
+    put_many(client, bucket, stray[:3])
+    for key in stray[3:]:
+        body = json.dumps({"timestamp": orphan.isoformat()}).encode() if key.endswith("manifest.json") else b"x"
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return all_keys(client, bucket), sorted(recognised), sorted(obsolete)
+
+
+# (prefix, whole_bucket, group_depth, whether the Redis backups match that layout): the issue's reproduction (whole
+# bucket, depth 1: no Redis backup matches), the whole bucket at the Redis depth, and the playbook's layout.
+SHARED_LAYOUTS = [("", True, 1, False), ("", True, 2, True), ("redis", False, 1, True)]
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "real"])
+@pytest.mark.parametrize("time_source", ["key", "manifest", "last_modified"])
+@pytest.mark.parametrize("layout", SHARED_LAYOUTS, ids=["whole-depth1", "whole-depth2", "redis-depth1"])
+def test_shared_bucket_only_recognised_backups_are_deleted(client, bucket, layout, time_source, check):
+    prefix, whole_bucket, depth, redis_matches = layout
+    before, recognised, obsolete = seed_shared_bucket(client, bucket)
+    expected_deleted = obsolete if redis_matches else []
+    p = params(bucket, prefix=prefix, whole_bucket=whole_bucket, group_depth=depth, time_source=time_source,
+               keep_last=1, incomplete_grace="")
+    result = run_retention(client, p, check_mode=check)
+    assert not result["failed"] and not result["errors"]
+    planned = sorted(b["prefix"] for b in result["backups"] if b["action"] == "delete")
+    assert planned == sorted(set(k.rsplit("/", 1)[0] + "/" for k in expected_deleted)), result["backups"]
+    assert result["changed"] == bool(expected_deleted)
+    # every key under the prefix that is not in a recognised backup is reported, in check mode too
+    in_backups = recognised if redis_matches else []
+    assert sorted(result["unrecognised"]) == sorted(k for k in before if k.startswith(prefix) and k not in in_backups)
+    assert result["summary"]["unrecognised"] == len(result["unrecognised"])
+    after = all_keys(client, bucket)
+    if check:
+        assert after == before, "check mode deleted something"
+        assert result["summary"]["objects_deleted"] == len(expected_deleted)
+    else:
+        assert sorted(set(before) - set(after)) == expected_deleted
+        assert result["summary"]["objects_deleted"] == len(expected_deleted)
+        again = run_retention(client, p)
+        assert not again["changed"] and all_keys(client, bucket) == after
+
+
+@pytest.mark.parametrize("time_source", ["key", "manifest", "last_modified"])
+@pytest.mark.parametrize("prefix", ["redis/dc1", "redis/dc1/"])
+def test_site_prefix_never_matches_a_longer_site_name(client, bucket, time_source, prefix):
+    """``redis/dc1`` is a directory boundary: the backups of ``dc10`` are neither listed nor deleted."""
+    before, _recognised, obsolete = seed_shared_bucket(client, bucket)
+    result = run_retention(client, params(bucket, prefix=prefix, group_depth=0, time_source=time_source, keep_last=1,
+                                          incomplete_grace=""))
+    assert all(b["prefix"].startswith("redis/dc1/") for b in result["backups"])
+    assert all(k.startswith("redis/dc1/") for k in result["unrecognised"])
+    after = all_keys(client, bucket)
+    assert sorted(set(before) - set(after)) == [k for k in obsolete if k.startswith("redis/dc1/")]
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "//"])
+def test_whole_bucket_prefix_needs_the_explicit_option(client, bucket, prefix):
+    put_many(client, bucket, CNPG_KEYS)
+    with pytest.raises(RetentionError, match="whole_bucket"):
+        run_retention(client, params(bucket, prefix=prefix, keep_last=1))
+    with pytest.raises(RetentionError, match="whole_bucket"):
+        run_retention(client, params(bucket, prefix="redis", whole_bucket=True, keep_last=1))
+    assert all_keys(client, bucket) == sorted(CNPG_KEYS)
+
+
 def test_manifest_and_last_modified_time_sources(client, bucket):
     now = datetime.datetime.now(UTC)
     for i, name in enumerate(["alpha", "beta", "gamma"]):
