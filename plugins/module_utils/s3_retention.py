@@ -5,12 +5,16 @@
 
 Pipeline: ``list_objects`` (ListObjectsV2 or ListObjectVersions, 1000 keys per call) -> ``build_inventory``
 (group keys into backups by layout; unrecognised keys are set aside and never deleted) -> ``plan_retention``
-(restic ``forget`` semantics + floors) -> ``execute_plan`` (DeleteObjects, <= 1000 keys per call, manifests first).
+(restic ``forget`` semantics + floors) -> ``delete_backups`` (DeleteObjects, <= 1000 keys per call, manifests first).
 
-Layout (relative to ``prefix``): ``<group_1>/.../<group_n>/<backup>/<object...>`` with n = ``group_depth``
-(default 1, e.g. the site of ``<prefix>/<site>/<UTC timestamp>/dump.rdb`` + ``manifest.json``). A backup is
-complete when its manifest object exists (the Redis backup modules write it last). The retention policy is
-applied to the complete backups of each group separately.
+Layout (relative to ``prefix``): ``<group_1>/.../<group_n>/<backup>/<file>`` with n = ``group_depth``
+(default 1, e.g. the site of ``<prefix>/<site>/<UTC timestamp>/dump.rdb`` + ``manifest.json``). The layout is
+declared, never guessed, because the bucket may be shared (CNPG's WAL archive and base backups live next to the Redis
+backups): a directory is a backup only if its name matches the layout (``timestamp_format``, or ``name_pattern``) and
+it holds one of the layout's data files (``data_files``). Only the data files and the manifest belong to a backup;
+every other key is unrecognised and never deleted, whatever the ``time_source``. A backup is complete when its
+manifest object exists (the Redis backup modules write it last). The retention policy is applied to the complete
+backups of each group separately. An empty prefix (the whole bucket) is refused unless ``whole_bucket`` is set.
 
 Reusable helper for restore: ``list_complete_backups(client, bucket, prefix)``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import collections
 import datetime
 import email.utils
+import fnmatch
 import json
 import re
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -32,6 +37,8 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
 
 TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 MANIFEST_NAME = 'manifest.json'
+# The data object of the collection's Redis layout (redis_backup.RDB_NAME, and the CronJob's upload).
+DATA_FILES = ('dump.rdb',)
 MAX_DELETE_BATCH = 1000
 # Requests in flight: deletes are latency-bound on the server side (each key is a metadata operation), so more
 # parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
@@ -269,23 +276,53 @@ def normalize_prefix(prefix):
     return prefix
 
 
+def check_scope(prefix, whole_bucket=False):
+    """Refuse an empty (or ``/``-only) prefix unless ``whole_bucket`` says every object of the bucket is a backup:
+    the bucket is usually shared with CNPG's WAL archive, and retention must not even consider those objects."""
+    if not normalize_prefix(prefix) and not whole_bucket:
+        raise RetentionError('prefix %r selects the whole bucket, which is usually shared with other data (CNPG WAL '
+                             'archive and base backups): set prefix to the directory of the backups, for example '
+                             '"redis", or set whole_bucket=true if every object in the bucket is a backup of this '
+                             'layout' % (prefix or ''))
+    if whole_bucket and normalize_prefix(prefix):
+        raise RetentionError('whole_bucket=true applies to an empty prefix only, but prefix is %r: remove '
+                             'whole_bucket or the prefix' % prefix)
+
+
 class Layout:
     """How keys map to backups; see the module docstring."""
 
     def __init__(self, prefix='', group_depth=1, time_source='key', timestamp_format=TIMESTAMP_FORMAT,
-                 manifest_name=MANIFEST_NAME, manifest_time_field='timestamp'):
+                 manifest_name=MANIFEST_NAME, manifest_time_field='timestamp', data_files=DATA_FILES,
+                 name_pattern=None):
         if time_source not in TIME_SOURCES:
             raise RetentionError('time_source must be one of %s' % ', '.join(TIME_SOURCES))
         if group_depth is None or int(group_depth) < 0:
             raise RetentionError('group_depth must be >= 0')
         if not manifest_name or '/' in manifest_name:
             raise RetentionError('manifest_name must be a file name without "/"')
+        data_files = tuple(data_files or ())
+        if not data_files:
+            raise RetentionError('data_files must name at least one data file of a backup (dump.rdb for the Redis '
+                                 'layout): without it any directory could be taken for an incomplete backup')
+        for name in data_files:
+            if not name or '/' in name:
+                raise RetentionError('data_files entries must be file names without "/", got %r' % (name,))
+            if name == manifest_name:
+                raise RetentionError('data_files must not contain the manifest name %r' % manifest_name)
+        self.name_re = None
+        if name_pattern:
+            try:
+                self.name_re = re.compile(name_pattern)
+            except re.error as exc:
+                raise RetentionError('name_pattern %r is not a valid regular expression: %s' % (name_pattern, exc)) from None
         self.prefix = normalize_prefix(prefix)
         self.group_depth = int(group_depth)
         self.time_source = time_source
         self.timestamp_format = timestamp_format or TIMESTAMP_FORMAT
         self.manifest_name = manifest_name
         self.manifest_time_field = manifest_time_field
+        self.data_files = data_files
 
     def split(self, key):
         """(group, backup name, name inside the backup) or None for keys outside the layout."""
@@ -295,6 +332,29 @@ class Layout:
         if len(parts) != self.group_depth + 2 or not all(parts[:-1]) or not parts[-1]:
             return None
         return '/'.join(parts[:-2]), parts[-2], parts[-1]
+
+    def parse_name(self, name):
+        """(whether ``name`` is a backup name of the layout, its time from the key or None).
+
+        Without ``name_pattern`` the name must parse with ``timestamp_format`` in every time source, so that
+        directories such as CNPG's ``wals``/``base`` never look like backups. With ``name_pattern`` the name must
+        match it in full, and also parse for ``time_source=key`` (the time comes from the name)."""
+        when = parse_timestamp(name, self.timestamp_format)
+        if self.name_re is not None and not self.name_re.fullmatch(name):
+            return False, None
+        if (self.name_re is None or self.time_source == 'key') and when is None:
+            return False, None
+        return True, when
+
+    def file_kind(self, rest):
+        """'manifest', 'data' or None (not a file of the layout, including anything nested deeper)."""
+        if '/' in rest:
+            return None
+        if rest == self.manifest_name:
+            return 'manifest'
+        if any(fnmatch.fnmatchcase(rest, pattern) for pattern in self.data_files):
+            return 'data'
+        return None
 
 
 class Inventory:
@@ -306,25 +366,25 @@ class Inventory:
 
 
 def build_inventory(objects, layout):
-    """Group listed objects into backups. Objects outside the layout, and (for ``time_source=key``) backups
-    whose name does not parse with ``timestamp_format``, go to ``unrecognised``."""
+    """Group listed objects into backups. Unrecognised (never deleted), in every time source: keys outside the
+    layout, in a directory whose name is not a backup name (``Layout.parse_name``), files that are neither the
+    manifest nor a data file, and every key of a directory without a current data file (a manifest alone is not a
+    backup, nor a directory of other files). Sorted, current keys only."""
     inv = Inventory()
     by_prefix = collections.OrderedDict()
-    name_times = {}
+    names = {}
+    unrecognised = []
     for obj in objects:
         parts = layout.split(obj.key)
         if parts is None:
-            if obj.current:
-                inv.unrecognised.append(obj.key)
+            unrecognised.append(obj)
             continue
         group, name, rest = parts
-        if layout.time_source == 'key':
-            if name not in name_times:
-                name_times[name] = parse_timestamp(name, layout.timestamp_format)
-            if name_times[name] is None:
-                if obj.current:
-                    inv.unrecognised.append(obj.key)
-                continue
+        if name not in names:
+            names[name] = layout.parse_name(name)
+        if not names[name][0] or layout.file_kind(rest) is None:
+            unrecognised.append(obj)
+            continue
         bprefix = layout.prefix + (group + '/' if group else '') + name + '/'
         backup = by_prefix.get(bprefix)
         if backup is None:
@@ -332,20 +392,26 @@ def build_inventory(objects, layout):
         backup.objects.append(obj)
     for backup in by_prefix.values():
         current = [o for o in backup.objects if o.current]
+        data = [o for o in backup.objects if layout.file_kind(o.key[len(backup.prefix):]) == 'data']
         if not current:
-            backup.action = 'purge'
-            backup.reasons = ['no current version (removed earlier)']
-            inv.leftovers.append(backup)
+            if data:
+                backup.action = 'purge'
+                backup.reasons = ['no current version (removed earlier)']
+                inv.leftovers.append(backup)
+            continue
+        if not any(o.current for o in data):
+            unrecognised.extend(current)
             continue
         for obj in current:
             if obj.key == backup.prefix + layout.manifest_name:
                 backup.manifest = obj
         backup.written = max(o.last_modified for o in current)
         if layout.time_source == 'key':
-            backup.time = name_times[backup.name]
+            backup.time = names[backup.name][1]
         elif layout.time_source == 'last_modified':
             backup.time = backup.manifest.last_modified if backup.manifest is not None else backup.written
         inv.groups.setdefault(backup.group, []).append(backup)
+    inv.unrecognised = sorted(o.key for o in unrecognised if o.current)
     return inv
 
 
@@ -691,9 +757,10 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
 # Reusable listing helper (Redis restore)
 
 
-def list_complete_backups(client, bucket, prefix, manifest_name=MANIFEST_NAME, timestamp_format=TIMESTAMP_FORMAT):
-    """Complete backups directly under ``prefix`` (layout ``<prefix>/<timestamp>/<objects>`` with the manifest
-    written last), newest first by the timestamp in the key. One ListObjectsV2 call per 1000 keys.
+def list_complete_backups(client, bucket, prefix, manifest_name=MANIFEST_NAME, timestamp_format=TIMESTAMP_FORMAT,
+                          data_files=DATA_FILES):
+    """Complete backups directly under ``prefix`` (layout ``<prefix>/<timestamp>/<data file and manifest>`` with the
+    manifest written last), newest first by the timestamp in the key. One ListObjectsV2 call per 1000 keys.
 
     Returns a list of dicts: ``name`` (the timestamp component, e.g. ``20261122T041500Z``), ``prefix`` (the
     backup's key prefix ending in ``/``), ``time`` (aware UTC datetime), ``manifest_key``, ``keys`` (sorted
@@ -701,7 +768,7 @@ def list_complete_backups(client, bucket, prefix, manifest_name=MANIFEST_NAME, t
     Raises ``S3Error`` (clear messages for a missing bucket, bad credentials, unreachable endpoint).
     """
     layout = Layout(prefix=prefix, group_depth=0, time_source='key', timestamp_format=timestamp_format,
-                    manifest_name=manifest_name)
+                    manifest_name=manifest_name, data_files=data_files)
     objects, _now = list_objects(client, bucket, layout.prefix)
     inv = build_inventory(objects, layout)
     backups = [b for b in inv.groups.get('', []) if b.complete]
@@ -744,11 +811,14 @@ def run_retention(client, params, check_mode=False, now=None):
     ``msg``). Raises ``S3Error`` / ``RetentionError`` for problems before anything is deleted."""
     stats = Stats()
     bucket = params['bucket']
+    check_scope(params.get('prefix'), bool(params.get('whole_bucket')))
     layout = Layout(prefix=params.get('prefix') or '', group_depth=params.get('group_depth', 1),
                     time_source=params.get('time_source') or 'key',
                     timestamp_format=params.get('timestamp_format') or TIMESTAMP_FORMAT,
                     manifest_name=params.get('manifest_name') or MANIFEST_NAME,
-                    manifest_time_field=params.get('manifest_time_field') or 'timestamp')
+                    manifest_time_field=params.get('manifest_time_field') or 'timestamp',
+                    data_files=DATA_FILES if params.get('data_files') is None else params['data_files'],
+                    name_pattern=params.get('name_pattern') or None)
     policy = Policy(last=params.get('keep_last'), hourly=params.get('keep_hourly'), daily=params.get('keep_daily'),
                     weekly=params.get('keep_weekly'), monthly=params.get('keep_monthly'), yearly=params.get('keep_yearly'),
                     within=params.get('keep_within') or None,
@@ -804,5 +874,5 @@ def run_retention(client, params, check_mode=False, now=None):
 
 
 __all__ = ['S3Error', 'RetentionError', 'Duration', 'Policy', 'Layout', 'apply_policy', 'build_inventory',
-           'plan_retention', 'list_objects', 'delete_backups', 'list_complete_backups', 'run_retention',
-           'TIMESTAMP_FORMAT', 'MANIFEST_NAME']
+           'check_scope', 'plan_retention', 'list_objects', 'delete_backups', 'list_complete_backups',
+           'run_retention', 'TIMESTAMP_FORMAT', 'MANIFEST_NAME', 'DATA_FILES']

@@ -12,10 +12,16 @@ version_added: 0.1.0
 description:
   - Lists the backups under O(prefix) in O(bucket), decides which to keep with restic C(forget) semantics (rules are
     ORed, one backup per calendar hour/day/ISO week/month/year, empty periods do not count) and deletes the others.
-  - A backup is the set of objects under C(<prefix>/<group...>/<backup>/), for example
-    C(redis/dc1/20261122T041500Z/dump.rdb) and C(redis/dc1/20261122T041500Z/manifest.json). It is complete when its
-    manifest (O(manifest_name)) exists. Rules are applied to the complete backups of each group separately.
-  - Objects that do not match the layout are returned in RV(unrecognised) and never deleted.
+  - The layout is declared, never guessed, because the bucket is usually shared with other data such as CNPG's WAL
+    archive and base backups. A backup is a directory C(<prefix>/<group...>/<backup>/) whose name parses with
+    O(timestamp_format) (or matches O(name_pattern)) and which holds a data file named in O(data_files), for example
+    C(redis/dc1/20261122T041500Z/dump.rdb) and C(redis/dc1/20261122T041500Z/manifest.json), the collection's Redis
+    layout and the defaults. It is complete when its manifest (O(manifest_name)) exists, and incomplete when it has
+    a data file but no manifest. Rules are applied to the complete backups of each group separately.
+  - Everything else is returned in RV(unrecognised) and never deleted, whatever O(time_source) is: keys outside the
+    layout, directories whose name is not a backup name, a manifest without a data file, and files of a backup
+    directory that are neither its manifest nor a data file (they stay when the backup is deleted).
+  - An empty prefix (the whole bucket) is refused unless O(whole_bucket=true).
   - Safety floors on top of the rules, per group. The newest complete backup is never deleted, and neither is the
     complete backup whose manifest the server wrote last, which protects against skewed or future timestamps.
     At least O(min_keep) complete backups are kept.
@@ -43,10 +49,18 @@ options:
     required: true
   prefix:
     description:
-      - Key prefix under which the backups are stored, for example V(redis). A trailing V(/) is added if missing.
-      - An empty prefix means the whole bucket.
+      - Key prefix under which the backups are stored, for example V(redis) or V(redis/dc1). It is a directory: a
+        trailing V(/) is added if missing, so V(redis/dc1) never matches C(redis/dc10/).
+      - Required unless O(whole_bucket=true). An empty or V(/) prefix is refused unless O(whole_bucket=true).
     type: str
-    default: ''
+  whole_bucket:
+    description:
+      - Declare that every object in O(bucket) is a backup of this layout, and apply retention to the whole bucket
+        (with O(prefix) omitted or empty).
+      - Never set this on a bucket shared with other data, such as CNPG's WAL archive and base backups; use O(prefix)
+        instead. Even then only directories of the declared layout are considered.
+    type: bool
+    default: false
   group_depth:
     description:
       - Number of key components between O(prefix) and the backup component. They name the group that the rules
@@ -54,11 +68,25 @@ options:
       - V(0) means the backups are directly under O(prefix).
     type: int
     default: 1
+  name_pattern:
+    description:
+      - Python regular expression the backup component must match in full, for layouts whose backup names are not
+        timestamps.
+      - When omitted, the backup component must parse with O(timestamp_format), whatever O(time_source) is. With
+        O(time_source=key) the name must also parse with O(timestamp_format), because the time comes from it.
+    type: str
+  data_files:
+    description:
+      - Names of the data files of a backup (C(fnmatch) patterns allowed, no V(/)). A directory is a backup only if it
+        holds at least one of them; a backup consists of its data files and its manifest.
+      - The default is the collection's Redis layout (C(redis_rdb_backup) and the C(redis) role's backup CronJob).
+    type: list
+    elements: str
+    default: [dump.rdb]
   time_source:
     description:
       - Where a backup's time comes from.
-      - V(key) parses the backup key component with O(timestamp_format). Backups whose component does not parse
-        are unrecognised.
+      - V(key) parses the backup key component with O(timestamp_format).
       - V(manifest) reads O(manifest_time_field) from the JSON manifest, which costs one C(GetObject) per complete
         backup. The field may hold O(timestamp_format), ISO 8601 or epoch seconds.
       - V(last_modified) uses the LastModified of the manifest, or of the newest object for incomplete backups.
@@ -73,6 +101,7 @@ options:
   manifest_name:
     description:
       - Name of the object that marks a backup complete. It is written last by the backup job and deleted first.
+      - A directory with a manifest but no data file (O(data_files)) is not a backup: it is unrecognised.
     type: str
     default: manifest.json
   manifest_time_field:
@@ -116,8 +145,8 @@ options:
     default: 1
   delete_incomplete:
     description:
-      - Delete incomplete backups (no manifest) whose newest object is older than O(incomplete_grace) by the
-        server's clock.
+      - Delete incomplete backups (a data file of O(data_files) but no manifest) whose newest object is older than
+        O(incomplete_grace) by the server's clock. Directories without a data file are never deleted.
     type: bool
     default: true
   incomplete_grace:
@@ -142,6 +171,7 @@ options:
     default: 32
 notes:
   - The policy is refused when no C(keep_*) option is set (as restic does), rather than deleting everything.
+  - Options are checked (policy, durations, prefix, O(data_files), O(name_pattern)) before any request is sent.
   - Rules use UTC calendar periods. O(keep_within) ignores backups with a future time when finding the newest.
   - The number of list requests is ceil(objects/1000). Delete requests are ceil(deleted objects/1000) when at
     least 1000 backups are deleted, otherwise at most one more, because manifests go first.
@@ -173,6 +203,25 @@ EXAMPLES = r'''
   check_mode: true
   diff: true
   register: plan
+
+- name: A bucket that holds nothing but Redis backups, per site at its root
+  hanzo.kms.s3_retention:
+    endpoint_url: https://s3.example.com
+    bucket: kms-redis-backups
+    whole_bucket: true
+    keep_daily: 7
+
+- name: Another layout, <prefix>/<name>/part-N.bin + done.json, names like nightly-2026-11-22
+  hanzo.kms.s3_retention:
+    endpoint_url: https://s3.example.com
+    bucket: kms-backups
+    prefix: exports
+    group_depth: 0
+    name_pattern: 'nightly-\d{4}-\d{2}-\d{2}'
+    data_files: ['part-*.bin']
+    manifest_name: done.json
+    time_source: last_modified
+    keep_last: 7
 
 - name: Prune a versioned bucket for real (versions and delete markers too)
   hanzo.kms.s3_retention:
@@ -245,7 +294,10 @@ purged:
   type: list
   elements: dict
 unrecognised:
-  description: Keys under O(prefix) that do not match the layout. They are never deleted.
+  description:
+    - Keys under O(prefix) that are not part of a backup of the declared layout, sorted. They are never deleted.
+    - Includes other data sharing the bucket (for example CNPG's C(wals/) and C(base/)), a manifest without a data
+      file, and files of a backup directory that are neither its manifest nor a data file.
   returned: always
   type: list
   elements: str
@@ -359,8 +411,11 @@ def main():
     argument_spec = s3_argument_spec()
     argument_spec.update(
         bucket=dict(type='str', required=True),
-        prefix=dict(type='str', default=''),
+        prefix=dict(type='str'),
+        whole_bucket=dict(type='bool', default=False),
         group_depth=dict(type='int', default=1),
+        name_pattern=dict(type='str'),
+        data_files=dict(type='list', elements='str', default=['dump.rdb']),
         time_source=dict(type='str', choices=['key', 'manifest', 'last_modified'], default='key'),
         timestamp_format=dict(type='str', default='%Y%m%dT%H%M%SZ'),
         manifest_name=dict(type='str', default='manifest.json'),

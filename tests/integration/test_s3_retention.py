@@ -57,7 +57,18 @@ def client(conn):
 def bucket(client):
     name = "ret-%s" % uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=name)
-    return name
+    yield name
+    # SeaweedFS gives every bucket its own volumes; a lab reused across runs runs out of them unless buckets go.
+    drop_bucket(client, name)
+
+
+def drop_bucket(client, name):
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+        entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
+        if entries:
+            client.delete_objects(Bucket=name, Delete=dict(Quiet=True, Objects=[
+                dict(Key=e["Key"], VersionId=e["VersionId"]) for e in entries]))
+    client.delete_bucket(Bucket=name)
 
 
 def ts(when):
@@ -207,13 +218,13 @@ def test_unrecognised_keys_are_never_deleted_and_incomplete_respect_grace(client
     assert sorted(all_keys(client, bucket)) == sorted(stray + ["redis/dc1/%s/%s" % (ts(old[0]), n) for n in ("dump.rdb", "manifest.json")])
 
 
-def test_empty_prefix_and_whole_bucket(client, bucket):
+def test_empty_bucket_and_explicit_whole_bucket(client, bucket):
     result = run_retention(client, params(bucket, keep_last=1))
     assert not result["changed"] and result["backups"] == [] and result["unrecognised"] == []
     now = datetime.datetime.now(UTC)
     put_many(client, bucket, ["dc1/%s/dump.rdb" % ts(now - datetime.timedelta(days=d)) for d in range(3)]
              + ["dc1/%s/manifest.json" % ts(now - datetime.timedelta(days=d)) for d in range(3)])
-    result = run_retention(client, params(bucket, prefix="", keep_last=2))
+    result = run_retention(client, params(bucket, prefix="", whole_bucket=True, keep_last=2))
     assert result["summary"]["deleted"] == 1 and len(all_keys(client, bucket)) == 4
 
 
@@ -286,7 +297,8 @@ def test_shared_bucket_only_recognised_backups_are_deleted(client, bucket, layou
     assert result["changed"] == bool(expected_deleted)
     # every key under the prefix that is not in a recognised backup is reported, in check mode too
     in_backups = recognised if redis_matches else []
-    assert sorted(result["unrecognised"]) == sorted(k for k in before if k.startswith(prefix) and k not in in_backups)
+    listed = [k for k in before if k.startswith(prefix + "/" if prefix else "")]
+    assert sorted(result["unrecognised"]) == sorted(k for k in listed if k not in in_backups)
     assert result["summary"]["unrecognised"] == len(result["unrecognised"])
     after = all_keys(client, bucket)
     if check:
@@ -323,15 +335,22 @@ def test_whole_bucket_prefix_needs_the_explicit_option(client, bucket, prefix):
 
 
 def test_manifest_and_last_modified_time_sources(client, bucket):
+    """Backup names that are not timestamps are declared with name_pattern (and data_files for other data)."""
     now = datetime.datetime.now(UTC)
     for i, name in enumerate(["alpha", "beta", "gamma"]):
-        client.put_object(Bucket=bucket, Key="redis/dc1/%s/dump.rdb" % name, Body=b"x")
+        client.put_object(Bucket=bucket, Key="redis/dc1/%s/data.bin" % name, Body=b"x")
         body = json.dumps({"timestamp": (now - datetime.timedelta(days=10 * i)).isoformat()}).encode()
         client.put_object(Bucket=bucket, Key="redis/dc1/%s/manifest.json" % name, Body=body)
-    plan = run_retention(client, params(bucket, time_source="manifest", keep_last=2), check_mode=True)
+    client.put_object(Bucket=bucket, Key="redis/dc1/delta/data.bin", Body=b"x")  # not a name of the layout
+    layout = dict(name_pattern="alpha|beta|gamma", data_files=["*.bin"])
+    plan = run_retention(client, params(bucket, time_source="manifest", keep_last=2, **layout), check_mode=True)
     assert kept_names(plan) == ["alpha", "beta"] and plan["api_calls"]["GetObject"] == 3
-    plan = run_retention(client, params(bucket, time_source="last_modified", keep_last=1), check_mode=True)
+    assert plan["unrecognised"] == ["redis/dc1/delta/data.bin"]
+    plan = run_retention(client, params(bucket, time_source="last_modified", keep_last=1, **layout), check_mode=True)
     assert kept_names(plan) == ["gamma"]  # written last
+    # the default layout (timestamp names holding dump.rdb) recognises none of them
+    plan = run_retention(client, params(bucket, time_source="last_modified", keep_last=1), check_mode=True)
+    assert plan["backups"] == [] and len(plan["unrecognised"]) == 7
 
 
 def test_list_complete_backups_for_restore(client, bucket):
@@ -458,6 +477,7 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
     result = run_retention(client, params(name, keep_last=3, purge_versions=True))
     assert not result["failed"] and result["summary"]["deleted"] == 1
     assert [b["name"] for b in result["backups"] if b["action"] == "delete"] == [ts(times[-1])]
+    drop_bucket(client, name)
 
 
 # ------------------------------------------------------------------------------------------------ the real module
@@ -509,12 +529,22 @@ def test_module_fails_on_per_key_errors(conn, client):
         assert [b["action"] for b in res["backups"]] == ["keep", "delete", "delete_failed"]
     finally:
         client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "OFF"})
+    drop_bucket(client, name)
 
 
-def test_module_errors(conn, bucket):
-    res = run_module(dict(conn, bucket="no-such-bucket-here", keep_last=1))
+def test_module_errors(conn, client, bucket):
+    res = run_module(dict(conn, bucket="no-such-bucket-here", prefix="redis", keep_last=1))
     assert res["failed"] and "does not exist" in res["msg"]
-    res = run_module(dict(conn, bucket=bucket, secret_key="wrong", keep_daily=1))
+    res = run_module(dict(conn, bucket=bucket, prefix="redis", secret_key="wrong", keep_daily=1))
     assert res["failed"] and "rejected the credentials" in res["msg"]
-    res = run_module(dict(conn, bucket=bucket))
+    res = run_module(dict(conn, bucket=bucket, prefix="redis"))
     assert res["failed"] and "one of the following is required" in res["msg"]
+    # layout and scope errors come before any request: nothing is listed or deleted
+    put_many(client, bucket, CNPG_KEYS)
+    for args, problem in [(dict(), "selects the whole bucket"), (dict(prefix="/"), "selects the whole bucket"),
+                          (dict(prefix="redis", whole_bucket=True), "applies to an empty prefix only"),
+                          (dict(prefix="redis", data_files=[]), "data_files must name at least one"),
+                          (dict(prefix="redis", name_pattern="("), "not a valid regular expression")]:
+        res = run_module(dict(conn, bucket=bucket, keep_last=1, **args))
+        assert res["failed"] and problem in res["msg"] and "api_calls" not in res, res
+    assert all_keys(client, bucket) == sorted(CNPG_KEYS)

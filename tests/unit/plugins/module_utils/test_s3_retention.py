@@ -16,8 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup
 from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (
+    DATA_FILES,
+    MANIFEST_NAME,
     TIMESTAMP_FORMAT,
+    TIME_SOURCES,
     Backup,
     Duration,
     Inventory,
@@ -28,6 +32,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (
     add_date,
     apply_policy,
     build_inventory,
+    check_scope,
     parse_any_time,
     plan_retention,
 )
@@ -229,7 +234,7 @@ def test_layout_split_and_unrecognised():
         ('redis/dc1/20261122T041500Z/dump.rdb', None), ('redis/dc1/20261122T041500Z/manifest.json', None),
         ('redis/dc1/not-a-time/dump.rdb', None), ('redis/README', None), ('redis/dc1/20261121T041500Z/dump.rdb', None),
     ]), lay)
-    assert inv.unrecognised == ['redis/dc1/not-a-time/dump.rdb', 'redis/README']
+    assert inv.unrecognised == ['redis/README', 'redis/dc1/not-a-time/dump.rdb']
     backups = inv.groups['dc1']
     assert [(b.name, b.complete, len(b.objects)) for b in backups] == [
         ('20261122T041500Z', True, 2), ('20261121T041500Z', False, 1)]
@@ -325,3 +330,167 @@ def test_backup_to_dict():
     b.objects = [S3Object('p/dc1/20261122T041500Z/dump.rdb', 5, NOW)]
     d = b.to_dict(include_keys=True)
     assert d['complete'] is False and d['size'] == 5 and d['keys'] == ['p/dc1/20261122T041500Z/dump.rdb']
+
+
+
+# ------------------------------------------------------------------------------------------------ declared layout (issue 14)
+
+OLD, NEW = '20261001T000000Z', '20261101T000000Z'
+INCOMPLETE = '20261015T000000Z'
+SHARED_BUCKET = [
+    'cnpg/dc1/wals/0000000100000000/000000010000000000000001.gz',
+    'cnpg/dc1/wals/0000000100000000/000000010000000000000002.gz',
+    'cnpg/dc1/base/20261201T000000/data.tar',
+    'cnpg/dc1/base/20261201T000000/backup.info',
+    'cnpg/dc10/wals/0000000100000000/000000010000000000000001.gz',
+    'README.md',
+    'redis/README.md',
+    'redis/dc1/latest/dump.rdb',                       # not a timestamp
+    'redis/dc1/20260901T000000Z/manifest.json',        # a manifest without its data
+    'redis/dc1/20260831T000000Z/notes.txt',            # a timestamp directory without a data file
+    'redis/dc1/%s/notes.txt' % OLD,                    # not a file of the layout, inside a backup
+    'redis/dc1/%s/copy/dump.rdb' % OLD,                # nested one level too deep
+] + ['redis/%s/%s/%s' % (site, name, f) for site in ('dc1', 'dc10') for name in (OLD, NEW)
+     for f in ('dump.rdb', 'manifest.json')] + ['redis/%s/%s/dump.rdb' % (site, INCOMPLETE) for site in ('dc1', 'dc10')]
+REDIS_OBSOLETE = ['redis/%s/%s/' % (site, name) for site in ('dc1', 'dc10') for name in (OLD, INCOMPLETE)]
+
+
+def _shared_objects():
+    # the newer backup written later, as in a real history; everything else an hour earlier
+    return [S3Object(k, 1, NOW if NEW in k else NOW - datetime.timedelta(hours=1)) for k in sorted(SHARED_BUCKET)]
+
+
+def _manifest_times(inv):
+    for backups in inv.groups.values():
+        for b in backups:
+            if b.complete:
+                b.time = datetime.datetime.strptime(b.name, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize('time_source', TIME_SOURCES)
+@pytest.mark.parametrize('prefix,depth,expected', [
+    ('', 1, []),                        # the issue's reproduction: no Redis backup is at depth 1 of the bucket
+    ('', 2, REDIS_OBSOLETE),
+    ('redis', 1, REDIS_OBSOLETE),
+    ('redis/dc1', 0, [p for p in REDIS_OBSOLETE if p.startswith('redis/dc1/')]),
+    ('cnpg', 1, []),
+    ('cnpg/dc1', 1, []),
+])
+def test_shared_bucket_only_redis_backups_are_planned_for_deletion(time_source, prefix, depth, expected):
+    layout = Layout(prefix=prefix, group_depth=depth, time_source=time_source)
+    objects = [o for o in _shared_objects() if o.key.startswith(layout.prefix)]
+    inv = build_inventory(objects, layout)
+    if time_source == 'manifest':
+        _manifest_times(inv)  # what read_manifest_times sets from the manifests' "timestamp"
+    plan = plan_retention(inv, Policy(last=1), NOW, incomplete_grace=None)
+    assert sorted(b.prefix for b in plan if b.action == 'delete') == sorted(expected)
+    in_backups = set(o.key for b in plan for o in b.objects)
+    # every listed key is either in a backup or unrecognised, never both
+    assert sorted(in_backups | set(inv.unrecognised)) == sorted(o.key for o in objects)
+    assert not in_backups & set(inv.unrecognised)
+    assert all(k.rsplit('/', 1)[1] in ('dump.rdb', 'manifest.json') for k in in_backups)
+    assert not any(k.startswith('cnpg/') for k in in_backups)
+    for key in ('redis/dc1/%s/notes.txt' % OLD, 'redis/dc1/%s/copy/dump.rdb' % OLD, 'redis/dc1/20260901T000000Z/manifest.json'):
+        assert key in inv.unrecognised or not key.startswith(layout.prefix)
+
+
+def test_layout_backup_names():
+    lay = Layout(prefix='redis')
+    assert lay.parse_name(OLD) == (True, datetime.datetime(2026, 10, 1, tzinfo=UTC))
+    for name in ('latest', 'wals', 'base', '20261201T000000', 'dc1'):
+        assert lay.parse_name(name) == (False, None), name
+    # without name_pattern the name must be a timestamp whatever the time source
+    for source in TIME_SOURCES:
+        assert not Layout(prefix='redis', time_source=source).parse_name('wals')[0]
+    named = Layout(prefix='x', time_source='manifest', name_pattern='nightly-[0-9]+')
+    assert named.parse_name('nightly-7') == (True, None)
+    assert not named.parse_name('nightly-7x')[0] and not named.parse_name('xnightly-7')[0]  # full match only
+    keyed = Layout(prefix='x', time_source='key', name_pattern='2026.*')
+    assert keyed.parse_name(OLD)[0] and not keyed.parse_name('2026-not-a-time')[0]  # the time comes from the name
+
+
+def test_layout_files():
+    lay = Layout(prefix='redis')
+    assert lay.data_files == DATA_FILES == ('dump.rdb',)
+    assert [lay.file_kind(f) for f in ('dump.rdb', 'manifest.json', 'notes.txt', 'copy/dump.rdb', 'dump.rdb.tmp')] == [
+        'data', 'manifest', None, None, None]
+    parts = Layout(prefix='x', data_files=['part-*.bin'])
+    assert parts.file_kind('part-3.bin') == 'data' and parts.file_kind('dump.rdb') is None
+    # a glob matching the manifest still leaves it the manifest
+    assert Layout(prefix='x', data_files=['*']).file_kind('manifest.json') == 'manifest'
+
+
+def test_defaults_are_the_redis_backup_layout():
+    assert DATA_FILES == (redis_backup.RDB_NAME,) and MANIFEST_NAME == redis_backup.MANIFEST_NAME
+
+
+@pytest.mark.parametrize('kwargs,problem', [
+    (dict(data_files=[]), 'at least one'),
+    (dict(data_files=['a/b']), 'without "/"'),
+    (dict(data_files=['']), 'without "/"'),
+    (dict(data_files=['manifest.json']), 'must not contain the manifest'),
+    (dict(name_pattern='('), 'not a valid regular expression'),
+])
+def test_layout_validation(kwargs, problem):
+    with pytest.raises(RetentionError, match=problem):
+        Layout(prefix='redis', **kwargs)
+
+
+def test_scope_refuses_the_whole_bucket_unless_declared():
+    for prefix in (None, '', '/', '//'):
+        with pytest.raises(RetentionError, match='selects the whole bucket.*whole_bucket=true'):
+            check_scope(prefix)
+        check_scope(prefix, whole_bucket=True)
+    check_scope('redis')
+    check_scope('redis/dc1/')
+    with pytest.raises(RetentionError, match="whole_bucket=true applies to an empty prefix only, but prefix is 'redis'"):
+        check_scope('redis', whole_bucket=True)
+
+
+def test_site_prefix_is_a_directory():
+    lay = Layout(prefix='redis/dc1', group_depth=0)
+    assert lay.split('redis/dc10/%s/dump.rdb' % OLD) is None
+    assert lay.split('redis/dc1/%s/dump.rdb' % OLD) == ('', OLD, 'dump.rdb')
+    grouped = Layout(prefix='redis', group_depth=1)
+    assert grouped.split('redis/dc10/%s/dump.rdb' % OLD)[0] == 'dc10'
+    assert grouped.split('redisx/dc1/%s/dump.rdb' % OLD) is None
+
+
+def test_versioned_leftovers_need_a_data_file():
+    def gone(key):
+        return S3Object(key, 0, NOW, versions=[('v1', False), ('v2', True)], current=False)
+    inv = build_inventory([gone('redis/dc1/%s/dump.rdb' % OLD), gone('redis/dc1/%s/manifest.json' % OLD),
+                           gone('redis/dc1/%s/manifest.json' % NEW), gone('redis/dc1/%s/notes.txt' % INCOMPLETE),
+                           gone('cnpg/dc1/wals/x.gz')], Layout(prefix='', group_depth=1))
+    assert inv.leftovers == []  # at depth 1 of the bucket the names are 'dc1', not backup names
+    inv = build_inventory([gone('redis/dc1/%s/dump.rdb' % OLD), gone('redis/dc1/%s/manifest.json' % OLD),
+                           gone('redis/dc1/%s/manifest.json' % NEW), gone('redis/dc1/%s/notes.txt' % INCOMPLETE),
+                           gone('cnpg/dc1/wals/x.gz')], Layout(prefix='redis', group_depth=1))
+    assert [b.prefix for b in inv.leftovers] == ['redis/dc1/%s/' % OLD]
+    assert inv.unrecognised == []  # only current keys are reported
+
+
+key_part = st.sampled_from(['redis', 'cnpg', 'dc1', 'dc10', 'wals', 'base', OLD, NEW, INCOMPLETE, '20261201T000000',
+                            'latest'])
+file_part = st.sampled_from(['dump.rdb', 'manifest.json', 'data.tar', 'backup.info', 'notes.txt', '0001.gz'])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=st.sets(st.builds(lambda d, f: '/'.join(d + [f]), st.lists(key_part, min_size=0, max_size=4), file_part),
+                    max_size=40),
+       prefix=st.sampled_from(['', 'redis', 'redis/dc1', 'cnpg']), depth=st.integers(0, 3),
+       time_source=st.sampled_from(TIME_SOURCES), ages=st.lists(st.integers(0, 1000), min_size=40, max_size=40))
+def test_only_declared_layout_files_are_ever_deleted(keys, prefix, depth, time_source, ages):
+    layout = Layout(prefix=prefix, group_depth=depth, time_source=time_source)
+    objects = [S3Object(k, 1, NOW - datetime.timedelta(hours=a)) for k, a in zip(sorted(keys), ages)
+               if k.startswith(layout.prefix)]
+    inv = build_inventory(objects, layout)
+    if time_source == 'manifest':
+        _manifest_times(inv)
+    plan = plan_retention(inv, Policy(last=1), NOW, incomplete_grace=None, delete_incomplete=True)
+    for b in plan:
+        rel = b.prefix[len(layout.prefix):].rstrip('/').split('/')
+        assert len(rel) == depth + 1 and datetime.datetime.strptime(rel[-1], TIMESTAMP_FORMAT)
+        names = [o.key[len(b.prefix):] for o in b.objects]
+        assert 'dump.rdb' in names and set(names) <= {'dump.rdb', 'manifest.json'}
+    assert sorted(set(o.key for b in plan for o in b.objects) | set(inv.unrecognised)) == sorted(o.key for o in objects)
