@@ -106,7 +106,7 @@ def main():
 
         # --- the engine: list + plan, then delete
         stats = Stats()
-        layout = Layout(prefix="redis", group_depth=1)
+        layout = Layout(prefix="redis", group_depth=1, data_files=("part-*.bin",))  # the seeded layout, not dump.rdb
         policy = Policy(daily=7, weekly=4, monthly=12)
         t0 = time.monotonic()
         objects, server_now = list_objects(client, bucket_a, layout.prefix, stats=stats)
