@@ -18,9 +18,9 @@ description:
     C(redis/dc1/20261122T041500Z/dump.rdb) and C(redis/dc1/20261122T041500Z/manifest.json), the collection's Redis
     layout and the defaults. It is complete when its manifest (O(manifest_name)) exists, and incomplete when it has
     a data file but no manifest. Rules are applied to the complete backups of each group separately.
-  - Everything else is returned in RV(unrecognised) and never deleted, whatever O(time_source) is: keys outside the
-    layout, directories whose name is not a backup name, a manifest without a data file, and files of a backup
-    directory that are neither its manifest nor a data file (they stay when the backup is deleted).
+  - Everything else is returned in RV(unrecognised) and never deleted, whatever O(time_source) is. That includes keys
+    outside the layout, directories whose name is not a backup name, a manifest without a data file, and files of a
+    backup directory that are neither its manifest nor a data file (they stay when the backup is deleted).
   - An empty prefix (the whole bucket) is refused unless O(whole_bucket=true).
   - Safety floors on top of the rules, per group. The newest complete backup is never deleted, and neither is the
     complete backup whose manifest the server wrote last, which protects against skewed or future timestamps.
@@ -49,7 +49,7 @@ options:
     required: true
   prefix:
     description:
-      - Key prefix under which the backups are stored, for example V(redis) or V(redis/dc1). It is a directory: a
+      - Key prefix under which the backups are stored, for example V(redis) or V(redis/dc1). It is a directory, a
         trailing V(/) is added if missing, so V(redis/dc1) never matches C(redis/dc10/).
       - Required unless O(whole_bucket=true). An empty or V(/) prefix is refused unless O(whole_bucket=true).
     type: str
@@ -101,7 +101,7 @@ options:
   manifest_name:
     description:
       - Name of the object that marks a backup complete. It is written last by the backup job and deleted first.
-      - A directory with a manifest but no data file (O(data_files)) is not a backup: it is unrecognised.
+      - A directory with a manifest but no data file (O(data_files)) is not a backup, it is unrecognised.
     type: str
     default: manifest.json
   manifest_time_field:

@@ -332,7 +332,6 @@ def test_backup_to_dict():
     assert d['complete'] is False and d['size'] == 5 and d['keys'] == ['p/dc1/20261122T041500Z/dump.rdb']
 
 
-
 # ------------------------------------------------------------------------------------------------ declared layout (issue 14)
 
 OLD, NEW = '20261001T000000Z', '20261101T000000Z'
