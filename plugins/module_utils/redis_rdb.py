@@ -554,6 +554,27 @@ def _str_at(buf, pos, end):
         raise _Bad('a string runs past the end of the value') from None
 
 
+_MEMBER_DECOMPRESS_MAX = 1024 * 1024
+
+
+def _member_at(buf, pos, end):
+    """A set/zset member or hash field -> (identity bytes, pos). Compressed members up to 1 MiB are compared by
+    content; larger ones (Redis accepts members up to 512 MiB) are checked in place and compared by their compressed
+    bytes, so memory stays bounded."""
+    first = buf[pos] if pos < end else 0xFF
+    if first == 0xC3:
+        try:
+            _c, _e, cpos = _read_len(buf, pos, end)
+            clen, cpos = _plain_len(buf, cpos, end, 'LZF compressed length')
+            ulen, cpos = _plain_len(buf, cpos, end, 'LZF uncompressed length')
+        except _Short:
+            raise _Bad('a string runs past the end of the value') from None
+        if ulen > _MEMBER_DECOMPRESS_MAX:
+            stop = _str_check(buf, pos, end)
+            return b'\x00lzf' + bytes(buf[cpos:cpos + clen]), stop
+    return _str_at(buf, pos, end)
+
+
 def _str_check(buf, pos, end):
     """Skip a string inside a value, validating LZF without decompressing it -> pos."""
     try:
@@ -1006,7 +1027,7 @@ def _members(buf, pos, end, count, what, paired):
             if pos > end:
                 raise _Bad('a string runs past the end of the value')
         else:
-            member, pos = _str_at(buf, pos, end)
+            member, pos = _member_at(buf, pos, end)
         if member in seen:
             raise _Bad(f'duplicate {"field" if what == "hash" else "member"} {member[:40]!r}')
         seen.add(member)
@@ -1064,7 +1085,7 @@ def _check_value(buf, pos, end, rtype, version):
             raise _Bad('empty sorted set (Redis refuses empty keys)')
         seen = set()
         for _unused in range(count):
-            member, pos = _str_at(buf, pos, end)
+            member, pos = _member_at(buf, pos, end)
             if member in seen:
                 raise _Bad(f'duplicate member {member[:40]!r}')
             seen.add(member)
@@ -1099,7 +1120,7 @@ def _check_value(buf, pos, end, rtype, version):
             raise _Bad('empty hash (Redis refuses empty keys)')
         seen = set()
         for _unused in range(count):
-            field, pos = _str_at(buf, pos, end)
+            field, pos = _member_at(buf, pos, end)
             if field in seen:
                 raise _Bad(f'duplicate field {field[:40]!r}')
             seen.add(field)
@@ -1116,7 +1137,7 @@ def _check_value(buf, pos, end, rtype, version):
         seen = set()
         for _unused in range(count):
             _ttl, pos = _len_at(buf, pos, end, 'hash field ttl')
-            field, pos = _str_at(buf, pos, end)
+            field, pos = _member_at(buf, pos, end)
             if field in seen:
                 raise _Bad(f'duplicate field {field[:40]!r}')
             seen.add(field)
