@@ -13,6 +13,8 @@ description:
   - Fetches a consistent RDB snapshot from a running Redis or Valkey server over the network, the way
     C(redis-cli --rdb) does (C(REPLCONF rdb-only 1) + C(SYNC)). No access to the server's volume and no blocking
     C(SAVE) are needed; the server forks as for a replica's full sync.
+  - A Valkey server is told its own version (C(REPLCONF version)), so it sends the RDB version it writes for its own
+    replicas (C(VALKEY080) for Valkey 9.0 and 9.1), which holds every key, hash fields with a TTL included.
   - The RDB is streamed to S3 (multipart upload, bounded memory whatever the RDB size) and/or to a local file while its
     SHA-256 is computed and its CRC64 trailer is checked. A transfer that fails either check leaves no object behind.
   - S3 layout C(<prefix>/<site>/<UTC timestamp %Y%m%dT%H%M%SZ>/dump.rdb) plus C(manifest.json), written last. A backup
@@ -69,7 +71,10 @@ options:
   analyze:
     description:
       - Parse the whole RDB while it streams to record exact per-db key counts and the number of functions in the
-        manifest. Costs CPU (about 2-3 s per million keys); the CRC64 and SHA-256 checks happen either way.
+        manifest, validating every value as Redis's loader does with C(sanitize-dump-payload yes) (a malformed value
+        fails the backup, naming the key). Memory stays bounded (a record larger than 32 MiB ends the structural
+        pass; the counts are then unknown). Costs CPU (about 2-4 s per million keys); the CRC64 and SHA-256 checks
+        happen either way.
     type: bool
     default: false
   timeout:

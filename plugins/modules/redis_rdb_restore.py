@@ -14,8 +14,11 @@ description:
   - "Source: an S3 object (O(key)), the newest complete backup under O(prefix)/O(site) (a backup is complete when its
     C(manifest.json) exists), or a local file (O(src))."
   - "Everything is verified before the target is touched: the SHA-256 against the manifest, the RDB CRC64 trailer, a
-    full structural pass over the RDB, and the RDB version against what the target server can load. A bad file fails
-    with a clear message and the target is unchanged."
+    full structural pass over the RDB that validates every value as Redis's own loader does with
+    C(sanitize-dump-payload yes) (LZF checked in place, listpack/ziplist/intset/zipmap/quicklist integrity, duplicate
+    members, NaN scores, empty keys, stream consumer-group consistency), and the RDB version against what the target
+    server can load. A bad file fails with a clear message naming the key and the problem, and the target is
+    unchanged."
   - "O(method=restore): pipelined C(RESTORE key ttl payload REPLACE ABSTTL) with payloads sliced from the RDB without
     decoding values, over O(connections) connections; functions with C(FUNCTION RESTORE). Works through any tunnel or
     port-forward. Keys whose absolute expiry already passed are counted as expired and not restored."
@@ -146,6 +149,8 @@ options:
     default: 3600
 notes:
   - The restore target must run the same or a newer Redis than the source (RDB versions are not backward compatible).
+    Valkey 9 RDBs (C(VALKEY080)) load only into Valkey 9+; Redis never loads them, and Valkey refuses Redis 7.4+ RDBs
+    (version 12 and up). The error names the RDB version of the file and the highest one the target reads.
   - RDBs holding module data are refused.
   - After O(method=file), start the server; it loads the RDB (from C(dump.rdb), or from the new AOF base with
     C(appendonly yes)).
