@@ -545,7 +545,7 @@ class ReplicationListener:
         self.error = None
         self.sent = 0
         self.rejected = 0
-        self.rejected_from = set()
+        self.refused_from = set()  # addresses not allowed (reported when the target never gets through)
         self.done = threading.Event()
         self.stop = threading.Event()
         self._lock = threading.Lock()
@@ -579,18 +579,18 @@ class ReplicationListener:
                 self._peers = [t for t in self._peers if t.is_alive()]
                 busy = len(self._peers) >= MAX_PEERS
             if host not in self.allowed or busy:
-                self._reject(client, host)
+                if host not in self.allowed and len(self.refused_from) < 10:
+                    self.refused_from.add(host)
+                self._reject(client)
                 continue
             thread = threading.Thread(target=self._peer, args=(client, host), daemon=True)
             with self._lock:
                 self._peers.append(thread)
             thread.start()
 
-    def _reject(self, client, host):
+    def _reject(self, client):
         with self._lock:
             self.rejected += 1
-            if len(self.rejected_from) < 10:
-                self.rejected_from.add(host)
         try:
             client.close()
         except OSError:
@@ -609,7 +609,7 @@ class ReplicationListener:
             with self._lock:
                 self._cpu_finished += time.thread_time()
             if not served:
-                self._reject(client, host)
+                self._reject(client)
 
     def _handshake(self, client):
         deadline = time.monotonic() + 3 * self.handshake_timeout  # a peer trickling bytes is cut off too
@@ -830,19 +830,25 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     """
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
-    allowed = target_addresses(params)
-    tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
-    previous_auth = _config_get(conn, 'masterauth')
     master = None
     if previous.get('role') == 'slave' and previous.get('master_host'):
         master = [previous['master_host'], int(previous['master_port'])]
     token = secrets.token_urlsafe(24)
-    listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
-                                   tls_context=tls_context)
+    try:
+        allowed = target_addresses(params)
+        tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
+        previous_auth = _config_get(conn, 'masterauth')
+        listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
+                                       tls_context=tls_context)
+    except (RestoreError, RedisError):
+        # nothing but sanitize-dump-payload was changed yet
+        if sanitize_previous not in (None, 'yes'):
+            put_back_config(Target(params, conn), 'sanitize-dump-payload', sanitize_previous, [])
+        raise
     address = f'{announce}:{listener.port}'
     record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous}
     listener.password = _encode_marker(token, record).encode()
-    target = Target(params, conn)
+    target = Target(params, conn, retry_for=300.0)
     failure = None
     try:
         target.command('CONFIG', 'SET', 'masterauth', listener.password)
@@ -857,8 +863,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
                     and info.get('master_sync_in_progress') == '0' and listener.done.is_set():
                 break
             if time.monotonic() > deadline:
-                refused = f'; it refused connections from {", ".join(sorted(listener.rejected_from))} ' \
-                    '(not the target\'s address: set listen_allow_from)' if listener.rejected_from else ''
+                refused = f'; it refused connections from {", ".join(sorted(listener.refused_from))} ' \
+                    '(not in listen_allow_from)' if listener.refused_from else ''
                 raise RestoreError(f'the target did not finish loading the RDB from {address} within {timeout:.0f}s '
                                    f'(can it reach the listener?){refused}')
             time.sleep(0.02)  # INFO polling interval while the target loads
@@ -889,7 +895,7 @@ def _detach(target, record):
     previous master; each on a fresh connection when needed. Returns (target_state, problems)."""
     problems = []
     try:
-        target.command('REPLICAOF', 'NO', 'ONE', retry_for=max(target.retry_for, 60.0))
+        target.command('REPLICAOF', 'NO', 'ONE')
     except RedisError as exc:
         problems.append(f'REPLICAOF NO ONE failed: {exc}')
     if record.get('sanitize') is not None:

@@ -260,6 +260,16 @@ def test_listener_serves_nothing_to_foreign_clients(lab_handle, dumps, target, s
     assert_restored(target, expected)
 
 
+def test_listener_refusing_the_target_says_which_address(dumps, target):
+    path, _expected = dumps['small']
+    with pytest.raises(RestoreError, match=r'refused connections from 127\.0\.0\.1 \(not in listen_allow_from\)') as info:
+        redis_restore.run_restore(conn_params(target, src=path, method='replication', timeout=5,
+                                              listen_allow_from=['10.255.255.1']))
+    assert info.value.result['target_state'] == 'not_restored'
+    assert role(target)[0] == 'master' and writable(target) is True
+    assert client(target).config_get('masterauth')['masterauth'] == ''
+
+
 @pytest.mark.parametrize('jam', ['partial_then_close', 'partial_then_stall', 'huge_count'])
 def test_listener_is_not_jammed(lab_handle, dumps, target, jam):
     path, expected = dumps['small']
@@ -328,6 +338,8 @@ def test_replication_over_tls(lab_handle, dumps, tmp_path, forget_processes):  #
               'src': path, 'method': 'replication', 'timeout': 30}
     with pytest.raises(RestoreError, match='listen_tls_cert'):
         redis_restore.run_restore(params)
+    assert tls_client().config_get('sanitize-dump-payload')['sanitize-dump-payload'] == 'no'  # nothing left changed
+    assert tls_client().config_get('masterauth')['masterauth'] == ''
     # mutual TLS: the target presents its own certificate (tls-cert-file), signed by the same lab CA
     result = redis_restore.run_restore(dict(params, listen_tls_cert=certs['server.crt'], listen_tls_key=certs['server.key'],
                                             listen_tls_ca_cert=certs['ca.crt']))
