@@ -552,6 +552,7 @@ class ReplicationListener:
         self._serve_lock = threading.Lock()
         self._peers = []
         self._served = []
+        self._open = set()  # sockets of handshakes in progress, closed by close()
         self._cpu_finished = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True, name='redis-restore-listener')
         self.thread.start()
@@ -583,7 +584,7 @@ class ReplicationListener:
                     self.refused_from.add(host)
                 self._reject(client)
                 continue
-            thread = threading.Thread(target=self._peer, args=(client, host), daemon=True)
+            thread = threading.Thread(target=self._peer, args=(client,), daemon=True)
             with self._lock:
                 self._peers.append(thread)
             thread.start()
@@ -597,8 +598,10 @@ class ReplicationListener:
             pass
 
     # ---- one peer
-    def _peer(self, client, host):
+    def _peer(self, client):
         served = False
+        with self._lock:
+            self._open.add(client)
         try:
             served = self._handshake(client)
         except (_PeerGone, OSError, ValueError):
@@ -608,14 +611,22 @@ class ReplicationListener:
         finally:
             with self._lock:
                 self._cpu_finished += time.thread_time()
+                current = [s for s in self._open if s is client or getattr(s, 'raw_peer', None) is client]
+                self._open.difference_update(current)
             if not served:
-                self._reject(client)
+                for sock in current or [client]:
+                    self._reject(sock)
 
     def _handshake(self, client):
         deadline = time.monotonic() + 3 * self.handshake_timeout  # a peer trickling bytes is cut off too
         client.settimeout(self.handshake_timeout)
         if self.tls_context is not None:
-            client = self.tls_context.wrap_socket(client, server_side=True)
+            raw = client
+            client = self.tls_context.wrap_socket(client, server_side=True)  # detaches ``raw``
+            client.raw_peer = raw
+            with self._lock:
+                self._open.discard(raw)
+                self._open.add(client)
         buf = bytearray()
         authed = False
         while True:
@@ -638,6 +649,8 @@ class ReplicationListener:
             elif name == b'REPLCONF':
                 client.sendall(b'+OK\r\n')
             elif name in (b'PSYNC', b'SYNC'):
+                if self.stop.is_set():
+                    return False  # closed: the RDB's directory is being removed
                 self._send_rdb(client, name)
                 return True
             else:
@@ -672,7 +685,7 @@ class ReplicationListener:
         self.stop.set()
         self.thread.join(timeout=5)
         with self._lock:
-            socks = list(self._served) + [self.sock]
+            socks = list(self._served) + list(self._open) + [self.sock]
         for sock in socks:
             try:
                 sock.close()
