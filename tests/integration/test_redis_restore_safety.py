@@ -346,6 +346,15 @@ def test_replication_over_tls(lab_handle, dumps, tmp_path, forget_processes):  #
     assert result['target_state'] == 'restored' and result['replication']['tls'] is True
     assert tls_client().info('replication')['role'] == 'master'
     assert tls_client().dbsize() == sum(1 for (db, _k) in expected[0] if db == 0)
+    # the target verifies the listener: a certificate from another CA gets it nothing, and it is left writable
+    (tmp_path / 'other').mkdir()
+    other = _make_certs(tmp_path / 'other')
+    tls_client().set('kept', '1')
+    with pytest.raises(RestoreError, match='did not finish') as info:
+        redis_restore.run_restore(dict(params, timeout=5, listen_tls_cert=other['server.crt'],
+                                       listen_tls_key=other['server.key']))
+    assert info.value.result['target_state'] == 'not_restored'
+    assert tls_client().info('replication')['role'] == 'master' and tls_client().get('kept') == b'1'
 
 
 # --------------------------------------------------------------------------------------------------------------
