@@ -863,8 +863,10 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     listener.password = _encode_marker(token, record).encode()
     target = Target(params, conn, retry_for=300.0)
     failure = None
+    attached = False  # REPLICAOF sent (its reply may be lost with the connection, so "sent" counts)
     try:
         target.command('CONFIG', 'SET', 'masterauth', listener.password)
+        attached = True
         target.command('REPLICAOF', announce, listener.port)
         deadline = time.monotonic() + timeout
         while True:
@@ -885,7 +887,7 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
         failure = exc
     finally:
         listener.close()
-    state, problems = _detach(target, record)
+    state, problems = _detach(target, record, attached)
     target.close()
     result = {'sent': listener.sent, 'listener': address, 'tls': tls_context is not None,
               'rejected_connections': listener.rejected,
@@ -896,6 +898,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
             + '; '.join(problems) + f'. Its state: {state}; a re-run of this module repairs it (it recognises the '
             'one-time masterauth it set), or run REPLICAOF NO ONE and CONFIG SET masterauth by hand',
             {'target_state': state, 'replication': result})
+    if failure is not None and not attached:
+        raise RestoreError(f'{failure}; the target was not changed', {'target_state': 'unchanged', 'replication': result})
     if failure is not None:
         raise RestoreError(f'{failure}; the target was detached from the listener and is writable again '
                            '(it holds its previous data unless the load had completed)',
@@ -903,19 +907,21 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     return result, state
 
 
-def _detach(target, record):
+def _detach(target, record, attached=True):
     """REPLICAOF NO ONE, put back sanitize, masterauth (last but one: it is the marker a re-run looks for) and the
-    previous master; each on a fresh connection when needed. Returns (target_state, problems)."""
+    previous master; each on a fresh connection when needed. Without ``attached`` (REPLICAOF never sent) only the
+    settings are put back. Returns (target_state, problems)."""
     problems = []
     try:
-        target.command('REPLICAOF', 'NO', 'ONE')
+        if attached:
+            target.command('REPLICAOF', 'NO', 'ONE')
     except RedisError as exc:
         problems.append(f'REPLICAOF NO ONE failed: {exc}')
     if record.get('sanitize') is not None:
         put_back_config(target, 'sanitize-dump-payload', record['sanitize'], problems)
     if not problems:
         put_back_config(target, 'masterauth', record.get('masterauth') or '', problems)
-    if not problems and record.get('master'):
+    if not problems and record.get('master') and attached:
         try:
             target.command('REPLICAOF', *record['master'])
         except RedisError as exc:

@@ -76,3 +76,12 @@ def test_marker_round_trip_and_foreign_values():
     assert redis_restore._decode_marker('an-operator-password') is None  # pylint: disable=protected-access
     assert redis_restore._decode_marker('') is None  # pylint: disable=protected-access
     assert redis_restore._decode_marker(redis_restore.MARKER_PREFIX + 'garbage') == {}  # pylint: disable=protected-access
+
+
+def test_detach_before_replicaof_only_puts_settings_back():
+    """masterauth failed (e.g. NOPERM): a replica of a real master is not detached and re-attached (a full resync)."""
+    target = FakeTarget({'role': 'slave', 'master_host': '10.0.0.5', 'master_port': '6379'})
+    state, problems = redis_restore._detach(target, record(['10.0.0.5', 6379]), attached=False)  # pylint: disable=protected-access
+    assert (state, problems) == ('restored_replica', [])
+    assert not any(c[0] == 'REPLICAOF' for c in target.calls)
+    assert ('CONFIG', 'SET', 'masterauth', 'old') in target.calls
