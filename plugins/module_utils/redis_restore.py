@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_restore_stream, redis_verify
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
     MANIFEST_NAME, RDB_NAME, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for,
     server_info, parse_info,
@@ -83,11 +83,8 @@ def resolve_s3_source(client, params):
     raise RestoreError(f'no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}')
 
 
-def fetch_s3_source(client, params, workdir):
-    """Download manifest + RDB (streaming, sha256 on the fly) into ``workdir``. Returns (path, manifest, source)."""
+def read_s3_manifest(client, bucket, manifest_key):
     from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-    bucket = params['bucket']
-    rdb_key, manifest_key = resolve_s3_source(client, params)
     with s3_utils.wrap_errors('read manifest', bucket=bucket):
         try:
             body = client.get_object(Bucket=bucket, Key=manifest_key)['Body'].read()
@@ -97,7 +94,15 @@ def fetch_s3_source(client, params, workdir):
                 raise RestoreError(f's3://{bucket}/{manifest_key} does not exist: the backup is incomplete '
                                    'and is never restored') from None
             raise
-    manifest = _load_manifest_bytes(body, f's3://{bucket}/{manifest_key}')
+    return _load_manifest_bytes(body, f's3://{bucket}/{manifest_key}')
+
+
+def fetch_s3_source(client, params, workdir):
+    """Download manifest + RDB (streaming, sha256 on the fly) into ``workdir``. Returns (path, manifest, source)."""
+    from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+    bucket = params['bucket']
+    rdb_key, manifest_key = resolve_s3_source(client, params)
+    manifest = read_s3_manifest(client, bucket, manifest_key)
     path = os.path.join(workdir, RDB_NAME)
     digest = hashlib.sha256()
     with s3_utils.wrap_errors('download RDB', bucket=bucket):
@@ -110,8 +115,13 @@ def fetch_s3_source(client, params, workdir):
     return path, manifest, digest.hexdigest(), source
 
 
-def verify_source(path, manifest, sha256):
-    """sha256/size against the manifest, then a full structural + CRC64 pass. Returns (RdbFile, mmap, handle)."""
+def verify_source(path, manifest, sha256, recorded_check_ok=False):
+    """sha256/size against the manifest, then a full structural + CRC64 pass. Returns (RdbFile, mmap, handle).
+
+    With ``recorded_check_ok`` (a method that does not parse the RDB itself) and a manifest whose recorded structure
+    check replaces the pass (``redis_verify.manifest_replaces_pass``), only the header and CRC64 are checked against
+    it: returns (RecordedRdb, None, None).
+    """
     size = os.path.getsize(path)
     if manifest is not None:
         if manifest.get('sha256') != sha256:
@@ -121,6 +131,17 @@ def verify_source(path, manifest, sha256):
             raise RestoreError(f'RDB size {size} does not match the manifest ({manifest["size"]}); the target was not changed')
     if size == 0:
         raise RestoreError('the RDB file is empty; the target was not changed')
+    replaces, reason = redis_verify.manifest_replaces_pass(manifest) if manifest is not None else (False, 'no manifest')
+    if recorded_check_ok and replaces:
+        try:
+            recorded = redis_verify.check_file_against_record(path, manifest, reason)
+        except RdbError as exc:
+            raise RestoreError(f'the RDB is unusable: {exc}; the target was not changed') from None
+        if recorded.summary.module_aux or recorded.summary.module_keys:
+            raise RestoreError(f'the RDB holds module data ({recorded.summary.module_keys} module keys, '
+                               f'{recorded.summary.module_aux} module aux sections); restoring module data is not '
+                               'supported; the target was not changed')
+        return recorded, None, None
     handle = open(path, 'rb')  # pylint: disable=consider-using-with
     try:
         buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -130,6 +151,8 @@ def verify_source(path, manifest, sha256):
     try:
         rdb = redis_rdb.RdbFile(buf, check_crc=True)
         summary = rdb.scan(checkpoint_every=5000)
+        rdb.verification = 'full'
+        rdb.verification_reason = reason
     except RdbError as exc:
         buf.close()
         handle.close()
@@ -378,8 +401,9 @@ def restore_functions(conn, rdb, mode):
 class _FakeMaster:
     """Serve one full resync of ``path`` to the first replica that connects."""
 
-    def __init__(self, path, listen_host, listen_port):
+    def __init__(self, path, listen_host, listen_port, payload=None):
         self.path = path
+        self.payload = payload or _FilePayload(path)
         self.sock = socket.socket(socket.AF_INET6 if ':' in listen_host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((listen_host, int(listen_port or 0)))
@@ -430,12 +454,10 @@ class _FakeMaster:
                 continue
             name = args[0].upper()
             if name in (b'PSYNC', b'SYNC'):
-                size = os.path.getsize(self.path)
                 if name == b'PSYNC':
                     client.sendall(b'+FULLRESYNC %s 0\r\n' % self.replid.encode())
-                client.sendall(b'$%d\r\n' % size)
-                with open(self.path, 'rb') as handle:
-                    self.sent = client.sendfile(handle)
+                client.sendall(b'$%d\r\n' % self.payload.size)
+                self.sent = self.payload.send(client)
                 return True
             if name == b'PING':
                 client.sendall(b'+PONG\r\n')
@@ -451,6 +473,21 @@ class _FakeMaster:
                     sock.close()
                 except OSError:
                     pass
+
+
+class _FilePayload:
+    """The full-sync payload of a verified local RDB (``redis_restore_stream.S3RdbStream`` is the streamed one)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    @property
+    def size(self):
+        return os.path.getsize(self.path)
+
+    def send(self, sock):
+        with open(self.path, 'rb') as handle:
+            return sock.sendfile(handle)
 
 
 def _parse_inline_or_resp(line, buf, client):
@@ -477,11 +514,13 @@ def _replication_state(conn):
     return {'role': info.get('role'), 'master_host': info.get('master_host'), 'master_port': info.get('master_port')}
 
 
-def method_replication(params, rdb_path, timeout):
-    """Make the target a replica of our listener, serve the RDB, wait for the load, detach, restore its settings."""
+def method_replication(params, rdb_path, timeout, payload=None):
+    """Make the target a replica of our listener, serve the RDB, wait for the load, detach, restore its settings.
+
+    ``payload`` (``size``, ``send(sock)``) replaces the file at ``rdb_path``: the streamed, overlapped transfer."""
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
-    master = _FakeMaster(rdb_path, listen_host, params.get('listen_port') or 0)
+    master = _FakeMaster(rdb_path, listen_host, params.get('listen_port') or 0, payload=payload)
     conn = RespConnection(params, timeout=60.0)
     previous = None
     try:
@@ -492,7 +531,7 @@ def method_replication(params, rdb_path, timeout):
             info = parse_info(conn.command('INFO', 'replication'))
             persistence = parse_info(conn.command('INFO', 'persistence'))
             if master.error is not None:
-                raise RestoreError(f'replication listener failed: {master.error}')
+                _raise_listener_error(master.error)
             if info.get('master_link_status') == 'up' and persistence.get('loading') == '0' \
                     and info.get('master_sync_in_progress') == '0' and master.done.is_set():
                 break
@@ -509,6 +548,14 @@ def method_replication(params, rdb_path, timeout):
             conn.close()
             master.close()
     return {'sent': master.sent, 'previous_replication': previous}
+
+
+def _raise_listener_error(error):
+    if isinstance(error, redis_restore_stream.VerificationFailed):
+        raise RestoreError(f'refused during the transfer, the link was dropped before the last bytes: {error}') from None
+    if isinstance(error, redis_restore_stream.NeedsFilePass):
+        raise error
+    raise RestoreError(f'replication listener failed: {error}')
 
 
 def can_reach_listener(params):
@@ -596,7 +643,10 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
     if method == 'replication' and mode != 'replace':
         raise RestoreError('method replication replaces the whole dataset; use mode=replace or method=restore')
     workdir = tempfile.mkdtemp(prefix='redis-rdb-restore-', dir=params.get('tmp_dir') or None)
-    buf = handle = None
+    buf = handle = stream = None
+    # methods that never parse the RDB themselves may rely on a structure check recorded in the manifest
+    recorded_check_ok = method in ('replication', 'file') or (method == 'auto' and mode == 'replace'
+                                                              and can_reach_listener(params))
     try:
         if params.get('src'):
             path = params['src']
@@ -614,12 +664,19 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             source = {'type': 'file', 'path': path, 'manifest': manifest_path if manifest else None}
         else:
             client = s3_client_factory()
-            path, manifest, sha256, source = fetch_s3_source(client, params, workdir)
-        rdb, buf, handle = verify_source(path, manifest, sha256)
-        summary = rdb.summary
+            stream = _open_stream(client, params, method, mode, check_mode)
+            if stream is None:
+                path, manifest, sha256, source = fetch_s3_source(client, params, workdir)
+        if stream is not None:
+            rdb, source, sha256 = stream, stream.source, stream.manifest['sha256']
+        else:
+            rdb, buf, handle = verify_source(path, manifest, sha256, recorded_check_ok)
+        summary = rdb.summary  # None until the end of the transfer for a streamed full pass
         result = {'changed': False, 'method': method, 'mode': mode, 'source': source, 'sha256': sha256,
-                  'rdb_version': rdb.version, 'bytes': summary.size,
-                  'backup_keys_per_db': _db_dict(summary.keys_per_db), 'functions': len(summary.functions)}
+                  'rdb_version': rdb.version, 'verification': rdb.verification,
+                  'verification_reason': rdb.verification_reason}
+        if summary is not None:
+            result.update(_summary_fields(summary))
         if method == 'file':
             result['changed'] = True
             if not check_mode:
@@ -634,7 +691,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                 raise RestoreError(f'the RDB has version {rdb.version} but the target {info["server"]} {info["version"]} '
                                    f'loads RDB versions up to {rdb_version_for(info["server"], info["version"])}; '
                                    'restore onto the same or a newer server; the target was not changed')
-            if summary.functions and not _functions_supported(conn):
+            if summary is not None and summary.functions and not _functions_supported(conn):
                 raise RestoreError('the RDB holds functions but the target has no FUNCTION command; the target was not changed')
             before = target_keyspace(conn)
             result.update(target_server=info['server'], target_version=info['version'], target_keys_before=before)
@@ -642,13 +699,20 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                 method = 'replication' if mode == 'replace' and can_reach_listener(params) else 'restore'
                 result['method'] = method
             now_ms = int(time.time() * 1000)
-            result['changed'] = bool(summary.keys_per_db or summary.functions or (mode == 'replace' and any(before.values())))
+            result['changed'] = summary is None or bool(summary.keys_per_db or summary.functions
+                                                        or (mode == 'replace' and any(before.values())))
             if check_mode:
                 result['would_restore_per_db'] = _db_dict(summary.keys_per_db)
                 result['duration'] = round(time.monotonic() - started, 3)
                 return result
             if method == 'replication':
-                result['replication'] = method_replication(params, path, float(params.get('timeout') or 3600))
+                timeout = float(params.get('timeout') or 3600)
+                if stream is not None:
+                    result['replication'] = _replicate_stream(params, stream, timeout, client, workdir)
+                    summary = stream.summary
+                    result.update(_summary_fields(summary), verification_reason=stream.verification_reason)
+                else:
+                    result['replication'] = method_replication(params, path, timeout)
                 expired = {}
                 restored = {int(k): v for k, v in target_keyspace(conn).items()}
                 errors = []
@@ -676,8 +740,43 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                                f'{next((e for e in errors if e), "?")}); the target is partially restored')
         return result
     finally:
+        if stream is not None:
+            stream.close()
         if buf is not None:
             buf.close()
         if handle is not None:
             handle.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _summary_fields(summary):
+    return {'bytes': summary.size, 'backup_keys_per_db': _db_dict(summary.keys_per_db), 'functions': len(summary.functions)}
+
+
+def _open_stream(client, params, method, mode, check_mode):
+    """The S3 object as a stream checked during the transfer (``redis_restore_stream``), or None for download-first."""
+    if not redis_restore_stream.wants_stream(params, method, mode, check_mode, can_reach_listener):
+        return None
+    try:
+        return redis_restore_stream.open_s3_stream(client, params, resolve_s3_source, read_s3_manifest)
+    except redis_restore_stream.VerificationFailed as exc:
+        raise RestoreError(str(exc)) from None
+
+
+def _replicate_stream(params, stream, timeout, client, workdir):
+    def serve(payload=None, path=None):
+        return method_replication(params, path, timeout, payload=payload)
+
+    def verify_file(path):
+        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path))
+        buf.close()
+        handle.close()
+        return rdb.summary
+
+    def refetch():
+        return fetch_s3_source(client, dict(params, key=stream.key), workdir)[0]
+
+    try:
+        return redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
+    except redis_restore_stream.VerificationFailed as exc:
+        raise RestoreError(str(exc)) from None
