@@ -27,6 +27,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import Redi
 CHUNK = 1024 * 1024       # S3 read size
 PREFETCH = 8              # chunks read ahead of the sender (bounded memory: PREFETCH x CHUNK)
 HOLD_BACK = 64 * 1024     # bytes kept from the replica until every check passed
+STREAM_MAX_RECORD = 32 * 1024 * 1024  # larger records: the streamed pass gives up and a downloaded copy is checked
 NOT_CHANGED = 'the target was not changed'
 
 
@@ -57,7 +58,7 @@ class S3RdbStream:
         self.verification = 'manifest' if replaces else 'full'
         self.verification_reason = reason
         self.size = manifest.get('size')
-        self.validator = redis_rdb.StreamValidator(structure=not replaces)
+        self.validator = redis_rdb.StreamValidator(structure=not replaces, max_record=STREAM_MAX_RECORD)
         self.summary = redis_verify.summary_from_manifest(manifest) if replaces else None
         self.version = manifest.get('rdb_version')
         self.sent = 0

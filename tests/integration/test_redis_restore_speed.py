@@ -179,6 +179,23 @@ def test_corrupted_object_on_a_replica_target_puts_its_master_back(servers, s3):
     assert snapshot(dst) == before
 
 
+def test_oversized_record_for_the_streamed_pass_falls_back_to_a_checked_copy(servers, s3, monkeypatch):
+    src, dst = servers['src'], servers['dst']
+    base.populate(src, bulk=1_000)
+    expected = snapshot(src)
+    prefix, backup = _backup(src, s3, verify_structure=False)
+    assert backup['verified'] is None
+    monkeypatch.setattr(redis_restore_stream, 'STREAM_MAX_RECORD', 16)
+    monkeypatch.setattr(redis_restore_stream, 'CHUNK', 1024)
+    before = _prepare_target(dst)
+    result = base.restore_from_s3(dst, s3, prefix, method='replication')
+    assert result['verification'] == 'full'
+    assert result['replication']['transfer'] == 'verify_then_send'
+    assert 'downloaded copy' in result['verification_reason']
+    assert snapshot(dst) == expected != before
+    assert client(dst).config_get('repl-diskless-load')['repl-diskless-load'] == 'swapdb'
+
+
 def test_without_config_permission_verifies_before_sending(servers, s3):
     src, dst = servers['src'], servers['dst']
     base.populate(src, bulk=1_000)
