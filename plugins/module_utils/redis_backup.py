@@ -231,12 +231,18 @@ def version_tuple(text):
 
 
 def rdb_version_for(server, version):
-    """Highest RDB version a server loads (from its flavour and version)."""
+    """Highest RDB version a server loads (from its flavour and version).
+
+    Valkey: 7.2-8.x write and load RDB 11 (the last open-source Redis format); 9.0 and 9.1 write ``VALKEY080``,
+    9.2 ``VALKEY081`` (Valkey's ``RDB_VERSION_MAP``). Redis: see ``redis_rdb.describe_rdb_version``.
+    """
     ver = version_tuple(version)
     if server == 'valkey':
+        if ver >= (9, 2, 0):
+            return 81
         if ver >= (9, 0, 0):
             return 80
-        return 11 if ver >= (8, 0, 0) else (11 if ver >= (7, 2, 0) else 10)
+        return 11 if ver >= (7, 2, 0) else 10
     table = [((8, 8, 0), 14), ((8, 6, 0), 13), ((7, 4, 0), 12), ((7, 2, 0), 11), ((7, 0, 0), 10), ((5, 0, 0), 9),
              ((4, 0, 0), 8), ((3, 2, 0), 7), ((2, 6, 0), 6)]
     for minimum, rdb in table:
@@ -246,11 +252,17 @@ def rdb_version_for(server, version):
 
 
 def rdb_loadable(rdb_version, server, version):
+    """Whether a server of that flavour and version loads an RDB of ``rdb_version``.
+
+    Valkey loads the Redis versions up to 11 and its own (80+) up to its own; it refuses Redis 7.4+'s 12-79 ("foreign",
+    ``rdb-version-check strict``, the default). Redis never loads Valkey's 80+ (nor its ``VALKEY`` magic).
+    """
     target = rdb_version_for(server, version)
-    if server == 'valkey' and target == 80:
-        # Valkey 9 loads its own 80 and every Redis-compatible version up to 11; 12 only as "foreign" without new types
-        return rdb_version <= 11 or rdb_version == 80
-    return rdb_version <= target
+    if server == 'valkey':
+        if rdb_version >= redis_rdb.VALKEY_MAGIC_MIN_VERSION:
+            return rdb_version <= target
+        return rdb_version <= min(target, 11)
+    return rdb_version <= target and rdb_version < redis_rdb.VALKEY_MAGIC_MIN_VERSION
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -262,12 +274,15 @@ def fetch_rdb(params, sink, timeout=3600.0):
     Returns (bytes transferred, server info dict). Raises RedisError.
     """
     conn = RespConnection(params, timeout=60.0)
+    info = {}
+    announced = None
     try:
         info = server_info(conn)
         try:
             conn.command('REPLCONF', 'capa', 'eof')
         except ReplyError:
             pass
+        announced = announce_replica_version(conn, info)
         rdb_only = True
         try:
             conn.command('REPLCONF', 'rdb-only', '1')
@@ -325,9 +340,34 @@ def fetch_rdb(params, sink, timeout=3600.0):
                 sink(view[:got])
                 total += got
         info['rdb_only'] = rdb_only
+        info['announced_version'] = announced
         return total, info
+    except RedisError as exc:
+        if info.get('server') == 'valkey' and announced is None and 'closed the connection' in str(exc):
+            raise RedisError(f'{exc}; {info["server"]} {info["version"]} refused REPLCONF version, so it wrote the '
+                             'RDB version of an old replica (11), which cannot hold every key (e.g. hash fields with '
+                             'a TTL need RDB 80): see its log for "Can\'t store key"') from None
+        raise
     finally:
         conn.close()
+
+
+def announce_replica_version(conn, info):
+    """Tell a Valkey primary our "replica version" (its own) so it writes its native RDB version.
+
+    Valkey 9 picks the RDB version for a replica from the version the replica announces with ``REPLCONF version``:
+    no announcement means an old replica, RDB 11, and a key that RDB 11 cannot hold (a hash field with a TTL) aborts
+    the transfer ("Can't store key (db 0) in RDB version 11"). Announcing the server's own version makes it send the
+    RDB it writes for its own replicas. Redis has no such option and always writes its own version. Returns the
+    version announced, or None.
+    """
+    if info.get('server') != 'valkey' or not info.get('version'):
+        return None
+    try:
+        conn.command('REPLCONF', 'version', info['version'])
+    except ReplyError:
+        return None
+    return info['version']
 
 
 # --------------------------------------------------------------------------------------------------------------

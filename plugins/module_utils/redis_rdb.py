@@ -21,11 +21,22 @@ except Exception:  # pylint: disable=broad-exception-caught
     _ANYCRC_MODEL = None
 
 MAGIC = b'REDIS'
+VALKEY_MAGIC = b'VALKEY'
 HEADER_LEN = 9
-# Highest RDB version whose layout this reader knows: 12 = Redis 7.4 .. 8.4.
+# Highest Redis RDB version whose layout this reader knows: 12 = Redis 7.4 .. 8.4.
 MAX_SUPPORTED_RDB_VERSION = 12
-# Valkey 9 writes RDB version 80 with the Redis-7.2-compatible layout plus its own additions; it is read as "foreign".
+# Valkey 9.0/9.1 write ``VALKEY080``: the Redis 7.2 (RDB 11) layout plus type 22 (hash with field expiration).
+# Valkey numbers its own versions from 80 (12..79 are "foreign", Redis's); Valkey 9.2's 81 adds a type whose layout is
+# not published in a release yet, so it is refused.
 VALKEY_RDB_VERSIONS = (80,)
+# RDB versions written with the VALKEY magic (REDIS + 4 digits below that).
+VALKEY_MAGIC_MIN_VERSION = 80
+# Keys: RESTORE (and any client) cannot send a key larger than proto-max-bulk-len (512 MiB by default).
+MAX_KEY_BYTES = 512 * 1024 * 1024
+# Containers (listpack, ziplist, intset, zipmap) that have to be decompressed to be validated: Redis writes them far
+# smaller (quicklist nodes 8 KiB, stream nodes 4 KiB, hash/set/zset listpacks 128 entries by default); a declared
+# size above this is refused instead of being allocated.
+MAX_CONTAINER_BYTES = 64 * 1024 * 1024
 
 OP_KEY_META = 0xF3
 OP_SLOT_INFO = 0xF4
@@ -44,7 +55,7 @@ OP_EOF = 0xFF
 TYPE_NAMES = {
     0: 'string', 1: 'list', 2: 'set', 3: 'zset', 4: 'hash', 5: 'zset', 6: 'module', 7: 'module',
     9: 'hash', 10: 'list', 11: 'set', 12: 'zset', 13: 'hash', 14: 'list', 15: 'stream', 16: 'hash',
-    17: 'zset', 18: 'list', 19: 'stream', 20: 'set', 21: 'stream', 24: 'hash', 25: 'hash',
+    17: 'zset', 18: 'list', 19: 'stream', 20: 'set', 21: 'stream', 22: 'hash', 24: 'hash', 25: 'hash',
 }
 MODULE_TYPES = (6, 7)
 _SINGLE_STRING_TYPES = frozenset((0, 9, 10, 11, 12, 13, 16, 17, 20))
@@ -120,64 +131,63 @@ def restore_payload(value, version):
 # LZF (keys and aux strings only; values are never decoded)
 # --------------------------------------------------------------------------------------------------------------
 def lzf_decompress(data, expected_len):
-    src = bytes(data)
-    out = bytearray()
-    i = 0
-    n = len(src)
-    while i < n:
-        ctrl = src[i]
-        i += 1
-        if ctrl < 32:
-            length = ctrl + 1
-            if i + length > n:
-                raise RdbError('LZF literal run past the end of the compressed string')
-            out += src[i:i + length]
-            i += length
-        else:
-            length = ctrl >> 5
-            if length == 7:
-                if i >= n:
-                    raise RdbError('LZF back-reference truncated')
-                length += src[i]
-                i += 1
-            if i >= n:
-                raise RdbError('LZF back-reference truncated')
-            ref = len(out) - ((ctrl & 0x1F) << 8) - src[i] - 1
-            i += 1
-            if ref < 0:
-                raise RdbError('LZF back-reference before the start of the output')
-            for k in range(length + 2):
-                out.append(out[ref + k])
-        if len(out) > expected_len:
-            break
-    if len(out) != expected_len:
-        raise RdbError(f'LZF string decompressed to {len(out)} bytes, expected {expected_len}')
-    return bytes(out)
+    """Decompress LZF ``data`` that must produce exactly ``expected_len`` bytes (RdbError otherwise). The data is
+    validated first without allocating anything, so an impossible declared size costs neither time nor memory."""
+    data = bytes(data)
+    try:
+        return _lzf_decompress(data, 0, len(data), expected_len)
+    except _Bad as exc:
+        raise RdbError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Header
 # --------------------------------------------------------------------------------------------------------------
 def parse_header(head):
-    """Return the RDB version from the first 9 bytes; RdbError if they are not an RDB header."""
+    """Return the RDB version from the first 9 bytes; RdbError if they are not an RDB header.
+
+    Redis writes ``REDIS`` + 4 digits; Valkey 9+ writes ``VALKEY`` + 3 digits for its own versions (80 and up).
+    """
     head = bytes(head[:HEADER_LEN])
     if len(head) < HEADER_LEN:
         raise RdbError(f'not an RDB file: {len(head)} bytes, an RDB header alone is {HEADER_LEN} bytes')
+    if head[:6] == VALKEY_MAGIC:
+        digits = head[6:9]
+        if not digits.isdigit():
+            raise RdbError(f'not an RDB file: Valkey version field {digits!r} is not 3 digits')
+        version = int(digits)
+        if version < VALKEY_MAGIC_MIN_VERSION:
+            raise RdbError(f'invalid RDB header {head!r}: Valkey writes versions below {VALKEY_MAGIC_MIN_VERSION} '
+                           'with the REDIS magic')
+        return version
     if head[:5] != MAGIC:
-        raise RdbError(f'not an RDB file: starts with {head[:5]!r}, expected {MAGIC!r}')
+        raise RdbError(f'not an RDB file: starts with {head[:6]!r}, expected {MAGIC!r} or {VALKEY_MAGIC!r}')
     digits = head[5:9]
     if not digits.isdigit():
         raise RdbError(f'not an RDB file: version field {digits!r} is not 4 digits')
     version = int(digits)
     if version < 1:
         raise RdbError('RDB version 0 is invalid')
+    if version >= VALKEY_MAGIC_MIN_VERSION:
+        raise RdbError(f'invalid RDB header {head!r}: version {version} is only written with the VALKEY magic')
     return version
+
+
+def describe_rdb_version(version):
+    """Human description of an RDB version: which servers write it."""
+    names = {1: 'Redis 1.x', 6: 'Redis 2.6-2.8', 7: 'Redis 3.2', 8: 'Redis 4.0', 9: 'Redis 5.0-6.2', 10: 'Redis 7.0',
+             11: 'Redis 7.2 / Valkey 7.2-8.x', 12: 'Redis 7.4-8.4', 13: 'Redis 8.6', 14: 'Redis 8.8',
+             80: 'Valkey 9.0-9.1', 81: 'Valkey 9.2'}
+    name = names.get(version)
+    if name is None:
+        name = 'Valkey' if version >= VALKEY_MAGIC_MIN_VERSION else ('older Redis' if version < 6 else 'unknown')
+    return f'{version} ({name})'
 
 
 def check_supported_version(version):
     if version > MAX_SUPPORTED_RDB_VERSION and version not in VALKEY_RDB_VERSIONS:
-        raise RdbError(f'RDB version {version} is newer than this reader supports (up to {MAX_SUPPORTED_RDB_VERSION}, '
-                       f'and Valkey {VALKEY_RDB_VERSIONS})')
+        raise RdbError(f'RDB version {describe_rdb_version(version)} is newer than this reader supports (Redis up to '
+                       f'{MAX_SUPPORTED_RDB_VERSION}, Valkey {", ".join(str(v) for v in VALKEY_RDB_VERSIONS)})')
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -263,10 +273,45 @@ def _read_string(buf, pos, end):
         ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
         if pos + clen > end:
             raise _Short()
-        if ulen > 512 * 1024 * 1024:
-            raise RdbError(f'LZF string at offset {start} claims {ulen} bytes')
-        return lzf_decompress(buf[pos:pos + clen], ulen), pos + clen
+        if ulen > MAX_KEY_BYTES:
+            raise RdbError(f'LZF string at offset {start} declares {ulen} bytes, more than Redis accepts in a key or '
+                           f'field ({MAX_KEY_BYTES} bytes)')
+        try:
+            return _lzf_decompress(buf, pos, pos + clen, ulen), pos + clen
+        except _Bad as exc:
+            raise RdbError(f'string at offset {start}: {exc}') from None
     raise RdbError(f'unknown string encoding {length} at offset {start}')
+
+
+def _skip_key(buf, pos, end):
+    """Skip a key (or other string) without decoding it; LZF is validated in place (no decompression), and a key
+    larger than Redis accepts is refused."""
+    start = pos
+    length, encoded, pos = _read_len(buf, pos, end)
+    if not encoded:
+        if length > MAX_KEY_BYTES:
+            raise RdbError(f'key at offset {start} is {length} bytes, more than Redis accepts in a key ({MAX_KEY_BYTES})')
+        pos += length
+    elif length == 3:
+        clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
+        ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+        if pos + clen > end:
+            raise _Short()
+        if ulen > MAX_KEY_BYTES:
+            raise RdbError(f'LZF key at offset {start} declares {ulen} bytes, more than Redis accepts in a key '
+                           f'({MAX_KEY_BYTES} bytes)')
+        try:
+            lzf_check(buf, pos, pos + clen, ulen)
+        except _Bad as exc:
+            raise RdbError(f'key at offset {start}: {exc}') from None
+        pos += clen
+    elif length < 3:
+        pos += (1, 2, 4)[length]
+    else:
+        raise RdbError(f'unknown string encoding {length} at offset {start}')
+    if pos > end:
+        raise _Short()
+    return pos
 
 
 def _skip_module_opcodes(buf, pos, end):
@@ -374,6 +419,15 @@ def _skip_value(buf, pos, end, rtype):
         return pos
     if rtype in (15, 19, 21):
         return _skip_stream(buf, pos, end, rtype)
+    if rtype == 22:
+        # Valkey 9 hash with field expiration: count, then (field, value, 8-byte expire ms) per field
+        count, pos = _plain_len(buf, pos, end, 'hash field count')
+        for _unused in range(count):
+            pos = _skip_string(buf, pos, end)
+            pos = _skip_string(buf, pos, end) + 8
+        if pos > end:
+            raise _Short()
+        return pos
     if rtype == 25:
         # hash listpack with field expirations: min expire (8 bytes) + listpack
         return _skip_string(buf, pos + 8, end)
@@ -394,6 +448,698 @@ def _skip_value(buf, pos, end, rtype):
     if rtype == 6:
         raise RdbError('module value of the old type 6 cannot be sliced (not self-describing)')
     raise RdbError(f'unknown value type {rtype}')
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Value validation: what Redis's loader checks with ``sanitize-dump-payload yes`` (rdbLoadObject with deep integrity
+# validation), so a file that passes here neither fails halfway through a RESTORE nor takes down a server loading it.
+# Each check raises _Bad(problem); the parser adds the key, its db, type and offset.
+# --------------------------------------------------------------------------------------------------------------
+class _Bad(Exception):
+    """Internal: a value is malformed; the message says how (the caller names the key)."""
+
+
+_LZF_MAX_RATIO = 88  # an LZF token of 3 bytes produces at most 264 bytes
+
+
+def lzf_check(src, pos, stop, expected_len):
+    """Validate LZF data src[pos:stop] without decompressing it: the tokens must cover the data exactly and produce
+    exactly ``expected_len`` bytes, and every back-reference must point inside the output produced so far (what
+    lzf_decompress checks). Memory: none; time: one step per token, at most ``stop - pos`` steps."""
+    if expected_len == 0:
+        raise _Bad('LZF string declares 0 uncompressed bytes')
+    if expected_len > (stop - pos) * _LZF_MAX_RATIO:
+        raise _Bad(f'LZF string declares {expected_len} uncompressed bytes from {stop - pos} compressed bytes, more '
+                   f'than LZF can produce ({_LZF_MAX_RATIO}x)')
+    out = 0
+    i = pos
+    while i < stop:
+        ctrl = src[i]
+        if ctrl < 32:
+            i += ctrl + 2
+            out += ctrl + 1
+        elif ctrl >= 224:
+            if i + 2 >= stop:
+                raise _Bad('LZF back-reference truncated')
+            if ((ctrl & 0x1F) << 8) + src[i + 2] >= out:
+                raise _Bad('LZF back-reference before the start of the output')
+            out += 9 + src[i + 1]
+            i += 3
+        else:
+            if i + 1 >= stop:
+                raise _Bad('LZF back-reference truncated')
+            if ((ctrl & 0x1F) << 8) + src[i + 1] >= out:
+                raise _Bad('LZF back-reference before the start of the output')
+            out += (ctrl >> 5) + 2
+            i += 2
+    if i != stop:
+        raise _Bad('LZF literal run past the end of the compressed string')
+    if out != expected_len:
+        raise _Bad(f'LZF string decompresses to {out} bytes, declared {expected_len}')
+
+
+def _lzf_decompress(src, pos, stop, expected_len):
+    """Decompress src[pos:stop] (validated as it goes); RdbError/_Bad on malformed data."""
+    lzf_check(src, pos, stop, expected_len)
+    out = bytearray()
+    i = pos
+    while i < stop:
+        ctrl = src[i]
+        if ctrl < 32:
+            out += src[i + 1:i + ctrl + 2]
+            i += ctrl + 2
+        else:
+            length = ctrl >> 5
+            if length == 7:
+                length += src[i + 1]
+                i += 1
+            ref = len(out) - ((ctrl & 0x1F) << 8) - src[i + 1] - 1
+            i += 2
+            length += 2
+            if ref + length <= len(out):
+                out += out[ref:ref + length]
+            else:
+                for k in range(length):
+                    out.append(out[ref + k])
+    return bytes(out)
+
+
+def _str_at(buf, pos, end):
+    """A string inside a value -> (bytes, pos). Integer encodings give their decimal text, LZF is decompressed."""
+    try:
+        length, encoded, pos = _read_len(buf, pos, end)
+        if not encoded:
+            stop = pos + length
+            if stop > end:
+                raise _Bad(f'a string of {length} bytes runs past the end of the value')
+            return bytes(buf[pos:stop]), stop
+        if length == 3:
+            clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
+            ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+            if pos + clen > end:
+                raise _Bad('an LZF string runs past the end of the value')
+            if ulen > MAX_CONTAINER_BYTES:
+                lzf_check(buf, pos, pos + clen, ulen)
+                raise _Bad(f'an LZF-compressed element of {ulen} bytes is larger than this validator decompresses '
+                           f'({MAX_CONTAINER_BYTES} bytes)')
+            return _lzf_decompress(buf, pos, pos + clen, ulen), pos + clen
+        if length > 3:
+            raise _Bad(f'unknown string encoding {length}')
+        size = (1, 2, 4)[length]
+        if pos + size > end:
+            raise _Bad('an integer-encoded string runs past the end of the value')
+        return str(int.from_bytes(buf[pos:pos + size], 'little', signed=True)).encode(), pos + size
+    except _Short:
+        raise _Bad('a string runs past the end of the value') from None
+
+
+def _str_check(buf, pos, end):
+    """Skip a string inside a value, validating LZF without decompressing it -> pos."""
+    try:
+        length, encoded, pos = _read_len(buf, pos, end)
+        if not encoded:
+            pos += length
+        elif length == 3:
+            clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
+            ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+            if pos + clen > end:
+                raise _Bad('an LZF string runs past the end of the value')
+            lzf_check(buf, pos, pos + clen, ulen)
+            pos += clen
+        elif length < 3:
+            pos += (1, 2, 4)[length]
+        else:
+            raise _Bad(f'unknown string encoding {length}')
+    except _Short:
+        raise _Bad('a string runs past the end of the value') from None
+    if pos > end:
+        raise _Bad('a string runs past the end of the value')
+    return pos
+
+
+def _len_at(buf, pos, end, what):
+    try:
+        return _plain_len(buf, pos, end, what)
+    except _Short:
+        raise _Bad(f'{what} runs past the end of the value') from None
+
+
+# -- listpack ------------------------------------------------------------------------------------------------------
+_LP_FIXED = {0xF1: 3, 0xF2: 4, 0xF3: 5, 0xF4: 9}
+
+
+def _backlen_size(size):
+    if size < 128:
+        return 1
+    if size < 16383:
+        return 2
+    if size < 2097151:
+        return 3
+    if size < 268435455:
+        return 4
+    return 5
+
+
+def _backlen_ok(lp, q, size):
+    """The back-length bytes at lp[q:] encode ``size`` (lpEncodeBacklen: 7 bits per byte, most significant first,
+    every byte but the first with the high bit set)."""
+    count = _backlen_size(size)
+    for k in range(count):
+        shift = 7 * (count - 1 - k)
+        want = (size >> shift) & 127
+        if k:
+            want |= 128
+        if lp[q + k] != want:
+            return False
+    return True
+
+
+def listpack_entries(lp, values=True):
+    """Validate a listpack blob as lpValidateIntegrity(deep) does; return its entries (ints or bytes) when ``values``,
+    else their count. Raises _Bad."""
+    n = len(lp)
+    if n < 7:
+        raise _Bad(f'listpack of {n} bytes is shorter than its header and terminator')
+    total = lp[0] | (lp[1] << 8) | (lp[2] << 16) | (lp[3] << 24)
+    if total != n:
+        raise _Bad(f'listpack header says {total} bytes, the string holds {n}')
+    last = n - 1
+    if lp[last] != 0xFF:
+        raise _Bad('listpack does not end with its 0xFF terminator')
+    declared = lp[4] | (lp[5] << 8)
+    out = []
+    append = out.append
+    seen = 0
+    p = 6
+    while p < last:
+        b = lp[p]
+        if b < 0x80:  # 7-bit unsigned integer: 1 byte + back-length 1
+            if lp[p + 1] != 1:
+                raise _Bad(f'listpack entry at byte {p} has a wrong back-length')
+            if values:
+                append(b)
+            p += 2
+            seen += 1
+            continue
+        if b < 0xC0:  # string up to 63 bytes
+            size = 1 + (b & 0x3F)
+            if values:
+                append(lp[p + 1:p + size])
+        elif b < 0xE0:  # 13-bit signed integer
+            size = 2
+            if values:
+                v = ((b & 0x1F) << 8) | lp[p + 1]
+                append(v - 8192 if v >= 4096 else v)
+        elif b < 0xF0:  # string up to 4095 bytes
+            size = 2 + (((b & 0x0F) << 8) | lp[p + 1])
+            if values:
+                append(lp[p + 2:p + size])
+        elif b == 0xF0:  # string with a 32-bit length
+            if p + 5 > last:
+                raise _Bad(f'listpack entry at byte {p} runs past the end')
+            size = 5 + int.from_bytes(lp[p + 1:p + 5], 'little')
+            if values:
+                append(lp[p + 5:p + size])
+        else:
+            size = _LP_FIXED.get(b)
+            if size is None:
+                raise _Bad(f'listpack entry at byte {p} has the invalid encoding byte 0x{b:02x}')
+            if values:
+                append(int.from_bytes(lp[p + 1:p + size], 'little', signed=True))
+        q = p + size
+        if size < 128:
+            if q >= last or lp[q] != size:
+                raise _Bad(f'listpack entry at byte {p} runs past the end or has a wrong back-length')
+            p = q + 1
+        else:
+            bl = _backlen_size(size)
+            if q + bl > last or not _backlen_ok(lp, q, size):
+                raise _Bad(f'listpack entry at byte {p} runs past the end or has a wrong back-length')
+            p = q + bl
+        seen += 1
+    if declared != 65535 and declared != seen:
+        raise _Bad(f'listpack header says {declared} entries, it holds {seen}')
+    return out if values else seen
+
+
+def _canon(value):
+    """Entries compare as Redis compares them: integers by their decimal text."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _no_dups(items, what):
+    """No two items equal, integers compared by their decimal text as Redis compares them."""
+    unique = set(items)
+    if len(unique) == len(items) and int not in set(map(type, unique)):
+        return
+    seen = set()
+    for item in items:
+        item = _canon(item)
+        if item in seen:
+            raise _Bad(f'duplicate {what} {item[:40]!r}')
+        seen.add(item)
+
+
+def _lp_pairs(lp, what, group=2):
+    entries = listpack_entries(lp)
+    if not entries:
+        raise _Bad(f'empty {what} (Redis refuses empty keys)')
+    if len(entries) % group:
+        raise _Bad(f'{what} listpack has {len(entries)} entries, not a multiple of {group}')
+    if len(entries) == group:
+        return entries
+    _no_dups(entries[::group], 'field' if what == 'hash' else 'member')
+    return entries
+
+
+# -- ziplist -------------------------------------------------------------------------------------------------------
+_ZL_INT_SIZES = {0xC0: 2, 0xD0: 4, 0xE0: 8, 0xF0: 3, 0xFE: 1}
+
+
+def ziplist_entries(zl):
+    """Validate a ziplist blob as ziplistValidateIntegrity(deep) does; return its entries (ints or bytes)."""
+    n = len(zl)
+    if n < 11:
+        raise _Bad(f'ziplist of {n} bytes is shorter than its header and terminator')
+    total = int.from_bytes(zl[0:4], 'little')
+    if total != n:
+        raise _Bad(f'ziplist header says {total} bytes, the string holds {n}')
+    tail = int.from_bytes(zl[4:8], 'little')
+    declared = zl[8] | (zl[9] << 8)
+    if zl[n - 1] != 0xFF:
+        raise _Bad('ziplist does not end with its 0xFF terminator')
+    last = n - 1
+    p = 10
+    prev = 0
+    prev_start = None
+    out = []
+    while p < last:
+        start = p
+        b = zl[p]
+        if b < 0xFE:
+            prevlen = b
+            p += 1
+        elif b == 0xFE:
+            if p + 5 > last:
+                raise _Bad(f'ziplist entry at byte {start} runs past the end')
+            prevlen = int.from_bytes(zl[p + 1:p + 5], 'little')
+            p += 5
+        else:
+            raise _Bad(f'ziplist entry at byte {start} starts with 0xFF')
+        if prevlen != prev:
+            raise _Bad(f'ziplist entry at byte {start} records a previous entry of {prevlen} bytes, it was {prev}')
+        if p >= last:
+            raise _Bad(f'ziplist entry at byte {start} runs past the end')
+        e = zl[p]
+        kind = e >> 6
+        if kind == 0:
+            data, p = p + 1, p + 1 + (e & 0x3F)
+            value = zl[data:p]
+        elif kind == 1:
+            if p + 2 > last:
+                raise _Bad(f'ziplist entry at byte {start} runs past the end')
+            data, p = p + 2, p + 2 + (((e & 0x3F) << 8) | zl[p + 1])
+            value = zl[data:p]
+        elif kind == 2:
+            if e != 0x80 or p + 5 > last:
+                raise _Bad(f'ziplist entry at byte {start} has an invalid string encoding')
+            data, p = p + 5, p + 5 + int.from_bytes(zl[p + 1:p + 5], 'big')
+            value = zl[data:p]
+        elif 0xF1 <= e <= 0xFD:
+            value = (e & 0x0F) - 1
+            p += 1
+        else:
+            size = _ZL_INT_SIZES.get(e)
+            if size is None:
+                raise _Bad(f'ziplist entry at byte {start} has the invalid encoding byte 0x{e:02x}')
+            value = int.from_bytes(zl[p + 1:p + 1 + size], 'little', signed=True)
+            p += 1 + size
+        if p > last:
+            raise _Bad(f'ziplist entry at byte {start} runs past the end')
+        out.append(value)
+        prev = p - start
+        prev_start = start
+    if declared != 65535 and declared != len(out):
+        raise _Bad(f'ziplist header says {declared} entries, it holds {len(out)}')
+    if (prev_start if prev_start is not None else 10) != tail:
+        raise _Bad(f'ziplist tail offset {tail} does not point at its last entry')
+    return out
+
+
+def _zl_pairs(zl, what):
+    entries = ziplist_entries(zl)
+    if not entries:
+        raise _Bad(f'empty {what} (Redis refuses empty keys)')
+    if len(entries) % 2:
+        raise _Bad(f'{what} ziplist has an odd number of entries ({len(entries)})')
+    _no_dups(entries[::2], 'field' if what == 'hash' else 'member')
+
+
+# -- intset, zipmap ------------------------------------------------------------------------------------------------
+def intset_check(blob):
+    """intsetValidateIntegrity(deep): encoding 2/4/8, size = 8 + count * encoding, non-empty, strictly ascending."""
+    n = len(blob)
+    if n < 8:
+        raise _Bad(f'intset of {n} bytes is shorter than its header')
+    enc = int.from_bytes(blob[0:4], 'little')
+    count = int.from_bytes(blob[4:8], 'little')
+    if enc not in (2, 4, 8):
+        raise _Bad(f'intset has the invalid encoding {enc}')
+    if 8 + count * enc != n:
+        raise _Bad(f'intset header says {count} integers of {enc} bytes, the string holds {n - 8} bytes')
+    if not count:
+        raise _Bad('empty intset (Redis refuses empty keys)')
+    fmt = {2: '<%dh', 4: '<%di', 8: '<%dq'}[enc] % count
+    values = struct.unpack_from(fmt, blob, 8)
+    for k in range(1, count):
+        if values[k] <= values[k - 1]:
+            raise _Bad(f'intset integers are not strictly ascending ({values[k - 1]} then {values[k]})')
+
+
+def zipmap_check(zm):
+    """zipmapValidateIntegrity(deep) and the loader's duplicate check."""
+    n = len(zm)
+    if n < 2:
+        raise _Bad(f'zipmap of {n} bytes is too short')
+    declared = zm[0]
+    last = n - 1
+    if zm[last] != 0xFF:
+        raise _Bad('zipmap does not end with its 0xFF terminator')
+    p = 1
+    fields = []
+    while p < last:
+        for role in (0, 1):
+            b = zm[p]
+            if b < 254:
+                length, p = b, p + 1
+            elif b == 254:
+                if p + 5 > last:
+                    raise _Bad('zipmap length runs past the end')
+                length, p = int.from_bytes(zm[p + 1:p + 5], 'little'), p + 5
+            else:
+                raise _Bad(f'zipmap entry at byte {p} ends early')
+            if role == 0:
+                if p + length > last:
+                    raise _Bad('zipmap field runs past the end')
+                fields.append(zm[p:p + length])
+                p += length
+            else:
+                if p >= last:
+                    raise _Bad('zipmap value runs past the end')
+                free = zm[p]
+                p += 1 + length + free
+                if p > last:
+                    raise _Bad('zipmap value runs past the end')
+    if declared < 254 and declared != len(fields):
+        raise _Bad(f'zipmap header says {declared} fields, it holds {len(fields)}')
+    if not fields:
+        raise _Bad('empty zipmap (Redis refuses empty keys)')
+    _no_dups(fields, 'field')
+
+
+# -- streams -------------------------------------------------------------------------------------------------------
+def _lp_int(value):
+    if isinstance(value, int):
+        return value
+    if 0 < len(value) <= 20 and value.lstrip(b'-').isdigit() and str(int(value)).encode() == value:
+        num = int(value)
+        if -2 ** 63 <= num < 2 ** 63:
+            return num
+    raise _Bad(f'stream listpack holds {value[:20]!r} where an integer is required')
+
+
+def stream_listpack_check(lp):
+    """streamValidateListpackIntegrity(deep): master entry, then entries whose field counts add up."""
+    entries = listpack_entries(lp)
+    if not entries:
+        raise _Bad('empty listpack inside the stream')
+    n = len(entries)
+
+    def need(i):
+        if i >= n:
+            raise _Bad('stream listpack ends inside an entry')
+        return entries[i]
+
+    count = _lp_int(need(0))
+    deleted = _lp_int(need(1))
+    master_fields = _lp_int(need(2))
+    if master_fields < 0:
+        raise _Bad('stream listpack declares a negative field count')
+    i = 3 + master_fields
+    if _lp_int(need(i)) != 0:
+        raise _Bad('stream listpack master entry is not terminated by 0')
+    i += 1
+    total = count + deleted
+    if total < 0 or total > n:
+        raise _Bad(f'stream listpack declares {count} + {deleted} entries, it cannot hold them')
+    for _unused in range(total):
+        flags = _lp_int(need(i))
+        _lp_int(need(i + 1))
+        _lp_int(need(i + 2))
+        i += 3
+        fields = master_fields
+        extra = 3
+        if not flags & 2:  # STREAM_ITEM_FLAG_SAMEFIELDS
+            fields = _lp_int(need(i))
+            if fields < 0:
+                raise _Bad('stream entry declares a negative field count')
+            i += 1 + fields
+            extra += fields + 1
+        i += fields
+        if _lp_int(need(i)) != fields + extra:
+            raise _Bad('stream entry count field (lp-count) does not match its fields')
+        i += 1
+    if i != n:
+        raise _Bad(f'stream listpack holds {n - i} entries after its last declared entry')
+
+
+def _stream_check(buf, pos, end, rtype):
+    nodes, pos = _len_at(buf, pos, end, 'stream node count')
+    node_keys = set()
+    for _unused in range(nodes):
+        key, pos = _str_at(buf, pos, end)
+        if len(key) != 16:
+            raise _Bad(f'stream node key is {len(key)} bytes, not a 16-byte stream ID')
+        if key in node_keys:
+            raise _Bad('stream node key repeated (listpack re-added with an existing key)')
+        node_keys.add(key)
+        blob, pos = _str_at(buf, pos, end)
+        stream_listpack_check(blob)
+    length, pos = _len_at(buf, pos, end, 'stream length')
+    for _unused in range(2 if rtype < 19 else 7):
+        _v, pos = _len_at(buf, pos, end, 'stream metadata')
+    if length and not nodes:
+        raise _Bad(f'stream length {length} but no entries')
+    groups, pos = _len_at(buf, pos, end, 'stream consumer group count')
+    names = set()
+    for _unused in range(groups):
+        name, pos = _str_at(buf, pos, end)
+        if name in names:
+            raise _Bad(f'duplicate consumer group {name[:40]!r}')
+        names.add(name)
+        for _field in range(2 if rtype < 19 else 3):
+            _v, pos = _len_at(buf, pos, end, 'consumer group metadata')
+        pel_size, pos = _len_at(buf, pos, end, 'stream PEL size')
+        pel = {}
+        for _entry in range(pel_size):
+            if pos + 24 > end:
+                raise _Bad('consumer group PEL runs past the end of the value')
+            rid = bytes(buf[pos:pos + 16])
+            if rid in pel:
+                raise _Bad(f'consumer group {name[:40]!r} lists PEL entry {_stream_id(rid)} twice')
+            pel[rid] = False
+            _dc, pos = _len_at(buf, pos + 24, end, 'stream delivery count')
+        consumers, pos = _len_at(buf, pos, end, 'stream consumer count')
+        cnames = set()
+        for _consumer in range(consumers):
+            cname, pos = _str_at(buf, pos, end)
+            if cname in cnames:
+                raise _Bad(f'consumer group {name[:40]!r} has the consumer {cname[:40]!r} twice')
+            cnames.add(cname)
+            pos += 16 if rtype >= 21 else 8
+            cpel, pos = _len_at(buf, pos, end, 'consumer PEL size')
+            for _entry in range(cpel):
+                if pos + 16 > end:
+                    raise _Bad('consumer PEL runs past the end of the value')
+                rid = bytes(buf[pos:pos + 16])
+                pos += 16
+                owned = pel.get(rid)
+                if owned is None:
+                    raise _Bad(f'consumer {cname[:40]!r} of group {name[:40]!r} has pending entry {_stream_id(rid)} '
+                               'that is not in the group PEL')
+                if owned:
+                    raise _Bad(f'pending entry {_stream_id(rid)} of group {name[:40]!r} is owned by two consumers')
+                pel[rid] = True
+        for rid, owned in pel.items():
+            if not owned:
+                raise _Bad(f'pending entry {_stream_id(rid)} of group {name[:40]!r} has no consumer')
+    if pos != end:
+        raise _Bad('stream value does not end where its structure ends')
+
+
+def _stream_id(raw):
+    return f'{int.from_bytes(raw[:8], "big")}-{int.from_bytes(raw[8:], "big")}'
+
+
+# -- per type ------------------------------------------------------------------------------------------------------
+def _members(buf, pos, end, count, what, paired):
+    """``count`` strings (or field/value pairs) -> pos; duplicates of the first of each group are refused."""
+    if not count:
+        raise _Bad(f'empty {what} (Redis refuses empty keys)')
+    seen = set()
+    for _unused in range(count):
+        member, pos = _str_at(buf, pos, end)
+        if member in seen:
+            raise _Bad(f'duplicate {"field" if what == "hash" else "member"} {member[:40]!r}')
+        seen.add(member)
+        if paired:
+            pos = _str_check(buf, pos, end)
+    return pos
+
+
+def _check_value(buf, pos, end, rtype, version):
+    """Validate the value of type ``rtype`` in buf[pos:end]; raise _Bad naming the problem."""
+    if rtype == 0:
+        _str_check(buf, pos, end)
+    elif rtype in _BLOB_CHECKS:
+        blob, _unused = _str_at(buf, pos, end)
+        _BLOB_CHECKS[rtype](blob)
+    elif rtype in (18, 14):
+        nodes, pos = _len_at(buf, pos, end, 'quicklist node count')
+        if not nodes:
+            raise _Bad('empty list (Redis refuses empty keys)')
+        items = 0
+        for _unused in range(nodes):
+            container = 2
+            if rtype == 18:
+                container, pos = _len_at(buf, pos, end, 'quicklist container')
+                if container not in (1, 2):
+                    raise _Bad(f'quicklist node container {container} is neither 1 (plain) nor 2 (packed)')
+            if container == 1:
+                start = pos
+                pos = _str_check(buf, pos, end)
+                if buf[start] == 0:
+                    raise _Bad('empty quicklist node')
+                items += 1
+                continue
+            blob, pos = _str_at(buf, pos, end)
+            if not blob:
+                raise _Bad('empty quicklist node')
+            items += listpack_entries(blob, False) if rtype == 18 else len(ziplist_entries(blob))
+        if not items:
+            raise _Bad('empty list (Redis refuses empty keys)')
+    elif rtype in (1, 2):
+        count, pos = _len_at(buf, pos, end, 'element count')
+        if rtype == 2:
+            _members(buf, pos, end, count, 'set', False)
+        elif not count:
+            raise _Bad('empty list (Redis refuses empty keys)')
+        else:
+            for _unused in range(count):
+                pos = _str_check(buf, pos, end)
+    elif rtype == 4:
+        count, pos = _len_at(buf, pos, end, 'hash field count')
+        _members(buf, pos, end, count, 'hash', True)
+    elif rtype in (3, 5):
+        count, pos = _len_at(buf, pos, end, 'sorted set size')
+        if not count:
+            raise _Bad('empty sorted set (Redis refuses empty keys)')
+        seen = set()
+        for _unused in range(count):
+            member, pos = _str_at(buf, pos, end)
+            if member in seen:
+                raise _Bad(f'duplicate member {member[:40]!r}')
+            seen.add(member)
+            if rtype == 5:
+                if pos + 8 > end:
+                    raise _Bad('a score runs past the end of the value')
+                score = struct.unpack_from('<d', buf, pos)[0]
+                pos += 8
+            else:
+                dlen = buf[pos]
+                if dlen == 253:
+                    score = float('nan')
+                elif dlen >= 254:
+                    score = 0.0
+                else:
+                    text = bytes(buf[pos + 1:pos + 1 + dlen])
+                    try:
+                        score = float(text)
+                    except ValueError:
+                        raise _Bad(f'score {text[:40]!r} of member {member[:40]!r} is not a number') from None
+                    pos += dlen
+                pos += 1
+            if score != score:
+                raise _Bad(f'member {member[:40]!r} has a NaN score')
+    elif rtype in (15, 19, 21):
+        _stream_check(buf, pos, end, rtype)
+    elif rtype == 22:
+        if version < VALKEY_MAGIC_MIN_VERSION:
+            raise _Bad('type 22 is a Valkey 9 hash with field expiration, not valid in a Redis RDB')
+        count, pos = _len_at(buf, pos, end, 'hash field count')
+        if not count:
+            raise _Bad('empty hash (Redis refuses empty keys)')
+        seen = set()
+        for _unused in range(count):
+            field, pos = _str_at(buf, pos, end)
+            if field in seen:
+                raise _Bad(f'duplicate field {field[:40]!r}')
+            seen.add(field)
+            pos = _str_check(buf, pos, end) + 8
+    elif rtype in (24, 25) and version >= VALKEY_MAGIC_MIN_VERSION:
+        raise _Bad(f'type {rtype} is a Redis 7.4+ type, not valid in a Valkey RDB')
+    elif rtype == 25:
+        blob, _unused = _str_at(buf, pos + 8, end)
+        _lp_pairs(blob, 'hash', group=3)
+    elif rtype == 24:
+        count, pos = _len_at(buf, pos + 8, end, 'hash field count')
+        if not count:
+            raise _Bad('empty hash (Redis refuses empty keys)')
+        seen = set()
+        for _unused in range(count):
+            _ttl, pos = _len_at(buf, pos, end, 'hash field ttl')
+            field, pos = _str_at(buf, pos, end)
+            if field in seen:
+                raise _Bad(f'duplicate field {field[:40]!r}')
+            seen.add(field)
+            pos = _str_check(buf, pos, end)
+
+
+def _set_listpack_check(blob):
+    entries = listpack_entries(blob)
+    if not entries:
+        raise _Bad('empty set (Redis refuses empty keys)')
+    if len(entries) > 1:
+        _no_dups(entries, 'member')
+
+
+def _list_ziplist_check(blob):
+    if not ziplist_entries(blob):
+        raise _Bad('empty list (Redis refuses empty keys)')
+
+
+# value types stored as one string (a container blob), when that string is neither compressed nor int-encoded
+_BLOB_CHECKS = {
+    16: lambda blob: _lp_pairs(blob, 'hash'),
+    17: lambda blob: _lp_pairs(blob, 'sorted set'),
+    20: _set_listpack_check,
+    11: intset_check,
+    10: _list_ziplist_check,
+    12: lambda blob: _zl_pairs(blob, 'sorted set'),
+    13: lambda blob: _zl_pairs(blob, 'hash'),
+    9: zipmap_check,
+}
+
+
+def check_value(buf, pos, end, rtype, version=MAX_SUPPORTED_RDB_VERSION):
+    """Public wrapper: validate one serialized value; returns None or the problem as text."""
+    try:
+        _check_value(buf, pos, end, rtype, version)
+    except _Bad as exc:
+        return str(exc)
+    except (RdbError, _Short, IndexError, ValueError, struct.error) as exc:
+        return f'malformed value ({exc.__class__.__name__}: {exc})' if str(exc) else 'malformed value'
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -480,6 +1226,8 @@ class _Parser:
         self.pos = 0
         self.checkpoints = None      # with want_keys=False: (offset, db) after every checkpoint_every keys
         self.checkpoint_every = 0
+        self.validate = False        # check every value as Redis's loader does with sanitize-dump-payload yes
+        self.version = summary.version or MAX_SUPPORTED_RDB_VERSION
 
     def parse(self, buf, pos, end, want_keys):
         """Yield KeyRecord (when want_keys) and advance; return via StopIteration the position reached.
@@ -493,6 +1241,8 @@ class _Parser:
         header_only = self.header_only
         checkpoints = self.checkpoints
         countdown = self.checkpoint_every
+        validate = self.validate
+        version = self.version
         self.pos = pos
         while pos < end:
             op = buf[pos]
@@ -509,8 +1259,10 @@ class _Parser:
                     if vpos > end:
                         raise _Short()
                     key = buf[pos + 2:vpos] if want_keys else None
-                else:
+                elif want_keys:
                     key, vpos = _read_string(buf, pos + 1, end)
+                else:
+                    vpos = _skip_key(buf, pos + 1, end)
                 if rtype in single:
                     # inline fast paths for 6- and 14-bit plain lengths and for LZF strings whose two lengths are
                     # 6-bit (most small values); everything else through _skip_string
@@ -529,6 +1281,30 @@ class _Parser:
                     raise RdbError(f'unknown value type {rtype} at offset {pos}')
                 if pos > end:
                     raise _Short()
+                if validate:
+                    try:
+                        if rtype == 18 and buf[vpos] == 1 and buf[vpos + 1] == 2 and buf[vpos + 2] < 0x40 \
+                                and vpos + 3 + buf[vpos + 2] == pos:
+                            # the common list: one packed node, a listpack of < 64 bytes
+                            if not listpack_entries(bytes(buf[vpos + 3:pos]), False):
+                                raise _Bad('empty list (Redis refuses empty keys)')
+                        elif rtype not in single:
+                            _check_value(buf, vpos, pos, rtype, version)
+                        elif first < 0x40:
+                            if rtype:
+                                _BLOB_CHECKS[rtype](bytes(buf[vpos + 1:pos]))
+                        elif first < 0x80:
+                            if rtype:
+                                _BLOB_CHECKS[rtype](bytes(buf[vpos + 2:pos]))
+                        elif first == 0xC3 and rtype == 0 and buf[vpos + 1] < 0x40 and buf[vpos + 2] < 0x40:
+                            lzf_check(buf, vpos + 3, pos, buf[vpos + 2])
+                        elif rtype or first == 0xC3:
+                            _check_value(buf, vpos, pos, rtype, version)
+                    except _Bad as exc:
+                        raise RdbError(f'{_key_label(buf, start, vpos, self.db)}: {exc}') from None
+                    except (_Short, IndexError, ValueError, struct.error) as exc:
+                        raise RdbError(f'{_key_label(buf, start, vpos, self.db)}: malformed value '
+                                       f'({exc.__class__.__name__})') from None
                 db = self.db
                 keys_per_db[db] = keys_per_db.get(db, 0) + 1
                 type_counts[rtype] = type_counts.get(rtype, 0) + 1
@@ -610,6 +1386,26 @@ class _Parser:
             self.pos = pos
 
 
+def _key_label(buf, start, vpos, db):
+    """'key b'name' (db 0, hash, offset 123)' for error messages (long or compressed keys shortened)."""
+    try:
+        first = buf[start + 1]
+        if first >= 0xC0 and first != 0xC3:
+            key, _unused = _read_string(buf, start + 1, vpos)
+        elif first == 0xC3 and vpos - start < 4096:
+            key, _unused = _read_string(buf, start + 1, vpos)
+        elif first < 0xC0:
+            length, _unused, kpos = _read_len(buf, start + 1, vpos)
+            key = bytes(buf[kpos:kpos + min(length, 200)])
+        else:
+            key = b'<compressed key>'
+    except (RdbError, _Short, IndexError, ValueError):
+        key = b'?'
+    rtype = buf[start]
+    name = TYPE_NAMES.get(rtype, f'type {rtype}')
+    return f'key {bytes(key[:200])!r} (db {db}, {name}, type {rtype}, offset {start})'
+
+
 def _wrap(exc, offset):
     if isinstance(exc, RdbError):
         return exc
@@ -638,11 +1434,13 @@ class RdbFile:
         self.summary.version = self.version
         self.summary.size = len(buf)
 
-    def records(self):
-        """Yield KeyRecord for every key; at the end the summary is complete and the trailer checked."""
+    def records(self, validate=True):
+        """Yield KeyRecord for every key (each value validated first unless ``validate`` is false); at the end the
+        summary is complete and the trailer checked."""
         buf = self.buf
         end = len(buf)
         parser = _Parser(self.summary)
+        parser.validate = validate
         try:
             yield from parser.parse(buf, HEADER_LEN, end, True)
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -671,8 +1469,9 @@ class RdbFile:
         elif end > trailer_start:
             raise RdbError(f'{end - trailer_start} unexpected bytes after the RDB EOF opcode')
 
-    def scan(self, checkpoint_every=0):
-        """Full pass without building key records; returns the summary.
+    def scan(self, checkpoint_every=0, validate=True):
+        """Full pass without building key records; returns the summary. Every value is validated as Redis's loader
+        does with ``sanitize-dump-payload yes`` unless ``validate`` is false.
 
         With ``checkpoint_every`` > 0, ``self.checkpoints`` lists (offset, db) key boundaries every that many keys,
         where a parser can start (used to split a restore over several connections).
@@ -680,6 +1479,7 @@ class RdbFile:
         buf = self.buf
         end = len(buf)
         parser = _Parser(self.summary)
+        parser.validate = validate
         if checkpoint_every:
             parser.checkpoints = []
             parser.checkpoint_every = checkpoint_every
@@ -737,6 +1537,7 @@ class StreamValidator:
         self.max_record = max_record
         self.parser = _Parser(self.summary)
         self.parser.header_only = not structure
+        self.parser.validate = structure
         self._head = bytearray()
         self._crc_pending = bytearray()
         self._consumed = HEADER_LEN   # absolute offset of pending[0]
@@ -766,6 +1567,7 @@ class StreamValidator:
             self.version = parse_header(self._head)
             check_supported_version(self.version)
             self.summary.version = self.version
+            self.parser.version = self.version
             rest = bytes(self._head[HEADER_LEN:])
             self._head = bytearray()
             chunk = rest

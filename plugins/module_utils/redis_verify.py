@@ -16,13 +16,15 @@ from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb
 VERIFIED_FORMAT = 1
 VALIDATOR_NAME = 'hanzo.kms.redis_rdb'
 # Bumped whenever the structure pass checks more. 1: framing of every record (opcodes, lengths, encodings, key and
-# value extents, EOF opcode, nothing after the trailer) and the CRC64 trailer.
-VALIDATOR_VERSION = 1
+# value extents, EOF opcode, nothing after the trailer) and the CRC64 trailer. 2: also every value, as Redis's loader
+# does with sanitize-dump-payload yes (``redis_rdb.check_value``: LZF in place, listpack/ziplist/intset/zipmap/quicklist
+# integrity, duplicates, NaN scores, empty keys, stream consistency).
+VALIDATOR_VERSION = 2
 
 
 def pass_checks():
     """The checks the restore's own structure pass makes (what a recorded check must cover to replace it)."""
-    return ('crc64', 'framing')
+    return ('crc64', 'framing', 'values')
 
 
 def record_check(summary, validator):
@@ -31,6 +33,8 @@ def record_check(summary, validator):
     if not (validator.structure and validator.structure_complete):
         return None
     checks = ['framing']
+    if getattr(validator.parser, 'validate', False):
+        checks.append('values')
     if summary.checksum_stored:
         checks.append('crc64')  # a zero trailer (rdbchecksum no) has nothing to check
     return {

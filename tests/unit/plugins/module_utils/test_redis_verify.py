@@ -86,8 +86,9 @@ def _with(manifest, value, *path):
     (lambda m: _with(m, 'someone.else', 'verified', 'validator'), 'made by'),
     (lambda m: _with(m, 0, 'verified', 'validator_version'), 'older than this one'),
     (lambda m: _with(m, '1', 'verified', 'validator_version'), 'older than this one'),
-    (lambda m: _with(m, ['crc64'], 'verified', 'checks'), 'does not cover framing'),
-    (lambda m: _with(m, ['framing'], 'verified', 'checks'), 'does not cover crc64'),
+    (lambda m: _with(m, ['crc64', 'values'], 'verified', 'checks'), 'does not cover framing'),
+    (lambda m: _with(m, ['framing', 'values'], 'verified', 'checks'), 'does not cover crc64'),
+    (lambda m: _with(m, ['crc64', 'framing'], 'verified', 'checks'), 'does not cover values'),
     (lambda m: _with(m, 'framing', 'verified', 'checks'), 'lists no checks'),
     (lambda m: _without(m, 'sha256'), 'no SHA-256'),
     (lambda m: _without(m, 'size'), 'size'),
@@ -110,8 +111,8 @@ def test_weaker_older_or_inconsistent_record_needs_the_full_pass(change, message
 def test_newer_restore_requirements_need_the_full_pass():
     """A restore whose pass checks more (e.g. values) or is a newer validator does not rely on an older record."""
     _data, _summary, manifest = recorded_manifest()
-    ok, reason = redis_verify.manifest_replaces_pass(manifest, required=('framing', 'crc64', 'values'))
-    assert not ok and 'does not cover values' in reason
+    ok, reason = redis_verify.manifest_replaces_pass(manifest, required=('framing', 'crc64', 'values', 'more'))
+    assert not ok and 'does not cover more' in reason
     ok, reason = redis_verify.manifest_replaces_pass(manifest, validator_version=redis_verify.VALIDATOR_VERSION + 1)
     assert not ok and 'older' in reason
     # a newer validator that records at least the same checks is accepted
@@ -123,7 +124,7 @@ def test_no_checksum_rdb_needs_no_crc_check():
     _data, _summary, manifest = recorded_manifest()
     manifest = _with(manifest, '0' * 16, 'crc64')
     manifest = _with(manifest, '0' * 16, 'verified', 'crc64')
-    manifest = _with(manifest, ['framing'], 'verified', 'checks')
+    manifest = _with(manifest, ['framing', 'values'], 'verified', 'checks')
     assert redis_verify.manifest_replaces_pass(manifest)[0]
 
 
