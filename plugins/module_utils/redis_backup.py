@@ -56,6 +56,16 @@ def redis_connection_spec():
 # --------------------------------------------------------------------------------------------------------------
 # RESP client
 # --------------------------------------------------------------------------------------------------------------
+MAX_REPLY_DEPTH = 32  # Redis replies nest a few levels (e.g. XINFO, CLIENT TRACKINGINFO); anything deeper is hostile
+
+
+class _ArrayHeader:  # pylint: disable=too-few-public-methods
+    __slots__ = ('size',)
+
+    def __init__(self, size):
+        self.size = size
+
+
 def encode_command(args):
     out = [b'*%d\r\n' % len(args)]
     for arg in args:
@@ -159,6 +169,31 @@ class RespConnection:
         return data
 
     def read_reply(self):
+        """One reply. Iterative (an explicit stack), so a hostile server's deeply nested arrays give a RedisError past
+        MAX_REPLY_DEPTH levels instead of a RecursionError."""
+        stack = []  # [items, expected count] per open array
+        while True:
+            value = self._read_element()
+            if isinstance(value, _ArrayHeader):
+                if value.size > 0:
+                    if len(stack) >= MAX_REPLY_DEPTH:
+                        raise RedisError(f'reply from Redis at {self.where} is nested more than {MAX_REPLY_DEPTH} '
+                                         'arrays deep; not a Redis server?')
+                    stack.append(([], value.size))
+                    continue
+                value = []
+            while stack:
+                items, size = stack[-1]
+                items.append(value)
+                if len(items) < size:
+                    break
+                stack.pop()
+                value = items
+            else:
+                return value
+
+    def _read_element(self):
+        """A scalar reply, or an _ArrayHeader for an array of size >= 0 (None for a null array)."""
         line = self.readline()
         if not line:
             raise RedisError(f'empty reply line from Redis at {self.where}')
@@ -167,18 +202,19 @@ class RespConnection:
             return rest.decode('utf-8', 'replace')
         if kind == b'-':
             return ReplyError(rest.decode('utf-8', 'replace'))
-        if kind == b':':
-            return int(rest)
-        if kind == b'$':
-            size = int(rest)
-            if size < 0:
-                return None
-            return self.read_exact(size + 2)[:-2]
-        if kind == b'*':
-            size = int(rest)
-            if size < 0:
-                return None
-            return [self.read_reply() for _unused in range(size)]
+        try:
+            if kind == b':':
+                return int(rest)
+            if kind == b'$':
+                size = int(rest)
+                if size < 0:
+                    return None
+                return self.read_exact(size + 2)[:-2]
+            if kind == b'*':
+                size = int(rest)
+                return None if size < 0 else _ArrayHeader(size)
+        except ValueError:
+            pass
         raise RedisError(f'unexpected reply {line[:60]!r} from Redis at {self.where}')
 
     def command(self, *args):

@@ -16,13 +16,17 @@ version against the target server's, and a full structural pass. Methods:
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import ipaddress
 import json
 import mmap
 import os
 import secrets
 import shutil
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -30,7 +34,7 @@ import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_restore_stream, redis_verify
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
-    MANIFEST_NAME, RDB_NAME, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for,
+    MANIFEST_NAME, RDB_NAME, RedisError, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for,
     server_info, parse_info,
 )
 
@@ -39,7 +43,13 @@ _U64 = struct.Struct('<Q')
 
 
 class RestoreError(Exception):
-    """A restore precondition or step failed; the message says what and whether the target was changed."""
+    """A restore precondition or step failed; the message says what and whether the target was changed.
+
+    ``result`` holds fields for the module's failure result (``target_state`` and counts)."""
+
+    def __init__(self, msg, result=None):
+        super().__init__(msg)
+        self.result = dict(result or {})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,6 +231,70 @@ def _functions_supported(conn):
         return False
 
 
+def _config_get(conn, name):
+    """A config value as str, None when the server does not know ``name``."""
+    reply = conn.command('CONFIG', 'GET', name)
+    if isinstance(reply, list) and len(reply) >= 2:
+        value = reply[1]
+        return value.decode('utf-8', 'surrogateescape') if isinstance(value, bytes) else str(value)
+    return None
+
+
+class Target:
+    """Commands to the target that survive a dropped connection: on a connection failure (or ``-LOADING`` while the
+    target loads an RDB) the command is retried on a fresh connection until ``retry_for`` seconds have passed. Only
+    for idempotent commands (INFO, CONFIG, REPLICAOF)."""
+
+    def __init__(self, params, conn=None, retry_for=60.0):
+        self.params = params
+        self.conn = conn
+        self.retry_for = retry_for
+
+    def command(self, *args, retry_for=None):
+        deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        delay = 0.05
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = RespConnection(self.params, timeout=60.0)
+                return self.conn.command(*args)
+            except ReplyError as exc:
+                if not str(exc).startswith('LOADING') or time.monotonic() + delay > deadline:
+                    raise
+            except RedisError:
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # back off before the next attempt; the target is restarting or loading
+            delay = min(delay * 2, 1.0)
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def enable_sanitize(conn):
+    """``CONFIG SET sanitize-dump-payload yes`` (deep checks of every payload the target loads). Returns the previous
+    value (None: the server has no such setting, Redis < 6.2)."""
+    try:
+        previous = _config_get(conn, 'sanitize-dump-payload')
+        if previous is not None and previous != 'yes':
+            conn.command('CONFIG', 'SET', 'sanitize-dump-payload', 'yes')
+    except ReplyError as exc:
+        raise RestoreError(f'cannot turn on sanitize-dump-payload on the target ({exc}); the restore user needs '
+                           'CONFIG GET/SET; the target was not changed', {'target_state': 'unchanged'}) from None
+    return previous
+
+
+def put_back_config(target, name, value, failures):
+    """CONFIG SET name value through ``target`` (a Target: fresh connections on failure); failures are collected."""
+    try:
+        target.command('CONFIG', 'SET', name, value)
+    except RedisError as exc:
+        failures.append(f'CONFIG SET {name} back failed: {exc}')
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Method: restore (pipelined RESTORE)
 # --------------------------------------------------------------------------------------------------------------
@@ -228,8 +302,13 @@ _RESTORE_HEAD = b'*6\r\n$7\r\nRESTORE\r\n$'
 _RESTORE_TAIL = b'$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n'
 
 
-def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20):
-    """RESTORE every key in [start, stop) of the RDB (stop None = to EOF). Returns a stats dict."""
+def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, progress=None):
+    """RESTORE every key in [start, stop) of the RDB (stop None = to EOF). Returns a stats dict.
+
+    ``progress['confirmed']`` counts the RESTOREs the target has answered, so a dropped connection can say how far
+    the restore got."""
+    progress = {} if progress is None else progress
+    progress.setdefault('confirmed', 0)
     buf = rdb.buf
     version_bytes = struct.pack('<H', rdb.version)
     crc = redis_rdb.crc64_function()
@@ -243,7 +322,8 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20):
     out = []
     out_size = 0
     pending = 0          # replies not read yet
-    sent_batches = []    # reply counts per batch in flight
+    pending_keys = 0     # RESTOREs among them
+    sent_batches = []    # (reply count, RESTORE count) per batch in flight
     for rec in parser.parse(buf, start, end, True):
         rdb_db = rec.db
         expire = rec.expire_ms
@@ -265,20 +345,24 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20):
         out.append(cmd)
         out_size += len(cmd)
         pending += 1
+        pending_keys += 1
         restored[rdb_db] = restored.get(rdb_db, 0) + 1
         if out_size >= batch_bytes:
             conn.send(b''.join(out))
             out = []
             out_size = 0
-            sent_batches.append(pending)
-            pending = 0
+            sent_batches.append((pending, pending_keys))
+            pending = pending_keys = 0
             if len(sent_batches) > 1:
-                _read_simple_replies(conn, sent_batches.pop(0), errors)
+                count, keys = sent_batches.pop(0)
+                _read_simple_replies(conn, count, errors)
+                progress['confirmed'] += keys
     if out:
         conn.send(b''.join(out))
-        sent_batches.append(pending)
-    for count in sent_batches:
+        sent_batches.append((pending, pending_keys))
+    for count, keys in sent_batches:
         _read_simple_replies(conn, count, errors)
+        progress['confirmed'] += keys
     return {'restored': restored, 'expired': expired, 'errors': errors}
 
 
@@ -328,17 +412,32 @@ def _ranges(rdb, workers):
     return out
 
 
+class PartialRestore(Exception):
+    """The key stream stopped part way (a connection dropped, a worker died): ``confirmed`` RESTOREs were answered."""
+
+    def __init__(self, cause, confirmed):
+        super().__init__(cause)
+        self.confirmed = confirmed
+
+
 def method_restore(params, rdb, now_ms):
-    """Run RESTORE over ``connections`` connections (forked workers when > 1). Returns stats."""
+    """Run RESTORE over ``connections`` connections (forked workers when > 1). Returns stats; raises PartialRestore
+    (with the count of answered RESTOREs) when a connection or worker fails part way."""
     workers = max(1, int(params.get('connections') or 1))
     ranges = _ranges(rdb, workers)
     total = {'restored': {}, 'expired': {}, 'errors': []}
     if len(ranges) == 1:
-        conn = RespConnection(params, timeout=600.0)
+        progress = {'confirmed': 0}
+        conn = None
         try:
-            _merge_counts(total, _restore_range(conn, rdb, ranges[0][0], ranges[0][1], ranges[0][2], now_ms))
+            conn = RespConnection(params, timeout=600.0)
+            _merge_counts(total, _restore_range(conn, rdb, ranges[0][0], ranges[0][1], ranges[0][2], now_ms,
+                                                progress=progress))
+        except (RedisError, OSError) as exc:
+            raise PartialRestore(str(exc), progress['confirmed']) from None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         return total
     children = []
     for start, stop, db in ranges:
@@ -346,15 +445,17 @@ def method_restore(params, rdb, now_ms):
         pid = os.fork()
         if pid == 0:  # child
             status = 0
+            progress = {'confirmed': 0}
             try:
                 os.close(read_fd)
                 conn = RespConnection(params, timeout=600.0)
-                part = _restore_range(conn, rdb, start, stop, db, now_ms)
+                part = _restore_range(conn, rdb, start, stop, db, now_ms, progress=progress)
                 conn.close()
                 data = json.dumps({'restored': part['restored'], 'expired': part['expired'],
-                                   'errors': part['errors']}).encode()
+                                   'errors': part['errors'], 'confirmed': progress['confirmed']}).encode()
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                data = json.dumps({'fatal': f'{exc.__class__.__name__}: {exc}'}).encode()
+                data = json.dumps({'fatal': f'{exc.__class__.__name__}: {exc}',
+                                   'confirmed': progress['confirmed']}).encode()
                 status = 1
             with os.fdopen(write_fd, 'wb') as handle:
                 handle.write(data)
@@ -362,6 +463,7 @@ def method_restore(params, rdb, now_ms):
         os.close(write_fd)
         children.append((pid, read_fd))
     fatal = []
+    confirmed = 0
     for pid, read_fd in children:
         with os.fdopen(read_fd, 'rb') as handle:
             data = handle.read()
@@ -370,6 +472,7 @@ def method_restore(params, rdb, now_ms):
             part = json.loads(data or b'{}')
         except ValueError:
             part = {'fatal': 'worker died without a result'}
+        confirmed += int(part.get('confirmed') or 0)
         if 'fatal' in part or 'restored' not in part:
             fatal.append(part.get('fatal', 'worker died without a result'))
             continue
@@ -377,7 +480,7 @@ def method_restore(params, rdb, now_ms):
         part['expired'] = {int(k): v for k, v in part['expired'].items()}
         _merge_counts(total, part)
     if fatal:
-        raise RestoreError(f'restore worker failed (the target may be partially restored): {fatal[0]}')
+        raise PartialRestore(f'restore worker failed: {fatal[0]}', confirmed)
     return total
 
 
@@ -398,81 +501,206 @@ def restore_functions(conn, rdb, mode):
 # --------------------------------------------------------------------------------------------------------------
 # Method: replication (we act as the master)
 # --------------------------------------------------------------------------------------------------------------
-class _FakeMaster:
-    """Serve one full resync of ``path`` to the first replica that connects."""
+MARKER_PREFIX = 'hanzo-kms-restore:'
+MAX_COMMAND_ARGS = 8             # the replica handshake sends at most 5 arguments (REPLCONF capa eof capa psync2)
+MAX_ARG_BYTES = 64 * 1024        # AUTH carries the one-time password (which embeds the previous masterauth)
+MAX_PEERS = 8                    # concurrent handshakes; more connections are closed at once
 
-    def __init__(self, path, listen_host, listen_port, payload=None):
+
+class _PeerGone(Exception):
+    """The peer closed, stalled past the deadline or sent something that is not a replica handshake."""
+
+
+def _peer_host(addr):
+    """The peer's IP address as text, IPv4-mapped IPv6 addresses as plain IPv4."""
+    host = addr[0]
+    try:
+        ip = ipaddress.ip_address(host.split('%', 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def target_addresses(params):
+    """Addresses the target may connect from: O(listen_allow_from), else what O(host) resolves to."""
+    if params.get('listen_allow_from'):
+        return {_peer_host((a,)) for a in params['listen_allow_from']}
+    host = params.get('host') or '127.0.0.1'
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise RestoreError(f'cannot resolve the target host {host} ({exc}) to restrict the replication listener; '
+                           'set listen_allow_from; the target was not changed', {'target_state': 'unchanged'}) from None
+    return {_peer_host(info[4]) for info in infos}
+
+
+class ReplicationListener:
+    """Serve a full resync of ``path`` to the target only.
+
+    A connection is served only when it comes from an address in ``allowed`` and authenticates with ``password`` (the
+    one-time ``masterauth`` set on the target); everything else is closed. Every read has a deadline and every
+    handshake runs in its own thread, so a peer that stalls or closes part way ends its own connection, never the
+    accept loop. With ``tls_context`` every connection is TLS.
+    """
+
+    def __init__(self, path, listen_host, listen_port, allowed, password, tls_context=None, handshake_timeout=10.0,
+                 send_timeout=60.0, payload=None):
         self.path = path
         self.payload = payload or _FilePayload(path)
-        self.sock = socket.socket(socket.AF_INET6 if ':' in listen_host else socket.AF_INET, socket.SOCK_STREAM)
+        self.allowed = set(allowed)
+        self.password = password.encode() if isinstance(password, str) else password
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        self.send_timeout = send_timeout
+        family = socket.AF_INET6 if ':' in listen_host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((listen_host, int(listen_port or 0)))
-        self.sock.listen(4)
+        try:
+            self.sock.bind((listen_host, int(listen_port or 0)))
+            self.sock.listen(16)
+        except OSError as exc:
+            self.sock.close()
+            raise RestoreError(f'cannot listen on {listen_host}:{listen_port}: {exc}; the target was not changed',
+                               {'target_state': 'unchanged'}) from None
         self.port = self.sock.getsockname()[1]
         self.replid = secrets.token_hex(20)
         self.error = None
         self.sent = 0
+        self.rejected = 0
+        self.rejected_from = set()
         self.done = threading.Event()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self._lock = threading.Lock()
+        self._serve_lock = threading.Lock()
+        self._peers = []
+        self._served = []
+        self._cpu_finished = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True, name='redis-restore-listener')
         self.thread.start()
 
+    # ---- accept loop
     def _run(self):
         try:
-            self._serve()
+            self._accept_loop()
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self.error = exc
+
+    def _accept_loop(self):
+        self.sock.settimeout(0.2)  # wakes up to notice close()
+        while not self.stop.is_set():
+            try:
+                client, addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stop.is_set():
+                    return
+                raise
+            host = _peer_host(addr)
+            with self._lock:
+                self._peers = [t for t in self._peers if t.is_alive()]
+                busy = len(self._peers) >= MAX_PEERS
+            if host not in self.allowed or busy:
+                self._reject(client, host)
+                continue
+            thread = threading.Thread(target=self._peer, args=(client, host), daemon=True)
+            with self._lock:
+                self._peers.append(thread)
+            thread.start()
+
+    def _reject(self, client, host):
+        with self._lock:
+            self.rejected += 1
+            if len(self.rejected_from) < 10:
+                self.rejected_from.add(host)
+        try:
+            client.close()
+        except OSError:
+            pass
+
+    # ---- one peer
+    def _peer(self, client, host):
+        served = False
+        try:
+            served = self._handshake(client)
+        except (_PeerGone, OSError, ValueError):
+            pass
         except Exception as exc:  # pylint: disable=broad-exception-caught
             self.error = exc
         finally:
-            self.done.set()
+            with self._lock:
+                self._cpu_finished += time.thread_time()
+            if not served:
+                self._reject(client, host)
 
-    def _serve(self):
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                client, _addr = self.sock.accept()
-            except socket.timeout:
-                continue
-            client.settimeout(60)
-            if self._handle(client):
-                self.client = client
-                return
-
-    def _handle(self, client):
+    def _handshake(self, client):
+        deadline = time.monotonic() + 3 * self.handshake_timeout  # a peer trickling bytes is cut off too
+        client.settimeout(self.handshake_timeout)
+        if self.tls_context is not None:
+            client = self.tls_context.wrap_socket(client, server_side=True)
         buf = bytearray()
+        authed = False
         while True:
-            while b'\n' not in buf:
-                data = client.recv(65536)
-                if not data:
-                    client.close()
-                    return False
-                buf += data
-            idx = buf.index(b'\n')
-            line = bytes(buf[:idx]).strip()
-            del buf[:idx + 1]
-            args = _parse_inline_or_resp(line, buf, client)
+            args = _read_command(client, buf, deadline)
             if not args:
                 continue
             name = args[0].upper()
-            if name in (b'PSYNC', b'SYNC'):
-                if name == b'PSYNC':
-                    client.sendall(b'+FULLRESYNC %s 0\r\n' % self.replid.encode())
-                client.sendall(b'$%d\r\n' % self.payload.size)
-                self.sent = self.payload.send(client)
-                return True
             if name == b'PING':
-                client.sendall(b'+PONG\r\n')
-            else:  # AUTH, REPLCONF ...
+                client.sendall(b'+PONG\r\n' if authed else b'-NOAUTH Authentication required.\r\n')
+            elif name == b'AUTH' and len(args) in (2, 3):
+                # with masteruser set the target sends AUTH <user> <password>: the one-time password authenticates
+                if not hmac.compare_digest(args[-1], self.password):
+                    client.sendall(b'-WRONGPASS invalid username-password pair\r\n')
+                    return False
+                authed = True
                 client.sendall(b'+OK\r\n')
+            elif not authed:
+                client.sendall(b'-NOAUTH Authentication required.\r\n')
+                return False
+            elif name == b'REPLCONF':
+                client.sendall(b'+OK\r\n')
+            elif name in (b'PSYNC', b'SYNC'):
+                self._send_rdb(client, name)
+                return True
+            else:
+                client.sendall(b'-ERR not a replica handshake\r\n')
+                return False
+
+    def _send_rdb(self, client, name):
+        with self._serve_lock:  # one transfer at a time (the target reconnects after a failed one)
+            client.settimeout(self.send_timeout)
+            size = self.payload.size
+            head = b'+FULLRESYNC %s 0\r\n' % self.replid.encode() if name == b'PSYNC' else b''
+            client.sendall(head + b'$%d\r\n' % size)
+            sent = self.payload.send(client)
+            with self._lock:
+                self._served.append(client)  # kept open: a closed link makes the target resync
+                self.sent = sent
+            if sent == size:
+                self.done.set()
+
+    def cpu_time(self):
+        """CPU seconds used by the accept loop and by finished peer threads."""
+        total = self._cpu_finished
+        if self.thread.is_alive():
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident))
+            except (OSError, AttributeError):
+                pass
+        return total
 
     def close(self):
         self.stop.set()
         self.thread.join(timeout=5)
-        for sock in (getattr(self, 'client', None), self.sock):
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+        with self._lock:
+            socks = list(self._served) + [self.sock]
+        for sock in socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 class _FilePayload:
@@ -490,20 +718,45 @@ class _FilePayload:
             return sock.sendfile(handle)
 
 
-def _parse_inline_or_resp(line, buf, client):
-    """Parse one command whose first line is ``line`` (RESP multibulk or inline)."""
+def _recv_some(client, buf, deadline):
+    if time.monotonic() > deadline:
+        raise _PeerGone('handshake deadline passed')
+    data = client.recv(65536)  # the socket timeout bounds every read
+    if not data:
+        raise _PeerGone('peer closed')
+    buf += data
+
+
+def _read_line(client, buf, deadline):
+    while True:
+        idx = buf.find(b'\n')
+        if idx >= 0:
+            line = bytes(buf[:idx]).rstrip(b'\r')
+            del buf[:idx + 1]
+            return line
+        if len(buf) > MAX_ARG_BYTES:
+            raise _PeerGone('line too long')
+        _recv_some(client, buf, deadline)
+
+
+def _read_command(client, buf, deadline):
+    """One command (RESP multibulk or inline) as a list of bytes; bounded in argument count and size."""
+    line = _read_line(client, buf, deadline)
     if not line.startswith(b'*'):
         return line.split()
     count = int(line[1:])
+    if not 0 < count <= MAX_COMMAND_ARGS:
+        raise _PeerGone('bad argument count')
     args = []
     for _unused in range(count):
-        while b'\n' not in buf:
-            buf += client.recv(65536)
-        idx = buf.index(b'\n')
-        size = int(bytes(buf[1:idx]).strip())
-        del buf[:idx + 1]
+        head = _read_line(client, buf, deadline)
+        if not head.startswith(b'$'):
+            raise _PeerGone('bad bulk header')
+        size = int(head[1:])
+        if not 0 <= size <= MAX_ARG_BYTES:
+            raise _PeerGone('bad bulk size')
         while len(buf) < size + 2:
-            buf += client.recv(65536)
+            _recv_some(client, buf, deadline)
         args.append(bytes(buf[:size]))
         del buf[:size + 2]
     return args
@@ -511,51 +764,218 @@ def _parse_inline_or_resp(line, buf, client):
 
 def _replication_state(conn):
     info = parse_info(conn.command('INFO', 'replication'))
-    return {'role': info.get('role'), 'master_host': info.get('master_host'), 'master_port': info.get('master_port')}
+    return {'role': info.get('role'), 'master_host': info.get('master_host'), 'master_port': info.get('master_port'),
+            'master_link_status': info.get('master_link_status')}
 
 
-def method_replication(params, rdb_path, timeout, payload=None):
-    """Make the target a replica of our listener, serve the RDB, wait for the load, detach, restore its settings.
+# ---- the marker: our one-time masterauth, which also records what to put back
+def _encode_marker(token, record):
+    blob = base64.urlsafe_b64encode(json.dumps(record, separators=(',', ':')).encode()).decode().rstrip('=')
+    return f'{MARKER_PREFIX}{token}.{blob}'
 
-    ``payload`` (``size``, ``send(sock)``) replaces the file at ``rdb_path``: the streamed, overlapped transfer."""
+
+def _decode_marker(value):
+    """The record in a masterauth set by this module, or None."""
+    if not value or not value.startswith(MARKER_PREFIX):
+        return None
+    try:
+        blob = value[len(MARKER_PREFIX):].split('.', 1)[1]
+        record = json.loads(base64.urlsafe_b64decode(blob + '=' * (-len(blob) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _follows(state, address):
+    return bool(address) and state.get('role') == 'slave' and \
+        f'{state.get("master_host")}:{state.get("master_port")}' == address
+
+
+def leftover_state(conn):
+    """What an interrupted replication restore left on the target: (record, replication state) or (None, state).
+
+    The record is read from the target's ``masterauth``, which this module sets to a one-time password carrying
+    the settings to put back (see method_replication)."""
+    state = _replication_state(conn)
+    try:
+        masterauth = _config_get(conn, 'masterauth')
+    except ReplyError:
+        return None, state
+    return _decode_marker(masterauth), state
+
+
+def repair_leftover(params, conn, check_mode):
+    """Undo what an interrupted run left: stop following its (dead) listener, put back masterauth, sanitize and the
+    previous master. Returns a report dict, or None when there is nothing to repair."""
+    record, state = leftover_state(conn)
+    if record is None:
+        return None
+    listener = record.get('listener')
+    report = {'listener': listener, 'following_listener': _follows(state, listener),
+              'previous_master': record.get('master')}
+    if check_mode:
+        report['would_repair'] = True
+        return report
+    target = Target(params, conn)
+    failures = []
+    if report['following_listener']:
+        target.command('REPLICAOF', 'NO', 'ONE', retry_for=float(params.get('timeout') or 3600))
+    if record.get('sanitize') is not None:
+        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], failures)
+    put_back_config(target, 'masterauth', record.get('masterauth') or '', failures)
+    if report['following_listener'] and record.get('master'):
+        host, port = record['master']
+        target.command('REPLICAOF', host, port)
+    if failures:
+        raise RestoreError('could not repair what an interrupted restore left on the target: ' + '; '.join(failures),
+                           {'target_state': 'unknown', 'repaired': report})
+    report['repaired'] = True
+    return report
+
+
+def listener_tls_context(params):
+    cert = params.get('listen_tls_cert')
+    if not cert:
+        raise RestoreError('the target replicates over TLS (tls-replication yes): set listen_tls_cert and '
+                           'listen_tls_key to a certificate the target trusts (its tls-ca-cert-file); '
+                           'the target was not changed', {'target_state': 'unchanged'})
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert, params.get('listen_tls_key') or None)
+        if params.get('listen_tls_ca_cert'):
+            # mutual TLS: the target presents its client certificate (tls-client-cert-file or tls-cert-file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=params['listen_tls_ca_cert'])
+    except (ssl.SSLError, OSError) as exc:
+        raise RestoreError(f'cannot load the listener certificate: {exc}; the target was not changed',
+                           {'target_state': 'unchanged'}) from None
+    return ctx
+
+
+def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previous, payload=None):
+    """Make the target a replica of our listener, serve the RDB, wait for the load, detach, put its settings back.
+
+    ``previous`` is the target's replication state before the restore (never our listener: the caller repairs
+    leftovers first). Before REPLICAOF the target's ``masterauth`` is set to a one-time password the listener
+    requires; the password also records the previous masterauth, master and sanitize setting, so a re-run after a
+    crash recognises the target's master as our dead listener and puts everything back (repair_leftover). It lives
+    on the target itself (any controller re-running sees it), is set before and cleared after the replication
+    change it guards, and disappears with a target restart, which also drops the REPLICAOF.
+
+    Cleanup runs on fresh connections with retries. Returns (replication dict, target_state); raises RestoreError
+    (with ``target_state``) when the target could not be brought back.
+
+    ``payload`` (``size``, ``send(sock)``) replaces the file at ``rdb_path``: the streamed transfer whose checks
+    overlap it (``redis_restore_stream``); when it refuses the bytes, the target never got the last ones.
+    """
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
-    master = _FakeMaster(rdb_path, listen_host, params.get('listen_port') or 0, payload=payload)
-    conn = RespConnection(params, timeout=60.0)
-    previous = None
+    allowed = target_addresses(params)
+    tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
+    previous_auth = _config_get(conn, 'masterauth')
+    master = None
+    if previous.get('role') == 'slave' and previous.get('master_host'):
+        master = [previous['master_host'], int(previous['master_port'])]
+    token = secrets.token_urlsafe(24)
+    listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
+                                   tls_context=tls_context, payload=payload)
+    address = f'{announce}:{listener.port}'
+    record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous}
+    listener.password = _encode_marker(token, record).encode()
+    target = Target(params, conn)
+    failure = None
     try:
-        previous = _replication_state(conn)
-        conn.command('REPLICAOF', announce, master.port)
+        target.command('CONFIG', 'SET', 'masterauth', listener.password)
+        target.command('REPLICAOF', announce, listener.port)
         deadline = time.monotonic() + timeout
         while True:
-            info = parse_info(conn.command('INFO', 'replication'))
-            persistence = parse_info(conn.command('INFO', 'persistence'))
-            if master.error is not None:
-                _raise_listener_error(master.error)
+            info = parse_info(target.command('INFO', 'replication'))
+            persistence = parse_info(target.command('INFO', 'persistence'))
+            if listener.error is not None:
+                _raise_listener_error(listener.error)
             if info.get('master_link_status') == 'up' and persistence.get('loading') == '0' \
-                    and info.get('master_sync_in_progress') == '0' and master.done.is_set():
+                    and info.get('master_sync_in_progress') == '0' and listener.done.is_set():
                 break
             if time.monotonic() > deadline:
-                raise RestoreError(f'the target did not finish loading the RDB from {announce}:{master.port} '
-                                   f'within {timeout:.0f}s (can it reach the listener?)')
-            time.sleep(0.02)
+                refused = f'; it refused connections from {", ".join(sorted(listener.rejected_from))} ' \
+                    '(not the target\'s address: set listen_allow_from)' if listener.rejected_from else ''
+                raise RestoreError(f'the target did not finish loading the RDB from {address} within {timeout:.0f}s '
+                                   f'(can it reach the listener?){refused}')
+            time.sleep(0.02)  # INFO polling interval while the target loads
+    except (RedisError, RestoreError, redis_restore_stream.NeedsFilePass) as exc:
+        failure = exc
     finally:
-        try:
-            conn.command('REPLICAOF', 'NO', 'ONE')
-            if previous and previous.get('role') == 'slave' and previous.get('master_host'):
-                conn.command('REPLICAOF', previous['master_host'], previous['master_port'])
-        finally:
-            conn.close()
-            master.close()
-    return {'sent': master.sent, 'previous_replication': previous}
+        listener.close()
+    state, problems = _detach(target, record)
+    target.close()
+    result = {'sent': listener.sent, 'listener': address, 'tls': tls_context is not None,
+              'rejected_connections': listener.rejected,
+              'previous_replication': {k: previous.get(k) for k in ('role', 'master_host', 'master_port')}}
+    if problems:
+        raise RestoreError(
+            f'{"the restore failed (" + str(failure) + ") and " if failure else ""}the target could not be put back: '
+            + '; '.join(problems) + f'. Its state: {state}; a re-run of this module repairs it (it recognises the '
+            'one-time masterauth it set), or run REPLICAOF NO ONE and CONFIG SET masterauth by hand',
+            {'target_state': state, 'replication': result})
+    if isinstance(failure, redis_restore_stream.NeedsFilePass):
+        raise failure  # the target is back and never got the last bytes: serve a verified copy instead
+    if isinstance(failure, _RefusedInTransfer):
+        raise RestoreError(f'{failure}; the target was detached from the listener, is writable again and kept its '
+                           'data (it never received the last bytes)', {'target_state': 'unchanged', 'replication': result})
+    if failure is not None:
+        raise RestoreError(f'{failure}; the target was detached from the listener and is writable again '
+                           '(it holds its previous data unless the load had completed)',
+                           {'target_state': 'not_restored', 'replication': result})
+    return result, state
+
+
+class _RefusedInTransfer(RestoreError):
+    """The streamed RDB failed a check; the link was dropped before its last bytes."""
 
 
 def _raise_listener_error(error):
     if isinstance(error, redis_restore_stream.VerificationFailed):
-        raise RestoreError(f'refused during the transfer, the link was dropped before the last bytes: {error}') from None
+        raise _RefusedInTransfer(f'refused during the transfer, the link was dropped before the last bytes: {error}')
     if isinstance(error, redis_restore_stream.NeedsFilePass):
         raise error
     raise RestoreError(f'replication listener failed: {error}')
+
+
+def _detach(target, record):
+    """REPLICAOF NO ONE, put back sanitize, masterauth (last but one: it is the marker a re-run looks for) and the
+    previous master; each on a fresh connection when needed. Returns (target_state, problems)."""
+    problems = []
+    try:
+        target.command('REPLICAOF', 'NO', 'ONE', retry_for=max(target.retry_for, 60.0))
+    except RedisError as exc:
+        problems.append(f'REPLICAOF NO ONE failed: {exc}')
+    if record.get('sanitize') is not None:
+        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], problems)
+    if not problems:
+        put_back_config(target, 'masterauth', record.get('masterauth') or '', problems)
+    if not problems and record.get('master'):
+        try:
+            target.command('REPLICAOF', *record['master'])
+        except RedisError as exc:
+            problems.append(f'REPLICAOF {record["master"][0]} {record["master"][1]} failed: {exc}')
+    try:
+        state = _replication_state(target)
+    except RedisError as exc:
+        problems.append(f'cannot read its replication state: {exc}')
+        return 'unknown', problems
+    if _follows(state, record['listener']):
+        return 'replica_of_listener', problems
+    if record.get('master'):
+        expected = f'{record["master"][0]}:{record["master"][1]}'
+        if not _follows(state, expected):
+            problems.append(f'it is not a replica of its previous master {expected} again')
+            return 'restored_not_reattached' if state.get('role') == 'master' else 'unknown', problems
+        return 'restored_replica', problems
+    if state.get('role') != 'master':
+        problems.append(f'it is still a replica of {state.get("master_host")}:{state.get("master_port")}')
+        return 'read_only', problems
+    return 'restored', problems
 
 
 def can_reach_listener(params):
@@ -632,6 +1052,59 @@ def _copy_atomic(src, dest):
 # --------------------------------------------------------------------------------------------------------------
 # The whole restore
 # --------------------------------------------------------------------------------------------------------------
+def _wait_loaded(conn, timeout):
+    """Wait while the target loads an RDB (it refuses most commands with -LOADING meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while parse_info(conn.command('INFO', 'persistence')).get('loading') == '1':
+        if time.monotonic() > deadline:
+            raise RestoreError(f'the target is still loading a dataset after {timeout:.0f}s; the target was not changed',
+                               {'target_state': 'unchanged'})
+        time.sleep(0.1)  # polling interval while the target loads
+
+
+def _restore_keys(params, target, rdb, mode, now_ms, summary, sanitize_previous, result):
+    """Method restore: clear (replace), RESTORE every key, functions; sanitize-dump-payload is put back in any case.
+    A failure part way is reported as a partial restore with counts and what a re-run does."""
+    total = sum(summary.keys_per_db.values())
+    failures = []
+    try:
+        confirmed = 0
+        try:
+            if mode == 'replace':
+                result['cleared_with'] = clear_target(target.conn)
+            stats = method_restore(params, rdb, now_ms)
+            confirmed = total
+            result['functions_restored'] = restore_functions(target.conn, rdb, mode) \
+                if (summary.functions or mode == 'replace') and _functions_supported(target.conn) else 0
+        except PartialRestore as exc:
+            raise _partial(params, target, mode, exc.confirmed, total, str(exc), result) from None
+        except (RedisError, OSError) as exc:
+            raise _partial(params, target, mode, confirmed, total, str(exc), result) from None
+    finally:
+        if sanitize_previous not in (None, 'yes'):
+            put_back_config(target, 'sanitize-dump-payload', sanitize_previous, failures)
+    if failures:
+        raise RestoreError('the restore completed but ' + '; '.join(failures), dict(result, target_state='restored'))
+    return stats
+
+
+def _partial(params, target, mode, confirmed, total, cause, result):
+    """The RestoreError for a restore that stopped part way: N of M keys, what the target holds, what a re-run does."""
+    target.close()  # the connection that failed; the next command opens a fresh one
+    try:
+        held = target_keyspace(Target(params, retry_for=10.0))
+        holds = f'; the target now holds {sum(held.values())} keys'
+    except RedisError:
+        held, holds = None, ''
+    rerun = (f'a re-run (mode=replace) clears the target and restores all {total} keys again' if mode == 'replace'
+             else f'a re-run (mode=merge) restores all {total} keys of the backup again (RESTORE ... REPLACE) and '
+             'keeps the keys the backup does not have')
+    return RestoreError(f'the target is partially restored: {confirmed} of {total} keys confirmed restored{holds} '
+                        f'({cause}); {rerun}',
+                        dict(result, target_state='partially_restored', keys_confirmed=confirmed, keys_total=total,
+                             target_keys_after=held))
+
+
 def _db_dict(counts):
     return {str(k): v for k, v in sorted(counts.items())}
 
@@ -686,11 +1159,15 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
 
         conn = RespConnection(params, timeout=600.0)
         try:
+            _wait_loaded(conn, float(params.get('timeout') or 3600))
             info = server_info(conn)
             if not rdb_loadable(rdb.version, info['server'], info['version']):
                 raise RestoreError(f'the RDB has version {rdb.version} but the target {info["server"]} {info["version"]} '
                                    f'loads RDB versions up to {rdb_version_for(info["server"], info["version"])}; '
                                    'restore onto the same or a newer server; the target was not changed')
+            repaired = repair_leftover(params, conn, check_mode)
+            if repaired:
+                result['repaired'] = repaired
             if summary is not None and summary.functions and not _functions_supported(conn):
                 raise RestoreError('the RDB holds functions but the target has no FUNCTION command; the target was not changed')
             before = target_keyspace(conn)
@@ -700,29 +1177,35 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                 result['method'] = method
             now_ms = int(time.time() * 1000)
             result['changed'] = summary is None or bool(summary.keys_per_db or summary.functions
-                                                        or (mode == 'replace' and any(before.values())))
+                                                        or (mode == 'replace' and any(before.values()))
+                                                        or (repaired and not check_mode))
             if check_mode:
                 result['would_restore_per_db'] = _db_dict(summary.keys_per_db)
                 result['duration'] = round(time.monotonic() - started, 3)
                 return result
+            previous = _replication_state(conn)
+            sanitize_previous = enable_sanitize(conn)
+            result['sanitize_dump_payload'] = {'during': 'yes' if sanitize_previous is not None else None,
+                                               'previous': sanitize_previous}
             if method == 'replication':
                 timeout = float(params.get('timeout') or 3600)
                 if stream is not None:
-                    result['replication'] = _replicate_stream(params, stream, timeout, client, workdir)
+                    result['replication'], result['target_state'] = _replicate_stream(
+                        params, conn, stream, timeout, previous, sanitize_previous, client, workdir)
                     summary = stream.summary
                     result.update(_summary_fields(summary), verification_reason=stream.verification_reason)
                 else:
-                    result['replication'] = method_replication(params, path, timeout)
+                    result['replication'], result['target_state'] = method_replication(
+                        params, conn, path, timeout, previous, sanitize_previous)
+                conn = Target(params)  # method_replication's connection may have been replaced (and is closed)
                 expired = {}
                 restored = {int(k): v for k, v in target_keyspace(conn).items()}
                 errors = []
             else:
-                if mode == 'replace':
-                    result['cleared_with'] = clear_target(conn)
-                stats = method_restore(params, rdb, now_ms)
-                result['functions_restored'] = restore_functions(conn, rdb, mode) if (summary.functions or mode == 'replace') \
-                    and _functions_supported(conn) else 0
+                conn = Target(params, conn)
+                stats = _restore_keys(params, conn, rdb, mode, now_ms, summary, sanitize_previous, result)
                 restored, expired, errors = stats['restored'], stats['expired'], stats['errors']
+                result['target_state'] = 'restored'
             after = target_keyspace(conn)
         finally:
             conn.close()
@@ -736,8 +1219,9 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                       errors=[e for e in errors if e][:20], error_count=len(errors),
                       duration=round(time.monotonic() - started, 3))
         if errors and not params.get('ignore_errors'):
+            result['target_state'] = 'partially_restored'
             raise RestoreError(f'{len(errors)} commands failed during the restore (first: '
-                               f'{next((e for e in errors if e), "?")}); the target is partially restored')
+                               f'{next((e for e in errors if e), "?")}); the target is partially restored', result)
         return result
     finally:
         if stream is not None:
@@ -763,20 +1247,31 @@ def _open_stream(client, params, method, mode, check_mode):
         raise RestoreError(str(exc)) from None
 
 
-def _replicate_stream(params, stream, timeout, client, workdir):
+def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous, client, workdir):
+    """method_replication with the streamed payload (or a verified local copy when it cannot be used)."""
+    state = {}
+
     def serve(payload=None, path=None):
-        return method_replication(params, path, timeout, payload=payload)
+        # method_replication closes the connection it was given: a second attempt gets a fresh one
+        target = RespConnection(params, timeout=60.0) if state.get('served') else conn
+        state['served'] = True
+        result, state['target_state'] = method_replication(params, target, path, timeout, previous, sanitize_previous,
+                                                           payload=payload)
+        return result
 
     def verify_file(path):
-        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path))
-        buf.close()
-        handle.close()
-        return rdb.summary
+        # the recorded check still applies to a copy of the same bytes; a streamed pass that gave up needs the full one
+        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path), stream.verification == 'manifest')
+        if buf is not None:
+            buf.close()
+            handle.close()
+        return rdb
 
     def refetch():
         return fetch_s3_source(client, dict(params, key=stream.key), workdir)[0]
 
     try:
-        return redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
+        result = redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
     except redis_restore_stream.VerificationFailed as exc:
         raise RestoreError(str(exc)) from None
+    return result, state['target_state']

@@ -67,6 +67,7 @@ class S3RdbStream:
         self._stop = threading.Event()
         self._body = None
         self._first = None
+        self._sending = False
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
         with s3_utils.wrap_errors('download RDB', bucket=bucket):
             resp = client.get_object(Bucket=bucket, Key=key)
@@ -169,6 +170,11 @@ class S3RdbStream:
 
         On any failure the link is dropped (the replica discards its partial copy) and the exception propagates.
         """
+        if self._sending:
+            # the target reconnected after a dropped link: the stream is partly consumed, serve a checked copy instead
+            _drop(sock)
+            raise NeedsFilePass('the link to the target dropped during the streamed transfer')
+        self._sending = True
         limit = self.size - min(HOLD_BACK, self.size)
         held = []
         sent = 0
@@ -280,7 +286,7 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
     """Serve ``stream`` to the target over replication, verification overlapping the transfer when it is safe.
 
     ``serve(payload=None, path=None)`` runs the replication restore (the listener and the target's settings);
-    ``verify_file(path)`` runs the full verification of a local copy; ``refetch()`` downloads the object again into
+    ``verify_file(path)`` verifies a local copy (returns an object with ``summary`` and ``verification``); ``refetch()`` downloads the object again into
     a local file and returns its path. Returns the replication result with ``transfer`` and ``repl_diskless_load``.
     """
     before, changed = prepare_disk_load(params)
@@ -292,7 +298,8 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
         try:
             stream.to_file(path)
         except NeedsFilePass:
-            stream.summary = verify_file(path)
+            checked = verify_file(path)
+            stream.summary, stream.verification = checked.summary, checked.verification
         finally:
             stream.close()
         result = serve(path=path)
@@ -303,11 +310,12 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
         try:
             result = serve(payload=stream)
             result.update(info, transfer='overlapped')
-        except NeedsFilePass:
+        except NeedsFilePass as exc:
             stream.close()
             path = refetch()
-            stream.summary = verify_file(path)
-            stream.verification_reason += '; the streamed pass gave up on a large record, so a downloaded copy was checked'
+            checked = verify_file(path)
+            stream.summary, stream.verification = checked.summary, checked.verification
+            stream.verification_reason += f'; {exc}, so a downloaded copy was checked'
             result = serve(path=path)
             result.update(info, transfer='verify_then_send')
         return result

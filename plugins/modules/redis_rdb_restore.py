@@ -34,6 +34,19 @@ description:
     answers the target's C(PSYNC) with a full resync and the RDB, so the target loads it at native speed; then
     C(REPLICAOF NO ONE) and the target's previous replication settings are put back. The target must reach the
     listener (O(announce_host))."
+  - "The listener serves the target only: it accepts connections from the target's address (O(listen_allow_from)),
+    requires a one-time password that the module sets on the target as C(masterauth) for the duration of the restore
+    (the previous value is put back), closes every other connection, and bounds every read with a timeout. When the
+    target replicates over TLS (C(tls-replication yes)) the listener speaks TLS with O(listen_tls_cert)."
+  - "The one-time C(masterauth) also records the target's previous C(masterauth), master and C(sanitize-dump-payload),
+    so a run that finds the target still following the listener of an interrupted run (a killed controller) puts
+    those back before restoring (reported in RV(repaired)). Cleanup after the load runs on fresh connections with
+    retries; when the target cannot be brought back to its previous role the module fails and says so in
+    RV(target_state)."
+  - "Both online methods turn on C(sanitize-dump-payload yes) on the target for the duration of the restore (deep checks
+    of every payload it loads) and put the previous value back, also on failure."
+  - "With O(method=restore), a connection that drops part way fails with the number of keys confirmed restored, what
+    the target holds and what a re-run does; a re-run with O(mode=replace) makes the target equal to the backup."
   - "O(method=file): writes the RDB into O(data_dir) of a stopped server, moves its AOF aside and (O(aof)) writes a new
     AOF whose base is the RDB, so the next start loads it even with C(appendonly yes)."
   - "O(method=auto): V(replication) when the target can reach the listener (a target on loopback, or O(announce_host)
@@ -114,6 +127,27 @@ options:
     description:
       - Address the target uses to reach the listener. Defaults to O(listen_host).
     type: str
+  listen_allow_from:
+    description:
+      - Addresses the listener accepts connections from (the target's address as the listener sees it, e.g. its pod
+        IP when O(host) is a Service name). Connections from any other address are closed unanswered.
+      - Defaults to the addresses O(host) resolves to.
+    type: list
+    elements: str
+  listen_tls_cert:
+    description:
+      - Certificate (PEM, with its chain) of the replication listener; required when the target replicates over TLS
+        (C(tls-replication yes)). The target verifies it against its C(tls-ca-cert-file).
+    type: path
+  listen_tls_key:
+    description:
+      - Private key of O(listen_tls_cert) (when not in the same file).
+    type: path
+  listen_tls_ca_cert:
+    description:
+      - CA the target's client certificate must be signed by; when set the listener requires one (mutual TLS). The
+        target presents its C(tls-client-cert-file), or its C(tls-cert-file).
+    type: path
   data_dir:
     description:
       - Data directory of the stopped server (O(method=file)).
@@ -161,8 +195,10 @@ options:
         the target and hold back its last bytes until the checks passed, instead of downloading and verifying it
         first.
       - The target's C(repl-diskless-load) is set to V(disabled) for the duration and put back afterwards (also on
-        failure). When C(CONFIG GET)/C(CONFIG SET) are not allowed on the target, or the manifest has no size, the
-        RDB is downloaded and verified first.
+        failure). When the target has no C(repl-diskless-load) setting (before Redis 6.0) or it cannot be set, or the
+        manifest has no size, the RDB is downloaded and verified first. When the link drops during the transfer, or
+        the streamed structure pass meets a record above 32 MiB, the target keeps its data and a downloaded,
+        verified copy is served instead.
     type: bool
     default: true
 notes:
@@ -174,6 +210,10 @@ notes:
     C(appendonly yes)).
   - With O(method=replication), a target that was itself a replica is re-attached to its master afterwards, which
     makes it resynchronise from that master.
+  - The restore user needs C(CONFIG GET) and C(CONFIG SET) on the target (C(sanitize-dump-payload); with
+    O(method=replication) also C(masterauth), C(tls-replication) and C(REPLICAOF)).
+  - If the target uses C(masteruser) (ACL users for replication), it stays as it is; the target then sends
+    C(AUTH <masteruser> <one-time password>) and the listener checks the password only.
 requirements:
   - boto3 (for S3)
   - anycrc (optional, a fast C CRC64; without it verification is much slower)
@@ -287,12 +327,22 @@ functions_restored:
   returned: O(method=restore)
   type: int
 replication:
-  description: Bytes sent and the target's replication settings before the restore.
+  description: Bytes sent, the listener address, whether it used TLS, how many foreign connections it closed, and the
+    target's replication settings before the restore.
   returned: O(method=replication)
   type: dict
   contains:
     sent:
       description: Bytes of the RDB sent to the target.
+      type: int
+    listener:
+      description: Address of the listener the target replicated from.
+      type: str
+    tls:
+      description: Whether the listener used TLS.
+      type: bool
+    rejected_connections:
+      description: Foreign connections the listener closed.
       type: int
     previous_replication:
       description: The target's role and master before the restore (put back afterwards).
@@ -321,6 +371,35 @@ verification_reason:
   description: Why the manifest's recorded check could or could not replace the pass.
   returned: always
   type: str
+target_state:
+  description:
+    - State the target was left in. V(restored) (a writable master holding the backup), V(restored_replica) (restored,
+      then re-attached to its previous master), V(partially_restored) (see RV(keys_confirmed)), V(not_restored)
+      (the load failed; the target is writable with its previous data), V(unchanged), V(replica_of_listener) or
+      V(read_only) (still following the module's closed listener; a re-run repairs it), V(restored_not_reattached),
+      V(unknown).
+    - Also in the failure result.
+  returned: unless O(method=file) or check mode
+  type: str
+  sample: restored
+repaired:
+  description: What an interrupted earlier run had left on the target (its listener address, whether the target still
+    followed it, the previous master) and was put back; in check mode only reported (C(would_repair)).
+  returned: when such a leftover was found
+  type: dict
+sanitize_dump_payload:
+  description: C(sanitize-dump-payload) during the restore and the previous value put back afterwards.
+  returned: unless O(method=file) or check mode
+  type: dict
+  sample: {"during": "yes", "previous": "no"}
+keys_confirmed:
+  description: Keys whose RESTORE the target had answered when the restore stopped part way.
+  returned: failure of a partial restore
+  type: int
+keys_total:
+  description: Keys in the backup.
+  returned: failure of a partial restore
+  type: int
 errors:
   description: First error replies from the target.
   returned: success, unless O(method=file) or check mode
@@ -383,6 +462,10 @@ def main():
         listen_host=dict(type='str', default='127.0.0.1'),
         listen_port=dict(type='int', default=0),
         announce_host=dict(type='str'),
+        listen_allow_from=dict(type='list', elements='str'),
+        listen_tls_cert=dict(type='path'),
+        listen_tls_key=dict(type='path', no_log=False),
+        listen_tls_ca_cert=dict(type='path'),
         data_dir=dict(type='path'),
         dbfilename=dict(type='str', default='dump.rdb'),
         appenddirname=dict(type='str', default='appendonlydir'),
@@ -410,7 +493,9 @@ def main():
         module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
     try:
         result = run_restore(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
-    except (RestoreError, RedisError, RdbError, S3Error) as exc:
+    except RestoreError as exc:
+        module.fail_json(msg='Redis restore failed: %s' % exc, **exc.result)
+    except (RedisError, RdbError, S3Error) as exc:
         module.fail_json(msg='Redis restore failed: %s' % exc)
     except Exception as exc:  # pylint: disable=broad-exception-caught
         module.fail_json(msg='Redis restore failed: %s' % exc, exception=traceback.format_exc())

@@ -209,6 +209,8 @@ def main():
     parser.add_argument("--lab-dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO / ".lab")))
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the backup comparison (medians reported)")
+    parser.add_argument("--restore-rounds", type=int, default=0,
+                        help="rounds of the S3 replication restores (medians reported; default: --repeat)")
     parser.add_argument("--big-mb", type=int, default=1024, help="size in MiB of the RDB for the peak-memory check (0: skip)")
     args = parser.parse_args()
     s3params, bucket = lab_s3(args.lab_dir)
@@ -308,7 +310,7 @@ def main():
         s3_times = {label: [] for label, _unused in s3_cases}
         s3_natives = []
         s3_results = {}
-        for round_no in range(args.repeat):
+        for round_no in range(args.restore_rounds or args.repeat):
             # the native load is measured in every round, next to the restores it is compared with
             native_r = Server(work, f"native-s3-{round_no}")
             shutil.copyfile(dump, native_r.dir / "dump.rdb")

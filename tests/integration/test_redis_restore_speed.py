@@ -196,23 +196,24 @@ def test_oversized_record_for_the_streamed_pass_falls_back_to_a_checked_copy(ser
     assert client(dst).config_get('repl-diskless-load')['repl-diskless-load'] == 'swapdb'
 
 
-def test_without_config_permission_verifies_before_sending(servers, s3):
+def test_target_without_repl_diskless_load_verifies_before_sending(servers, s3, monkeypatch):
+    """A target where repl-diskless-load cannot be read (no such setting before Redis 6.0): verify-then-send."""
     src, dst = servers['src'], servers['dst']
     base.populate(src, bulk=1_000)
     expected = snapshot(src)
     prefix, _backup_result = _backup(src, s3)
-    _prepare_target(dst, 'disabled')
-    user, password = f'restorer-{uuid.uuid4().hex[:6]}', uuid.uuid4().hex
-    client(dst).acl_setuser(user, enabled=True, passwords=[f'+{password}'], keys=['~*'], channels=['&*'],
-                            commands=['+@all', '-config'])
-    try:
-        result = base.restore_from_s3(dict(dst, password=password), s3, prefix, method='replication', username=user)
-    finally:
-        client(dst).acl_deluser(user)
+    _prepare_target(dst, 'swapdb')
+    real = redis_restore_stream._config_get  # pylint: disable=protected-access
+
+    def config_get(conn, name):
+        return None if name == 'repl-diskless-load' else real(conn, name)
+    monkeypatch.setattr(redis_restore_stream, '_config_get', config_get)
+    result = base.restore_from_s3(dst, s3, prefix, method='replication')
     assert result['replication']['transfer'] == 'verify_then_send'
     assert result['replication']['repl_diskless_load'] is None
     assert result['verification'] == 'manifest'
     assert snapshot(dst) == expected
+    assert client(dst).config_get('repl-diskless-load')['repl-diskless-load'] == 'swapdb'
 
 
 def test_local_file_with_recorded_check_skips_the_pass(servers, tmp_path):
