@@ -1244,7 +1244,7 @@ def _open_stream(client, params, method, mode, check_mode):
     try:
         return redis_restore_stream.open_s3_stream(client, params, resolve_s3_source, read_s3_manifest)
     except redis_restore_stream.VerificationFailed as exc:
-        raise RestoreError(str(exc)) from None
+        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
 
 
 def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous, client, workdir):
@@ -1273,5 +1273,5 @@ def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous
     try:
         result = redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
     except redis_restore_stream.VerificationFailed as exc:
-        raise RestoreError(str(exc)) from None
+        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
     return result, state['target_state']

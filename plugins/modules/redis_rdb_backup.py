@@ -71,7 +71,7 @@ options:
   verify_structure:
     description:
       - Run the RDB structure pass while the RDB streams (every record's framing, the EOF opcode, nothing after the
-        CRC64 trailer, and every value validated as Redis's loader does with C(sanitize-dump-payload yes): a
+        CRC64 trailer, and every value validated as Redis's loader does with C(sanitize-dump-payload yes), so a
         malformed value fails the backup, naming the key), and record it in the manifest's C(verified) entry with the
         exact per-db key counts and the number of functions.
       - A restore with O(hanzo.kms.redis_rdb_restore#module:method=replication) or
