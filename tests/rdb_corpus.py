@@ -45,6 +45,20 @@ def lzf_literal(data):
     return bytes(out)
 
 
+def lzf_repeat(size, byte=b'k'):
+    """Valid LZF of ``size`` copies of ``byte``: one literal, then 264-byte back-references (1.5 MB for 128 MiB)."""
+    comp = bytearray(b'\x00' + byte)
+    full, rest = divmod(size - 1, 264)
+    comp += b'\xe0\xff\x00' * full
+    if rest >= 9:
+        comp += bytes([0xE0, rest - 9, 0])
+    elif rest >= 3:
+        comp += bytes([(rest - 2) << 5, 0])
+    elif rest:
+        comp += bytes([rest - 1]) + byte * rest
+    return bytes(comp)
+
+
 def enc_lzf(compressed, ulen):
     """An LZF string: 0xC3, compressed length, declared uncompressed length, compressed bytes."""
     return b'\xc3' + enc_len(len(compressed)) + enc_len(ulen) + compressed

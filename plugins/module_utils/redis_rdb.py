@@ -12,6 +12,7 @@ table-driven pure-Python fallback exists (≈10 MB/s) so the module still works,
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 
 try:
@@ -553,6 +554,27 @@ def _str_at(buf, pos, end):
         raise _Bad('a string runs past the end of the value') from None
 
 
+_MEMBER_DECOMPRESS_MAX = 1024 * 1024
+
+
+def _member_at(buf, pos, end):
+    """A set/zset member or hash field -> (identity bytes, pos). Compressed members up to 1 MiB are compared by
+    content; larger ones (Redis accepts members up to 512 MiB) are checked in place and compared by their compressed
+    bytes, so memory stays bounded."""
+    first = buf[pos] if pos < end else 0xFF
+    if first == 0xC3:
+        try:
+            _c, _e, cpos = _read_len(buf, pos, end)
+            clen, cpos = _plain_len(buf, cpos, end, 'LZF compressed length')
+            ulen, cpos = _plain_len(buf, cpos, end, 'LZF uncompressed length')
+        except _Short:
+            raise _Bad('a string runs past the end of the value') from None
+        if ulen > _MEMBER_DECOMPRESS_MAX:
+            stop = _str_check(buf, pos, end)
+            return b'\x00lzf' + bytes(buf[cpos:cpos + clen]), stop
+    return _str_at(buf, pos, end)
+
+
 def _str_check(buf, pos, end):
     """Skip a string inside a value, validating LZF without decompressing it -> pos."""
     try:
@@ -617,6 +639,12 @@ def _backlen_ok(lp, q, size):
 def listpack_entries(lp, values=True):
     """Validate a listpack blob as lpValidateIntegrity(deep) does; return its entries (ints or bytes) when ``values``,
     else their count. Raises _Bad."""
+    count, out = _lp_walk(lp, 1 if values else 0)
+    return out if values else count
+
+
+def _lp_walk(lp, step):
+    """Walk and validate a listpack -> (entry count, values of entries 0, step, 2*step, ...; none when step is 0)."""
     n = len(lp)
     if n < 7:
         raise _Bad(f'listpack of {n} bytes is shorter than its header and terminator')
@@ -630,42 +658,47 @@ def listpack_entries(lp, values=True):
     out = []
     append = out.append
     seen = 0
+    want = 1 if step else -1     # countdown to the next entry whose value is kept
     p = 6
     while p < last:
         b = lp[p]
+        want -= 1
         if b < 0x80:  # 7-bit unsigned integer: 1 byte + back-length 1
             if lp[p + 1] != 1:
                 raise _Bad(f'listpack entry at byte {p} has a wrong back-length')
-            if values:
+            if not want:
                 append(b)
+                want = step
             p += 2
             seen += 1
             continue
         if b < 0xC0:  # string up to 63 bytes
             size = 1 + (b & 0x3F)
-            if values:
+            if not want:
                 append(lp[p + 1:p + size])
         elif b < 0xE0:  # 13-bit signed integer
             size = 2
-            if values:
+            if not want:
                 v = ((b & 0x1F) << 8) | lp[p + 1]
                 append(v - 8192 if v >= 4096 else v)
         elif b < 0xF0:  # string up to 4095 bytes
             size = 2 + (((b & 0x0F) << 8) | lp[p + 1])
-            if values:
+            if not want:
                 append(lp[p + 2:p + size])
         elif b == 0xF0:  # string with a 32-bit length
             if p + 5 > last:
                 raise _Bad(f'listpack entry at byte {p} runs past the end')
             size = 5 + int.from_bytes(lp[p + 1:p + 5], 'little')
-            if values:
+            if not want:
                 append(lp[p + 5:p + size])
         else:
             size = _LP_FIXED.get(b)
             if size is None:
                 raise _Bad(f'listpack entry at byte {p} has the invalid encoding byte 0x{b:02x}')
-            if values:
+            if not want:
                 append(int.from_bytes(lp[p + 1:p + size], 'little', signed=True))
+        if not want:
+            want = step
         q = p + size
         if size < 128:
             if q >= last or lp[q] != size:
@@ -679,7 +712,7 @@ def listpack_entries(lp, values=True):
         seen += 1
     if declared != 65535 and declared != seen:
         raise _Bad(f'listpack header says {declared} entries, it holds {seen}')
-    return out if values else seen
+    return seen, out
 
 
 def _canon(value):
@@ -701,15 +734,14 @@ def _no_dups(items, what):
 
 
 def _lp_pairs(lp, what, group=2):
-    entries = listpack_entries(lp)
-    if not entries:
+    """A hash/sorted-set listpack: entries in groups of ``group``, no duplicate field/member, not empty."""
+    count, fields = _lp_walk(lp, group)
+    if not count:
         raise _Bad(f'empty {what} (Redis refuses empty keys)')
-    if len(entries) % group:
-        raise _Bad(f'{what} listpack has {len(entries)} entries, not a multiple of {group}')
-    if len(entries) == group:
-        return entries
-    _no_dups(entries[::group], 'field' if what == 'hash' else 'member')
-    return entries
+    if count % group:
+        raise _Bad(f'{what} listpack has {count} entries, not a multiple of {group}')
+    if count > group:
+        _no_dups(fields, 'field' if what == 'hash' else 'member')
 
 
 # -- ziplist -------------------------------------------------------------------------------------------------------
@@ -988,7 +1020,14 @@ def _members(buf, pos, end, count, what, paired):
         raise _Bad(f'empty {what} (Redis refuses empty keys)')
     seen = set()
     for _unused in range(count):
-        member, pos = _str_at(buf, pos, end)
+        first = buf[pos] if pos < end else 0xFF
+        if first < 0x40:  # plain string up to 63 bytes, the usual member
+            member = bytes(buf[pos + 1:pos + 1 + first])
+            pos += 1 + first
+            if pos > end:
+                raise _Bad('a string runs past the end of the value')
+        else:
+            member, pos = _member_at(buf, pos, end)
         if member in seen:
             raise _Bad(f'duplicate {"field" if what == "hash" else "member"} {member[:40]!r}')
         seen.add(member)
@@ -1046,7 +1085,7 @@ def _check_value(buf, pos, end, rtype, version):
             raise _Bad('empty sorted set (Redis refuses empty keys)')
         seen = set()
         for _unused in range(count):
-            member, pos = _str_at(buf, pos, end)
+            member, pos = _member_at(buf, pos, end)
             if member in seen:
                 raise _Bad(f'duplicate member {member[:40]!r}')
             seen.add(member)
@@ -1069,7 +1108,7 @@ def _check_value(buf, pos, end, rtype, version):
                         raise _Bad(f'score {text[:40]!r} of member {member[:40]!r} is not a number') from None
                     pos += dlen
                 pos += 1
-            if score != score:
+            if math.isnan(score):
                 raise _Bad(f'member {member[:40]!r} has a NaN score')
     elif rtype in (15, 19, 21):
         _stream_check(buf, pos, end, rtype)
@@ -1081,7 +1120,7 @@ def _check_value(buf, pos, end, rtype, version):
             raise _Bad('empty hash (Redis refuses empty keys)')
         seen = set()
         for _unused in range(count):
-            field, pos = _str_at(buf, pos, end)
+            field, pos = _member_at(buf, pos, end)
             if field in seen:
                 raise _Bad(f'duplicate field {field[:40]!r}')
             seen.add(field)
@@ -1098,7 +1137,7 @@ def _check_value(buf, pos, end, rtype, version):
         seen = set()
         for _unused in range(count):
             _ttl, pos = _len_at(buf, pos, end, 'hash field ttl')
-            field, pos = _str_at(buf, pos, end)
+            field, pos = _member_at(buf, pos, end)
             if field in seen:
                 raise _Bad(f'duplicate field {field[:40]!r}')
             seen.add(field)
@@ -1262,6 +1301,7 @@ class _Parser:
                 elif want_keys:
                     key, vpos = _read_string(buf, pos + 1, end)
                 else:
+                    key = None
                     vpos = _skip_key(buf, pos + 1, end)
                 if rtype in single:
                     # inline fast paths for 6- and 14-bit plain lengths and for LZF strings whose two lengths are
@@ -1286,7 +1326,7 @@ class _Parser:
                         if rtype == 18 and buf[vpos] == 1 and buf[vpos + 1] == 2 and buf[vpos + 2] < 0x40 \
                                 and vpos + 3 + buf[vpos + 2] == pos:
                             # the common list: one packed node, a listpack of < 64 bytes
-                            if not listpack_entries(bytes(buf[vpos + 3:pos]), False):
+                            if not _lp_walk(bytes(buf[vpos + 3:pos]), 0)[0]:
                                 raise _Bad('empty list (Redis refuses empty keys)')
                         elif rtype not in single:
                             _check_value(buf, vpos, pos, rtype, version)

@@ -86,21 +86,8 @@ def test_small_file_declaring_huge_lzf_outputs_is_refused_fast_without_memory():
 
 
 def big_lzf_key_file(size):
-    """A valid LZF key of ``size`` bytes ('k' repeated): one literal, then 264-byte back-references (1.5 MB for
-    128 MiB)."""
-    comp = bytearray(b'\x00k')
-    rest = size - 1
-    while rest >= 264:
-        comp += b'\xe0\xff\x00'
-        rest -= 264
-    if rest >= 9:
-        comp += bytes([0xE0, rest - 9, 0])
-    elif rest >= 3:
-        comp += bytes([(rest - 2) << 5, 0])
-    elif rest:
-        comp += bytes([rest - 1]) + b'k' * rest
-    record = bytes([0]) + corpus.enc_lzf(bytes(comp), size) + corpus.enc_str('value')
-    return corpus.rdb_file([record])
+    """One valid LZF key of ``size`` bytes."""
+    return corpus.rdb_file([bytes([0]) + corpus.enc_lzf(corpus.lzf_repeat(size), size) + corpus.enc_str('value')])
 
 
 def test_lzf_key_of_128_mib_is_checked_in_place():
@@ -239,3 +226,21 @@ def test_valkey_type_22_problems_and_foreign_types():
     ok = corpus.key_record(corpus.HASH_2_VALKEY, 'h', valkey_hash_2([('f', 'v', -1)]))
     with pytest.raises(RdbError, match='not valid in a Redis RDB'):
         redis_rdb.scan_bytes(corpus.rdb_file([ok], version=12))
+
+
+def test_large_compressed_set_members_are_not_decompressed():
+    """Redis accepts members up to 512 MiB: a compressed member above the container limit is checked in place and
+    compared by its compressed bytes, so it is neither refused nor allocated."""
+    big = corpus.lzf_repeat(100 * 1024 * 1024)
+    value = corpus.enc_len(2) + corpus.enc_lzf(big, 100 * 1024 * 1024) + corpus.enc_str('small')
+    data = corpus.rdb_file([corpus.key_record(corpus.SET, 'bigset', value)])
+    tracemalloc.start()
+    try:
+        assert redis_rdb.scan_bytes(data).keys_per_db == {0: 1}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024
+    dup = corpus.enc_len(2) + corpus.enc_lzf(big, 100 * 1024 * 1024) * 2
+    with pytest.raises(RdbError, match="key b'bigset'.*duplicate member"):
+        redis_rdb.scan_bytes(corpus.rdb_file([corpus.key_record(corpus.SET, 'bigset', dup)]))
