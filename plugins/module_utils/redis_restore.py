@@ -569,13 +569,14 @@ class ReplicationListener:
         self.error = None
         self.sent = 0
         self.rejected = 0
-        self.rejected_from = set()
+        self.refused_from = set()  # addresses not allowed (reported when the target never gets through)
         self.done = threading.Event()
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._serve_lock = threading.Lock()
         self._peers = []
         self._served = []
+        self._open = set()  # sockets of handshakes in progress, closed by close()
         self._cpu_finished = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True, name='redis-restore-listener')
         self.thread.start()
@@ -603,26 +604,28 @@ class ReplicationListener:
                 self._peers = [t for t in self._peers if t.is_alive()]
                 busy = len(self._peers) >= MAX_PEERS
             if host not in self.allowed or busy:
-                self._reject(client, host)
+                if host not in self.allowed and len(self.refused_from) < 10:
+                    self.refused_from.add(host)
+                self._reject(client)
                 continue
-            thread = threading.Thread(target=self._peer, args=(client, host), daemon=True)
+            thread = threading.Thread(target=self._peer, args=(client,), daemon=True)
             with self._lock:
                 self._peers.append(thread)
             thread.start()
 
-    def _reject(self, client, host):
+    def _reject(self, client):
         with self._lock:
             self.rejected += 1
-            if len(self.rejected_from) < 10:
-                self.rejected_from.add(host)
         try:
             client.close()
         except OSError:
             pass
 
     # ---- one peer
-    def _peer(self, client, host):
+    def _peer(self, client):
         served = False
+        with self._lock:
+            self._open.add(client)
         try:
             served = self._handshake(client)
         except (_PeerGone, OSError, ValueError):
@@ -632,14 +635,22 @@ class ReplicationListener:
         finally:
             with self._lock:
                 self._cpu_finished += time.thread_time()
+                current = [s for s in self._open if s is client or getattr(s, 'raw_peer', None) is client]
+                self._open.difference_update(current)
             if not served:
-                self._reject(client, host)
+                for sock in current or [client]:
+                    self._reject(sock)
 
     def _handshake(self, client):
         deadline = time.monotonic() + 3 * self.handshake_timeout  # a peer trickling bytes is cut off too
         client.settimeout(self.handshake_timeout)
         if self.tls_context is not None:
-            client = self.tls_context.wrap_socket(client, server_side=True)
+            raw = client
+            client = self.tls_context.wrap_socket(client, server_side=True)  # detaches ``raw``
+            client.raw_peer = raw
+            with self._lock:
+                self._open.discard(raw)
+                self._open.add(client)
         buf = bytearray()
         authed = False
         while True:
@@ -662,6 +673,8 @@ class ReplicationListener:
             elif name == b'REPLCONF':
                 client.sendall(b'+OK\r\n')
             elif name in (b'PSYNC', b'SYNC'):
+                if self.stop.is_set():
+                    return False  # closed: the RDB's directory is being removed
                 self._send_rdb(client, name)
                 return True
             else:
@@ -695,7 +708,7 @@ class ReplicationListener:
         self.stop.set()
         self.thread.join(timeout=5)
         with self._lock:
-            socks = list(self._served) + [self.sock]
+            socks = list(self._served) + list(self._open) + [self.sock]
         for sock in socks:
             try:
                 sock.close()
@@ -871,22 +884,30 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     """
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
-    allowed = target_addresses(params)
-    tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
-    previous_auth = _config_get(conn, 'masterauth')
     master = None
     if previous.get('role') == 'slave' and previous.get('master_host'):
         master = [previous['master_host'], int(previous['master_port'])]
     token = secrets.token_urlsafe(24)
-    listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
-                                   tls_context=tls_context, payload=payload)
+    try:
+        allowed = target_addresses(params)
+        tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
+        previous_auth = _config_get(conn, 'masterauth')
+        listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
+                                       tls_context=tls_context, payload=payload)
+    except (RestoreError, RedisError):
+        # nothing but sanitize-dump-payload was changed yet
+        if sanitize_previous not in (None, 'yes'):
+            put_back_config(Target(params, conn), 'sanitize-dump-payload', sanitize_previous, [])
+        raise
     address = f'{announce}:{listener.port}'
     record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous}
     listener.password = _encode_marker(token, record).encode()
-    target = Target(params, conn)
+    target = Target(params, conn, retry_for=300.0)
     failure = None
+    attached = False  # REPLICAOF sent (its reply may be lost with the connection, so "sent" counts)
     try:
         target.command('CONFIG', 'SET', 'masterauth', listener.password)
+        attached = True
         target.command('REPLICAOF', announce, listener.port)
         deadline = time.monotonic() + timeout
         while True:
@@ -898,8 +919,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
                     and info.get('master_sync_in_progress') == '0' and listener.done.is_set():
                 break
             if time.monotonic() > deadline:
-                refused = f'; it refused connections from {", ".join(sorted(listener.rejected_from))} ' \
-                    '(not the target\'s address: set listen_allow_from)' if listener.rejected_from else ''
+                refused = f'; it refused connections from {", ".join(sorted(listener.refused_from))} ' \
+                    '(not in listen_allow_from)' if listener.refused_from else ''
                 raise RestoreError(f'the target did not finish loading the RDB from {address} within {timeout:.0f}s '
                                    f'(can it reach the listener?){refused}')
             time.sleep(0.02)  # INFO polling interval while the target loads
@@ -907,7 +928,7 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
         failure = exc
     finally:
         listener.close()
-    state, problems = _detach(target, record)
+    state, problems = _detach(target, record, attached)
     target.close()
     result = {'sent': listener.sent, 'listener': address, 'tls': tls_context is not None,
               'rejected_connections': listener.rejected,
@@ -923,6 +944,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     if isinstance(failure, _RefusedInTransfer):
         raise RestoreError(f'{failure}; the target was detached from the listener, is writable again and kept its '
                            'data (it never received the last bytes)', {'target_state': 'unchanged', 'replication': result})
+    if failure is not None and not attached:
+        raise RestoreError(f'{failure}; the target was not changed', {'target_state': 'unchanged', 'replication': result})
     if failure is not None:
         raise RestoreError(f'{failure}; the target was detached from the listener and is writable again '
                            '(it holds its previous data unless the load had completed)',
@@ -942,19 +965,21 @@ def _raise_listener_error(error):
     raise RestoreError(f'replication listener failed: {error}')
 
 
-def _detach(target, record):
+def _detach(target, record, attached=True):
     """REPLICAOF NO ONE, put back sanitize, masterauth (last but one: it is the marker a re-run looks for) and the
-    previous master; each on a fresh connection when needed. Returns (target_state, problems)."""
+    previous master; each on a fresh connection when needed. Without ``attached`` (REPLICAOF never sent) only the
+    settings are put back. Returns (target_state, problems)."""
     problems = []
     try:
-        target.command('REPLICAOF', 'NO', 'ONE', retry_for=max(target.retry_for, 60.0))
+        if attached:
+            target.command('REPLICAOF', 'NO', 'ONE')
     except RedisError as exc:
         problems.append(f'REPLICAOF NO ONE failed: {exc}')
     if record.get('sanitize') is not None:
         put_back_config(target, 'sanitize-dump-payload', record['sanitize'], problems)
     if not problems:
         put_back_config(target, 'masterauth', record.get('masterauth') or '', problems)
-    if not problems and record.get('master'):
+    if not problems and record.get('master') and attached:
         try:
             target.command('REPLICAOF', *record['master'])
         except RedisError as exc:

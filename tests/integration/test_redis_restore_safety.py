@@ -260,6 +260,16 @@ def test_listener_serves_nothing_to_foreign_clients(lab_handle, dumps, target, s
     assert_restored(target, expected)
 
 
+def test_listener_refusing_the_target_says_which_address(dumps, target):
+    path, _expected = dumps['small']
+    with pytest.raises(RestoreError, match=r'refused connections from 127\.0\.0\.1 \(not in listen_allow_from\)') as info:
+        redis_restore.run_restore(conn_params(target, src=path, method='replication', timeout=5,
+                                              listen_allow_from=['10.255.255.1']))
+    assert info.value.result['target_state'] == 'not_restored'
+    assert role(target)[0] == 'master' and writable(target) is True
+    assert client(target).config_get('masterauth')['masterauth'] == ''
+
+
 @pytest.mark.parametrize('jam', ['partial_then_close', 'partial_then_stall', 'huge_count'])
 def test_listener_is_not_jammed(lab_handle, dumps, target, jam):
     path, expected = dumps['small']
@@ -328,12 +338,23 @@ def test_replication_over_tls(lab_handle, dumps, tmp_path, forget_processes):  #
               'src': path, 'method': 'replication', 'timeout': 30}
     with pytest.raises(RestoreError, match='listen_tls_cert'):
         redis_restore.run_restore(params)
+    assert tls_client().config_get('sanitize-dump-payload')['sanitize-dump-payload'] == 'no'  # nothing left changed
+    assert tls_client().config_get('masterauth')['masterauth'] == ''
     # mutual TLS: the target presents its own certificate (tls-cert-file), signed by the same lab CA
     result = redis_restore.run_restore(dict(params, listen_tls_cert=certs['server.crt'], listen_tls_key=certs['server.key'],
                                             listen_tls_ca_cert=certs['ca.crt']))
     assert result['target_state'] == 'restored' and result['replication']['tls'] is True
     assert tls_client().info('replication')['role'] == 'master'
     assert tls_client().dbsize() == sum(1 for (db, _k) in expected[0] if db == 0)
+    # the target verifies the listener: a certificate from another CA gets it nothing, and it is left writable
+    (tmp_path / 'other').mkdir()
+    other = _make_certs(tmp_path / 'other')
+    tls_client().set('kept', '1')
+    with pytest.raises(RestoreError, match='did not finish') as info:
+        redis_restore.run_restore(dict(params, timeout=5, listen_tls_cert=other['server.crt'],
+                                       listen_tls_key=other['server.key']))
+    assert info.value.result['target_state'] == 'not_restored'
+    assert tls_client().info('replication')['role'] == 'master' and tls_client().get('kept') == b'1'
 
 
 # --------------------------------------------------------------------------------------------------------------
