@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_verify
 
 REDIS_CONNECTION_SPEC = dict(
     host=dict(type='str', default='127.0.0.1'),
@@ -562,7 +562,8 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     """Run a backup from module-style ``params``. Returns the result dict. Raises RedisError / RdbError / S3Error.
 
     params: Redis connection keys, ``dest`` (local path), ``bucket``, ``prefix``, ``site``, ``part_size`` (MiB), ``upload_concurrency``,
-    ``analyze`` (full structure pass, gives exact per-db key counts), ``timeout`` (s).
+    ``verify_structure`` (default true: the RDB structure pass runs on the stream and the manifest records it, so a
+    restore can skip it), ``analyze`` (the same pass; kept for compatibility), ``timeout`` (s).
     """
     started = time.monotonic()
     now = now or utcnow()
@@ -592,7 +593,8 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         return result
 
     _bound_malloc()
-    validator = redis_rdb.StreamValidator(structure=bool(params.get('analyze')))
+    structure = bool(params.get('analyze')) or params.get('verify_structure', True) is not False
+    validator = redis_rdb.StreamValidator(structure=structure)
     upload = None
     local = None
     local_tmp = None
@@ -636,7 +638,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         raise
     if local_tmp:
         os.replace(local_tmp, dest)
-    manifest = build_manifest(params, info, summary, validator, size, now, params.get('analyze'))
+    manifest = build_manifest(params, info, summary, validator, size, now, structure)
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if client is not None:
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
@@ -648,7 +650,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         result['dest_manifest'] = dest + '.manifest.json'
     result.update(manifest=manifest, size=size, sha256=manifest['sha256'], crc64=manifest['crc64'],
                   rdb_version=manifest['rdb_version'], server_version=manifest['source']['server_version'],
-                  keys_per_db=manifest['keys_per_db'], duration=round(time.monotonic() - started, 3))
+                  keys_per_db=manifest['keys_per_db'], verified=manifest['verified'], duration=round(time.monotonic() - started, 3))
     return result
 
 
@@ -669,7 +671,8 @@ def build_manifest(params, info, summary, validator, size, now, analyzed):
         'keys_per_db': keys_per_db,
         'keys': None if keys_per_db is None else sum(keys_per_db.values()),
         'keyspace_at_start': info['keyspace'],
-        'functions': len(summary.functions) if analyzed else None,
+        'functions': len(summary.functions) if analyzed and validator.structure_complete else None,
+        'verified': redis_verify.record_check(summary, validator) if analyzed else None,
         'source': {
             'host': params.get('host'), 'port': params.get('port'), 'site': params.get('site'),
             'server': info['server'], 'server_version': info['version'],

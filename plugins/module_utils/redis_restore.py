@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_restore_stream, redis_verify
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
     MANIFEST_NAME, RDB_NAME, RedisError, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for,
     server_info, parse_info,
@@ -93,11 +93,8 @@ def resolve_s3_source(client, params):
     raise RestoreError(f'no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}')
 
 
-def fetch_s3_source(client, params, workdir):
-    """Download manifest + RDB (streaming, sha256 on the fly) into ``workdir``. Returns (path, manifest, source)."""
+def read_s3_manifest(client, bucket, manifest_key):
     from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-    bucket = params['bucket']
-    rdb_key, manifest_key = resolve_s3_source(client, params)
     with s3_utils.wrap_errors('read manifest', bucket=bucket):
         try:
             body = client.get_object(Bucket=bucket, Key=manifest_key)['Body'].read()
@@ -107,7 +104,15 @@ def fetch_s3_source(client, params, workdir):
                 raise RestoreError(f's3://{bucket}/{manifest_key} does not exist: the backup is incomplete '
                                    'and is never restored') from None
             raise
-    manifest = _load_manifest_bytes(body, f's3://{bucket}/{manifest_key}')
+    return _load_manifest_bytes(body, f's3://{bucket}/{manifest_key}')
+
+
+def fetch_s3_source(client, params, workdir):
+    """Download manifest + RDB (streaming, sha256 on the fly) into ``workdir``. Returns (path, manifest, source)."""
+    from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+    bucket = params['bucket']
+    rdb_key, manifest_key = resolve_s3_source(client, params)
+    manifest = read_s3_manifest(client, bucket, manifest_key)
     path = os.path.join(workdir, RDB_NAME)
     digest = hashlib.sha256()
     with s3_utils.wrap_errors('download RDB', bucket=bucket):
@@ -120,8 +125,13 @@ def fetch_s3_source(client, params, workdir):
     return path, manifest, digest.hexdigest(), source
 
 
-def verify_source(path, manifest, sha256):
-    """sha256/size against the manifest, then a full structural + CRC64 pass. Returns (RdbFile, mmap, handle)."""
+def verify_source(path, manifest, sha256, recorded_check_ok=False):
+    """sha256/size against the manifest, then a full structural + CRC64 pass. Returns (RdbFile, mmap, handle).
+
+    With ``recorded_check_ok`` (a method that does not parse the RDB itself) and a manifest whose recorded structure
+    check replaces the pass (``redis_verify.manifest_replaces_pass``), only the header and CRC64 are checked against
+    it: returns (RecordedRdb, None, None).
+    """
     size = os.path.getsize(path)
     if manifest is not None:
         if manifest.get('sha256') != sha256:
@@ -131,6 +141,17 @@ def verify_source(path, manifest, sha256):
             raise RestoreError(f'RDB size {size} does not match the manifest ({manifest["size"]}); the target was not changed')
     if size == 0:
         raise RestoreError('the RDB file is empty; the target was not changed')
+    replaces, reason = redis_verify.manifest_replaces_pass(manifest) if manifest is not None else (False, 'no manifest')
+    if recorded_check_ok and replaces:
+        try:
+            recorded = redis_verify.check_file_against_record(path, manifest, reason)
+        except RdbError as exc:
+            raise RestoreError(f'the RDB is unusable: {exc}; the target was not changed') from None
+        if recorded.summary.module_aux or recorded.summary.module_keys:
+            raise RestoreError(f'the RDB holds module data ({recorded.summary.module_keys} module keys, '
+                               f'{recorded.summary.module_aux} module aux sections); restoring module data is not '
+                               'supported; the target was not changed')
+        return recorded, None, None
     handle = open(path, 'rb')  # pylint: disable=consider-using-with
     try:
         buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -140,6 +161,8 @@ def verify_source(path, manifest, sha256):
     try:
         rdb = redis_rdb.RdbFile(buf, check_crc=True)
         summary = rdb.scan(checkpoint_every=5000)
+        rdb.verification = 'full'
+        rdb.verification_reason = reason
     except RdbError as exc:
         buf.close()
         handle.close()
@@ -523,8 +546,9 @@ class ReplicationListener:
     """
 
     def __init__(self, path, listen_host, listen_port, allowed, password, tls_context=None, handshake_timeout=10.0,
-                 send_timeout=60.0):
+                 send_timeout=60.0, payload=None):
         self.path = path
+        self.payload = payload or _FilePayload(path)
         self.allowed = set(allowed)
         self.password = password.encode() if isinstance(password, str) else password
         self.tls_context = tls_context
@@ -660,11 +684,10 @@ class ReplicationListener:
     def _send_rdb(self, client, name):
         with self._serve_lock:  # one transfer at a time (the target reconnects after a failed one)
             client.settimeout(self.send_timeout)
-            size = os.path.getsize(self.path)
+            size = self.payload.size
             head = b'+FULLRESYNC %s 0\r\n' % self.replid.encode() if name == b'PSYNC' else b''
             client.sendall(head + b'$%d\r\n' % size)
-            with open(self.path, 'rb') as handle:
-                sent = client.sendfile(handle)
+            sent = self.payload.send(client)
             with self._lock:
                 self._served.append(client)  # kept open: a closed link makes the target resync
                 self.sent = sent
@@ -691,6 +714,21 @@ class ReplicationListener:
                 sock.close()
             except OSError:
                 pass
+
+
+class _FilePayload:
+    """The full-sync payload of a verified local RDB (``redis_restore_stream.S3RdbStream`` is the streamed one)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    @property
+    def size(self):
+        return os.path.getsize(self.path)
+
+    def send(self, sock):
+        with open(self.path, 'rb') as handle:
+            return sock.sendfile(handle)
 
 
 def _recv_some(client, buf, deadline):
@@ -828,7 +866,7 @@ def listener_tls_context(params):
     return ctx
 
 
-def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previous):
+def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previous, payload=None):
     """Make the target a replica of our listener, serve the RDB, wait for the load, detach, put its settings back.
 
     ``previous`` is the target's replication state before the restore (never our listener: the caller repairs
@@ -840,6 +878,9 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
 
     Cleanup runs on fresh connections with retries. Returns (replication dict, target_state); raises RestoreError
     (with ``target_state``) when the target could not be brought back.
+
+    ``payload`` (``size``, ``send(sock)``) replaces the file at ``rdb_path``: the streamed transfer whose checks
+    overlap it (``redis_restore_stream``); when it refuses the bytes, the target never got the last ones.
     """
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
@@ -852,7 +893,7 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
         tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
         previous_auth = _config_get(conn, 'masterauth')
         listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
-                                       tls_context=tls_context)
+                                       tls_context=tls_context, payload=payload)
     except (RestoreError, RedisError):
         # nothing but sanitize-dump-payload was changed yet
         if sanitize_previous not in (None, 'yes'):
@@ -873,7 +914,7 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
             info = parse_info(target.command('INFO', 'replication'))
             persistence = parse_info(target.command('INFO', 'persistence'))
             if listener.error is not None:
-                raise RestoreError(f'replication listener failed: {listener.error}')
+                _raise_listener_error(listener.error)
             if info.get('master_link_status') == 'up' and persistence.get('loading') == '0' \
                     and info.get('master_sync_in_progress') == '0' and listener.done.is_set():
                 break
@@ -883,7 +924,7 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
                 raise RestoreError(f'the target did not finish loading the RDB from {address} within {timeout:.0f}s '
                                    f'(can it reach the listener?){refused}')
             time.sleep(0.02)  # INFO polling interval while the target loads
-    except (RedisError, RestoreError) as exc:
+    except (RedisError, RestoreError, redis_restore_stream.NeedsFilePass) as exc:
         failure = exc
     finally:
         listener.close()
@@ -898,6 +939,11 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
             + '; '.join(problems) + f'. Its state: {state}; a re-run of this module repairs it (it recognises the '
             'one-time masterauth it set), or run REPLICAOF NO ONE and CONFIG SET masterauth by hand',
             {'target_state': state, 'replication': result})
+    if isinstance(failure, redis_restore_stream.NeedsFilePass):
+        raise failure  # the target is back and never got the last bytes: serve a verified copy instead
+    if isinstance(failure, _RefusedInTransfer):
+        raise RestoreError(f'{failure}; the target was detached from the listener, is writable again and kept its '
+                           'data (it never received the last bytes)', {'target_state': 'unchanged', 'replication': result})
     if failure is not None and not attached:
         raise RestoreError(f'{failure}; the target was not changed', {'target_state': 'unchanged', 'replication': result})
     if failure is not None:
@@ -905,6 +951,18 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
                            '(it holds its previous data unless the load had completed)',
                            {'target_state': 'not_restored', 'replication': result})
     return result, state
+
+
+class _RefusedInTransfer(RestoreError):
+    """The streamed RDB failed a check; the link was dropped before its last bytes."""
+
+
+def _raise_listener_error(error):
+    if isinstance(error, redis_restore_stream.VerificationFailed):
+        raise _RefusedInTransfer(f'refused during the transfer, the link was dropped before the last bytes: {error}')
+    if isinstance(error, redis_restore_stream.NeedsFilePass):
+        raise error
+    raise RestoreError(f'replication listener failed: {error}')
 
 
 def _detach(target, record, attached=True):
@@ -1083,7 +1141,10 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
     if method == 'replication' and mode != 'replace':
         raise RestoreError('method replication replaces the whole dataset; use mode=replace or method=restore')
     workdir = tempfile.mkdtemp(prefix='redis-rdb-restore-', dir=params.get('tmp_dir') or None)
-    buf = handle = None
+    buf = handle = stream = None
+    # methods that never parse the RDB themselves may rely on a structure check recorded in the manifest
+    recorded_check_ok = method in ('replication', 'file') or (method == 'auto' and mode == 'replace'
+                                                              and can_reach_listener(params))
     try:
         if params.get('src'):
             path = params['src']
@@ -1101,12 +1162,19 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             source = {'type': 'file', 'path': path, 'manifest': manifest_path if manifest else None}
         else:
             client = s3_client_factory()
-            path, manifest, sha256, source = fetch_s3_source(client, params, workdir)
-        rdb, buf, handle = verify_source(path, manifest, sha256)
-        summary = rdb.summary
+            stream = _open_stream(client, params, method, mode, check_mode)
+            if stream is None:
+                path, manifest, sha256, source = fetch_s3_source(client, params, workdir)
+        if stream is not None:
+            rdb, source, sha256 = stream, stream.source, stream.manifest['sha256']
+        else:
+            rdb, buf, handle = verify_source(path, manifest, sha256, recorded_check_ok)
+        summary = rdb.summary  # None until the end of the transfer for a streamed full pass
         result = {'changed': False, 'method': method, 'mode': mode, 'source': source, 'sha256': sha256,
-                  'rdb_version': rdb.version, 'bytes': summary.size,
-                  'backup_keys_per_db': _db_dict(summary.keys_per_db), 'functions': len(summary.functions)}
+                  'rdb_version': rdb.version, 'verification': rdb.verification,
+                  'verification_reason': rdb.verification_reason}
+        if summary is not None:
+            result.update(_summary_fields(summary))
         if method == 'file':
             result['changed'] = True
             if not check_mode:
@@ -1125,7 +1193,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             repaired = repair_leftover(params, conn, check_mode)
             if repaired:
                 result['repaired'] = repaired
-            if summary.functions and not _functions_supported(conn):
+            if summary is not None and summary.functions and not _functions_supported(conn):
                 raise RestoreError('the RDB holds functions but the target has no FUNCTION command; the target was not changed')
             before = target_keyspace(conn)
             result.update(target_server=info['server'], target_version=info['version'], target_keys_before=before)
@@ -1133,8 +1201,9 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                 method = 'replication' if mode == 'replace' and can_reach_listener(params) else 'restore'
                 result['method'] = method
             now_ms = int(time.time() * 1000)
-            result['changed'] = bool(summary.keys_per_db or summary.functions or (mode == 'replace' and any(before.values()))
-                                     or (repaired and not check_mode))
+            result['changed'] = summary is None or bool(summary.keys_per_db or summary.functions
+                                                        or (mode == 'replace' and any(before.values()))
+                                                        or (repaired and not check_mode))
             if check_mode:
                 result['would_restore_per_db'] = _db_dict(summary.keys_per_db)
                 result['duration'] = round(time.monotonic() - started, 3)
@@ -1144,8 +1213,15 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             result['sanitize_dump_payload'] = {'during': 'yes' if sanitize_previous is not None else None,
                                                'previous': sanitize_previous}
             if method == 'replication':
-                result['replication'], result['target_state'] = method_replication(
-                    params, conn, path, float(params.get('timeout') or 3600), previous, sanitize_previous)
+                timeout = float(params.get('timeout') or 3600)
+                if stream is not None:
+                    result['replication'], result['target_state'] = _replicate_stream(
+                        params, conn, stream, timeout, previous, sanitize_previous, client, workdir)
+                    summary = stream.summary
+                    result.update(_summary_fields(summary), verification_reason=stream.verification_reason)
+                else:
+                    result['replication'], result['target_state'] = method_replication(
+                        params, conn, path, timeout, previous, sanitize_previous)
                 conn = Target(params)  # method_replication's connection may have been replaced (and is closed)
                 expired = {}
                 restored = {int(k): v for k, v in target_keyspace(conn).items()}
@@ -1173,8 +1249,54 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                                f'{next((e for e in errors if e), "?")}); the target is partially restored', result)
         return result
     finally:
+        if stream is not None:
+            stream.close()
         if buf is not None:
             buf.close()
         if handle is not None:
             handle.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _summary_fields(summary):
+    return {'bytes': summary.size, 'backup_keys_per_db': _db_dict(summary.keys_per_db), 'functions': len(summary.functions)}
+
+
+def _open_stream(client, params, method, mode, check_mode):
+    """The S3 object as a stream checked during the transfer (``redis_restore_stream``), or None for download-first."""
+    if not redis_restore_stream.wants_stream(params, method, mode, check_mode, can_reach_listener):
+        return None
+    try:
+        return redis_restore_stream.open_s3_stream(client, params, resolve_s3_source, read_s3_manifest)
+    except redis_restore_stream.VerificationFailed as exc:
+        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
+
+
+def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous, client, workdir):
+    """method_replication with the streamed payload (or a verified local copy when it cannot be used)."""
+    state = {}
+
+    def serve(payload=None, path=None):
+        # method_replication closes the connection it was given: a second attempt gets a fresh one
+        target = RespConnection(params, timeout=60.0) if state.get('served') else conn
+        state['served'] = True
+        result, state['target_state'] = method_replication(params, target, path, timeout, previous, sanitize_previous,
+                                                           payload=payload)
+        return result
+
+    def verify_file(path):
+        # the recorded check still applies to a copy of the same bytes; a streamed pass that gave up needs the full one
+        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path), stream.verification == 'manifest')
+        if buf is not None:
+            buf.close()
+            handle.close()
+        return rdb
+
+    def refetch():
+        return fetch_s3_source(client, dict(params, key=stream.key), workdir)[0]
+
+    try:
+        result = redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
+    except redis_restore_stream.VerificationFailed as exc:
+        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
+    return result, state['target_state']

@@ -68,13 +68,23 @@ options:
         O(part_size)) for object storage with a high latency, at the cost of memory.
     type: int
     default: 1
+  verify_structure:
+    description:
+      - Run the RDB structure pass while the RDB streams (every record's framing, the EOF opcode, nothing after the
+        CRC64 trailer, and every value validated as Redis's loader does with C(sanitize-dump-payload yes), so a
+        malformed value fails the backup, naming the key), and record it in the manifest's C(verified) entry with the
+        exact per-db key counts and the number of functions.
+      - A restore with O(hanzo.kms.redis_rdb_restore#module:method=replication) or
+        O(hanzo.kms.redis_rdb_restore#module:method=file) whose bytes match that manifest (SHA-256, size, CRC64) skips
+        its own structure pass. Memory stays bounded (a record larger than 32 MiB ends the pass; nothing is recorded
+        then). Costs CPU while streaming (see docs/benchmarks.md for the measured backup time with and without it);
+        the CRC64 and SHA-256 checks happen either way.
+    type: bool
+    default: true
   analyze:
     description:
-      - Parse the whole RDB while it streams to record exact per-db key counts and the number of functions in the
-        manifest, validating every value as Redis's loader does with C(sanitize-dump-payload yes) (a malformed value
-        fails the backup, naming the key). Memory stays bounded (a record larger than 32 MiB ends the structural
-        pass; the counts are then unknown). Costs CPU (about 2-4 s per million keys); the CRC64 and SHA-256 checks
-        happen either way.
+      - Kept for compatibility; the same pass as O(verify_structure), which now runs by default. V(true) runs it even
+        with O(verify_structure=false).
     type: bool
     default: false
   timeout:
@@ -175,9 +185,39 @@ keyspace:
   returned: in check mode
   type: dict
 keys_per_db:
-  description: Exact keys per db read from the RDB (O(analyze=true)), else null.
+  description: Exact keys per db read from the RDB (structure pass run), else null.
   returned: success, not in check mode
   type: dict
+verified:
+  description:
+    - The structure check recorded in the manifest, or null when it did not run (O(verify_structure=false)) or did not
+      cover the whole RDB (a single record above 32 MiB).
+    - A restore skips its own pass when this entry covers the checks it would run, by the same or a newer validator.
+  returned: success, not in check mode
+  type: dict
+  contains:
+    validator:
+      description: Name of the validator.
+      type: str
+      sample: hanzo.kms.redis_rdb
+    validator_version:
+      description: Version of the validator; raised whenever the pass checks more.
+      type: int
+      sample: 1
+    checks:
+      description: What was checked (V(framing), V(crc64)).
+      type: list
+      elements: str
+      sample: [crc64, framing]
+    keys:
+      description: Keys in the RDB.
+      type: int
+    keys_per_db:
+      description: Keys per db.
+      type: dict
+    functions:
+      description: Function libraries in the RDB.
+      type: int
 duration:
   description: Seconds the backup took.
   returned: success, not in check mode
@@ -213,6 +253,7 @@ def main():
         dest=dict(type='path'),
         part_size=dict(type='int', default=5),
         upload_concurrency=dict(type='int', default=1),
+        verify_structure=dict(type='bool', default=True),
         analyze=dict(type='bool', default=False),
         timeout=dict(type='float', default=3600),
     )

@@ -13,12 +13,20 @@ description:
   - Restores a Redis or Valkey server from an RDB made by M(hanzo.kms.redis_rdb_backup) (or any RDB).
   - "Source: an S3 object (O(key)), the newest complete backup under O(prefix)/O(site) (a backup is complete when its
     C(manifest.json) exists), or a local file (O(src))."
-  - "Everything is verified before the target is touched: the SHA-256 against the manifest, the RDB CRC64 trailer, a
-    full structural pass over the RDB that validates every value as Redis's own loader does with
+  - "Everything is verified before the target loads anything: the SHA-256 and size against the manifest, the RDB
+    CRC64 trailer, a full structural pass over the RDB that validates every value as Redis's own loader does with
     C(sanitize-dump-payload yes) (LZF checked in place, listpack/ziplist/intset/zipmap/quicklist integrity, duplicate
     members, NaN scores, empty keys, stream consumer-group consistency), and the RDB version against what the target
     server can load. A bad file fails with a clear message naming the key and the problem, and the target is
     unchanged."
+  - "The structural pass is skipped for O(method=replication) and O(method=file) when the manifest records the same
+    check made by C(hanzo.kms.redis_rdb_backup) (its C(verified) entry covering framing, values and CRC64, by the same
+    or a newer validator): the SHA-256, size and CRC64 matching that manifest tie the bytes to it. The result's
+    RV(verification) says which."
+  - "With O(method=replication) from S3 (O(overlap_transfer)), the RDB is served to the target while it downloads
+    and is checked; the target (C(repl-diskless-load disabled), set for the duration when needed) keeps its data
+    until the whole payload arrived, and the last bytes are held back until every check passed. On a mismatch the
+    link is dropped, the target discards the partial copy and keeps its data."
   - "O(method=restore): pipelined C(RESTORE key ttl payload REPLACE ABSTTL) with payloads sliced from the RDB without
     decoding values, over O(connections) connections; functions with C(FUNCTION RESTORE). Works through any tunnel or
     port-forward. Keys whose absolute expiry already passed are counted as expired and not restored."
@@ -181,6 +189,18 @@ options:
       - Seconds the target may take to load the RDB (O(method=replication)).
     type: float
     default: 3600
+  overlap_transfer:
+    description:
+      - With O(method=replication) (or V(auto) resolving to it) and an S3 source, verify while the RDB streams to
+        the target and hold back its last bytes until the checks passed, instead of downloading and verifying it
+        first.
+      - The target's C(repl-diskless-load) is set to V(disabled) for the duration and put back afterwards (also on
+        failure). When the target has no C(repl-diskless-load) setting (before Redis 6.0) or it cannot be set, or the
+        manifest has no size, the RDB is downloaded and verified first. When the link drops during the transfer, or
+        the streamed structure pass meets a record above 32 MiB, the target keeps its data and a downloaded,
+        verified copy is served instead.
+    type: bool
+    default: true
 notes:
   - The restore target must run the same or a newer Redis than the source (RDB versions are not backward compatible).
     Valkey 9 RDBs (C(VALKEY080)) load only into Valkey 9+; Redis never loads them, and Valkey refuses Redis 7.4+ RDBs
@@ -311,6 +331,46 @@ replication:
     target's replication settings before the restore.
   returned: O(method=replication)
   type: dict
+  contains:
+    sent:
+      description: Bytes of the RDB sent to the target.
+      type: int
+    listener:
+      description: Address of the listener the target replicated from.
+      type: str
+    tls:
+      description: Whether the listener used TLS.
+      type: bool
+    rejected_connections:
+      description: Foreign connections the listener closed.
+      type: int
+    previous_replication:
+      description: The target's role and master before the restore (put back afterwards).
+      type: dict
+    transfer:
+      description:
+        - V(overlapped) (checked while streaming, last bytes held back) or V(verify_then_send).
+        - Absent for a local O(src), which is always verified first.
+      type: str
+      sample: overlapped
+    repl_diskless_load:
+      description: The target's C(repl-diskless-load) before the restore (null when it could not be read).
+      type: str
+      sample: disabled
+    repl_diskless_load_set:
+      description: Whether it was set to V(disabled) for the duration (and put back).
+      type: bool
+verification:
+  description:
+    - V(full) when the restore ran the structure pass itself, V(manifest) when the manifest's recorded check replaced
+      it (the SHA-256, size and CRC64 of the bytes matched that manifest).
+  returned: always
+  type: str
+  sample: manifest
+verification_reason:
+  description: Why the manifest's recorded check could or could not replace the pass.
+  returned: always
+  type: str
 target_state:
   description:
     - State the target was left in. V(restored) (a writable master holding the backup), V(restored_replica) (restored,
@@ -414,6 +474,7 @@ def main():
         check_stopped=dict(type='bool', default=True),
         tmp_dir=dict(type='path'),
         timeout=dict(type='float', default=3600),
+        overlap_transfer=dict(type='bool', default=True),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,

@@ -12,7 +12,11 @@ Everything is measured in one run on the same machine:
   file (the baseline), and the peak RSS of a child process doing the streaming backup of a ``--big-mb`` RDB;
 * restore: the time ``redis-server`` takes to load the same ``dump.rdb`` at startup (its own "DB loaded from disk"
   figure and the wall time from spawn to ``loading:0``), next to each method of ``run_restore`` into a fresh empty
-  server of the same version: ``replication``, ``restore`` with 1 and 2 connections, ``file`` (+ start).
+  server of the same version: ``replication``, ``restore`` with 1 and 2 connections, ``file`` (+ start);
+* restore from S3 with ``method: replication`` (download and verification included), ``--repeat`` rounds, medians:
+  the backup's manifest with its recorded check (overlapped transfer, no structure pass), the same object with a
+  manifest that records no check (overlapped, structure pass on the stream), and verify-then-send
+  (``overlap_transfer: false``); each against the native load measured in the same run.
 """
 from __future__ import annotations
 
@@ -205,6 +209,8 @@ def main():
     parser.add_argument("--lab-dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO / ".lab")))
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the backup comparison (medians reported)")
+    parser.add_argument("--restore-rounds", type=int, default=0,
+                        help="rounds of the S3 replication restores (medians reported; default: --repeat)")
     parser.add_argument("--big-mb", type=int, default=1024, help="size in MiB of the RDB for the peak-memory check (0: skip)")
     args = parser.parse_args()
     s3params, bucket = lab_s3(args.lab_dir)
@@ -217,6 +223,7 @@ def main():
         rows.append((what, seconds, note))
         print(f"{what:<70} {seconds:8.2f} s  {note}", flush=True)
 
+    print(f"load average at the start: {os.getloadavg()}", flush=True)
     try:
         src = Server(work, "src").start()
         servers.append(src)
@@ -232,7 +239,7 @@ def main():
         cli_file = work / "cli.rdb"
         cli_argv = [REDIS_CLI, "-p", str(src.port), "--rdb", str(cli_file)]
         # --repeat rounds, the order alternating, medians reported: single runs move by +-20 % on 2 shared cores
-        times = {"cli": [], "upload": [], "base": [], "stream": [], "analyze": [], "fetch": []}
+        times = {"cli": [], "upload": [], "base": [], "stream": [], "analyze": [], "fetch": [], "nostructure": []}
         for round_no in range(args.repeat):
             def run_baseline():
                 t_cli, _unused = timed(lambda: subprocess.run(cli_argv, check=True, capture_output=True))
@@ -248,6 +255,10 @@ def main():
                 run_baseline()
             t_an, _unused = timed(lambda: redis_backup.run_backup(params_an, s3_client_factory=lambda: s3_client(s3params)))
             times["analyze"].append(t_an)
+            # the previous default: CRC64 + SHA-256 only, nothing recorded for the restore
+            t_nos, _unused = timed(lambda: redis_backup.run_backup(dict(params, verify_structure=False),
+                                                                   s3_client_factory=lambda: s3_client(s3params)))
+            times["nostructure"].append(t_nos)
             # the transfer alone (received and validated, not stored): what streaming adds on top of it is the upload
             validator = redis_rdb.StreamValidator(structure=False)
             t_fetch, _unused = timed(lambda v=validator: redis_backup.fetch_rdb(src.params(), v.feed))
@@ -261,9 +272,14 @@ def main():
             f"{med['fetch'] / med['cli']:.2f}x redis-cli --rdb")
         row("backup: boto3 upload_file of that file", med["upload"])
         row("backup baseline: redis-cli --rdb + upload", base, "1.00x; rounds: " + ", ".join(f"{t:.2f}" for t in times["base"]))
-        row("backup: redis_rdb_backup streaming to S3 (CRC64 + sha256)", med["stream"],
-            f"{med['stream'] / base:.2f}x baseline; rounds: " + ", ".join(f"{t:.2f}" for t in times["stream"]))
-        row("backup: same with analyze=true (exact key counts)", med["analyze"], f"{med['analyze'] / base:.2f}x baseline")
+        row("backup: redis_rdb_backup streaming to S3, verify_structure=false (CRC64 + sha256; the old default)",
+            med["nostructure"], f"{med['nostructure'] / base:.2f}x baseline; rounds: "
+            + ", ".join(f"{t:.2f}" for t in times["nostructure"]))
+        row("backup: redis_rdb_backup streaming to S3, defaults (+ structure pass recorded in the manifest)", med["stream"],
+            f"{med['stream'] / base:.2f}x baseline, {med['stream'] / med['nostructure']:.2f}x verify_structure=false; "
+            "rounds: " + ", ".join(f"{t:.2f}" for t in times["stream"]))
+        row("backup: same with analyze=true", med["analyze"], f"{med['analyze'] / base:.2f}x baseline")
+        assert result["manifest"]["verified"], "the default backup recorded no structure check"
 
         dump = work / "dump.rdb"
         shutil.copyfile(cli_file, dump)
@@ -278,6 +294,54 @@ def main():
         native.stop()
         row("native: redis-server loads dump.rdb at startup (its log figure)", t_native, "1.00x")
         row("native: spawn to loading:0 (wall)", t_native_wall, f"{t_native_wall / t_native:.2f}x")
+
+        # ---- replication restore from S3 -------------------------------------------------------------------------
+        # the last default backup (manifest with its recorded check) and a copy whose manifest records none
+        manifest = json.loads(s3c.get_object(Bucket=bucket, Key=result["manifest_key"])["Body"].read())
+        plain_prefix = f"{prefix}/no-record/"
+        s3c.copy_object(Bucket=bucket, Key=plain_prefix + "dump.rdb", CopySource={"Bucket": bucket, "Key": result["key"]})
+        s3c.put_object(Bucket=bucket, Key=plain_prefix + "manifest.json",
+                       Body=json.dumps({k: v for k, v in manifest.items() if k != "verified"}).encode())
+        s3_cases = (("S3, manifest with recorded check, overlapped", {"key": result["key"]}),
+                    ("S3, manifest without recorded check, overlapped", {"key": plain_prefix + "dump.rdb"}),
+                    ("S3, manifest with recorded check, verify-then-send", {"key": result["key"], "overlap_transfer": False}),
+                    ("S3, manifest without recorded check, verify-then-send (before)",
+                     {"key": plain_prefix + "dump.rdb", "overlap_transfer": False}))
+        s3_times = {label: [] for label, _unused in s3_cases}
+        s3_natives = []
+        s3_results = {}
+        for round_no in range(args.restore_rounds or args.repeat):
+            # the native load is measured in every round, next to the restores it is compared with
+            native_r = Server(work, f"native-s3-{round_no}")
+            shutil.copyfile(dump, native_r.dir / "dump.rdb")
+            native_r.start()
+            servers.append(native_r)
+            wall = native_r.wait_loaded()
+            s3_natives.append(native_load_seconds(native_r.log) or wall)
+            native_r.stop()
+            for label, extra in (s3_cases if not round_no % 2 else tuple(reversed(s3_cases))):
+                target = Server(work, f"t-s3-{round_no}-{len(s3_times[label])}-{uuid.uuid4().hex[:4]}").start()
+                servers.append(target)
+                target.wait_loaded()
+                rparams = dict(target.params(), bucket=bucket, method="replication", **s3params, **extra)
+                t_total, res = timed(lambda p=rparams: redis_restore.run_restore(p, s3_client_factory=lambda: s3_client(s3params)))
+                got = int(target.command("DBSIZE"))
+                if got != keys:
+                    raise RuntimeError(f"{label}: {got} keys restored, expected {keys}")
+                s3_times[label].append(t_total)
+                s3_results[label] = res
+                target.stop()
+                shutil.rmtree(target.dir, ignore_errors=True)
+        t_native_s3 = statistics.median(s3_natives)
+        row("native (S3 block): redis-server loads dump.rdb at startup, median", t_native_s3,
+            "1.00x; rounds: " + ", ".join(f"{t:.2f}" for t in s3_natives))
+        for label, _unused in s3_cases:
+            med_t = statistics.median(s3_times[label])
+            res = s3_results[label]
+            row(f"restore replication from {label}: total", med_t,
+                f"{med_t / t_native_s3:.2f}x native (goal <= 1.3x for the recorded check, overlapped); "
+                f"verification={res['verification']}, transfer={res['replication'].get('transfer')}; rounds: "
+                + ", ".join(f"{t:.2f}" for t in s3_times[label]))
 
         # ---- restore methods -----------------------------------------------------------------------------------
         for label, extra in (("replication", {"method": "replication"}),
@@ -333,6 +397,7 @@ def main():
             row("big RDB streaming to S3, the module through `ansible`, defaults", seconds,
                 f"module process peak RSS {rss:.0f} MiB (goal <= 64 MiB; includes Ansible's module wrapper)")
             big.stop()
+        print(f"load average at the end: {os.getloadavg()}")
         print("\nJSON " + json.dumps([{"what": w, "seconds": round(s, 3), "note": n} for w, s, n in rows]))
         print(f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     finally:
