@@ -606,8 +606,9 @@ def lb_view(name, states, stats, backend):
 def read_lb(instance, backend, timeout=5.0):
     """``lb_view`` of one instance ({name, socket|address}); an unreachable instance is reported, not raised."""
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient
+    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient, check_names
 
+    check_names(backend)  # an invalid name is the caller's error, not an unreachable instance
     address = instance.get("socket") or instance.get("address")
     name = instance.get("name") or address
     client = RuntimeClient(address, name=name, timeout=timeout)
