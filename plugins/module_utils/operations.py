@@ -314,8 +314,16 @@ def preflight(mode, target, statuses, now=None):
     old_cluster = old["cluster"] if old else None
     if mode == "switchover":
         if old is None or not old["kube_reachable"]:
-            refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is unreachable "
-                            f"({(old or {}).get('kube_error') or 'unknown'}). Use the failover playbook if it is lost")
+            without_old = _switchover_without_old(cluster, result["cnpg_state"])
+            if without_old["ok"]:
+                # an interrupted switchover demoted the old primary and recorded its token: finish it with the token
+                result["token_recorded"] = True
+                warnings.append(f"the old site {result['old_site'] or '?'} is unreachable "
+                                f"({(old or {}).get('kube_error') or 'unknown'}): {without_old['detail']}")
+            else:
+                refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is "
+                                f"unreachable ({(old or {}).get('kube_error') or 'unknown'}) and "
+                                f"{without_old['detail']}. Use the failover playbook if it is lost")
         elif old_cluster is None:
             refusals.append(f"the old site {old['site']} has no CNPG Cluster ({old['cluster_error'] or 'not found'})")
         elif result["cnpg_state"] == "replica":
@@ -342,16 +350,44 @@ def preflight(mode, target, statuses, now=None):
     if len(split) > 1 and not (old_cluster and old_cluster["fencing"] in ("fenced", "hibernated")):
         warnings.append(f"more than one Cluster is primary: {', '.join(split)} (split brain)")
     if result["cnpg_state"] == "replica":
-        demoted = mode == "switchover" and old_cluster and old_cluster["role"] in ("replica", "demoting")
+        demoted = mode == "switchover" and (old_cluster and old_cluster["role"] in ("replica", "demoting")
+                                            or result.get("token_recorded"))
         result["state"] = "resume" if (demoted or tgt["kms_serving"]) else "fresh"
     else:
         result["state"] = "done" if result["cnpg_state"] == "promoted" else "resume"
     return _finish(result, mode, old)
 
 
+def _switchover_without_old(cluster, cnpg_state):
+    """Whether a switchover can go on with the old site unreachable: only with the demotion token an interrupted run
+    recorded on the target Cluster (hanzo.kms.cnpg_promote), or after the promotion with a token was requested."""
+    recorded = cluster.get("recorded_token") or {}
+    if cnpg_state == "replica" and recorded.get("usable"):
+        return {"ok": True, "detail": (
+            f"the interrupted switchover recorded {recorded.get('from')}'s demotion token on {cluster['name']} at "
+            f"{recorded.get('recorded')}; the promotion uses it (CloudNativePG promotes once its LSN is replayed: no "
+            "data loss). The steps on the old site (stop its KMS, fresh Redis backup) were done before the demotion "
+            "and are skipped; the newest Redis backup of the old site is restored")}
+    if cnpg_state in ("promoted", "promoting") and cluster.get("promotion_token"):
+        return {"ok": True, "detail": f"{cluster['name']} was promoted with the demotion token; the remaining steps "
+                                      "run without the old site"}
+    if cnpg_state == "replica" and recorded:
+        return {"ok": False, "detail": f"the demotion token recorded on {cluster['name']} cannot be used: "
+                                       f"{recorded.get('problem')}"}
+    return {"ok": False, "detail": f"no demotion token is recorded on {cluster['name']} (the old primary was not "
+                                   "demoted, or its token was never read)"}
+
+
 def _finish(result, mode, old):
     result["ok"] = not result["refusals"]
     result["data_loss"] = _data_loss(mode, old)
+    if result.get("token_recorded"):
+        backup = (old or {}).get("redis_backup")
+        result["data_loss"]["redis"] = {
+            "bound_seconds": 0 if backup else None,
+            "basis": (f"newest complete Redis backup of {old['site']}, taken at {backup['time']}: the fresh backup the "
+                      "interrupted switchover took after stopping the old site's KMS (or a later one)") if backup
+            else "no complete Redis backup of the old site: Redis starts empty"}
     return result
 
 
