@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import tempfile
 
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     PHASE_HEALTHY,
@@ -558,6 +560,52 @@ def render_report(report):
 
 def dumps(report):
     return json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+
+
+REPORT_MODE = 0o600
+
+
+def parse_mode(mode):
+    """File mode from an int (YAML 0640 arrives as 416) or an octal string (``"0640"``, ``"640"``); 0 to 0o777."""
+    if isinstance(mode, bool):
+        raise ValueError(f"mode must be an octal number such as '0600', not {mode!r}")
+    if isinstance(mode, int):
+        value = mode
+    else:
+        text = str(mode).strip()
+        if not re.fullmatch(r"0?o?[0-7]{1,4}", text):
+            raise ValueError(f"mode must be an octal number such as '0600', not {mode!r}")
+        value = int(text.replace("o", ""), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"mode must be between 0000 and 0777, not {oct(value)}")
+    return value
+
+
+def write_report_file(path, text, mode=REPORT_MODE):
+    """Write ``text`` to ``path`` through a temporary file with ``mode``; return True when the content changed.
+
+    Reports hold site states, the confirmation, the operator's name and error texts: by default only the owner reads
+    them. An unchanged file gets ``mode`` too, so a report written by an older version (0644) is narrowed.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                if os.stat(path).st_mode & 0o777 != mode:
+                    os.chmod(path, mode)
+                return False
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".report-")  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 # -- I/O: what hanzo.kms.site_data_info collects -------------------------------------------------------------------

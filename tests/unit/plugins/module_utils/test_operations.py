@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 
 import pytest
 
@@ -388,3 +389,32 @@ def test_step_result_is_validated():
     with pytest.raises(ValueError):
         ops.step_update({}, "x", "exploded")
 
+
+# -- report files (issue 14 item 8) ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, expected", [("0600", 0o600), ("0640", 0o640), ("640", 0o640), (0o644, 0o644),
+                                            (416, 0o640), ("0o600", 0o600)])
+def test_parse_mode(mode, expected):
+    assert ops.parse_mode(mode) == expected
+
+
+@pytest.mark.parametrize("mode", ["rw-r-----", "0999", "", True, 0o1777, "u=rw"])
+def test_parse_mode_rejects(mode):
+    with pytest.raises(ValueError, match="mode"):
+        ops.parse_mode(mode)
+
+
+def test_report_files_get_the_mode_whatever_the_umask(tmp_path):
+    path = tmp_path / "switchover-dc2.json"
+    old = os.umask(0)
+    try:
+        assert ops.write_report_file(str(path), "one\n") is True
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert ops.write_report_file(str(path), "two\n", 0o640) is True
+        assert path.stat().st_mode & 0o777 == 0o640
+        # an unchanged report left 0644 by an older version is narrowed
+        path.chmod(0o644)
+        assert ops.write_report_file(str(path), "two\n") is False
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
