@@ -42,6 +42,10 @@ TOKEN_KEYS = ("latestCheckpointTimelineID", "redoWalFile", "databaseSystemIdenti
 GROUP, VERSION, PLURAL = "postgresql.cnpg.io", "v1", "clusters"
 TOKEN_PLACEHOLDER = "<status.demotionToken of the old cluster once demoted>"
 FENCING_CHOICES = ("none", "fence", "hibernate")
+# The demotion token of a switchover, recorded on the NEW Cluster (in the site that survives) before the promotion,
+# as JSON {"token", "from" (the old Cluster's name in the topology), "recorded"}. A re-run that finds the old site
+# unreachable promotes with it, so losing the old site between demotion and promotion costs no data.
+TOKEN_ANNOTATION = "hanzo.kms/demotion-token"
 
 
 # -- errors --------------------------------------------------------------------------------------------------------
@@ -184,7 +188,17 @@ def summarize(obj):
         "fencing": fencing_state(obj),
         "demotion_token": bool(status.get("demotionToken")),
         "last_promotion_token": bool(status.get("lastPromotionToken")),
+        "promotion_token": bool(_replica(obj).get("promotionToken")),
+        "recorded_token": _recorded_summary(obj),
     }
+
+
+def _recorded_summary(obj):
+    token, info, problem = recorded_token(obj)
+    if info is None and token is None and problem and problem.startswith("no demotion token"):
+        return None
+    return {"usable": token is not None, "from": (info or {}).get("from"), "recorded": (info or {}).get("recorded"),
+            "problem": problem}
 
 
 def diagnostics(obj):
@@ -219,6 +233,44 @@ def parse_token(token):
     if missing:
         raise CnpgError(f"the demotion token lacks {', '.join(missing)}")
     return content
+
+
+def record_token_patch(token, old_self, now):
+    """Merge patch recording ``token`` (the demotion token of ``old_self``) on the new Cluster."""
+    value = json.dumps({"token": token, "from": old_self, "recorded": now}, sort_keys=True)
+    return {"metadata": {"annotations": {TOKEN_ANNOTATION: value}}}
+
+
+def recorded_token(obj):
+    """(token, info, problem) of the demotion token recorded on ``obj``: the token when a switchover may promote
+    ``obj`` with it now, else None and why not. ``info`` is the recorded JSON (or None).
+
+    Usable only while ``obj`` is a replica of the Cluster that published the token and still on the token's
+    timeline or before it (a token from an older switchover names an older timeline: CloudNativePG would refuse it).
+    """
+    raw = (obj["metadata"].get("annotations") or {}).get(TOKEN_ANNOTATION)
+    if not raw:
+        return None, None, "no demotion token is recorded on it"
+    try:
+        info = json.loads(raw)
+        token = info["token"]
+        content = parse_token(token)
+    except (ValueError, TypeError, KeyError, CnpgError) as exc:
+        return None, None, f"its {TOKEN_ANNOTATION} annotation is not understood ({exc})"
+    if not is_replica(obj) or is_standalone(obj):
+        return None, info, "it is no replica of the distributed topology"
+    if _replica(obj).get("primary") != info.get("from"):
+        return None, info, (f"the token was published by {info.get('from')!r}, but the Cluster replicates from "
+                            f"{_replica(obj).get('primary')!r}")
+    timeline = (obj.get("status") or {}).get("timelineID")
+    try:
+        stale = timeline is not None and int(content["latestCheckpointTimelineID"]) < int(timeline)
+    except (TypeError, ValueError):
+        return None, info, f"the token's timeline {content['latestCheckpointTimelineID']!r} is not a number"
+    if stale:
+        return None, info, (f"the token is for timeline {content['latestCheckpointTimelineID']}, the Cluster is "
+                            f"already on timeline {timeline} (a token of an earlier switchover)")
+    return token, info, None
 
 
 def demotion_done(obj):
@@ -496,8 +548,26 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                               "spec.externalClusters; every Cluster of a distributed topology must list all of them")
         return old_self, new_self
 
-    def _switchover(self):  # pylint: disable=too-many-branches
-        old, new = self._timed("read", lambda: (self._read("old"), self._read("new")))
+    def _read_for_switchover(self):
+        """(old, new); old is None when its API does not answer (the old site is lost)."""
+        new = self._read("new")
+        try:
+            return self._read("old"), new
+        except Unreachable as exc:
+            self.result["old_error"] = exc.msg
+            return None, new
+        except ApiError as exc:
+            if (exc.status or 0) < 500:
+                raise
+            self.result["old_error"] = exc.msg
+            return None, new
+
+    def _switchover(self):  # pylint: disable=too-many-branches,too-many-statements
+        old, new = self._timed("read", self._read_for_switchover)
+        self.result["old_reachable"] = old is not None
+        if old is None:
+            self._switchover_without_old(new)
+            return
         if is_standalone(old) or is_standalone(new):
             raise Refused(
                 "switchover is not possible with the standalone replica form (spec.replica.enabled): CloudNativePG "
@@ -554,6 +624,13 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         else:
             token = TOKEN_PLACEHOLDER
         self.result["token"] = token
+        self.result["token_source"] = "old_cluster"
+
+        # 2b. record the token in the new site before promoting: if the old site is lost now, a re-run still has it
+        if token != TOKEN_PLACEHOLDER and recorded_token(new)[0] != token:
+            self._timed("record_token", self._patch, "new", "record_token",
+                        record_token_patch(token, old_self, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            new = self._objs["new"]
 
         # 3. promote the new cluster: primary and promotionToken in ONE patch
         spec = _replica(new)
@@ -569,6 +646,49 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
                     "lastPromotionToken to equal the token, the designated primary to report isPrimary, phase "
                     f"'{PHASE_HEALTHY}' and Ready=True")
+
+    def _switchover_without_old(self, new):
+        """The old site does not answer: finish the switchover from what the new site knows, or refuse.
+
+        Promotes with the demotion token recorded on the new Cluster by the interrupted run (CloudNativePG then
+        promotes only once the token's LSN is replayed: no data loss), or waits for a promotion already requested
+        with a token. Without a token it refuses: only a failover (data loss possible) can proceed then.
+        """
+        name = new["metadata"]["name"]
+        lost = f"the old Cluster's site does not answer ({self.result.get('old_error')})"
+        spec = _replica(new)
+        if not is_replica(new):
+            token = spec.get("promotionToken") or None
+            if token is None:
+                raise Refused(f"{lost}, and the new Cluster {name} is a primary promoted without a token: this is "
+                              "no switchover to resume")
+            self.result.update(token=token, token_source="new_cluster_spec")
+            if not promotion_done(new, token):
+                self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
+                            f"lastPromotionToken to equal the token, phase '{PHASE_HEALTHY}' and Ready=True")
+            return
+        token, info, problem = recorded_token(new)
+        if token is None:
+            raise Refused(f"{lost}, and no usable demotion token is recorded on the new Cluster {name}: {problem}. "
+                          "A switchover needs the old site, or the token its demotion published. If the old site is "
+                          "lost, use the failover (data loss possible)")
+        if spec.get("minApplyDelay"):
+            raise Refused(f"the new Cluster {name} sets spec.replica.minApplyDelay, which CloudNativePG does not "
+                          "allow together with a promotionToken: remove it first")
+        new_self = self_name(new)
+        if new_self not in external_names(new):
+            raise Refused(f"the new Cluster {name} does not list itself ({new_self}) in spec.externalClusters, so "
+                          "spec.replica.primary cannot name it")
+        self.result.update(token=token, token_source="recorded")
+        self.result["warnings"].append(
+            f"{lost}: promoting {name} with the demotion token {info.get('from')} published, recorded on {name} at "
+            f"{info.get('recorded')}; CloudNativePG promotes once that LSN is replayed (no data loss)")
+        self._timed("promote", self._patch, "new", "promote", promote_patch(new, new_self, token))
+        if self.check_mode:
+            return
+        self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
+                    "lastPromotionToken to equal the recorded token (its LSN replayed), the designated primary to "
+                    f"report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True")
 
     # -- failover --------------------------------------------------------------------------------------------------
     def _failover(self):  # pylint: disable=too-many-branches

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import socket
 import tempfile
 import time
@@ -52,12 +53,49 @@ class HAProxyCommandError(HAProxyError):
     """HAProxy answered a command with an error text."""
 
 
+class HAProxyNameError(HAProxyError):
+    """A backend or server name HAProxy cannot have: refused before anything is sent to the Runtime API."""
+
+
 class SwitchError(HAProxyError):
     """The switch failed; ``result`` holds the per-instance details (and the rollback outcome)."""
 
     def __init__(self, message, result):
         super().__init__(message)
         self.result = result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------------------
+# The characters HAProxy allows in proxy (backend) and server names: invalid_char() in src/tools.c (2.6) accepts
+# [A-Za-z0-9_:.-] and rejects an empty name. The Runtime API splits commands on ';' and newlines, and words on
+# spaces, so any other character in a name could smuggle a second command (e.g. "kms;set server kms/dc1 state maint").
+NAME_RE = re.compile(r"[A-Za-z0-9_:.-]+")
+
+
+def check_name(value, what="backend"):
+    """Return ``value`` when HAProxy could name a proxy or server so; raise HAProxyNameError otherwise."""
+    if isinstance(value, str) and NAME_RE.fullmatch(value):
+        return value
+    bad = ""
+    if isinstance(value, str) and value:
+        bad = " (" + ", ".join(sorted({repr(c) for c in value if not NAME_RE.fullmatch(c)})) + " not allowed)"
+    raise HAProxyNameError(
+        f"invalid HAProxy {what} name {value!r}{bad}: HAProxy names contain only letters, digits, '-', '_', '.' "
+        "and ':'; nothing was sent to HAProxy")
+
+
+def check_names(backend=None, servers=()):
+    """Validate the backend and server names of a request before any of them reaches a Runtime API command.
+
+    The one place both hanzo.kms.haproxy_info and hanzo.kms.haproxy_backend validate names; also called by
+    :func:`switch` and :meth:`RuntimeClient.servers_state` for Python callers.
+    """
+    if backend is not None:
+        check_name(backend, "backend")
+    for server in servers:
+        check_name(server, "server")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,7 +149,13 @@ class RuntimeClient:
             raise HAProxyConnectionError(f"{self.name}: cannot connect to the Runtime API at {self.address}: {reason}") from exc
 
     def execute(self, command):
-        """Send one command and return HAProxy's whole reply as text."""
+        """Send one command and return HAProxy's whole reply as text.
+
+        Refuses a command holding a command separator (';', a line break): callers send exactly one command.
+        """
+        if any(sep in command for sep in (";", "\n", "\r")):
+            raise HAProxyNameError(f"{self.name}: refusing to send {command!r}: it holds a command separator; "
+                                   "nothing was sent to HAProxy")
         sock = self._connect()
         try:
             sock.sendall((self.prefix + command + "\n").encode())
@@ -138,7 +182,7 @@ class RuntimeClient:
 
     def servers_state(self, backend=None):
         """Parsed ``show servers state [backend]``: {(backend, server): ServerState}."""
-        command = "show servers state" + (f" {backend}" if backend else "")
+        command = "show servers state" + (f" {check_name(backend)}" if backend else "")
         return parse_servers_state(self.execute(command), self.name, command)
 
     def raw_servers_state(self):
@@ -438,6 +482,7 @@ def switch(instances, backend, desired, min_instances=None, check_mode=False, dr
 
     Returns a result dict; raises SwitchError (with ``.result``) on failure after rolling back.
     """
+    check_names(backend, desired)
     started = clock()
     waited = 0.0
     if min_instances is None:

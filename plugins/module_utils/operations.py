@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import tempfile
 
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     PHASE_HEALTHY,
@@ -314,8 +316,16 @@ def preflight(mode, target, statuses, now=None):
     old_cluster = old["cluster"] if old else None
     if mode == "switchover":
         if old is None or not old["kube_reachable"]:
-            refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is unreachable "
-                            f"({(old or {}).get('kube_error') or 'unknown'}). Use the failover playbook if it is lost")
+            without_old = _switchover_without_old(cluster, result["cnpg_state"])
+            if without_old["ok"]:
+                # an interrupted switchover demoted the old primary and recorded its token: finish it with the token
+                result["token_recorded"] = True
+                warnings.append(f"the old site {result['old_site'] or '?'} is unreachable "
+                                f"({(old or {}).get('kube_error') or 'unknown'}): {without_old['detail']}")
+            else:
+                refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is "
+                                f"unreachable ({(old or {}).get('kube_error') or 'unknown'}) and "
+                                f"{without_old['detail']}. Use the failover playbook if it is lost")
         elif old_cluster is None:
             refusals.append(f"the old site {old['site']} has no CNPG Cluster ({old['cluster_error'] or 'not found'})")
         elif result["cnpg_state"] == "replica":
@@ -342,16 +352,44 @@ def preflight(mode, target, statuses, now=None):
     if len(split) > 1 and not (old_cluster and old_cluster["fencing"] in ("fenced", "hibernated")):
         warnings.append(f"more than one Cluster is primary: {', '.join(split)} (split brain)")
     if result["cnpg_state"] == "replica":
-        demoted = mode == "switchover" and old_cluster and old_cluster["role"] in ("replica", "demoting")
+        demoted = mode == "switchover" and (old_cluster and old_cluster["role"] in ("replica", "demoting")
+                                            or result.get("token_recorded"))
         result["state"] = "resume" if (demoted or tgt["kms_serving"]) else "fresh"
     else:
         result["state"] = "done" if result["cnpg_state"] == "promoted" else "resume"
     return _finish(result, mode, old)
 
 
+def _switchover_without_old(cluster, cnpg_state):
+    """Whether a switchover can go on with the old site unreachable: only with the demotion token an interrupted run
+    recorded on the target Cluster (hanzo.kms.cnpg_promote), or after the promotion with a token was requested."""
+    recorded = cluster.get("recorded_token") or {}
+    if cnpg_state == "replica" and recorded.get("usable"):
+        return {"ok": True, "detail": (
+            f"the interrupted switchover recorded {recorded.get('from')}'s demotion token on {cluster['name']} at "
+            f"{recorded.get('recorded')}; the promotion uses it (CloudNativePG promotes once its LSN is replayed: no "
+            "data loss). The steps on the old site (stop its KMS, fresh Redis backup) were done before the demotion "
+            "and are skipped; the newest Redis backup of the old site is restored")}
+    if cnpg_state in ("promoted", "promoting") and cluster.get("promotion_token"):
+        return {"ok": True, "detail": f"{cluster['name']} was promoted with the demotion token; the remaining steps "
+                                      "run without the old site"}
+    if cnpg_state == "replica" and recorded:
+        return {"ok": False, "detail": f"the demotion token recorded on {cluster['name']} cannot be used: "
+                                       f"{recorded.get('problem')}"}
+    return {"ok": False, "detail": f"no demotion token is recorded on {cluster['name']} (the old primary was not "
+                                   "demoted, or its token was never read)"}
+
+
 def _finish(result, mode, old):
     result["ok"] = not result["refusals"]
     result["data_loss"] = _data_loss(mode, old)
+    if result.get("token_recorded"):
+        backup = (old or {}).get("redis_backup")
+        result["data_loss"]["redis"] = {
+            "bound_seconds": 0 if backup else None,
+            "basis": (f"newest complete Redis backup of {old['site']}, taken at {backup['time']}: the fresh backup the "
+                      "interrupted switchover took after stopping the old site's KMS (or a later one)") if backup
+            else "no complete Redis backup of the old site: Redis starts empty"}
     return result
 
 
@@ -524,6 +562,52 @@ def dumps(report):
     return json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
 
 
+REPORT_MODE = 0o600
+
+
+def parse_mode(mode):
+    """File mode from an int (YAML 0640 arrives as 416) or an octal string (``"0640"``, ``"640"``); 0 to 0o777."""
+    if isinstance(mode, bool):
+        raise ValueError(f"mode must be an octal number such as '0600', not {mode!r}")
+    if isinstance(mode, int):
+        value = mode
+    else:
+        text = str(mode).strip()
+        if not re.fullmatch(r"0?o?[0-7]{1,4}", text):
+            raise ValueError(f"mode must be an octal number such as '0600', not {mode!r}")
+        value = int(text.replace("o", ""), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"mode must be between 0000 and 0777, not {oct(value)}")
+    return value
+
+
+def write_report_file(path, text, mode=REPORT_MODE):
+    """Write ``text`` to ``path`` through a temporary file with ``mode``; return True when the content changed.
+
+    Reports hold site states, the confirmation, the operator's name and error texts: by default only the owner reads
+    them. An unchanged file gets ``mode`` too, so a report written by an older version (0644) is narrowed.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                if os.stat(path).st_mode & 0o777 != mode:
+                    os.chmod(path, mode)
+                return False
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".report-")  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
 # -- I/O: what hanzo.kms.site_data_info collects -------------------------------------------------------------------
 def redis_probe(params):
     """Role, version and key count of a Redis server, or raise ``RedisError``."""
@@ -606,8 +690,9 @@ def lb_view(name, states, stats, backend):
 def read_lb(instance, backend, timeout=5.0):
     """``lb_view`` of one instance ({name, socket|address}); an unreachable instance is reported, not raised."""
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient
+    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient, check_names
 
+    check_names(backend)  # an invalid name is the caller's error, not an unreachable instance
     address = instance.get("socket") or instance.get("address")
     name = instance.get("name") or address
     client = RuntimeClient(address, name=name, timeout=timeout)

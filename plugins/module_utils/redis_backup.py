@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils import names, redis_rdb, redis_verify
 
 REDIS_CONNECTION_SPEC = dict(
     host=dict(type='str', default='127.0.0.1'),
@@ -558,6 +558,24 @@ def utcnow():
 # --------------------------------------------------------------------------------------------------------------
 # The whole backup
 # --------------------------------------------------------------------------------------------------------------
+PRIVATE_MODE = 0o600
+
+
+def open_private(path):
+    """Open ``path`` for writing (truncated) with mode 0600 whatever the umask: a dump holds every secret Redis has.
+
+    The mode is set on the open descriptor too, so a file left by an earlier run with wider permissions is narrowed
+    before any byte is written.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)
+        return os.fdopen(fd, 'wb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     """Run a backup from module-style ``params``. Returns the result dict. Raises RedisError / RdbError / S3Error.
 
@@ -565,6 +583,10 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     ``verify_structure`` (default true: the RDB structure pass runs on the stream and the manifest records it, so a
     restore can skip it), ``analyze`` (the same pass; kept for compatibility), ``timeout`` (s).
     """
+    # the site and prefix become key components: refuse anything but the collection's safe names before any I/O
+    names.check_prefix(params.get('prefix') or '', 'prefix')
+    if params.get('site') is not None:
+        names.check_site(params['site'], 'site name')
     started = time.monotonic()
     now = now or utcnow()
     stamp = now.strftime(TIMESTAMP_FORMAT)
@@ -608,7 +630,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         parent = os.path.dirname(os.path.abspath(dest))
         if not os.path.isdir(parent):
             raise RedisError(f'destination directory {parent} does not exist')
-        local = open(local_tmp, 'wb')  # pylint: disable=consider-using-with
+        local = open_private(local_tmp)
 
     def sink(chunk):
         validator.feed(chunk)
@@ -645,7 +667,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         with s3_utils.wrap_errors('write manifest', bucket=bucket):
             client.put_object(Bucket=bucket, Key=result['manifest_key'], Body=body, ContentType='application/json')
     if dest:
-        with open(dest + '.manifest.json', 'wb') as handle:
+        with open_private(dest + '.manifest.json') as handle:
             handle.write(body)
         result['dest_manifest'] = dest + '.manifest.json'
     result.update(manifest=manifest, size=size, sha256=manifest['sha256'], crc64=manifest['crc64'],

@@ -18,6 +18,12 @@ description:
     completed C(ReplicaClusterSwitch) condition, then sets C(primary) and C(promotionToken) of the new cluster in one
     patch and waits until C(status.lastPromotionToken) equals the token, the designated primary reports C(isPrimary),
     the phase is C(Cluster in healthy state) and C(Ready) is true.
+  - Before the promotion patch, a switchover records the demotion token on the new cluster (annotation
+    C(hanzo.kms/demotion-token), with the old cluster's name and the time). When a re-run finds the old cluster's API
+    unreachable (its site was lost between demotion and promotion), it promotes the new cluster with that recorded
+    token (CNPG promotes once the token's LSN is replayed, so no data is lost) instead of failing; without a usable
+    recorded token it refuses and only O(mode=failover) can proceed. A recorded token is used only while the new
+    cluster replicates from the cluster that published it and is not on a later timeline than the token.
   - O(mode=failover) is for a lost primary site. It promotes the new cluster without a token (or sets
     C(spec.replica.enabled=false) for the standalone replica form), so WAL not yet shipped is lost and RV(data_loss_possible)
     is true. It refuses when the old cluster still answers and reports a primary, unless that cluster is fenced
@@ -166,7 +172,8 @@ plan:
   elements: dict
   contains:
     step:
-      description: V(demote), V(promote) or V(fence).
+      description: V(demote), V(record_token) (the demotion token recorded on the new cluster), V(promote) or
+        V(fence).
       type: str
     cluster:
       description: V(old) or V(new).
@@ -192,6 +199,13 @@ token:
   description: The demotion/promotion token used (base64 JSON), null for a failover.
   returned: always
   type: str
+token_source:
+  description: Where a switchover took the token from, V(old_cluster) (its C(status.demotionToken)), V(recorded)
+    (recorded on the new cluster by an interrupted run; the old cluster did not answer) or V(new_cluster_spec) (the
+    promotion was already requested).
+  returned: when mode is switchover and a token was used
+  type: str
+  sample: recorded
 timings:
   description: Seconds spent per step (C(read), C(probe_old), C(fence), C(demote), C(wait_demotion), C(promote),
     C(wait_promotion)) and C(total).
@@ -208,11 +222,11 @@ lag:
   type: dict
   sample: {"known": false, "new_timeline": 1, "old_timeline": 1, "new_archiving": "True"}
 old_reachable:
-  description: Whether the old cluster's API answered (failover only).
-  returned: when mode is failover
+  description: Whether the old cluster's API answered.
+  returned: always
   type: bool
 old_error:
-  description: Why the old cluster could not be read (failover only).
+  description: Why the old cluster could not be read.
   returned: when the old cluster did not answer
   type: str
 before:
@@ -223,7 +237,9 @@ before:
     old_cluster:
       description: C(name), C(namespace), C(self), C(role) (primary, replica, standalone-replica, demoting),
         C(spec_primary), C(phase), C(phase_reason), C(ready), C(current_primary), C(current_primary_is_primary),
-        C(timeline), C(fencing), C(demotion_token), C(last_promotion_token) (booleans). Null if unreachable.
+        C(timeline), C(fencing), C(demotion_token), C(last_promotion_token), C(promotion_token) (booleans),
+        C(recorded_token) (the demotion token recorded by a switchover, without the token itself - C(usable),
+        C(from), C(recorded), C(problem); null when none). Null if unreachable.
       type: dict
     new_cluster:
       description: Same for the new cluster.

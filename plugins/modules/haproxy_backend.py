@@ -28,6 +28,9 @@ options:
   backend:
     description:
       - Name of the HAProxy backend whose servers are switched.
+      - This and every server name may only hold HAProxy's name characters (letters, digits, C(-), C(_), C(.),
+        C(:)); any other name (for example one with C(;), a space or a line break, which the Runtime API would take
+        as a second command) fails the task before anything is sent.
     type: str
     required: true
   instances:
@@ -280,6 +283,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import (
     HAProxyError,
     Instance,
     SwitchError,
+    check_names,
     desired_from_servers,
     desired_from_sites,
     switch,
@@ -347,6 +351,7 @@ def main():
         module.fail_json(msg=f"min_instances must be between 0 and the number of instances ({len(params['instances'])})")
     try:
         desired = build_desired(params)
+        check_names(params["backend"], desired)
     except HAProxyError as exc:
         module.fail_json(msg=str(exc))
 

@@ -28,6 +28,9 @@ options:
   backend:
     description:
       - Name of the backend.
+      - Only HAProxy's name characters (letters, digits, C(-), C(_), C(.), C(:)) are accepted; any other name (for
+        example one with C(;), a space or a line break, which the Runtime API would take as a second command) fails
+        the task before anything is sent.
     type: str
     default: kms
   instances:
@@ -112,6 +115,7 @@ unreachable_instances:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, check_names
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import read_lb
 
 
@@ -128,6 +132,10 @@ def main():
         ),
         supports_check_mode=True,
     )
+    try:
+        check_names(module.params["backend"])
+    except HAProxyError as exc:
+        module.fail_json(msg=str(exc))
     views = [read_lb(inst, module.params["backend"], module.params["timeout"]) for inst in module.params["instances"]]
     serving = sorted({server for view in views for server in view["serving"]})
     module.exit_json(changed=False, instances=views, serving=serving,

@@ -93,6 +93,13 @@ options:
       - Also write C(<operation>-latest.json) and C(<operation>-latest.md) in O(dir).
     type: bool
     default: true
+  mode:
+    description:
+      - Permissions of the report files, as an octal number (V('0640')). Reports hold site states, the confirmation,
+        who ran the operation and error texts, so by default only the owner can read them.
+      - Applied to every file the call writes, and to unchanged files of this run, whatever the umask.
+    type: raw
+    default: '0600'
 seealso:
   - module: hanzo.kms.switch_preflight
 '''
@@ -142,27 +149,16 @@ written:
 
 import json
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hanzo.kms.plugins.module_utils.operations import dumps, render, update_report
-
-
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file; return True when the content changed."""
-    try:
-        with open(path, encoding='utf-8') as handle:
-            if handle.read() == text:
-                return False
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.report-')
-    with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return True
+from ansible_collections.hanzo.kms.plugins.module_utils.operations import (
+    dumps,
+    parse_mode,
+    render,
+    update_report,
+    write_report_file,
+)
 
 
 def main():
@@ -181,11 +177,16 @@ def main():
             snapshot=dict(type='str', default='current', choices=['before', 'after', 'current']),
             finish=dict(type='str', choices=['succeeded', 'failed']),
             latest=dict(type='bool', default=True),
+            mode=dict(type='raw', default='0600'),
         ),
         required_by=dict(dir=['name']),
         supports_check_mode=True,
     )
     params = module.params
+    try:
+        mode = parse_mode(params['mode'])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     report = {}
     json_path = md_path = None
     if params['dir']:
@@ -210,11 +211,12 @@ def main():
             try:
                 os.makedirs(params['dir'], exist_ok=True)
                 text = dumps(report)
-                written = [path for path, content in ((json_path, text), (md_path, markdown)) if write_atomic(path, content)]
+                written = [path for path, content in ((json_path, text), (md_path, markdown))
+                           if write_report_file(path, content, mode)]
                 if params['latest']:
                     base = os.path.join(params['dir'], params['operation'] + '-latest')
-                    write_atomic(base + '.json', text)
-                    write_atomic(base + '.md', markdown)
+                    write_report_file(base + '.json', text, mode)
+                    write_report_file(base + '.md', markdown, mode)
             except OSError as exc:
                 module.fail_json(msg='cannot write the report in %s: %s' % (params['dir'], exc))
             result['written'] = written

@@ -42,16 +42,22 @@ options:
   prefix:
     description:
       - Key prefix of the backups in O(bucket).
+      - C(/)-separated segments of letters, digits, C(.), C(_) and C(-), each starting with a letter or digit (no
+        C(..), spaces or shell characters); anything else fails the task before Redis or S3 is contacted.
     type: str
     default: ''
   site:
     description:
       - Site (data center) name, a path component after O(prefix).
+      - A DNS label (lower-case letters, digits and C(-), starting and ending with a letter or digit); anything else
+        fails the task before Redis or S3 is contacted.
     type: str
   dest:
     description:
       - Local path to also (or only) write the RDB to. A C(<dest>.manifest.json) is written next to it.
       - The file is written as C(<dest>.part) and renamed when complete and verified.
+      - The dump and its manifest are created with mode C(0600) whatever the umask (a dump holds every secret
+        Redis has); an existing file is narrowed to C(0600).
     type: path
   part_size:
     description:
@@ -233,6 +239,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
     redis_connection_spec,
     run_backup,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.names import InvalidName
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
@@ -273,7 +280,7 @@ def main():
         module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
     try:
         result = run_backup(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
-    except (RedisError, RdbError, S3Error) as exc:
+    except (RedisError, RdbError, S3Error, InvalidName) as exc:
         module.fail_json(msg='Redis backup failed: %s' % exc)
     except Exception as exc:  # pylint: disable=broad-exception-caught
         module.fail_json(msg='Redis backup failed: %s' % exc, exception=traceback.format_exc())

@@ -151,12 +151,15 @@ def test_switchover_full_run_and_back():
     old, new = pair()
     result = promoter(old, new).run()
     assert result["changed"] is True
-    assert result["steps"] == ["demote", "promote"]
+    assert result["steps"] == ["demote", "record_token", "promote"]
     assert result["data_loss_possible"] is False
     token = result["token"]
     cnpg.parse_token(token)
+    assert result["token_source"] == "old_cluster" and result["old_reachable"] is True
     assert old.patches == [{"spec": {"replica": {"primary": "pg-dc2"}}}]
-    assert new.patches == [{"spec": {"replica": {"primary": "pg-dc2", "promotionToken": token}}}]  # ONE patch
+    # the token is recorded in the new site first, then primary and promotionToken go in ONE patch
+    assert json.loads(new.patches[0]["metadata"]["annotations"][cnpg.TOKEN_ANNOTATION])["token"] == token
+    assert new.patches[1:] == [{"spec": {"replica": {"primary": "pg-dc2", "promotionToken": token}}}]
     assert result["before"]["new_cluster"]["role"] == "replica"
     assert result["after"]["new_cluster"]["role"] == "primary"
     assert result["after"]["new_cluster"]["current_primary_is_primary"] is True
@@ -194,10 +197,10 @@ def test_switchover_resumes_after_demotion():
     old.settle()
     token = old.get()["status"]["demotionToken"]
     check = promoter(old, new, check_mode=True).run()
-    assert [p["step"] for p in check["plan"]] == ["promote"]
-    assert check["plan"][0]["patch"]["spec"]["replica"]["promotionToken"] == token
+    assert [p["step"] for p in check["plan"]] == ["record_token", "promote"]
+    assert check["plan"][1]["patch"]["spec"]["replica"]["promotionToken"] == token
     result = promoter(old, new).run()
-    assert result["steps"] == ["promote"] and result["token"] == token
+    assert result["steps"] == ["record_token", "promote"] and result["token"] == token
     assert len(old.patches) == 1
 
 
@@ -229,7 +232,7 @@ def test_switchover_demotion_timeout_reports_last_status():
     assert partial["steps"] == ["demote"] and partial["changed"] is True
     old.paused = False
     result = promoter(old, new).run()
-    assert result["steps"] == ["promote"]
+    assert result["steps"] == ["record_token", "promote"]
 
 
 def test_switchover_unrecoverable_fails_at_once():
@@ -315,6 +318,77 @@ def test_demotion_token_rechecked():
     old.get = lambda: next(reads, None) or real_get()
     result = promoter(old, new).run()
     assert result["token"] == good["status"]["demotionToken"]
+
+
+# -- issue 14 item 7: the old site lost between demotion and promotion ---------------------------------------------
+def demoted_then_promotion_refused():
+    """A switchover whose promotion patch the new site's API refused: old demoted, token recorded, new a replica."""
+    old, new = pair()
+    real_patch = new.patch
+
+    def patch(body):
+        if "spec" in body:
+            raise cnpg.ApiError("patch refused (422): promotion blocked", status=422)
+        return real_patch(body)
+    new.patch = patch
+    with pytest.raises(cnpg.ApiError):
+        promoter(old, new).run()
+    new.patch = real_patch
+    token = old.get()["status"]["demotionToken"]
+    return old, new, token
+
+
+def test_switchover_records_the_token_in_the_new_site_before_promoting():
+    old, new, token = demoted_then_promotion_refused()
+    assert cnpg.is_replica(old.get()) and cnpg.is_replica(new.get())
+    usable, info, problem = cnpg.recorded_token(new.get())
+    assert usable == token and info["from"] == "pg-dc1" and problem is None
+    assert cnpg.summarize(new.get())["recorded_token"]["usable"] is True
+
+
+def test_switchover_with_old_site_lost_promotes_with_the_recorded_token():
+    old, new, token = demoted_then_promotion_refused()
+    old.errors = [cnpg.Unreachable("connection refused")] * 3
+    result = promoter(old, new).run()
+    assert result["old_reachable"] is False and "connection refused" in result["old_error"]
+    assert result["token"] == token and result["token_source"] == "recorded"
+    assert result["data_loss_possible"] is False
+    assert new.patches[-1] == {"spec": {"replica": {"primary": "pg-dc2", "promotionToken": token}}}
+    assert cnpg.promotion_done(new.get(), token)
+    assert any("recorded" in w for w in result["warnings"])
+    # idempotent while the old site stays away: the promotion with the token is seen as done
+    old.errors = [cnpg.Unreachable("connection refused")] * 3
+    again = promoter(old, new).run()
+    assert again["changed"] is False and again["token"] == token and again["token_source"] == "new_cluster_spec"
+
+
+def test_switchover_with_old_site_lost_and_no_token_is_refused():
+    old, new = pair()
+    old.errors = [cnpg.Unreachable("connection refused")]
+    with pytest.raises(cnpg.Refused) as info:
+        promoter(old, new).run()
+    assert "no usable demotion token" in info.value.msg and "failover" in info.value.msg
+    assert new.patches == []
+
+
+def test_stale_recorded_token_is_not_used():
+    old, new, token = demoted_then_promotion_refused()
+    # the recorded token names an earlier timeline than the Cluster's: from an earlier switchover
+    new.obj["status"]["timelineID"] = 7
+    new.paused = True
+    assert cnpg.recorded_token(new.get())[0] is None
+    assert "earlier switchover" in cnpg.recorded_token(new.get())[2]
+    old.errors = [cnpg.Unreachable("connection refused")]
+    with pytest.raises(cnpg.Refused):
+        promoter(old, new).run()
+    # a token from another Cluster than the one replicated from is not used either
+    new.obj["status"]["timelineID"] = 1
+    info = json.loads(new.obj["metadata"]["annotations"][cnpg.TOKEN_ANNOTATION])
+    new.obj["metadata"]["annotations"][cnpg.TOKEN_ANNOTATION] = json.dumps(dict(info, **{"from": "pg-dc9"}))
+    assert "published by 'pg-dc9'" in cnpg.recorded_token(new.get())[2]
+    new.obj["metadata"]["annotations"][cnpg.TOKEN_ANNOTATION] = "not json"
+    assert "not understood" in cnpg.recorded_token(new.get())[2]
+    assert token
 
 
 # -- failover ------------------------------------------------------------------------------------------------------

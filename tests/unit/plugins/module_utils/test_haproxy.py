@@ -44,6 +44,44 @@ def test_parse_address_rejects(address):
         hx.parse_address(address)
 
 
+# --- names (issue 14 item 6) ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["kms", "be_kms", "dc1", "dc-2.a:b", "A_Z-0.9:x"])
+def test_check_name_accepts_haproxy_name_characters(name):
+    assert hx.check_name(name) == name
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("kms;set server kms/dc1 state maint", "';'"),
+    ("kms\nset server kms/dc1 state maint", "'\\n'"),
+    ("kms dc1", "' '"),
+    ("kms/dc1", "'/'"),
+    ("k\u00e9ms", "'\u00e9'"),
+    ("", ""),
+])
+def test_check_name_rejects(name, shown):
+    with pytest.raises(hx.HAProxyNameError) as err:
+        hx.check_names(backend="kms", servers=[name])
+    assert "invalid HAProxy server name" in str(err.value) and "nothing was sent" in str(err.value)
+    assert shown in str(err.value)
+    with pytest.raises(hx.HAProxyNameError, match="invalid HAProxy backend name"):
+        hx.check_names(backend=name)
+
+
+@pytest.mark.parametrize("value", [None, 3, ["kms"]])
+def test_check_name_rejects_non_strings(value):
+    with pytest.raises(hx.HAProxyNameError):
+        hx.check_name(value, "server")
+
+
+def test_client_refuses_separators_before_connecting():
+    client = hx.RuntimeClient("/nonexistent/socket")  # connecting would fail with a connection error
+    for command in ("show servers state kms;set server kms/dc1 state maint", "show info\nshow stat", "a\rb"):
+        with pytest.raises(hx.HAProxyNameError, match="command separator"):
+            client.execute(command)
+    with pytest.raises(hx.HAProxyNameError, match="invalid HAProxy backend name"):
+        client.servers_state("kms;set server kms/dc1 state maint")
+
+
 # --- parsing --------------------------------------------------------------------------------------------------
 def test_parse_servers_state_real_output():
     states = hx.parse_servers_state(REAL_OUTPUT)
@@ -284,6 +322,15 @@ def test_switch_orders_phases_across_instances(tmp_path):
     assert admin(lb1) == admin(lb2) == {"dc1": 1, "dc2": 0}
     assert "kms 1 dc1" in (tmp_path / "lb1.state").read_text()
     assert result["instances"][0]["after"] == {"dc1": {"state": "maint", "weight": 1}, "dc2": {"state": "ready", "weight": 1}}
+
+
+def test_switch_refuses_bad_names_before_sending_anything():
+    lb1 = initial("lb1")
+    with pytest.raises(hx.HAProxyNameError, match="invalid HAProxy server name"):
+        hx.switch(fake_instances(lb1), "kms", {"dc1 state maint;x": {"state": "ready"}})
+    with pytest.raises(hx.HAProxyNameError, match="invalid HAProxy backend name"):
+        hx.switch(fake_instances(lb1), "kms;set server kms/dc1 state maint", {"dc1": {"state": "ready"}})
+    assert not lb1.log
 
 
 def test_switch_check_mode_and_idempotence(tmp_path):

@@ -3,11 +3,14 @@ listings, site summaries, the failover/switchover preflight (including resumed r
 load balancer view and the Markdown/JSON report."""
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import os
 
 import pytest
 
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
 from ansible_collections.hanzo.kms.plugins.module_utils import operations as ops
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import parse_servers_state
 
@@ -255,6 +258,46 @@ def test_switchover_resume_after_demotion():
     assert decision["state"] == "resume" and decision["old_site"] == "dc1"
 
 
+def recorded(token_timeline=1, origin="kms-pg-dc1"):
+    content = {"latestCheckpointTimelineID": str(token_timeline), "redoWalFile": "000000010000000000000007",
+               "databaseSystemIdentifier": "7420000000000000001", "latestCheckpointREDOLocation": "0/7000028",
+               "timeOfLatestCheckpoint": "Sun Nov 29 12:59:58 2026", "operatorVersion": "1.30.0"}
+    token = base64.b64encode(json.dumps(content).encode()).decode()
+    return {cnpg.TOKEN_ANNOTATION: json.dumps({"token": token, "from": origin, "recorded": "2026-11-29T13:00:00Z"})}
+
+
+def test_switchover_resumes_with_the_recorded_token_when_the_old_site_is_lost():
+    target = site("dc2", "dc1")
+    target["cluster"]["metadata"]["annotations"].update(recorded())
+    decision = ops.preflight("switchover", "dc2", [site("dc1", reachable=False), target], NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["token_recorded"] is True and decision["state"] == "resume" and decision["old_site"] == "dc1"
+    assert any("recorded kms-pg-dc1's demotion token" in w for w in decision["warnings"])
+    assert decision["data_loss"]["postgres"]["bound_seconds"] == 0
+    assert decision["data_loss"]["redis"]["bound_seconds"] == 0 and "interrupted" in decision["data_loss"]["redis"]["basis"]
+
+
+@pytest.mark.parametrize("annotations, reason", [
+    (recorded(token_timeline=1), "already on timeline 2"),
+    (recorded(origin="kms-pg-dc9", token_timeline=2), "published by 'kms-pg-dc9'"),
+    ({}, "no demotion token is recorded"),
+])
+def test_switchover_without_the_old_site_refuses_an_unusable_token(annotations, reason):
+    target = site("dc2", "dc1", timeline=2)
+    target["cluster"]["metadata"]["annotations"].update(annotations)
+    decision = ops.preflight("switchover", "dc2", [site("dc1", reachable=False), target], NOW)
+    assert not decision["ok"] and "token_recorded" not in decision
+    assert reason in decision["refusals"][0] and "failover" in decision["refusals"][0]
+
+
+def test_switchover_without_the_old_site_after_a_token_promotion_goes_on():
+    target = site("dc2", "dc2", timeline=2)
+    target["cluster"]["spec"]["replica"]["promotionToken"] = "dG9rZW4="
+    decision = ops.preflight("switchover", "dc2", [site("dc1", reachable=False), target], NOW)
+    assert decision["ok"], decision["refusals"]
+    assert decision["state"] == "done"
+
+
 def test_target_being_demoted_is_refused():
     decision = ops.preflight("switchover", "dc2", [site("dc1"), site("dc2", switching=True)], NOW)
     assert not decision["ok"] and "demoted" in decision["refusals"][0]
@@ -345,3 +388,33 @@ def test_a_step_rerun_gets_a_new_entry():
 def test_step_result_is_validated():
     with pytest.raises(ValueError):
         ops.step_update({}, "x", "exploded")
+
+
+# -- report files (issue 14 item 8) ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, expected", [("0600", 0o600), ("0640", 0o640), ("640", 0o640), (0o644, 0o644),
+                                            (416, 0o640), ("0o600", 0o600)])
+def test_parse_mode(mode, expected):
+    assert ops.parse_mode(mode) == expected
+
+
+@pytest.mark.parametrize("mode", ["rw-r-----", "0999", "", True, 0o1777, "u=rw"])
+def test_parse_mode_rejects(mode):
+    with pytest.raises(ValueError, match="mode"):
+        ops.parse_mode(mode)
+
+
+def test_report_files_get_the_mode_whatever_the_umask(tmp_path):
+    path = tmp_path / "switchover-dc2.json"
+    old = os.umask(0)
+    try:
+        assert ops.write_report_file(str(path), "one\n") is True
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert ops.write_report_file(str(path), "two\n", 0o640) is True
+        assert path.stat().st_mode & 0o777 == 0o640
+        # an unchanged report left 0644 by an older version is narrowed
+        path.chmod(0o644)
+        assert ops.write_report_file(str(path), "two\n") is False
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
