@@ -226,6 +226,13 @@ def _plain_len(buf, pos, end, what):
     return value, pos
 
 
+def _lzf_lengths(buf, pos, end):
+    """The two lengths after an LZF string marker -> (compressed, uncompressed, pos)."""
+    clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
+    ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+    return clen, ulen, pos
+
+
 def _skip_string(buf, pos, end):
     length, encoded, pos = _read_len(buf, pos, end)
     if encoded:
@@ -236,8 +243,7 @@ def _skip_string(buf, pos, end):
         elif length == 2:
             pos += 4
         elif length == 3:
-            clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
-            _ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+            clen, _ulen, pos = _lzf_lengths(buf, pos, end)
             pos += clen
         else:
             raise RdbError(f'unknown string encoding {length} at offset {pos - 1}')
@@ -270,8 +276,7 @@ def _read_string(buf, pos, end):
             raise _Short()
         return str(struct.unpack_from('<i', buf, pos)[0]).encode(), pos + 4
     if length == 3:
-        clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
-        ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+        clen, ulen, pos = _lzf_lengths(buf, pos, end)
         if pos + clen > end:
             raise _Short()
         if ulen > MAX_KEY_BYTES:
@@ -294,8 +299,7 @@ def _skip_key(buf, pos, end):
             raise RdbError(f'key at offset {start} is {length} bytes, more than Redis accepts in a key ({MAX_KEY_BYTES})')
         pos += length
     elif length == 3:
-        clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
-        ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+        clen, ulen, pos = _lzf_lengths(buf, pos, end)
         if pos + clen > end:
             raise _Short()
         if ulen > MAX_KEY_BYTES:
@@ -535,8 +539,7 @@ def _str_at(buf, pos, end):
                 raise _Bad(f'a string of {length} bytes runs past the end of the value')
             return bytes(buf[pos:stop]), stop
         if length == 3:
-            clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
-            ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+            clen, ulen, pos = _lzf_lengths(buf, pos, end)
             if pos + clen > end:
                 raise _Bad('an LZF string runs past the end of the value')
             if ulen > MAX_CONTAINER_BYTES:
@@ -565,8 +568,7 @@ def _member_at(buf, pos, end):
     if first == 0xC3:
         try:
             _c, _e, cpos = _read_len(buf, pos, end)
-            clen, cpos = _plain_len(buf, cpos, end, 'LZF compressed length')
-            ulen, cpos = _plain_len(buf, cpos, end, 'LZF uncompressed length')
+            clen, ulen, cpos = _lzf_lengths(buf, cpos, end)
         except _Short:
             raise _Bad('a string runs past the end of the value') from None
         if ulen > _MEMBER_DECOMPRESS_MAX:
@@ -582,8 +584,7 @@ def _str_check(buf, pos, end):
         if not encoded:
             pos += length
         elif length == 3:
-            clen, pos = _plain_len(buf, pos, end, 'LZF compressed length')
-            ulen, pos = _plain_len(buf, pos, end, 'LZF uncompressed length')
+            clen, ulen, pos = _lzf_lengths(buf, pos, end)
             if pos + clen > end:
                 raise _Bad('an LZF string runs past the end of the value')
             lzf_check(buf, pos, pos + clen, ulen)

@@ -612,10 +612,9 @@ def _make_certs(directory):
         '-extfile', 'ext.cnf', '-out', 'server.crt')
     return {name: str(Path(directory, name)) for name in ('ca.crt', 'server.crt', 'server.key')}
 
-
-def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes):
-    certs = _make_certs(tmp_path)
-    name = f'rdb-tls-{uuid.uuid4().hex[:6]}'
+def start_tls_redis(lab_handle, forget_processes, certs, prefix, *extra):
+    """A redis-server with only a TLS port (certificates from ``_make_certs``) -> (port, password, client factory)."""
+    name = f'{prefix}-{uuid.uuid4().hex[:6]}'
     data_dir = lab_handle.path('redis-rdb', name, 'data')
     data_dir.mkdir(parents=True, exist_ok=True)
     port = lab_handle.free_port()
@@ -623,14 +622,21 @@ def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes)
     lab_handle.spawn(name, [lab_redis.require_binary('redis-server', 'redis-server'), '--bind', '127.0.0.1', '--port', '0',
                             '--tls-port', port, '--tls-cert-file', certs['server.crt'], '--tls-key-file', certs['server.key'],
                             '--tls-ca-cert-file', certs['ca.crt'], '--tls-auth-clients', 'no', '--requirepass', password,
-                            '--dir', data_dir, '--save', '', '--appendonly', 'no', '--repl-diskless-sync-delay', '0'])
+                            '--dir', data_dir, '--save', '', '--appendonly', 'no', *extra])
     forget_processes.append(name)
-    tls_params = {'host': '127.0.0.1', 'port': port, 'password': password, 'tls': True, 'tls_ca_cert': certs['ca.crt']}
 
     def tls_client():
         return redis.Redis(host='127.0.0.1', port=port, password=password, ssl=True, ssl_ca_certs=certs['ca.crt'])
 
     lab_handle.wait_process(name, lambda: tls_client().ping(), 20, 'the TLS server to answer PING')
+    return port, password, tls_client
+
+
+def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes):
+    certs = _make_certs(tmp_path)
+    port, password, tls_client = start_tls_redis(lab_handle, forget_processes, certs, 'rdb-tls',
+                                                 '--repl-diskless-sync-delay', '0')
+    tls_params = {'host': '127.0.0.1', 'port': port, 'password': password, 'tls': True, 'tls_ca_cert': certs['ca.crt']}
     tls_client().set('over-tls', 'yes')
     client_entry = {'host': '127.0.0.1', 'port': port, 'password': password}
     dump = tmp_path / 'dump.rdb'

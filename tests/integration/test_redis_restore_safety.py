@@ -24,7 +24,7 @@ import pytest
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from tests.integration.test_redis_rdb import (  # pylint: disable=unused-import
-    _make_certs, bitnami_like, client, conn_params, forget_processes, populate, snapshot,
+    _make_certs, bitnami_like, start_tls_redis, client, conn_params, forget_processes, populate, snapshot,
 )
 from tests.lab import redis as lab_redis
 from tests.lab.core import wait_until
@@ -319,21 +319,8 @@ def test_listener_stalled_and_closed_peers_cost_no_cpu():
 def test_replication_over_tls(lab_handle, dumps, tmp_path, forget_processes):  # pylint: disable=redefined-outer-name
     path, expected = dumps['small']
     certs = _make_certs(tmp_path)
-    name = f'safety-tls-{uuid.uuid4().hex[:6]}'
-    data_dir = lab_handle.path('redis-rdb', name, 'data')
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = lab_handle.free_port()
-    password = uuid.uuid4().hex
-    lab_handle.spawn(name, [lab_redis.require_binary('redis-server', 'redis-server'), '--bind', '127.0.0.1', '--port', '0',
-                            '--tls-port', port, '--tls-cert-file', certs['server.crt'], '--tls-key-file', certs['server.key'],
-                            '--tls-ca-cert-file', certs['ca.crt'], '--tls-auth-clients', 'no', '--tls-replication', 'yes',
-                            '--requirepass', password, '--dir', data_dir, '--save', '', '--appendonly', 'no'])
-    forget_processes.append(name)
-
-    def tls_client():
-        return redis.Redis(host='127.0.0.1', port=port, password=password, ssl=True, ssl_ca_certs=certs['ca.crt'])
-
-    lab_handle.wait_process(name, lambda: tls_client().ping(), 20, 'the TLS server to answer PING')
+    port, password, tls_client = start_tls_redis(lab_handle, forget_processes, certs, 'safety-tls',
+                                                 '--tls-replication', 'yes')
     params = {'host': '127.0.0.1', 'port': port, 'password': password, 'tls': True, 'tls_ca_cert': certs['ca.crt'],
               'src': path, 'method': 'replication', 'timeout': 30}
     with pytest.raises(RestoreError, match='listen_tls_cert'):
