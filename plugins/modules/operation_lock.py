@@ -206,7 +206,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
-    DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock)
+    DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
 
 KUBERNETES_IMPORT_ERROR = None
 try:
@@ -263,6 +263,17 @@ def api_client(params, site):
     return api
 
 
+class UnconfiguredLease:  # pylint: disable=too-few-public-methods
+    """A site whose Kubernetes client could not be configured: every read says it is unreachable."""
+
+    def __init__(self, namespace, error):
+        self.namespace = namespace
+        self.error = error
+
+    def get(self):
+        raise Unreachable(self.error)
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            required_one_of=[('owner', 'operation')])
@@ -287,7 +298,10 @@ def main():
         try:
             client = api_client(params, site)
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            module.fail_json(msg=f"cannot configure the Kubernetes client for site {site['name']}: {exc}", owner=owner)
+            # No usable kubeconfig for a site (a lost site's credentials are often gone with it): the site is
+            # unreachable, which O(allow_unreachable) decides about, like an API that does not answer.
+            stores[site['name']] = UnconfiguredLease(site['namespace'], f'cannot configure the Kubernetes client: {exc}')
+            continue
         stores[site['name']] = KubeLease(client, site['namespace'], name=params['lease_name'],
                                          request_timeout=params['request_timeout'])
 
