@@ -75,8 +75,14 @@ def holder(kube_clients, site, namespace):
 
 
 def put_lease(kube_clients, site, namespace, owner, operation, renewed, ttl):
-    body = ol.lease_body(ol.LEASE_NAME, namespace, None, owner, operation, ttl, renewed)
-    client.CoordinationV1Api(kube_clients[site]).create_namespaced_lease(namespace, body)
+    """A Lease as another run left it (replacing whatever an earlier test left)."""
+    api = client.CoordinationV1Api(kube_clients[site])
+    try:
+        api.delete_namespaced_lease(ol.LEASE_NAME, namespace)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise
+    api.create_namespaced_lease(namespace, ol.lease_body(ol.LEASE_NAME, namespace, None, owner, operation, ttl, renewed))
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +113,10 @@ def run_script(lock_script, kube_sites):
     return run
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kms_namespace(kube_clients):
-    """The installation's namespace 'kms' in both sites (created when the lab is not installed), the lock cleared."""
+    """The installation's namespace 'kms' in both sites (created when the lab is not installed, and then removed
+    again, waiting until it is gone so that a later install can create it), the lock cleared."""
     created = []
     for site in SITES:
         core = client.CoreV1Api(kube_clients[site])
@@ -126,6 +133,18 @@ def kms_namespace(kube_clients):
             pass
     for site in created:
         client.CoreV1Api(kube_clients[site]).delete_namespace("kms")
+    for site in created:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                client.CoreV1Api(kube_clients[site]).read_namespace("kms")
+            except client.exceptions.ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"namespace kms of {site} was not deleted within 120 s")
 
 
 # -- the defect: two operations at once both ran ------------------------------------------------------------------
