@@ -145,7 +145,9 @@ def test_kms_secret_identical_and_deployments_by_role(installed, kube_clients): 
         redis_pw = secret_data(kube_clients[site], "redis-auth")["redis-password"]
         assert secrets[site]["REDIS_URL"] == f"redis://default:{redis_pw}@redis-master:6379"
         cronjob = client.BatchV1Api(kube_clients[site]).read_namespaced_cron_job("redis-backup", NAMESPACE)
-        assert "--rdb" in " ".join(cronjob.spec.job_template.spec.template.spec.init_containers[0].args)
+        init = {c.name: c for c in cronjob.spec.job_template.spec.template.spec.init_containers}
+        assert list(init)[0] == "take-lock"  # the operation lock before anything else
+        assert "--rdb" in " ".join(init["fetch-rdb"].args)
         assert not any(v.persistent_volume_claim for v in cronjob.spec.job_template.spec.template.spec.volumes or [])
         for kind, read in (("Ingress", client.NetworkingV1Api(kube_clients[site]).read_namespaced_ingress),
                            ("PodDisruptionBudget", client.PolicyV1Api(kube_clients[site]).read_namespaced_pod_disruption_budget)):

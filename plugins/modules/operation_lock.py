@@ -1,0 +1,323 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: operation_lock
+short_description: Take or release the operation lock of a Hanzo KMS installation
+version_added: 0.1.0
+description:
+  - One lock per installation keeps failover, switchover, backup, restore test and the Redis backup CronJob from
+    running at the same time. It is a C(coordination.k8s.io/v1) Lease named O(lease_name) in the namespace of every
+    site; C(spec.holderIdentity) is the owner, C(spec.acquireTime) when it was taken, C(spec.renewTime) plus
+    C(spec.leaseDurationSeconds) when it expires, and the annotation C(hanzo.kms/operation) the operation.
+  - O(state=acquired) takes the Lease of every site in the order of the site names. A Lease that is absent, free,
+    expired or already held by O(owner) (a renewal) is taken; one held by another owner makes the module fail with
+    the holder and since when, after giving back what it took in the sites before. Every write is a create or a
+    replace carrying the resourceVersion read, so of two runs racing for the lock exactly one wins.
+  - A site whose Kubernetes API does not answer fails the module unless O(allow_unreachable=true) (a failover after
+    losing a site); at least one site must answer. A site that answers is never skipped.
+  - O(break_lock) takes over a lock held by someone else, for a run that crashed; it must equal
+    C(BREAK LOCK <holder>) exactly.
+  - O(state=released) frees the Leases held by O(owner) (the Lease is kept, without a holder). It refuses, and fails,
+    when a site's lock is held by another owner.
+  - The Redis backup CronJob of M(hanzo.kms.redis) takes the same Lease with kubectl (same name, labels, annotation
+    and expiry rule).
+author:
+  - Hanzo KMS platform team (@hanzoai)
+requirements:
+  - kubernetes >= 24.2.0 (Python library)
+  - the kubernetes.core collection
+extends_documentation_fragment:
+  - kubernetes.core.k8s_auth_options
+  - hanzo.kms.kube_sites
+attributes:
+  check_mode:
+    support: full
+    description: Reads every site's Lease and reports what it would do (RV(sites)); fails the same way when the lock
+      is held by someone else; writes nothing.
+  diff_mode:
+    support: none
+    description: No diff is produced.
+notes:
+  - The credentials need C(get), C(create) and C(update) on C(leases.coordination.k8s.io) in each site's namespace.
+  - The times are the control node's clock; keep the clocks of the control node and the CronJob's nodes in sync.
+options:
+  state:
+    description:
+      - V(acquired) takes (or renews) the lock, V(released) frees it.
+    type: str
+    choices: [acquired, released]
+    default: acquired
+  owner:
+    description:
+      - Who holds the lock. Pass the RV(owner) returned by O(state=acquired) to renew or release it.
+      - Default C(<operation>/<run_id>@<control host>).
+    type: str
+  operation:
+    description:
+      - What runs under the lock (C(failover), C(switchover), C(backup), C(restore_test)); recorded on the Lease and
+        part of the default O(owner). Required when O(owner) is not given.
+    type: str
+  run_id:
+    description:
+      - Identifies the run in the default O(owner); default the UTC time and a random suffix.
+    type: str
+  ttl:
+    description:
+      - Seconds after which the lock expires unless renewed (by O(state=acquired) with the same O(owner)), so that a
+        crashed run does not block the installation for ever.
+    type: int
+    default: 7200
+  lease_name:
+    description:
+      - Name of the Lease in every site's namespace.
+    type: str
+    default: hanzo-kms-operation-lock
+  break_lock:
+    description:
+      - Take the lock over from another holder whose run is known to be dead. Must equal C(BREAK LOCK <holder>)
+        exactly (the holder as named in the refusal); anything else is refused.
+    type: str
+    default: ""
+  allow_unreachable:
+    description:
+      - Proceed when a site's Kubernetes API does not answer (its Lease cannot be read), as long as one site answers.
+        For a failover after losing a site.
+    type: bool
+    default: false
+  request_timeout:
+    description:
+      - Timeout in seconds of each Kubernetes API request; a site that does not answer within it is unreachable.
+    type: int
+    default: 10
+'''
+
+EXAMPLES = r'''
+- name: Take the operation lock in every site before a backup
+  hanzo.kms.operation_lock:
+    operation: backup
+    kubeconfig: /etc/kms/kubeconfig
+    sites:
+      - {name: dc1, namespace: kms, context: dc1}
+      - {name: dc2, namespace: kms, context: dc2}
+  register: lock
+
+- name: Release it at the end
+  hanzo.kms.operation_lock:
+    state: released
+    owner: "{{ lock.owner }}"
+    kubeconfig: /etc/kms/kubeconfig
+    sites:
+      - {name: dc1, namespace: kms, context: dc1}
+      - {name: dc2, namespace: kms, context: dc2}
+
+- name: Fail over with dc1 lost; break the lock of the crashed earlier attempt
+  hanzo.kms.operation_lock:
+    operation: failover
+    allow_unreachable: true
+    break_lock: "BREAK LOCK failover/20261202T040000Z-1a2b@ops1"
+    request_timeout: 5
+    sites:
+      - {name: dc1, namespace: kms, host: "https://k8s.dc1.example.com:6443", api_key: "{{ dc1_token }}"}
+      - {name: dc2, namespace: kms, host: "https://k8s.dc2.example.com:6443", api_key: "{{ dc2_token }}"}
+'''
+
+RETURN = r'''
+state:
+  description: The state asked for.
+  returned: success
+  type: str
+  sample: acquired
+owner:
+  description: The owner of the lock (pass it to O(state=released)).
+  returned: always
+  type: str
+  sample: backup/20261202T050000Z-3f9c@ops1
+lease:
+  description: The Lease name.
+  returned: success
+  type: str
+  sample: hanzo-kms-operation-lock
+sites:
+  description: What happened in each site, in the order handled.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    site:
+      description: The site.
+      type: str
+    action:
+      description:
+        - V(created), V(taken), V(renewed), V(taken_expired), V(broken), V(released), V(unchanged), V(unreachable),
+          V(refused), or in check mode V(would_create), V(would_take), V(would_renew), V(would_take_expired),
+          V(would_break), V(would_release).
+      type: str
+    holder:
+      description: The holder the Lease named when read (before the change).
+      type: str
+    operation:
+      description: The holder's operation.
+      type: str
+    since:
+      description: When the holder took the lock (UTC).
+      type: str
+    expires:
+      description: When the holder's lock expires unless renewed (UTC).
+      type: str
+    error:
+      description: Why the site is unreachable.
+      type: str
+      returned: when unreachable
+acquired_sites:
+  description: Sites whose Lease this run holds now.
+  returned: success
+  type: list
+  elements: str
+unreachable_sites:
+  description: Sites whose Kubernetes API did not answer.
+  returned: success
+  type: list
+  elements: str
+holder:
+  description: The other owner holding the lock.
+  returned: when refused
+  type: str
+holder_operation:
+  description: The holder's operation.
+  returned: when refused while acquiring
+  type: str
+since:
+  description: Since when the holder has held the lock (UTC).
+  returned: when refused while acquiring
+  type: str
+'''
+
+import copy
+import datetime
+import secrets
+import socket
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
+    DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
+
+KUBERNETES_IMPORT_ERROR = None
+try:
+    import kubernetes  # noqa: F401 pylint: disable=unused-import
+except ImportError:
+    KUBERNETES_IMPORT_ERROR = traceback.format_exc()
+
+K8S_CORE_IMPORT_ERROR = None
+try:
+    from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
+except ImportError:
+    K8S_CORE_IMPORT_ERROR = traceback.format_exc()
+    AUTH_ARG_SPEC = {}
+
+
+def argument_spec():
+    site = copy.deepcopy(AUTH_ARG_SPEC)
+    site.update(name=dict(type='str', required=True), namespace=dict(type='str', default='kms'))
+    spec = copy.deepcopy(AUTH_ARG_SPEC)
+    spec.update(
+        state=dict(type='str', default='acquired', choices=['acquired', 'released']),
+        sites=dict(type='list', elements='dict', required=True, options=site),
+        owner=dict(type='str'),
+        operation=dict(type='str'),
+        run_id=dict(type='str'),
+        ttl=dict(type='int', default=DEFAULT_TTL),
+        lease_name=dict(type='str', default=LEASE_NAME),
+        break_lock=dict(type='str', default=''),
+        allow_unreachable=dict(type='bool', default=False),
+        request_timeout=dict(type='int', default=10),
+    )
+    return spec
+
+
+def api_client(params, site):
+    """A kubernetes ApiClient for one site, configured by kubernetes.core's auth code (as hanzo.kms.cnpg_promote)."""
+    # pylint: disable=import-outside-toplevel
+    import kubernetes as k8s
+    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
+
+    # An empty string (an inventory's unset site_kubeconfig) means "not set", like default(omit, true) in a task.
+    auth = {key: params[key] for key in AUTH_ARG_SPEC if params[key] not in (None, '')}
+    auth.update({key: value for key, value in site.items() if key in AUTH_ARG_SPEC and value not in (None, '')})
+    # kubernetes.core loads kubeconfigs into the client's process-wide default configuration: start from a clean
+    # one for each site so that settings of one cluster never leak into the other's client.
+    k8s.client.Configuration.set_default(k8s.client.Configuration())
+    spec = k8s_client._create_auth_spec(None, **auth)  # pylint: disable=protected-access
+    configuration = k8s_client._create_configuration(spec)  # pylint: disable=protected-access
+    configuration.retries = 1
+    api = k8s.client.ApiClient(configuration)
+    headers = k8s_client._create_headers(None, **auth)  # pylint: disable=protected-access
+    for header, value in headers.items():
+        k8s_client._set_header(api, header, value)  # pylint: disable=protected-access
+    return api
+
+
+class UnconfiguredLease:  # pylint: disable=too-few-public-methods
+    """A site whose Kubernetes client could not be configured: every read says it is unreachable."""
+
+    def __init__(self, namespace, error):
+        self.namespace = namespace
+        self.error = error
+
+    def get(self):
+        raise Unreachable(self.error)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_one_of=[('owner', 'operation')])
+    if KUBERNETES_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib('kubernetes'), exception=KUBERNETES_IMPORT_ERROR)
+    if K8S_CORE_IMPORT_ERROR:
+        module.fail_json(msg='the kubernetes.core collection is required', exception=K8S_CORE_IMPORT_ERROR)
+    params = module.params
+    if params['ttl'] <= 0:
+        module.fail_json(msg=f"ttl must be a positive number of seconds, got {params['ttl']}")
+    owner = params['owner']
+    if not owner:
+        run_id = params['run_id'] or (datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+                                      + '-' + secrets.token_hex(2))
+        owner = f"{params['operation']}/{run_id}@{socket.gethostname()}"
+    names = [site['name'] for site in params['sites']]
+    if len(set(names)) != len(names) or not names:
+        module.fail_json(msg=f'sites must name each site once, got {names}', owner=owner)
+
+    stores = {}
+    for site in params['sites']:
+        try:
+            client = api_client(params, site)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # No usable kubeconfig for a site (a lost site's credentials are often gone with it): the site is
+            # unreachable, which O(allow_unreachable) decides about, like an API that does not answer.
+            stores[site['name']] = UnconfiguredLease(site['namespace'], f'cannot configure the Kubernetes client: {exc}')
+            continue
+        stores[site['name']] = KubeLease(client, site['namespace'], name=params['lease_name'],
+                                         request_timeout=params['request_timeout'])
+
+    lock = OperationLock(stores, owner, operation=params['operation'] or owner.split('/', 1)[0], ttl=params['ttl'],
+                         name=params['lease_name'], break_confirmation=params['break_lock'],
+                         allow_unreachable=params['allow_unreachable'], check_mode=module.check_mode)
+    try:
+        result = lock.acquire() if params['state'] == 'acquired' else lock.release()
+    except LockError as exc:
+        module.fail_json(msg=exc.msg, owner=owner, **exc.details)
+    for entry in result['sites']:
+        if entry['action'] == 'unreachable':
+            module.warn(f"site {entry['site']}: the Kubernetes API did not answer, its operation lock was not "
+                        f"{'taken' if params['state'] == 'acquired' else 'released'}: {entry.get('error', '')}")
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
