@@ -631,7 +631,9 @@ class ReplicationListener:
         except (_PeerGone, OSError, ValueError):
             pass
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self.error = exc
+            # the first failure is the verdict: the target's reconnect after a refused transfer must not replace it
+            if self.error is None:
+                self.error = exc
         finally:
             with self._lock:
                 self._cpu_finished += time.thread_time()
@@ -804,6 +806,14 @@ def _follows(state, address):
         f'{state.get("master_host")}:{state.get("master_port")}' == address
 
 
+def _put_back_settings(target, record, failures):
+    """The settings a replication restore changed besides masterauth (which goes last: it is the marker)."""
+    if record.get('sanitize') is not None:
+        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], failures)
+    if record.get('disk_load') is not None:
+        put_back_config(target, 'repl-diskless-load', record['disk_load'], failures)
+
+
 def leftover_state(conn):
     """What an interrupted replication restore left on the target: (record, replication state) or (None, state).
 
@@ -833,8 +843,7 @@ def repair_leftover(params, conn, check_mode):
     failures = []
     if report['following_listener']:
         target.command('REPLICAOF', 'NO', 'ONE', retry_for=float(params.get('timeout') or 3600))
-    if record.get('sanitize') is not None:
-        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], failures)
+    _put_back_settings(target, record, failures)
     put_back_config(target, 'masterauth', record.get('masterauth') or '', failures)
     if report['following_listener'] and record.get('master'):
         host, port = record['master']
@@ -866,7 +875,7 @@ def listener_tls_context(params):
     return ctx
 
 
-def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previous, payload=None):
+def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previous, payload=None, disk_load=None):
     """Make the target a replica of our listener, serve the RDB, wait for the load, detach, put its settings back.
 
     ``previous`` is the target's replication state before the restore (never our listener: the caller repairs
@@ -881,6 +890,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
 
     ``payload`` (``size``, ``send(sock)``) replaces the file at ``rdb_path``: the streamed transfer whose checks
     overlap it (``redis_restore_stream``); when it refuses the bytes, the target never got the last ones.
+    ``disk_load`` is the target's ``repl-diskless-load`` before the streamed transfer changed it (None: unchanged);
+    it goes into the record so that a crash leaves nothing a re-run cannot put back.
     """
     listen_host = params.get('listen_host') or '127.0.0.1'
     announce = params.get('announce_host') or listen_host
@@ -900,7 +911,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
             put_back_config(Target(params, conn), 'sanitize-dump-payload', sanitize_previous, [])
         raise
     address = f'{announce}:{listener.port}'
-    record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous}
+    record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous,
+              'disk_load': disk_load}
     listener.password = _encode_marker(token, record).encode()
     target = Target(params, conn, retry_for=300.0)
     failure = None
@@ -975,8 +987,7 @@ def _detach(target, record, attached=True):
             target.command('REPLICAOF', 'NO', 'ONE')
     except RedisError as exc:
         problems.append(f'REPLICAOF NO ONE failed: {exc}')
-    if record.get('sanitize') is not None:
-        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], problems)
+    _put_back_settings(target, record, problems)
     if not problems:
         put_back_config(target, 'masterauth', record.get('masterauth') or '', problems)
     if not problems and record.get('master') and attached:
@@ -1276,12 +1287,12 @@ def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous
     """method_replication with the streamed payload (or a verified local copy when it cannot be used)."""
     state = {}
 
-    def serve(payload=None, path=None):
+    def serve(payload=None, path=None, disk_load=None):
         # method_replication closes the connection it was given: a second attempt gets a fresh one
         target = RespConnection(params, timeout=60.0) if state.get('served') else conn
         state['served'] = True
         result, state['target_state'] = method_replication(params, target, path, timeout, previous, sanitize_previous,
-                                                           payload=payload)
+                                                           payload=payload, disk_load=disk_load)
         return result
 
     def verify_file(path):

@@ -285,7 +285,7 @@ def put_back_disk_load(params, before):
 def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
     """Serve ``stream`` to the target over replication, verification overlapping the transfer when it is safe.
 
-    ``serve(payload=None, path=None)`` runs the replication restore (the listener and the target's settings);
+    ``serve(payload=None, path=None, disk_load=None)`` runs the replication restore (the listener and the target's settings);
     ``verify_file(path)`` verifies a local copy (returns an object with ``summary`` and ``verification``); ``refetch()`` downloads the object again into
     a local file and returns its path. Returns the replication result with ``transfer`` and ``repl_diskless_load``.
     """
@@ -308,7 +308,8 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
     error = None
     try:
         try:
-            result = serve(payload=stream)
+            # the previous setting travels in the restore's crash record, so a re-run puts it back too
+            result = serve(payload=stream, disk_load=before if changed else None)
             result.update(info, transfer='overlapped')
         except NeedsFilePass as exc:
             stream.close()
@@ -316,7 +317,7 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
             checked = verify_file(path)
             stream.summary, stream.verification = checked.summary, checked.verification
             stream.verification_reason += f'; {exc}, so a downloaded copy was checked'
-            result = serve(path=path)
+            result = serve(path=path, disk_load=before if changed else None)
             result.update(info, transfer='verify_then_send')
         return result
     except BaseException as exc:

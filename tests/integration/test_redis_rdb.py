@@ -612,6 +612,7 @@ def _make_certs(directory):
         '-extfile', 'ext.cnf', '-out', 'server.crt')
     return {name: str(Path(directory, name)) for name in ('ca.crt', 'server.crt', 'server.key')}
 
+
 def start_tls_redis(lab_handle, forget_processes, certs, prefix, *extra):
     """A redis-server with only a TLS port (certificates from ``_make_certs``) -> (port, password, client factory)."""
     name = f'{prefix}-{uuid.uuid4().hex[:6]}'

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
+import signal
 import uuid
 
 import pytest
@@ -18,6 +21,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, red
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
 from tests.integration import test_redis_rdb as base
+from tests.lab.core import wait_until
 
 servers = base.servers
 s3 = base.s3
@@ -230,3 +234,44 @@ def test_local_file_with_recorded_check_skips_the_pass(servers, tmp_path):
     # method restore parses the RDB itself: always the full pass
     result = redis_restore.run_restore(base.conn_params(dst, src=str(dest), method='restore'))
     assert result['verification'] == 'full'
+
+
+def _restore_from_s3_in_child(dst, s3params, prefix, extra):
+    try:
+        base.restore_from_s3(dst, s3params, prefix, **extra)
+    finally:
+        os._exit(0)  # pylint: disable=protected-access
+
+
+def test_rerun_after_a_killed_streamed_restore_puts_repl_diskless_load_back(lab_handle, servers, s3):
+    """The streamed transfer sets repl-diskless-load to disabled; a module killed mid-restore leaves it so, and the
+    re-run's repair (which reads the crash record from the target's one-time masterauth) puts the old value back."""
+    src, dst = servers['src'], servers['dst']
+    base.populate(src, bulk=20_000)
+    expected = snapshot(src)
+    prefix, _backup_result = _backup(src, s3)
+    _prepare_target(dst, 'swapdb')
+    # slow the target's load so the module is still waiting for it when it is killed
+    client(dst).config_set('key-load-delay', -10)
+    client(dst).config_set('loading-process-events-interval-bytes', 1024)
+    port = lab_handle.free_port()
+    proc = multiprocessing.get_context('fork').Process(
+        target=_restore_from_s3_in_child,
+        args=(dst, s3, prefix, {'method': 'replication', 'listen_port': port, 'timeout': 60}))
+    proc.start()
+    try:
+        wait_until(lambda: client(dst).info('replication').get('master_port') == port or not proc.is_alive(), 30,
+                   'the target to follow the listener')
+        os.kill(proc.pid, signal.SIGKILL)  # no cleanup at all
+    finally:
+        proc.join(10)
+    assert client(dst).info('replication').get('master_port') == port
+    assert client(dst).config_get('repl-diskless-load')['repl-diskless-load'] == 'disabled'
+    client(dst).config_set('key-load-delay', 0)
+
+    rerun = base.restore_from_s3(dst, s3, prefix, method='replication', timeout=60)
+    assert rerun['repaired'] and rerun['repaired']['listener'] == f'127.0.0.1:{port}'
+    assert rerun['target_state'] == 'restored'
+    assert snapshot(dst) == expected
+    assert client(dst).config_get('repl-diskless-load')['repl-diskless-load'] == 'swapdb'
+    assert client(dst).info('replication')['role'] == 'master'
