@@ -141,7 +141,7 @@ def test_switchover_both_ways_and_back(topology, tmp_path, kubeconfig):  # noqa:
     ns, dc1, dc2 = topology
     result = run_module(tmp_path, kubeconfig, ns, "switchover")
     assert result.get("failed") is not True, result
-    assert result["changed"] is True and result["steps"] == ["demote", "promote"]
+    assert result["changed"] is True and result["steps"] == ["demote", "record_token", "promote"]
     assert result["data_loss_possible"] is False
     token = result["token"]
     cnpg.parse_token(token)
@@ -194,7 +194,7 @@ def test_token_mismatch_fails_with_phase_reason(topology, tmp_path, kubeconfig):
     assert result.get("failed") is True
     assert cnpg.PHASE_UNRECOVERABLE in result["msg"] and cnpg_state.TOKEN_MISMATCH_REASON in result["msg"]
     assert result["last_status"]["phase"] == cnpg.PHASE_UNRECOVERABLE
-    assert result["steps"] == ["demote", "promote"]
+    assert result["steps"] == ["demote", "record_token", "promote"]
 
 
 def test_forbidden_and_not_found_messages(topology, tmp_path, kubeconfig):  # noqa: F811
@@ -216,7 +216,7 @@ def test_resume_after_interruption_during_demotion(topology):
     assert info.value.details["result"]["steps"] == ["demote"]
     patch(dc1, ns, DC1, {"metadata": {"annotations": {PAUSE: None}}})
     result = run_direct(dc1, dc2, ns, "switchover")
-    assert result["steps"] == ["promote"]
+    assert result["steps"] == ["record_token", "promote"]
     assert cnpg.promotion_done(get(dc2, ns, DC2), result["token"])
 
 
@@ -225,7 +225,7 @@ def test_resume_after_interruption_before_promotion(topology, tmp_path, kubeconf
     patch(dc1, ns, DC1, {"spec": {"replica": {"primary": DC2}}})  # a run stopped right after the demotion patch
     old = wait_for(dc1, ns, DC1, lambda o: cnpg.demotion_done(o)[0], "demotion token")
     result = run_module(tmp_path, kubeconfig, ns, "switchover")
-    assert result["steps"] == ["promote"] and result["token"] == old["status"]["demotionToken"]
+    assert result["steps"] == ["record_token", "promote"] and result["token"] == old["status"]["demotionToken"]
     assert summary_roles(result) == {"old": "replica", "new": "primary"}
 
 

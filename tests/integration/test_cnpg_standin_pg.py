@@ -192,7 +192,7 @@ def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, t
     timeline = get(clusters, "dc2")["status"]["timelineID"]
 
     result = run_module(tmp_path, kubeconfig, "switchover", "dc1", "dc2")
-    assert result["steps"] == ["demote", "promote"] and result["data_loss_possible"] is False
+    assert result["steps"] == ["demote", "record_token", "promote"] and result["data_loss_possible"] is False
     check_token(lab_dir, result["token"], "dc1", "dc2", timeline)
     rows, new_timeline = check_switched(lab, lab_dir, clusters, "dc2", "dc1", rows)
     assert new_timeline == timeline + 1 == result["after"]["new_cluster"]["timeline"]
@@ -200,7 +200,7 @@ def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, t
                "dc1's Cluster to report the timeline it follows")
 
     back = run_module(tmp_path, kubeconfig, "switchover", "dc2", "dc1")
-    assert back["steps"] == ["demote", "promote"] and back["token"] != result["token"]
+    assert back["steps"] == ["demote", "record_token", "promote"] and back["token"] != result["token"]
     check_token(lab_dir, back["token"], "dc2", "dc1", new_timeline)
     rows, final_timeline = check_switched(lab, lab_dir, clusters, "dc1", "dc2", rows)
     assert final_timeline == new_timeline + 1
@@ -237,7 +237,7 @@ def test_failover_after_dc1_postgres_is_killed(clusters, lab, lab_handle, tmp_pa
     wait_until(lambda: cnpg.condition_true(get(clusters, "dc1"), "Ready"), WAIT, "dc1's new replica Cluster")
     assert in_recovery(lab_dir, "dc1") and ids(lab_dir, "dc1") >= rows
     back = run_module(tmp_path, kubeconfig, "switchover", "dc2", "dc1")
-    assert back["steps"] == ["demote", "promote"]
+    assert back["steps"] == ["demote", "record_token", "promote"]
     check_switched(lab, lab_dir, clusters, "dc1", "dc2", rows)
 
 
