@@ -627,7 +627,9 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         self.result["token_source"] = "old_cluster"
 
         # 2b. record the token in the new site before promoting: if the old site is lost now, a re-run still has it
-        if token != TOKEN_PLACEHOLDER and recorded_token(new)[0] != token:
+        # (compare the recorded JSON, not the usable token: once promoted the Cluster is no replica and the record
+        # is no longer usable, yet already holds this token)
+        if token != TOKEN_PLACEHOLDER and (recorded_token(new)[1] or {}).get("token") != token:
             self._timed("record_token", self._patch, "new", "record_token",
                         record_token_patch(token, old_self, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
             new = self._objs["new"]
