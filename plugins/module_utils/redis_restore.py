@@ -646,6 +646,9 @@ class ReplicationListener:
     def _handshake(self, client):
         deadline = time.monotonic() + 3 * self.handshake_timeout  # a peer trickling bytes is cut off too
         client.settimeout(self.handshake_timeout)
+        # the target pipelines AUTH and REPLCONFs and reads one reply at a time: Nagle would hold each small reply
+        # until the delayed ACK of the previous one (40 ms each)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls_context is not None:
             raw = client
             client = self.tls_context.wrap_socket(client, server_side=True)  # detaches ``raw``
@@ -708,6 +711,10 @@ class ReplicationListener:
 
     def close(self):
         self.stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop now rather than at its next timeout
+        except OSError:
+            pass
         self.thread.join(timeout=5)
         with self._lock:
             socks = list(self._served) + list(self._open) + [self.sock]
