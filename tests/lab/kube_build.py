@@ -46,6 +46,8 @@ BUILDS = {
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     },
     "etcd": {"etcd": "go.etcd.io/etcd/server/v3"},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
