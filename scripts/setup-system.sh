@@ -8,6 +8,16 @@ declare -A wanted=(
   [shellcheck]=shellcheck
   [redis-cli]=redis-tools
   [openssl]=openssl
+  # real nodes (issue 15): container runtime, CNI plugins, image building, site network namespaces
+  [containerd]=containerd
+  [runc]=runc
+  [/usr/lib/cni/bridge]=containernetworking-plugins
+  [umoci]=umoci
+  [mmdebstrap]=mmdebstrap
+  [busybox]=busybox-static
+  [iptables]=iptables
+  [ip]=iproute2
+  [conntrack]=conntrack
 )
 missing=()
 for binary in "${!wanted[@]}"; do
