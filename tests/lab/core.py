@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import fcntl
 import json
 import os
@@ -38,8 +39,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / ".lab"
 
 
+NETNS_RUN_DIR = "/run/netns"  # where ``ip netns add`` pins named network namespaces
+_CLONE_NEWNET = 0x40000000
+
+
 class LabError(Exception):
     """A lab problem with a message meant for the operator."""
+
+
+def _enter_netns(fd):
+    """setns(2) into a network namespace; runs in the child between fork and exec (Python 3.11 has no os.setns)."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns into the network namespace failed")
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -222,8 +233,13 @@ class Lab:
                 return port
         raise LabError(f"could not find a free loopback port in {low}-{high}")
 
-    def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM"):
-        """Start ``argv`` in its own session, log to logs/<name>.log, record it for ``down``; return the pid."""
+    def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM", netns=None):
+        """Start ``argv`` in its own session, log to logs/<name>.log, record it for ``down``; return the pid.
+
+        ``netns``: the name of a network namespace (``ip netns``) to run it in. Only the network namespace is
+        entered, not a mount namespace as ``ip netns exec`` would make: kubelet's volume mounts must stay visible
+        to containerd and runc, and ``down`` must see (and unmount) them in /proc/mounts.
+        """
         log_path = self.path("logs", f"{name}.log")
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -232,13 +248,26 @@ class Lab:
             entry = pwd.getpwnam(user)
             kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
             full_env["HOME"] = entry.pw_dir
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=full_env, cwd=cwd, start_new_session=True, **kwargs)
-        self.state.setdefault("processes", []).append({
-            "name": name, "pid": proc.pid, "exe": pid_exe(proc.pid) or str(argv[0]),
-            "stop_signal": stop_signal, "log": str(log_path)})
+        netns_fd = None
+        if netns:
+            try:
+                netns_fd = os.open(f"{NETNS_RUN_DIR}/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise LabError(f"cannot start {name}: network namespace {netns} is missing ({exc})") from exc
+            kwargs["preexec_fn"] = lambda: _enter_netns(netns_fd)
+        try:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(  # pylint: disable=consider-using-with,subprocess-popen-preexec-fn
+                    [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=full_env, cwd=cwd, start_new_session=True, **kwargs)
+        finally:
+            if netns_fd is not None:
+                os.close(netns_fd)
+        record = {"name": name, "pid": proc.pid, "exe": pid_exe(proc.pid) or str(argv[0]),
+                  "stop_signal": stop_signal, "log": str(log_path)}
+        if netns:
+            record["netns"] = netns
+        self.state.setdefault("processes", []).append(record)
         self.save()
         return proc.pid
 

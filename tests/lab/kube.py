@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import kube_build
+from tests.lab import kube_build, node
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -35,6 +36,7 @@ ZONES = ("zone-a", "zone-b", "zone-c")
 NODES_PER_SITE = 3
 START_TIMEOUT = float(os.environ.get("HANZO_KMS_KUBE_START_TIMEOUT", "60"))
 FIELD_MANAGER = "hanzo-kms-lab"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 # -- binaries ------------------------------------------------------------------------------------------------------
@@ -52,8 +54,10 @@ def ensure_binaries():
 
 
 # -- PKI -----------------------------------------------------------------------------------------------------------
-def _pki(directory):
-    """CA, apiserver serving cert, admin client cert (O=system:masters), service-account key pair (ECDSA P-256)."""
+def _pki(directory, server_ips=(), node_name=None, node_ip=None):
+    """CA, apiserver serving cert (SANs: loopback, ``server_ips``), admin client cert (O=system:masters),
+    service-account key pair (ECDSA P-256); with ``node_name``: the kubelet's serving cert (SAN ``node_ip``) and client
+    cert (system:node:<name>), kube-proxy's client cert and the apiserver's client cert for kubelets."""
     # pylint: disable=import-outside-toplevel
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -78,7 +82,8 @@ def _pki(directory):
                               critical=True)
                .sign(ca_key, hashes.SHA256()))
 
-    def leaf(common_name, orgs=(), server=False):
+    def leaf(common_name, orgs=(), server=False, dns=("localhost", "kubernetes", "kubernetes.default.svc"),
+             ips=("127.0.0.1",)):
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -87,9 +92,9 @@ def _pki(directory):
                    .not_valid_before(now).not_valid_after(later)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(name) for name in dns] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
+                critical=False)
             usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
         else:
             usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
@@ -102,8 +107,19 @@ def _pki(directory):
              "sa.key": key_pem(sa_key),
              "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)}
-    files["apiserver.crt"], files["apiserver.key"] = leaf("kube-apiserver", server=True)
+    files["apiserver.crt"], files["apiserver.key"] = leaf(
+        "kube-apiserver", server=True, dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                            "kubernetes.default.svc.cluster.local"),
+        ips=("127.0.0.1", *server_ips))
     files["admin.crt"], files["admin.key"] = leaf("hanzo-kms-lab-admin", orgs=("system:masters",))
+    if node_name:
+        files["kubelet.crt"], files["kubelet.key"] = leaf(node_name, server=True, dns=(node_name,), ips=(node_ip,))
+        files["kubelet-client.crt"], files["kubelet-client.key"] = leaf(f"system:node:{node_name}",
+                                                                        orgs=("system:nodes",))
+        files["kube-proxy.crt"], files["kube-proxy.key"] = leaf("system:kube-proxy")
+        # the apiserver's identity towards kubelets (logs, exec): kubelet asks the apiserver to authorize it
+        files["apiserver-kubelet-client.crt"], files["apiserver-kubelet-client.key"] = leaf(
+            "kube-apiserver-kubelet-client", orgs=("system:masters",))
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         path = directory / name
@@ -230,7 +246,7 @@ def _node(site, index):
     name = f"{site}-node-{index + 1}"
     zone = ZONES[index % len(ZONES)]
     return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok",
                                     "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": site}},
@@ -276,9 +292,31 @@ def _policies_enforced(api):
     return status in (400, 403, 422) and "not compatible with the primary field" in _message(body)
 
 
-def up(lab, site, index):
-    """Start one site's control plane and return its state entry (see module docstring)."""
+def _component_kubeconfig(path, server, ca, cert, key, user):
+    """A kubeconfig for one component identity (kubelet, kube-proxy): a client certificate of the site's CA."""
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "default",
+              "clusters": [{"name": "default", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+              "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+              "contexts": [{"name": "default", "context": {"cluster": "default", "user": user}}]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    os.chmod(path, 0o600)
+    return path
+
+
+def kubectl_runner(bins, kubeconfig):
+    """A function running the built kubectl against ``kubeconfig``; returns the CompletedProcess."""
+    def run(*args, timeout=60):
+        return subprocess.run([str(bins["kubectl"]), "--kubeconfig", str(kubeconfig), *args], capture_output=True,
+                              text=True, check=False, timeout=timeout)
+    return run
+
+
+def up(lab, site, index, s3=None):
+    """Start one site's network namespace, control plane and real node, run the probe pod; return the site's
+    state entry (see module docstring). ``s3``: the lab's S3 entry, so pods get an endpoint they can reach."""
+    # pylint: disable=too-many-locals,too-many-statements
     bins = ensure_binaries()
+    archives = node.base_images(log=lambda _msg: None)
     started = time.monotonic()
     timings = {}
 
@@ -286,27 +324,46 @@ def up(lab, site, index):
         timings[what] = round(time.monotonic() - started, 1)
 
     kube_dir = lab.path(site, "kube", "x").parent
-    pki = _pki(kube_dir / "pki")
+    net = node.network_up(lab, site, index)
+    mark("netns")
+    cidr_octet = 96 + index
+    service_cidr = f"10.{cidr_octet}.0.0/16"
+    service_ip = f"10.{cidr_octet}.0.1"  # the `kubernetes` Service: what in-cluster clients (operators) dial
+    node_name = f"{site}-real"
+    pki = _pki(kube_dir / "pki", server_ips=(net["node_ip"], service_ip), node_name=node_name,
+               node_ip=net["node_ip"])
     token = secrets.token_hex(16)
     tokens = kube_dir / "pki" / "tokens.csv"
     tokens.write_text(f'{token},hanzo-kms-lab-admin,hanzo-kms-lab-admin,"system:masters"\n', encoding="utf-8")
     os.chmod(tokens, 0o600)
-    ports = {k: lab.free_port() for k in ("etcd_client", "etcd_peer", "apiserver", "controller_manager",
-                                          "scheduler", "kwok")}
-    server = f"https://127.0.0.1:{ports['apiserver']}"
+    # Everything listens inside the site's own network namespace: fixed ports cannot collide with anything.
+    ports = {"etcd_client": 2379, "etcd_peer": 2380, "apiserver": 6443, "controller_manager": 10257,
+             "scheduler": 10259, "kwok": 10247, "kubelet": node.KUBELET_PORT}
+    server = f"https://{net['node_ip']}:{ports['apiserver']}"
     entry = {"context": site, "server": server, "token": token, "ports": ports, "dir": str(kube_dir),
-             "version": kube_build.KUBE_VERSION,
+             "version": kube_build.KUBE_VERSION, "net": net, "service_cidr": service_cidr, "service_ip": service_ip,
+             "node": {"name": node_name, "ip": net["node_ip"], "pod_cidr": net["pod_cidr"]},
              "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
              "processes": []}
+    if s3:
+        entry["s3_endpoint"] = f"http://{net['host_ip']}:{s3['ports']['s3']}"
     kubeconfig = _write_kubeconfig(kube_dir / "kubeconfig", [entry])
     entry["kubeconfig"] = str(kubeconfig)
+    pki["kubelet.kubeconfig"] = _component_kubeconfig(kube_dir / "pki" / "kubelet.kubeconfig", server, pki["ca.crt"],
+                                                      pki["kubelet-client.crt"], pki["kubelet-client.key"],
+                                                      f"system:node:{node_name}")
+    pki["kube-proxy.kubeconfig"] = _component_kubeconfig(kube_dir / "pki" / "kube-proxy.kubeconfig", server,
+                                                         pki["ca.crt"], pki["kube-proxy.crt"], pki["kube-proxy.key"],
+                                                         "system:kube-proxy")
 
-    def spawn(component, argv, **kwargs):
+    def spawn(component, argv, netns=net["netns"], **kwargs):
         name = f"{site}-{component}"
-        lab.spawn(name, argv, **kwargs)
+        lab.spawn(name, argv, netns=netns, **kwargs)
         entry["processes"].append(name)
         return name
 
+    # containerd first: it starts while etcd and the apiserver come up
+    entry["containerd"] = node.containerd_start(lab, site, net, spawn)
     etcd_url = f"http://127.0.0.1:{ports['etcd_client']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
     etcd = spawn("etcd", [bins["etcd"], f"--name={site}", f"--data-dir={kube_dir / 'etcd'}",
@@ -314,25 +371,35 @@ def up(lab, site, index):
                           f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
                           f"--initial-cluster={site}={peer_url}", "--unsafe-no-fsync",
                           "--quota-backend-bytes=2147483648", "--log-level=warn"])
-    lab.wait_process(etcd, lambda: json.loads(urllib.request.urlopen(etcd_url + "/health", timeout=2).read())
-                     .get("health") == "true", START_TIMEOUT, f"{site} etcd /health")
-    mark("etcd")
 
-    cidr_octet = 96 + index
     apiserver = spawn("kube-apiserver", [
         bins["kube-apiserver"], f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        f"--bind-address={net['node_ip']}", f"--advertise-address={net['node_ip']}",
+        f"--secure-port={ports['apiserver']}",
         f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
         f"--client-ca-file={pki['ca.crt']}", f"--requestheader-client-ca-file={pki['ca.crt']}",
         f"--token-auth-file={tokens}",
         "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki['sa.pub']}", f"--service-account-signing-key-file={pki['sa.key']}",
-        f"--service-cluster-ip-range=10.{cidr_octet}.0.0/16", "--allow-privileged=true",
-        "--endpoint-reconciler-type=none", "--profiling=false", f"--cert-dir={kube_dir / 'pki'}"])
+        f"--service-cluster-ip-range={service_cidr}", "--allow-privileged=true",
+        # logs/exec/port-forward: the apiserver verifies the kubelet's serving certificate and presents its own
+        f"--kubelet-certificate-authority={pki['ca.crt']}",
+        f"--kubelet-client-certificate={pki['apiserver-kubelet-client.crt']}",
+        f"--kubelet-client-key={pki['apiserver-kubelet-client.key']}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--profiling=false", f"--cert-dir={kube_dir / 'pki'}"])
     api = Api(server, pki["ca.crt"], pki["admin.crt"], pki["admin.key"])
-    lab.wait_process(apiserver, lambda: api.get("/readyz")[0] == 200, START_TIMEOUT, f"{site} kube-apiserver /readyz")
+    # etcd's health is implied by /readyz (its etcd check); the host cannot reach etcd inside the namespace
+    lab.wait_process(apiserver, lambda: api.get("/readyz", timeout=2)[0] == 200, START_TIMEOUT,
+                     f"{site} kube-apiserver /readyz at {server}")
     mark("apiserver")
+    if not lab.process_alive(lab.process(etcd)):
+        raise LabError(f"{site} etcd exited; log {lab.process(etcd)['log']}:\n{lab.log_tail(etcd)}")
+
+    node.containerd_ready(lab, site, entry["containerd"], archives)
+    mark("containerd")
+    entry["node"].update(node.kubelet_start(lab, site, net, entry, pki, bins, spawn))
 
     admin_kc = str(kubeconfig)
     spawn("kube-controller-manager", [
@@ -340,15 +407,17 @@ def up(lab, site, index):
         f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
         f"--secure-port={ports['controller_manager']}", f"--service-account-private-key-file={pki['sa.key']}",
         f"--root-ca-file={pki['ca.crt']}", f"--cluster-signing-cert-file={pki['ca.crt']}",
-        f"--cluster-signing-key-file={pki['ca.key']}", f"--service-cluster-ip-range=10.{cidr_octet}.0.0/16",
+        f"--cluster-signing-key-file={pki['ca.key']}", f"--service-cluster-ip-range={service_cidr}",
         "--use-service-account-credentials=false", "--profiling=false", "--concurrent-deployment-syncs=5"])
     spawn("kube-scheduler", [
         bins["kube-scheduler"], f"--kubeconfig={admin_kc}", f"--authentication-kubeconfig={admin_kc}",
         f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
         f"--secure-port={ports['scheduler']}", "--profiling=false"])
+    # kwok fakes only the nodes annotated as its own (_node): the real node and its pods are kubelet's
     spawn("kwok", [
         bins["kwok"], f"--kubeconfig={admin_kc}", f"--config={_kwok_config(kube_dir, bins['kwok_stages'])}",
-        "--manage-all-nodes=true", f"--cidr=10.{200 + index}.0.0/16", "--node-ip=10.255.0.1",
+        "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+        f"--cidr=10.{200 + index}.0.0/16", "--node-ip=10.255.0.1",
         f"--server-address=127.0.0.1:{ports['kwok']}", "--node-lease-duration-seconds=40"])
 
     # CRDs (server-side apply: the Cluster CRD is larger than client-side apply's annotation budget) and policies.
@@ -370,13 +439,23 @@ def up(lab, site, index):
 
     ready_file = kube_dir / "cnpg-standin.ready"
     ready_file.unlink(missing_ok=True)
+    # on the host: it drives the lab's PostgreSQL on the host's loopback
     standin = spawn("cnpg-standin", [sys.executable, "-m", "tests.lab.cnpg_standin", "--kubeconfig", admin_kc,
                                      "--context", site, "--ready-file", ready_file],
-                    cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
+                    netns=None, cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
     lab.wait_process(standin, ready_file.exists, START_TIMEOUT, f"{site} CNPG stand-in to watch")
-    lab.wait_process(f"{site}-kwok", lambda: len(_nodes_ready(api)) >= NODES_PER_SITE, START_TIMEOUT,
-                     f"{site} nodes Ready")
+    lab.wait_process(f"{site}-kwok", lambda: len(set(_nodes_ready(api)) - {node_name}) >= NODES_PER_SITE,
+                     START_TIMEOUT, f"{site} kwok nodes Ready")
     mark("nodes_ready")
+    lab.wait_process(f"{site}-kubelet", lambda: node.node_ready(api, node_name), START_TIMEOUT,
+                     f"{site} real node {node_name} Ready")
+    mark("real_node_ready")
+    for component in ("containerd", "kube-proxy"):
+        if not lab.process_alive(lab.process(f"{site}-{component}")):
+            raise LabError(f"{site}-{component} exited; log {lab.process(f'{site}-{component}')['log']}:\n"
+                           f"{lab.log_tail(f'{site}-{component}')}")
+    node.run_probe(api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint"))
+    mark("probe_pod")
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings
     entry["crds"] = sorted(crd_names)
@@ -384,7 +463,7 @@ def up(lab, site, index):
 
 
 def check(lab, entry):
-    """Health problems of one site's control plane; [] when healthy."""
+    """Health problems of one site's control plane and real node; [] when healthy."""
     problems = []
     for name in entry.get("processes", []):
         try:
@@ -399,8 +478,12 @@ def check(lab, entry):
             problems.append(f"{entry['context']} kube-apiserver /readyz returned {status}: {str(body)[-300:]}")
         else:
             ready = _nodes_ready(api)
-            if len(ready) < NODES_PER_SITE:
-                problems.append(f"{entry['context']}: only {len(ready)} Ready nodes ({', '.join(ready) or 'none'})")
+            real = entry.get("node", {}).get("name")
+            fake = [n for n in ready if n != real]
+            if len(fake) < NODES_PER_SITE:
+                problems.append(f"{entry['context']}: only {len(fake)} Ready kwok nodes ({', '.join(fake) or 'none'})")
+            if real and real not in ready:
+                problems.append(f"{entry['context']}: real node {real} is not Ready")
     except (OSError, ssl.SSLError) as exc:
         problems.append(f"{entry['context']} kube-apiserver {entry.get('server')} unreachable: {exc}")
     return problems
@@ -433,7 +516,9 @@ def _dev_main():  # pragma: no cover - developer driver until the lab CLI calls 
         print("\n".join(problems) or "healthy")
         sys.exit(1 if problems else 0)
     else:
+        node.stop_pods(lab, lab.state)
         print("stopped:", ", ".join(lab.stop_all()))
+        node.teardown(lab.dir)
         lab.state["processes"] = []
         lab.state.pop("sites", None)
         lab.save()

@@ -47,6 +47,9 @@ def up(lab):
     services = ("master", "volume", "filer", "s3", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
     ports = {name: lab.free_port() for name in services}
     argv = [_weed(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            # the S3 gateway alone listens on every address: pods reach it from the sites' network namespaces at
+            # the host side of their veth (state sites.<site>.kube.s3_endpoint); the host keeps 127.0.0.1
+            "-s3.ip.bind=0.0.0.0",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
             "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={ports['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.config={identity_path}",

@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 
-from tests.lab import haproxy, kms, postgres, redis, s3
+from tests.lab import haproxy, kms, node, postgres, redis, s3
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
@@ -24,11 +24,23 @@ def _kube():
 
 
 def _wipe(lab):
-    """Remove the lab dir, but only one the lab made (it holds the marker), never an arbitrary --dir."""
+    """Remove the lab dir, but only one the lab made (it holds the marker), never an arbitrary --dir. What the real
+    nodes left (containers, mounts under the dir, network namespaces) goes first: rmtree must not walk into mounts."""
     if lab.dir.exists():
         if not (lab.dir / MARKER).exists():
             raise LabError(f"{lab.dir} exists but is not a lab dir (no {MARKER}); refusing to remove it")
+        node.teardown(lab.dir, SITES)
         shutil.rmtree(lab.dir)
+    else:
+        node.teardown(lab.dir, SITES)  # a dir removed by hand can still leave namespaces named after it
+
+
+def _stop_everything(lab):
+    """Stop the recorded processes (kubelets and their containers first) and remove the nodes' leftovers."""
+    node.stop_pods(lab, lab.state)
+    stopped = lab.stop_all()
+    node.teardown(lab.dir, SITES)
+    return stopped
 
 
 def status(lab):
@@ -94,12 +106,12 @@ def up(lab, log=print):
         kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
-                sites[site]["kube"] = kube.up(lab, site, index)
+                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"])
                 lab.save()
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
     except BaseException:
-        lab.stop_all()
+        _stop_everything(lab)
         raise
     lab.state["started_in_seconds"] = round(time.monotonic() - started, 1)
     lab.save()
@@ -126,7 +138,7 @@ def down(lab, log=print):
         _wipe(lab)
         log(f"no lab in {lab.dir}; nothing to stop")
         return []
-    stopped = lab.stop_all()
+    stopped = _stop_everything(lab)
     ports = _ports(state)
     try:
         wait_until(lambda: all(port_is_free(p) for p in ports), 30, "the lab's ports to be released")

@@ -1,0 +1,537 @@
+"""Lab component: one real Kubernetes node per site, each site in its own network namespace (issue 15).
+
+Per site (``<h>`` = a short hash of the lab dir, so two labs on one machine never share a name or an address):
+
+- network namespace ``hkms-<h>-<site>``, joined to the host by the veth pair ``hk<h>-<site>`` (host side,
+  ``10.250.<slot>.<4i+1>/30``) / ``eth0`` (namespace side, ``.<4i+2>``: the node IP and the apiserver address);
+  ``slot`` is picked per lab from the hash, skipping subnets the host already routes. The site's control plane,
+  containerd, kubelet and kube-proxy run inside it, so each kube-proxy has its own iptables;
+- pods get ``10.244.<2*slot+i>.0/24`` from CNI ``bridge`` (``cni0``, ``ipMasq``) + ``host-local`` + ``portmap``
+  (``loopback`` is added by containerd itself); the host routes that /24 through the veth, so tests reach pod IPs;
+- containerd (Debian 1.6 + runc) with root, state, socket, runc root and pod network namespaces under the lab dir;
+- kubelet (node ``<site>-real``, tainted and labelled ``node-role.hanzo.kms/real``) and kube-proxy (iptables).
+
+Nothing here touches the host's iptables; ``teardown`` removes what ``up`` made, found from the lab dir alone
+(processes, containers, mounts, namespace, veth), so it also recovers a killed ``up``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.lab import images
+from tests.lab.core import NETNS_RUN_DIR, LabError, pid_alive, require_binary, wait_until
+
+SITE_NET = ipaddress.ip_network("10.250.0.0/16")   # a /24 per lab (slot), a /30 per site
+POD_NET = ipaddress.ip_network("10.244.0.0/16")    # a /23 per lab, a /24 per site
+SLOTS = 128
+CNI_BIN_DIR = "/usr/lib/cni"                        # Debian's containernetworking-plugins
+CNI_RESULTS_DIR = "/var/lib/cni/results"            # libcni's cache (not configurable in containerd 1.6)
+CONTAINER_LOG_LINKS = "/var/log/containers"         # kubelet's legacy log symlinks (hard-coded in kubelet)
+REAL_LABEL = "node-role.hanzo.kms/real"
+# Until every workload of the collection has a real image, only pods that tolerate this taint land on the real node
+# (the KMS and CNPG pods of the roles stay on kwok's fake nodes).
+REAL_TAINT = {"key": REAL_LABEL, "value": "true", "effect": "NoSchedule"}
+REAL_ZONE = "zone-a"
+KUBELET_PORT = 10250
+START_TIMEOUT = float(os.environ.get("HANZO_KMS_NODE_START_TIMEOUT", "90"))
+POD_TIMEOUT = float(os.environ.get("HANZO_KMS_POD_TIMEOUT", "60"))
+PROBE_NAMESPACE = "hanzo-kms-lab"
+FATAL_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
+                 "CreateContainerError", "CreateContainerConfigError", "RunContainerError"}
+
+
+# -- names and addresses ---------------------------------------------------------------------------------------------
+def lab_hash(lab_dir):
+    return hashlib.sha256(str(Path(lab_dir).resolve()).encode()).hexdigest()[:8]
+
+
+def names(lab_dir, site):
+    """Host-wide names of a site's network objects, derived from the lab dir (veth names: at most 15 chars)."""
+    digest = lab_hash(lab_dir)
+    return {"netns": f"hkms-{digest}-{site}", "veth": f"hk{digest}-{site}", "cni_network": f"hkms-{digest}-{site}"}
+
+
+def addresses(slot, index):
+    link = list(SITE_NET.subnets(new_prefix=24))[slot]
+    link = list(link.subnets(new_prefix=30))[index]
+    pods = list(POD_NET.subnets(new_prefix=24))[2 * slot + index]
+    return {"link": str(link), "host_ip": str(link[1]), "node_ip": str(link[2]), "pod_cidr": str(pods),
+            "pod_gateway": str(pods[1])}
+
+
+def _run(argv, what, check=True, timeout=60, **kwargs):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, timeout=timeout,
+                          **kwargs)
+    if check and proc.returncode != 0:
+        raise LabError(f"{what} failed: {' '.join(str(a) for a in argv)}: {(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+def _host_networks():
+    """IPv4 networks the host already has addresses or routes in (any table)."""
+    nets = []
+    for argv in (["ip", "-j", "-4", "addr"], ["ip", "-j", "-4", "route", "show", "table", "all"]):
+        for item in json.loads(_run(argv, "listing host addresses").stdout or "[]"):
+            for info in item.get("addr_info", [item]):
+                dst = info.get("local") or info.get("dst")
+                if not dst or dst == "default":
+                    continue
+                prefix = info.get("prefixlen")
+                with contextlib.suppress(ValueError):
+                    nets.append(ipaddress.ip_network(f"{dst}/{prefix}" if prefix else dst, strict=False))
+    return nets
+
+
+@contextlib.contextmanager
+def _host_lock():
+    """Serialises subnet choice between labs on this machine (two ``up`` at once would pick the same slot)."""
+    with open(Path(tempfile.gettempdir()) / "hanzo-kms-lab-net.lock", "a", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def choose_slot(lab_dir):
+    """The lab's address slot: derived from the lab dir's hash, moved on while the host already uses its subnets."""
+    taken = _host_networks()
+    first = int(lab_hash(lab_dir), 16) % SLOTS
+    for step in range(SLOTS):
+        slot = (first + step) % SLOTS
+        wanted = [list(SITE_NET.subnets(new_prefix=24))[slot], list(POD_NET.subnets(new_prefix=23))[slot]]
+        if not any(w.overlaps(t) for w in wanted for t in taken):
+            return slot
+    raise LabError(f"no free lab subnet left in {SITE_NET} / {POD_NET}: the host routes them all")
+
+
+# -- the site's network namespace ---------------------------------------------------------------------------------
+def netns_exists(name):
+    return os.path.exists(f"{NETNS_RUN_DIR}/{name}")
+
+
+def link_exists(name):
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def network_up(lab, site, index):
+    """Create the site's namespace and veth pair; return ``state["sites"][site]["kube"]["net"]``."""
+    require_binary("ip", "iproute2")
+    net = names(lab.dir, site)
+    with _host_lock():
+        slot = lab.state.get("net_slot")
+        if slot is None:
+            slot = choose_slot(lab.dir)
+            lab.state["net_slot"] = slot
+            lab.save()
+        net.update(addresses(slot, index), slot=slot)
+        _delete_network(net["netns"], net["veth"])  # what a killed run left behind
+        netns, veth = net["netns"], net["veth"]
+        steps = [
+            ["ip", "netns", "add", netns],
+            ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
+            ["ip", "addr", "add", f"{net['host_ip']}/30", "dev", veth],
+            ["ip", "link", "set", veth, "up"],
+            ["ip", "-n", netns, "link", "set", "lo", "up"],
+            ["ip", "-n", netns, "addr", "add", f"{net['node_ip']}/30", "dev", "eth0"],
+            ["ip", "-n", netns, "link", "set", "eth0", "up"],
+            ["ip", "-n", netns, "route", "add", "default", "via", net["host_ip"]],
+            # the host reaches pod IPs through the namespace (tests and the probe call pods by IP)
+            ["ip", "route", "add", net["pod_cidr"], "via", net["node_ip"], "dev", veth],
+            # the namespace routes between its pods' bridge and the veth (the host's own forwarding stays off)
+            ["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ]
+        for argv in steps:
+            _run(argv, f"setting up the {site} network namespace")
+    return net
+
+
+def _delete_network(netns, veth):
+    if netns_exists(netns):
+        _run(["ip", "netns", "delete", netns], f"deleting network namespace {netns}")
+    if link_exists(veth):  # gone with the namespace unless a process still holds it
+        _run(["ip", "link", "delete", veth], f"deleting veth {veth}", check=False)
+
+
+# -- containerd ----------------------------------------------------------------------------------------------------
+def _containerd_config(directory, net, sandbox_image):
+    cni_dir = directory / "cni"
+    cni_dir.mkdir(parents=True, exist_ok=True)
+    conflist = {"cniVersion": "1.0.0", "name": net["cni_network"], "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+         "hairpinMode": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": net["pod_cidr"], "gateway": net["pod_gateway"]}]],
+                  "dataDir": str(directory / "ipam")}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    (cni_dir / "10-lab.conflist").write_text(json.dumps(conflist, indent=2) + "\n", encoding="utf-8")
+    config = f'''version = 2
+root = "{directory / 'root'}"
+state = "{directory / 'state'}"
+# plugins this lab never uses (they only slow the start down or want host paths)
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{directory / 'containerd.sock'}"
+[ttrpc]
+  address = "{directory / 'containerd.sock.ttrpc'}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{directory / 'opt'}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  # this machine cannot lower oom_score_adj (kubelet asks -998 for sandboxes): runc fails without it
+  restrict_oom_score_adj = true
+  # pod network namespaces under the state dir, not /run/netns: down finds and unmounts them with the lab dir
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{cni_dir}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{directory / 'runc'}"
+'''
+    path = directory / "config.toml"
+    path.write_text(config, encoding="utf-8")
+    return path
+
+
+def base_images(log=print):
+    """{name: OCI archive} of the images every site's containerd gets (sandbox + probe shell)."""
+    return images.ensure_all([images.pause_recipe(), images.busybox_recipe()], log=log)
+
+
+def containerd_start(lab, site, net, spawn):
+    """Start the site's containerd in its namespace; return its state entry (wait with ``containerd_ready``)."""
+    directory = lab.path(site, "containerd", "x").parent
+    config = _containerd_config(directory, net, images.pause_recipe().name)
+    spawn("containerd", [require_binary("containerd", "containerd"), "--config", config], netns=net["netns"])
+    return {"dir": str(directory), "address": str(directory / "containerd.sock"), "config": str(config),
+            "ctr": require_binary("ctr", "containerd"), "runc_root": str(directory / "runc")}
+
+
+def containerd_ready(lab, site, entry, archives):
+    """Wait for containerd's socket, then import the base images into its CRI namespace."""
+    ctr = images.Containerd(entry["ctr"], entry["address"])
+
+    def answers():
+        return _run(ctr.ctr_argv("version"), "ctr version", check=False, timeout=10).returncode == 0
+
+    lab.wait_process(f"{site}-containerd", answers, START_TIMEOUT, f"{site} containerd on {entry['address']}")
+    images.import_into(ctr, archives)
+
+
+# -- kubelet and kube-proxy --------------------------------------------------------------------------------------
+def kubelet_start(lab, site, net, kube_entry, pki, bins, spawn):
+    """Write kubelet's and kube-proxy's configs and start both in the site's namespace."""
+    directory = Path(kube_entry["dir"]).parent / "node"
+    directory.mkdir(parents=True, exist_ok=True)
+    node_name = kube_entry["node"]["name"]
+    kubelet_config = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": net["node_ip"], "port": KUBELET_PORT, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "tlsCertFile": str(pki["kubelet.crt"]), "tlsPrivateKeyFile": str(pki["kubelet.key"]),
+        # the apiserver authenticates with its kubelet client certificate; other callers are reviewed by it
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(pki["ca.crt"])}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": f"unix://{kube_entry['containerd']['address']}",
+        # this machine: cgroup v1 with no systemd delegation, and a process that cannot set up QoS cgroups
+        "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [], "failSwapOn": False,
+        "resolvConf": "",  # no cluster DNS yet: pods get no resolver (service names do not resolve)
+        "clusterDomain": "cluster.local",
+        "podLogsDir": str(directory / "pod-logs"),
+        # images cannot be pulled again once garbage-collected, and a shared disk must not evict the lab's pods
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                         "nodefs.inodesFree": "1%"},
+        "registerWithTaints": [REAL_TAINT],
+        "serializeImagePulls": False, "maxPods": 110,
+        "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "10s",
+        "shutdownGracePeriod": "0s",
+    }
+    kubelet_yaml = directory / "kubelet.yaml"
+    kubelet_yaml.write_text(yaml.safe_dump(kubelet_config), encoding="utf-8")
+    labels = {REAL_LABEL: "true", "topology.kubernetes.io/zone": REAL_ZONE, "topology.kubernetes.io/region": site,
+              "type": "real"}
+    spawn("kubelet", [bins["kubelet"], f"--config={kubelet_yaml}", f"--kubeconfig={pki['kubelet.kubeconfig']}",
+                      f"--root-dir={directory / 'kubelet'}", f"--cert-dir={directory / 'kubelet' / 'pki'}",
+                      f"--hostname-override={node_name}", f"--node-ip={net['node_ip']}",
+                      "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()), "--v=1"],
+          netns=net["netns"])
+    proxy_config = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
+        "clientConnection": {"kubeconfig": str(pki["kube-proxy.kubeconfig"])},
+        "hostnameOverride": node_name, "clusterCIDR": net["pod_cidr"],
+        "bindAddress": net["node_ip"], "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        # nf_conntrack_max is machine-wide and read-only in a network namespace: leave it as it is
+        "conntrack": {"maxPerCore": 0, "min": 0},
+        "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
+    }
+    proxy_yaml = directory / "kube-proxy.yaml"
+    proxy_yaml.write_text(yaml.safe_dump(proxy_config), encoding="utf-8")
+    spawn("kube-proxy", [bins["kube-proxy"], f"--config={proxy_yaml}", "--v=1"], netns=net["netns"])
+    return {"dir": str(directory), "kubelet_config": str(kubelet_yaml), "kube_proxy_config": str(proxy_yaml)}
+
+
+def node_ready(api, name):
+    status, body = api.get(f"/api/v1/nodes/{name}")
+    if status != 200:
+        return False
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in body.get("status", {}).get("conditions", []))
+
+
+# -- pods: wait for Running, or fail with what Kubernetes says ---------------------------------------------------
+def pod_report(api, namespace, name):
+    """Phase, container states, events and container logs of a pod: the text a failed wait shows."""
+    lines = []
+    status, pod = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    if status != 200:
+        return f"pod {namespace}/{name}: {status} {pod}"
+    st = pod.get("status", {})
+    lines.append(f"pod {namespace}/{name} on {pod['spec'].get('nodeName') or '(unscheduled)'}: phase "
+                 f"{st.get('phase')}, IP {st.get('podIP') or '-'}")
+    for cond in st.get("conditions", []):
+        if cond.get("status") != "True":
+            lines.append(f"  condition {cond['type']}={cond['status']} {cond.get('reason', '')} "
+                         f"{cond.get('message', '')}".rstrip())
+    for cstatus in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+        state = cstatus.get("state", {})
+        for kind, detail in state.items():
+            lines.append(f"  container {cstatus['name']}: {kind} {detail.get('reason', '')} "
+                         f"{detail.get('message', '')} (restarts {cstatus.get('restartCount', 0)})".rstrip())
+    _status, events = api.get(f"/api/v1/namespaces/{namespace}/events",
+                              params={"fieldSelector": f"involvedObject.name={name}"})
+    lines.append("  events:")
+    for event in (events or {}).get("items", [])[-15:] if isinstance(events, dict) else []:
+        lines.append(f"    {event.get('type')} {event.get('reason')}: {event.get('message', '').strip()}")
+    for cstatus in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+        for previous in (False, True):
+            params = {"container": cstatus["name"], "tailLines": "20"}
+            if previous:
+                params["previous"] = "true"
+            code, text = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}/log", params=params)
+            if code == 200 and text:
+                lines.append(f"  logs of {cstatus['name']}{' (previous)' if previous else ''}:")
+                lines += [f"    {line}" for line in str(text).splitlines()]
+    return "\n".join(lines)
+
+
+def wait_pod_running(api, namespace, name, timeout=POD_TIMEOUT, ready=True):
+    """Wait until the pod runs (and is Ready); LabError with events and logs when it fails or hangs."""
+    def check():
+        status, pod = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        if status != 200:
+            return None
+        st = pod.get("status", {})
+        for cstatus in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
+            reason = cstatus.get("state", {}).get("waiting", {}).get("reason")
+            if reason in FATAL_WAITING:
+                raise LabError(f"pod {namespace}/{name} is in {reason}:\n{pod_report(api, namespace, name)}")
+        if st.get("phase") in ("Failed", "Succeeded"):
+            raise LabError(f"pod {namespace}/{name} ended ({st['phase']}):\n{pod_report(api, namespace, name)}")
+        conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+        if st.get("phase") == "Running" and (not ready or conds.get("Ready") == "True"):
+            return pod
+        return None
+
+    try:
+        return wait_until(check, timeout, f"pod {namespace}/{name} to be Running{' and Ready' if ready else ''}",
+                          interval=0.2)
+    except LabError as exc:
+        if "is in" in str(exc) or "ended" in str(exc):
+            raise
+        raise LabError(f"{exc}\n{pod_report(api, namespace, name)}") from None
+
+
+def probe_pod_manifest(node_name, name="probe"):
+    """A busybox pod on the real node that serves HTTP on 8080 and says so in its log."""
+    script = ("mkdir -p /www && echo hanzo-kms-probe > /www/index.html && echo probe serving on 8080 && "
+              "exec httpd -f -v -p 8080 -h /www")
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "hanzo-kms-lab-probe"}},
+            "spec": {"nodeName": node_name, "automountServiceAccountToken": False,
+                     "tolerations": [dict(REAL_TAINT, operator="Equal")],
+                     "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "probe", "image": images.busybox_recipe().name,
+                                     "imagePullPolicy": "IfNotPresent",
+                                     "command": ["/bin/sh", "-c", script],
+                                     "ports": [{"containerPort": 8080}],
+                                     "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
+                                                        "periodSeconds": 1}}]}}
+
+
+def run_probe(api, kubectl, kube_entry, s3_endpoint):
+    """Prove the site's node runs pods: Running, HTTP from the host, S3 from inside, logs and exec through the
+    apiserver (which verifies the kubelet's certificate). Returns seconds to Running."""
+    site = kube_entry["context"]
+    started = time.monotonic()
+    api.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
+                                                     "metadata": {"name": PROBE_NAMESPACE}})
+    manifest = probe_pod_manifest(kube_entry["node"]["name"])
+    path = f"/api/v1/namespaces/{PROBE_NAMESPACE}/pods"
+
+    def created():  # the namespace's default ServiceAccount appears a moment after the namespace
+        status, body = api.request("POST", path, body=manifest)
+        if status in (201, 409):
+            return True
+        if status == 403 and "serviceaccount" in str(body).lower():
+            return False
+        raise LabError(f"{site}: creating the probe pod failed ({status}): {body}")
+
+    wait_until(created, 30, f"{site} probe pod to be created")
+    pod = wait_pod_running(api, PROBE_NAMESPACE, "probe")
+    running = round(time.monotonic() - started, 1)
+    pod_ip = pod["status"]["podIP"]
+    if ipaddress.ip_address(pod_ip) not in ipaddress.ip_network(kube_entry["net"]["pod_cidr"]):
+        raise LabError(f"{site} probe pod got {pod_ip}, outside the site's pod CIDR {kube_entry['net']['pod_cidr']}")
+    with urllib.request.urlopen(f"http://{pod_ip}:8080/", timeout=5) as resp:
+        if resp.read().strip() != b"hanzo-kms-probe":
+            raise LabError(f"{site} probe pod at {pod_ip}:8080 answered something else")
+    code, logs = api.get(f"/api/v1/namespaces/{PROBE_NAMESPACE}/pods/probe/log")
+    if code != 200 or "probe serving on 8080" not in str(logs):
+        raise LabError(f"{site}: logs of the probe pod through the apiserver failed ({code}): {logs}")
+    proc = kubectl("exec", "-n", PROBE_NAMESPACE, "probe", "--", "wget", "-q", "-O", "-", f"{s3_endpoint}/status")
+    if proc.returncode != 0:
+        raise LabError(f"{site}: the probe pod cannot reach S3 at {s3_endpoint} (kubectl exec, exit "
+                       f"{proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    api.request("DELETE", f"{path}/probe", body={"gracePeriodSeconds": 0})
+    return running
+
+
+# -- teardown ------------------------------------------------------------------------------------------------------
+def _under(path, lab_dir):
+    return path == lab_dir or path.startswith(lab_dir + "/")
+
+
+def _ancestors():
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def _lab_pids(lab_dir):
+    """Processes of the lab's containers that no recorded pid covers: container init processes (their runc state
+    is under the lab dir) and containerd shims (they outlive containerd by design; their socket is under it)."""
+    found = set()
+    for runc_state in Path(lab_dir).glob("*/containerd/runc/*/*/state.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            recorded = json.loads(runc_state.read_text(encoding="utf-8"))
+            pid = int(recorded["init_process_pid"])
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                started = int(stat.read().rsplit(")", 1)[1].split()[19])
+            if started == int(recorded["init_process_start"]):  # not a recycled pid
+                found.add(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if not os.path.basename(os.readlink(entry / "exe")).startswith("containerd-shim"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if f"{lab_dir}/" in cmdline:
+                found.add(int(entry.name))
+    return sorted(pid for pid in found - _ancestors() if pid_alive(pid))
+
+
+def _kill_containers(lab_dir):
+    """runc delete --force every container under the lab's runc roots (kills its processes, removes its cgroups)."""
+    runc = shutil.which("runc")
+    if not runc:
+        return
+    for root in Path(lab_dir).glob("*/containerd/runc/*"):
+        if not root.is_dir():
+            continue
+        for container in root.iterdir():
+            if (container / "state.json").exists():
+                _run([runc, "--root", root, "delete", "--force", container.name], "runc delete", check=False)
+
+
+def _lab_mounts(lab_dir):
+    mounts = []
+    with open("/proc/mounts", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[1].encode().decode("unicode_escape")
+            if _under(point, lab_dir):
+                mounts.append(point)
+    return mounts
+
+
+def _unmount_all(lab_dir):
+    for _attempt in range(5):
+        mounts = _lab_mounts(lab_dir)
+        if not mounts:
+            return
+        for point in sorted(set(mounts), key=len, reverse=True):  # deepest first
+            _run(["umount", "-l", point], f"unmounting {point}", check=False)
+    left = _lab_mounts(lab_dir)
+    if left:
+        raise LabError(f"cannot unmount {', '.join(left[:5])} (still mounted under the lab dir)")
+
+
+def stop_pods(lab, state):
+    """Before the processes stop: stop kubelet (it would restart containers) and kill every container task."""
+    for site in (state or {}).get("sites", {}).values():
+        kube = site.get("kube", {})
+        name = f"{kube.get('context')}-kubelet"
+        if name in kube.get("processes", []):
+            with contextlib.suppress(LabError):
+                lab.stop_process(lab.process(name))
+    _kill_containers(str(lab.dir))
+
+
+def teardown(lab_dir, sites=("dc1", "dc2")):
+    """Remove what the nodes left, from the lab dir alone: container and shim processes, mounts, the sites'
+    network namespaces and veths, libcni cache files and kubelet's log links. Safe to call twice."""
+    lab_dir = str(Path(lab_dir).resolve())
+    _kill_containers(lab_dir)
+    pids = _lab_pids(lab_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, f"the lab's leftover processes {pids} to die")
+    _unmount_all(lab_dir)
+    for site in sites:
+        net = names(lab_dir, site)
+        _delete_network(net["netns"], net["veth"])
+        with contextlib.suppress(OSError):
+            for cached in Path(CNI_RESULTS_DIR).glob(f"{net['cni_network']}-*"):
+                cached.unlink()
+    with contextlib.suppress(OSError):
+        for link in Path(CONTAINER_LOG_LINKS).iterdir():
+            if link.is_symlink() and _under(os.readlink(link), lab_dir):
+                link.unlink()
+
+
+def leftovers(lab_dir, sites=("dc1", "dc2")):
+    """What of the lab's nodes still exists on the host (for tests and ``down``): [] when clean."""
+    lab_dir = str(Path(lab_dir).resolve())
+    found = [f"process {pid}" for pid in _lab_pids(lab_dir)]
+    found += [f"mount {point}" for point in _lab_mounts(lab_dir)]
+    for site in sites:
+        net = names(lab_dir, site)
+        found += [f"network namespace {net['netns']}"] if netns_exists(net["netns"]) else []
+        found += [f"veth {net['veth']}"] if link_exists(net["veth"]) else []
+    return found
