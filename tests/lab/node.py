@@ -280,6 +280,7 @@ def kubelet_start(lab, site, net, kube_entry, pki, bins, spawn):
         "clientConnection": {"kubeconfig": str(pki["kube-proxy.kubeconfig"])},
         "hostnameOverride": node_name, "clusterCIDR": net["pod_cidr"],
         "bindAddress": net["node_ip"], "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        "nodePortAddresses": ["primary"],
         # nf_conntrack_max is machine-wide and read-only in a network namespace: leave it as it is
         "conntrack": {"maxPerCore": 0, "min": 0},
         "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
@@ -366,7 +367,7 @@ def probe_pod_manifest(node_name, name="probe"):
               "exec httpd -f -v -p 8080 -h /www")
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {"app": "hanzo-kms-lab-probe"}},
-            "spec": {"nodeName": node_name, "automountServiceAccountToken": False,
+            "spec": {"nodeName": node_name, "automountServiceAccountToken": False, "dnsPolicy": "Default",
                      "tolerations": [dict(REAL_TAINT, operator="Equal")],
                      "terminationGracePeriodSeconds": 0,
                      "containers": [{"name": "probe", "image": images.busybox_recipe().name,
@@ -407,7 +408,8 @@ def run_probe(api, kubectl, kube_entry, s3_endpoint):
     code, logs = api.get(f"/api/v1/namespaces/{PROBE_NAMESPACE}/pods/probe/log")
     if code != 200 or "probe serving on 8080" not in str(logs):
         raise LabError(f"{site}: logs of the probe pod through the apiserver failed ({code}): {logs}")
-    proc = kubectl("exec", "-n", PROBE_NAMESPACE, "probe", "--", "wget", "-q", "-O", "-", f"{s3_endpoint}/status")
+    proc = kubectl("exec", "-n", PROBE_NAMESPACE, "probe", "--", "timeout", "10", "wget", "-q", "-O", "-",
+                   f"{s3_endpoint}/status")
     if proc.returncode != 0:
         raise LabError(f"{site}: the probe pod cannot reach S3 at {s3_endpoint} (kubectl exec, exit "
                        f"{proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
@@ -492,14 +494,33 @@ def _unmount_all(lab_dir):
 
 
 def stop_pods(lab, state):
-    """Before the processes stop: stop kubelet (it would restart containers) and kill every container task."""
+    """Before the processes stop: stop kubelet (it would restart containers), then have containerd kill and delete
+    every task, so the shims exit and remove their sockets (they outlive containerd otherwise)."""
     for site in (state or {}).get("sites", {}).values():
         kube = site.get("kube", {})
         name = f"{kube.get('context')}-kubelet"
         if name in kube.get("processes", []):
             with contextlib.suppress(LabError):
                 lab.stop_process(lab.process(name))
-    _kill_containers(str(lab.dir))
+        entry = kube.get("containerd")
+        with contextlib.suppress(LabError, KeyError):
+            if not lab.process_alive(lab.process(f"{kube.get('context')}-containerd")):
+                continue
+            ctr = images.Containerd(entry["ctr"], entry["address"])
+            tasks = _run(ctr.ctr_argv("tasks", "list", "--quiet"), "listing tasks", check=False).stdout.split()
+            if tasks:
+                _run(ctr.ctr_argv("tasks", "delete", "--force", *tasks), "deleting tasks", check=False)
+
+
+def _shim_sockets(lab_dir):
+    """Shim sockets live in containerd's fixed /run/containerd/s; each bundle under the lab dir names its own."""
+    sockets = []
+    for address in Path(lab_dir).glob("*/containerd/state/io.containerd.runtime.v2.task/*/*/address"):
+        with contextlib.suppress(OSError):
+            path = address.read_text(encoding="utf-8").strip().removeprefix("unix://")
+            if path and os.path.exists(path):
+                sockets.append(path)
+    return sockets
 
 
 def teardown(lab_dir, sites=("dc1", "dc2")):
@@ -512,6 +533,9 @@ def teardown(lab_dir, sites=("dc1", "dc2")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(p) for p in pids), 20, f"the lab's leftover processes {pids} to die")
+    for socket_path in _shim_sockets(lab_dir):
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path)
     _unmount_all(lab_dir)
     for site in sites:
         net = names(lab_dir, site)
@@ -530,6 +554,7 @@ def leftovers(lab_dir, sites=("dc1", "dc2")):
     lab_dir = str(Path(lab_dir).resolve())
     found = [f"process {pid}" for pid in _lab_pids(lab_dir)]
     found += [f"mount {point}" for point in _lab_mounts(lab_dir)]
+    found += [f"shim socket {path}" for path in _shim_sockets(lab_dir)]
     for site in sites:
         net = names(lab_dir, site)
         found += [f"network namespace {net['netns']}"] if netns_exists(net["netns"]) else []

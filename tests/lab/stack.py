@@ -48,6 +48,8 @@ def status(lab):
     state = lab.state
     missing = (False, "never started: the last 'up' did not finish; run 'make lab-up' again")
     rows = [("s3", *(s3.check(state["s3"]) if "s3" in state else missing))]
+    if "started_in_seconds" not in state:  # killed midway: what runs may look healthy, what was not reached is absent
+        rows.append(("lab up", *missing))
     for site in SITES:
         entry = state.get("sites", {}).get(site, {})
         rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
@@ -56,6 +58,8 @@ def status(lab):
         if "kube" in entry:
             problems = _kube().check(lab, entry["kube"])
             rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or entry["kube"]["server"]))
+        elif _kube() is not None:
+            rows.append((f"{site} kubernetes", *missing))
     if "lb" not in state:
         rows.append(("haproxy", *missing))
     for instance in state.get("lb", {}).get("instances", []):
