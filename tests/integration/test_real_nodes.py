@@ -5,6 +5,8 @@ answer the host, reach each other through a Service (kube-proxy), reach the lab'
 go through the apiserver, which verifies the kubelet's certificate. The last test starts a private lab, kills its
 ``up`` midway, recovers it with the next ``up`` and checks that ``down`` leaves nothing behind.
 """
+# pytest injects the fixtures imported below as arguments of the same name
+# pylint: disable=redefined-outer-name
 from __future__ import annotations
 
 import ipaddress
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import images, kube, node, s3, stack
-from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
+from tests.lab.core import REPO_ROOT, Lab, LabError, pid_alive, wait_until
 from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
     kube_clients, kube_namespace, kube_sites, kubeconfig, kubectl)
 
@@ -126,7 +128,7 @@ def test_status_reports_node_processes(lab_handle, site):
     lab = Lab(lab_handle.dir)
     lab.load()
     entry = lab.state["sites"][site]["kube"]
-    assert kube.check(lab, entry) == []
+    assert not kube.check(lab, entry)
     for component in ("containerd", "kubelet", "kube-proxy"):
         proc = lab.process(f"{site}-{component}")
         assert lab.process_alive(proc) and proc["netns"] == entry["net"]["netns"]
@@ -180,9 +182,9 @@ def test_logs_and_exec_through_the_apiserver_verify_the_kubelet(kube_sites, kube
     assert run("exec", "talker", "--", "cat", "/proc/1/cmdline").stdout.startswith("sleep")
     # the kubelet serves a certificate of the site's CA for its node IP, and refuses anonymous callers
     context = ssl.create_default_context(cafile=entry["pki"]["ca"])
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"https://{entry['net']['node_ip']}:{node.KUBELET_PORT}/pods",  # noqa: S310
-                               context=context, timeout=5)
+    url = f"https://{entry['net']['node_ip']}:{node.KUBELET_PORT}/pods"
+    with pytest.raises(urllib.error.HTTPError) as refused, urllib.request.urlopen(url, context=context, timeout=5):
+        pass
     assert refused.value.code == 401
 
 
@@ -196,9 +198,24 @@ def test_pod_reaches_the_lab_s3(lab, kube_sites, kube_namespace, kubectl, site):
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
     create(entry, kube_namespace, shell_pod("s3-client", "exec sleep 3600"))
     node.wait_pod_running(api(entry), kube_namespace, "s3-client", ready=False)
-    proc = site_kubectl(kubectl, site, kube_namespace)("exec", "s3-client", "--", "timeout", "10", "wget", "-q", "-O", "-",
-                                                         url)
+    run = site_kubectl(kubectl, site, kube_namespace)
+    proc = run("exec", "s3-client", "--", "timeout", "10", "wget", "-q", "-O", "-", url)
     assert proc.stdout == "from-the-host"
+
+
+def test_a_failing_pod_is_reported_with_its_events_and_logs(kube_sites, kube_namespace):
+    entry = kube_sites["dc1"]
+    create(entry, kube_namespace, shell_pod("crasher", "echo about-to-fail; exit 3"))
+    with pytest.raises(LabError) as crashed:
+        node.wait_pod_running(api(entry), kube_namespace, "crasher")
+    assert "CrashLoopBackOff" in str(crashed.value) and "about-to-fail" in str(crashed.value)
+    assert "BackOff" in str(crashed.value)  # the event
+    missing = shell_pod("no-image", "true")
+    missing["spec"]["containers"][0].update(image="docker.io/hanzo-kms-lab/not-built:1", imagePullPolicy="Never")
+    create(entry, kube_namespace, missing)
+    with pytest.raises(LabError, match="ErrImageNeverPull") as never:
+        node.wait_pod_running(api(entry), kube_namespace, "no-image")
+    assert "not-built:1" in str(never.value)
 
 
 def test_sites_have_separate_network_namespaces(lab_handle, kube_sites):

@@ -234,6 +234,7 @@ class Lab:
         raise LabError(f"could not find a free loopback port in {low}-{high}")
 
     def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM", netns=None):
+        # pylint: disable=too-many-locals
         """Start ``argv`` in its own session, log to logs/<name>.log, record it for ``down``; return the pid.
 
         ``netns``: the name of a network namespace (``ip netns``) to run it in. Only the network namespace is

@@ -58,6 +58,7 @@ def _pki(directory, server_ips=(), node_name=None, node_ip=None):
     """CA, apiserver serving cert (SANs: loopback, ``server_ips``), admin client cert (O=system:masters),
     service-account key pair (ECDSA P-256); with ``node_name``: the kubelet's serving cert (SAN ``node_ip``) and client
     cert (system:node:<name>), kube-proxy's client cert and the apiserver's client cert for kubelets."""
+    # pylint: disable=too-many-locals
     # pylint: disable=import-outside-toplevel
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -262,10 +263,10 @@ def _nodes_ready(api):
     if status != 200:
         return []
     ready = []
-    for node in body.get("items", []):
-        for cond in node.get("status", {}).get("conditions", []):
+    for item in body.get("items", []):
+        for cond in item.get("status", {}).get("conditions", []):
             if cond["type"] == "Ready" and cond["status"] == "True":
-                ready.append(node["metadata"]["name"])
+                ready.append(item["metadata"]["name"])
     return ready
 
 
@@ -399,7 +400,7 @@ def up(lab, site, index, s3=None):
 
     node.containerd_ready(lab, site, entry["containerd"], archives)
     mark("containerd")
-    entry["node"].update(node.kubelet_start(lab, site, net, entry, pki, bins, spawn))
+    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn))
 
     admin_kc = str(kubeconfig)
     spawn("kube-controller-manager", [
@@ -454,8 +455,9 @@ def up(lab, site, index, s3=None):
         if not lab.process_alive(lab.process(f"{site}-{component}")):
             raise LabError(f"{site}-{component} exited; log {lab.process(f'{site}-{component}')['log']}:\n"
                            f"{lab.log_tail(f'{site}-{component}')}")
-    node.run_probe(api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint"))
-    mark("probe_pod")
+    timings["probe_pod_running"] = round(timings["real_node_ready"] + node.run_probe(
+        api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint")), 1)
+    mark("probe_pod_checked")
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings
     entry["crds"] = sorted(crd_names)
