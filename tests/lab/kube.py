@@ -1,12 +1,14 @@
-"""Lab component: one real Kubernetes control plane per site (issue 3).
+"""Lab component: one real Kubernetes control plane per site (issue 3) with one real node (issue 15).
 
-Per site: etcd + kube-apiserver (TLS, client-certificate and static-token authentication, RBAC) +
-kube-controller-manager + kube-scheduler + kwok (fake nodes; pods become Running/Ready, Jobs complete) + the
-CloudNativePG operator stand-in (tests/lab/cnpg_standin.py). The CNPG / Barman Cloud CRDs and the
+Per site, inside the site's network namespace (tests/lab/node.py): etcd + kube-apiserver (TLS, client-certificate and
+static-token authentication, RBAC; at ``https://<node IP>:6443``) + kube-controller-manager + kube-scheduler + kwok
+(only its fake nodes; their pods become Running/Ready, Jobs complete) + containerd, kubelet and kube-proxy (the real
+node ``<site>-real``, proven by a probe pod during ``up``); on the host, the CloudNativePG operator stand-in
+(tests/lab/cnpg_standin.py). The CNPG / Barman Cloud CRDs and the
 ValidatingAdmissionPolicies that carry CNPG's webhook rules (tests/lab/kube/cnpg-policies.yaml) are installed.
 Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
 
-    entry = kube.up(lab, "dc1", 0)      # state["sites"]["dc1"]["kube"]
+    entry = kube.up(lab, "dc1", 0, s3=lab.state["s3"])   # state["sites"]["dc1"]["kube"]
     problems = kube.check(lab, entry)   # [] when healthy
     kube.write_merged_kubeconfig(lab, {"dc1": e1, "dc2": e2})   # <lab dir>/kubeconfig, contexts dc1/dc2
 """

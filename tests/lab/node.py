@@ -460,6 +460,17 @@ def _lab_pids(lab_dir):
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
             if f"{lab_dir}/" in cmdline:
                 found.add(int(entry.name))
+    # anything still inside a site's namespace (a process whose pid never reached the state file of a killed up)
+    inodes = set()
+    for netns in Path(NETNS_RUN_DIR).glob(f"hkms-{lab_hash(lab_dir)}-*"):
+        with contextlib.suppress(OSError):
+            inodes.add((os.stat(netns).st_dev, os.stat(netns).st_ino))
+    if inodes:
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and (os.stat(entry / "ns" / "net").st_dev,
+                                             os.stat(entry / "ns" / "net").st_ino) in inodes:
+                    found.add(int(entry.name))
     return sorted(pid for pid in found - _ancestors() if pid_alive(pid))
 
 
