@@ -247,7 +247,7 @@ def _host_snapshot():
     return {"iptables": run("iptables-save").count("\n-A"), "nat": run("iptables-save", "-t", "nat").count("\n-A")}
 
 
-def test_a_killed_up_is_recovered_and_down_leaves_nothing():
+def test_a_killed_up_is_recovered_and_down_leaves_nothing():  # pylint: disable=too-many-locals
     before = _host_snapshot()
     lab_dir = Path(tempfile.mkdtemp(prefix="hanzo-kms-lab-nodes-"))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -270,6 +270,8 @@ def test_a_killed_up_is_recovered_and_down_leaves_nothing():
         create(entry, "default", shell_pod("left-running", "exec sleep 3600"))
         node.wait_pod_running(api(entry), "default", "left-running", ready=False)
         pids = [p["pid"] for p in lab.state["processes"]]
+        sandboxes = [d.name for d in lab_dir.glob("*/containerd/*/io.containerd.grpc.v1.cri/sandboxes/*")]
+        assert sandboxes
     finally:
         stack.down(Lab(lab_dir), log=lambda _msg: None)
     assert node.leftovers(lab_dir) == []
@@ -284,3 +286,5 @@ def test_a_killed_up_is_recovered_and_down_leaves_nothing():
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert str(lab_dir) not in processes
     assert _host_snapshot() == before
+    cached = os.listdir(node.CNI_RESULTS_DIR) if os.path.isdir(node.CNI_RESULTS_DIR) else []
+    assert not [name for name in cached if any(sandbox in name for sandbox in sandboxes)]

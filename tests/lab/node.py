@@ -41,6 +41,7 @@ SLOTS = 128
 CNI_BIN_DIR = "/usr/lib/cni"                        # Debian's containernetworking-plugins
 CNI_RESULTS_DIR = "/var/lib/cni/results"            # libcni's cache (not configurable in containerd 1.6)
 CONTAINER_LOG_LINKS = "/var/log/containers"         # kubelet's legacy log symlinks (hard-coded in kubelet)
+KUBELET_DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"  # kubelet's device-plugin socket (hard-coded too)
 REAL_LABEL = "node-role.hanzo.kms/real"
 # Until every workload of the collection has a real image, only pods that tolerate this taint land on the real node
 # (the KMS and CNPG pods of the roles stay on kwok's fake nodes).
@@ -556,13 +557,44 @@ def teardown(lab_dir, sites=("dc1", "dc2")):
     for site in sites:
         net = names(lab_dir, site)
         _delete_network(net["netns"], net["veth"])
+    for cached in _cni_cache_files(lab_dir, sites):
         with contextlib.suppress(OSError):
-            for cached in Path(CNI_RESULTS_DIR).glob(f"{net['cni_network']}-*"):
-                cached.unlink()
+            cached.unlink()
     with contextlib.suppress(OSError):
         for link in Path(CONTAINER_LOG_LINKS).iterdir():
             if link.is_symlink() and _under(os.readlink(link), lab_dir):
                 link.unlink()
+    _remove_kubelet_host_paths()
+
+
+def _cni_cache_files(lab_dir, sites):
+    """libcni's cache entries (``<network>-<sandbox id>-<interface>``) of the lab's networks and pod sandboxes
+    (containerd's own ``cni-loopback`` network included); a pod not torn down through CNI leaves them."""
+    sandboxes = {path.name for path in Path(lab_dir).glob("*/containerd/*/io.containerd.grpc.v1.cri/sandboxes/*")}
+    found = []
+    with contextlib.suppress(OSError):
+        for cached in Path(CNI_RESULTS_DIR).iterdir():
+            if any(cached.name.startswith(names(lab_dir, site)["cni_network"] + "-") for site in sites) or \
+                    any(f"-{sandbox}-" in cached.name for sandbox in sandboxes):
+                found.append(cached)
+    return found
+
+
+def _remove_kubelet_host_paths():
+    """kubelet hard-codes its device-plugin socket and log-link dirs on the host; once no kubelet runs on the machine
+    (another lab's may), remove them, and empty dirs only."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.path.basename(os.readlink(entry / "exe")).startswith("kubelet"):
+                return
+    socket_path = Path(KUBELET_DEVICE_PLUGINS) / "kubelet.sock"
+    with contextlib.suppress(OSError):
+        if socket_path.is_socket():
+            socket_path.unlink()
+    for directory in (KUBELET_DEVICE_PLUGINS, os.path.dirname(KUBELET_DEVICE_PLUGINS), CONTAINER_LOG_LINKS,
+                      CNI_RESULTS_DIR, os.path.dirname(CNI_RESULTS_DIR)):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)  # only when empty
 
 
 def leftovers(lab_dir, sites=("dc1", "dc2")):
@@ -571,6 +603,7 @@ def leftovers(lab_dir, sites=("dc1", "dc2")):
     found = [f"process {pid}" for pid in _lab_pids(lab_dir)]
     found += [f"mount {point}" for point in _lab_mounts(lab_dir)]
     found += [f"shim socket {path}" for path in _shim_sockets(lab_dir)]
+    found += [f"CNI cache file {path}" for path in _cni_cache_files(lab_dir, sites)]
     for site in sites:
         net = names(lab_dir, site)
         found += [f"network namespace {net['netns']}"] if netns_exists(net["netns"]) else []
