@@ -272,6 +272,11 @@ def test_a_killed_up_is_recovered_and_down_leaves_nothing():  # pylint: disable=
         pids = [p["pid"] for p in lab.state["processes"]]
         sandboxes = [d.name for d in lab_dir.glob("*/containerd/*/io.containerd.grpc.v1.cri/sandboxes/*")]
         assert sandboxes
+        rows = {row[0]: row for row in stack.status(lab)}
+        assert rows["dc1 kubernetes"][1] and "real node dc1-real Ready" in rows["dc1 kubernetes"][2]
+        lab.stop_process(lab.process("dc1-kube-proxy"))
+        rows = {row[0]: row for row in stack.status(lab)}
+        assert not rows["dc1 kubernetes"][1] and "dc1-kube-proxy is not running" in rows["dc1 kubernetes"][2]
     finally:
         stack.down(Lab(lab_dir), log=lambda _msg: None)
     assert node.leftovers(lab_dir) == []

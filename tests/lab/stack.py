@@ -57,7 +57,11 @@ def status(lab):
         rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
         if "kube" in entry:
             problems = _kube().check(lab, entry["kube"])
-            rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or entry["kube"]["server"]))
+            healthy_detail = entry["kube"]["server"]
+            if "node" in entry["kube"]:
+                healthy_detail += (f"; real node {entry['kube']['node']['name']} Ready "
+                                   f"(containerd, kubelet, kube-proxy running in {entry['kube']['net']['netns']})")
+            rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or healthy_detail))
         elif _kube() is not None:
             rows.append((f"{site} kubernetes", *missing))
     if "lb" not in state:
