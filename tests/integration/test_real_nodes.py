@@ -292,4 +292,4 @@ def test_a_killed_up_is_recovered_and_down_leaves_nothing():  # pylint: disable=
     assert str(lab_dir) not in processes
     assert _host_snapshot() == before
     cached = os.listdir(node.CNI_RESULTS_DIR) if os.path.isdir(node.CNI_RESULTS_DIR) else []
-    assert not [name for name in cached if any(sandbox in name for sandbox in sandboxes)]
+    assert not [name for name in cached if any(sandbox in name for sandbox in sandboxes)]  # libcni's cache

@@ -568,15 +568,20 @@ def teardown(lab_dir, sites=("dc1", "dc2")):
 
 
 def _cni_cache_files(lab_dir, sites):
-    """libcni's cache entries (``<network>-<sandbox id>-<interface>``) of the lab's networks and pod sandboxes
-    (containerd's own ``cni-loopback`` network included); a pod not torn down through CNI leaves them."""
-    sandboxes = {path.name for path in Path(lab_dir).glob("*/containerd/*/io.containerd.grpc.v1.cri/sandboxes/*")}
+    """libcni's cache entries of the lab (``<network>-<sandbox id>-<interface>``: its own networks, and containerd's
+    ``cni-loopback`` whose entries name a pod network namespace under the lab dir); a pod that was not torn down
+    through CNI leaves them."""
+    prefixes = tuple(names(lab_dir, site)["cni_network"] + "-" for site in sites)
     found = []
     with contextlib.suppress(OSError):
         for cached in Path(CNI_RESULTS_DIR).iterdir():
-            if any(cached.name.startswith(names(lab_dir, site)["cni_network"] + "-") for site in sites) or \
-                    any(f"-{sandbox}-" in cached.name for sandbox in sandboxes):
+            if cached.name.startswith(prefixes):
                 found.append(cached)
+                continue
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                result = json.loads(cached.read_text(encoding="utf-8")).get("result") or {}
+                if any(_under(iface.get("sandbox", ""), lab_dir) for iface in result.get("interfaces", [])):
+                    found.append(cached)
     return found
 
 
