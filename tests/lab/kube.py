@@ -39,7 +39,7 @@ FIELD_MANAGER = "hanzo-kms-lab"
 
 # -- binaries ------------------------------------------------------------------------------------------------------
 def ensure_binaries():
-    """Paths of the built binaries (plus ``crds`` and ``kwok_stages`` folders); LabError when not built."""
+    """Paths of the built binaries plus the ``crds``, ``kwok_stages`` and ``manifests`` folders; LabError if unbuilt."""
     root = kube_build.cache_root()
     if not kube_build.cached(root):
         missing = [n for n in kube_build.BINARIES if not (root / "bin" / n).is_file()]
@@ -48,6 +48,7 @@ def ensure_binaries():
     paths = {name: root / "bin" / name for name in kube_build.BINARIES}
     paths["crds"] = root / "crds"
     paths["kwok_stages"] = root / "kwok-stages"
+    paths["manifests"] = root / kube_build.MANIFESTS_DIR  # the CNPG operator and plugin manifests (cnpg_operator.py)
     return paths
 
 

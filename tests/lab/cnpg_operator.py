@@ -1,0 +1,348 @@
+"""The real CloudNativePG operator and Barman Cloud plugin for the lab: manifests and the plugin's TLS secrets.
+
+Manifests are rendered at build time (``make k8s-bins``, tests/lab/kube_build.py) with the built kustomize from
+the pinned modules' own kustomizations, the way each project makes its release manifest:
+
+- CNPG (``hack/release.sh``): ``kustomize edit set image controller=<DefaultOperatorImageName of pkg/versions>`` in
+  ``config/manager``, then ``kustomize build config/default`` (= ``releases/cnpg-<version>.yaml``);
+- the plugin (Taskfile ``manifest``, on a tag): ``kustomize edit set image plugin-barman-cloud=<image>:<tag>`` and
+  ``kustomize edit set secret plugin-barman-cloud --from-literal=SIDECAR_IMAGE=<sidecar>:<tag>`` in
+  ``kubernetes/``, then ``kustomize build kubernetes``.
+
+Then, for the lab only (:func:`adapt_for_lab`): every container gets ``imagePullPolicy: IfNotPresent`` (nothing can be
+pulled here; the images are built and imported under the upstream names) and the plugin's cert-manager objects are
+left out: :func:`plugin_tls_secrets` makes the two TLS Secrets that cert-manager would have issued.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+try:  # the lab package; kube_build also runs as a plain script
+    from tests.lab.core import LabError
+except ImportError:  # pragma: no cover
+    class LabError(Exception):
+        """A lab problem with a message meant for the operator."""
+
+OPERATOR_MANIFEST = "cnpg-operator.yaml"
+PLUGIN_MANIFEST = "barman-cloud-plugin.yaml"
+LAB_PULL_POLICY = "IfNotPresent"
+# The image the plugin's kustomization names (kubernetes/kustomization.yaml, images[].name) and its sidecar's Secret.
+PLUGIN_IMAGE_NAME = "plugin-barman-cloud"
+PLUGIN_SIDECAR_SECRET = "plugin-barman-cloud"
+# Unreleased builds are published with this suffix (the plugin's Taskfile); a tag drops it.
+TESTING_SUFFIX = "-testing"
+CERT_MANAGER_GROUP = "cert-manager.io"
+# CNPG's annotations on a plugin's Service (pkg/utils/labels_annotations.go) and its TLS server name default.
+PLUGIN_CLIENT_SECRET_ANNOTATION = "cnpg.io/pluginClientSecret"
+PLUGIN_SERVER_SECRET_ANNOTATION = "cnpg.io/pluginServerSecret"
+PLUGIN_SERVER_NAME_ANNOTATION = "cnpg.io/pluginServerName"
+PLUGIN_PORT_ANNOTATION = "cnpg.io/pluginPort"
+PLUGIN_NAME_LABEL = "cnpg.io/pluginName"
+TLS_DAYS = 365
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+# -- YAML ----------------------------------------------------------------------------------------------------------
+def load_docs(text):
+    """The non-empty documents of a multi-document YAML text."""
+    return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc]
+
+
+def dump_docs(docs):
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
+                         explicit_start=True)
+
+
+def read_manifest(path):
+    return load_docs(Path(path).read_text(encoding="utf-8"))
+
+
+# -- what the manifests hold -----------------------------------------------------------------------------------------
+def pod_specs(doc):
+    """Pod specs inside one object (Deployment, StatefulSet, DaemonSet, Job: spec.template.spec; CronJob deeper)."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec")
+    return [template_spec] if isinstance(template_spec, dict) else []
+
+
+def containers(doc):
+    """Every container and init container of an object's pod template(s)."""
+    found = []
+    for pod in pod_specs(doc):
+        for key in ("initContainers", "containers"):
+            found.extend(pod.get(key) or [])
+    return found
+
+
+def adapt_for_lab(docs):
+    """Copies of ``docs`` without cert-manager objects and with ``imagePullPolicy: IfNotPresent`` on every container.
+
+    The images are imported into each node's containerd under the upstream names: a pull would hang on this network.
+    """
+    adapted = []
+    for doc in docs:
+        if str(doc.get("apiVersion", "")).split("/", maxsplit=1)[0] == CERT_MANAGER_GROUP:
+            continue
+        if containers(doc):
+            doc = copy.deepcopy(doc)
+            for container in containers(doc):
+                container["imagePullPolicy"] = LAB_PULL_POLICY
+        adapted.append(doc)
+    return adapted
+
+
+def find(docs, kind, name=None):
+    """The documents of one kind (and name); LabError naming what is missing when there is none."""
+    found = [d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+    if not found:
+        raise LabError(f"the rendered manifest has no {kind}{' ' + name if name else ''}")
+    return found
+
+
+def deployment_images(docs):
+    """{deployment name: [image, ...]} of the Deployments in ``docs``."""
+    return {d["metadata"]["name"]: [c["image"] for c in containers(d)] for d in find(docs, "Deployment")}
+
+
+def crd_names(docs):
+    return [d["metadata"]["name"] for d in docs if d.get("kind") == "CustomResourceDefinition"]
+
+
+# -- rendering -------------------------------------------------------------------------------------------------------
+def operator_image(cnpg_dir):
+    """CNPG's release image, as its release script writes it into pkg/versions/versions.go."""
+    text = Path(cnpg_dir, "pkg", "versions", "versions.go").read_text(encoding="utf-8")
+    match = re.search(r'^\s*DefaultOperatorImageName\s*=\s*"([^"]+)"', text, re.M)
+    if not match:
+        raise LabError(f"no DefaultOperatorImageName in {cnpg_dir}/pkg/versions/versions.go: cannot name the "
+                       "operator image of the CNPG release")
+    return match.group(1)
+
+
+def plugin_images(kustomization, version):
+    """(plugin image, sidecar image) of the plugin's release ``version`` from its kustomization (main branch names).
+
+    The plugin's Taskfile publishes ``ghcr.io/<repo>`` and ``ghcr.io/<repo>-sidecar`` tagged with the git tag, and
+    ``…-testing:<branch>`` otherwise; the committed kustomization holds the latter.
+    """
+    image = next((i for i in kustomization.get("images") or [] if i.get("name") == PLUGIN_IMAGE_NAME), None)
+    generator = next((g for g in kustomization.get("secretGenerator") or [] if g.get("name") == PLUGIN_SIDECAR_SECRET),
+                     None)
+    sidecar = next((lit.split("=", 1)[1] for lit in (generator or {}).get("literals") or []
+                    if lit.startswith("SIDECAR_IMAGE=")), None)
+    if not image or not image.get("newName") or not sidecar:
+        raise LabError(f"the plugin's kubernetes/kustomization.yaml no longer names the image {PLUGIN_IMAGE_NAME!r} "
+                       f"and the SIDECAR_IMAGE of Secret {PLUGIN_SIDECAR_SECRET!r}: update tests/lab/cnpg_operator.py")
+    sidecar_name = re.sub(r"(@.*|:[^/:]*)$", "", sidecar)
+    return (f"{image['newName'].removesuffix(TESTING_SUFFIX)}:{version}",
+            f"{sidecar_name.removesuffix(TESTING_SUFFIX)}:{version}")
+
+
+def _writable_copy(src, dst):
+    """Copy a module-cache folder (read-only files and dirs) so kustomize edit can rewrite it."""
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)
+    for folder, dirs, _files in os.walk(dst):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+    os.chmod(dst, 0o755)
+
+
+def _kustomize(kustomize, args, cwd):
+    proc = subprocess.run([str(kustomize), *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"kustomize {' '.join(args)} in {cwd} failed ({proc.returncode}): "
+                       f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+    return proc.stdout
+
+
+def render_operator(kustomize, cnpg_dir):
+    """(upstream documents, operator image): CNPG's release manifest rendered from its module's config/."""
+    image = operator_image(cnpg_dir)
+    with tempfile.TemporaryDirectory(prefix="cnpg-config-") as tmp:
+        config = Path(tmp, "config")
+        _writable_copy(Path(cnpg_dir, "config"), config)
+        _kustomize(kustomize, ["edit", "set", "image", f"controller={image}"], config / "manager")
+        docs = load_docs(_kustomize(kustomize, ["build", str(config / "default")], tmp))
+    return docs, image
+
+
+def render_plugin(kustomize, plugin_dir, version):
+    """(upstream documents, plugin image, sidecar image): the plugin's release manifest from its module."""
+    with tempfile.TemporaryDirectory(prefix="barman-cloud-config-") as tmp:
+        for folder in ("kubernetes", "config"):  # kubernetes/ refers to ../config/crd and ../config/rbac
+            _writable_copy(Path(plugin_dir, folder), Path(tmp, folder))
+        overlay = Path(tmp, "kubernetes")
+        kustomization = yaml.load((overlay / "kustomization.yaml").read_text(encoding="utf-8"), Loader=_Loader)
+        image, sidecar = plugin_images(kustomization, version)
+        _kustomize(kustomize, ["edit", "set", "image", f"{PLUGIN_IMAGE_NAME}={image}"], overlay)
+        _kustomize(kustomize, ["edit", "set", "secret", PLUGIN_SIDECAR_SECRET,
+                               f"--from-literal=SIDECAR_IMAGE={sidecar}"], overlay)
+        docs = load_docs(_kustomize(kustomize, ["build", str(overlay)], tmp))
+    return docs, image, sidecar
+
+
+def render(kustomize, cnpg_dir, plugin_dir, plugin_version, out_dir, crd_dir, lab_crds):
+    """Write both lab manifests into ``out_dir`` and the CRDs named in ``lab_crds`` into ``crd_dir``.
+
+    Returns the manifest.json part: images, manifest file names, all CRD names, the CRD files written.
+    """
+    operator_docs, image = render_operator(kustomize, cnpg_dir)
+    plugin_docs, plugin_image, sidecar_image = render_plugin(kustomize, plugin_dir, plugin_version)
+    out_dir, crd_dir = Path(out_dir), Path(crd_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    crd_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for file_name, docs in ((OPERATOR_MANIFEST, operator_docs), (PLUGIN_MANIFEST, plugin_docs)):
+        (out_dir / file_name).write_text(dump_docs(adapt_for_lab(docs)), encoding="utf-8")
+        written[file_name] = docs
+    crds = {d["metadata"]["name"]: d for docs in written.values() for d in docs
+            if d.get("kind") == "CustomResourceDefinition"}
+    missing = sorted(set(lab_crds) - set(crds))
+    if missing:
+        raise LabError(f"the pinned CNPG / plugin manifests define no CRD {', '.join(missing)}")
+    for name in lab_crds:
+        (crd_dir / f"{name}.yaml").write_text(dump_docs([crds[name]]), encoding="utf-8")
+    return {"images": {"operator": image, "plugin": plugin_image, "sidecar": sidecar_image},
+            "manifests": {"operator": f"{out_dir.name}/{OPERATOR_MANIFEST}",
+                          "plugin": f"{out_dir.name}/{PLUGIN_MANIFEST}"},
+            "crds_available": sorted(crds), "crds": sorted(lab_crds)}
+
+
+# -- the plugin's TLS secrets (what cert-manager issues upstream) ---------------------------------------------------
+def _key_pem(key):
+    # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def lab_ca(common_name="hanzo-kms-lab-cnpg-plugin-ca"):
+    """A new CA (ECDSA P-256, PEM cert and key) for the plugin's certificates."""
+    # pylint: disable=import-outside-toplevel
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=TLS_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
+    # pylint: disable=import-outside-toplevel
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=TLS_DAYS))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                            crl_sign=False, content_commitment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False, decipher_only=False),
+                              critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                     else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if dns_names:
+        sans = [x509.IPAddress(ipaddress.ip_address(n)) if re.fullmatch(r"[\d.]+", n) else x509.DNSName(n)
+                for n in dns_names]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _tls_secret(name, namespace, cert_pem, key_pem, ca_cert_pem):
+    def b64(data):
+        return base64.b64encode(data).decode()
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "hanzo-kms-lab"}},
+            "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem), "ca.crt": b64(ca_cert_pem)}}
+
+
+def plugin_tls_requirements(plugin_docs):
+    """What the plugin's Service and Deployment expect of its TLS secrets (names, namespace, server name).
+
+    CNPG's operator finds a plugin by the ``cnpg.io/pluginName`` label of a Service in its namespace, reads both
+    secrets named by its annotations, dials ``<service>.<namespace>.svc:<pluginPort>`` with the client secret's
+    certificate and trusts exactly the server secret's ``tls.crt`` (``ServerName``: the ``cnpg.io/pluginServerName``
+    annotation or the Service name). The plugin serves the server secret (mounted at /server) and accepts exactly
+    the client secret's ``tls.crt`` (mounted at /client). The mounts must name the same secrets as the annotations.
+    """
+    services = [d for d in find(plugin_docs, "Service") if PLUGIN_NAME_LABEL in (d["metadata"].get("labels") or {})]
+    if len(services) != 1:
+        raise LabError(f"expected one plugin Service (label {PLUGIN_NAME_LABEL}) in the plugin manifest, "
+                       f"found {len(services)}")
+    service = services[0]
+    meta = service["metadata"]
+    annotations = meta.get("annotations") or {}
+    missing = [a for a in (PLUGIN_SERVER_SECRET_ANNOTATION, PLUGIN_CLIENT_SECRET_ANNOTATION, PLUGIN_PORT_ANNOTATION)
+               if not annotations.get(a)]
+    if missing:
+        raise LabError(f"the plugin Service {meta['name']} lacks the annotations {', '.join(missing)}")
+    server_secret = annotations[PLUGIN_SERVER_SECRET_ANNOTATION]
+    client_secret = annotations[PLUGIN_CLIENT_SECRET_ANNOTATION]
+    mounted = {v["secret"]["secretName"] for d in find(plugin_docs, "Deployment") for pod in pod_specs(d)
+               for v in pod.get("volumes") or [] if "secret" in v}
+    unmounted = sorted({server_secret, client_secret} - mounted)
+    if unmounted:
+        raise LabError(f"the plugin Deployment mounts no Secret {', '.join(unmounted)} named by its Service")
+    namespace = meta.get("namespace", "default")
+    name = meta["name"]
+    server_name = annotations.get(PLUGIN_SERVER_NAME_ANNOTATION) or name
+    return {"namespace": namespace, "service": name, "port": int(annotations[PLUGIN_PORT_ANNOTATION]),
+            "plugin": meta["labels"][PLUGIN_NAME_LABEL], "server_secret": server_secret,
+            "client_secret": client_secret,
+            "server_dns_names": list(dict.fromkeys([server_name, name, f"{name}.{namespace}", f"{name}.{namespace}.svc",
+                                                    f"{name}.{namespace}.svc.cluster.local"]))}
+
+
+def plugin_tls_secrets(plugin_docs, ca_cert_pem=None, ca_key_pem=None):
+    """The plugin's two ``kubernetes.io/tls`` Secrets (server and client), signed by a lab CA.
+
+    Replaces the manifest's cert-manager Issuer/Certificates: the server certificate carries the Service's names
+    (the TLS server name CNPG checks, and the in-cluster FQDNs), the client certificate ``client auth`` only. Each
+    ``tls.crt`` holds the leaf alone: both sides pin it (CNPG's RootCAs and the plugin's ClientCAs are built from that
+    file), so another certificate of the same CA is not accepted. ``ca.crt`` is the CA, as cert-manager writes it.
+    A new CA is made when none is given. Apply them in the plugin's namespace before (or with) the Deployment.
+    """
+    if ca_cert_pem is None or ca_key_pem is None:
+        ca_cert_pem, ca_key_pem = lab_ca()
+    need = plugin_tls_requirements(plugin_docs)
+    server_cert, server_key = _leaf(ca_cert_pem, ca_key_pem, need["service"], need["server_dns_names"], server=True)
+    client_cert, client_key = _leaf(ca_cert_pem, ca_key_pem, f"{need['service']}-client", [], server=False)
+    return [_tls_secret(need["server_secret"], need["namespace"], server_cert, server_key, ca_cert_pem),
+            _tls_secret(need["client_secret"], need["namespace"], client_cert, client_key, ca_cert_pem)]
