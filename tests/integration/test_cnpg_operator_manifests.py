@@ -160,8 +160,9 @@ def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, op
 
     rendered = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     crds = [key for key in rendered if key[0] == "CustomResourceDefinition"]
-    assert sorted(name for _, name in crds) == build["manifest"]["assets"]["crds_available"]
-    assert set(kube_build.LAB_CRDS) < {name for _, name in crds}
+    crd_names = sorted(name for _kind, name in crds)
+    assert crd_names == build["manifest"]["assets"]["crds_available"]
+    assert set(kube_build.LAB_CRDS) < set(crd_names)
     for key in crds:
         spec, sent = echoed[key]["spec"], rendered[key]["spec"]
         assert (spec["group"], spec["names"], spec["scope"]) == (sent["group"], sent["names"], sent["scope"])
@@ -230,7 +231,7 @@ def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # 
     need = cnpg_operator.plugin_tls_requirements(build["plugin"])
     ca_cert, ca_key = cnpg_operator.lab_ca()
     server, client = cnpg_operator.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)
-    _, other_client = cnpg_operator.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)
+    other_client = cnpg_operator.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)[1]
     deployment = next(d for d in build["plugin"] if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     with tempfile.TemporaryDirectory(prefix="barman-cloud-plugin-") as tmp:

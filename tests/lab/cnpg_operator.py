@@ -196,6 +196,18 @@ def render_plugin(kustomize, plugin_dir, version):
     return docs, image, sidecar
 
 
+def _write_crds(docs, crd_dir, names):
+    """One file per CRD named in ``names``, cut from ``docs``; all CRD names found."""
+    crds = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "CustomResourceDefinition"}
+    missing = sorted(set(names) - set(crds))
+    if missing:
+        raise LabError(f"the pinned CNPG / plugin manifests define no CRD {', '.join(missing)}")
+    crd_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (crd_dir / f"{name}.yaml").write_text(dump_docs([crds[name]]), encoding="utf-8")
+    return sorted(crds)
+
+
 def render(kustomize, cnpg_dir, plugin_dir, plugin_version, out_dir, crd_dir, lab_crds):
     """Write both lab manifests into ``out_dir`` and the CRDs named in ``lab_crds`` into ``crd_dir``.
 
@@ -203,24 +215,15 @@ def render(kustomize, cnpg_dir, plugin_dir, plugin_version, out_dir, crd_dir, la
     """
     operator_docs, image = render_operator(kustomize, cnpg_dir)
     plugin_docs, plugin_image, sidecar_image = render_plugin(kustomize, plugin_dir, plugin_version)
-    out_dir, crd_dir = Path(out_dir), Path(crd_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    crd_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
     for file_name, docs in ((OPERATOR_MANIFEST, operator_docs), (PLUGIN_MANIFEST, plugin_docs)):
         (out_dir / file_name).write_text(dump_docs(adapt_for_lab(docs)), encoding="utf-8")
-        written[file_name] = docs
-    crds = {d["metadata"]["name"]: d for docs in written.values() for d in docs
-            if d.get("kind") == "CustomResourceDefinition"}
-    missing = sorted(set(lab_crds) - set(crds))
-    if missing:
-        raise LabError(f"the pinned CNPG / plugin manifests define no CRD {', '.join(missing)}")
-    for name in lab_crds:
-        (crd_dir / f"{name}.yaml").write_text(dump_docs([crds[name]]), encoding="utf-8")
     return {"images": {"operator": image, "plugin": plugin_image, "sidecar": sidecar_image},
             "manifests": {"operator": f"{out_dir.name}/{OPERATOR_MANIFEST}",
                           "plugin": f"{out_dir.name}/{PLUGIN_MANIFEST}"},
-            "crds_available": sorted(crds), "crds": sorted(lab_crds)}
+            "crds_available": _write_crds(operator_docs + plugin_docs, Path(crd_dir), lab_crds),
+            "crds": sorted(lab_crds)}
 
 
 # -- the plugin's TLS secrets (what cert-manager issues upstream) ---------------------------------------------------
@@ -254,7 +257,8 @@ def lab_ca(common_name="hanzo-kms-lab-cnpg-plugin-ca"):
 
 
 def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
-    # pylint: disable=import-outside-toplevel
+    # cryptography is imported here (kube_build also runs without the venv); the imports count as locals
+    # pylint: disable=import-outside-toplevel,too-many-locals
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

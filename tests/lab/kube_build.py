@@ -395,27 +395,33 @@ def build(force=False, jobs=2, log=print):
         log(f"k8s binaries in {root}: building {', '.join(todo) or 'nothing'}"
             f"{'; reusing ' + ', '.join(m for m in BUILDS if m not in todo) if len(todo) < len(BUILDS) else ''}")
         started = time.monotonic()
-        base = {"fingerprint": _legacy_fingerprint(ver), "versions": ver, "go": go_version}
+
+        def save(**extra):
+            # the legacy fingerprint only while the legacy modules are current (older checkouts trust it)
+            legacy = all((modules.get(m) or {}).get("fingerprint") == current["modules"][m] for m in LEGACY_MODULES)
+            _write_manifest(root, {"fingerprint": _legacy_fingerprint(ver) if legacy else None, "versions": ver,
+                                   "go": go_version, "modules": modules, **extra})
+
         for module_dir in todo:
             t0 = time.monotonic()
             modules.pop(module_dir, None)
-            _write_manifest(root, {**base, "modules": modules})  # this module is not current until it is built
+            save()  # this module is not current until it is built
             _build_module(go, env, module_dir, ver, bin_dir, log)
             modules[module_dir] = {"fingerprint": current["modules"][module_dir],
                                    "version": module_version(module_dir, ver), "binaries": sorted(BUILDS[module_dir]),
                                    "seconds": round(time.monotonic() - t0, 1), "go": go_version,
                                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            _write_manifest(root, {**base, "modules": modules})  # progress survives a killed build
+            save()  # progress survives a killed build
         assets = previous.get("assets") or {}
         if (force or assets.get("fingerprint") != current["assets"]
                 or not all(path.is_file() for path in _asset_paths(root))):
-            _write_manifest(root, {**base, "modules": modules})  # no assets while they are swapped
+            save()  # no assets while they are swapped
             assets = {"fingerprint": current["assets"], **_render_assets(go, env, root, ver, log)}
-        manifest = {**base, "modules": modules, "assets": assets, "images": assets["images"],
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "build_seconds": round(time.monotonic() - started, 1),
-                    "module_seconds": {m: e["seconds"] for m, e in modules.items() if "seconds" in e}}
-        _write_manifest(root, manifest)
+        build_seconds = round(time.monotonic() - started, 1)
+        save(assets=assets, images=assets["images"], built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             build_seconds=build_seconds,
+             module_seconds={m: e["seconds"] for m, e in modules.items() if "seconds" in e})
+        manifest = _read_manifest(root)
     log(f"k8s binaries ready in {root} ({manifest['build_seconds']}s)")
     return manifest
 
