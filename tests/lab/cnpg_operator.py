@@ -90,9 +90,10 @@ def containers(doc):
 
 
 def adapt_for_lab(docs):
-    """Copies of ``docs`` without cert-manager objects and with ``imagePullPolicy: IfNotPresent`` on every container.
+    """``docs`` without cert-manager objects, with ``imagePullPolicy: IfNotPresent`` on every container.
 
-    The images are imported into each node's containerd under the upstream names: a pull would hang on this network.
+    Objects with containers are changed on copies (``docs`` stay as upstream renders them), the others passed as they
+    are. The images are imported into each node's containerd under the upstream names: a pull would hang here.
     """
     adapted = []
     for doc in docs:
@@ -117,10 +118,6 @@ def find(docs, kind, name=None):
 def deployment_images(docs):
     """{deployment name: [image, ...]} of the Deployments in ``docs``."""
     return {d["metadata"]["name"]: [c["image"] for c in containers(d)] for d in find(docs, "Deployment")}
-
-
-def crd_names(docs):
-    return [d["metadata"]["name"] for d in docs if d.get("kind") == "CustomResourceDefinition"]
 
 
 # -- rendering -------------------------------------------------------------------------------------------------------
