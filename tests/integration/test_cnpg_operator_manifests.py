@@ -6,9 +6,10 @@
 - a lab kube-apiserver accepts every object (server-side apply, ``dryRun=All``: nothing is persisted, so the
   webhooks, which would need a running operator, never take effect on the shared lab) and echoes the CRDs, webhook
   configurations and Deployments (images, pull policy) as rendered;
-- the real plugin binary serves its gRPC endpoint with the TLS Secrets of :func:`cnpg_operator.plugin_tls_secrets`
-  and accepts only the client certificate of the client Secret, checked the way CNPG checks it (trusts exactly the
-  server Secret's ``tls.crt``, server name = the Service name).
+- the plugin's TLS Secrets (tests/lab/cnpg_plugin_tls.py) are valid ``kubernetes.io/tls`` Secrets, created once and
+  never replaced; the real plugin binary serves its gRPC endpoint with them and accepts only the client certificate
+  of the client Secret, checked the way CNPG checks it (trusts exactly the server Secret's ``tls.crt``, server name =
+  the Service name).
 
 Needs ``make k8s-bins`` and, for the apiserver tests, the lab (``HANZO_KMS_TEST_LAB_DIR``) or a clusters-only lab
 (``python -m tests.lab.kube up --dir D``, then ``HANZO_KMS_KUBE_DEV_DIR=D``).
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import cnpg_operator, kube, kube_build
-from tests.lab.core import wait_until
+from tests.lab import cnpg_operator, cnpg_plugin_tls, kube, kube_build
+from tests.lab.core import LabError, wait_until
 from tests.lab.kube_fixtures import kube_sites  # noqa: F401  pylint: disable=unused-import
 
 WAIT = 60
@@ -133,27 +134,28 @@ def _dc1_api(kube_sites):  # pylint: disable=redefined-outer-name
 
 @pytest.fixture(name="operator_namespace")
 def _operator_namespace(dc1_api, build):
-    """The manifests' namespace, created for real when absent (dry runs need it) and then deleted again."""
+    """(name, created): the manifests' namespace, created for real when absent (dry runs need it), deleted after."""
     (namespace,) = [d for d in build["operator"] if d["kind"] == "Namespace"]
     name = namespace["metadata"]["name"]
     path = f"/api/v1/namespaces/{name}"
     created = dc1_api.get(path)[0] == 404
     if created:
         dc1_api.apply(namespace)
-    yield name
+    yield name, created
     if created:
         dc1_api.request("DELETE", path)
         wait_until(lambda: dc1_api.get(path)[0] == 404, NAMESPACE_GONE_WAIT, f"namespace {name} to be deleted")
 
 
 def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, operator_namespace):
+    namespace = operator_namespace[0]
     docs = build["operator"] + build["plugin"]
-    assert {d["metadata"].get("namespace") for d in docs} == {None, operator_namespace}
+    assert {d["metadata"].get("namespace") for d in docs} == {None, namespace}
     # what exists before (nothing, unless the operator was installed on this lab, e.g. by the cnpg role)
     probes = ["/apis/apiextensions.k8s.io/v1/customresourcedefinitions/poolers.postgresql.cnpg.io",
               "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
               "cnpg-validating-webhook-configuration",
-              f"/apis/apps/v1/namespaces/{operator_namespace}/deployments/cnpg-controller-manager"]
+              f"/apis/apps/v1/namespaces/{namespace}/deployments/cnpg-controller-manager"]
     before = [dc1_api.get(path)[0] for path in probes]
     known = {}
     echoed = {(d["kind"], d["metadata"]["name"]): _dry_run_apply(dc1_api, known, d) for d in docs}
@@ -196,11 +198,28 @@ def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, op
 
 
 def test_the_plugin_tls_secrets_are_valid_kubernetes_tls_secrets(dc1_api, build, operator_namespace):
+    name, created = operator_namespace
     known = {}
-    for secret in cnpg_operator.plugin_tls_secrets(build["plugin"]):
-        assert secret["metadata"]["namespace"] == operator_namespace
+    for secret in cnpg_plugin_tls.plugin_tls_secrets(build["plugin"]):
+        assert secret["metadata"]["namespace"] == name
         body = _dry_run_apply(dc1_api, known, secret)
         assert body["type"] == "kubernetes.io/tls"
+    if not created:
+        return  # an installed plugin's secrets are not this test's to create
+    ca_cert, ca_key = cnpg_plugin_tls.lab_ca()
+    assert cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, build["plugin"], ca_cert, ca_key) == {
+        "barman-cloud-server-tls": "created", "barman-cloud-client-tls": "created"}
+    first = dc1_api.get(f"/api/v1/namespaces/{name}/secrets/barman-cloud-server-tls")[1]
+    # created once, never replaced (a running plugin and CNPG hold the first pair)
+    assert cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, build["plugin"]) == {
+        "barman-cloud-server-tls": "kept", "barman-cloud-client-tls": "kept"}
+    assert dc1_api.get(f"/api/v1/namespaces/{name}/secrets/barman-cloud-server-tls")[1]["data"] == first["data"]
+
+
+def test_creating_the_tls_secrets_without_the_namespace_is_a_clear_error(dc1_api, build):
+    absent = json.loads(json.dumps(build["plugin"]).replace('"cnpg-system"', '"t-no-such-namespace"'))
+    with pytest.raises(LabError, match="namespace t-no-such-namespace does not exist"):
+        cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, absent)
 
 
 # -- the real plugin with those secrets --------------------------------------------------------------------------------
@@ -228,10 +247,10 @@ def _handshake(port, cafile, certfile, keyfile):
 
 
 def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # pylint: disable=redefined-outer-name
-    need = cnpg_operator.plugin_tls_requirements(build["plugin"])
-    ca_cert, ca_key = cnpg_operator.lab_ca()
-    server, client = cnpg_operator.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)
-    other_client = cnpg_operator.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)[1]
+    need = cnpg_plugin_tls.plugin_tls_requirements(build["plugin"])
+    ca_cert, ca_key = cnpg_plugin_tls.lab_ca()
+    server, client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)
+    other_client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)[1]
     deployment = next(d for d in build["plugin"] if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     with tempfile.TemporaryDirectory(prefix="barman-cloud-plugin-") as tmp:

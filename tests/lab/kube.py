@@ -43,7 +43,8 @@ def ensure_binaries():
     root = kube_build.cache_root()
     if not kube_build.cached(root):
         missing = [n for n in kube_build.BINARIES if not (root / "bin" / n).is_file()]
-        why = f"missing {', '.join(missing)}" if missing else "built from other pins than tools/kube/*/go.mod"
+        why = (f"missing {', '.join(missing)}" if missing else
+               "built from other inputs than tools/kube/*/ and tests/lab/cnpg_operator.py")
         raise LabError(f"the Kubernetes binaries in {root} are not usable ({why}): run make k8s-bins")
     paths = {name: root / "bin" / name for name in kube_build.BINARIES}
     paths["crds"] = root / "crds"

@@ -1,4 +1,4 @@
-"""Pure logic of tests/lab/cnpg_operator.py: the lab's changes to the upstream manifests and the plugin's TLS secrets.
+"""Pure logic of tests/lab/cnpg_operator.py (the lab's changes to the upstream manifests) and cnpg_plugin_tls.py.
 
 The rendering itself (kustomize on the pinned modules) is proven in tests/integration/test_cnpg_operator_manifests.py.
 """
@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.lab import cnpg_operator
+from tests.lab import cnpg_operator, cnpg_plugin_tls
 from tests.lab.core import LabError
 
 # The plugin's objects as its v0.14.0 kubernetes/ kustomization renders them (trimmed to what matters here).
@@ -90,8 +90,8 @@ def _cert(secret, key="tls.crt"):
 
 
 def test_plugin_tls_secrets_have_the_names_sans_and_usages_cnpg_and_the_plugin_expect():
-    ca_pem, ca_key_pem = cnpg_operator.lab_ca()
-    server, client = cnpg_operator.plugin_tls_secrets(PLUGIN_DOCS, ca_pem, ca_key_pem)
+    ca_pem, ca_key_pem = cnpg_plugin_tls.lab_ca()
+    server, client = cnpg_plugin_tls.plugin_tls_secrets(PLUGIN_DOCS, ca_pem, ca_key_pem)
     assert (server["metadata"]["name"], client["metadata"]["name"]) == ("barman-cloud-server-tls",
                                                                         "barman-cloud-client-tls")
     assert {server["metadata"]["namespace"], client["metadata"]["namespace"]} == {"cnpg-system"}
@@ -120,14 +120,14 @@ def test_a_server_name_annotation_becomes_the_first_san():
     meta = PLUGIN_DOCS[0]["metadata"]
     annotations = dict(meta["annotations"], **{"cnpg.io/pluginServerName": "barman.example"})
     docs = [dict(PLUGIN_DOCS[0], metadata=dict(meta, annotations=annotations))] + PLUGIN_DOCS[1:]
-    assert cnpg_operator.plugin_tls_requirements(docs)["server_dns_names"][:2] == ["barman.example", "barman-cloud"]
+    assert cnpg_plugin_tls.plugin_tls_requirements(docs)["server_dns_names"][:2] == ["barman.example", "barman-cloud"]
 
 
 def test_secrets_that_the_deployment_does_not_mount_are_a_clear_error():
     deployment = {**PLUGIN_DOCS[1], "spec": {"template": {"spec": {"containers": [], "volumes": [
         {"name": "server", "secret": {"secretName": "other-server-tls"}}]}}}}
     with pytest.raises(LabError, match="mounts no Secret barman-cloud-client-tls, barman-cloud-server-tls"):
-        cnpg_operator.plugin_tls_requirements([PLUGIN_DOCS[0], deployment])
+        cnpg_plugin_tls.plugin_tls_requirements([PLUGIN_DOCS[0], deployment])
     service = {**PLUGIN_DOCS[0], "metadata": {**PLUGIN_DOCS[0]["metadata"], "annotations": {}}}
     with pytest.raises(LabError, match="lacks the annotations cnpg.io/pluginServerSecret"):
-        cnpg_operator.plugin_tls_requirements([service, PLUGIN_DOCS[1]])
+        cnpg_plugin_tls.plugin_tls_requirements([service, PLUGIN_DOCS[1]])
