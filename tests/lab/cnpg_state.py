@@ -1,11 +1,12 @@
 """Pure state machine of the lab's CloudNativePG operator STAND-IN (not CNPG; see tests/lab/cnpg_standin.py).
 
 Given a Cluster or Backup object (a dict as the API returns it), the stand-in's memory for it, the time and the
-configured delays, compute the status CNPG 1.30 would write (per /work/shared/notes/cnpg-replica-clusters.md):
-phases with CNPG's exact strings, ``Ready`` / ``ReplicaClusterSwitch`` / ``ReplicaClusterDesignatedPrimaryTransition`` /
-``ReplicaClusterFencing`` conditions, ``currentPrimary``, ``instancesReportedState[*].isPrimary``, the demotion token
-(base64 JSON with six keys), token-checked promotion and ``lastPromotionToken``, Backup phases ``running`` →
-``completed``. No I/O here: the controller applies the result (real PostgreSQL actions go through ``Instance``).
+configured delays, compute the status CNPG 1.30 would write (per its api/v1/cluster_types.go and
+pkg/reconciler/replicaclusterswitch): phases with CNPG's exact strings, ``Ready`` / ``ReplicaClusterSwitch`` /
+``ReplicaClusterDesignatedPrimaryTransition`` / ``ReplicaClusterFencing`` conditions, ``currentPrimary``,
+``instancesReportedState[*].isPrimary``, the demotion token (base64 JSON with six keys), token-checked promotion and
+``lastPromotionToken``, Backup phases ``running`` → ``completed``. No I/O here: the controller applies the result
+(real PostgreSQL actions go through ``Instance``).
 
 Two modes per Cluster:
 

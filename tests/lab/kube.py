@@ -43,15 +43,17 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
 # -- binaries ------------------------------------------------------------------------------------------------------
 def ensure_binaries():
-    """Paths of the built binaries (plus ``crds`` and ``kwok_stages`` folders); LabError when not built."""
+    """Paths of the built binaries plus the ``crds``, ``kwok_stages`` and ``manifests`` folders; LabError if unbuilt."""
     root = kube_build.cache_root()
     if not kube_build.cached(root):
         missing = [n for n in kube_build.BINARIES if not (root / "bin" / n).is_file()]
-        why = f"missing {', '.join(missing)}" if missing else "built from other pins than tools/kube/*/go.mod"
+        why = (f"missing {', '.join(missing)}" if missing else
+               "built from other inputs than tools/kube/*/ and tests/lab/cnpg_operator.py")
         raise LabError(f"the Kubernetes binaries in {root} are not usable ({why}): run make k8s-bins")
     paths = {name: root / "bin" / name for name in kube_build.BINARIES}
     paths["crds"] = root / "crds"
     paths["kwok_stages"] = root / "kwok-stages"
+    paths["manifests"] = root / kube_build.MANIFESTS_DIR  # the CNPG operator and plugin manifests (cnpg_operator.py)
     return paths
 
 

@@ -1,18 +1,25 @@
 """Build the lab's Kubernetes binaries from the Go module proxy (``make k8s-bins``).
 
-Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-controller-manager, kube-scheduler and
-kubectl (through the wrapper module ``tools/kube/kubernetes``, which replaces every staging module with its published
-``v0.Y.Z`` twin), etcd, kwok and helm (one wrapper module each, so their dependencies never raise Kubernetes'),
-and collects the CloudNativePG / Barman Cloud plugin CRDs and kwok's default stages from the module cache.
+Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-controller-manager, kube-scheduler,
+kubectl, kubelet and kube-proxy (through the wrapper module ``tools/kube/kubernetes``, which replaces every staging
+module with its published ``v0.Y.Z`` twin), etcd, kwok, helm, the CloudNativePG operator (``cnpg-manager``), the
+Barman Cloud plugin (``barman-cloud-plugin``) and kustomize (one wrapper module each, so their dependencies never
+raise Kubernetes'). Then renders the CNPG operator and plugin manifests from the pinned modules' ``config/`` with the
+built kustomize (tests/lab/cnpg_operator.py), takes the lab's CRDs from those manifests and kwok's default stages
+from its module.
 
 Everything lands in ``~/.cache/hanzo-kms/k8s/<kubernetes version>/`` (``HANZO_KMS_K8S_CACHE`` overrides the parent
-folder) and is reused when its ``manifest.json`` matches the wrapper modules; nothing built is ever written to the repo.
+folder); nothing built is ever written to the repo. The cache is per module: a module's binaries are reused while
+its wrapper module (go.mod, go.sum, tools.go) and build recipe are unchanged, so adding or moving one module rebuilds
+that module only. ``manifest.json`` records each module's fingerprint.
 
     python -m tests.lab.kube_build [--force] [--jobs N]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -24,10 +31,12 @@ import time
 from pathlib import Path
 
 try:  # the lab package; also usable as a plain script
+    from tests.lab import cnpg_operator
     from tests.lab.core import LabError
 except ImportError:  # pragma: no cover
-    class LabError(Exception):
-        """A lab problem with a message meant for the operator."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.lab import cnpg_operator
+    from tests.lab.core import LabError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = REPO_ROOT / "tools" / "kube"
@@ -37,7 +46,10 @@ CNPG_MODULE = "github.com/cloudnative-pg/cloudnative-pg"
 CNPG_VERSION = "v1.30.0"
 BARMAN_MODULE = "github.com/cloudnative-pg/plugin-barman-cloud"
 BARMAN_VERSION = "v0.14.0"
-MIN_GO = (1, 24)
+KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+MIN_GO = (1, 26)  # CNPG 1.30 and the plugin 0.14 need go >= 1.26.4; Kubernetes 1.34 alone needed 1.24
+# Flags of every build besides -p (which only changes parallelism): part of each module's fingerprint.
+BUILD_FLAGS = "CGO_ENABLED=0 -trimpath -mod=readonly"
 
 # module dir -> (binary name -> package)
 BUILDS = {
@@ -52,16 +64,18 @@ BUILDS = {
     "etcd": {"etcd": "go.etcd.io/etcd/server/v3"},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
     "helm": {"helm": "helm.sh/helm/v3/cmd/helm"},
+    "kustomize": {"kustomize": KUSTOMIZE_MODULE},
+    "cnpg": {"cnpg-manager": f"{CNPG_MODULE}/cmd/manager"},
+    "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
+# The modules the cache held before it was per module (see _legacy_fingerprint).
+LEGACY_MODULES = ("kubernetes", "etcd", "kwok", "helm")
 
-CRD_FILES = {
-    CNPG_MODULE: ["postgresql.cnpg.io_clusters.yaml", "postgresql.cnpg.io_backups.yaml",
-                  "postgresql.cnpg.io_scheduledbackups.yaml"],
-    BARMAN_MODULE: ["barmancloud.cnpg.io_objectstores.yaml"],
-}
-# Fallback when the CNPG modules cannot be downloaded: the same files, copied verbatim (see its SOURCES.md).
-CRD_FALLBACK_DIRS = [os.environ.get("HANZO_KMS_CNPG_CRDS_DIR", ""), "/work/shared/crds"]
+# The CRDs the lab installs at start (tests/lab/kube.py); taken from the rendered manifests, which hold them all.
+LAB_CRDS = ["clusters.postgresql.cnpg.io", "backups.postgresql.cnpg.io", "scheduledbackups.postgresql.cnpg.io",
+            "objectstores.barmancloud.cnpg.io"]
+MANIFESTS_DIR = "manifests"
 
 KWOK_STAGES = ["kustomize/stage/node/fast/node-initialize.yaml",
                "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
@@ -85,6 +99,13 @@ def _required_version(module_dir, module):
 
 
 def versions():
+    """The pinned version of each component; the CNPG and plugin pins must be the ones their wrapper modules require."""
+    pins = (("cnpg", CNPG_MODULE, CNPG_VERSION), ("barman-cloud", BARMAN_MODULE, BARMAN_VERSION))
+    for module_dir, module, pin in pins:
+        required = _required_version(module_dir, module)
+        if required != pin:
+            raise LabError(f"tools/kube/{module_dir}/go.mod requires {module} {required} but tests/lab/kube_build.py "
+                           f"pins {pin}: change both (go mod edit -require={module}@VERSION && go mod tidy)")
     return {
         "kubernetes": KUBE_VERSION,
         "etcd": _required_version("etcd", "go.etcd.io/etcd/server/v3"),
@@ -92,31 +113,143 @@ def versions():
         "helm": _required_version("helm", "helm.sh/helm/v3"),
         "cloudnative-pg": CNPG_VERSION,
         "plugin-barman-cloud": BARMAN_VERSION,
+        "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
     }
 
 
-def fingerprint():
-    """Hash of the wrapper modules and pins: the cache is rebuilt when any of them changes."""
-    digest = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
-    for module_dir in sorted(BUILDS):
-        for name in ("go.mod", "go.sum", "tools.go"):
-            path = TOOLS_DIR / module_dir / name
-            if path.exists():
-                digest.update(f"{module_dir}/{name}\0".encode())
-                digest.update(path.read_bytes())
+# versions() key of a module dir, where it is not the dir's name
+_VERSION_KEYS = {"cnpg": "cloudnative-pg", "barman-cloud": "plugin-barman-cloud"}
+
+
+def module_version(module_dir, ver):
+    return ver[_VERSION_KEYS.get(module_dir, module_dir)]
+
+
+def cnpg_ldflags(version, commit="none", date="unknown"):
+    """CNPG's version stamps (its Makefile / .goreleaser.yml): ``manager version`` then reports the release."""
+    pkg = f"{CNPG_MODULE}/pkg/versions"
+    return (f"-s -w -X {pkg}.buildVersion={version.lstrip('v')} -X {pkg}.buildCommit={commit} "
+            f"-X {pkg}.buildDate={date}")
+
+
+def ldflags(module_dir, ver, origin=None):
+    """-ldflags of a module's binaries. ``origin``: commit and date of the CNPG module (its proxy .info file); the
+    fingerprint uses placeholders, since they follow from the pinned version."""
+    if module_dir == "kubernetes":
+        return kube_ldflags(KUBE_VERSION)
+    if module_dir == "helm":
+        return f"-s -w -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
+    if module_dir == "kwok":
+        return f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={ver['kwok'].lstrip('v')}"
+    if module_dir == "cnpg":
+        origin = origin or {"commit": "{commit}", "date": "{date}"}
+        return cnpg_ldflags(ver["cloudnative-pg"], origin["commit"], origin["date"])
+    # the plugin's version is a constant in its source; kustomize reads its own from the Go build info
+    return "-s -w"
+
+
+def _file_digest(digest, module_dir):
+    for name in ("go.mod", "go.sum", "tools.go"):
+        path = TOOLS_DIR / module_dir / name
+        if path.exists():
+            digest.update(f"{module_dir}/{name}\0".encode())
+            digest.update(path.read_bytes())
+
+
+def module_fingerprint(module_dir, ver=None):
+    """Hash of everything one module's binaries are built from: its wrapper module files, binaries, flags."""
+    ver = ver or versions()
+    recipe = {"module": module_dir, "binaries": BUILDS[module_dir], "ldflags": ldflags(module_dir, ver),
+              "flags": BUILD_FLAGS}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    _file_digest(digest, module_dir)
     return digest.hexdigest()
 
 
-def cached(root=None):
-    """The cached build if complete and current, else None."""
-    root = root or cache_root()
+def assets_fingerprint(ver, kustomize_fingerprint):
+    """Hash of what the manifests, CRDs and kwok stages are made from (the render code included)."""
+    inputs = {"cnpg": ver["cloudnative-pg"], "plugin": ver["plugin-barman-cloud"], "kwok": ver["kwok"],
+              "kustomize": kustomize_fingerprint, "crds": LAB_CRDS, "kwok_stages": KWOK_STAGES}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    digest.update(Path(cnpg_operator.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprints(ver=None):
+    """{"modules": {module dir: fingerprint}, "assets": fingerprint} of the current sources."""
+    ver = ver or versions()
+    modules = {module_dir: module_fingerprint(module_dir, ver) for module_dir in BUILDS}
+    return {"modules": modules, "assets": assets_fingerprint(ver, modules["kustomize"])}
+
+
+def _legacy_fingerprint(ver=None):
+    """The whole-cache fingerprint kube_build wrote before the cache was per module.
+
+    Written as ``fingerprint`` into manifest.json, so checkouts still running that older kube_build reuse this cache
+    instead of rebuilding (and deleting) it, and read back so a cache that older code built is adopted module by
+    module rather than relinked. Drop it once no branch predates the per-module cache.
+    """
+    ver = ver or versions()
+    legacy = {key: ver[key] for key in ("kubernetes", "etcd", "kwok", "helm", "cloudnative-pg", "plugin-barman-cloud")}
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
+    for module_dir in sorted(LEGACY_MODULES):
+        _file_digest(digest, module_dir)
+    return digest.hexdigest()
+
+
+def recorded_fingerprints(manifest, ver=None):
+    """{module dir: fingerprint} a cache manifest says its binaries were built from."""
+    if "modules" in manifest:
+        return {m: entry.get("fingerprint") for m, entry in manifest["modules"].items()}
+    if manifest.get("fingerprint") and manifest["fingerprint"] == _legacy_fingerprint(ver):
+        return {m: module_fingerprint(m, ver) for m in LEGACY_MODULES}
+    return {}
+
+
+def stale_modules(recorded, current, binaries, existing):
+    """The modules to (re)build, in ``current``'s order: never built, built from other inputs, or a binary gone.
+
+    recorded/current: {module: fingerprint}; binaries: {module: {binary: package}}; existing: names in bin/.
+    """
+    return [m for m, fp in current.items() if recorded.get(m) != fp or not set(binaries[m]) <= set(existing)]
+
+
+def _read_manifest(root):
     try:
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        return json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("fingerprint") != fingerprint():
+
+
+def _write_manifest(root, manifest):
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(root / "manifest.json")
+
+
+def _asset_paths(root):
+    return ([root / MANIFESTS_DIR / name for name in (cnpg_operator.OPERATOR_MANIFEST, cnpg_operator.PLUGIN_MANIFEST)]
+            + [root / "crds" / f"{name}.yaml" for name in LAB_CRDS]
+            + [root / "kwok-stages" / Path(rel).name for rel in KWOK_STAGES])
+
+
+def _existing_binaries(root):
+    bin_dir = root / "bin"
+    return {p.name for p in bin_dir.iterdir() if p.is_file()} if bin_dir.is_dir() else set()
+
+
+def cached(root=None):
+    """The cached build (its manifest.json) if every module and asset is complete and current, else None."""
+    root = root or cache_root()
+    manifest = _read_manifest(root)
+    if manifest is None:
         return None
-    if not all((root / "bin" / name).is_file() for name in BINARIES):
+    current = fingerprints()
+    if stale_modules(recorded_fingerprints(manifest), current["modules"], BUILDS, _existing_binaries(root)):
+        return None
+    if (manifest.get("assets") or {}).get("fingerprint") != current["assets"]:
+        return None
+    if not all(path.is_file() for path in _asset_paths(root)):
         return None
     return manifest
 
@@ -136,8 +269,8 @@ def check_go():
                          env=dict(os.environ, GOTOOLCHAIN="local")).stdout.strip()
     match = re.match(r"go(\d+)\.(\d+)", out)
     if not match or (int(match.group(1)), int(match.group(2))) < MIN_GO:
-        raise LabError(f"{go} reports {out or 'no version'}; building Kubernetes {KUBE_VERSION} needs Go >= "
-                       f"{MIN_GO[0]}.{MIN_GO[1]}")
+        raise LabError(f"{go} reports {out or 'no version'}; building the lab's binaries (CloudNativePG "
+                       f"{CNPG_VERSION}, Kubernetes {KUBE_VERSION}) needs Go >= {MIN_GO[0]}.{MIN_GO[1]}")
     return go
 
 
@@ -155,13 +288,28 @@ def _run(argv, cwd, env, what):
     return proc.stdout
 
 
-def _module_dir(go, env, module, version):
+def _module_download(go, env, module, version):
+    """``go mod download -json`` of one module version: Dir (its source) and Info (the proxy's .info file)."""
     out = _run([go, "mod", "download", "-json", f"{module}@{version}"], TOOLS_DIR, env,
                f"downloading {module}@{version}")
     info = json.loads(out)
     if info.get("Error"):
         raise LabError(f"downloading {module}@{version}: {info['Error']}")
-    return Path(info["Dir"])
+    return info
+
+
+def _module_dir(go, env, module, version):
+    return Path(_module_download(go, env, module, version)["Dir"])
+
+
+def module_origin(download_info):
+    """Short commit and commit day of a module version, from the proxy's .info (``Origin.Hash``, ``Time``)."""
+    try:
+        info = json.loads(Path(download_info["Info"]).read_text(encoding="utf-8"))
+    except (KeyError, OSError, ValueError):
+        info = {}
+    commit = ((info.get("Origin") or download_info.get("Origin") or {}).get("Hash") or "")[:7]
+    return {"commit": commit or "none", "date": (info.get("Time") or "")[:10] or "unknown"}
 
 
 def kube_ldflags(version):
@@ -173,75 +321,108 @@ def kube_ldflags(version):
     return " ".join(flags)
 
 
-def build(force=False, jobs=2, log=print):
-    """Build (or reuse) everything; return the manifest dict."""
-    root = cache_root()
-    if not force:
-        manifest = cached(root)
-        if manifest:
-            log(f"k8s binaries up to date in {root}")
-            return manifest
-    go = check_go()
-    env = _go_env(jobs)
-    stage = root.with_name(root.name + ".partial")
+@contextlib.contextmanager
+def _locked(root):
+    """Hold the cache's lock: two builds (two checkouts, two terminals) never write the same cache at once."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_module(go, env, module_dir, ver, bin_dir, log):
+    cwd = TOOLS_DIR / module_dir
+    log(f"downloading modules for tools/kube/{module_dir} ...")
+    _run([go, "mod", "download"], cwd, env, f"module download for tools/kube/{module_dir}")
+    origin = None
+    if module_dir == "cnpg":
+        origin = module_origin(_module_download(go, env, CNPG_MODULE, CNPG_VERSION))
+    flags = ldflags(module_dir, ver, origin)
+    for name, pkg in BUILDS[module_dir].items():
+        log(f"building {name} ({pkg}) ...")
+        partial = bin_dir / f".{name}.partial"
+        _run([go, "build", "-ldflags", flags, "-o", str(partial), pkg], cwd, env, f"building {name}")
+        partial.replace(bin_dir / name)
+
+
+def _render_assets(go, env, root, ver, log):
+    """Manifests, the lab's CRDs (from them) and kwok's stages, swapped in whole; returns the manifest.json part."""
+    stage = root / ".assets.partial"
     shutil.rmtree(stage, ignore_errors=True)
-    (stage / "bin").mkdir(parents=True)
-    ver = versions()
-    started = time.monotonic()
-    timings = {}
-    for module_dir, bins in BUILDS.items():
-        cwd = TOOLS_DIR / module_dir
-        t0 = time.monotonic()
-        log(f"downloading modules for tools/kube/{module_dir} ...")
-        _run([go, "mod", "download"], cwd, env, f"module download for tools/kube/{module_dir}")
-        if module_dir == "kubernetes":
-            ldflags = kube_ldflags(KUBE_VERSION)
-        elif module_dir == "helm":
-            ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
-        elif module_dir == "kwok":
-            ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={ver['kwok'].lstrip('v')}"
-        else:
-            ldflags = "-s -w"
-        for name, pkg in bins.items():
-            log(f"building {name} ({pkg}) ...")
-            _run([go, "build", "-ldflags", ldflags, "-o", str(stage / "bin" / name), pkg], cwd, env,
-                 f"building {name}")
-        timings[module_dir] = round(time.monotonic() - t0, 1)
-
-    crd_dir = stage / "crds"
-    crd_dir.mkdir()
-    crd_source = "go modules"
-    try:
-        for module, version in ((CNPG_MODULE, CNPG_VERSION), (BARMAN_MODULE, BARMAN_VERSION)):
-            src = _module_dir(go, env, module, version) / "config" / "crd" / "bases"
-            for name in CRD_FILES[module]:
-                shutil.copyfile(src / name, crd_dir / name)
-    except (LabError, OSError) as exc:
-        fallback = next((Path(d) for d in CRD_FALLBACK_DIRS if d and Path(d, "postgresql.cnpg.io_clusters.yaml").is_file()),
-                        None)
-        if not fallback:
-            raise
-        log(f"warning: CNPG CRDs from the module proxy unavailable ({exc}); using {fallback}")
-        crd_source = str(fallback)
-        for names in CRD_FILES.values():
-            for name in names:
-                shutil.copyfile(fallback / name, crd_dir / name)
-
-    stages_dir = stage / "kwok-stages"
-    stages_dir.mkdir()
+    log("rendering the CNPG operator and Barman Cloud plugin manifests with kustomize ...")
+    rendered = cnpg_operator.render(
+        root / "bin" / "kustomize", _module_dir(go, env, CNPG_MODULE, CNPG_VERSION),
+        _module_dir(go, env, BARMAN_MODULE, BARMAN_VERSION), BARMAN_VERSION,
+        stage / MANIFESTS_DIR, stage / "crds", LAB_CRDS)
+    (stage / "kwok-stages").mkdir(parents=True)
     kwok_src = _module_dir(go, env, "sigs.k8s.io/kwok", ver["kwok"])
     for rel in KWOK_STAGES:
-        shutil.copyfile(kwok_src / rel, stages_dir / Path(rel).name)
+        shutil.copyfile(kwok_src / rel, stage / "kwok-stages" / Path(rel).name)
+    for folder in (MANIFESTS_DIR, "crds", "kwok-stages"):
+        shutil.rmtree(root / folder, ignore_errors=True)
+        (stage / folder).rename(root / folder)
+    stage.rmdir()
+    return rendered
 
-    manifest = {"fingerprint": fingerprint(), "versions": ver, "crd_source": crd_source,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": round(time.monotonic() - started, 1), "module_seconds": timings,
-                "go": subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False,
-                                     env=env).stdout.strip()}
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(root, ignore_errors=True)
-    stage.rename(root)
-    log(f"k8s binaries built in {manifest['build_seconds']}s into {root}")
+
+def build(force=False, jobs=2, log=print):
+    """Build what is missing or stale (everything with ``force``), reuse the rest; return the manifest dict."""
+    root = cache_root()
+    with _locked(root):
+        if not force:
+            manifest = cached(root)
+            if manifest:
+                log(f"k8s binaries up to date in {root}")
+                return manifest
+        go = check_go()
+        env = _go_env(jobs)
+        go_version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False,
+                                    env=env).stdout.strip()
+        ver = versions()
+        current = fingerprints(ver)
+        previous = {} if force else (_read_manifest(root) or {})
+        recorded = recorded_fingerprints(previous, ver)
+        modules = {m: dict(previous.get("modules", {}).get(m) or {"fingerprint": fp, "adopted": "legacy cache"})
+                   for m, fp in recorded.items() if m in BUILDS}
+        bin_dir = root / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in bin_dir.glob(".*.partial"):  # a killed build
+            leftover.unlink()
+        todo = stale_modules(recorded, current["modules"], BUILDS, _existing_binaries(root))
+        log(f"k8s binaries in {root}: building {', '.join(todo) or 'nothing'}"
+            f"{'; reusing ' + ', '.join(m for m in BUILDS if m not in todo) if len(todo) < len(BUILDS) else ''}")
+        started = time.monotonic()
+
+        def save(**extra):
+            # the legacy fingerprint only while the legacy modules are current (older checkouts trust it)
+            legacy = all((modules.get(m) or {}).get("fingerprint") == current["modules"][m] for m in LEGACY_MODULES)
+            _write_manifest(root, {"fingerprint": _legacy_fingerprint(ver) if legacy else None, "versions": ver,
+                                   "go": go_version, "modules": modules, **extra})
+
+        for module_dir in todo:
+            t0 = time.monotonic()
+            modules.pop(module_dir, None)
+            save()  # this module is not current until it is built
+            _build_module(go, env, module_dir, ver, bin_dir, log)
+            modules[module_dir] = {"fingerprint": current["modules"][module_dir],
+                                   "version": module_version(module_dir, ver), "binaries": sorted(BUILDS[module_dir]),
+                                   "seconds": round(time.monotonic() - t0, 1), "go": go_version,
+                                   "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            save()  # progress survives a killed build
+        assets = previous.get("assets") or {}
+        if (force or assets.get("fingerprint") != current["assets"]
+                or not all(path.is_file() for path in _asset_paths(root))):
+            save()  # no assets while they are swapped
+            assets = {"fingerprint": current["assets"], **_render_assets(go, env, root, ver, log)}
+        build_seconds = round(time.monotonic() - started, 1)
+        save(assets=assets, images=assets["images"], built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             build_seconds=build_seconds,
+             module_seconds={m: e["seconds"] for m, e in modules.items() if "seconds" in e})
+        manifest = _read_manifest(root)
+    log(f"k8s binaries ready in {root} ({manifest['build_seconds']}s)")
     return manifest
 
 

@@ -1,6 +1,7 @@
 """Setup errors of make k8s-bins (tests/lab/kube_build.py) and the lab's check for built binaries."""
 from __future__ import annotations
 
+import json
 import shutil
 from unittest import mock
 
@@ -39,3 +40,92 @@ def test_versions_are_pinned_in_the_wrapper_modules():
     major, minor, _patch = (int(x) for x in versions["etcd"].lstrip("v").split("."))
     assert (major, minor) >= (3, 6) or (major, minor) == (3, 5)
     assert kube_build.kube_ldflags("v1.34.2").count("gitVersion=v1.34.2") == 2
+
+
+# -- the per-module cache ---------------------------------------------------------------------------------------------
+BINS = {"kubernetes": {"kubectl": "k8s.io/kubernetes/cmd/kubectl", "kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+        "cnpg": {"cnpg-manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"}}
+
+
+def test_a_current_module_is_reused_and_only_a_changed_one_is_rebuilt():
+    current = {"kubernetes": "k1", "cnpg": "c2"}
+    existing = {"kubectl", "kubelet", "cnpg-manager"}
+    assert not kube_build.stale_modules({"kubernetes": "k1", "cnpg": "c2"}, current, BINS, existing)
+    assert kube_build.stale_modules({"kubernetes": "k1", "cnpg": "c1"}, current, BINS, existing) == ["cnpg"]
+
+
+def test_a_new_module_is_built_without_rebuilding_the_others():
+    assert kube_build.stale_modules({"kubernetes": "k1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS,
+                                    {"kubectl", "kubelet"}) == ["cnpg"]
+
+
+def test_a_missing_binary_rebuilds_its_module():
+    assert kube_build.stale_modules({"kubernetes": "k1", "cnpg": "c1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS,
+                                    {"kubectl", "cnpg-manager"}) == ["kubernetes"]
+
+
+def test_module_fingerprints_follow_their_own_inputs_only():
+    ver = kube_build.versions()
+    prints = kube_build.fingerprints(ver)["modules"]
+    assert set(prints) == set(kube_build.BUILDS)
+    assert len(set(prints.values())) == len(prints)
+    assert prints["cnpg"] == kube_build.module_fingerprint("cnpg", ver)
+    # the CNPG pin enters the CNPG module's recipe (ldflags), not Kubernetes'
+    moved = dict(ver, **{"cloudnative-pg": "v1.30.1"})
+    assert kube_build.module_fingerprint("cnpg", moved) != prints["cnpg"]
+    assert kube_build.module_fingerprint("kubernetes", moved) == prints["kubernetes"]
+
+
+def test_a_cache_written_by_the_previous_kube_build_is_adopted_module_by_module():
+    ver = kube_build.versions()
+    legacy = kube_build._legacy_fingerprint(ver)  # pylint: disable=protected-access
+    recorded = kube_build.recorded_fingerprints({"fingerprint": legacy}, ver)
+    assert sorted(recorded) == sorted(kube_build.LEGACY_MODULES)
+    assert kube_build.stale_modules(recorded, kube_build.fingerprints(ver)["modules"], kube_build.BUILDS,
+                                    set(kube_build.BINARIES)) == ["kustomize", "cnpg", "barman-cloud"]
+    assert not kube_build.recorded_fingerprints({"fingerprint": "something else"}, ver)
+
+
+def _fake_cache(root, manifest):
+    """A cache dir whose files exist (empty) as a build leaves them; ``manifest`` as manifest.json."""
+    assets = kube_build._asset_paths(root)  # pylint: disable=protected-access
+    for path in [root / "bin" / name for name in kube_build.BINARIES] + assets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_cached_accepts_a_complete_current_cache_and_names_nothing_else(monkeypatch, tmp_path):
+    monkeypatch.setenv("HANZO_KMS_K8S_CACHE", str(tmp_path))
+    root = kube_build.cache_root()
+    prints = kube_build.fingerprints()
+    manifest = {"modules": {m: {"fingerprint": fp} for m, fp in prints["modules"].items()},
+                "assets": {"fingerprint": prints["assets"]}}
+    _fake_cache(root, manifest)
+    assert kube_build.cached(root) == manifest
+    assert kube.ensure_binaries()["manifests"] == root / "manifests"
+
+    (root / "bin" / "cnpg-manager").unlink()
+    assert kube_build.cached(root) is None
+    with pytest.raises(LabError, match="missing cnpg-manager"):
+        kube.ensure_binaries()
+
+    _fake_cache(root, dict(manifest, assets={"fingerprint": "rendered by other code"}))
+    assert kube_build.cached(root) is None
+
+
+def test_cnpg_reports_its_release_version_commit_and_date(tmp_path):
+    info = tmp_path / "v1.30.0.info"
+    info.write_text(json.dumps({"Version": "v1.30.0", "Time": "2026-06-29T16:35:18Z",
+                                "Origin": {"Hash": "4b5e244a7d031f67e025c83c1555e7726ecbbfa1"}}), encoding="utf-8")
+    origin = kube_build.module_origin({"Info": str(info)})
+    assert origin == {"commit": "4b5e244", "date": "2026-06-29"}
+    flags = kube_build.ldflags("cnpg", kube_build.versions(), origin)
+    assert "pkg/versions.buildVersion=1.30.0 " in flags and "buildCommit=4b5e244" in flags
+    assert kube_build.module_origin({"Info": str(tmp_path / "absent.info")}) == {"commit": "none", "date": "unknown"}
+
+
+def test_a_cnpg_pin_that_differs_from_its_wrapper_module_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(kube_build, "CNPG_VERSION", "v1.29.9")
+    with pytest.raises(LabError, match=r"tools/kube/cnpg/go.mod requires .* v1.30.0 but .* pins v1.29.9"):
+        kube_build.versions()
