@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ DEBIAN_SUITE = "bookworm"
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
                  "/usr/share/lintian/*")
 DPKG_INCLUDES = ("/usr/share/doc/*/copyright",)
+# How long the Debian package lists that decide whether a cached image is current are trusted before apt-get update
+INDEX_MAX_AGE = float(os.environ.get("HANZO_KMS_IMAGE_INDEX_MAX_AGE", 3600))
 
 
 def cache_dir():
@@ -58,6 +61,7 @@ class Debian:
     hooks: tuple = ()
     essential_hooks: tuple = ()
     suite: str = DEBIAN_SUITE
+    excludes: tuple = ()  # more dpkg path-exclude patterns (files of installed packages left out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +186,6 @@ def ensure_built(recipe, log=print, index=None):
             if recipe.debian:
                 record = _debootstrap(recipe, rootfs)
             recipe.fill(rootfs)
-        except LabError:
-            raise
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError(f"building the root filesystem of {recipe.name} failed: {exc}") from exc
         # one layer, no history of the scratch paths
@@ -221,7 +223,7 @@ def _debootstrap(recipe, rootfs):
     debian = recipe.debian
     argv = [mmdebstrap, "--mode=root", "--variant=minbase", "--format=directory", "--dpkgopt=force-unsafe-io",
             "--aptopt=Acquire::Languages \"none\"", "--include=" + ",".join(debian.packages)]
-    argv += [f"--dpkgopt=path-exclude={path}" for path in DPKG_EXCLUDES]
+    argv += [f"--dpkgopt=path-exclude={path}" for path in DPKG_EXCLUDES + debian.excludes]
     argv += [f"--dpkgopt=path-include={path}" for path in DPKG_INCLUDES]
     argv += [f"--essential-hook={hook}" for hook in debian.essential_hooks]
     argv += [f"--customize-hook={hook}" for hook in debian.hooks]
@@ -261,12 +263,19 @@ def parse_apt_policy(text):
 
 class DebianIndex:
     """The package lists of the apt sources a build used, kept in the image cache (never the host's apt state), to
-    ask which version a build today would install. Lists are refreshed once per process; when the archive cannot be
-    reached the last lists are used (and said so)."""
+    ask which version a build today would install. Lists older than ``max_age`` seconds are refreshed (at most once
+    per process); when the archive cannot be reached the last lists are used (and said so)."""
 
-    def __init__(self, log=print):
+    def __init__(self, log=print, max_age=INDEX_MAX_AGE):
         self.log = log
+        self.max_age = max_age
         self.refreshed = set()
+
+    def _fresh(self, root):
+        try:
+            return time.time() - (root / "updated").stat().st_mtime < self.max_age
+        except OSError:
+            return False
 
     def _apt_options(self, root):
         return ["-o", f"Dir::Etc::SourceList={root}/sources.list", "-o", f"Dir::Etc::SourceParts={root}/sources.d",
@@ -275,7 +284,7 @@ class DebianIndex:
 
     def candidates(self, sources, packages):
         root = cache_dir() / "apt-index" / hashlib.sha256(sources.encode()).hexdigest()[:12]
-        if root not in self.refreshed:
+        if root not in self.refreshed and not self._fresh(root):
             for sub in ("sources.d", "state/lists/partial", "cache/archives/partial"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             (root / "sources.list").write_text(sources, encoding="utf-8")
@@ -288,6 +297,8 @@ class DebianIndex:
                                    f"failed):\n{(proc.stderr or proc.stdout).strip()[-1500:]}")
                 self.log("warning: the Debian archive could not be reached; checking cached images against the "
                          "package lists of the last run")
+            else:
+                (root / "updated").touch()
             self.refreshed.add(root)
         out = _run(["apt-cache", *self._apt_options(root), "policy", *packages], "reading Debian candidate versions",
                    stdin=subprocess.DEVNULL)
@@ -319,19 +330,40 @@ class Containerd:
         return [self.ctr, "--address", self.address, "--namespace", self.namespace, *args]
 
     def image_names(self):
-        out = _run(self.ctr_argv("images", "list", "--quiet"), "listing containerd images")
-        return set(out.split())
+        return set(self.image_digests())
+
+    def image_digests(self):
+        """{name: digest of its manifest} of the images this containerd holds."""
+        out = _run(self.ctr_argv("images", "list"), "listing containerd images")
+        rows = [line.split() for line in out.splitlines()[1:]]
+        return {row[0]: row[2] for row in rows if len(row) > 2}
+
+
+def archive_digest(path):
+    """The manifest digest of the image in an OCI archive written by :func:`ensure`."""
+    with tarfile.open(path) as tar:
+        member = next((m for m in tar.getmembers() if m.name in ("index.json", "./index.json")), None)
+        if member is None:
+            raise LabError(f"{path} is not an OCI image layout (no index.json): delete it and build again")
+        return json.load(tar.extractfile(member))["manifests"][0]["digest"]
 
 
 def import_into(containerd, archives):
     """Import OCI archives ``{name: path}`` into ``containerd`` under exactly those names (the layout's ref name is
-    the tag, ``--base-name`` the repository; an import of an unchanged archive is cheap)."""
+    the tag, ``--base-name`` the repository). An image it already holds with the same manifest is not imported again
+    (a re-import reads and hashes the whole archive: seconds per image). Returns the names imported."""
+    present = containerd.image_digests()
+    imported = []
     for name, path in archives.items():
+        if present.get(name) == archive_digest(path):
+            continue
         _run(containerd.ctr_argv("images", "import", "--base-name", name.rsplit(":", 1)[0], str(path)),
              f"importing {name} into {containerd.address}")
+        imported.append(name)
     missing = set(archives) - containerd.image_names()
     if missing:
         raise LabError(f"containerd at {containerd.address} does not list {', '.join(sorted(missing))} after import")
+    return imported
 
 
 # -- base images ---------------------------------------------------------------------------------------------------
@@ -340,7 +372,8 @@ def _busybox_inputs():
         raise LabError(f"{BUSYBOX} is missing: install the Debian package busybox-static (make setup)")
     with open(BUSYBOX, "rb") as handle:
         if b"/ld-linux" in handle.read(8192):  # an ELF interpreter: Debian's dynamic busybox, useless in an image
-            raise LabError(f"{BUSYBOX} is dynamically linked: install the Debian package busybox-static instead of busybox")
+            raise LabError(f"{BUSYBOX} is dynamically linked: install the Debian package busybox-static instead of "
+                           "busybox")
     return {"busybox": file_digest(BUSYBOX), "revision": 1}
 
 
@@ -520,16 +553,19 @@ def postgres_recipe():
     pg_isready, pg_dump, du) on PATH, the en_US.UTF-8 locale as LANG, user postgres with UID 26 (CNPG's default
     postgresUID; the pod's GID 26 is Debian's group "tape", which no file of the image needs). No entrypoint: the
     operator runs its instance manager, copied into the pod by its bootstrap-controller init container. No
-    barman-cloud: the Barman Cloud plugin's sidecar archives WAL and takes base backups."""
+    barman-cloud: the Barman Cloud plugin's sidecar archives WAL and takes base backups. No JIT: LLVM (130 MB of
+    the 470) is left out, and PostgreSQL disables JIT when its provider library is absent."""
     debian = Debian(
         packages=("postgresql-15", "locales"),
+        excludes=("/usr/lib/*/libLLVM-14.so*", "/usr/lib/*/libz3.so*", "/usr/lib/postgresql/15/lib/llvmjit*",
+                  "/usr/lib/postgresql/15/lib/bitcode/*"),
         # no "main" cluster from postgresql-common's postinst: CNPG runs initdb itself
         essential_hooks=('mkdir -p "$1/etc/postgresql-common/createcluster.d" && '
                          'echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.d/lab.conf"',),
         hooks=('set -e; old=$(chroot "$1" id -u postgres); chroot "$1" usermod -u 26 postgres; '
                'find "$1" -xdev -uid "$old" -exec chown -h 26 {} +',
                'chroot "$1" localedef -i en_US -c -f UTF-8 en_US.UTF-8'))
-    return Recipe(name=POSTGRES_IMAGE, fill=lambda root: None, inputs={"revision": 1}, debian=debian,
+    return Recipe(name=POSTGRES_IMAGE, fill=lambda root: None, inputs={"revision": 2}, debian=debian,
                   user=str(POSTGRES_UID),
                   env=("PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                        "LANG=en_US.utf8", "PGDATA=/var/lib/postgresql/data/pgdata"))
@@ -571,8 +607,8 @@ def operator_recipe(name=None):
     /manager, working dir / (the bootstrap-controller init container runs ``/manager bootstrap /controller/manager``
     as the Cluster's postgres UID and copies ``manager`` relative to /), user 65532."""
     binary = lab_binary("cnpg-manager")
-    return Recipe(name=name or operator_image_names()["operator"], inputs={"revision": 1,
-                                                                            "cnpg-manager": file_digest(binary)},
+    return Recipe(name=name or operator_image_names()["operator"],
+                  inputs={"revision": 1, "cnpg-manager": file_digest(binary)},
                   fill=lambda root: _fill_static(
                       root, [(binary, f"/operator/manager_{GOARCH}", NONROOT_UID, NONROOT_UID, 0o755)],
                       symlinks=[("/manager", f"operator/manager_{GOARCH}")]),
@@ -582,8 +618,8 @@ def operator_recipe(name=None):
 def plugin_recipe(name=None):
     """The Barman Cloud plugin (Dockerfile.plugin: /manager, user 65532; the Deployment runs it as 10001)."""
     binary = lab_binary("barman-cloud-plugin")
-    return Recipe(name=name or operator_image_names()["plugin"], inputs={"revision": 1,
-                                                                          "barman-cloud-plugin": file_digest(binary)},
+    return Recipe(name=name or operator_image_names()["plugin"],
+                  inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
                   fill=lambda root: _fill_static(root, [(binary, "/manager", 0, 0, 0o755)]),
                   user=f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=("/manager",), workdir="/", env=(PATH_ENV,))
 
@@ -597,8 +633,8 @@ def sidecar_recipe(name=None):
     pins.pop("psycopg2", None)  # Debian's python3-psycopg2 (the venv sees the system's site-packages)
     debian = Debian(packages=("python3", "python3-venv", "python3-psycopg2", "ca-certificates"),
                     hooks=(_pip_hook("/venv", requirement, pins, system_site_packages=True),))
-    return Recipe(name=name or operator_image_names()["sidecar"], inputs={"revision": 1,
-                                                                           "barman-cloud-plugin": file_digest(binary)},
+    return Recipe(name=name or operator_image_names()["sidecar"],
+                  inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
                   fill=lambda root: _copy_files(root, [(binary, "/manager", 0, 0, 0o755)]), debian=debian,
                   user=f"{POSTGRES_UID}:{POSTGRES_UID}", entrypoint=("/manager",), workdir="/",
                   env=("PATH=/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",))
