@@ -7,11 +7,16 @@ an OCI image layout and stores it as ``<cache>/images/<slug>-<key>.tar``; ``key`
 warm cache reuses the archive and a changed input builds a new one. ``import_into(containerd, paths)`` makes images
 visible to a site's CRI (containerd namespace ``k8s.io``); nothing is ever pulled.
 
-    tar = images.ensure(images.PAUSE)
-    images.import_into(images.Containerd(ctr_path, socket), [tar])
+    recipe = images.pause_recipe()
+    images.import_into(images.Containerd(ctr_path, socket), {recipe.name: images.ensure(recipe)})
 
-Recipes that need Debian packages, PyPI wheels or the Go binaries of ``make k8s-bins`` live beside the two base
-images here (``pause``: the pod sandbox; ``busybox``: a shell for probes), built from Debian's ``busybox-static``.
+A recipe with a :class:`Debian` base starts from ``mmdebstrap --variant=minbase`` with its packages; the versions
+the build installed (``dpkg-query -W``) join its key, and a warm run reuses the archive only while the Debian archive
+still offers exactly those versions (:class:`DebianIndex`). PyPI packages are installed by pip inside the image's
+chroot with every version pinned; Go binaries come from ``make k8s-bins`` (:func:`lab_binary`).
+
+:func:`lab_recipes` lists every image the lab's pods use (docs/lab.md, "Images"); ``python -m tests.lab.images
+build [--import-into SOCKET]`` builds them and prints the time each took.
 """
 from __future__ import annotations
 
