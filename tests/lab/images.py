@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.lab.core import LabError, require_binary
+from tests.lab.core import LabError, pid_alive, require_binary
 
 FORMAT_VERSION = 2  # bump when the way images are packed changes: every cached archive is rebuilt
 BUSYBOX = "/bin/busybox"
@@ -178,7 +178,8 @@ def ensure_built(recipe, log=print, index=None):
     umoci = require_binary("umoci", "umoci")
     started = time.monotonic()
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"image-{recipe.slug()}-", dir=cache_dir()) as scratch:
+    remove_stale_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"image-{os.getpid()}-{recipe.slug()}-", dir=cache_dir()) as scratch:
         scratch = Path(scratch)
         layout, bundle = scratch / "layout", scratch / "bundle"
         ref = f"{layout}:{recipe.tag()}"  # the ref name in the layout's index: ctr names the image <repo>:<tag>
@@ -317,6 +318,16 @@ def debian_index():
     if not _INDEX:
         _INDEX.append(DebianIndex())
     return _INDEX[0]
+
+
+def remove_stale_scratch():
+    """Remove the scratch dirs of builds whose process is gone (a killed build; their mounts unmounted first)."""
+    from tests.lab.containerd import unmount_under  # pylint: disable=import-outside-toplevel
+    for scratch in cache_dir().glob("image-*"):
+        match = re.match(r"image-(\d+)-", scratch.name)
+        if scratch.is_dir() and match and not pid_alive(int(match.group(1))):
+            unmount_under(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def ensure_all(recipes, log=print):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -141,3 +142,12 @@ def test_warm_cache_is_reused_and_a_changed_input_rebuilds(cache, tmp_path):
     payload.write_text("two", encoding="ascii")
     changed, built = images.ensure_built(make(), log=lambda msg: None)
     assert built and changed != first
+
+
+def test_scratch_of_a_killed_build_is_removed(cache):
+    dead = cache / "image-999999999-postgresql-15-bookworm-x" / "bundle"
+    live = cache / f"image-{os.getpid()}-redis-7.0-bookworm-y"
+    dead.mkdir(parents=True)
+    live.mkdir()
+    images.remove_stale_scratch()
+    assert not dead.parent.exists() and live.is_dir()
