@@ -21,7 +21,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.lab.core import LabError, pid_alive, require_binary, wait_until
+from tests.lab.core import LabError, pid_alive, require_binary, unmount_under, wait_until
 from tests.lab.images import Containerd
 
 SANDBOX_IMAGE = "docker.io/hanzo-kms-lab/pause:1"
@@ -50,28 +50,6 @@ state = "{directory / 'state'}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 """
-
-
-def mounts_under(directory):
-    """Mount points at or below ``directory``, deepest first (the order to unmount them)."""
-    directory = os.path.realpath(directory)
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        for line in handle:
-            point = line.split()[4].replace("\\040", " ")
-            if point == directory or point.startswith(directory + "/"):
-                points.append(point)
-    return sorted(set(points), key=lambda p: (p.count("/"), p), reverse=True)
-
-
-def unmount_under(directory):
-    for point in mounts_under(directory):
-        proc = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:  # busy: detach it, it goes away with its last user
-            subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
-    left = mounts_under(directory)
-    if left:
-        raise LabError(f"could not unmount {', '.join(left)}")
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.lab.core import LabError, pid_alive, require_binary
+from tests.lab.core import LabError, pid_alive, require_binary, unmount_under
 
 FORMAT_VERSION = 2  # bump when the way images are packed changes: every cached archive is rebuilt
 BUSYBOX = "/bin/busybox"
@@ -322,7 +322,6 @@ def debian_index():
 
 def remove_stale_scratch():
     """Remove the scratch dirs of builds whose process is gone (a killed build; their mounts unmounted first)."""
-    from tests.lab.containerd import unmount_under  # pylint: disable=import-outside-toplevel
     for scratch in cache_dir().glob("image-*"):
         match = re.match(r"image-(\d+)-", scratch.name)
         if scratch.is_dir() and match and not pid_alive(int(match.group(1))):
