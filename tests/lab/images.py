@@ -210,7 +210,7 @@ def ensure_built(recipe, log=print, index=None):
         _run(config, f"{recipe.name}: umoci config")
         _run([umoci, "gc", "--layout", str(layout)], f"{recipe.name}: umoci gc")
         target = archive_path(recipe, record and record["packages"])
-        partial = target.with_suffix(".partial")
+        partial = scratch / "archive.tar"  # in the scratch dir: a killed build leaves no partial archive
         _run(["tar", "-C", str(layout), "-cf", str(partial), "."], f"{recipe.name}: packing the layout")
         partial.rename(target)
         if record:
