@@ -37,6 +37,7 @@ from typing import Callable
 from tests.lab.core import LabError, pid_alive, require_binary, unmount_under
 
 FORMAT_VERSION = 2  # bump when the way images are packed changes: every cached archive is rebuilt
+KEEP_ARCHIVES = 2  # archives kept per image name: the current one and the one before (another checkout's)
 BUSYBOX = "/bin/busybox"
 DEBIAN_SUITE = "bookworm"
 # Files mmdebstrap leaves out of every Debian-based image (documentation only; copyright files stay).
@@ -215,8 +216,19 @@ def ensure_built(recipe, log=print, index=None):
         partial.rename(target)
         if record:
             _record_path(recipe).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    prune(recipe)
     log(f"image {recipe.name} built in {time.monotonic() - started:.1f}s: {target}")
     return target, True
+
+
+def prune(recipe, keep=KEEP_ARCHIVES):
+    """Delete all but the ``keep`` newest archives (and Debian records) of ``recipe``'s image name."""
+    for suffix in (r"\.tar", r"\.debian\.json"):
+        pattern = re.compile(rf"{re.escape(recipe.slug())}-[0-9a-f]{{16}}{suffix}")
+        files = sorted((f for f in cache_dir().iterdir() if pattern.fullmatch(f.name)),
+                       key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in files[keep:]:
+            old.unlink(missing_ok=True)
 
 
 # -- Debian root filesystems -----------------------------------------------------------------------------------------

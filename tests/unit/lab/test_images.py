@@ -142,6 +142,9 @@ def test_warm_cache_is_reused_and_a_changed_input_rebuilds(cache, tmp_path):
     payload.write_text("two", encoding="ascii")
     changed, built = images.ensure_built(make(), log=lambda msg: None)
     assert built and changed != first
+    payload.write_text("three", encoding="ascii")
+    third, built = images.ensure_built(make(), log=lambda msg: None)
+    assert built and {p.name for p in cache.glob("*.tar")} == {changed.name, third.name}  # the oldest pruned
 
 
 def test_scratch_of_a_killed_build_is_removed(cache):
