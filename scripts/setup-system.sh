@@ -14,6 +14,8 @@ declare -A wanted=(
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [umoci]=umoci
   [mmdebstrap]=mmdebstrap
+  # images with pip inside (tests/lab/images.py): pip in the chroot trusts the host's CA bundle
+  [update-ca-certificates]=ca-certificates
   [busybox]=busybox-static
   [iptables]=iptables
   [ip]=iproute2

@@ -335,3 +335,27 @@ class Lab:
             if self.stop_process(proc):
                 stopped.append(proc["name"])
         return stopped
+
+
+# -- mounts (containerd, kubelet and image builds mount under their own directories) ------------------------------
+def mounts_under(directory):
+    """Mount points at or below ``directory``, deepest first (the order to unmount them)."""
+    directory = os.path.realpath(directory)
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[4].replace("\\040", " ")
+            if point == directory or point.startswith(directory + "/"):
+                points.append(point)
+    return sorted(set(points), key=lambda p: (p.count("/"), p), reverse=True)
+
+
+def unmount_under(directory):
+    """Unmount everything at or below ``directory`` (lazily when busy); LabError if a mount stays."""
+    for point in mounts_under(directory):
+        proc = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # busy: detach it, it goes away with its last user
+            subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
+    left = mounts_under(directory)
+    if left:
+        raise LabError(f"could not unmount {', '.join(left)}")
