@@ -30,18 +30,30 @@ NAMESPACE = "k8s.io"  # the CRI's namespace: images imported there are the ones 
 
 
 def config_text(directory, sandbox_image=SANDBOX_IMAGE, cni_conf_dir=None):
-    """containerd's config.toml for an instance living in ``directory``."""
+    """containerd's config.toml for an instance living in ``directory`` (the image tests' throwaway instance and each
+    site's real node use the same one)."""
     directory = Path(directory)
-    return f"""version = 2
+    return f'''version = 2
 root = "{directory / 'root'}"
 state = "{directory / 'state'}"
+# plugins this lab never uses (they only slow the start down or want host paths)
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{directory / 'containerd.sock'}"
 [ttrpc]
   address = "{directory / 'containerd.sock.ttrpc'}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{directory / 'opt'}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
+  # this machine cannot lower oom_score_adj (kubelet asks -998 for sandboxes): runc fails without it
   restrict_oom_score_adj = true
+  # pod network namespaces under the state dir, not /run/netns: down finds and unmounts them with the lab dir
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{cni_conf_dir or directory / 'cni'}"
@@ -49,7 +61,9 @@ state = "{directory / 'state'}"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-"""
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{directory / 'runc'}"
+'''
 
 
 @dataclasses.dataclass

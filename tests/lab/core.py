@@ -351,11 +351,16 @@ def mounts_under(directory):
 
 
 def unmount_under(directory):
-    """Unmount everything at or below ``directory`` (lazily when busy); LabError if a mount stays."""
-    for point in mounts_under(directory):
-        proc = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:  # busy: detach it, it goes away with its last user
-            subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
+    """Unmount everything at or below ``directory`` (lazily when busy; a few rounds, since unmounting a parent can
+    uncover mounts below it); LabError if a mount stays."""
+    for _round in range(5):
+        points = mounts_under(directory)
+        if not points:
+            return
+        for point in points:
+            proc = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
+            if proc.returncode != 0:  # busy: detach it, it goes away with its last user
+                subprocess.run(["umount", "-l", point], capture_output=True, text=True, check=False)
     left = mounts_under(directory)
     if left:
         raise LabError(f"could not unmount {', '.join(left)}")

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import images
-from tests.lab.core import NETNS_RUN_DIR, LabError, pid_alive, require_binary, wait_until
+from tests.lab import containerd, images
+from tests.lab.core import NETNS_RUN_DIR, LabError, mounts_under, pid_alive, require_binary, unmount_under, wait_until
 
 SITE_NET = ipaddress.ip_network("10.250.0.0/16")   # a /24 per lab (slot), a /30 per site
 POD_NET = ipaddress.ip_network("10.244.0.0/16")    # a /23 per lab, a /24 per site
 SLOTS = 128
-CNI_BIN_DIR = "/usr/lib/cni"                        # Debian's containernetworking-plugins
 CNI_RESULTS_DIR = "/var/lib/cni/results"            # libcni's cache (not configurable in containerd 1.6)
 CONTAINER_LOG_LINKS = "/var/log/containers"         # kubelet's legacy log symlinks (hard-coded in kubelet)
 KUBELET_DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"  # kubelet's device-plugin socket (hard-coded too)
@@ -176,37 +175,7 @@ def _containerd_config(directory, net, sandbox_image):
                   "dataDir": str(directory / "ipam")}},
         {"type": "portmap", "capabilities": {"portMappings": True}}]}
     (cni_dir / "10-lab.conflist").write_text(json.dumps(conflist, indent=2) + "\n", encoding="utf-8")
-    config = f'''version = 2
-root = "{directory / 'root'}"
-state = "{directory / 'state'}"
-# plugins this lab never uses (they only slow the start down or want host paths)
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{directory / 'containerd.sock'}"
-[ttrpc]
-  address = "{directory / 'containerd.sock.ttrpc'}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{directory / 'opt'}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
-  # this machine cannot lower oom_score_adj (kubelet asks -998 for sandboxes): runc fails without it
-  restrict_oom_score_adj = true
-  # pod network namespaces under the state dir, not /run/netns: down finds and unmounts them with the lab dir
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni_dir}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{directory / 'runc'}"
-'''
+    config = containerd.config_text(directory, sandbox_image, cni_dir)
     path = directory / "config.toml"
     path.write_text(config, encoding="utf-8")
     return path
@@ -488,28 +457,6 @@ def _kill_containers(lab_dir):
                 _run([runc, "--root", root, "delete", "--force", container.name], "runc delete", check=False)
 
 
-def _lab_mounts(lab_dir):
-    mounts = []
-    with open("/proc/mounts", encoding="utf-8") as handle:
-        for line in handle:
-            point = line.split()[1].encode().decode("unicode_escape")
-            if _under(point, lab_dir):
-                mounts.append(point)
-    return mounts
-
-
-def _unmount_all(lab_dir):
-    for _attempt in range(5):
-        mounts = _lab_mounts(lab_dir)
-        if not mounts:
-            return
-        for point in sorted(set(mounts), key=len, reverse=True):  # deepest first
-            _run(["umount", "-l", point], f"unmounting {point}", check=False)
-    left = _lab_mounts(lab_dir)
-    if left:
-        raise LabError(f"cannot unmount {', '.join(left[:5])} (still mounted under the lab dir)")
-
-
 def stop_pods(lab, state):
     """Before the processes stop: stop kubelet (it would restart containers), then have containerd kill and delete
     every task, so the shims exit and remove their sockets (they outlive containerd otherwise)."""
@@ -553,7 +500,7 @@ def teardown(lab_dir, sites=("dc1", "dc2")):
     for socket_path in _shim_sockets(lab_dir):
         with contextlib.suppress(OSError):
             os.unlink(socket_path)
-    _unmount_all(lab_dir)
+    unmount_under(lab_dir)
     for site in sites:
         net = names(lab_dir, site)
         _delete_network(net["netns"], net["veth"])
@@ -606,7 +553,7 @@ def leftovers(lab_dir, sites=("dc1", "dc2")):
     """What of the lab's nodes still exists on the host (for tests and ``down``): [] when clean."""
     lab_dir = str(Path(lab_dir).resolve())
     found = [f"process {pid}" for pid in _lab_pids(lab_dir)]
-    found += [f"mount {point}" for point in _lab_mounts(lab_dir)]
+    found += [f"mount {point}" for point in mounts_under(lab_dir)]
     found += [f"shim socket {path}" for path in _shim_sockets(lab_dir)]
     found += [f"CNI cache file {path}" for path in _cni_cache_files(lab_dir, sites)]
     for site in sites:
