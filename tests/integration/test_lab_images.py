@@ -160,7 +160,7 @@ def test_kms_standin_serves_with_postgres_and_redis_of_the_lab_images(tasks):
     status, headers, body = wait_until(healthy, 60, "the KMS stand-in's /api/status to answer 200")
     assert body["message"] == "Ok" and headers["X-KMS-Site"] == "dc9" and status == 200
     assert _http(f"{base}/api/v3/secrets/raw/lab", {"secretValue": "s3cret"})[0] == 200
-    status, _, body = _http(f"{base}/api/v3/secrets/raw/lab")
+    status, _headers, body = _http(f"{base}/api/v3/secrets/raw/lab")
     assert status == 200 and body["secret"]["secretValue"] == "s3cret"
 
 
