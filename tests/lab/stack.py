@@ -78,18 +78,33 @@ def healthy(lab):
     return all(row[1] for row in status(lab))
 
 
+def cnpg_mode():
+    """How this lab runs CloudNativePG: HANZO_KMS_LAB_CNPG (``standin``, the default, or ``operator``)."""
+    mode = os.environ.get("HANZO_KMS_LAB_CNPG") or "standin"
+    if mode not in ("standin", "operator"):
+        raise LabError(f"HANZO_KMS_LAB_CNPG={mode!r}: use 'standin' (default) or 'operator'")
+    return mode
+
+
 def up(lab, log=print):
-    """Start every service; idempotent. Returns the state. On failure nothing is left running."""
+    """Start every service; idempotent. Returns the state. On failure nothing is left running.
+    HANZO_KMS_LAB_CNPG=operator starts the lab for the real CNPG operator (recorded as ``state["cnpg"]``); a lab
+    that runs in the other mode is restarted."""
+    mode = cnpg_mode()
     if lab.load() is not None:
         try:
-            if healthy(lab):
+            running = lab.state.get("cnpg", {}).get("mode", "standin")
+            if running != mode:
+                log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
+            elif healthy(lab):
                 log(f"lab already up in {lab.dir}")
                 return lab.state
+            else:
+                raise LabError("unhealthy")
         except (KeyError, LabError):
-            pass
-        dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
-        log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
-            "stopping what remains and starting afresh")
+            dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
+            log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: "
+                f"{', '.join(dead) or 'none'}); stopping what remains and starting afresh")
         down(lab, log=lambda _msg: None)
     elif lab.dir.exists() and any(lab.dir.iterdir()):
         _wipe(lab)
@@ -97,7 +112,8 @@ def up(lab, log=print):
     lab.dir.mkdir(parents=True, exist_ok=True)
     lab.dir.chmod(0o755)  # PostgreSQL runs as 'postgres' and must reach its data dir below this one
     (lab.dir / MARKER).touch()
-    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {}}
+    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {},
+                 "cnpg": {"mode": mode}}
     lab.save()
     try:
         lab.state["s3"] = s3.up(lab)
@@ -114,7 +130,7 @@ def up(lab, log=print):
         kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
-                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"])
+                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode)
                 lab.save()
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
