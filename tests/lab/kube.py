@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import kube_build, node
+from tests.lab import dns as site_dns, kube_build, node
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -476,7 +476,10 @@ def up(lab, site, index, s3=None, cnpg="standin"):
     mark("containerd")
     # the operator's images (≈ 17 s per fresh containerd) are imported while the rest of the site starts
     importing = _Background(node.import_images, entry["containerd"], operator_archives) if operator else None
-    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn, tainted=not operator))
+    if operator:  # cluster DNS before kubelet, so that the first pods already get it (see tests/lab/dns.py)
+        entry["dns"] = site_dns.start(lab, site, net, str(kubeconfig), site, bins["coredns"], spawn)
+    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn, tainted=not operator,
+                                            cluster_dns=entry["dns"]["server"] if operator else None))
 
     admin_kc = str(kubeconfig)
     spawn("kube-controller-manager", [
@@ -509,6 +512,8 @@ def up(lab, site, index, s3=None, cnpg="standin"):
     wait_until(lambda: _crds_established(api, crd_names), START_TIMEOUT, f"{site} CNPG CRDs to be Established")
     mark("crds")
     if operator:
+        site_dns.wait_ready(lab, site, entry["dns"], service_ip)
+        mark("dns")
         # the real webhooks validate Clusters once roles/cnpg installs the operator: the policies (same wording)
         # would answer first and hide whether the webhook does
         entry["volumes"] = _volumes(api, kube_dir, node_name)

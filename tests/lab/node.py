@@ -235,9 +235,11 @@ def containerd_ready(lab, site, entry, archives):
 
 
 # -- kubelet and kube-proxy --------------------------------------------------------------------------------------
-def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True):
+def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True, cluster_dns=None):
     """Write kubelet's and kube-proxy's configs and start both in the site's namespace. ``tainted``: the node
-    registers with REAL_TAINT (the default lab; operator mode taints the kwok nodes instead)."""
+    registers with REAL_TAINT (the default lab; operator mode taints the kwok nodes instead). ``cluster_dns``: the
+    address of the site's cluster DNS (tests/lab/dns.py, operator mode), given to pods with ``dnsPolicy:
+    ClusterFirst``; without it pods get no resolver."""
     # pylint: disable=too-many-locals
     directory = Path(kube_entry["dir"]).parent / "node"
     directory.mkdir(parents=True, exist_ok=True)
@@ -254,8 +256,9 @@ def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True):
         "containerRuntimeEndpoint": f"unix://{kube_entry['containerd']['address']}",
         # this machine: cgroup v1 with no systemd delegation, and a process that cannot set up QoS cgroups
         "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [], "failSwapOn": False,
-        "resolvConf": "",  # no cluster DNS yet: pods get no resolver (service names do not resolve)
+        "resolvConf": "",  # no upstream resolver: only the cluster domain resolves (and only with cluster_dns)
         "clusterDomain": "cluster.local",
+        **({"clusterDNS": [cluster_dns]} if cluster_dns else {}),
         "podLogsDir": str(directory / "pod-logs"),
         # images cannot be pulled again once garbage-collected, and a shared disk must not evict the lab's pods
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
