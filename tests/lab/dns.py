@@ -41,6 +41,7 @@ def corefile(node_ip, kubeconfig, context):
 
 def start(lab, site, net, kubeconfig, context, binary, spawn):
     """Write the Corefile and start CoreDNS in the site's namespace; return the site's ``dns`` state entry."""
+    # pylint: disable=too-many-arguments,too-many-positional-arguments
     directory = lab.path(site, "dns", "x").parent
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "Corefile"
@@ -52,6 +53,7 @@ def start(lab, site, net, kubeconfig, context, binary, spawn):
 def query_a(server, name, port=53, timeout=2.0):
     """Addresses of an A query for ``name`` (a plain UDP query; [] for NXDOMAIN or no answer). OSError when the
     server does not answer."""
+    # pylint: disable=too-many-locals
     ident = random.randrange(1 << 16)
     question = b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
     packet = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)

@@ -15,6 +15,7 @@ Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here dow
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import os
@@ -22,7 +23,6 @@ import secrets
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -350,27 +350,6 @@ def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
     return names
 
 
-class _Background:
-    """Runs one function in a thread; ``join()`` returns its result or raises its exception."""
-
-    def __init__(self, function, *args):
-        self.result, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(function, *args), daemon=True)
-        self.thread.start()
-
-    def _run(self, function, *args):
-        try:
-            self.result = function(*args)
-        except BaseException as exc:  # pylint: disable=broad-exception-caught  # re-raised by join()
-            self.error = exc
-
-    def join(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
 def kubectl_runner(bins, kubeconfig):
     """A function running the built kubectl against ``kubeconfig``; returns the CompletedProcess."""
     def run(*args, timeout=60):
@@ -475,7 +454,8 @@ def up(lab, site, index, s3=None, cnpg="standin"):
     node.containerd_ready(lab, site, entry["containerd"], archives)
     mark("containerd")
     # the operator's images (≈ 17 s per fresh containerd) are imported while the rest of the site starts
-    importing = _Background(node.import_images, entry["containerd"], operator_archives) if operator else None
+    importer = concurrent.futures.ThreadPoolExecutor(max_workers=1) if operator else None
+    importing = importer.submit(node.import_images, entry["containerd"], operator_archives) if operator else None
     if operator:  # cluster DNS before kubelet, so that the first pods already get it (see tests/lab/dns.py)
         entry["dns"] = site_dns.start(lab, site, net, str(kubeconfig), site, bins["coredns"], spawn)
     entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn, tainted=not operator,
@@ -547,7 +527,8 @@ def up(lab, site, index, s3=None, cnpg="standin"):
         api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint")), 1)
     mark("probe_pod_checked")
     if importing is not None:
-        entry["operator_images"] = {"imported": importing.join(), "all": sorted(operator_archives)}
+        entry["operator_images"] = {"imported": importing.result(), "all": sorted(operator_archives)}
+        importer.shutdown()
         mark("operator_images")
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings

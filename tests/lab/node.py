@@ -190,9 +190,9 @@ def base_images(log=print):
 def operator_images(log=print):
     """{name: OCI archive} of the images the real CNPG operator needs on a node (operator mode): the operator (also
     the instance pods' bootstrap container), the Barman Cloud plugin and its sidecar, and the PostgreSQL operand."""
-    names = images.operator_image_names()
-    return images.ensure_all([images.operator_recipe(names["operator"]), images.plugin_recipe(names["plugin"]),
-                              images.sidecar_recipe(names["sidecar"]), images.postgres_recipe()], log=log)
+    pinned = images.operator_image_names()
+    return images.ensure_all([images.operator_recipe(pinned["operator"]), images.plugin_recipe(pinned["plugin"]),
+                              images.sidecar_recipe(pinned["sidecar"]), images.postgres_recipe()], log=log)
 
 
 def import_images(entry, archives):
@@ -240,7 +240,7 @@ def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True, cluster
     registers with REAL_TAINT (the default lab; operator mode taints the kwok nodes instead). ``cluster_dns``: the
     address of the site's cluster DNS (tests/lab/dns.py, operator mode), given to pods with ``dnsPolicy:
     ClusterFirst``; without it pods get no resolver."""
-    # pylint: disable=too-many-locals
+    # pylint: disable=too-many-locals,too-many-arguments,too-many-positional-arguments
     directory = Path(kube_entry["dir"]).parent / "node"
     directory.mkdir(parents=True, exist_ok=True)
     node_name = kube_entry["node"]["name"]
