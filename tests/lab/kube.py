@@ -4,9 +4,10 @@ Per site, inside the site's network namespace (tests/lab/node.py): etcd + kube-a
 static-token authentication, RBAC; at ``https://<node IP>:6443``) + kube-controller-manager + kube-scheduler + kwok
 (only its fake nodes; their pods become Running/Ready, Jobs complete) + containerd, kubelet and kube-proxy (the real
 node ``<site>-real``, proven by a probe pod during ``up``); on the host, the CloudNativePG operator stand-in
-(tests/lab/cnpg_standin.py), or, in operator mode (``cnpg="operator"``, HANZO_KMS_LAB_CNPG), CoreDNS in the namespace,
-hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs (docs/lab.md). The CNPG / Barman Cloud CRDs and the
-ValidatingAdmissionPolicies that carry CNPG's webhook rules (tests/lab/kube/cnpg-policies.yaml) are installed.
+(tests/lab/cnpg_standin.py), or, in operator mode (``cnpg="operator"``, HANZO_KMS_LAB_CNPG), CoreDNS in the
+namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The CNPG /
+Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
+(tests/lab/kube/cnpg-policies.yaml) are installed.
 Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
 
     entry = kube.up(lab, "dc1", 0, s3=lab.state["s3"])   # state["sites"]["dc1"]["kube"]
@@ -359,13 +360,19 @@ def kubectl_runner(bins, kubeconfig):
     return run
 
 
-def up(lab, site, index, s3=None, cnpg="standin"):
+_PENDING_IMPORTS = {}  # kube dir -> (executor, future, site start) of an operator-mode image import still running
+
+
+def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
     """Start one site's network namespace, control plane and real node, run the probe pod; return the site's
     state entry (see module docstring). ``s3``: the lab's S3 entry, so pods get an endpoint they can reach.
     ``cnpg``: one of CNPG_MODES; "operator" leaves out the stand-in and the admission policies (the real operator's
     webhooks replace them once roles/cnpg installs it), imports the operator's images, untaints the real node and
-    taints the kwok nodes instead, and adds hostPath volumes (``_volumes``)."""
-    # pylint: disable=too-many-locals,too-many-statements,too-many-branches
+    taints the kwok nodes instead, and adds hostPath volumes (``_volumes``) and cluster DNS (tests/lab/dns.py).
+    ``defer_images``: return while the operator's images are still being imported; ``finish_images(entry)`` waits
+    (so one site's import overlaps the next site's start)."""
+    # pylint: disable=too-many-locals,too-many-statements,too-many-branches,too-many-arguments
+    # pylint: disable=too-many-positional-arguments
     if cnpg not in CNPG_MODES:
         raise LabError(f"unknown CNPG mode {cnpg!r} (HANZO_KMS_LAB_CNPG): use one of {', '.join(CNPG_MODES)}")
     operator = cnpg == "operator"
@@ -527,13 +534,28 @@ def up(lab, site, index, s3=None, cnpg="standin"):
     timings["probe_pod_running"] = round(timings["real_node_ready"] + node.run_probe(
         api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint")), 1)
     mark("probe_pod_checked")
-    if importing is not None:
-        entry["operator_images"] = {"imported": importing.result(), "all": sorted(operator_archives)}
-        importer.shutdown()
-        mark("operator_images")
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings
     entry["crds"] = sorted(crd_names)
+    if importing is not None:
+        entry["operator_images"] = {"all": sorted(operator_archives)}
+        _PENDING_IMPORTS[entry["dir"]] = (importer, importing, started)
+        if not defer_images:
+            finish_images(entry)
+    return entry
+
+
+def finish_images(entry):
+    """Wait for a site's deferred image import (operator mode); records what was imported and when it ended."""
+    pending = _PENDING_IMPORTS.pop(entry["dir"], None)
+    if pending is None:
+        return entry
+    importer, importing, started = pending
+    try:
+        entry["operator_images"]["imported"] = importing.result()
+    finally:
+        importer.shutdown()
+    entry["start_seconds"]["operator_images"] = round(time.monotonic() - started, 1)
     return entry
 
 

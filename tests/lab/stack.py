@@ -86,25 +86,32 @@ def cnpg_mode():
     return mode
 
 
+def _reusable(lab, mode, log):
+    """True when the loaded lab is healthy and runs CNPG in ``mode``; otherwise says why it is restarted."""
+    try:
+        running = lab.state.get("cnpg", {}).get("mode", "standin")
+        if running != mode:
+            log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
+            return False
+        if healthy(lab):
+            return True
+    except (KeyError, LabError):
+        pass
+    dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
+    log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
+        "stopping what remains and starting afresh")
+    return False
+
+
 def up(lab, log=print):
     """Start every service; idempotent. Returns the state. On failure nothing is left running.
     HANZO_KMS_LAB_CNPG=operator starts the lab for the real CNPG operator (recorded as ``state["cnpg"]``); a lab
     that runs in the other mode is restarted."""
     mode = cnpg_mode()
     if lab.load() is not None:
-        try:
-            running = lab.state.get("cnpg", {}).get("mode", "standin")
-            if running != mode:
-                log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
-            elif healthy(lab):
-                log(f"lab already up in {lab.dir}")
-                return lab.state
-            else:
-                raise LabError("unhealthy")
-        except (KeyError, LabError):
-            dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
-            log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: "
-                f"{', '.join(dead) or 'none'}); stopping what remains and starting afresh")
+        if _reusable(lab, mode, log):
+            log(f"lab already up in {lab.dir}")
+            return lab.state
         down(lab, log=lambda _msg: None)
     elif lab.dir.exists() and any(lab.dir.iterdir()):
         _wipe(lab)
@@ -130,8 +137,10 @@ def up(lab, log=print):
         kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
-                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode)
+                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True)
                 lab.save()
+            for site in SITES:  # operator mode: each site's images were imported while the next one started
+                kube.finish_images(sites[site]["kube"])
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
     except BaseException:
