@@ -5,8 +5,8 @@ static-token authentication, RBAC; at ``https://<node IP>:6443``) + kube-control
 (only its fake nodes; their pods become Running/Ready, Jobs complete) + containerd, kubelet and kube-proxy (the real
 node ``<site>-real``, proven by a probe pod during ``up``); on the host, the CloudNativePG operator stand-in
 (tests/lab/cnpg_standin.py), or, in operator mode (``cnpg="operator"``, HANZO_KMS_LAB_CNPG), CoreDNS in the
-namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The CNPG /
-Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
+namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The
+CNPG / Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
 (tests/lab/kube/cnpg-policies.yaml) are installed.
 Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
 
