@@ -248,9 +248,9 @@ def _handshake(port, cafile, certfile, keyfile):
 
 def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # pylint: disable=redefined-outer-name
     need = cnpg_plugin_tls.plugin_tls_requirements(build["plugin"])
-    ca_cert, ca_key = cnpg_plugin_tls.lab_ca()
-    server, client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)
-    other_client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"], ca_cert, ca_key)[1]
+    # self-signed, as roles/cnpg makes them (the operator's Go client needs it; see cnpg_plugin_tls.plugin_tls_secrets)
+    server, client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"])
+    other_client = cnpg_plugin_tls.plugin_tls_secrets(build["plugin"])[1]
     deployment = next(d for d in build["plugin"] if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     with tempfile.TemporaryDirectory(prefix="barman-cloud-plugin-") as tmp:
@@ -280,7 +280,7 @@ def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # 
                                          tmp / "client" / "tls.key")
             assert selected == "h2" and frame[3] == 0x4, (selected, frame)
 
-            # a client certificate of the same CA that is not the client Secret's is refused: the plugin pins it
+            # another client certificate (same name, same shape) that is not the client Secret's is refused: pinned
             _write_secret(tmp / "other", other_client)
             try:
                 refused = _handshake(port, tmp / "server" / "tls.crt", tmp / "other" / "tls.crt",

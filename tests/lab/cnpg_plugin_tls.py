@@ -60,13 +60,16 @@ def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    if ca_cert_pem is None:  # self-signed: the certificate is its own issuer
+        issuer, ca_key = subject, key
+    else:
+        issuer = x509.load_pem_x509_certificate(ca_cert_pem).subject
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .subject_name(subject).issuer_name(issuer).public_key(key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now)
                .not_valid_after(now + datetime.timedelta(days=TLS_DAYS))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -131,21 +134,24 @@ def plugin_tls_requirements(plugin_docs):
 
 
 def plugin_tls_secrets(plugin_docs, ca_cert_pem=None, ca_key_pem=None):
-    """The plugin's two ``kubernetes.io/tls`` Secrets (server and client), signed by a lab CA.
+    """The plugin's two ``kubernetes.io/tls`` Secrets (server and client), as roles/cnpg creates them (the collection's
+    source of this knowledge: roles/cnpg/tasks/plugin_tls.yml; this copy serves the tests that run the plugin binary
+    without Ansible).
 
     Replaces the manifest's cert-manager Issuer/Certificates: the server certificate carries the Service's names
-    (the TLS server name CNPG checks, and the in-cluster FQDNs), the client certificate ``client auth`` only. Each
-    ``tls.crt`` holds the leaf alone: both sides pin it (CNPG's RootCAs and the plugin's ClientCAs are built from that
-    file), so another certificate of the same CA is not accepted. ``ca.crt`` is the CA, as cert-manager writes it.
-    A new CA is made when none is given. Apply them in the plugin's namespace before (or with) the Deployment.
+    (the TLS server name CNPG checks, and the in-cluster FQDNs), the client certificate ``client auth`` only. Each is
+    **self-signed**, as upstream's selfSigned Issuer makes them: the plugin's client CA pool is the client Secret's
+    ``tls.crt``, so its CertificateRequest names that certificate's subject, and the operator's Go TLS client sends its
+    certificate only when the certificate's issuer is one of the names asked for; a leaf signed by a separate CA is
+    never sent ("tls: certificate required", seen with the real operator). ``ca.crt`` is the certificate itself, as
+    cert-manager writes it for a self-signed certificate. With ``ca_cert_pem``/``ca_key_pem`` the leaves are signed by
+    that CA instead (only for tests of that failure). Apply them in the plugin's namespace before the Deployment.
     """
-    if ca_cert_pem is None or ca_key_pem is None:
-        ca_cert_pem, ca_key_pem = lab_ca()
     need = plugin_tls_requirements(plugin_docs)
     server_cert, server_key = _leaf(ca_cert_pem, ca_key_pem, need["service"], need["server_dns_names"], server=True)
     client_cert, client_key = _leaf(ca_cert_pem, ca_key_pem, f"{need['service']}-client", [], server=False)
-    return [_tls_secret(need["server_secret"], need["namespace"], server_cert, server_key, ca_cert_pem),
-            _tls_secret(need["client_secret"], need["namespace"], client_cert, client_key, ca_cert_pem)]
+    return [_tls_secret(need["server_secret"], need["namespace"], server_cert, server_key, ca_cert_pem or server_cert),
+            _tls_secret(need["client_secret"], need["namespace"], client_cert, client_key, ca_cert_pem or client_cert)]
 
 
 def create_plugin_tls_secrets(api, plugin_docs, ca_cert_pem=None, ca_key_pem=None):

@@ -4,8 +4,10 @@ Per site, inside the site's network namespace (tests/lab/node.py): etcd + kube-a
 static-token authentication, RBAC; at ``https://<node IP>:6443``) + kube-controller-manager + kube-scheduler + kwok
 (only its fake nodes; their pods become Running/Ready, Jobs complete) + containerd, kubelet and kube-proxy (the real
 node ``<site>-real``, proven by a probe pod during ``up``); on the host, the CloudNativePG operator stand-in
-(tests/lab/cnpg_standin.py). The CNPG / Barman Cloud CRDs and the
-ValidatingAdmissionPolicies that carry CNPG's webhook rules (tests/lab/kube/cnpg-policies.yaml) are installed.
+(tests/lab/cnpg_standin.py), or, in operator mode (``cnpg="operator"``, HANZO_KMS_LAB_CNPG), CoreDNS in the
+namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The
+CNPG / Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
+(tests/lab/kube/cnpg-policies.yaml) are installed.
 Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
 
     entry = kube.up(lab, "dc1", 0, s3=lab.state["s3"])   # state["sites"]["dc1"]["kube"]
@@ -15,6 +17,7 @@ Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here dow
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import os
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import kube_build, node
+from tests.lab import dns as site_dns, kube_build, node
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -39,6 +42,15 @@ NODES_PER_SITE = 3
 START_TIMEOUT = float(os.environ.get("HANZO_KMS_KUBE_START_TIMEOUT", "60"))
 FIELD_MANAGER = "hanzo-kms-lab"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_TAINT = {"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
+# How the lab runs CloudNativePG (HANZO_KMS_LAB_CNPG, recorded in the state as ``cnpg``):
+# "standin": tests/lab/cnpg_standin.py writes Cluster status, PostgreSQL runs on the host (the default, every test);
+# "operator": nothing pretends: the real operator (installed by roles/cnpg) runs in pods on the real node.
+CNPG_MODES = ("standin", "operator")
+STORAGE_CLASS = "lab-hostpath"
+VOLUMES_PER_SITE = int(os.environ.get("HANZO_KMS_LAB_VOLUMES", "6"))
+VOLUME_SIZE = "10Gi"
+POSTGRES_UID = 26  # CNPG's default postgresUID/postgresGID, the lab's PostgreSQL image's user
 
 
 # -- binaries ------------------------------------------------------------------------------------------------------
@@ -183,7 +195,9 @@ _PLURALS = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresou
             "ValidatingAdmissionPolicy": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
             "ValidatingAdmissionPolicyBinding": ("admissionregistration.k8s.io/v1",
                                                  "validatingadmissionpolicybindings", False),
-            "Node": ("v1", "nodes", False), "Namespace": ("v1", "namespaces", False)}
+            "Node": ("v1", "nodes", False), "Namespace": ("v1", "namespaces", False),
+            "StorageClass": ("storage.k8s.io/v1", "storageclasses", False),
+            "PersistentVolume": ("v1", "persistentvolumes", False)}
 
 
 def _object_path(obj):
@@ -247,7 +261,9 @@ def _kwok_config(kube_dir, stages_dir):
     return path
 
 
-def _node(site, index):
+def _node(site, index, taint=False):
+    """A kwok node; ``taint``: with kwok's own taint (``kwok.x-k8s.io/node=fake:NoSchedule``), so that only pods that
+    tolerate it land on the fake nodes (operator mode: everything else runs on the real node)."""
     name = f"{site}-node-{index + 1}"
     zone = ZONES[index % len(ZONES)]
     return {"apiVersion": "v1", "kind": "Node",
@@ -255,7 +271,7 @@ def _node(site, index):
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok",
                                     "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": site}},
-            "spec": {},
+            "spec": {"taints": [KWOK_TAINT]} if taint else {},
             "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                        "nodeInfo": {"architecture": "amd64", "kubeletVersion": "fake", "kubeProxyVersion": "fake",
@@ -308,6 +324,34 @@ def _component_kubeconfig(path, server, ca, cert, key, user):
     return path
 
 
+def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
+    """Operator mode: storage for PostgreSQL without a provisioner. A no-provisioner StorageClass (the default class,
+    ``WaitForFirstConsumer``) and ``count`` hostPath PersistentVolumes bound to the real node, each a directory under
+    the lab dir owned by PostgreSQL's UID: ``lab down`` removes them with the dir, nothing lives elsewhere on the host.
+    Returns the PV names."""
+    api.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": STORAGE_CLASS,
+                            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+               "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
+               "reclaimPolicy": "Retain"})
+    names = []
+    for number in range(1, count + 1):
+        path = Path(kube_dir).parent / "volumes" / f"pv-{number}"
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, POSTGRES_UID, POSTGRES_UID)
+        path.chmod(0o700)
+        name = f"{node_name}-pv-{number}"
+        api.apply({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+                   "spec": {"capacity": {"storage": VOLUME_SIZE}, "accessModes": ["ReadWriteOnce"],
+                            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
+                            "volumeMode": "Filesystem", "hostPath": {"path": str(path), "type": "Directory"},
+                            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}]}}}})
+        names.append(name)
+    return names
+
+
 def kubectl_runner(bins, kubeconfig):
     """A function running the built kubectl against ``kubeconfig``; returns the CompletedProcess."""
     def run(*args, timeout=60):
@@ -316,12 +360,25 @@ def kubectl_runner(bins, kubeconfig):
     return run
 
 
-def up(lab, site, index, s3=None):
+_PENDING_IMPORTS = {}  # kube dir -> (executor, future, site start) of an operator-mode image import still running
+
+
+def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
     """Start one site's network namespace, control plane and real node, run the probe pod; return the site's
-    state entry (see module docstring). ``s3``: the lab's S3 entry, so pods get an endpoint they can reach."""
-    # pylint: disable=too-many-locals,too-many-statements
+    state entry (see module docstring). ``s3``: the lab's S3 entry, so pods get an endpoint they can reach.
+    ``cnpg``: one of CNPG_MODES; "operator" leaves out the stand-in and the admission policies (the real operator's
+    webhooks replace them once roles/cnpg installs it), imports the operator's images, untaints the real node and
+    taints the kwok nodes instead, and adds hostPath volumes (``_volumes``) and cluster DNS (tests/lab/dns.py).
+    ``defer_images``: return while the operator's images are still being imported; ``finish_images(entry)`` waits
+    (so one site's import overlaps the next site's start)."""
+    # pylint: disable=too-many-locals,too-many-statements,too-many-branches,too-many-arguments
+    # pylint: disable=too-many-positional-arguments
+    if cnpg not in CNPG_MODES:
+        raise LabError(f"unknown CNPG mode {cnpg!r} (HANZO_KMS_LAB_CNPG): use one of {', '.join(CNPG_MODES)}")
+    operator = cnpg == "operator"
     bins = ensure_binaries()
     archives = node.base_images(log=lambda _msg: None)
+    operator_archives = node.operator_images(log=lambda _msg: None) if operator else {}
     started = time.monotonic()
     timings = {}
 
@@ -349,7 +406,7 @@ def up(lab, site, index, s3=None):
              "version": kube_build.KUBE_VERSION, "net": net, "service_cidr": service_cidr, "service_ip": service_ip,
              "node": {"name": node_name, "ip": net["node_ip"], "pod_cidr": net["pod_cidr"]},
              "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
-             "processes": []}
+             "processes": [], "cnpg": cnpg}
     if s3:
         entry["s3_endpoint"] = f"http://{net['host_ip']}:{s3['ports']['s3']}"
     kubeconfig = _write_kubeconfig(kube_dir / "kubeconfig", [entry])
@@ -404,7 +461,13 @@ def up(lab, site, index, s3=None):
 
     node.containerd_ready(lab, site, entry["containerd"], archives)
     mark("containerd")
-    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn))
+    # the operator's images (≈ 17 s per fresh containerd) are imported while the rest of the site starts
+    importer = concurrent.futures.ThreadPoolExecutor(max_workers=1) if operator else None
+    importing = importer.submit(node.import_images, entry["containerd"], operator_archives) if operator else None
+    if operator:  # cluster DNS before kubelet, so that the first pods already get it (see tests/lab/dns.py)
+        entry["dns"] = site_dns.start(lab, site, net, str(kubeconfig), site, bins["coredns"], spawn)
+    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn, tainted=not operator,
+                                            cluster_dns=entry["dns"]["server"] if operator else None))
 
     admin_kc = str(kubeconfig)
     spawn("kube-controller-manager", [
@@ -433,22 +496,31 @@ def up(lab, site, index, s3=None):
                 api.apply(doc)
                 crd_names.append(doc["metadata"]["name"])
     for index_node in range(NODES_PER_SITE):
-        api.apply(_node(site, index_node))
+        api.apply(_node(site, index_node, taint=operator))
     wait_until(lambda: _crds_established(api, crd_names), START_TIMEOUT, f"{site} CNPG CRDs to be Established")
     mark("crds")
-    policies = yaml.safe_load((DATA_DIR / "cnpg-policies.yaml").read_text(encoding="utf-8"))
-    for doc in policies["items"]:
-        api.apply(doc)
-    wait_until(lambda: _policies_enforced(api), START_TIMEOUT, f"{site} CNPG admission policies to be enforced")
-    mark("policies")
+    if operator:
+        site_dns.wait_ready(lab, site, entry["dns"], service_ip)
+        mark("dns")
+        # the real webhooks validate Clusters once roles/cnpg installs the operator: the policies (same wording)
+        # would answer first and hide whether the webhook does
+        entry["volumes"] = _volumes(api, kube_dir, node_name)
+        entry["storage_class"] = STORAGE_CLASS
+        mark("volumes")
+    else:
+        policies = yaml.safe_load((DATA_DIR / "cnpg-policies.yaml").read_text(encoding="utf-8"))
+        for doc in policies["items"]:
+            api.apply(doc)
+        wait_until(lambda: _policies_enforced(api), START_TIMEOUT, f"{site} CNPG admission policies to be enforced")
+        mark("policies")
 
-    ready_file = kube_dir / "cnpg-standin.ready"
-    ready_file.unlink(missing_ok=True)
-    # on the host: it drives the lab's PostgreSQL on the host's loopback
-    standin = spawn("cnpg-standin", [sys.executable, "-m", "tests.lab.cnpg_standin", "--kubeconfig", admin_kc,
-                                     "--context", site, "--ready-file", ready_file],
-                    netns=None, cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
-    lab.wait_process(standin, ready_file.exists, START_TIMEOUT, f"{site} CNPG stand-in to watch")
+        ready_file = kube_dir / "cnpg-standin.ready"
+        ready_file.unlink(missing_ok=True)
+        # on the host: it drives the lab's PostgreSQL on the host's loopback
+        standin = spawn("cnpg-standin", [sys.executable, "-m", "tests.lab.cnpg_standin", "--kubeconfig", admin_kc,
+                                         "--context", site, "--ready-file", ready_file],
+                        netns=None, cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
+        lab.wait_process(standin, ready_file.exists, START_TIMEOUT, f"{site} CNPG stand-in to watch")
     lab.wait_process(f"{site}-kwok", lambda: len(set(_nodes_ready(api)) - {node_name}) >= NODES_PER_SITE,
                      START_TIMEOUT, f"{site} kwok nodes Ready")
     mark("nodes_ready")
@@ -465,6 +537,25 @@ def up(lab, site, index, s3=None):
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings
     entry["crds"] = sorted(crd_names)
+    if importing is not None:
+        entry["operator_images"] = {"all": sorted(operator_archives)}
+        _PENDING_IMPORTS[entry["dir"]] = (importer, importing, started)
+        if not defer_images:
+            finish_images(entry)
+    return entry
+
+
+def finish_images(entry):
+    """Wait for a site's deferred image import (operator mode); records what was imported and when it ended."""
+    pending = _PENDING_IMPORTS.pop(entry["dir"], None)
+    if pending is None:
+        return entry
+    importer, importing, started = pending
+    try:
+        entry["operator_images"]["imported"] = importing.result()
+    finally:
+        importer.shutdown()
+    entry["start_seconds"]["operator_images"] = round(time.monotonic() - started, 1)
     return entry
 
 

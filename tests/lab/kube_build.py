@@ -47,6 +47,7 @@ CNPG_VERSION = "v1.30.0"
 BARMAN_MODULE = "github.com/cloudnative-pg/plugin-barman-cloud"
 BARMAN_VERSION = "v0.14.0"
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+COREDNS_MODULE = "github.com/coredns/coredns"
 MIN_GO = (1, 26)  # CNPG 1.30 and the plugin 0.14 need go >= 1.26.4; Kubernetes 1.34 alone needed 1.24
 # Flags of every build besides -p (which only changes parallelism): part of each module's fingerprint.
 BUILD_FLAGS = "CGO_ENABLED=0 -trimpath -mod=readonly"
@@ -67,6 +68,8 @@ BUILDS = {
     "kustomize": {"kustomize": KUSTOMIZE_MODULE},
     "cnpg": {"cnpg-manager": f"{CNPG_MODULE}/cmd/manager"},
     "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
+    # the wrapper's own main package: CoreDNS with the cluster-DNS plugins only (tools/kube/coredns/main.go)
+    "coredns": {"coredns": "example.invalid/hanzo-kms/corednsbin"},
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
 # The modules the cache held before it was per module (see _legacy_fingerprint).
@@ -114,6 +117,7 @@ def versions():
         "cloudnative-pg": CNPG_VERSION,
         "plugin-barman-cloud": BARMAN_VERSION,
         "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
+        "coredns": _required_version("coredns", COREDNS_MODULE),
     }
 
 
@@ -149,7 +153,7 @@ def ldflags(module_dir, ver, origin=None):
 
 
 def _file_digest(digest, module_dir):
-    for name in ("go.mod", "go.sum", "tools.go"):
+    for name in ("go.mod", "go.sum", "tools.go", "main.go"):
         path = TOOLS_DIR / module_dir / name
         if path.exists():
             digest.update(f"{module_dir}/{name}\0".encode())

@@ -16,6 +16,7 @@ Nothing here touches the host's iptables; ``teardown`` removes what ``up`` made,
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -186,6 +187,33 @@ def base_images(log=print):
     return images.ensure_all([images.pause_recipe(), images.busybox_recipe()], log=log)
 
 
+def operator_images(log=print):
+    """{name: OCI archive} of the images the real CNPG operator needs on a node (operator mode): the operator (also
+    the instance pods' bootstrap container), the Barman Cloud plugin and its sidecar, and the PostgreSQL operand."""
+    pinned = images.operator_image_names()
+    return images.ensure_all([images.operator_recipe(pinned["operator"]), images.plugin_recipe(pinned["plugin"]),
+                              images.sidecar_recipe(pinned["sidecar"]), images.postgres_recipe()], log=log)
+
+
+def import_images(entry, archives):
+    """Import ``archives`` into a site's containerd (its state entry) in parallel, one ``ctr import`` per image;
+    returns {name: seconds} of the images imported (those it already held are skipped)."""
+    ctr = images.Containerd(entry["ctr"], entry["address"])
+    present = ctr.image_digests()
+    wanted = {name: path for name, path in archives.items() if present.get(name) != images.archive_digest(path)}
+    seconds = {}
+
+    def one(name):
+        started = time.monotonic()
+        images.import_into(ctr, {name: wanted[name]})
+        seconds[name] = round(time.monotonic() - started, 1)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+        for future in [pool.submit(one, name) for name in wanted]:
+            future.result()
+    return seconds
+
+
 def containerd_start(lab, site, net, spawn):
     """Start the site's containerd in its namespace; return its state entry (wait with ``containerd_ready``)."""
     directory = lab.path(site, "containerd", "x").parent
@@ -207,9 +235,12 @@ def containerd_ready(lab, site, entry, archives):
 
 
 # -- kubelet and kube-proxy --------------------------------------------------------------------------------------
-def kubelet_start(site, net, kube_entry, pki, bins, spawn):
-    """Write kubelet's and kube-proxy's configs and start both in the site's namespace."""
-    # pylint: disable=too-many-locals
+def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True, cluster_dns=None):
+    """Write kubelet's and kube-proxy's configs and start both in the site's namespace. ``tainted``: the node
+    registers with REAL_TAINT (the default lab; operator mode taints the kwok nodes instead). ``cluster_dns``: the
+    address of the site's cluster DNS (tests/lab/dns.py, operator mode), given to pods with ``dnsPolicy:
+    ClusterFirst``; without it pods get no resolver."""
+    # pylint: disable=too-many-locals,too-many-arguments,too-many-positional-arguments
     directory = Path(kube_entry["dir"]).parent / "node"
     directory.mkdir(parents=True, exist_ok=True)
     node_name = kube_entry["node"]["name"]
@@ -225,14 +256,15 @@ def kubelet_start(site, net, kube_entry, pki, bins, spawn):
         "containerRuntimeEndpoint": f"unix://{kube_entry['containerd']['address']}",
         # this machine: cgroup v1 with no systemd delegation, and a process that cannot set up QoS cgroups
         "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [], "failSwapOn": False,
-        "resolvConf": "",  # no cluster DNS yet: pods get no resolver (service names do not resolve)
+        "resolvConf": "",  # no upstream resolver: only the cluster domain resolves (and only with cluster_dns)
         "clusterDomain": "cluster.local",
+        **({"clusterDNS": [cluster_dns]} if cluster_dns else {}),
         "podLogsDir": str(directory / "pod-logs"),
         # images cannot be pulled again once garbage-collected, and a shared disk must not evict the lab's pods
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
                          "nodefs.inodesFree": "1%"},
-        "registerWithTaints": [REAL_TAINT],
+        "registerWithTaints": [REAL_TAINT] if tainted else [],
         "serializeImagePulls": False, "maxPods": 110,
         "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "10s",
         "shutdownGracePeriod": "0s",

@@ -78,18 +78,40 @@ def healthy(lab):
     return all(row[1] for row in status(lab))
 
 
+def cnpg_mode():
+    """How this lab runs CloudNativePG: HANZO_KMS_LAB_CNPG (``standin``, the default, or ``operator``)."""
+    mode = os.environ.get("HANZO_KMS_LAB_CNPG") or "standin"
+    if mode not in ("standin", "operator"):
+        raise LabError(f"HANZO_KMS_LAB_CNPG={mode!r}: use 'standin' (default) or 'operator'")
+    return mode
+
+
+def _reusable(lab, mode, log):
+    """True when the loaded lab is healthy and runs CNPG in ``mode``; otherwise says why it is restarted."""
+    try:
+        running = lab.state.get("cnpg", {}).get("mode", "standin")
+        if running != mode:
+            log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
+            return False
+        if healthy(lab):
+            return True
+    except (KeyError, LabError):
+        pass
+    dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
+    log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
+        "stopping what remains and starting afresh")
+    return False
+
+
 def up(lab, log=print):
-    """Start every service; idempotent. Returns the state. On failure nothing is left running."""
+    """Start every service; idempotent. Returns the state. On failure nothing is left running.
+    HANZO_KMS_LAB_CNPG=operator starts the lab for the real CNPG operator (recorded as ``state["cnpg"]``); a lab
+    that runs in the other mode is restarted."""
+    mode = cnpg_mode()
     if lab.load() is not None:
-        try:
-            if healthy(lab):
-                log(f"lab already up in {lab.dir}")
-                return lab.state
-        except (KeyError, LabError):
-            pass
-        dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
-        log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
-            "stopping what remains and starting afresh")
+        if _reusable(lab, mode, log):
+            log(f"lab already up in {lab.dir}")
+            return lab.state
         down(lab, log=lambda _msg: None)
     elif lab.dir.exists() and any(lab.dir.iterdir()):
         _wipe(lab)
@@ -97,7 +119,8 @@ def up(lab, log=print):
     lab.dir.mkdir(parents=True, exist_ok=True)
     lab.dir.chmod(0o755)  # PostgreSQL runs as 'postgres' and must reach its data dir below this one
     (lab.dir / MARKER).touch()
-    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {}}
+    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {},
+                 "cnpg": {"mode": mode}}
     lab.save()
     try:
         lab.state["s3"] = s3.up(lab)
@@ -114,8 +137,10 @@ def up(lab, log=print):
         kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
-                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"])
+                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True)
                 lab.save()
+            for site in SITES:  # operator mode: each site's images were imported while the next one started
+                kube.finish_images(sites[site]["kube"])
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
     except BaseException:

@@ -82,7 +82,7 @@ def test_a_cache_written_by_the_previous_kube_build_is_adopted_module_by_module(
     recorded = kube_build.recorded_fingerprints({"fingerprint": legacy}, ver)
     assert sorted(recorded) == sorted(kube_build.LEGACY_MODULES)
     assert kube_build.stale_modules(recorded, kube_build.fingerprints(ver)["modules"], kube_build.BUILDS,
-                                    set(kube_build.BINARIES)) == ["kustomize", "cnpg", "barman-cloud"]
+                                    set(kube_build.BINARIES)) == ["kustomize", "cnpg", "barman-cloud", "coredns"]
     assert not kube_build.recorded_fingerprints({"fingerprint": "something else"}, ver)
 
 

@@ -1,0 +1,288 @@
+"""The real CloudNativePG operator on the lab (issue 15, items 3 and 4), in the lab's opt-in operator mode.
+
+On its own lab started with ``HANZO_KMS_LAB_CNPG=operator`` (no CNPG stand-in, no admission policies, the operator's
+images in each site's containerd, the real node untainted and kwok's nodes tainted, hostPath volumes, cluster DNS):
+
+1. ``roles/cnpg`` with ``cnpg_install_operator`` (the lab inventory sets it in this mode) applies the operator and
+   Barman Cloud plugin manifests rendered from the pinned modules and creates the plugin's TLS Secrets; both
+   Deployments run on the real node of each site and the operator's webhooks answer the apiserver;
+2. the same role creates dc1's primary Cluster (real PostgreSQL 15 image), which archives WAL to the lab's SeaweedFS
+   through the plugin, and dc2's replica Cluster, which bootstraps from dc1's object store and replays its WAL.
+
+``HANZO_KMS_TEST_LAB_DIR`` may name a lab already up in operator mode (it is then reused and left running). Times are
+printed with ``pytest -s`` (docs/lab.md, "The real operator").
+"""
+# pytest injects the fixtures defined below as arguments of the same name
+# pylint: disable=redefined-outer-name
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import kube, kube_build, node, stack
+from tests.lab.core import REPO_ROOT, Lab, wait_until
+
+SITES = ("dc1", "dc2")
+NAMESPACE = "kms"
+OPERATOR_NAMESPACE = "cnpg-system"
+PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
+PG_IMAGE = "docker.io/hanzo-kms-lab/postgresql:15-bookworm"
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+BIN = Path(sys.executable).parent
+FIGURES = {}
+
+
+@pytest.fixture(scope="module")
+def operator_lab():
+    """A lab in operator mode: HANZO_KMS_TEST_LAB_DIR when it is one, else a private one, removed afterwards."""
+    reuse = os.environ.get("HANZO_KMS_TEST_LAB_DIR")
+    lab = Lab(reuse) if reuse else None
+    if lab is None or (lab.load() or {}).get("cnpg", {}).get("mode") != "operator":
+        lab = Lab(tempfile.mkdtemp(prefix="hanzo-kms-lab-operator-"))
+        reuse = None
+    saved = os.environ.get("HANZO_KMS_LAB_CNPG")
+    os.environ["HANZO_KMS_LAB_CNPG"] = "operator"
+    try:
+        started = time.monotonic()
+        stack.up(lab, log=lambda _msg: None)
+        FIGURES["lab up (s)"] = round(time.monotonic() - started, 1)
+    finally:
+        if saved is None:
+            os.environ.pop("HANZO_KMS_LAB_CNPG", None)
+        else:
+            os.environ["HANZO_KMS_LAB_CNPG"] = saved
+    yield lab
+    print("\nreal CNPG operator on the lab: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items()))
+    if not reuse:
+        stack.down(lab, log=lambda _msg: None)
+        assert node.leftovers(lab.dir) == []
+
+
+def playbook(lab, *args, timeout=900):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".venv" / "collections"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", HANZO_KMS_LAB_DIR=str(lab.dir), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    started = time.monotonic()
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/lab", PLAYBOOK, *args], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{PLAYBOOK} {args} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
+    return proc, round(time.monotonic() - started, 1)
+
+
+def changed(proc):
+    return {host: int(ch) for host, _ok, ch, _unr, _failed in RECAP.findall(proc.stdout)}
+
+
+def changed_tasks(proc):
+    """The names of the tasks that reported a change (for the failure message)."""
+    tasks, task = [], None
+    for line in proc.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK ["):].split("]")[0]
+        elif line.startswith("changed:") and task not in tasks:
+            tasks.append(task)
+    return tasks
+
+
+def kubectl(lab, site, *args, timeout=60):
+    binary = kube_build.cache_root() / "bin" / "kubectl"
+    return subprocess.run([str(binary), "--kubeconfig", lab.state["kubeconfig"], "--context", site, *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def get(lab, site, *args):
+    proc = kubectl(lab, site, "get", "-o", "json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def psql(lab, site, sql, database="postgres"):
+    pod = f"kms-pg-{site}-1"
+    proc = kubectl(lab, site, "-n", NAMESPACE, "exec", pod, "-c", "postgres", "--", "psql", "-d", database, "-Atc",
+                   sql)
+    assert proc.returncode == 0, f"psql on {site}: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def operator_installed(operator_lab):
+    """roles/cnpg installs only the operator and the plugin (cnpg_lab_stop_after_operator): the time it takes."""
+    _proc, seconds = playbook(operator_lab, "-e", "cnpg_lab_stop_after_operator=true")
+    FIGURES["operator and plugin Available after lab up (s)"] = seconds
+    return operator_lab
+
+
+@pytest.fixture(scope="module")
+def clusters(operator_installed):
+    """The whole database part (install.yml's object storage and cnpg roles), twice: the second changes nothing."""
+    lab = operator_installed
+    before = {s: get(lab, s, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls", "barman-cloud-client-tls")
+              for s in SITES}
+    first, seconds = playbook(lab, "-e", "cnpg_wait_timeout=300")
+    FIGURES["both Clusters healthy, initial backup included (s)"] = seconds
+    second, seconds = playbook(lab)
+    FIGURES["second run (s)"] = seconds
+    return {"lab": lab, "first": first, "second": second, "secrets_before": before}
+
+
+def test_lab_runs_cnpg_as_the_operator(operator_lab):
+    state = operator_lab.state
+    assert state["cnpg"] == {"mode": "operator"}
+    for site in SITES:
+        entry = state["sites"][site]["kube"]
+        assert f"{site}-cnpg-standin" not in entry["processes"]
+        assert entry["cnpg"] == "operator"
+        # the operator's images were imported while the site started (digests skipped when present)
+        pinned = kube_build._read_manifest(kube_build.cache_root())["images"]  # pylint: disable=protected-access
+        assert set(entry["operator_images"]["all"]) == {PG_IMAGE, *pinned.values()}
+        nodes = {n["metadata"]["name"]: n for n in get(operator_lab, site, "nodes")["items"]}
+        assert not nodes[f"{site}-real"]["spec"].get("taints"), "operator mode: the real node takes any pod"
+        assert all(n["spec"].get("taints") == [kube.KWOK_TAINT] for name, n in nodes.items() if name != f"{site}-real")
+        assert get(operator_lab, site, "validatingadmissionpolicies")["items"] == []
+
+
+def test_operator_and_plugin_run_on_the_real_node(operator_installed):
+    lab = operator_installed
+    images = kube_build._read_manifest(kube_build.cache_root())["images"]  # pylint: disable=protected-access
+    for site in SITES:
+        pods = get(lab, site, "-n", OPERATOR_NAMESPACE, "pods")["items"]
+        # CNPG labels its pods app.kubernetes.io/name=cloudnative-pg, the plugin app=barman-cloud
+        running = {p["metadata"]["labels"].get("app.kubernetes.io/name") or p["metadata"]["labels"].get("app"): p
+                   for p in pods if p["status"].get("phase") == "Running"}
+        assert set(running) >= {"cloudnative-pg", "barman-cloud"}, [p["metadata"]["name"] for p in pods]
+        for name, image in (("cloudnative-pg", images["operator"]), ("barman-cloud", images["plugin"])):
+            pod = running[name]
+            assert pod["spec"]["nodeName"] == f"{site}-real"
+            assert [c["image"] for c in pod["spec"]["containers"]] == [image]
+            assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+
+
+def test_plugin_tls_secrets_are_self_signed_pairs(operator_installed):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    for site in SITES:
+        for name, usage in (("barman-cloud-server-tls", "serverAuth"), ("barman-cloud-client-tls", "clientAuth")):
+            secret = get(operator_installed, site, "-n", OPERATOR_NAMESPACE, "secret", name)
+            assert secret["type"] == "kubernetes.io/tls"
+            assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "hanzo.kms"
+            cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+            assert cert.issuer == cert.subject  # the operator's Go TLS client needs it (docs/lab.md)
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert [u._name for u in eku] == [usage]  # pylint: disable=protected-access
+            if usage == "serverAuth":
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                assert "barman-cloud.cnpg-system.svc" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_webhooks_answer_the_apiserver(operator_installed, tmp_path):
+    """A valid Cluster passes the real mutating + validating webhooks (dry run: defaulted by the operator), an invalid
+    one is rejected by the validating webhook (no admission policy exists in this mode)."""
+    lab = operator_installed
+    valid = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+             "metadata": {"name": "webhook-probe", "namespace": "default"},
+             "spec": {"instances": 1, "storage": {"size": "1Gi"}}}
+    invalid = json.loads(json.dumps(valid))
+    invalid["spec"].update({"externalClusters": [{"name": "a", "connectionParameters": {"host": "a"}},
+                                                 {"name": "b", "connectionParameters": {"host": "b"}}],
+                            "replica": {"primary": "a", "source": "a", "enabled": True},
+                            "bootstrap": {"pg_basebackup": {"source": "a"}}})
+    for site in SITES:
+        for name, doc in (("valid", valid), ("invalid", invalid)):
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        ok = kubectl(lab, site, "create", "--dry-run=server", "-o", "json", "-f", str(tmp_path / "valid.yaml"))
+        assert ok.returncode == 0, ok.stderr
+        # the mutating webhook defaults the image (the operator's default, not in the request)
+        assert json.loads(ok.stdout)["spec"]["imageName"].startswith("ghcr.io/cloudnative-pg/postgresql:")
+        bad = kubectl(lab, site, "create", "--dry-run=server", "-f", str(tmp_path / "invalid.yaml"))
+        assert bad.returncode != 0
+        assert "replica mode enabled is not compatible with the primary field" in bad.stderr
+        # the webhook's field path (CNPG names it replicaCluster), not the JSON path an admission policy reports
+        assert "spec.replicaCluster" in bad.stderr and "ValidatingAdmissionPolicy" not in bad.stderr
+
+
+def test_cluster_dns_resolves_service_names(clusters):
+    lab = clusters["lab"]
+    for site in SITES:
+        proc = kubectl(lab, site, "-n", NAMESPACE, "exec", f"kms-pg-{site}-1", "-c", "postgres", "--", "getent",
+                       "hosts", "barman-cloud.cnpg-system.svc")
+        service = get(lab, site, "-n", OPERATOR_NAMESPACE, "service", "barman-cloud")
+        assert proc.returncode == 0 and proc.stdout.split()[0] == service["spec"]["clusterIP"], proc
+
+
+def test_install_converges_and_second_run_changes_nothing(clusters):
+    assert set(changed(clusters["first"])) == {"dc1-kube", "dc2-kube"}
+    assert changed(clusters["second"]) == {"dc1-kube": 0, "dc2-kube": 0}, changed_tasks(clusters["second"])
+    lab = clusters["lab"]
+    for site in SITES:  # the plugin's Secrets were created once and kept
+        after = get(lab, site, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls",
+                    "barman-cloud-client-tls")
+        assert ([s["metadata"]["resourceVersion"] for s in after["items"]]
+                == [s["metadata"]["resourceVersion"] for s in clusters["secrets_before"][site]["items"]])
+
+
+def test_dc1_primary_is_healthy_on_the_real_node_and_archives_wal(clusters):
+    lab = clusters["lab"]
+    cluster = get(lab, "dc1", "-n", NAMESPACE, "cluster", "kms-pg-dc1")
+    assert cluster["status"]["phase"] == "Cluster in healthy state"
+    assert cluster["spec"]["imageName"] == PG_IMAGE and cluster["spec"]["instances"] == 1
+    conditions = {c["type"]: c["status"] for c in cluster["status"]["conditions"]}
+    assert conditions["Ready"] == "True" and conditions["ContinuousArchiving"] == "True", conditions
+    pod = get(lab, "dc1", "-n", NAMESPACE, "pod", "kms-pg-dc1-1")
+    assert pod["spec"]["nodeName"] == "dc1-real"
+    assert psql(lab, "dc1", "select pg_is_in_recovery()") == "f"
+    assert psql(lab, "dc1", "show server_version_num").startswith("15")
+    assert any(key.startswith("cnpg/dc1/kms-pg-dc1/base/") for key in bucket_keys(lab, "cnpg/dc1/"))
+    assert any("/wals/" in key for key in bucket_keys(lab, "cnpg/dc1/"))
+
+
+def bucket_keys(lab, prefix):
+    import boto3  # pylint: disable=import-outside-toplevel
+    s3 = lab.state["s3"]
+    client = boto3.client("s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["access_key"],
+                          aws_secret_access_key=s3["secret_key"], region_name=s3["region"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
+    lab = clusters["lab"]
+    cluster = get(lab, "dc2", "-n", NAMESPACE, "cluster", "kms-pg-dc2")
+    assert cluster["status"]["phase"] == "Cluster in healthy state"
+    assert cluster["spec"]["bootstrap"]["recovery"]["source"] == "kms-pg-dc1"
+    assert cluster["spec"]["replica"] == {"self": "kms-pg-dc2", "primary": "kms-pg-dc1", "source": "kms-pg-dc1"}
+    assert psql(lab, "dc2", "select pg_is_in_recovery()") == "t"
+    # a write on dc1 reaches dc2 through the bucket only: no connectionParameters, the sites cannot reach each other
+    marker = f"wal-{time.time_ns()}"
+    before = psql(lab, "dc2", "select pg_last_wal_replay_lsn()")
+    psql(lab, "dc1", "create table if not exists lab_wal_probe (marker text primary key)")
+    psql(lab, "dc1", f"insert into lab_wal_probe values ('{marker}')")
+    segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
+    started = time.monotonic()
+    psql(lab, "dc1", "select pg_switch_wal()")  # its own transaction: the commit above is in the switched segment
+    wait_until(lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
+               60, f"WAL segment {segment} in the bucket")
+    FIGURES["switched WAL segment in the bucket (s)"] = round(time.monotonic() - started, 1)
+
+    def replayed():
+        proc = kubectl(lab, "dc2", "-n", NAMESPACE, "exec", "kms-pg-dc2-1", "-c", "postgres", "--", "psql", "-Atc",
+                       f"select count(*) from lab_wal_probe where marker = '{marker}'")
+        return proc.returncode == 0 and proc.stdout.strip() == "1"
+
+    wait_until(replayed, 120, f"dc2 to replay the row written on dc1 ({marker})", interval=1)
+    FIGURES["dc1 write visible on dc2 through the bucket (s)"] = round(time.monotonic() - started, 1)
+    after = psql(lab, "dc2", "select pg_last_wal_replay_lsn()")
+    assert lsn(after) > lsn(before)
+
+
+def lsn(text):
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
