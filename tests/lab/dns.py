@@ -66,7 +66,7 @@ def query_a(server, name, port=53, timeout=2.0):
         return []
     offset = 12 + len(question) + 4
     found = []
-    for _ in range(answers):
+    for _answer in range(answers):
         offset = _skip_name(data, offset)
         rtype, _rclass, _ttl, length = struct.unpack(">HHIH", data[offset:offset + 10])
         offset += 10
