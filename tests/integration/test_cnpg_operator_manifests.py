@@ -6,8 +6,8 @@
 - a lab kube-apiserver accepts every object (server-side apply, ``dryRun=All``: nothing is persisted, so the
   webhooks, which would need a running operator, never take effect on the shared lab) and echoes the CRDs, webhook
   configurations and Deployments (images, pull policy) as rendered;
-- the plugin's TLS Secrets (tests/lab/cnpg_plugin_tls.py) are valid ``kubernetes.io/tls`` Secrets, created once and
-  never replaced; the real plugin binary serves its gRPC endpoint with them and accepts only the client certificate
+- the plugin's TLS Secrets (tests/lab/cnpg_plugin_tls.py, shaped as roles/cnpg creates them) are valid
+  ``kubernetes.io/tls`` Secrets; the real plugin binary serves its gRPC endpoint with them and accepts only the client certificate
   of the client Secret, checked the way CNPG checks it (trusts exactly the server Secret's ``tls.crt``, server name =
   the Service name).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import cnpg_operator, cnpg_plugin_tls, kube, kube_build
-from tests.lab.core import LabError, wait_until
+from tests.lab.core import wait_until
 from tests.lab.kube_fixtures import kube_sites  # noqa: F401  pylint: disable=unused-import
 
 WAIT = 60
@@ -198,28 +198,12 @@ def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, op
 
 
 def test_the_plugin_tls_secrets_are_valid_kubernetes_tls_secrets(dc1_api, build, operator_namespace):
-    name, created = operator_namespace
+    name = operator_namespace[0]
     known = {}
     for secret in cnpg_plugin_tls.plugin_tls_secrets(build["plugin"]):
         assert secret["metadata"]["namespace"] == name
         body = _dry_run_apply(dc1_api, known, secret)
         assert body["type"] == "kubernetes.io/tls"
-    if not created:
-        return  # an installed plugin's secrets are not this test's to create
-    ca_cert, ca_key = cnpg_plugin_tls.lab_ca()
-    assert cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, build["plugin"], ca_cert, ca_key) == {
-        "barman-cloud-server-tls": "created", "barman-cloud-client-tls": "created"}
-    first = dc1_api.get(f"/api/v1/namespaces/{name}/secrets/barman-cloud-server-tls")[1]
-    # created once, never replaced (a running plugin and CNPG hold the first pair)
-    assert cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, build["plugin"]) == {
-        "barman-cloud-server-tls": "kept", "barman-cloud-client-tls": "kept"}
-    assert dc1_api.get(f"/api/v1/namespaces/{name}/secrets/barman-cloud-server-tls")[1]["data"] == first["data"]
-
-
-def test_creating_the_tls_secrets_without_the_namespace_is_a_clear_error(dc1_api, build):
-    absent = json.loads(json.dumps(build["plugin"]).replace('"cnpg-system"', '"t-no-such-namespace"'))
-    with pytest.raises(LabError, match="namespace t-no-such-namespace does not exist"):
-        cnpg_plugin_tls.create_plugin_tls_secrets(dc1_api, absent)
 
 
 # -- the real plugin with those secrets --------------------------------------------------------------------------------

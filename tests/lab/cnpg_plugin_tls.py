@@ -1,4 +1,4 @@
-"""The Barman Cloud plugin's TLS Secrets for a cluster without cert-manager (the lab), signed by a lab CA.
+"""The Barman Cloud plugin's TLS Secrets for a cluster without cert-manager, as a test fixture (self-signed pairs).
 
 Upstream, the plugin's manifest has cert-manager issue them (an Issuer and two Certificates, which
 tests/lab/cnpg_operator.py leaves out of the lab's manifest). Names and server names are read from the rendered
@@ -30,29 +30,7 @@ def _key_pem(key):
                              serialization.NoEncryption())
 
 
-def lab_ca(common_name="hanzo-kms-lab-cnpg-plugin-ca"):
-    """A new CA (ECDSA P-256, PEM cert and key) for the plugin's certificates."""
-    # pylint: disable=import-outside-toplevel
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=TLS_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
-def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
+def _self_signed(common_name, dns_names, server):
     # cryptography is imported here (kube_build also runs without the venv); the imports count as locals
     # pylint: disable=import-outside-toplevel,too-many-locals
     from cryptography import x509
@@ -62,14 +40,9 @@ def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    if ca_cert_pem is None:  # self-signed: the certificate is its own issuer
-        issuer, ca_key = subject, key
-    else:
-        issuer = x509.load_pem_x509_certificate(ca_cert_pem).subject
-        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     builder = (x509.CertificateBuilder()
-               .subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+               .subject_name(subject).issuer_name(subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now)
                .not_valid_after(now + datetime.timedelta(days=TLS_DAYS))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -83,17 +56,17 @@ def _leaf(ca_cert_pem, ca_key_pem, common_name, dns_names, server):
         sans = [x509.IPAddress(ipaddress.ip_address(n)) if re.fullmatch(r"[\d.]+", n) else x509.DNSName(n)
                 for n in dns_names]
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
+    cert = builder.sign(key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def _tls_secret(name, namespace, cert_pem, key_pem, ca_cert_pem):
+def _tls_secret(name, namespace, cert_pem, key_pem):
     def b64(data):
         return base64.b64encode(data).decode()
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "hanzo-kms-lab"}},
-            "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem), "ca.crt": b64(ca_cert_pem)}}
+            "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem), "ca.crt": b64(cert_pem)}}
 
 
 def plugin_tls_requirements(plugin_docs):
@@ -133,10 +106,10 @@ def plugin_tls_requirements(plugin_docs):
                                                     f"{name}.{namespace}.svc.cluster.local"]))}
 
 
-def plugin_tls_secrets(plugin_docs, ca_cert_pem=None, ca_key_pem=None):
-    """The plugin's two ``kubernetes.io/tls`` Secrets (server and client), as roles/cnpg creates them (the collection's
-    source of this knowledge: roles/cnpg/tasks/plugin_tls.yml; this copy serves the tests that run the plugin binary
-    without Ansible).
+def plugin_tls_secrets(plugin_docs):
+    """The plugin's two ``kubernetes.io/tls`` Secrets (server and client), shaped as roles/cnpg creates them (the
+    collection's source of this knowledge: roles/cnpg/tasks/plugin_tls.yml, which also creates them only when absent);
+    this test fixture serves the tests that run the plugin binary without Ansible.
 
     Replaces the manifest's cert-manager Issuer/Certificates: the server certificate carries the Service's names
     (the TLS server name CNPG checks, and the in-cluster FQDNs), the client certificate ``client auth`` only. Each is
@@ -144,35 +117,10 @@ def plugin_tls_secrets(plugin_docs, ca_cert_pem=None, ca_key_pem=None):
     ``tls.crt``, so its CertificateRequest names that certificate's subject, and the operator's Go TLS client sends its
     certificate only when the certificate's issuer is one of the names asked for; a leaf signed by a separate CA is
     never sent ("tls: certificate required", seen with the real operator). ``ca.crt`` is the certificate itself, as
-    cert-manager writes it for a self-signed certificate. With ``ca_cert_pem``/``ca_key_pem`` the leaves are signed by
-    that CA instead (only for tests of that failure). Apply them in the plugin's namespace before the Deployment.
+    cert-manager writes it for a self-signed certificate.
     """
     need = plugin_tls_requirements(plugin_docs)
-    server_cert, server_key = _leaf(ca_cert_pem, ca_key_pem, need["service"], need["server_dns_names"], server=True)
-    client_cert, client_key = _leaf(ca_cert_pem, ca_key_pem, f"{need['service']}-client", [], server=False)
-    return [_tls_secret(need["server_secret"], need["namespace"], server_cert, server_key, ca_cert_pem or server_cert),
-            _tls_secret(need["client_secret"], need["namespace"], client_cert, client_key, ca_cert_pem or client_cert)]
-
-
-def create_plugin_tls_secrets(api, plugin_docs, ca_cert_pem=None, ca_key_pem=None):
-    """Create the plugin's TLS Secrets on one apiserver (a ``tests.lab.kube.Api``) unless they exist already.
-
-    Existing Secrets are kept, never replaced: a running plugin and CNPG's registration of it hold the old pair, and
-    a new pair would fail their handshakes until both restart. Returns {secret name: "created" | "kept"}. The
-    namespace must exist (the operator manifest creates it).
-    """
-    done = {}
-    for secret in plugin_tls_secrets(plugin_docs, ca_cert_pem, ca_key_pem):
-        namespace, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
-        status, body = api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=secret)
-        if status == 409:
-            done[name] = "kept"
-        elif status == 404:
-            raise LabError(f"cannot create Secret {name}: namespace {namespace} does not exist (apply the CNPG "
-                           "operator manifest first, it creates the namespace)")
-        elif status >= 300:
-            message = body.get("message") if isinstance(body, dict) else body
-            raise LabError(f"creating Secret {namespace}/{name} failed ({status}): {message}")
-        else:
-            done[name] = "created"
-    return done
+    server_cert, server_key = _self_signed(need["service"], need["server_dns_names"], server=True)
+    client_cert, client_key = _self_signed(f"{need['service']}-client", [], server=False)
+    return [_tls_secret(need["server_secret"], need["namespace"], server_cert, server_key),
+            _tls_secret(need["client_secret"], need["namespace"], client_cert, client_key)]

@@ -117,19 +117,7 @@ class LocalContainerd:
 
     def kill_tasks(self):
         """Kill and delete every task and container (what ``ctr run -d`` left running)."""
-        client = self.client()
-        out = subprocess.run(client.ctr_argv("tasks", "list", "--quiet"), capture_output=True, text=True,
-                             check=False).stdout
-        for task in out.split():
-            subprocess.run(client.ctr_argv("tasks", "kill", "--signal", "SIGKILL", task), capture_output=True,
-                           check=False)
-            with contextlib.suppress(LabError):
-                wait_until(lambda t=task: subprocess.run(client.ctr_argv("tasks", "delete", t), capture_output=True,
-                                                         check=False).returncode == 0, 10, f"task {task} to end")
-        out = subprocess.run(client.ctr_argv("containers", "list", "--quiet"), capture_output=True, text=True,
-                             check=False).stdout
-        for container in out.split():
-            subprocess.run(client.ctr_argv("containers", "delete", container), capture_output=True, check=False)
+        self.client().delete_tasks()
 
 
 def start(directory, sandbox_image=SANDBOX_IMAGE, timeout=30):

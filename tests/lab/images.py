@@ -359,6 +359,15 @@ class Containerd:
     def image_names(self):
         return set(self.image_digests())
 
+    def delete_tasks(self):
+        """Kill and delete every task, then every container (best effort: used on the way down)."""
+        for kind in ("tasks", "containers"):
+            found = subprocess.run(self.ctr_argv(kind, "list", "--quiet"), capture_output=True, text=True,
+                                   check=False).stdout.split()
+            if found:
+                subprocess.run(self.ctr_argv(kind, "delete", *(["--force"] if kind == "tasks" else []), *found),
+                               capture_output=True, text=True, check=False)
+
     def image_digests(self):
         """{name: digest of its manifest} of the images this containerd holds."""
         out = _run(self.ctr_argv("images", "list"), "listing containerd images")

@@ -502,10 +502,7 @@ def stop_pods(lab, state):
         with contextlib.suppress(LabError, KeyError):
             if not lab.process_alive(lab.process(f"{kube.get('context')}-containerd")):
                 continue
-            ctr = images.Containerd(entry["ctr"], entry["address"])
-            tasks = _run(ctr.ctr_argv("tasks", "list", "--quiet"), "listing tasks", check=False).stdout.split()
-            if tasks:
-                _run(ctr.ctr_argv("tasks", "delete", "--force", *tasks), "deleting tasks", check=False)
+            images.Containerd(entry["ctr"], entry["address"]).delete_tasks()
 
 
 def _shim_sockets(lab_dir):

@@ -90,20 +90,18 @@ def _cert(secret, key="tls.crt"):
 
 
 def test_plugin_tls_secrets_have_the_names_sans_and_usages_cnpg_and_the_plugin_expect():
-    ca_pem, ca_key_pem = cnpg_plugin_tls.lab_ca()
-    server, client = cnpg_plugin_tls.plugin_tls_secrets(PLUGIN_DOCS, ca_pem, ca_key_pem)
+    server, client = cnpg_plugin_tls.plugin_tls_secrets(PLUGIN_DOCS)
     assert (server["metadata"]["name"], client["metadata"]["name"]) == ("barman-cloud-server-tls",
                                                                         "barman-cloud-client-tls")
     assert {server["metadata"]["namespace"], client["metadata"]["namespace"]} == {"cnpg-system"}
     assert {server["type"], client["type"]} == {"kubernetes.io/tls"}
-    ca = x509.load_pem_x509_certificate(ca_pem)
     for secret, usage in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (client, ExtendedKeyUsageOID.CLIENT_AUTH)):
         cert = _cert(secret)
         assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
-        assert _cert(secret, "ca.crt") == ca
-        # signed by the lab CA, valid now, one purpose each
-        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-        assert cert.issuer == ca.subject
+        assert _cert(secret, "ca.crt") == cert  # as cert-manager writes a self-signed certificate
+        # self-signed (the operator's Go client sends its certificate only then), valid now, one purpose each
+        cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        assert cert.issuer == cert.subject
         assert cert.not_valid_before_utc <= datetime.datetime.now(datetime.timezone.utc) <= cert.not_valid_after_utc
         assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [usage]
         # tls.crt is the leaf alone: CNPG (RootCAs) and the plugin (ClientCAs) pin exactly it
