@@ -245,12 +245,14 @@ def _data_loss(mode, old):
     return {
         "postgres": {
             "bound_seconds": wal["age_seconds"] if wal else None,
+            "since": wal["time"] if wal else None,
             "basis": (f"newest archived WAL {wal['name']} of {old['site']} reached the object store at {wal['time']}; "
                       "transactions committed after it may be lost (less if the replica streamed them)") if wal
             else "no archived WAL found for the old site: the bound is unknown",
         },
         "redis": {
             "bound_seconds": backup["age_seconds"] if backup else None,
+            "since": backup["time"] if backup else None,
             "basis": f"newest complete Redis backup of {old['site']} taken at {backup['time']}" if backup
             else "no complete Redis backup of the old site: Redis starts empty",
         },

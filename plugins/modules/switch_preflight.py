@@ -100,7 +100,9 @@ phrase:
   returned: always
   type: str
 data_loss:
-  description: C(postgres) and C(redis), each with C(bound_seconds) (null when unknown) and C(basis).
+  description: C(postgres) and C(redis), each with C(bound_seconds) (null when unknown), C(basis) and, for a
+    failover, C(since) (the time of the newest archived WAL or Redis backup of the old site; writes acknowledged
+    before it are kept).
   returned: always
   type: dict
 sites:

@@ -5,6 +5,8 @@ tests/drill/load.py. A phase is ``{"label", "start", "end"}`` (a playbook run or
 """
 from __future__ import annotations
 
+import datetime
+
 
 def outages(records):
     """Runs of failed requests, in time order: each from the start of its first failed request to the end of the
@@ -56,6 +58,23 @@ def acknowledged_writes(records):
 def lost_writes(acked, rows):
     """Acknowledged writes the surviving database does not hold with the acknowledged value: [(name, want, got)]."""
     return sorted((name, value, rows.get(name)) for name, value in acked.items() if rows.get(name) != value)
+
+
+def lost_before(records, lost, since, slack=1.0):
+    """The lost writes ``[(name, want, got)]`` that were acknowledged before ``since`` (epoch seconds) less ``slack``:
+    a failover report's bound (``data_loss.postgres.since``, the newest archived WAL of the old site) promises that
+    these survive, so any of them breaks the bound. ``slack`` covers the clock resolution of the object store's
+    timestamps (whole seconds). A lost write acknowledged more than once counts from its last acknowledgement."""
+    acked_at = {}
+    for rec in records:
+        if rec["op"] == "write" and rec["ok"]:
+            acked_at[rec["name"]] = max(acked_at.get(rec["name"], rec["t1"]), rec["t1"])
+    return [item for item in lost if acked_at.get(item[0], float("inf")) < since - slack]
+
+
+def iso_seconds(text):
+    """Epoch seconds of an ISO 8601 time as the reports write it (``2026-12-02T13:03:12Z``)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def counts(records, start=None, end=None):

@@ -2,9 +2,14 @@
 
 Steps: lab up -> install.yml -> backup.yml -> load on (writes + reads of secrets through the global LB) ->
 switchover.yml to dc2 -> switchover.yml back to dc1 -> backup.yml (a fresh Redis backup, as the schedule would take)
--> kill dc1 (kube-apiserver, PostgreSQL, Redis, KMS stand-in) -> failover.yml to dc2 -> load off. Then every
-acknowledged write is looked up in the surviving database (dc2's PostgreSQL) and the report is written:
-``<out>/drill.md`` (default out: ``<lab dir>-report``), ``drill.json``, ``timeline.png``, ``requests.jsonl``.
+-> lose dc1 -> failover.yml to dc2 -> load off. Then every acknowledged write is looked up in the surviving database
+(dc2's) and the report is written: ``<out>/drill.md`` (default out: ``<lab dir>-report``), ``drill.json``,
+``timeline.png``, ``requests.jsonl``.
+
+The lab's mode decides what runs and how dc1 is lost (``make drill`` uses operator mode): with the real CNPG operator
+(``HANZO_KMS_LAB_CNPG=operator``) every process of dc1's node stops at once (``node.lose_site``: control plane,
+PostgreSQL, Redis, the KMS stand-in's pods) and dc2's replica is fed through the object store only; in stand-in mode
+dc1's kube-apiserver, PostgreSQL, Redis and KMS stand-in processes are killed and dc2's PostgreSQL streams from dc1.
 
 The lab is left running (``make lab-down`` or ``python -m tests.lab down --dir DIR`` stops it); dc1 stays dead.
 """
@@ -20,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
-
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
-from tests.lab import postgres
+from tests.lab import node, site_db
 from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -45,10 +48,11 @@ def kill_processes(lab, names):
 
 
 class ReplicationSampler:
-    """Every ``interval`` s: how far dc2's PostgreSQL standby is behind dc1's primary (bytes of WAL not yet replayed).
+    """Every ``interval`` s: how far the replica site's PostgreSQL is behind the primary's (bytes of WAL not yet
+    replayed), as the application user of each site's database (tests/lab/site_db.py).
 
-    A lab-only view of the PostgreSQL data-loss window: the lab streams WAL (docs/lab.md), so the failover report's
-    bound from the WAL archive age is unknown here; the last sample before dc1 is killed is what a failover can lose.
+    A lab-only view of the PostgreSQL data-loss window beside the failover report's bound (the archived-WAL age): in
+    operator mode the replica replays only what reached the object store; in stand-in mode it streams.
     """
 
     def __init__(self, lab_dir, interval=0.5):
@@ -60,15 +64,16 @@ class ReplicationSampler:
 
     def sample(self):
         state = Lab(self.lab_dir).load()
-        entries = {site: state["sites"][site]["postgres"] for site in ("dc1", "dc2")}
-        primary = next((s for s, e in entries.items() if e.get("role", "primary" if s == "dc1" else "standby")
-                        == "primary"), "dc1")
-        standby = "dc2" if primary == "dc1" else "dc1"
         taken = time.time()
-        current = postgres.query(entries[primary], "SELECT pg_current_wal_lsn()", superuser=True)[0][0]
-        replayed = postgres.query(entries[standby], "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())"
-                                  % repr(str(current)), superuser=True)[0][0]
-        return {"t": taken, "primary": primary, "lag_bytes": int(replayed or 0)}
+        positions = {}
+        for site in ("dc1", "dc2"):
+            recovery, position = site_db.query(state, site, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
+                                                            "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END")[0]
+            positions[site] = (recovery, lsn_bytes(position))
+        primary = next(site for site, (recovery, _lsn) in positions.items() if not recovery)
+        standby = "dc2" if primary == "dc1" else "dc1"
+        return {"t": taken, "primary": primary,
+                "lag_bytes": max(0, positions[primary][1] - (positions[standby][1] or 0))}
 
     def loop(self):
         while not self.stopping.wait(self.interval):
@@ -84,6 +89,14 @@ class ReplicationSampler:
         self.stopping.set()
         self.thread.join(10)
         return self.samples
+
+
+def lsn_bytes(text):
+    """A PostgreSQL LSN (``16/B374D848``) as a byte position; None stays None."""
+    if text is None:
+        return None
+    high, low = str(text).split("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 class Drill:
@@ -128,20 +141,16 @@ class Drill:
     def kill_dc1(self):
         lab = self.lab_state()
         start = time.time()
-        stopped = kill_processes(lab, DC1_KILLED)
+        if lab.state.get("cnpg", {}).get("mode") == "operator":
+            stopped = [f"every process of dc1's node ({node.lose_site(lab.dir, 'dc1')})"]
+        else:
+            stopped = kill_processes(lab, DC1_KILLED)
         self.phases.append({"label": "kill dc1", "start": start, "end": time.time(), "rc": 0, "stopped": stopped})
         self.log(f"killed {', '.join(stopped)}")
 
     def surviving_rows(self, site):
-        entry = self.lab_state().state["sites"][site]["postgres"]
-        conn = psycopg2.connect(host=entry["host"], port=entry["port"], user=entry["user"], password=entry["password"],
-                                dbname=entry["database"], connect_timeout=5)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT name, value FROM kms_secrets WHERE name LIKE 'drill-%'")
-                return dict(cur.fetchall())
-        finally:
-            conn.close()
+        return dict(site_db.query(self.lab_state().state, site,
+                                  "SELECT name, value FROM kms_secrets WHERE name LIKE 'drill-%'"))
 
     def reports(self):
         """The operation reports (JSON) the playbooks wrote into the lab's report dir, oldest first."""
@@ -207,6 +216,10 @@ class Drill:
         lost_before_kill = [item for item in lost if item[0] in acked_until_switch_end]
         loss_window = [r for r in records if r["op"] == "write" and r["ok"] and r["t1"] <= kill_time]
         first_dc2 = analysis.first_success_after(records, failover["start"], site="dc2")
+        bound = next((item["report"]["data_loss"]["postgres"] for item in reversed(self.reports())
+                      if item["report"].get("operation") == "failover"), {})
+        beyond = (analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
+                  if bound.get("since") else None)
         result = {
             "lab_dir": str(self.lab_dir),
             "rate_per_second": self.rate,
@@ -224,7 +237,10 @@ class Drill:
                     round(first_dc2["t1"] - failover["start"], 3) if first_dc2 else None,
                 "rto_seconds_kill_to_first_dc2_success": round(first_dc2["t1"] - kill_time, 3) if first_dc2 else None,
                 "last_acknowledged_write_before_kill": max((r["t1"] for r in loss_window), default=None),
+                "report_bound_seconds": bound.get("bound_seconds"), "report_bound_since": bound.get("since"),
+                "lost_before_the_bound": beyond,
             },
+            "lab_mode": self.lab_state().state.get("cnpg", {}).get("mode", "standin"),
             "operation_reports": self.reports(),
         }
         (self.out_dir / "drill.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
@@ -250,11 +266,12 @@ def render_markdown(result):
                      f"{'' if first is None else first} |")
     lines += ["", "## Switchover (planned, both sites up)", "",
               f"Acknowledged writes lost: **{result['switchover']['acknowledged_writes_lost']}** (target 0).", "",
-              "## Failover (dc1 killed: kube-apiserver, PostgreSQL, Redis, KMS stand-in)", "",
+              f"## Failover (dc1 lost: {LOSS[result.get('lab_mode', 'standin')]})", "",
               f"- RTO, failover playbook start to the first request served by dc2: "
               f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s)",
               f"- from the kill to the first request served by dc2: {fail['rto_seconds_kill_to_first_dc2_success']} s",
               f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**",
+              f"- the failover report's PostgreSQL bound: {bound_text(fail)}",
               f"- PostgreSQL standby lag at the last sample before the kill (every 0.5 s): "
               f"{lag_text(result['replication_before_kill'])}", ""]
     for item in result["operation_reports"]:
@@ -264,6 +281,19 @@ def render_markdown(result):
                       json.dumps({k: report[k] for k in report if k in ("data_loss", "data_loss_bound", "redis", "steps")},
                                  indent=1, default=str)[:4000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+LOSS = {"operator": "every process of its node at once: control plane, and the pods of the CNPG operator, PostgreSQL, "
+                    "Redis and the KMS stand-in",
+        "standin": "kube-apiserver, PostgreSQL, Redis, KMS stand-in processes killed"}
+
+
+def bound_text(fail):
+    if fail.get("report_bound_seconds") is None:
+        return "unknown (no archived WAL of dc1 found)"
+    beyond = fail.get("lost_before_the_bound") or []
+    return (f"{fail['report_bound_seconds']} s (newest archived WAL at {fail['report_bound_since']}); lost writes "
+            f"acknowledged before it: **{len(beyond)}** (target 0)")
 
 
 def lag_text(replication):
@@ -285,4 +315,4 @@ def main(argv=None):
     drill = Drill(args.dir, args.out or f"{Path(args.dir).resolve()}-report", args.rate, args.settle)
     result = drill.run()
     print((drill.out_dir / "drill.md").read_text(encoding="utf-8"))
-    return 0 if result["switchover"]["acknowledged_writes_lost"] == 0 else 1
+    return 0 if result["switchover"]["acknowledged_writes_lost"] == 0 and not result["failover"]["lost_before_the_bound"] else 1

@@ -1,22 +1,28 @@
-"""The real CloudNativePG operator on the lab (issue 15, items 3 and 4), in the lab's opt-in operator mode.
+"""The real CloudNativePG operator on the lab (issue 15, items 3-5), in the lab's opt-in operator mode.
 
-On its own lab started with ``HANZO_KMS_LAB_CNPG=operator`` (no CNPG stand-in, no admission policies, the operator's
-images in each site's containerd, the real node untainted and kwok's nodes tainted, hostPath volumes, cluster DNS):
+On its own lab started with ``HANZO_KMS_LAB_CNPG=operator`` (no CNPG stand-in, no admission policies, no host
+PostgreSQL/Redis/KMS processes, the pods' images in each site's containerd, the real node untainted and kwok's nodes
+tainted, hostPath volumes, cluster DNS):
 
 1. ``roles/cnpg`` with ``cnpg_install_operator`` (the lab inventory sets it in this mode) applies the operator and
    Barman Cloud plugin manifests rendered from the pinned modules and creates the plugin's TLS Secrets; both
    Deployments run on the real node of each site and the operator's webhooks answer the apiserver;
-2. the same role creates dc1's primary Cluster (real PostgreSQL 15 image), which archives WAL to the lab's SeaweedFS
-   through the plugin, and dc2's replica Cluster, which bootstraps from dc1's object store and replays its WAL.
+2. ``playbooks/install.yml`` creates dc1's primary Cluster (real PostgreSQL 15 image), which archives WAL to the lab's
+   SeaweedFS through the plugin, dc2's replica Cluster, which bootstraps from dc1's object store and replays its WAL,
+   Redis (the lab chart) and the KMS stand-in in pods, and the global LB in front of them (node ports);
+3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``;
+4. ``switchover.yml`` to dc2 and back loses no acknowledged write; ``failover.yml`` after dc1 is powered off
+   (``node.lose_site``) serves from dc2, and what it lost is within the bound its report states.
 
-``HANZO_KMS_TEST_LAB_DIR`` may name a lab already up in operator mode (it is then reused and left running). Times are
-printed with ``pytest -s`` (docs/lab.md, "The real operator").
+``HANZO_KMS_TEST_LAB_DIR`` may name a lab already up in operator mode (it is then reused and left running; the
+failover test loses its dc1). Times are printed with ``pytest -s`` (docs/lab.md, "The real operator").
 """
 # pytest injects the fixtures defined below as arguments of the same name
 # pylint: disable=redefined-outer-name
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import os
 import re
@@ -29,14 +35,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.drill.load import LoadClient
 from tests.lab import kube, kube_build, node, stack
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
 NAMESPACE = "kms"
 OPERATOR_NAMESPACE = "cnpg-system"
-PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
+CNPG_PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
 PG_IMAGE = "docker.io/hanzo-kms-lab/postgresql:15-bookworm"
+POD_IMAGES = ("docker.io/hanzo-kms-lab/redis:7.0-bookworm", "docker.io/hanzo-kms-lab/kms-standin:1",
+              "docker.io/hanzo-kms-lab/redis-backup-tools:1")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 BIN = Path(sys.executable).parent
 FIGURES = {}
@@ -68,15 +77,20 @@ def operator_lab():
         assert node.leftovers(lab.dir) == []
 
 
-def playbook(lab, *args, timeout=900):
+def ansible(lab, command, *args, timeout=900):
+    """Run ansible-playbook or ansible (``command``) on the lab inventory; (process, seconds). Must succeed."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".venv" / "collections"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", HANZO_KMS_LAB_DIR=str(lab.dir), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     started = time.monotonic()
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/lab", PLAYBOOK, *args], cwd=REPO_ROOT,
+    proc = subprocess.run([str(BIN / command), "-i", "inventories/lab", *args], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, f"{PLAYBOOK} {args} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, f"{command} {args} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
     return proc, round(time.monotonic() - started, 1)
+
+
+def playbook(lab, path, *args, timeout=900):
+    return ansible(lab, "ansible-playbook", path, *args, timeout=timeout)
 
 
 def changed(proc):
@@ -117,21 +131,21 @@ def psql(lab, site, sql, database="postgres"):
 @pytest.fixture(scope="module")
 def operator_installed(operator_lab):
     """roles/cnpg installs only the operator and the plugin (cnpg_lab_stop_after_operator): the time it takes."""
-    _proc, seconds = playbook(operator_lab, "-e", "cnpg_lab_stop_after_operator=true")
+    _proc, seconds = playbook(operator_lab, CNPG_PLAYBOOK, "-e", "cnpg_lab_stop_after_operator=true")
     FIGURES["operator and plugin Available after lab up (s)"] = seconds
     return operator_lab
 
 
 @pytest.fixture(scope="module")
 def clusters(operator_installed):
-    """The whole database part (install.yml's object storage and cnpg roles), twice: the second changes nothing."""
+    """install.yml, twice: the second changes nothing."""
     lab = operator_installed
     before = {s: get(lab, s, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls", "barman-cloud-client-tls")
               for s in SITES}
-    first, seconds = playbook(lab, "-e", "cnpg_wait_timeout=300")
-    FIGURES["both Clusters healthy, initial backup included (s)"] = seconds
-    second, seconds = playbook(lab)
-    FIGURES["second run (s)"] = seconds
+    first, seconds = playbook(lab, "playbooks/install.yml", "-e", "cnpg_wait_timeout=300")
+    FIGURES["install.yml: both Clusters healthy, initial backup, Redis, KMS, LB (s)"] = seconds
+    second, seconds = playbook(lab, "playbooks/install.yml")
+    FIGURES["install.yml second run (s)"] = seconds
     return {"lab": lab, "first": first, "second": second, "secrets_before": before}
 
 
@@ -144,7 +158,7 @@ def test_lab_runs_cnpg_as_the_operator(operator_lab):
         assert entry["cnpg"] == "operator"
         # the operator's images were imported while the site started (digests skipped when present)
         pinned = kube_build._read_manifest(kube_build.cache_root())["images"]  # pylint: disable=protected-access
-        assert set(entry["operator_images"]["all"]) == {PG_IMAGE, *pinned.values()}
+        assert set(entry["operator_images"]["all"]) == {PG_IMAGE, *pinned.values(), *POD_IMAGES}
         nodes = {n["metadata"]["name"]: n for n in get(operator_lab, site, "nodes")["items"]}
         assert not nodes[f"{site}-real"]["spec"].get("taints"), "operator mode: the real node takes any pod"
         assert all(n["spec"].get("taints") == [kube.KWOK_TAINT] for name, n in nodes.items() if name != f"{site}-real")
@@ -219,8 +233,9 @@ def test_cluster_dns_resolves_service_names(clusters):
 
 
 def test_install_converges_and_second_run_changes_nothing(clusters):
-    assert set(changed(clusters["first"])) == {"dc1-kube", "dc2-kube"}
-    assert changed(clusters["second"]) == {"dc1-kube": 0, "dc2-kube": 0}, changed_tasks(clusters["second"])
+    assert set(changed(clusters["first"])) == {"dc1-kube", "dc2-kube", "lb1", "lb2"}
+    assert changed(clusters["second"]) == {"dc1-kube": 0, "dc2-kube": 0, "lb1": 0, "lb2": 0}, \
+        changed_tasks(clusters["second"])
     lab = clusters["lab"]
     for site in SITES:  # the plugin's Secrets were created once and kept
         after = get(lab, site, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls",
@@ -286,3 +301,122 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
 def lsn(text):
     high, low = text.split("/")
     return (int(high, 16) << 32) + int(low, 16)
+
+
+# -- install.yml's pods, the backup CronJob, switchover and failover on the real operator ---------------------------
+def lb_client(lab, prefix, rate=5.0):
+    return LoadClient(lab.state["lb"]["instances"][0]["frontend_url"], rate=rate, prefix=prefix)
+
+
+def missing_writes(client):
+    """The acknowledged writes (name -> ack time) that the LB's site does not return with their value now."""
+    acked_at = {r["name"]: r["t1"] for r in client.records if r["op"] == "write" and r["ok"]}
+    lost = {}
+    for name, value in client.acked.items():
+        status, _site, body = client.request("GET", f"/api/v3/secrets/raw/{name}")
+        if status != 200 or body.get("secret", {}).get("secretValue") != value:
+            lost[name] = acked_at[name]
+    return lost
+
+
+def report(lab, operation):
+    return json.loads((lab.dir / "reports" / f"{operation}-latest.json").read_text(encoding="utf-8"))
+
+
+def test_redis_and_the_kms_stand_in_run_in_pods_behind_the_lb(clusters):
+    lab = clusters["lab"]
+    for site, replicas in (("dc1", 2), ("dc2", 0)):
+        deployment = get(lab, site, "-n", NAMESPACE, "deployment", "kms")
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == POD_IMAGES[1]
+        assert deployment["status"].get("readyReplicas", 0) == replicas
+        redis_pod = get(lab, site, "-n", NAMESPACE, "pod", "redis-master-0")
+        assert redis_pod["spec"]["nodeName"] == f"{site}-real" and redis_pod["status"]["phase"] == "Running"
+        assert get(lab, site, "-n", NAMESPACE, "pvc", "redis-data-redis-master-0")["status"]["phase"] == "Bound"
+    client = lb_client(lab, "install")
+    client.write_once()
+    assert client.records[-1]["ok"] and client.records[-1]["site"] == "dc1", client.records[-1]
+
+
+def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(clusters):
+    lab = clusters["lab"]
+    job = f"backup-test-{time.time_ns() % 100000}"
+    assert kubectl(lab, "dc1", "-n", NAMESPACE, "create", "job", "--from=cronjob/redis-backup", job).returncode == 0
+    started = time.monotonic()
+    done = kubectl(lab, "dc1", "-n", NAMESPACE, "wait", "--for=condition=complete", f"job/{job}", "--timeout=240s",
+                   timeout=260)
+    assert done.returncode == 0, kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
+    FIGURES["Redis backup Job from the CronJob (s)"] = round(time.monotonic() - started, 1)
+    logs = kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
+    key = re.search(r"upload: \S+ to s3://[^/]+/(redis/dc1/\S+/dump\.rdb)", logs).group(1)
+    assert key.replace("dump.rdb", "manifest.json") in bucket_keys(lab, "redis/dc1/")
+    # restore exactly that backup into dc2's (passive) Redis, as the failover would
+    password = base64.b64decode(get(lab, "dc2", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
+    s3, target = lab.state["s3"], lab.state["sites"]["dc2"]["redis"]
+    args = {"host": target["host"], "port": target["port"], "password": password.decode(), "bucket": s3["bucket"],
+            "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],
+            "secret_key": s3["secret_key"], "mode": "replace"}
+    proc, _seconds = ansible(lab, "ansible", "localhost", "-m", "hanzo.kms.redis_rdb_restore", "-a", json.dumps(args))
+    assert '"changed": true' in proc.stdout and f'"key": "{key}"' in proc.stdout, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def switched(clusters):
+    """switchover.yml to dc2 and back under a steady write load through the LB."""
+    lab = clusters["lab"]
+    client = lb_client(lab, "switchover")
+    client.start()
+    try:
+        for target in ("dc2", "dc1"):
+            _proc, seconds = playbook(lab, "playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
+                                      "-e", f"switchover_confirm='SWITCHOVER TO {target}'")
+            FIGURES[f"switchover to {target} (s)"] = seconds
+            FIGURES[f"switchover to {target}: promote step (s)"] = next(
+                s["seconds"] for s in report(lab, "switchover")["steps"] if s["name"] == "promote")
+    finally:
+        records = client.stop()
+    return {"lab": lab, "client": client, "records": records}
+
+
+def test_switchover_there_and_back_loses_no_acknowledged_write(switched):
+    lab, client = switched["lab"], switched["client"]
+    served = {r["site"] for r in switched["records"] if r["ok"]}
+    assert served == {"dc1", "dc2"}, "the load was served by both sites in turn"
+    assert len(client.acked) > 20
+    assert missing_writes(client) == {}
+    assert psql(lab, "dc1", "select pg_is_in_recovery()") == "f"
+    assert psql(lab, "dc2", "select pg_is_in_recovery()") == "t"
+    for site, primary in (("dc1", "kms-pg-dc1"), ("dc2", "kms-pg-dc1")):
+        assert get(lab, site, "-n", NAMESPACE, "cluster", f"kms-pg-{site}")["spec"]["replica"]["primary"] == primary
+    assert report(lab, "switchover")["data_loss"]["postgres"]["bound_seconds"] == 0
+
+
+def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
+    """Power dc1 off under load (no final WAL archive, no Redis backup), fail over to dc2: dc2 serves, and every
+    acknowledged write that is missing was acknowledged after the newest WAL of dc1 in the object store."""
+    lab = switched["lab"]
+    client = lb_client(lab, "failover")
+    client.start()
+    try:
+        wait_until(lambda: len(client.acked) >= 10, 30, "writes acknowledged by dc1")
+        killed = node.lose_site(lab.dir, "dc1")
+        lost_at = time.time()
+        proc, seconds = playbook(lab, "playbooks/failover.yml", "-e", "failover_target_site=dc2",
+                                 "-e", "failover_confirm='FAILOVER TO dc2'")
+        wait_until(lambda: any(r["ok"] and r["site"] == "dc2" and r["t0"] > lost_at for r in client.records), 30,
+                   "a request served by dc2")
+    finally:
+        records = client.stop()
+    assert killed > 10
+    first_dc2 = min(r["t1"] for r in records if r["ok"] and r["site"] == "dc2" and r["t0"] > lost_at)
+    FIGURES["failover playbook (s)"] = seconds
+    FIGURES["failover: dc1 lost -> first request served by dc2 (s)"] = round(first_dc2 - lost_at, 1)
+    done = report(lab, "failover")
+    assert done["result"] == "succeeded", proc.stdout[-3000:]
+    bound = done["data_loss"]["postgres"]["bound_seconds"]
+    assert isinstance(bound, int) and bound >= 0, done["data_loss"]
+    archived_at = calendar.timegm(time.strptime(done["started"], "%Y-%m-%dT%H:%M:%SZ")) - bound
+    lost = missing_writes(client)
+    FIGURES["failover: acknowledged writes lost"] = f"{len(lost)} of {len(client.acked)} (bound {bound} s)"
+    late = {name: at for name, at in lost.items() if at < archived_at - 2}
+    assert late == {}, f"lost writes acknowledged before the newest archived WAL ({archived_at}): {late}"
+    assert psql(lab, "dc2", "select pg_is_in_recovery()") == "f"

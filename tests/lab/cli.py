@@ -1,18 +1,20 @@
-"""``python -m tests.lab up|down|status [--dir DIR]``; ``kill --dir DIR NAME...`` stops recorded processes."""
+"""``python -m tests.lab up|down|status [--dir DIR]``; ``kill --dir DIR NAME...`` stops recorded processes;
+``lose-site --dir DIR SITE`` powers a site off (every process of its node, control plane and pods, at once)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tests.lab import stack
+from tests.lab import node, stack
 from tests.lab.core import Lab, LabError
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description="The hanzo.kms lab of real servers.")
-    parser.add_argument("command", choices=("up", "down", "status", "kill"))
+    parser.add_argument("command", choices=("up", "down", "status", "kill", "lose-site"))
     parser.add_argument("--dir", help="lab directory (default: $HANZO_KMS_LAB_DIR or .lab in the checkout)")
-    parser.add_argument("names", nargs="*", help="kill: process names from the state file, e.g. dc1-kube-apiserver")
+    parser.add_argument("names", nargs="*", help="kill: process names from the state file, e.g. dc1-kube-apiserver; "
+                                                 "lose-site: one site, e.g. dc1")
     args = parser.parse_intermixed_args(argv)
     lab = Lab(args.dir)
     try:
@@ -28,6 +30,11 @@ def main(argv=None):
             for name in args.names:
                 stopped = lab.stop_process(lab.process(name))
                 print(f"{name}: {'stopped' if stopped else 'was not running'}")
+        elif args.command == "lose-site":
+            if lab.load() is None or len(args.names) != 1 or args.names[0] not in lab.state.get("sites", {}):
+                print(f"lose-site needs a lab in {lab.dir} and one of its sites")
+                return 1
+            print(f"{args.names[0]}: {node.lose_site(lab.dir, args.names[0])} processes killed")
         else:
             if lab.load() is None:
                 print(f"no lab in {lab.dir} (run: make lab-up)")

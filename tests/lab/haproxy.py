@@ -29,13 +29,15 @@ def describe(row):
     return "UP" if row.op_state == 2 else "DOWN"
 
 
-def render(instance, kms_ports):
-    """haproxy.cfg for one instance, rendered from the global_lb role's template (dc1 active, dc2 in maint)."""
-    sites = {site: ("127.0.0.1", port) for site, port in kms_ports.items()}
+def render(instance, sites):
+    """haproxy.cfg for one instance, rendered from the global_lb role's template (dc1 active, dc2 in maint).
+    ``sites``: {site: (host, port) of its KMS}."""
     return render_role_template(lab_values(instance, sites, active_site="dc1"))
 
 
-def up(lab, kms_ports):
+def up(lab, sites, wait_for_site="dc1"):
+    """Start the pair in front of ``sites`` ({site: (host, port) of its KMS}); wait until both see ``wait_for_site``'s
+    KMS healthy, or (None: nothing serves yet) until their Runtime API answers."""
     binary = require_binary("haproxy", "haproxy")
     instances = []
     for name in INSTANCES:
@@ -44,7 +46,7 @@ def up(lab, kms_ports):
                     "frontend_port": lab.free_port(), "stats_port": lab.free_port(),
                     "state_file": str(cfg_dir / "server-state"), "config": str(cfg_dir / "haproxy.cfg")}
         with open(instance["config"], "w", encoding="utf-8") as cfg:
-            cfg.write(render(instance, kms_ports))
+            cfg.write(render(instance, sites))
         check = subprocess.run([binary, "-c", "-q", "-f", instance["config"]], capture_output=True, text=True,
                                check=False)
         if check.returncode != 0:
@@ -56,18 +58,34 @@ def up(lab, kms_ports):
         instance["metrics_url"] = f"http://127.0.0.1:{instance['stats_port']}/metrics"
         instances.append(instance)
     for instance in instances:
-        lab.wait_process(f"{instance['name']}-haproxy",
-                         lambda inst=instance: describe(servers_state(inst["socket"])["dc1"]) == "UP",
-                         30, f"{instance['name']} to see dc1's KMS healthy")
-    return {"backend": BACKEND, "servers": {site: site for site in kms_ports}, "instances": instances}
+        if wait_for_site is None:
+            lab.wait_process(f"{instance['name']}-haproxy", lambda inst=instance: _answers(inst["socket"]), 30,
+                             f"{instance['name']}'s Runtime API to answer")
+        else:
+            lab.wait_process(f"{instance['name']}-haproxy",
+                             lambda inst=instance: describe(servers_state(inst["socket"])[wait_for_site]) == "UP",
+                             30, f"{instance['name']} to see {wait_for_site}'s KMS healthy")
+    return {"backend": BACKEND, "servers": {site: site for site in sites}, "instances": instances,
+            "require_serving": wait_for_site is not None}
 
 
-def check_instance(instance):
-    """Up means the admin socket answers and some server takes traffic; the detail says which."""
+def _answers(socket_path):
+    try:
+        servers_state(socket_path)
+    except HAProxyError:
+        return False
+    return True
+
+
+def check_instance(instance, require_serving=True):
+    """Up means the admin socket answers and (``require_serving``) some server takes traffic; the detail says
+    which."""
     try:
         states = servers_state(instance["socket"])
     except HAProxyError as exc:
         return False, str(exc)
     detail = ", ".join(f"{server} {describe(state)}" for server, state in sorted(states.items()))
     serving = [server for server, state in states.items() if describe(state) == "UP"]
+    if not require_serving:  # operator mode: the KMS runs only once install.yml has deployed it
+        return True, f"{instance['frontend_url']} -> {detail}{'' if serving else ' (nothing serves yet)'}"
     return bool(serving), f"{instance['frontend_url']} -> {detail}"

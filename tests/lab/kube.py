@@ -327,8 +327,9 @@ def _component_kubeconfig(path, server, ca, cert, key, user):
 def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
     """Operator mode: storage for PostgreSQL without a provisioner. A no-provisioner StorageClass (the default class,
     ``WaitForFirstConsumer``) and ``count`` hostPath PersistentVolumes bound to the real node, each a directory under
-    the lab dir owned by PostgreSQL's UID: ``lab down`` removes them with the dir, nothing lives elsewhere on the host.
-    Returns the PV names."""
+    the lab dir: ``lab down`` removes them with the dir, nothing lives elsewhere on the host. Owned by PostgreSQL's
+    UID, and writable by all: a hostPath volume gets no ``fsGroup`` ownership (a CSI volume would), and whichever
+    claim binds it, PostgreSQL's (UID 26) or Redis's (UID 1001), must write to it. Returns the PV names."""
     api.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                "metadata": {"name": STORAGE_CLASS,
                             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -339,7 +340,7 @@ def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
         path = Path(kube_dir).parent / "volumes" / f"pv-{number}"
         path.mkdir(parents=True, exist_ok=True)
         os.chown(path, POSTGRES_UID, POSTGRES_UID)
-        path.chmod(0o700)
+        path.chmod(0o777)
         name = f"{node_name}-pv-{number}"
         api.apply({"apiVersion": "v1", "kind": "PersistentVolume",
                    "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},

@@ -188,11 +188,14 @@ def base_images(log=print):
 
 
 def operator_images(log=print):
-    """{name: OCI archive} of the images the real CNPG operator needs on a node (operator mode): the operator (also
-    the instance pods' bootstrap container), the Barman Cloud plugin and its sidecar, and the PostgreSQL operand."""
+    """{name: OCI archive} of the images the pods of operator mode run on a node: the CNPG operator (also the instance
+    pods' bootstrap container), the Barman Cloud plugin and its sidecar, the PostgreSQL operand, and what install.yml
+    deploys beside the database: Redis (the lab's chart), the KMS stand-in and the Redis backup CronJob's tools."""
     pinned = images.operator_image_names()
     return images.ensure_all([images.operator_recipe(pinned["operator"]), images.plugin_recipe(pinned["plugin"]),
-                              images.sidecar_recipe(pinned["sidecar"]), images.postgres_recipe()], log=log)
+                              images.sidecar_recipe(pinned["sidecar"]), images.postgres_recipe(),
+                              images.redis_recipe(), images.kms_standin_recipe(), images.backup_tools_recipe()],
+                             log=log)
 
 
 def import_images(entry, archives):
@@ -441,11 +444,12 @@ def _ancestors():
     return pids
 
 
-def _lab_pids(lab_dir):
+def _lab_pids(lab_dir, site="*"):
     """Processes of the lab's containers that no recorded pid covers: container init processes (their runc state
-    is under the lab dir) and containerd shims (they outlive containerd by design; their socket is under it)."""
+    is under the lab dir) and containerd shims (they outlive containerd by design; their socket is under it), and
+    every process in a site's network namespace. ``site``: one site's, or ``*`` for all."""
     found = set()
-    for runc_state in Path(lab_dir).glob("*/containerd/runc/*/*/state.json"):
+    for runc_state in Path(lab_dir).glob(f"{site}/containerd/runc/*/*/state.json"):
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
             recorded = json.loads(runc_state.read_text(encoding="utf-8"))
             pid = int(recorded["init_process_pid"])
@@ -460,11 +464,11 @@ def _lab_pids(lab_dir):
             if not os.path.basename(os.readlink(entry / "exe")).startswith("containerd-shim"):
                 continue
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            if f"{lab_dir}/" in cmdline:
+            if f"{lab_dir}/{'' if site == '*' else site + '/'}" in cmdline:
                 found.add(int(entry.name))
     # anything still inside a site's namespace (a process whose pid never reached the state file of a killed up)
     inodes = set()
-    for netns in Path(NETNS_RUN_DIR).glob(f"hkms-{lab_hash(lab_dir)}-*"):
+    for netns in Path(NETNS_RUN_DIR).glob(f"hkms-{lab_hash(lab_dir)}-{site}"):
         with contextlib.suppress(OSError):
             inodes.add((os.stat(netns).st_dev, os.stat(netns).st_ino))
     if inodes:
@@ -474,6 +478,22 @@ def _lab_pids(lab_dir):
                                              os.stat(entry / "ns" / "net").st_ino) in inodes:
                     found.add(int(entry.name))
     return sorted(pid for pid in found - _ancestors() if pid_alive(pid))
+
+
+def lose_site(lab_dir, site):
+    """Power a site off, as a lost data center: every process of its network namespace (control plane, containerd,
+    kubelet, kube-proxy, CoreDNS) and of its containers (PostgreSQL, Redis, the KMS, the operator) stops at once,
+    with no clean shutdown and no final checkpoint or WAL archive. Frozen first (SIGSTOP) so that nothing restarts
+    what is being killed. The namespace, its veth and the data on disk stay (``lab down`` removes them). Returns how
+    many processes were killed."""
+    lab_dir = str(Path(lab_dir).resolve())
+    pids = _lab_pids(lab_dir, site)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, f"{site}'s processes to die")
+    return len(pids)
 
 
 def _kill_containers(lab_dir):

@@ -10,6 +10,9 @@ from tests.lab import haproxy, kms, node, postgres, redis, s3
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
+# Operator mode: the node ports of the Redis master and KMS Services (inventories/lab/group_vars/kms_sites.yml)
+REDIS_NODE_PORT = 30379
+KMS_NODE_PORT = 30080
 MARKER = ".hanzo-kms-lab"
 
 
@@ -52,9 +55,10 @@ def status(lab):
         rows.append(("lab up", *missing))
     for site in SITES:
         entry = state.get("sites", {}).get(site, {})
-        rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
-        rows.append((f"{site} postgres", *(postgres.check(entry["postgres"]) if "postgres" in entry else missing)))
-        rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
+        if state.get("cnpg", {}).get("mode", "standin") == "standin":  # operator mode: these run in install.yml's pods
+            rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
+            rows.append((f"{site} postgres", *(postgres.check(entry["postgres"]) if "postgres" in entry else missing)))
+            rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
         if "kube" in entry:
             problems = _kube().check(lab, entry["kube"])
             healthy_detail = entry["kube"]["server"]
@@ -67,7 +71,8 @@ def status(lab):
     if "lb" not in state:
         rows.append(("haproxy", *missing))
     for instance in state.get("lb", {}).get("instances", []):
-        rows.append((f"{instance['name']} haproxy", *haproxy.check_instance(instance)))
+        rows.append((f"{instance['name']} haproxy",
+                     *haproxy.check_instance(instance, state["lb"].get("require_serving", True))))
     for proc in state.get("processes", []):
         if not lab.process_alive(proc):
             rows.append((f"process {proc['name']}", False, f"pid {proc['pid']} is not running (log {proc['log']})"))
@@ -103,6 +108,31 @@ def _reusable(lab, mode, log):
     return False
 
 
+def _up_host_services(lab, sites):
+    """Stand-in mode: Redis, PostgreSQL (dc2 streams from dc1) and the KMS stand-in as host processes, and the HAProxy
+    pair in front of the stand-ins (kwok runs no pods, so the collection's objects have nothing behind them)."""
+    for site in SITES:
+        sites[site]["redis"] = redis.up(lab, site)
+    sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
+    sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
+    for site in SITES:
+        sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"])
+    lab.save()
+    lab.state["lb"] = haproxy.up(lab, {site: ("127.0.0.1", sites[site]["kms"]["port"]) for site in SITES})
+    lab.save()
+
+
+def _pod_service_addresses(sites):
+    """Operator mode: Redis and the KMS run in pods that install.yml creates; the control node and HAProxy reach them
+    at the real node's address through the node ports the lab inventory gives their Services (no password here: the
+    operations playbooks read it from the redis role's Secret, as in production)."""
+    for site in SITES:
+        node_ip = sites[site]["kube"]["net"]["node_ip"]
+        sites[site]["redis"] = {"host": node_ip, "port": REDIS_NODE_PORT, "in_pod": True}
+        sites[site]["kms"] = {"host": node_ip, "port": KMS_NODE_PORT, "url": f"http://{node_ip}:{KMS_NODE_PORT}",
+                              "stand_in": True, "in_pod": True}
+
+
 def up(lab, log=print):
     """Start every service; idempotent. Returns the state. On failure nothing is left running.
     HANZO_KMS_LAB_CNPG=operator starts the lab for the real CNPG operator (recorded as ``state["cnpg"]``); a lab
@@ -126,14 +156,9 @@ def up(lab, log=print):
         lab.state["s3"] = s3.up(lab)
         sites = lab.state["sites"]
         for index, site in enumerate(SITES):
-            sites[site] = {"role": "active" if index == 0 else "passive", "redis": redis.up(lab, site)}
-        sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
-        sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
-        for site in SITES:
-            sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"])
-        lab.save()
-        lab.state["lb"] = haproxy.up(lab, {site: sites[site]["kms"]["port"] for site in SITES})
-        lab.save()
+            sites[site] = {"role": "active" if index == 0 else "passive"}
+        if mode == "standin":
+            _up_host_services(lab, sites)
         kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
@@ -143,6 +168,11 @@ def up(lab, log=print):
                 kube.finish_images(sites[site]["kube"])
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
+        if mode == "operator":
+            _pod_service_addresses(sites)
+            lab.state["lb"] = haproxy.up(lab, {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"])
+                                               for site in SITES}, wait_for_site=None)
+            lab.save()
     except BaseException:
         _stop_everything(lab)
         raise
@@ -155,7 +185,7 @@ def up(lab, log=print):
 def _ports(state):
     ports = [state["s3"]["ports"][name] for name in state.get("s3", {}).get("ports", {})]
     for entry in state.get("sites", {}).values():
-        ports += [entry[c]["port"] for c in ("redis", "postgres", "kms") if c in entry]
+        ports += [entry[c]["port"] for c in ("redis", "postgres", "kms") if c in entry and not entry[c].get("in_pod")]
     for instance in state.get("lb", {}).get("instances", []):
         ports += [instance["admin_port"], instance["frontend_port"], instance["stats_port"]]
     return ports

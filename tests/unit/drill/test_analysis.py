@@ -54,3 +54,16 @@ def test_phase_summary_counts_and_target_rto():
     assert summary["counts"]["sites"] == {"dc2": 1}
     assert summary["longest_outage_seconds"] == 2.1
     assert summary["first_success_on_target_seconds"] == 2.6
+
+
+def test_lost_before_names_only_writes_acknowledged_before_the_archived_wal():
+    records = [{"op": "write", "ok": True, "name": "a", "t0": 9.0, "t1": 10.0},
+               {"op": "write", "ok": True, "name": "b", "t0": 19.0, "t1": 20.0},
+               {"op": "write", "ok": True, "name": "c", "t0": 29.5, "t1": 29.6},
+               {"op": "write", "ok": True, "name": "a", "t0": 39.0, "t1": 40.0},  # acknowledged again later
+               {"op": "write", "ok": False, "name": "d", "t0": 1.0, "t1": 2.0}]
+    lost = [("a", "v2", "v1"), ("b", "v", None), ("c", "v", None)]
+    # archived at 30: b (at 20) should have survived; c is inside the slack; a's last ack (40) is after the WAL
+    assert analysis.lost_before(records, lost, since=30.0) == [("b", "v", None)]
+    assert analysis.lost_before(records, lost, since=15.0) == []
+    assert analysis.iso_seconds("1970-01-01T00:01:40Z") == 100.0

@@ -176,6 +176,9 @@ def test_failover_with_the_old_site_lost():
     assert any("unreachable" in w for w in decision["warnings"])
     assert decision["data_loss"]["postgres"]["bound_seconds"] == 30
     assert decision["data_loss"]["redis"]["bound_seconds"] == 600
+    site_dc1 = next(s for s in decision["sites"] if s["site"] == "dc1")
+    assert decision["data_loss"]["postgres"]["since"] == site_dc1["wal_archive"]["time"]
+    assert decision["data_loss"]["redis"]["since"] == site_dc1["redis_backup"]["time"]
 
 
 def test_failover_data_loss_unknown_without_archive():
@@ -183,6 +186,7 @@ def test_failover_data_loss_unknown_without_archive():
                                                  site("dc2")], NOW)
     assert decision["ok"]
     assert decision["data_loss"]["postgres"]["bound_seconds"] is None
+    assert decision["data_loss"]["postgres"]["since"] is None
     assert "unknown" in decision["data_loss"]["postgres"]["basis"]
     assert decision["data_loss"]["redis"]["bound_seconds"] is None
 

@@ -24,10 +24,13 @@ metadata:
     {{- include "redis.labels" . | nindent 4 }}
     app.kubernetes.io/component: master
 spec:
-  type: ClusterIP
+  type: {{ .Values.master.service.type }}
   selector:
     {{- include "redis.selector" . | nindent 4 }}
   ports:
     - name: tcp-redis
       port: 6379
       targetPort: redis
+      {{- if and (eq .Values.master.service.type "NodePort") .Values.master.service.nodePorts.redis }}
+      nodePort: {{ .Values.master.service.nodePorts.redis }}
+      {{- end }}
