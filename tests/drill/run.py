@@ -238,6 +238,7 @@ class Drill:
                 "rto_seconds_kill_to_first_dc2_success": round(first_dc2["t1"] - kill_time, 3) if first_dc2 else None,
                 "last_acknowledged_write_before_kill": max((r["t1"] for r in loss_window), default=None),
                 "report_bound_seconds": bound.get("bound_seconds"), "report_bound_since": bound.get("since"),
+                "report_bound_approximate": bound.get("approximate"),
                 "lost_before_the_bound": beyond,
             },
             "lab_mode": self.lab_state().state.get("cnpg", {}).get("mode", "standin"),
@@ -292,7 +293,9 @@ def bound_text(fail):
     if fail.get("report_bound_seconds") is None:
         return "unknown (no archived WAL of dc1 found)"
     beyond = fail.get("lost_before_the_bound") or []
-    return (f"{fail['report_bound_seconds']} s (newest archived WAL at {fail['report_bound_since']}); lost writes "
+    basis = ("approximate: the old site's newest archived WAL" if fail.get("report_bound_approximate")
+             else "dc2's newest replayed transaction")
+    return (f"{fail['report_bound_seconds']} s (since {fail['report_bound_since']}, {basis}); lost writes "
             f"acknowledged before it: **{len(beyond)}** (target 0)")
 
 

@@ -181,6 +181,24 @@ def test_failover_with_the_old_site_lost():
     assert decision["data_loss"]["redis"]["since"] == site_dc1["redis_backup"]["time"]
 
 
+def test_failover_bound_is_the_targets_newest_replayed_commit():
+    target = dict(site("dc2"), replayed_commit_time="2026-11-29T12:59:15Z")  # 45 s before NOW
+    decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False, wal_age=30), target], NOW)
+    bound = decision["data_loss"]["postgres"]
+    # the WAL reached the store 30 s ago, but its segment was closed earlier: the replayed commit is the true bound
+    assert (bound["bound_seconds"], bound["since"], bound["approximate"]) == (45, "2026-11-29T12:59:15Z", False)
+    assert bound["basis"].startswith("dc2 has replayed every transaction committed up to 2026-11-29T12:59:15Z")
+    assert "000000010000000000000007" in bound["basis"]
+
+
+def test_failover_bound_from_the_archive_alone_is_marked_approximate():
+    decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False, wal_age=30),
+                                                 dict(site("dc2"), replayed_commit_time="")], NOW)
+    bound = decision["data_loss"]["postgres"]
+    assert (bound["bound_seconds"], bound["approximate"]) == (30, True)
+    assert bound["basis"].startswith("APPROXIMATE")
+
+
 def test_failover_data_loss_unknown_without_archive():
     decision = ops.preflight("failover", "dc2", [site("dc1", reachable=False, wal_age=None, redis_backup_age=None),
                                                  site("dc2")], NOW)
@@ -379,7 +397,11 @@ def test_report_data_loss_lines():
     report = {"operation": "failover", "target": "dc2", "old_site": "dc1", "steps": [],
               "data_loss": ops.preflight("failover", "dc2", [site("dc1", reachable=False), site("dc2")], NOW)["data_loss"]}
     text = ops.render_report(report)
-    assert "PostgreSQL: at most 30s" in text and "Redis: at most 10m 00s" in text
+    assert "PostgreSQL: about 30s, not a guarantee — APPROXIMATE" in text and "Redis: at most 10m 00s" in text
+    report["data_loss"] = ops.preflight("failover", "dc2", [site("dc1", reachable=False),
+                                                            dict(site("dc2"), replayed_commit_time=ops.iso(ago(40)))],
+                                        NOW)["data_loss"]
+    assert "PostgreSQL: at most 40s — dc2 has replayed every transaction" in ops.render_report(report)
 
 
 def test_a_step_rerun_gets_a_new_entry():
