@@ -398,6 +398,12 @@ def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
     client.start()
     try:
         wait_until(lambda: len(client.acked) >= 10, 30, "writes acknowledged by dc1")
+        # The steady state of a replica: it has replayed a transaction since its restart (right after the
+        # switchover back it has not: dc1's first segment waits for archive_timeout, and the report's bound is then
+        # the approximate archive age, tested in tests/unit). A WAL switch on dc1 ships the load's commits.
+        psql(lab, "dc1", "select pg_switch_wal()")
+        wait_until(lambda: psql(lab, "dc2", "select pg_last_xact_replay_timestamp() is not null") == "t", 120,
+                   "dc2 to replay a transaction of dc1", interval=1)
         killed = node.lose_site(lab.dir, "dc1")
         lost_at = time.time()
         proc, seconds = playbook(lab, "playbooks/failover.yml", "-e", "failover_target_site=dc2",
