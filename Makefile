@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 LAB_DIR ?= $(CURDIR)/.lab
+# How the labs of lab-up, demo and Molecule run CloudNativePG: the real operator in pods on each site's real node
+# (operator mode, docs/lab.md). LAB_CNPG=standin: the stand-in, which the pytest session lab still uses.
+LAB_CNPG ?= operator
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/hanzo/kms
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
@@ -47,11 +50,12 @@ lint: venv
 units: venv
 	$(PY) -m pytest -q tests/unit
 
+# --durations: where the suite's time goes (CI's budget), printed at the end
 integration: venv
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q --durations=25 tests/integration
 
 lab-up: venv
-	$(PY) -m tests.lab up --dir $(LAB_DIR)
+	HANZO_KMS_LAB_CNPG=$(LAB_CNPG) $(PY) -m tests.lab up --dir $(LAB_DIR)
 
 lab-status: venv
 	$(PY) -m tests.lab status --dir $(LAB_DIR)
@@ -75,7 +79,8 @@ demo: setup lab-up
 molecule-default molecule-backup molecule-switchover molecule-failover: venv
 	@# Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule reset -s $(@:molecule-%=%) >/dev/null
-	PATH=$(CURDIR)/$(BIN):$$PATH HANZO_KMS_LAB_DIR=$(LAB_DIR) $(BIN)/molecule test -s $(@:molecule-%=%)
+	PATH=$(CURDIR)/$(BIN):$$PATH HANZO_KMS_LAB_DIR=$(LAB_DIR) HANZO_KMS_LAB_CNPG=$(LAB_CNPG) \
+		$(BIN)/molecule test -s $(@:molecule-%=%)
 
 # Part of make test: the failover scenario (the failover is not in the pytest suite: it loses dc1 for good), on a lab
 # of its own that is removed afterwards. backup and switchover are covered by tests/integration as well.

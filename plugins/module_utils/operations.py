@@ -444,8 +444,11 @@ def status_rows(summaries, lb=None):
     row("CNPG phase", lambda s: (s["cluster"]["phase"] or "-") + (
         f" (Ready={s['cluster']['ready']})" if s["cluster"] else "") if s["cluster"] else "unknown")
     row("CNPG primary instance", lambda s: (s["cluster"]["current_primary"] or "-") if s["cluster"] else "unknown")
-    row("Timeline", lambda s: s["cluster"]["timeline"] if s["cluster"] else "unknown")
+    # CNPG reports no timeline for a replica Cluster until it is promoted
+    row("Timeline", lambda s: ("-" if s["cluster"]["timeline"] is None else s["cluster"]["timeline"])
+        if s["cluster"] else "unknown")
     row("Replication", lambda s: s["replication"])
+    row("Newest replayed transaction", _replayed_cell)
     row("Fencing", lambda s: s["cluster"]["fencing"] if s["cluster"] else "unknown")
     row("WAL archiving (condition)", lambda s: (s["cluster"]["archiving"] or "-") if s["cluster"] else "unknown")
     row("Newest archived WAL", lambda s: _age_cell(s["wal_archive"], "name"))
@@ -460,6 +463,15 @@ def status_rows(summaries, lb=None):
     for inst in lb or []:
         rows.append([f"LB {inst['name']}"] + [_cell(_lb_cell(inst, s["site"])) for s in summaries])
     return rows
+
+
+def _replayed_cell(summary):
+    """What a failover to this site keeps for certain: commits up to this one (a replica's; site_status reads it)."""
+    if summary["cluster"] and summary["cluster"]["role"] == "primary":
+        return "- (primary)"
+    if summary["replayed_commit"]:
+        return f"{human_age(summary['replayed_commit']['age_seconds'])} ago ({summary['replayed_commit']['time']})"
+    return "none read (not read, or nothing replayed since the instance started)"
 
 
 def _lb_cell(inst, site):

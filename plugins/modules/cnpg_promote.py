@@ -263,24 +263,11 @@ last_status:
 '''
 
 import copy
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import CnpgError, KubeCluster, Promoter
-
-KUBERNETES_IMPORT_ERROR = None
-try:
-    import kubernetes  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    KUBERNETES_IMPORT_ERROR = traceback.format_exc()
-
-K8S_CORE_IMPORT_ERROR = None
-try:
-    from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
-except ImportError:
-    K8S_CORE_IMPORT_ERROR = traceback.format_exc()
-    AUTH_ARG_SPEC = {}
 
 
 def argument_spec():
@@ -300,38 +287,16 @@ def argument_spec():
     return spec
 
 
-def api_client(params, side):
-    """A kubernetes ApiClient for one side, configured by kubernetes.core's auth code (no API discovery)."""
-    # pylint: disable=import-outside-toplevel
-    import kubernetes as k8s
-    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
-
-    auth = {key: params[key] for key in AUTH_ARG_SPEC}
-    auth.update({key: value for key, value in params[side].items() if key in AUTH_ARG_SPEC and value is not None})
-    # kubernetes.core loads kubeconfigs into the client's process-wide default configuration: start from a clean
-    # one for each side so that settings of one cluster never leak into the other's client.
-    k8s.client.Configuration.set_default(k8s.client.Configuration())
-    spec = k8s_client._create_auth_spec(None, **auth)  # pylint: disable=protected-access
-    configuration = k8s_client._create_configuration(spec)  # pylint: disable=protected-access
-    configuration.retries = 1
-    api = k8s.client.ApiClient(configuration)
-    headers = k8s_client._create_headers(None, **auth)  # pylint: disable=protected-access
-    for header, value in headers.items():
-        k8s_client._set_header(api, header, value)  # pylint: disable=protected-access
-    return api
-
-
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if KUBERNETES_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib('kubernetes'), exception=KUBERNETES_IMPORT_ERROR)
-    if K8S_CORE_IMPORT_ERROR:
-        module.fail_json(msg='the kubernetes.core collection is required', exception=K8S_CORE_IMPORT_ERROR)
+    problem = missing()
+    if problem:
+        module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
     sides = {}
     for side in ('old_cluster', 'new_cluster'):
         try:
-            client = api_client(params, side)
+            client = api_client(params, params[side])
         except Exception as exc:  # pylint: disable=broad-exception-caught
             module.fail_json(msg=f'cannot configure the Kubernetes client for {side}: {exc}')
         sides[side] = KubeCluster(client, params[side]['name'], params[side]['namespace'], side.split('_', maxsplit=1)[0],

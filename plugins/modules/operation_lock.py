@@ -201,25 +201,12 @@ import copy
 import datetime
 import secrets
 import socket
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
     DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
-
-KUBERNETES_IMPORT_ERROR = None
-try:
-    import kubernetes  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    KUBERNETES_IMPORT_ERROR = traceback.format_exc()
-
-K8S_CORE_IMPORT_ERROR = None
-try:
-    from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
-except ImportError:
-    K8S_CORE_IMPORT_ERROR = traceback.format_exc()
-    AUTH_ARG_SPEC = {}
 
 
 def argument_spec():
@@ -241,28 +228,6 @@ def argument_spec():
     return spec
 
 
-def api_client(params, site):
-    """A kubernetes ApiClient for one site, configured by kubernetes.core's auth code (as hanzo.kms.cnpg_promote)."""
-    # pylint: disable=import-outside-toplevel
-    import kubernetes as k8s
-    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
-
-    # An empty string (an inventory's unset site_kubeconfig) means "not set", like default(omit, true) in a task.
-    auth = {key: params[key] for key in AUTH_ARG_SPEC if params[key] not in (None, '')}
-    auth.update({key: value for key, value in site.items() if key in AUTH_ARG_SPEC and value not in (None, '')})
-    # kubernetes.core loads kubeconfigs into the client's process-wide default configuration: start from a clean
-    # one for each site so that settings of one cluster never leak into the other's client.
-    k8s.client.Configuration.set_default(k8s.client.Configuration())
-    spec = k8s_client._create_auth_spec(None, **auth)  # pylint: disable=protected-access
-    configuration = k8s_client._create_configuration(spec)  # pylint: disable=protected-access
-    configuration.retries = 1
-    api = k8s.client.ApiClient(configuration)
-    headers = k8s_client._create_headers(None, **auth)  # pylint: disable=protected-access
-    for header, value in headers.items():
-        k8s_client._set_header(api, header, value)  # pylint: disable=protected-access
-    return api
-
-
 class UnconfiguredLease:  # pylint: disable=too-few-public-methods
     """A site whose Kubernetes client could not be configured: every read says it is unreachable."""
 
@@ -277,10 +242,9 @@ class UnconfiguredLease:  # pylint: disable=too-few-public-methods
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            required_one_of=[('owner', 'operation')])
-    if KUBERNETES_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib('kubernetes'), exception=KUBERNETES_IMPORT_ERROR)
-    if K8S_CORE_IMPORT_ERROR:
-        module.fail_json(msg='the kubernetes.core collection is required', exception=K8S_CORE_IMPORT_ERROR)
+    problem = missing()
+    if problem:
+        module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
     if params['ttl'] <= 0:
         module.fail_json(msg=f"ttl must be a positive number of seconds, got {params['ttl']}")

@@ -7,18 +7,24 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 module: site_data_info
-short_description: Backups of one Hanzo KMS site in object storage, and its Redis server
+short_description: One Hanzo KMS site's status - its Kubernetes objects, its backups in object storage, its Redis
 version_added: 0.1.0
 description:
   - Read-only. Reports what the object store holds for one site and whether the site's Redis answers, for the
-    status, failover and switchover playbooks.
+    status, failover and switchover playbooks; with O(cluster_name), also the site's Kubernetes objects, all in one
+    pass (the C(hanzo.kms.site_status) role, where its speed is part of a failover's time).
   - "PostgreSQL: lists the Barman Cloud layout under the site's ObjectStore C(destinationPath)
     (C(<server>/wals/...) and C(<server>/base/<backup id>/backup.info)) and returns the newest archived WAL file and
     the newest base backup with their age (from the objects' C(LastModified): when they reached the object store)."
   - "Redis: the newest complete backup (one with C(manifest.json)) under O(redis_prefix)/O(site) in the layout of
     M(hanzo.kms.redis_rdb_backup), and, with O(probe_redis), the server's role, version and key count."
-  - Every part reports its own error instead of failing the task, so an unreachable Redis or a missing bucket still
-    gives a result. The task fails only on invalid options.
+  - "Kubernetes (with O(cluster_name)): the CNPG Cluster (its answer decides whether the site's API is reachable), the
+    commit time of the newest transaction its instance has replayed (an exec of C(psql) in the instance's
+    C(postgres) container, with O(read_replay); the failover's data-loss bound), the KMS Deployment, the Cluster's
+    Backups, the ObjectStore O(object_store_name) (its C(destinationPath) is listed), and the Redis password from the
+    Secret O(redis_secret_name) when O(password) is empty. Returned as RV(status) and RV(access)."
+  - Every part reports its own error instead of failing the task, so an unreachable API server or Redis, or a missing
+    bucket, still gives a result. The task fails only on invalid options.
 author:
   - Hanzo KMS platform team (@hanzoai)
 extends_documentation_fragment:
@@ -67,10 +73,68 @@ options:
       - Probe the site's Redis at O(host):O(port).
     type: bool
     default: true
+  cluster_name:
+    description:
+      - The site's CNPG Cluster. Given, the module also reads the site's Kubernetes objects (see the description)
+        and returns RV(status) and RV(access); without it, only the object store and Redis are read.
+    type: str
+  kubeconfig:
+    description:
+      - The site's kubeconfig (as in kubernetes.core's modules; K8S_AUTH_* variables and C(~/.kube/config) apply when
+        it is not set). Only O(kubeconfig) and O(context) select the cluster here, since O(host), O(username),
+        O(password) and O(validate_certs) are the Redis and S3 settings.
+    type: raw
+  context:
+    description:
+      - The context of O(kubeconfig) to use.
+    type: str
+  namespace:
+    description:
+      - Namespace of the Cluster, the KMS Deployment, the ObjectStore and the Redis Secret.
+    type: str
+    default: kms
+  object_store_name:
+    description:
+      - The site's Barman Cloud ObjectStore. Default C(<cluster_name>-store).
+    type: str
+  kms_name:
+    description:
+      - The KMS Deployment.
+    type: str
+    default: kms
+  read_replay:
+    description:
+      - Ask the Cluster's instance for the newest transaction it has replayed (needs C(pods/exec)). Set V(false)
+        where the instance pods do not really run.
+    type: bool
+    default: true
+  redis_secret_name:
+    description:
+      - Secret holding the Redis password, read when O(password) is empty and O(host) is given.
+    type: str
+    default: redis-auth
+  redis_secret_key:
+    description:
+      - Key of the password in O(redis_secret_name).
+    type: str
+    default: redis-password
+  inventory_role:
+    description:
+      - The inventory's C(site_role), reported in RV(status) next to the role discovered from the Clusters.
+    type: str
+    default: ''
+  request_timeout:
+    description:
+      - Seconds to wait for each Kubernetes API request (an exec gets twice as long).
+    type: int
+    default: 10
 notes:
   - The listing costs one C(ListObjectsV2) request per 1000 objects under the site's WAL archive path.
+  - The Kubernetes part needs C(get) on the Cluster, ObjectStore, Deployment and Secret, C(list) on Backups and
+    C(create) on C(pods/exec) in O(namespace).
 requirements:
   - boto3
+  - kubernetes >= 24.2.0 (Python library), with O(cluster_name)
 seealso:
   - module: hanzo.kms.redis_rdb_backup
   - module: hanzo.kms.switch_preflight
@@ -94,6 +158,20 @@ EXAMPLES = r'''
 - name: Show the age of the newest archived WAL
   ansible.builtin.debug:
     msg: "{{ dc1_data.cnpg.newest_wal.age_seconds | default('no WAL archived') }}"
+
+- name: The whole status of dc1, Kubernetes objects included (the access holds the Redis password)
+  hanzo.kms.site_data_info:
+    site: dc1
+    bucket: kms-backups
+    endpoint_url: https://s3.example.com
+    access_key: "{{ s3_access_key }}"
+    secret_key: "{{ s3_secret_key }}"
+    kubeconfig: /etc/hanzo-kms/dc1.kubeconfig
+    namespace: kms
+    cluster_name: kms-pg-dc1
+    host: 10.10.0.11
+  register: dc1_status
+  no_log: true
 '''
 
 RETURN = r'''
@@ -150,6 +228,20 @@ redis:
     error:
       description: Why the server could not be probed.
       type: str
+status:
+  description:
+    - 'The site status the operations playbooks use (plugins/module_utils/operations.py): C(site),
+      C(inventory_role), C(kube_reachable), C(kube_error), C(cluster) (the Cluster object or null), C(cluster_error),
+      C(kms) (C(replicas), C(ready_replicas), C(available); null when unknown), C(replayed_commit_time) (UTC, empty
+      when not read), C(backups) (the Cluster''s Backup objects) and C(data) (the object store and Redis part above).'
+  returned: with O(cluster_name)
+  type: dict
+access:
+  description:
+    - How to reach the site (C(site), C(kubeconfig), C(context), C(namespace), C(cluster_name), C(kms_name),
+      C(redis_host), C(redis_port), C(redis_password)). Holds the Redis password - register it with C(no_log).
+  returned: with O(cluster_name)
+  type: dict
 '''
 
 import traceback
@@ -165,12 +257,14 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     s3_argument_spec,
     s3_client,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import api_client, missing
+from ansible_collections.hanzo.kms.plugins.module_utils.site_status import KubeReader, gather
 
 
-def main():
-    argument_spec = redis_connection_spec()
-    argument_spec.update(s3_argument_spec())
-    argument_spec.update(
+def argument_spec():
+    spec = redis_connection_spec()
+    spec.update(s3_argument_spec())
+    spec.update(
         site=dict(type='str', required=True),
         bucket=dict(type='str', required=True),
         cnpg_destination_path=dict(type='str'),
@@ -178,17 +272,52 @@ def main():
         cnpg_server_name=dict(type='str'),
         redis_prefix=dict(type='str', default='redis'),
         probe_redis=dict(type='bool', default=True),
+        cluster_name=dict(type='str'),
+        # not no_log (kubernetes.core's is, for a kubeconfig given inline): RV(access) returns the path
+        kubeconfig=dict(type='raw', no_log=False),
+        context=dict(type='str'),
+        namespace=dict(type='str', default='kms'),
+        object_store_name=dict(type='str'),
+        kms_name=dict(type='str', default='kms'),
+        read_replay=dict(type='bool', default=True),
+        redis_secret_name=dict(type='str', default='redis-auth'),
+        redis_secret_key=dict(type='str', default='redis-password', no_log=False),
+        inventory_role=dict(type='str', default=''),
+        request_timeout=dict(type='int', default=10),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+def kube_reader(params):
+    """(KubeReader, None), or (None, why) when the client cannot be configured (a missing kubeconfig)."""
+    try:
+        cluster = {key: params[key] for key in ('kubeconfig', 'context')}
+        return KubeReader(api_client({}, cluster), params['request_timeout']), None
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        return None, 'Kubernetes client not configured: %s' % exc
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
+    problem = missing() if params['cluster_name'] else None
+    if problem:
+        module.fail_json(msg=problem[0], exception=problem[1])
     try:
-        result = collect_site_data(module.params, s3_client(module.params))
+        client = s3_client(params)
+        if not params['cluster_name']:
+            module.exit_json(changed=False, **collect_site_data(params, client))
+        reader, reader_error = kube_reader(params)
+        status, access = gather(dict(params, object_store_name=params['object_store_name'] or
+                                     params['cluster_name'] + '-store', reader_error=reader_error),
+                                reader, lambda data_params: collect_site_data(data_params, client))
     except (S3Error, ValueError) as exc:
         module.fail_json(msg='site_data_info: %s' % exc)
     except Exception as exc:  # pylint: disable=broad-exception-caught
         module.fail_json(msg='site_data_info failed: %s' % exc, exception=traceback.format_exc())
-    module.exit_json(changed=False, **result)
+    module.exit_json(changed=False, status=status, access=access, **status['data'])
 
 
 if __name__ == '__main__':

@@ -69,7 +69,7 @@ class ReplicationSampler:
         for site in ("dc1", "dc2"):
             recovery, position = site_db.query(state, site, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
                                                             "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END")[0]
-            positions[site] = (recovery, lsn_bytes(position))
+            positions[site] = (recovery, site_db.lsn_bytes(position))
         primary = next(site for site, (recovery, _lsn) in positions.items() if not recovery)
         standby = "dc2" if primary == "dc1" else "dc1"
         return {"t": taken, "primary": primary,
@@ -89,14 +89,6 @@ class ReplicationSampler:
         self.stopping.set()
         self.thread.join(10)
         return self.samples
-
-
-def lsn_bytes(text):
-    """A PostgreSQL LSN (``16/B374D848``) as a byte position; None stays None."""
-    if text is None:
-        return None
-    high, low = str(text).split("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 class Drill:
@@ -149,8 +141,7 @@ class Drill:
         self.log(f"killed {', '.join(stopped)}")
 
     def surviving_rows(self, site):
-        return dict(site_db.query(self.lab_state().state, site,
-                                  "SELECT name, value FROM kms_secrets WHERE name LIKE 'drill-%'"))
+        return site_db.secret_values(self.lab_state().state, site, "drill-")
 
     def reports(self):
         """The operation reports (JSON) the playbooks wrote into the lab's report dir, oldest first."""

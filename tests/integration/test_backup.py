@@ -4,7 +4,8 @@ The session's lab is installed (install.yml), dc1's Redis gets known keys, then:
 deletes nothing; a real run backs up both sites (CNPG Backups completed in both Clusters, a complete Redis backup per
 site whose manifest counts equal the live Redis); with dc2 unreachable the job still succeeds and says dc2 was
 skipped; with the primary's Kubernetes API unreachable it fails naming it; restore_test.yml restores into a scratch
-Redis and a scratch Cluster, leaves neither behind and reports; in external mode it refuses a site's Redis.
+Redis, leaves none behind and reports (its scratch Cluster runs on the real operator: test_cnpg_operator_real.py); in
+external mode it refuses a site's Redis.
 Molecule's `molecule/backup` covers the same path as a scenario; these run in `make test`.
 """
 from __future__ import annotations
@@ -126,9 +127,11 @@ def test_unreachable_primary_fails_the_job(installed, lab_dir, unreachable_inven
     assert "Backup kms-pg-dc2-ondemand-" in proc.stdout
 
 
-def test_restore_test_restores_into_scratch_services_and_reports(installed, lab_dir, kube_clients):  # pylint: disable=redefined-outer-name
-    proc = playbook(["-i", "inventories/lab", "playbooks/restore_test.yml", "-e", f"kms_report_dir={lab_dir}/reports"],
-                    lab_dir)
+def test_restore_test_restores_redis_into_a_scratch_redis_and_reports(installed, lab_dir):
+    """The Redis part (the scratch Cluster needs the real operator: test_cnpg_operator_real.py runs the whole test,
+    recovered rows included; the stand-in neither restores data nor runs pods)."""
+    proc = playbook(["-i", "inventories/lab", "playbooks/restore_test.yml", "-e", f"kms_report_dir={lab_dir}/reports",
+                     "-e", "restore_test_cnpg_enabled=false"], lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     reports = sorted(Path(lab_dir, "reports").glob("restore-test-*.json"))
     report = json.loads(reports[-1].read_text(encoding="utf-8"))
@@ -137,13 +140,8 @@ def test_restore_test_restores_into_scratch_services_and_reports(installed, lab_
     counts = {c["db"]: c for c in report["redis"]["counts"]}
     assert counts["0"]["match"] and counts["0"]["manifest"] >= len(SEEDED)
     assert report["redis"]["counts_from"] == "manifest"
-    assert report["cnpg"]["phase"] == "Cluster in healthy state"
-    assert report["cnpg"]["source_cluster"] == "kms-pg-dc1" and report["cnpg"]["object_store"] == "kms-pg-dc1-store"
-    # nothing left behind: the scratch Cluster is gone, the scratch Redis no longer listens
-    api = client.CustomObjectsApi(kube_clients["dc1"])
-    clusters = api.list_namespaced_custom_object("postgresql.cnpg.io", "v1", "kms", "clusters")["items"]
-    names = [c["metadata"]["name"] for c in clusters]
-    assert "kms-pg-restore-test" not in names
+    assert report["cnpg"] == {"skipped": True}
+    # nothing left behind: the scratch Redis no longer listens
     port = int(report["redis"]["target"].rsplit(":", 1)[1])
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -10,7 +10,8 @@ tainted, hostPath volumes, cluster DNS):
 2. ``playbooks/install.yml`` creates dc1's primary Cluster (real PostgreSQL 15 image), which archives WAL to the lab's
    SeaweedFS through the plugin, dc2's replica Cluster, which bootstraps from dc1's object store and replays its WAL,
    Redis (the lab chart) and the KMS stand-in in pods, and the global LB in front of them (node ports);
-3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``;
+3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``; ``backup.yml``,
+   ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted) run;
 4. ``switchover.yml`` to dc2 and back loses no acknowledged write; ``failover.yml`` after dc1 is powered off
    (``node.lose_site``) serves from dc2, and what it lost is within the bound its report states.
 
@@ -36,7 +37,7 @@ import yaml
 
 from tests.drill import analysis
 from tests.drill.load import LoadClient
-from tests.lab import kube, kube_build, node, stack
+from tests.lab import kube, kube_build, node, site_db, stack
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
@@ -295,12 +296,7 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
     wait_until(replayed, 120, f"dc2 to replay the row written on dc1 ({marker})", interval=1)
     FIGURES["dc1 write visible on dc2 through the bucket (s)"] = round(time.monotonic() - started, 1)
     after = psql(lab, "dc2", "select pg_last_wal_replay_lsn()")
-    assert lsn(after) > lsn(before)
-
-
-def lsn(text):
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
+    assert site_db.lsn_bytes(after) > site_db.lsn_bytes(before)
 
 
 # -- install.yml's pods, the backup CronJob, switchover and failover on the real operator ---------------------------
@@ -308,15 +304,9 @@ def lb_client(lab, prefix, rate=5.0):
     return LoadClient(lab.state["lb"]["instances"][0]["frontend_url"], rate=rate, prefix=prefix)
 
 
-def missing_writes(client):
-    """The acknowledged writes (name -> ack time) that the LB's site does not return with their value now."""
-    acked_at = {r["name"]: r["t1"] for r in client.records if r["op"] == "write" and r["ok"]}
-    lost = {}
-    for name, value in client.acked.items():
-        status, _site, body = client.request("GET", f"/api/v3/secrets/raw/{name}")
-        if status != 200 or body.get("secret", {}).get("secretValue") != value:
-            lost[name] = acked_at[name]
-    return lost
+def lost_writes(lab, client, site):
+    """The acknowledged writes [(name, want, got)] that ``site``'s database does not hold with their value."""
+    return analysis.lost_writes(client.acked, site_db.secret_values(lab.state, site, f"{client.prefix}-"))
 
 
 def report(lab, operation):
@@ -359,6 +349,52 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     assert '"changed": true' in proc.stdout and f'"key": "{key}"' in proc.stdout, proc.stdout
 
 
+def newest_report(lab, prefix):
+    newest = max((lab.dir / "reports").glob(f"{prefix}-*.json"), key=lambda path: path.stat().st_mtime)
+    return json.loads(newest.read_text(encoding="utf-8"))
+
+
+def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
+    """backup.yml takes a CNPG Backup (plugin method) in both Clusters and a Redis backup per site; status.yml shows
+    dc1 primary and dc2 a replica with its newest replayed commit; restore_test.yml recovers a scratch Cluster from
+    dc1's object store and finds exactly the marker rows written before dc1's last archived WAL."""
+    lab = clusters["lab"]
+    _proc, seconds = playbook(lab, "playbooks/backup.yml")
+    FIGURES["backup.yml (s)"] = seconds
+    backup = newest_report(lab, "backup")
+    assert backup["problems"] == [], backup["problems"]
+    for entry in backup["sites"]:
+        assert entry["cnpg_backup"]["ok"] and entry["cnpg_backup"]["phase"] == "completed", entry["cnpg_backup"]
+        assert entry["redis_backup"]["ok"], entry["redis_backup"]
+
+    marker = f"restore_probe_{time.time_ns() % 10**9}"
+    psql(lab, "dc1", f"create table {marker} (n int); insert into {marker} select generate_series(1, 7)", "kms")
+    segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
+    psql(lab, "dc1", "select pg_switch_wal()")
+    wait_until(lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
+               60, f"WAL segment {segment} in the bucket")
+    wait_until(lambda: psql(lab, "dc2", f"select to_regclass('{marker}') is not null", "kms") == "t", 120,
+               f"dc2 to replay {marker}", interval=1)
+
+    status, seconds = playbook(lab, "playbooks/status.yml")
+    FIGURES["status.yml (s)"] = seconds
+    assert "| CNPG role | primary | replica |" in status.stdout
+    replayed = re.search(r"\| Newest replayed transaction \| - \(primary\) \| (\S+) ago", status.stdout)
+    assert replayed, status.stdout[-3000:]
+    assert "- Active site (from the Clusters): dc1." in status.stdout
+
+    _proc, seconds = playbook(lab, "playbooks/restore_test.yml")
+    FIGURES["restore_test.yml: Redis + scratch Cluster recovered from the object store (s)"] = seconds
+    restored = newest_report(lab, "restore-test")
+    assert restored["ok"] is True, restored
+    assert restored["cnpg"]["phase"] == "Cluster in healthy state" and restored["cnpg"]["database"] == "kms"
+    assert restored["cnpg"]["tables"][f"public.{marker}"] == 7, restored["cnpg"]["tables"]
+    assert restored["cnpg"]["system_id"] == restored["cnpg"]["source_system_id"]
+    assert all(c["match"] for c in restored["redis"]["counts"]), restored["redis"]
+    assert not any(c["metadata"]["name"] == "kms-pg-restore-test"
+                   for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]), "the scratch Cluster is removed"
+
+
 @pytest.fixture(scope="module")
 def switched(clusters):
     """switchover.yml to dc2 and back under a steady write load through the LB."""
@@ -382,7 +418,7 @@ def test_switchover_there_and_back_loses_no_acknowledged_write(switched):
     served = {r["site"] for r in switched["records"] if r["ok"]}
     assert served == {"dc1", "dc2"}, "the load was served by both sites in turn"
     assert len(client.acked) > 20
-    assert missing_writes(client) == {}
+    assert lost_writes(lab, client, "dc1") == []
     assert psql(lab, "dc1", "select pg_is_in_recovery()") == "f"
     assert psql(lab, "dc2", "select pg_is_in_recovery()") == "t"
     for site, primary in (("dc1", "kms-pg-dc1"), ("dc2", "kms-pg-dc1")):
@@ -421,8 +457,8 @@ def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
     bound = done["data_loss"]["postgres"]
     # from dc2's newest replayed transaction (exec into its instance), not the approximate archive age
     assert bound["approximate"] is False and isinstance(bound["bound_seconds"], int), bound
-    lost = missing_writes(client)
+    lost = lost_writes(lab, client, "dc2")
     FIGURES["failover: acknowledged writes lost"] = f"{len(lost)} of {len(client.acked)} (bound {bound['bound_seconds']} s)"
-    broken = analysis.lost_before(records, [(name, None, None) for name in lost], analysis.iso_seconds(bound["since"]))
+    broken = analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
     assert broken == [], f"lost writes acknowledged before {bound['since']}, which the report says were kept: {broken}"
     assert psql(lab, "dc2", "select pg_is_in_recovery()") == "f"

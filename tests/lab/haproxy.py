@@ -65,8 +65,7 @@ def up(lab, sites, wait_for_site="dc1"):
             lab.wait_process(f"{instance['name']}-haproxy",
                              lambda inst=instance: describe(servers_state(inst["socket"])[wait_for_site]) == "UP",
                              30, f"{instance['name']} to see {wait_for_site}'s KMS healthy")
-    return {"backend": BACKEND, "servers": {site: site for site in sites}, "instances": instances,
-            "require_serving": wait_for_site is not None}
+    return {"backend": BACKEND, "servers": {site: site for site in sites}, "instances": instances}
 
 
 def _answers(socket_path):
@@ -86,6 +85,6 @@ def check_instance(instance, require_serving=True):
         return False, str(exc)
     detail = ", ".join(f"{server} {describe(state)}" for server, state in sorted(states.items()))
     serving = [server for server, state in states.items() if describe(state) == "UP"]
-    if not require_serving:  # operator mode: the KMS runs only once install.yml has deployed it
+    if not require_serving:
         return True, f"{instance['frontend_url']} -> {detail}{'' if serving else ' (nothing serves yet)'}"
     return bool(serving), f"{instance['frontend_url']} -> {detail}"

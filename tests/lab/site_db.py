@@ -37,3 +37,16 @@ def entry(state, site):
 def query(state, site, sql):
     """Rows of ``sql`` on ``site``'s KMS database (autocommit), as its application user."""
     return postgres.query(entry(state, site), sql)
+
+
+def secret_values(state, site, prefix):
+    """{name: value} of the KMS secrets named ``prefix``* in ``site``'s database (the stand-in's table)."""
+    return dict(query(state, site, f"SELECT name, value FROM kms_secrets WHERE name LIKE '{prefix}%'"))
+
+
+def lsn_bytes(text):
+    """A PostgreSQL LSN (``16/B374D848``) as a byte position; None stays None."""
+    if text is None:
+        return None
+    high, low = str(text).split("/")
+    return (int(high, 16) << 32) + int(low, 16)

@@ -53,9 +53,11 @@ def status(lab):
     rows = [("s3", *(s3.check(state["s3"]) if "s3" in state else missing))]
     if "started_in_seconds" not in state:  # killed midway: what runs may look healthy, what was not reached is absent
         rows.append(("lab up", *missing))
+    # operator mode: Redis, PostgreSQL and the KMS run in install.yml's pods, so nothing may serve yet
+    standin = state.get("cnpg", {}).get("mode", "standin") == "standin"
     for site in SITES:
         entry = state.get("sites", {}).get(site, {})
-        if state.get("cnpg", {}).get("mode", "standin") == "standin":  # operator mode: these run in install.yml's pods
+        if standin:
             rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
             rows.append((f"{site} postgres", *(postgres.check(entry["postgres"]) if "postgres" in entry else missing)))
             rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
@@ -72,7 +74,7 @@ def status(lab):
         rows.append(("haproxy", *missing))
     for instance in state.get("lb", {}).get("instances", []):
         rows.append((f"{instance['name']} haproxy",
-                     *haproxy.check_instance(instance, state["lb"].get("require_serving", True))))
+                     *haproxy.check_instance(instance, require_serving=standin)))
     for proc in state.get("processes", []):
         if not lab.process_alive(proc):
             rows.append((f"process {proc['name']}", False, f"pid {proc['pid']} is not running (log {proc['log']})"))

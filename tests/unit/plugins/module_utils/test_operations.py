@@ -364,6 +364,17 @@ def test_status_rendering_side_by_side_and_findings():
     assert "Load balancers send traffic to: dc2." in text
 
 
+def test_status_shows_the_replica_s_newest_replayed_commit_and_no_timeline_yet():
+    replica = dict(site("dc2", timeline=None), replayed_commit_time=ops.iso(ago(12)))
+    rows = {row[0]: row[1:] for row in ops.status_rows([ops.site_summary(site("dc1"), NOW),
+                                                        ops.site_summary(replica, NOW)])}
+    assert rows["Newest replayed transaction"][0] == "- (primary)"
+    assert rows["Newest replayed transaction"][1].startswith("12s ago (")
+    assert rows["Timeline"][1] == "-"
+    unread = ops.status_rows([ops.site_summary(site("dc2"), NOW)])
+    assert dict((row[0], row[1]) for row in unread)["Newest replayed transaction"].startswith("none read")
+
+
 def test_status_findings_split_brain_and_unreachable():
     sums = [ops.site_summary(site("dc1", "dc1"), NOW), ops.site_summary(site("dc2", "dc2"), NOW),
             ops.site_summary(site("dc3", reachable=False), NOW)]

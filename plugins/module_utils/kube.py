@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Kubernetes clients for the collection's modules, configured by kubernetes.core's own auth code.
+
+``api_client`` builds one ``kubernetes.client.ApiClient`` per cluster from kubernetes.core's auth options
+(``AUTH_ARG_SPEC``: kubeconfig, context, host, api_key, ...), without API discovery; ``pod_exec`` runs a command in a
+container through the API server (what ``kubectl exec`` does) and returns its exit status and output.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+KUBERNETES_IMPORT_ERROR = None
+try:
+    import kubernetes  # noqa: F401 pylint: disable=unused-import
+except ImportError:
+    KUBERNETES_IMPORT_ERROR = traceback.format_exc()
+
+K8S_CORE_IMPORT_ERROR = None
+try:
+    from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
+except ImportError:
+    K8S_CORE_IMPORT_ERROR = traceback.format_exc()
+    AUTH_ARG_SPEC = {}
+
+
+def missing():
+    """(message, traceback) when the kubernetes library or the kubernetes.core collection cannot be imported; the
+    modules fail with it before touching anything. None when both are there."""
+    if KUBERNETES_IMPORT_ERROR:
+        return missing_required_lib('kubernetes'), KUBERNETES_IMPORT_ERROR
+    if K8S_CORE_IMPORT_ERROR:
+        return 'the kubernetes.core collection is required', K8S_CORE_IMPORT_ERROR
+    return None
+
+
+def api_client(params, overrides=None):
+    """An ApiClient from the module's top-level auth options, overridden by ``overrides`` (one site's or side's
+    options). An empty string (an inventory's unset site_kubeconfig) means "not set", like default(omit, true)."""
+    # pylint: disable=import-outside-toplevel
+    import kubernetes as k8s
+    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
+
+    auth = {key: params[key] for key in AUTH_ARG_SPEC if params.get(key) not in (None, '')}
+    auth.update({key: value for key, value in (overrides or {}).items()
+                 if key in AUTH_ARG_SPEC and value not in (None, '')})
+    # kubernetes.core loads kubeconfigs into the client's process-wide default configuration: start from a clean
+    # one for each cluster so that settings of one never leak into the other's client.
+    k8s.client.Configuration.set_default(k8s.client.Configuration())
+    spec = k8s_client._create_auth_spec(None, **auth)  # pylint: disable=protected-access
+    configuration = k8s_client._create_configuration(spec)  # pylint: disable=protected-access
+    configuration.retries = 1
+    api = k8s.client.ApiClient(configuration)
+    headers = k8s_client._create_headers(None, **auth)  # pylint: disable=protected-access
+    for header, value in headers.items():
+        k8s_client._set_header(api, header, value)  # pylint: disable=protected-access
+    return api
+
+
+def exit_status(error_channel):
+    """The exit code from an exec's error channel (a v1 Status: Success, or Failure with reason NonZeroExitCode and
+    the code in details.causes); -1 when the command could not run."""
+    if not error_channel:
+        return -1
+    try:
+        status = json.loads(error_channel)
+    except ValueError:
+        return -1
+    if status.get('status') == 'Success':
+        return 0
+    for cause in (status.get('details') or {}).get('causes') or []:
+        if cause.get('reason') == 'ExitCode':
+            try:
+                return int(cause.get('message'))
+            except (TypeError, ValueError):
+                return -1
+    return -1
+
+
+def pod_exec(api, namespace, pod, container, command, timeout=20):
+    """Run ``command`` (argv) in ``pod``'s ``container``; returns (exit code, stdout, stderr). Raises the kubernetes
+    client's exceptions when the API refuses (no pod, no pods/exec permission)."""
+    # pylint: disable=import-outside-toplevel
+    import kubernetes as k8s
+    from kubernetes.stream import stream
+
+    core = k8s.client.CoreV1Api(api)
+    resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container, command=list(command),
+                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
+                  _request_timeout=timeout)
+    stdout, stderr = [], []
+    try:
+        resp.run_forever(timeout=timeout)
+        stdout.append(resp.read_stdout() or '')
+        stderr.append(resp.read_stderr() or '')
+        code = exit_status(resp.read_channel(3))  # 3: the error channel
+    finally:
+        resp.close()
+    return code, ''.join(stdout), ''.join(stderr)

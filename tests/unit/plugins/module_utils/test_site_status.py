@@ -1,0 +1,156 @@
+"""hanzo.kms.site_data_info's Kubernetes part (module_utils/site_status.py) with a fake reader, and the exec exit
+status of module_utils/kube.py."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import urllib3
+
+from ansible_collections.hanzo.kms.plugins.module_utils import kube, site_status
+
+PARAMS = {"site": "dc2", "inventory_role": "passive", "namespace": "kms", "cluster_name": "kms-pg-dc2",
+          "object_store_name": "kms-pg-dc2-store", "kms_name": "kms", "read_replay": True,
+          "redis_secret_name": "redis-auth", "redis_secret_key": "redis-password", "probe_redis": True,
+          "host": "10.0.0.5", "port": 30379, "password": None, "kubeconfig": "/k/dc2", "context": "dc2"}
+CLUSTER = {"metadata": {"name": "kms-pg-dc2"}, "status": {"currentPrimary": "kms-pg-dc2-1"}}
+
+
+class Refused(Exception):
+    status = None
+
+
+class FakeReader:
+    """Answers from ``objects``; a missing key is a 404; ``down`` makes every call fail like a dead API server."""
+
+    def __init__(self, objects=None, down=False, exec_result=(0, "2026-12-02T15:14:31Z\n", "")):
+        self.objects = objects if objects is not None else {
+            "cluster": CLUSTER,
+            "deployment": {"spec": {"replicas": 0}, "status": {"conditions": [{"type": "Available", "status": "True"}]}},
+            "backups": [{"spec": {"cluster": {"name": "kms-pg-dc2"}}}, {"spec": {"cluster": {"name": "other"}}}],
+            "object_store": {"spec": {"configuration": {"destinationPath": "s3://b/cnpg/dc2/"}}},
+            "secret": {"redis-password": base64.b64encode(b"s3cret").decode()}}
+        self.down = down
+        self.exec_result = exec_result
+        self.calls = []
+
+    def _get(self, what):
+        self.calls.append(what)
+        if self.down:
+            raise Refused("connection refused")
+        if what not in self.objects:
+            raise site_status.NotFound(what)
+        return self.objects[what]
+
+    def cluster(self, namespace, name):
+        return self._get("cluster")
+
+    def deployment(self, namespace, name):
+        return self._get("deployment")
+
+    def backups(self, namespace):
+        return self._get("backups")
+
+    def object_store(self, namespace, name):
+        return self._get("object_store")
+
+    def secret_data(self, namespace, name):
+        return self._get("secret")
+
+    def exec(self, namespace, pod, container, command):
+        self.calls.append(("exec", pod, container, command[-1]))
+        return self.exec_result
+
+
+def collect(seen):
+    def run(params):
+        seen.append(params)
+        return {"site": params["site"], "cnpg": {}, "redis": {"server": None}}
+    return run
+
+
+def test_a_reachable_replica_site_is_read_in_one_pass():
+    seen = []
+    reader = FakeReader()
+    status, access = site_status.gather(dict(PARAMS), reader, collect(seen))
+    assert status["kube_reachable"] and status["kube_error"] is None and status["cluster"] == CLUSTER
+    assert status["replayed_commit_time"] == "2026-12-02T15:14:31Z"
+    assert ("exec", "kms-pg-dc2-1", "postgres", site_status.REPLAY_QUERY) in reader.calls
+    assert status["kms"] == {"replicas": 0, "ready_replicas": 0, "available": True}
+    assert [b["spec"]["cluster"]["name"] for b in status["backups"]] == ["kms-pg-dc2"]
+    # the ObjectStore's path is listed and the Secret's password probes Redis (and reaches the access)
+    assert seen[0]["cnpg_destination_path"] == "s3://b/cnpg/dc2/" and seen[0]["password"] == "s3cret"
+    assert seen[0]["probe_redis"] is True
+    assert access == {"site": "dc2", "kubeconfig": "/k/dc2", "context": "dc2", "namespace": "kms",
+                      "cluster_name": "kms-pg-dc2", "kms_name": "kms", "redis_host": "10.0.0.5",
+                      "redis_port": 30379, "redis_password": "s3cret"}
+    assert status["data"]["site"] == "dc2" and status["inventory_role"] == "passive"
+
+
+def test_an_unreachable_site_still_lists_its_object_store_and_reads_nothing_else():
+    seen = []
+    reader = FakeReader(down=True)
+    status, access = site_status.gather(dict(PARAMS), reader, collect(seen))
+    assert not status["kube_reachable"] and status["kube_error"] == "connection refused"
+    assert status["cluster_error"] == "connection refused" and status["cluster"] is None and status["kms"] is None
+    assert reader.calls == ["cluster"], "nothing else is tried against a dead API server"
+    assert seen[0]["cnpg_destination_path"] is None and seen[0]["password"] is None
+    assert access["redis_password"] == ""
+
+
+def test_a_missing_cluster_is_reachable_and_says_not_found():
+    status, _access = site_status.gather(dict(PARAMS), FakeReader(objects={}), collect([]))
+    assert status["kube_reachable"] and status["cluster"] is None
+    assert status["cluster_error"] == "Cluster kms/kms-pg-dc2 not found"
+    assert status["kms"] is None and status["backups"] == [] and status["replayed_commit_time"] == ""
+
+
+def test_no_client_configured_is_reported_as_unreachable():
+    status, _access = site_status.gather(dict(PARAMS, reader_error="no kubeconfig"), None, collect([]))
+    assert not status["kube_reachable"] and status["kube_error"] == "no kubeconfig"
+
+
+@pytest.mark.parametrize("exec_result, read_replay, want", [
+    ((0, "\n", ""), True, ""),                           # nothing replayed since the instance started
+    ((1, "", "psql: error"), True, ""),                  # the query failed
+    ((0, "2026-12-02T15:14:31Z", ""), False, ""),         # not asked (pods that do not run)
+])
+def test_the_replayed_commit_is_empty_unless_read(exec_result, read_replay, want):
+    status, _access = site_status.gather(dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result),
+                                         collect([]))
+    assert status["replayed_commit_time"] == want
+
+
+def test_a_given_password_is_used_and_no_secret_is_read():
+    seen = []
+    reader = FakeReader()
+    _status, access = site_status.gather(dict(PARAMS, password="given"), reader, collect(seen))
+    assert "secret" not in reader.calls and seen[0]["password"] == "given" and access["redis_password"] == "given"
+
+
+def test_without_a_redis_host_redis_is_not_probed():
+    seen = []
+    reader = FakeReader()
+    site_status.gather(dict(PARAMS, host=""), reader, collect(seen))
+    assert seen[0]["probe_redis"] is False and "secret" not in reader.calls
+
+
+@pytest.mark.parametrize("channel, code", [
+    (json.dumps({"metadata": {}, "status": "Success"}), 0),
+    (json.dumps({"status": "Failure", "reason": "NonZeroExitCode",
+                 "details": {"causes": [{"reason": "ExitCode", "message": "2"}]}}), 2),
+    (json.dumps({"status": "Failure", "message": "container not found"}), -1),
+    ("", -1),
+    ("not json", -1),
+])
+def test_exec_exit_status_from_the_error_channel(channel, code):
+    assert kube.exit_status(channel) == code
+
+
+def test_a_connection_error_is_described_in_one_short_line():
+    pool = urllib3.HTTPSConnectionPool("10.250.40.2", 6443)
+    inner = urllib3.exceptions.NewConnectionError(
+        pool, "Failed to establish a new connection: [Errno 111] Connection refused")
+    exc = urllib3.exceptions.MaxRetryError(pool, "/apis/x", inner)
+    assert site_status.describe_error(exc) == "cannot connect to 10.250.40.2:6443: [Errno 111] Connection refused"
