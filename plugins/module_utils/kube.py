@@ -92,12 +92,8 @@ def pod_exec(api, namespace, pod, container, command, timeout=20):
     resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container, command=list(command),
                   stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
                   _request_timeout=timeout)
-    stdout, stderr = [], []
     try:
-        resp.run_forever(timeout=timeout)
-        stdout.append(resp.read_stdout() or '')
-        stderr.append(resp.read_stderr() or '')
-        code = exit_status(resp.read_channel(3))  # 3: the error channel
+        resp.run_forever(timeout=timeout)  # buffers every channel until the command ends
+        return exit_status(resp.read_channel(3)), resp.read_stdout() or '', resp.read_stderr() or ''  # 3: errors
     finally:
         resp.close()
-    return code, ''.join(stdout), ''.join(stderr)

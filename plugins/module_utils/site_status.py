@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One site's status in one pass (``hanzo.kms.site_status_info``, the ``site_status`` role), tolerating a site whose
-Kubernetes API does not answer. No Ansible import.
+"""One site's status in one pass (``hanzo.kms.site_data_info`` with ``cluster_name``, the ``site_status`` role),
+tolerating a site whose Kubernetes API does not answer. No Ansible import.
 
 ``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the newest
 transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the KMS Deployment,
@@ -85,8 +85,7 @@ def describe_error(exc):
     if isinstance(reason, Exception):
         pool = getattr(exc, "pool", None)
         where = f"{pool.host}:{pool.port}" if pool is not None else "the API server"
-        detail = str(reason).rsplit("): ", 1)[-1].rsplit(": ", 1)[-1] if "): " in str(reason) else str(reason)
-        return f"cannot connect to {where}: {detail}"
+        return f"cannot connect to {where}: {str(reason).rsplit(': ', 1)[-1]}"
     return str(exc) or exc.__class__.__name__
 
 

@@ -81,11 +81,16 @@ def put_many(client, bucket, keys, body=b"x"):
 
 
 def write_backups(client, bucket, prefix, site, times, complete=True):
-    """Backups as the Redis modules write them: dump.rdb first, manifest.json last."""
-    put_many(client, bucket, ["%s/%s/%s/dump.rdb" % (prefix, site, ts(t)) for t in times], b"REDIS0011")
+    """Backups as the Redis modules write them: dump.rdb first, manifest.json last. The newest backup's manifest is
+    written after every other one, so it is also the most recently written (LastModified has one-second resolution
+    and a concurrent write of an older manifest could land a second later, making that backup a kept floor)."""
+    folder = "/".join(p for p in (prefix, site) if p)
+    put_many(client, bucket, ["%s/%s/dump.rdb" % (folder, ts(t)) for t in times], b"REDIS0011")
     if complete:
-        put_many(client, bucket, ["%s/%s/%s/manifest.json" % (prefix, site, ts(t)) for t in times],
-                 json.dumps({"timestamp": "x"}).encode())
+        newest = max(times)
+        manifest = json.dumps({"timestamp": "x"}).encode()
+        put_many(client, bucket, ["%s/%s/manifest.json" % (folder, ts(t)) for t in times if t != newest], manifest)
+        client.put_object(Bucket=bucket, Key="%s/%s/manifest.json" % (folder, ts(newest)), Body=manifest)
 
 
 def wait_for_next_server_second(client, bucket, versions=False):
@@ -222,8 +227,7 @@ def test_empty_bucket_and_explicit_whole_bucket(client, bucket):
     result = run_retention(client, params(bucket, keep_last=1))
     assert not result["changed"] and result["backups"] == [] and result["unrecognised"] == []
     now = datetime.datetime.now(UTC)
-    put_many(client, bucket, ["dc1/%s/dump.rdb" % ts(now - datetime.timedelta(days=d)) for d in range(3)]
-             + ["dc1/%s/manifest.json" % ts(now - datetime.timedelta(days=d)) for d in range(3)])
+    write_backups(client, bucket, "", "dc1", [now - datetime.timedelta(days=d) for d in range(3)])
     result = run_retention(client, params(bucket, prefix="", whole_bucket=True, keep_last=2))
     assert result["summary"]["deleted"] == 1 and len(all_keys(client, bucket)) == 4
 
@@ -337,7 +341,9 @@ def test_whole_bucket_prefix_needs_the_explicit_option(client, bucket, prefix):
 def test_manifest_and_last_modified_time_sources(client, bucket):
     """Backup names that are not timestamps are declared with name_pattern (and data_files for other data)."""
     now = datetime.datetime.now(UTC)
-    for i, name in enumerate(["alpha", "beta", "gamma"]):
+    for i, name in reversed(list(enumerate(["alpha", "beta", "gamma"]))):
+        if name == "alpha":  # written last, in a later server second: its LastModified is the newest for certain
+            wait_for_next_server_second(client, bucket)
         client.put_object(Bucket=bucket, Key="redis/dc1/%s/data.bin" % name, Body=b"x")
         body = json.dumps({"timestamp": (now - datetime.timedelta(days=10 * i)).isoformat()}).encode()
         client.put_object(Bucket=bucket, Key="redis/dc1/%s/manifest.json" % name, Body=body)
@@ -347,7 +353,7 @@ def test_manifest_and_last_modified_time_sources(client, bucket):
     assert kept_names(plan) == ["alpha", "beta"] and plan["api_calls"]["GetObject"] == 3
     assert plan["unrecognised"] == ["redis/dc1/delta/data.bin"]
     plan = run_retention(client, params(bucket, time_source="last_modified", keep_last=1, **layout), check_mode=True)
-    assert kept_names(plan) == ["gamma"]  # written last
+    assert kept_names(plan) == ["alpha"]  # written last
     # the default layout (timestamp names holding dump.rdb) recognises none of them
     plan = run_retention(client, params(bucket, time_source="last_modified", keep_last=1), check_mode=True)
     assert plan["backups"] == [] and len(plan["unrecognised"]) == 7
