@@ -36,7 +36,9 @@ options:
     type: str
   ca_bundle:
     description:
-      - Path of a PEM file of CA certificates used to verify the endpoint's TLS certificate.
+      - Path of a PEM file of CA certificates used to verify the endpoint's TLS certificate (a private CA).
+      - When omitted, the E(AWS_CA_BUNDLE) environment variable names that file if set, else the system's trust
+        store is used.
     type: path
   validate_certs:
     description:

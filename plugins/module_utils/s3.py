@@ -110,7 +110,7 @@ def translate_error(exc, bucket=None, endpoint_url=None, action=None):
         return S3Error('%sno S3 credentials found: set access_key and secret_key (or the AWS_* environment variables)' % prefix,
                        code='NoCredentials', kind='credentials')
     if isinstance(exc, botocore.exceptions.SSLError):
-        return S3Error('%sTLS error talking to %s: %s (set ca_bundle, or validate_certs=false for testing)' % (prefix, where, exc),
+        return S3Error('%sTLS error talking to %s: %s (set ca_bundle to the CA that signed its certificate, or AWS_CA_BUNDLE)' % (prefix, where, exc),
                        code='SSLError', kind='tls')
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
         return S3Error('%scannot reach the S3 endpoint %s: %s' % (prefix, endpoint_url or 'of AWS', exc),
@@ -165,7 +165,8 @@ def s3_client(params, max_pool_connections=None, retries=None):
     )
     if max_pool_connections:
         config_kwargs['max_pool_connections'] = max_pool_connections
-    verify = True
+    # None, not True, when no ca_bundle is given: botocore then honours AWS_CA_BUNDLE (True would skip it)
+    verify = None
     if not p['validate_certs']:
         verify = False
     elif p['ca_bundle']:

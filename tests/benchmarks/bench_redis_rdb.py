@@ -156,7 +156,7 @@ def lab_s3(lab_dir):
     state = json.loads((Path(lab_dir) / "state.json").read_text())
     entry = state["s3"]
     params = {k: entry[k] for k in ("endpoint_url", "region", "access_key", "secret_key")}
-    params["addressing_style"] = "path"
+    params.update(addressing_style="path", ca_bundle=entry["ca_file"])
     return params, entry["bucket"]
 
 

@@ -55,7 +55,7 @@ def load_s3(lab_dir):
 
 def s5(s3, *args, stdin=None):
     env = dict(os.environ, AWS_ACCESS_KEY_ID=s3["access_key"], AWS_SECRET_ACCESS_KEY=s3["secret_key"],
-               AWS_REGION=s3["region"])
+               AWS_REGION=s3["region"], SSL_CERT_FILE=s3["ca_file"])  # s5cmd is Go: its CA file variable
     argv = [str(S5CMD), "--endpoint-url", s3["endpoint_url"], *args]
     return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, input=stdin)
 
@@ -89,7 +89,7 @@ def main():
     args = parser.parse_args()
     s3 = load_s3(args.lab_dir)
     conn = dict(endpoint_url=s3["endpoint_url"], region=s3["region"], access_key=s3["access_key"],
-                secret_key=s3["secret_key"], addressing_style="path")
+                secret_key=s3["secret_key"], addressing_style="path", ca_bundle=s3["ca_file"])
     client = s3_client(conn, max_pool_connections=max(10, args.concurrency))
     run_id = uuid.uuid4().hex[:8]
     bucket_a, bucket_b = "bench-ret-%s-a" % run_id, "bench-ret-%s-b" % run_id

@@ -35,7 +35,7 @@ def s3_client(lab):
     s3 = lab["s3"]
     return boto3.client("s3", endpoint_url=s3["endpoint_url"], region_name=s3["region"],
                         aws_access_key_id=s3["access_key"], aws_secret_access_key=s3["secret_key"],
-                        config=Config(s3={"addressing_style": "path"}))
+                        verify=s3["ca_file"], config=Config(s3={"addressing_style": "path"}))
 
 
 def redis_backups(lab, site):

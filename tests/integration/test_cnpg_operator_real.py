@@ -37,7 +37,7 @@ import yaml
 
 from tests.drill import analysis
 from tests.drill.load import LoadClient
-from tests.lab import kube, kube_build, node, site_db, stack
+from tests.lab import kube, kube_build, node, s3 as lab_s3, site_db, stack
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
@@ -258,14 +258,17 @@ def test_dc1_primary_is_healthy_on_the_real_node_and_archives_wal(clusters):
     assert psql(lab, "dc1", "show server_version_num").startswith("15")
     assert any(key.startswith("cnpg/dc1/kms-pg-dc1/base/") for key in bucket_keys(lab, "cnpg/dc1/"))
     assert any("/wals/" in key for key in bucket_keys(lab, "cnpg/dc1/"))
+    # over HTTPS, verified with the lab CA the object_storage role stored for the plugin's sidecar
+    store = get(lab, "dc1", "-n", NAMESPACE, "objectstore", "kms-pg-dc1-store")["spec"]["configuration"]
+    assert store["endpointURL"].startswith("https://")
+    assert store["endpointCA"] == {"name": "kms-object-store-ca", "key": "ca.crt"}
+    ca_secret = get(lab, "dc1", "-n", NAMESPACE, "secret", "kms-object-store-ca")
+    assert base64.b64decode(ca_secret["data"]["ca.crt"]) == Path(lab.state["pki"]["ca_file"]).read_bytes()
 
 
 def bucket_keys(lab, prefix):
-    import boto3  # pylint: disable=import-outside-toplevel
     s3 = lab.state["s3"]
-    client = boto3.client("s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["access_key"],
-                          aws_secret_access_key=s3["secret_key"], region_name=s3["region"])
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix)
+    pages = lab_s3.client(s3).get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
@@ -336,6 +339,9 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
                    timeout=260)
     assert done.returncode == 0, kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
     FIGURES["Redis backup Job from the CronJob (s)"] = round(time.monotonic() - started, 1)
+    upload = get(lab, "dc1", "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"]["containers"][0]
+    assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in upload["env"]  # the store is HTTPS-only
     logs = kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
     key = re.search(r"upload: \S+ to s3://[^/]+/(redis/dc1/\S+/dump\.rdb)", logs).group(1)
     assert key.replace("dump.rdb", "manifest.json") in bucket_keys(lab, "redis/dc1/")
@@ -344,7 +350,7 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     s3, target = lab.state["s3"], lab.state["sites"]["dc2"]["redis"]
     args = {"host": target["host"], "port": target["port"], "password": password.decode(), "bucket": s3["bucket"],
             "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],
-            "secret_key": s3["secret_key"], "mode": "replace"}
+            "secret_key": s3["secret_key"], "ca_bundle": s3["ca_file"], "mode": "replace"}
     proc, _seconds = ansible(lab, "ansible", "localhost", "-m", "hanzo.kms.redis_rdb_restore", "-a", json.dumps(args))
     assert '"changed": true' in proc.stdout and f'"key": "{key}"' in proc.stdout, proc.stdout
 

@@ -171,7 +171,8 @@ def test_redis_backup_module_refuses_bad_names_before_contacting_anything(lab, s
     s3 = lab["s3"]
     result = adhoc("hanzo.kms.redis_rdb_backup", {
         "host": "127.0.0.1", "port": 1, "bucket": s3["bucket"], "prefix": "redis", "site": site,
-        "endpoint_url": s3["endpoint_url"], "access_key": s3["access_key"], "secret_key": s3["secret_key"]})
+        "endpoint_url": s3["endpoint_url"], "access_key": s3["access_key"], "secret_key": s3["secret_key"],
+        "ca_bundle": s3["ca_file"]})
     assert result["failed"] is True
     # port 1 would refuse the connection: the message shows the names were checked first
     assert f"invalid site name {site!r}" in result["msg"] and "DNS label" in result["msg"], result["msg"]

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import urllib.error
 import urllib.request
+
+import pytest
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error, check_bucket, s3_client
 
 from tests.lab import haproxy, postgres, redis, s3, stack
 from tests.lab.core import Lab, wait_until
@@ -40,6 +44,27 @@ def test_s3_rejects_wrong_credentials(lab):
         assert "SignatureDoesNotMatch" in str(exc) or "AccessDenied" in str(exc) or "InvalidAccessKeyId" in str(exc)
     else:
         raise AssertionError("S3 accepted a wrong secret key")
+
+
+def test_s3_serves_https_only_and_verifies_with_the_lab_ca_alone(lab):
+    """The store's certificate comes from the lab's CA: a client without that CA fails, as against a private-CA
+    store in production, and a plain-HTTP request is refused; the collection's S3 path says what to set."""
+    entry = lab["s3"]
+    assert entry["endpoint_url"].startswith("https://") and entry["ca_file"] == lab["pki"]["ca_file"]
+    plain = entry["endpoint_url"].replace("https://", "http://", 1)
+    try:
+        urllib.request.urlopen(f"{plain}/{entry['bucket']}", timeout=5)  # pylint: disable=consider-using-with
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400
+    else:
+        raise AssertionError("the lab's S3 answered plain HTTP")
+    params = dict(endpoint_url=entry["endpoint_url"], region=entry["region"], access_key=entry["access_key"],
+                  secret_key=entry["secret_key"], session_token=None, ca_bundle=None, validate_certs=True,
+                  addressing_style="path")
+    with pytest.raises(S3Error) as unverified:
+        check_bucket(s3_client(params, retries={"max_attempts": 1}), entry["bucket"])
+    assert unverified.value.kind == "tls" and "set ca_bundle" in str(unverified.value)
+    check_bucket(s3_client(dict(params, ca_bundle=entry["ca_file"])), entry["bucket"])
 
 
 def test_redis_is_configured_like_bitnami(lab):

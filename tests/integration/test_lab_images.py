@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.lab import containerd, images, s3
+from tests.lab import containerd, images, pki, s3
 from tests.lab.core import LAB_PORT_RANGE, Lab, port_is_free, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (containerd, runc, overlay mounts)")
@@ -180,7 +180,8 @@ def test_backup_tools_run_the_cronjob_commands(tasks, tmp_path):
     lab = Lab(tmp_path / "lab")
     lab.state = {"version": 1}
     try:
-        entry = s3.up(lab)
+        ca, lab.state["pki"] = pki.lab_ca(lab)
+        entry = s3.up(lab, ca)
         redis_port = free_port()
         tasks.start_task(images.REDIS_IMAGE, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                                               "--save", "", "--requirepass", "pw"], net_host=True)
@@ -196,10 +197,12 @@ def test_backup_tools_run_the_cronjob_commands(tasks, tmp_path):
             'printf \'{"size": %s, "sha256": "%s", "rdb_version": %s, "stamp": "%s"}\\n\' '
             '"$size" "$sha" "${version:-0}" "$stamp" > /tmp/manifest.json; '
             f'aws s3 cp --no-progress --content-type application/json /tmp/manifest.json "{base}/manifest.json"')
-        sh(tasks, images.BACKUP_TOOLS_IMAGE, script, net_host=True, env=[
-            "REDISCLI_AUTH=pw", "HOME=/tmp", f"AWS_ACCESS_KEY_ID={entry['access_key']}",
-            f"AWS_SECRET_ACCESS_KEY={entry['secret_key']}", f"AWS_DEFAULT_REGION={entry['region']}",
-            f"AWS_ENDPOINT_URL={entry['endpoint_url']}"])
+        # the CA as the CronJob gets it: a file mounted read-only, named by AWS_CA_BUNDLE
+        ca_mount = f"type=bind,src={entry['ca_file']},dst=/etc/hanzo-kms/s3-ca/ca.crt,options=rbind:ro"
+        sh(tasks, images.BACKUP_TOOLS_IMAGE, script, net_host=True, mounts=[ca_mount], env=[
+            "AWS_CA_BUNDLE=/etc/hanzo-kms/s3-ca/ca.crt", "REDISCLI_AUTH=pw", "HOME=/tmp",
+            f"AWS_ACCESS_KEY_ID={entry['access_key']}", f"AWS_SECRET_ACCESS_KEY={entry['secret_key']}",
+            f"AWS_DEFAULT_REGION={entry['region']}", f"AWS_ENDPOINT_URL={entry['endpoint_url']}"])
         client = s3.client(entry)
         prefix = "redis/dc9/20261202T000000Z"
         dump = client.get_object(Bucket=entry["bucket"], Key=f"{prefix}/dump.rdb")["Body"].read()

@@ -87,7 +87,7 @@ def servers(lab_handle, lab):  # pylint: disable=unused-argument
 def s3(lab):
     entry = lab['s3']
     params = {k: entry[k] for k in ('endpoint_url', 'region', 'access_key', 'secret_key')}
-    params['addressing_style'] = 'path'
+    params.update(addressing_style='path', ca_bundle=entry['ca_file'])
     return params, entry['bucket']
 
 

@@ -45,7 +45,7 @@ ANSIBLE = REPO / ".venv" / "bin" / "ansible"
 def conn(lab):
     s3 = lab["s3"]
     return dict(endpoint_url=s3["endpoint_url"], region=s3["region"], access_key=s3["access_key"],
-                secret_key=s3["secret_key"], addressing_style="path")
+                secret_key=s3["secret_key"], addressing_style="path", ca_bundle=s3["ca_file"])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import datetime
 import json
 import os
 import secrets
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import dns as site_dns, kube_build, node
+from tests.lab import dns as site_dns, kube_build, node, pki
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -71,78 +70,33 @@ def ensure_binaries():
 
 # -- PKI -----------------------------------------------------------------------------------------------------------
 def _pki(directory, server_ips=(), node_name=None, node_ip=None):
-    """CA, apiserver serving cert (SANs: loopback, ``server_ips``), admin client cert (O=system:masters),
-    service-account key pair (ECDSA P-256); with ``node_name``: the kubelet's serving cert (SAN ``node_ip``) and client
-    cert (system:node:<name>), kube-proxy's client cert and the apiserver's client cert for kubelets."""
-    # pylint: disable=too-many-locals
+    """The site's own CA (tests/lab/pki.py), apiserver serving cert (SANs: loopback, ``server_ips``), admin client
+    cert (O=system:masters), service-account key pair (ECDSA P-256); with ``node_name``: the kubelet's serving cert
+    (SAN ``node_ip``) and client cert (system:node:<name>), kube-proxy's client cert and the apiserver's client cert
+    for kubelets."""
     # pylint: disable=import-outside-toplevel
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
 
-    def key_pem(key):
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
-    later = now + datetime.timedelta(days=3650)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hanzo-kms-lab-ca")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(later)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, encipher_only=False, decipher_only=False),
-                              critical=True)
-               .sign(ca_key, hashes.SHA256()))
-
-    def leaf(common_name, orgs=(), server=False, dns=("localhost", "kubernetes", "kubernetes.default.svc"),
-             ips=("127.0.0.1",)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        builder = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now).not_valid_after(later)
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
-        if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(name) for name in dns] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
-                critical=False)
-            usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-        else:
-            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
-
+    ca = pki.new_ca("hanzo-kms-lab-ca")
     sa_key = ec.generate_private_key(ec.SECP256R1())
-    files = {"ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM), "ca.key": key_pem(ca_key),
-             "sa.key": key_pem(sa_key),
+    files = {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "sa.key": pki.key_pem(sa_key),
              "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)}
-    files["apiserver.crt"], files["apiserver.key"] = leaf(
+    files["apiserver.crt"], files["apiserver.key"] = ca.leaf(
         "kube-apiserver", server=True, dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                                             "kubernetes.default.svc.cluster.local"),
         ips=("127.0.0.1", *server_ips))
-    files["admin.crt"], files["admin.key"] = leaf("hanzo-kms-lab-admin", orgs=("system:masters",))
+    files["admin.crt"], files["admin.key"] = ca.leaf("hanzo-kms-lab-admin", orgs=("system:masters",))
     if node_name:
-        files["kubelet.crt"], files["kubelet.key"] = leaf(node_name, server=True, dns=(node_name,), ips=(node_ip,))
-        files["kubelet-client.crt"], files["kubelet-client.key"] = leaf(f"system:node:{node_name}",
-                                                                        orgs=("system:nodes",))
-        files["kube-proxy.crt"], files["kube-proxy.key"] = leaf("system:kube-proxy")
+        files["kubelet.crt"], files["kubelet.key"] = ca.leaf(node_name, server=True, dns=(node_name,), ips=(node_ip,))
+        files["kubelet-client.crt"], files["kubelet-client.key"] = ca.leaf(f"system:node:{node_name}",
+                                                                           orgs=("system:nodes",))
+        files["kube-proxy.crt"], files["kube-proxy.key"] = ca.leaf("system:kube-proxy")
         # the apiserver's identity towards kubelets (logs, exec): kubelet asks the apiserver to authorize it
-        files["apiserver-kubelet-client.crt"], files["apiserver-kubelet-client.key"] = leaf(
+        files["apiserver-kubelet-client.crt"], files["apiserver-kubelet-client.key"] = ca.leaf(
             "kube-apiserver-kubelet-client", orgs=("system:masters",))
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        path = directory / name
-        path.write_bytes(data)
-        os.chmod(path, 0o600)
-    return {name: directory / name for name in files}
+    return pki.write(directory, files)
 
 
 # -- a tiny HTTPS client (no kubectl or python client needed to bring the cluster up) ---------------------------------
@@ -409,7 +363,7 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
              "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
              "processes": [], "cnpg": cnpg}
     if s3:
-        entry["s3_endpoint"] = f"http://{net['host_ip']}:{s3['ports']['s3']}"
+        entry["s3_endpoint"] = f"https://{net['host_ip']}:{s3['ports']['s3']}"
     kubeconfig = _write_kubeconfig(kube_dir / "kubeconfig", [entry])
     entry["kubeconfig"] = str(kubeconfig)
     pki["kubelet.kubeconfig"] = _component_kubeconfig(kube_dir / "pki" / "kubelet.kubeconfig", server, pki["ca.crt"],

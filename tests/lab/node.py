@@ -28,6 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -117,6 +118,24 @@ def choose_slot(lab_dir):
     raise LabError(f"no free lab subnet left in {SITE_NET} / {POD_NET}: the host routes them all")
 
 
+def reserve_slot(lab):
+    """The lab's address slot, chosen once and kept in its state (``net_slot``): the S3 certificate names the host
+    addresses of the sites' links before the links exist."""
+    slot = lab.state.get("net_slot")
+    if slot is None:
+        slot = choose_slot(lab.dir)
+        lab.state["net_slot"] = slot
+        lab.save()
+    return slot
+
+
+def host_addresses(lab, count):
+    """The host side of each site's link (where pods reach the host's services), by site index."""
+    with _host_lock():
+        slot = reserve_slot(lab)
+    return [addresses(slot, index)["host_ip"] for index in range(count)]
+
+
 # -- the site's network namespace ---------------------------------------------------------------------------------
 def netns_exists(name):
     return os.path.exists(f"{NETNS_RUN_DIR}/{name}")
@@ -131,11 +150,7 @@ def network_up(lab, site, index):
     require_binary("ip", "iproute2")
     net = names(lab.dir, site)
     with _host_lock():
-        slot = lab.state.get("net_slot")
-        if slot is None:
-            slot = choose_slot(lab.dir)
-            lab.state["net_slot"] = slot
-            lab.save()
+        slot = reserve_slot(lab)
         net.update(addresses(slot, index), slot=slot)
         _delete_network(net["netns"], net["veth"])  # what a killed run left behind
         netns, veth = net["netns"], net["veth"]
@@ -416,8 +431,11 @@ def run_probe(api, kubectl, kube_entry, s3_endpoint):
     code, logs = api.get(f"/api/v1/namespaces/{PROBE_NAMESPACE}/pods/probe/log")
     if code != 200 or "probe serving on 8080" not in str(logs):
         raise LabError(f"{site}: logs of the probe pod through the apiserver failed ({code}): {logs}")
-    # exec goes apiserver -> kubelet (certificate verified) -> containerd's stream server; S3 is on the host
-    command = ["timeout", "10", "wget", "-q", "-O", "-", f"{s3_endpoint}/status"] if s3_endpoint else ["true"]
+    # exec goes apiserver -> kubelet (certificate verified) -> containerd's stream server; S3 is on the host. A TCP
+    # connection only: busybox's TLS client cannot talk to the store (the pods that use S3 verify it with the lab CA,
+    # tests/integration/test_real_nodes.py).
+    s3_address = urllib.parse.urlsplit(s3_endpoint) if s3_endpoint else None
+    command = (["nc", "-w", "5", s3_address.hostname, str(s3_address.port)] if s3_address else ["true"])
     proc = kubectl("exec", "-n", PROBE_NAMESPACE, "probe", "--", *command)
     if proc.returncode != 0:
         what = f"reach S3 at {s3_endpoint}" if s3_endpoint else "run a command"

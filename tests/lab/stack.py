@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 
-from tests.lab import haproxy, kms, node, postgres, redis, s3
+from tests.lab import haproxy, kms, node, pki, postgres, redis, s3
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
@@ -100,6 +100,9 @@ def _reusable(lab, mode, log):
         if running != mode:
             log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
             return False
+        if "pki" not in lab.state:
+            log(f"lab in {lab.dir} predates the lab CA (plain-HTTP S3): restarting it")
+            return False
         if healthy(lab):
             return True
     except (KeyError, LabError):
@@ -155,13 +158,14 @@ def up(lab, log=print):
                  "cnpg": {"mode": mode}}
     lab.save()
     try:
-        lab.state["s3"] = s3.up(lab)
+        kube = _kube()
+        service_ca, lab.state["pki"] = pki.lab_ca(lab)
+        lab.state["s3"] = s3.up(lab, service_ca, host_ips=node.host_addresses(lab, len(SITES)) if kube else ())
         sites = lab.state["sites"]
         for index, site in enumerate(SITES):
             sites[site] = {"role": "active" if index == 0 else "passive"}
         if mode == "standin":
             _up_host_services(lab, sites)
-        kube = _kube()
         if kube is not None:
             for index, site in enumerate(SITES):
                 sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True)
