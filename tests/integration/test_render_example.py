@@ -131,8 +131,8 @@ def test_every_rendered_kubernetes_object_is_named(rendered):
     for site in SITES:
         objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
         manifests = objects["cnpg"] + objects["redis"]["objects"] + objects["kms"]
-        assert {o["kind"] for o in manifests} >= {"ObjectStore", "Cluster", "CronJob", "Secret", "Deployment", "Service",
-                                                   "Ingress", "PodDisruptionBudget"}
+        kinds = {"ObjectStore", "Cluster", "CronJob", "Secret", "Deployment", "Service", "Ingress", "PodDisruptionBudget"}
+        assert {o["kind"] for o in manifests} >= kinds
         for obj in manifests:
             assert obj["apiVersion"] and obj["metadata"]["name"] and obj["metadata"]["namespace"] == "kms", obj
         assert objects["redis"]["values"]["auth"]["existingSecret"] == "redis-auth"

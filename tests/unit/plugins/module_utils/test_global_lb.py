@@ -48,8 +48,8 @@ def test_incomplete_site_variables_are_refused(change, message):
 
 
 def test_entries_are_completed_and_typed():
-    assert servers([dict(ENTRY, port="8443"), {"name": "dc2", "address": "10.20.0.10", "port": 80,
-                                                 "initial_state": "maint", "backup": "yes"}], "kms.example.net") == [
+    passive = {"name": "dc2", "address": "10.20.0.10", "port": 80, "initial_state": "maint", "backup": "yes"}
+    assert servers([dict(ENTRY, port="8443"), passive], "kms.example.net") == [
         {"name": "dc1", "address": "10.10.0.10", "port": 8443, "tls": True, "ca_file": "/etc/haproxy/ca/dc1.pem",
          "backup": False, "initial_state": "ready"},
         {"name": "dc2", "address": "10.20.0.10", "port": 80, "tls": False, "ca_file": "", "backup": True,
