@@ -71,6 +71,21 @@ def test_builder_writes_a_containerfile_with_the_pinned_toolchain(build_context)
     assert "$PKGMGR install -y git-core" in containerfile  # hanzo.kms comes from git
 
 
+def test_final_image_gets_the_pinned_helm_checked_against_its_checksum(build_context):
+    """install.yml's redis role runs helm (kubernetes.core.helm): the EE has the official release of the version
+    the lab tests with, verified before it is unpacked."""
+    containerfile = (build_context / "Containerfile").read_text(encoding="utf-8")
+    final = containerfile[containerfile.index("FROM base AS final"):]
+    version = re.search(r"^ARG HELM_VERSION=(v\S+)$", final, re.M).group(1)
+    lab_pin = re.search(r"^require helm.sh/helm/v3 (v\S+)$", (REPO_ROOT / "tools/kube/helm/go.mod").read_text(), re.M)
+    assert lab_pin and version == lab_pin.group(1)
+    for arch in ("AMD64", "ARM64"):
+        assert re.search(rf"^ARG HELM_SHA256_{arch}=[0-9a-f]{{64}}$", final, re.M), arch
+    steps = final[final.index("ARG HELM_VERSION"):]
+    fetch = steps.index("https://get.helm.sh/helm-${HELM_VERSION}-linux-${arch}.tar.gz")
+    assert fetch < steps.index("sha256sum -c") < steps.index("tar -xzf") < steps.index("/usr/local/bin/helm")
+
+
 def test_build_context_carries_the_requirements(build_context):
     assert load_yaml(build_context / "_build" / "requirements.yml") == load_yaml(REQ_FILE)
     context_pins = pins((build_context / "_build" / "requirements.txt").read_text(encoding="utf-8").splitlines())

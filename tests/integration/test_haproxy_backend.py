@@ -380,9 +380,9 @@ def test_role_template_renders_valid_configs(tmp_path, tls_mode):
         "global_lb_tls_mode": tls_mode, "global_lb_tls_certificate": str(cert), "global_lb_chroot": "",
         "global_lb_server_state_file": str(tmp_path / "server-state"), "global_lb_admin_socket": str(tmp_path / "admin.sock"),
         "global_lb_admin_address": "127.0.0.1:9999", "global_lb_redirect_bind_addresses": ["*:80"],
-        "global_lb_health_check_host": "kms.example",
+        "global_lb_public_host": "kms.example",
         "global_lb_sites": [
-            {"name": "dc1", "address": "10.1.0.10", "port": 443, "tls": True, "verify": "none", "sni": "kms.example"},
+            {"name": "dc1", "address": "10.1.0.10", "port": 443, "tls": True, "ca_file": str(tmp_path / "crt.pem")},
             {"name": "dc2", "address": "10.2.0.10", "port": 443, "tls": True, "ca_file": str(tmp_path / "crt.pem"),
              "initial_state": "maint"}]})
     config = tmp_path / "haproxy.cfg"
@@ -393,6 +393,8 @@ def test_role_template_renders_valid_configs(tmp_path, tls_mode):
     assert "prometheus-exporter" in text
     assert ("mode tcp" in text) == (tls_mode == "passthrough")
     assert (" ssl crt " in text) == (tls_mode == "terminate")
+    assert text.count("verify required ca-file") == 2 and "verify none" not in text
+    assert ("http-request set-header Host kms.example" in text) == (tls_mode != "passthrough")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ansible_collections.hanzo.kms.plugins.module_utils.global_lb import servers
+
 ROLE_DIR = Path(__file__).resolve().parents[2] / "roles" / "global_lb"
 
 
@@ -28,6 +30,7 @@ def render(overrides=None):
         raise ValueError(f"not global_lb role variables: {', '.join(unknown)}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE_DIR / "templates")), trim_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["hanzo.kms.global_lb_servers"] = servers  # the role's filter (plugins/filter/global_lb.py)
     values.setdefault("ansible_managed", "Rendered from roles/global_lb/templates/haproxy.cfg.j2 by tests/lab/haproxy_render.py")
     return env.get_template("haproxy.cfg.j2").render(**values)
 

@@ -1,0 +1,145 @@
+"""Offline render of inventories/example (issue 16): what install.yml would put on the sites and the HAProxy pair.
+
+No cluster and no lab: ``tests/integration/playbooks/render_example.yml`` runs install.yml's inventory check, loads its
+variable mapping (playbooks/vars/install_*.yml), renders every site's objects with the roles' own rendering tasks and
+runs the global_lb role into this test's directory. The example inventory's certificate paths point at throwaway PEMs
+made here (-e); everything else is the inventory's. Then:
+
+- ``haproxy -c`` accepts each rendered haproxy.cfg, and TLS to the sites is verified (``verify required`` with the CA);
+- every rendered Kubernetes object parses as YAML and is named;
+- the host name HAProxy sends to the sites (Host header of forwarded requests and health checks, SNI, the name the
+  certificate is verified against) is a host of each site's Ingress, so a real ingress controller routes it;
+- a TLS site without a CA is refused before anything is rendered, naming the variable to set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PLAYBOOK = REPO / "tests" / "integration" / "playbooks" / "render_example.yml"
+LB_HOSTS = ("lb1.example.net", "lb2.example.net")
+SITES = ("dc1", "dc2")
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(name="pems", scope="module")
+def fixture_pems(tmp_path_factory):
+    """A CA that signed the sites' ingress certificates, and the LB's own certificate with its key (one PEM)."""
+    out = tmp_path_factory.mktemp("pems")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ingress test CA", "-days", "2",
+            "-keyout", str(out / "ca-key.pem"), "-out", str(out / "ingress-ca.pem"))
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kms.example.net", "-days", "2",
+            "-keyout", str(out / "kms-key.pem"), "-out", str(out / "kms-crt.pem"))
+    (out / "kms.pem").write_text((out / "kms-crt.pem").read_text() + (out / "kms-key.pem").read_text())
+    return out
+
+
+def render(tmp_path, pems, **extra):
+    """Run the render playbook on inventories/example; return (process, render dir)."""
+    collections = tmp_path / "collections" / "ansible_collections" / "hanzo"
+    collections.mkdir(parents=True)
+    (collections / "kms").symlink_to(REPO)  # this checkout, whatever .venv/collections points at
+    out = tmp_path / "out"
+    out.mkdir()
+    user, group = (subprocess.run(["id", flag], capture_output=True, text=True, check=True).stdout.strip()
+                   for flag in ("-un", "-gn"))
+    extra_vars = {
+        "render_dir": str(out),
+        # the control node stands for every host; nothing is installed or started
+        "ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": sys.executable,
+        "global_lb_manage_package": False, "global_lb_manage_service": False,
+        "global_lb_config_path": f"{out}/{{{{ inventory_hostname }}}}-haproxy.cfg",
+        "global_lb_config_owner": user, "global_lb_config_group": group,
+        "global_lb_server_state_file": f"{out}/{{{{ inventory_hostname }}}}/server-state",
+        "global_lb_admin_socket": f"{out}/{{{{ inventory_hostname }}}}/admin.sock",
+        # the files the example inventory names on the LB hosts
+        "site_ingress_ca_file": str(pems / "ingress-ca.pem"),
+        "global_lb_tls_certificate": str(pems / "kms.pem"),
+    }
+    extra_vars.update(extra)
+    (tmp_path / "extra.json").write_text(json.dumps(extra_vars))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}{os.pathsep}{REPO / '.venv' / 'collections'}",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/example", str(PLAYBOOK),
+                           "-e", f"@{tmp_path / 'extra.json'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
+    return proc, out
+
+
+def backend_lines(config):
+    """The lines of the KMS backend section."""
+    section = re.search(r"^backend \S+\n(.*?)(?=^\S|\Z)", config, re.M | re.S).group(1)
+    return [line.strip() for line in section.splitlines() if line.strip()]
+
+
+def one(pattern, lines):
+    found = sorted({m.group(1) for line in lines for m in [re.search(pattern, line)] if m})
+    assert len(found) == 1, (pattern, lines)
+    return found[0]
+
+
+@pytest.fixture(name="rendered", scope="module")
+def fixture_rendered(tmp_path_factory, pems):
+    proc, out = render(tmp_path_factory.mktemp("example"), pems)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_haproxy_accepts_the_rendered_configuration_and_verifies_the_sites(rendered, pems):
+    for host in LB_HOSTS:
+        config = rendered / f"{host}-haproxy.cfg"
+        check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        servers = [line for line in backend_lines(config.read_text()) if line.startswith("server ")]
+        assert [line.split()[1] for line in servers] == list(SITES)
+        for line in servers:
+            assert f" ssl verify required ca-file {pems / 'ingress-ca.pem'} " in line, line
+        assert "verify none" not in config.read_text()
+        assert servers[0].split()[-1] != "disabled" and servers[1].split()[-1] == "disabled"  # dc2 is passive
+
+
+def test_the_ingress_of_every_site_matches_the_host_haproxy_sends(rendered):
+    lines = backend_lines((rendered / f"{LB_HOSTS[0]}-haproxy.cfg").read_text())
+    sent = {"Host header": one(r"^http-request set-header Host (\S+)$", lines),
+            "health check Host": one(r"^http-check send hdr Host (\S+)$", lines),
+            "SNI": one(r" sni str\(([^)]+)\)", lines),
+            "health check SNI": one(r" check-sni (\S+)", lines),
+            "verified name": one(r" verifyhost (\S+)", lines)}
+    assert len(set(sent.values())) == 1, sent
+    host = sent["Host header"]
+    for site in SITES:
+        objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
+        ingress = next(o for o in objects["kms"] if o["kind"] == "Ingress")
+        assert host in [rule["host"] for rule in ingress["spec"]["rules"]], (site, ingress)
+        assert all(host in entry["hosts"] for entry in ingress["spec"]["tls"]), (site, ingress)
+
+
+def test_every_rendered_kubernetes_object_is_named(rendered):
+    for site in SITES:
+        objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
+        manifests = objects["cnpg"] + objects["redis"]["objects"] + objects["kms"]
+        kinds = {"ObjectStore", "Cluster", "CronJob", "Secret", "Deployment", "Service", "Ingress", "PodDisruptionBudget"}
+        assert {o["kind"] for o in manifests} >= kinds
+        for obj in manifests:
+            assert obj["apiVersion"] and obj["metadata"]["name"] and obj["metadata"]["namespace"] == "kms", obj
+        assert objects["redis"]["values"]["auth"]["existingSecret"] == "redis-auth"
+
+
+def test_a_tls_site_without_a_ca_is_refused_before_anything_is_rendered(tmp_path, pems):
+    proc, out = render(tmp_path, pems, site_ingress_ca_file="")
+    assert proc.returncode != 0
+    assert "site_ingress_ca_file" in proc.stdout, proc.stdout[-4000:]
+    assert not list(out.iterdir())  # no site object and no haproxy.cfg was written
