@@ -169,5 +169,6 @@ def gather(params, reader, collect_data):
     access = {"site": params["site"], "kubeconfig": params.get("kubeconfig") or "",
               "context": params.get("context") or "", "namespace": namespace, "cluster_name": cluster_name,
               "kms_name": params["kms_name"], "redis_host": params.get("host") or "",
-              "redis_port": int(params.get("port") or 6379), "redis_password": password}
+              "redis_port": int(params.get("port") or 6379), "redis_password": password,
+              "redis_tls": bool(params.get("tls")), "redis_tls_ca_cert": params.get("tls_ca_cert") or ""}
     return status, access

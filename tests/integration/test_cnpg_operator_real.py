@@ -348,7 +348,8 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     # restore exactly that backup into dc2's (passive) Redis, as the failover would
     password = base64.b64decode(get(lab, "dc2", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
     s3, target = lab.state["s3"], lab.state["sites"]["dc2"]["redis"]
-    args = {"host": target["host"], "port": target["port"], "password": password.decode(), "bucket": s3["bucket"],
+    args = {"host": target["host"], "port": target["port"], "password": password.decode(), "tls": True,
+            "tls_ca_cert": target["ca_file"], "bucket": s3["bucket"],
             "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],
             "secret_key": s3["secret_key"], "ca_bundle": s3["ca_file"], "mode": "replace"}
     proc, _seconds = ansible(lab, "ansible", "localhost", "-m", "hanzo.kms.redis_rdb_restore", "-a", json.dumps(args))

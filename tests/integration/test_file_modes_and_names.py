@@ -66,7 +66,8 @@ def test_redis_backup_dest_is_private_whatever_the_umask(lab, tmp_path):
     manifest.write_text("{}")
     manifest.chmod(0o644)  # left by an earlier run: narrowed
     result = adhoc("hanzo.kms.redis_rdb_backup", {"host": redis["host"], "port": redis["port"],
-                                                  "password": redis["password"], "dest": str(dest)})
+                                                  "password": redis["password"], "tls": True,
+                                                  "tls_ca_cert": redis["ca_file"], "dest": str(dest)})
     assert not result.get("failed"), result.get("msg")
     assert result["dest_manifest"] == str(manifest)
     assert dest.read_bytes()[:5] == b"REDIS"

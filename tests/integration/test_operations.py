@@ -110,8 +110,9 @@ def test_site_data_info_reads_the_barman_layout(installed, lab_dir):
         proc = adhoc("hanzo.kms.site_data_info", {
             "site": "itest-site", "bucket": bucket, "endpoint_url": installed["s3"]["endpoint_url"],
             "access_key": installed["s3"]["access_key"], "secret_key": installed["s3"]["secret_key"],
-            "addressing_style": "path", "ca_bundle": installed["s3"]["ca_file"], "host": redis_entry["host"], "port": redis_entry["port"],
-            "password": redis_entry["password"]}, lab_dir)
+            "addressing_style": "path", "ca_bundle": installed["s3"]["ca_file"], "host": redis_entry["host"],
+            "port": redis_entry["port"], "password": redis_entry["password"], "tls": True,
+            "tls_ca_cert": redis_entry["ca_file"]}, lab_dir)
     finally:
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]})
     assert proc.returncode == 0, proc.stdout

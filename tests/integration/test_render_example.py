@@ -138,6 +138,31 @@ def test_every_rendered_kubernetes_object_is_named(rendered):
         assert objects["redis"]["values"]["auth"]["existingSecret"] == "redis-auth"
 
 
+def test_pods_verify_the_object_store_and_redis_with_their_cas(rendered):
+    """The example's private-CA S3 endpoint and TLS-only Redis reach every pod that talks to them."""
+    for site in SITES:
+        objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
+        for store in (o for o in objects["cnpg"] if o["kind"] == "ObjectStore"):
+            assert store["spec"]["configuration"]["endpointCA"] == {"name": "kms-object-store-ca", "key": "ca.crt"}
+        values = objects["redis"]["values"]
+        assert values["tls"] == {"enabled": True, "authClients": False, "existingSecret": "redis-tls",
+                                 "certFilename": "tls.crt", "certKeyFilename": "tls.key", "certCAFilename": "ca.crt"}
+        job = next(o for o in objects["redis"]["objects"] if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]
+        pod = job["template"]["spec"]
+        fetch = next(c for c in pod["initContainers"] if c["name"] == "fetch-rdb")
+        assert "--tls --cacert /etc/hanzo-kms/redis-ca/ca.crt" in fetch["args"][0]
+        upload = pod["containers"][0]
+        assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in upload["env"]
+        secrets_mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets_mounted == {"kms-object-store-ca", "redis-tls"}
+        kms = next(o for o in objects["kms"] if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+        assert {"name": "NODE_EXTRA_CA_CERTS", "value": "/etc/hanzo-kms/redis-ca/ca.crt"} in kms["containers"][0]["env"]
+        assert kms["volumes"] == [{"name": "redis-ca", "secret": {"secretName": "redis-tls",
+                                                                  "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+        secret = next(o for o in objects["kms"] if o["kind"] == "Secret")
+        assert secret["stringData"]["REDIS_URL"].startswith("rediss://"), "the KMS connects to Redis with TLS"
+
+
 def test_a_tls_site_without_a_ca_is_refused_before_anything_is_rendered(tmp_path, pems):
     proc, out = render(tmp_path, pems, site_ingress_ca_file="")
     assert proc.returncode != 0

@@ -24,10 +24,13 @@ def up(lab, site, postgres, redis_entry):
     port = lab.free_port()
     dsn = (f"postgresql://{postgres['user']}:{quote(postgres['password'])}@{postgres['host']}:{postgres['port']}/"
            f"{postgres['database']}")
+    scheme = "rediss" if redis_entry.get("ca_file") else "redis"
     env = {"DB_CONNECTION_URI": dsn,
-           "REDIS_URL": f"redis://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
+           "REDIS_URL": f"{scheme}://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
            "HOST": "127.0.0.1", "PORT": str(port), "SITE_URL": f"http://127.0.0.1:{port}", "KMS_SITE": site,
            "PYTHONPATH": str(REPO_ROOT)}
+    if redis_entry.get("ca_file"):
+        env["NODE_EXTRA_CA_CERTS"] = redis_entry["ca_file"]
     name = f"{site}-kms"
     lab.spawn(name, [sys.executable, "-m", "tests.lab.kms_standin"], env=env, cwd=REPO_ROOT)
     entry = {"url": f"http://127.0.0.1:{port}", "port": port, "stand_in": True}

@@ -2,6 +2,7 @@
 
 It is not the KMS. It reproduces only what the collection's failover depends on:
 - configuration through the KMS's own environment variables (DB_CONNECTION_URI, REDIS_URL, HOST, PORT, SITE_URL);
+  a ``rediss://`` REDIS_URL is verified with the CA file NODE_EXTRA_CA_CERTS names, as Node.js (the KMS) does;
 - ``GET /api/status``: 200 only when its site's PostgreSQL accepts writes and its Redis answers PING, else 503
   (stricter than the real handler, which checks neither: see shared notes kms-app.md §4 — the lab uses it as the
   readiness gate the collection's playbooks should apply);
@@ -43,7 +44,9 @@ class Backend:
 
     def __init__(self, dsn, redis_url):
         self.dsn = dsn
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+        tls = {"ssl_ca_certs": os.environ["NODE_EXTRA_CA_CERTS"]} if (
+            redis_url.startswith("rediss://") and os.environ.get("NODE_EXTRA_CA_CERTS")) else {}
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1, **tls)
         self.local = threading.local()
         self.schema_ready = False
         self.lock = threading.Lock()

@@ -129,11 +129,12 @@ def reserve_slot(lab):
     return slot
 
 
-def host_addresses(lab, count):
-    """The host side of each site's link (where pods reach the host's services), by site index."""
+def site_links(lab, count):
+    """Each site's addresses by site index (``addresses``): ``host_ip`` where pods reach the host's services,
+    ``node_ip`` where the host reaches the site's node (its node ports)."""
     with _host_lock():
         slot = reserve_slot(lab)
-    return [addresses(slot, index)["host_ip"] for index in range(count)]
+    return [addresses(slot, index) for index in range(count)]
 
 
 # -- the site's network namespace ---------------------------------------------------------------------------------

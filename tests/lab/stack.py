@@ -12,6 +12,9 @@ from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 SITES = ("dc1", "dc2")
 # Operator mode: the node ports of the Redis master and KMS Services (inventories/lab/group_vars/kms_sites.yml)
 REDIS_NODE_PORT = 30379
+# The names a site's Redis certificate covers besides its addresses: the chart's master Service in the lab
+# inventory's namespace (the backup CronJob and the KMS pods connect to it) and localhost (the readiness probe).
+REDIS_TLS_NAMES = ("localhost", "redis-master", "redis-master.kms.svc", "redis-master.kms.svc.cluster.local")
 KMS_NODE_PORT = 30080
 MARKER = ".hanzo-kms-lab"
 
@@ -100,8 +103,8 @@ def _reusable(lab, mode, log):
         if running != mode:
             log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
             return False
-        if "pki" not in lab.state:
-            log(f"lab in {lab.dir} predates the lab CA (plain-HTTP S3): restarting it")
+        if "pki" not in lab.state or "redis_tls" not in lab.state["sites"].get("dc1", {}):
+            log(f"lab in {lab.dir} predates the lab CA (plain-text S3 or Redis): restarting it")
             return False
         if healthy(lab):
             return True
@@ -117,7 +120,7 @@ def _up_host_services(lab, sites):
     """Stand-in mode: Redis, PostgreSQL (dc2 streams from dc1) and the KMS stand-in as host processes, and the HAProxy
     pair in front of the stand-ins (kwok runs no pods, so the collection's objects have nothing behind them)."""
     for site in SITES:
-        sites[site]["redis"] = redis.up(lab, site)
+        sites[site]["redis"] = redis.up(lab, site, tls=dict(sites[site]["redis_tls"], ca_file=lab.state["pki"]["ca_file"]))
     sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
     sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
     for site in SITES:
@@ -127,13 +130,13 @@ def _up_host_services(lab, sites):
     lab.save()
 
 
-def _pod_service_addresses(sites):
+def _pod_service_addresses(sites, ca_file):
     """Operator mode: Redis and the KMS run in pods that install.yml creates; the control node and HAProxy reach them
     at the real node's address through the node ports the lab inventory gives their Services (no password here: the
     operations playbooks read it from the redis role's Secret, as in production)."""
     for site in SITES:
         node_ip = sites[site]["kube"]["net"]["node_ip"]
-        sites[site]["redis"] = {"host": node_ip, "port": REDIS_NODE_PORT, "in_pod": True}
+        sites[site]["redis"] = {"host": node_ip, "port": REDIS_NODE_PORT, "in_pod": True, "ca_file": ca_file}
         sites[site]["kms"] = {"host": node_ip, "port": KMS_NODE_PORT, "url": f"http://{node_ip}:{KMS_NODE_PORT}",
                               "stand_in": True, "in_pod": True}
 
@@ -160,10 +163,14 @@ def up(lab, log=print):
     try:
         kube = _kube()
         service_ca, lab.state["pki"] = pki.lab_ca(lab)
-        lab.state["s3"] = s3.up(lab, service_ca, host_ips=node.host_addresses(lab, len(SITES)) if kube else ())
+        links = node.site_links(lab, len(SITES)) if kube else [None] * len(SITES)
+        lab.state["s3"] = s3.up(lab, service_ca, host_ips=[link["host_ip"] for link in links if link])
         sites = lab.state["sites"]
         for index, site in enumerate(SITES):
-            sites[site] = {"role": "active" if index == 0 else "passive"}
+            # the site's Redis: a host process (stand-in mode) or the chart's pod behind a node port (operator mode)
+            ips = ("127.0.0.1", links[index]["node_ip"]) if links[index] else ("127.0.0.1",)
+            sites[site] = {"role": "active" if index == 0 else "passive",
+                           "redis_tls": pki.issue_server(lab, service_ca, f"redis-{site}", REDIS_TLS_NAMES, ips)}
         if mode == "standin":
             _up_host_services(lab, sites)
         if kube is not None:
@@ -175,7 +182,7 @@ def up(lab, log=print):
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
         if mode == "operator":
-            _pod_service_addresses(sites)
+            _pod_service_addresses(sites, lab.state["pki"]["ca_file"])
             lab.state["lb"] = haproxy.up(lab, {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"])
                                                for site in SITES}, wait_for_site=None)
             lab.save()

@@ -13,7 +13,8 @@ from ansible_collections.hanzo.kms.plugins.module_utils import kube, site_status
 PARAMS = {"site": "dc2", "inventory_role": "passive", "namespace": "kms", "cluster_name": "kms-pg-dc2",
           "object_store_name": "kms-pg-dc2-store", "kms_name": "kms", "read_replay": True,
           "redis_secret_name": "redis-auth", "redis_secret_key": "redis-password", "probe_redis": True,
-          "host": "10.0.0.5", "port": 30379, "password": None, "kubeconfig": "/k/dc2", "context": "dc2"}
+          "host": "10.0.0.5", "port": 30379, "password": None, "kubeconfig": "/k/dc2", "context": "dc2",
+          "tls": True, "tls_ca_cert": "/ca/redis.crt"}
 CLUSTER = {"metadata": {"name": "kms-pg-dc2"}, "status": {"currentPrimary": "kms-pg-dc2-1"}}
 
 
@@ -84,7 +85,8 @@ def test_a_reachable_replica_site_is_read_in_one_pass():
     assert seen[0]["probe_redis"] is True
     assert access == {"site": "dc2", "kubeconfig": "/k/dc2", "context": "dc2", "namespace": "kms",
                       "cluster_name": "kms-pg-dc2", "kms_name": "kms", "redis_host": "10.0.0.5",
-                      "redis_port": 30379, "redis_password": "s3cret"}
+                      "redis_port": 30379, "redis_password": "s3cret", "redis_tls": True,
+                      "redis_tls_ca_cert": "/ca/redis.crt"}  # how the failover reaches the same Redis
     assert status["data"]["site"] == "dc2" and status["inventory_role"] == "passive"
 
 

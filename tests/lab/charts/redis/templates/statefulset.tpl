@@ -31,8 +31,17 @@ spec:
             runAsUser: 1001
             runAsNonRoot: true
           command: ["redis-server"]
+          {{- $certs := "/opt/bitnami/redis/certs" }}
           args: ["/opt/bitnami/redis/mounted-etc/redis.conf", "--dir", "{{ .Values.master.persistence.path }}",
-                 "--requirepass", "$(REDIS_PASSWORD)"]
+                 "--requirepass", "$(REDIS_PASSWORD)"
+                 {{- if .Values.tls.enabled -}}
+                 , "--port", "0", "--tls-port", "6379",
+                 "--tls-cert-file", "{{ $certs }}/{{ .Values.tls.certFilename }}",
+                 "--tls-key-file", "{{ $certs }}/{{ .Values.tls.certKeyFilename }}",
+                 "--tls-ca-cert-file", "{{ $certs }}/{{ .Values.tls.certCAFilename }}",
+                 "--tls-auth-clients", "{{ ternary "yes" "no" .Values.tls.authClients }}"
+                 {{- end -}}
+                 ]
           env:
             {{- if .Values.auth.enabled }}
             - name: REDIS_PASSWORD
@@ -46,7 +55,11 @@ spec:
               containerPort: 6379
           readinessProbe:
             exec:
+              {{- if .Values.tls.enabled }}
+              command: ["sh", "-c", "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli --tls --cacert {{ $certs }}/{{ .Values.tls.certCAFilename }} -h localhost ping | grep -q PONG"]
+              {{- else }}
               command: ["sh", "-c", "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping | grep -q PONG"]
+              {{- end }}
           {{- with .Values.master.resources }}
           resources:
             {{- toYaml . | nindent 12 }}
@@ -56,10 +69,21 @@ spec:
               mountPath: /opt/bitnami/redis/mounted-etc
             - name: redis-data
               mountPath: {{ .Values.master.persistence.path }}
+            {{- if .Values.tls.enabled }}
+            - name: redis-certificates
+              mountPath: {{ $certs }}
+              readOnly: true
+            {{- end }}
       volumes:
         - name: config
           configMap:
             name: {{ $fullname }}-configuration
+        {{- if .Values.tls.enabled }}
+        - name: redis-certificates
+          secret:
+            secretName: {{ .Values.tls.existingSecret }}
+            defaultMode: 0640
+        {{- end }}
         {{- if not .Values.master.persistence.enabled }}
         - name: redis-data
           emptyDir: {}
