@@ -127,7 +127,7 @@ def test_kms_secret_identical_and_deployments_by_role(installed, kube_clients): 
     for site in SITES:
         uri = secrets[site]["DB_CONNECTION_URI"]
         assert re.fullmatch(rf"postgresql://kms:[^@]+@kms-pg-{site}-rw\.kms\.svc:5432/kms", uri), uri
-        assert re.fullmatch(r"redis://default:[^@]+@redis-master:6379", secrets[site]["REDIS_URL"])
+        assert re.fullmatch(r"rediss://default:[^@]+@redis-master:6379", secrets[site]["REDIS_URL"])  # TLS (lab)
         assert secrets[site]["SITE_URL"] == installed["lab"]["lb"]["instances"][0]["frontend_url"]
         apps = client.AppsV1Api(kube_clients[site])
         deployment = apps.read_namespaced_deployment("kms", NAMESPACE)
@@ -143,7 +143,7 @@ def test_kms_secret_identical_and_deployments_by_role(installed, kube_clients): 
             assert deployment.spec.replicas == 0 and hpas == []
         assert apps.read_namespaced_stateful_set("redis-master", NAMESPACE).status.ready_replicas == 1
         redis_pw = secret_data(kube_clients[site], "redis-auth")["redis-password"]
-        assert secrets[site]["REDIS_URL"] == f"redis://default:{redis_pw}@redis-master:6379"
+        assert secrets[site]["REDIS_URL"] == f"rediss://default:{redis_pw}@redis-master:6379"
         cronjob = client.BatchV1Api(kube_clients[site]).read_namespaced_cron_job("redis-backup", NAMESPACE)
         init = {c.name: c for c in cronjob.spec.job_template.spec.template.spec.init_containers}
         assert list(init)[0] == "take-lock"  # the operation lock before anything else
