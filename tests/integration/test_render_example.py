@@ -119,6 +119,8 @@ def test_the_ingress_of_every_site_matches_the_host_haproxy_sends(rendered):
             "health check SNI": one(r" check-sni (\S+)", lines),
             "verified name": one(r" verifyhost (\S+)", lines)}
     assert len(set(sent.values())) == 1, sent
+    # the switch's check reads which site answered from the LB (the KMS names none)
+    assert "http-response set-header X-KMS-Served-By %[srv_name]" in lines
     host = sent["Host header"]
     for site in SITES:
         objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
