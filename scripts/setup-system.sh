@@ -20,6 +20,11 @@ declare -A wanted=(
   [iptables]=iptables
   [ip]=iproute2
   [conntrack]=conntrack
+  # LB hosts (issue 16): Ansible reaches them over SSH and becomes root with sudo; keepalived holds the VIP
+  [/usr/sbin/sshd]=openssh-server
+  [ssh]=openssh-client
+  [sudo]=sudo
+  [/usr/sbin/keepalived]=keepalived
 )
 missing=()
 for binary in "${!wanted[@]}"; do
@@ -38,6 +43,6 @@ echo "system packages: installing ${missing[*]}"
 "${sudo[@]}" apt-get update -qq
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # Debian's packages start system-wide services where an init system runs; the lab runs its own instances.
-for service in redis-server haproxy postgresql; do
+for service in redis-server haproxy postgresql ssh keepalived; do
   "${sudo[@]}" service "$service" stop >/dev/null 2>&1 || true
 done

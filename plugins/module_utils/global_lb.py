@@ -129,3 +129,50 @@ def servers(entries, public_host=""):
     if duplicates:
         raise ServerError(f"global_lb_sites: server names must be unique, repeated: {', '.join(duplicates)}")
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The site switch across every LB host (roles/site_switch, step switch_lb)
+# --------------------------------------------------------------------------------------------------------------
+SWITCH_MODES = ("switchover", "failover")
+
+
+def runtime_api_instance(host, ca_file, client_cert="", client_key=""):
+    """The hanzo.kms.haproxy_backend instance of one LB host for the site switch run from the control node: its
+    Runtime API over TLS (``global_lb_admin_tls_address`` of ``host``, a mapping of its variables with
+    ``inventory_hostname``) with the control node's client certificate."""
+    name = host.get("inventory_hostname") or "(unnamed LB host)"
+    address = host.get("global_lb_admin_tls_address") or ""
+    if not address:
+        raise ServerError(
+            f"LB host {name}: global_lb_admin_tls_address is not set. The site switch reaches every LB host's Runtime "
+            "API from the control node in one call, over TLS with a client certificate: set it (and "
+            "global_lb_admin_tls_bind, global_lb_admin_tls_certificate, global_lb_admin_tls_client_ca_file) for every "
+            "host of kms_lb and run install.yml. Nothing was changed.")
+    if not ca_file or not client_cert or not client_key:
+        raise ServerError(
+            "kms_lb_runtime_api_ca_file, kms_lb_runtime_api_client_cert and kms_lb_runtime_api_client_key must all be "
+            "set (files on the control node): the CA that verifies the LB hosts' Runtime API certificates and the "
+            "control node's client certificate and key. Nothing was changed.")
+    return {"name": name, "address": address, "ca_file": ca_file, "client_cert": client_cert,
+            "client_key": client_key}
+
+
+def switch_quorum(instances, mode, failover_quorum=1):
+    """How many LB instances must be switched (hanzo.kms.haproxy_backend's ``min_instances``). A switchover needs
+    every one: both data centers are up, so an unreachable load balancer is a fault to fix first. A failover needs
+    ``failover_quorum`` (default 1): the lost data center's load balancer may be unreachable, and the check through
+    the public URL (the VIP) then proves that the instance clients reach is one that was switched."""
+    count = len(instances)
+    if mode not in SWITCH_MODES:
+        raise ServerError(f"mode must be one of {', '.join(SWITCH_MODES)}, got {mode!r}")
+    if mode == "switchover" or count == 0:
+        return count
+    try:
+        quorum = int(failover_quorum)
+    except (TypeError, ValueError):
+        quorum = 0
+    if not 1 <= quorum <= count:
+        raise ServerError(f"site_switch_lb_quorum must be between 1 and the number of LB hosts ({count}), got "
+                          f"{failover_quorum!r}")
+    return quorum

@@ -16,6 +16,7 @@ import csv
 import os
 import re
 import socket
+import ssl
 import tempfile
 import time
 
@@ -119,18 +120,37 @@ def parse_address(address):
     return "tcp", (host, int(port))
 
 
+def tls_context(ca_file, cert_file=None, key_file=None):
+    """The client side of a Runtime API reached over TLS (hanzo.kms.global_lb's admin TLS frontend): the server's
+    certificate verified against ``ca_file`` and its name (the address's host) checked; ``cert_file``/``key_file``:
+    this client's certificate, which that frontend requires."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:  # ssl.SSLError is one
+        raise HAProxyError(f"cannot load the Runtime API TLS files (ca_file {ca_file}, client certificate "
+                           f"{cert_file}): {exc}") from exc
+    return context
+
+
 class RuntimeClient:
     """One HAProxy instance's Runtime API (stats socket), one connection per command (non-interactive mode).
 
-    The client half-closes after sending, so it also works with the master CLI (``prefix='@1 '``).
+    Over a unix socket or plain TCP the client half-closes after sending, so it also works with the master CLI
+    (``prefix='@1 '``). ``tls`` (an ``ssl.SSLContext`` from :func:`tls_context`): TCP over TLS, read until HAProxy
+    closes (a half-close would end the TLS session).
     """
 
-    def __init__(self, address, name=None, timeout=DEFAULT_TIMEOUT, prefix=""):
+    def __init__(self, address, name=None, timeout=DEFAULT_TIMEOUT, prefix="", tls=None):
         self.address = address
         self.kind, self.target = parse_address(address)
         self.name = name or address
         self.timeout = timeout
         self.prefix = prefix or ""
+        if tls is not None and self.kind != "tcp":
+            raise HAProxyError(f"{self.name}: TLS needs a host:port Runtime API address, not {address!r}")
+        self.tls = tls
 
     def _connect(self):
         try:
@@ -143,7 +163,17 @@ class RuntimeClient:
                     sock.close()
                     raise
                 return sock
-            return socket.create_connection(self.target, timeout=self.timeout)
+            sock = socket.create_connection(self.target, timeout=self.timeout)
+            if self.tls is None:
+                return sock
+            try:
+                return self.tls.wrap_socket(sock, server_hostname=self.target[0])
+            except BaseException:
+                sock.close()
+                raise
+        except ssl.SSLError as exc:
+            raise HAProxyConnectionError(f"{self.name}: TLS to the Runtime API at {self.address} failed: "
+                                         f"{exc.reason or exc}") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise HAProxyConnectionError(f"{self.name}: cannot connect to the Runtime API at {self.address}: {reason}") from exc
@@ -159,15 +189,16 @@ class RuntimeClient:
         sock = self._connect()
         try:
             sock.sendall((self.prefix + command + "\n").encode())
-            sock.shutdown(socket.SHUT_WR)
+            if self.tls is None:
+                sock.shutdown(socket.SHUT_WR)
             chunks = []
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
+        except OSError as exc:  # ssl.SSLError too: a refused client certificate shows here with TLS 1.3
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
             raise HAProxyConnectionError(f"{self.name}: Runtime API {self.address} failed during {command!r}: {reason}") from exc
         finally:
             sock.close()
@@ -423,11 +454,11 @@ def write_state_file(path, text):
 class Instance:
     """One HAProxy instance taking part in a switch."""
 
-    def __init__(self, name, address, state_file=None, timeout=DEFAULT_TIMEOUT, prefix=""):
+    def __init__(self, name, address, state_file=None, timeout=DEFAULT_TIMEOUT, prefix="", tls=None):
         self.name = name
         self.address = address
         self.state_file = state_file
-        self.client = RuntimeClient(address, name=name, timeout=timeout, prefix=prefix)
+        self.client = RuntimeClient(address, name=name, timeout=timeout, prefix=prefix, tls=tls)
         self.before = None        # {(backend, server): ServerState} read at the start
         self.plan = None
         self.executed = []        # commands sent (in order)

@@ -51,8 +51,24 @@ options:
         type: path
       address:
         description:
-          - C(host:port) of a TCP stats socket declared with C(level admin).
+          - C(host:port) of a TCP stats socket declared with C(level admin), or of a TLS frontend in front of the
+            Runtime API (O(instances[].ca_file); hanzo.kms.global_lb's C(global_lb_admin_tls_bind)).
         type: str
+      ca_file:
+        description:
+          - Reach O(instances[].address) over TLS and verify the instance's certificate with this CA bundle (a path on
+            the host the module runs on). The certificate must name the address's host (IP or DNS name).
+          - An instance whose certificate cannot be verified counts as unreachable (see O(min_instances)).
+        type: path
+      client_cert:
+        description:
+          - This client's certificate (PEM) for a Runtime API TLS frontend that requires one (C(verify required)).
+          - Requires O(instances[].ca_file) and O(instances[].client_key).
+        type: path
+      client_key:
+        description:
+          - The private key of O(instances[].client_cert).
+        type: path
       state_file:
         description:
           - Path of this instance's C(server-state-file), written with the output of C(show servers state) after every
@@ -155,6 +171,18 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Switch every load balancer from the control node in one call, over the Runtime API's TLS frontends
+  hanzo.kms.haproxy_backend:
+    backend: kms
+    active_site: dc2
+    sites: {dc1: [dc1], dc2: [dc2]}
+    instances:
+      - {name: lb1, address: "10.0.1.10:9999", ca_file: /etc/kms/lb-ca.pem, client_cert: /etc/kms/ctl.crt,
+         client_key: /etc/kms/ctl.key}
+      - {name: lb2, address: "10.0.2.10:9999", ca_file: /etc/kms/lb-ca.pem, client_cert: /etc/kms/ctl.crt,
+         client_key: /etc/kms/ctl.key}
+    min_instances: 1  # a failover: the lost data center's load balancer may be unreachable
+
 - name: Fail over the global load balancers to dc2
   hanzo.kms.haproxy_backend:
     backend: kms
@@ -287,6 +315,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import (
     desired_from_servers,
     desired_from_sites,
     switch,
+    tls_context,
 )
 
 
@@ -317,10 +346,15 @@ def main():
                     name=dict(type="str"),
                     socket=dict(type="path"),
                     address=dict(type="str"),
+                    ca_file=dict(type="path"),
+                    client_cert=dict(type="path"),
+                    client_key=dict(type="path"),
                     state_file=dict(type="path"),
                 ),
-                mutually_exclusive=[("socket", "address")],
+                mutually_exclusive=[("socket", "address"), ("socket", "ca_file")],
                 required_one_of=[("socket", "address")],
+                required_together=[("client_cert", "client_key")],
+                required_by={"client_cert": "ca_file"},
             ),
             active_site=dict(type="str"),
             sites=dict(type="dict"),
@@ -355,11 +389,15 @@ def main():
     except HAProxyError as exc:
         module.fail_json(msg=str(exc))
 
-    instances = [
-        Instance(item["name"] or item["socket"] or item["address"], item["socket"] or item["address"],
-                 state_file=item["state_file"], timeout=params["timeout"])
-        for item in params["instances"]
-    ]
+    try:
+        instances = [
+            Instance(item["name"] or item["socket"] or item["address"], item["socket"] or item["address"],
+                     state_file=item["state_file"], timeout=params["timeout"],
+                     tls=tls_context(item["ca_file"], item["client_cert"], item["client_key"]) if item["ca_file"] else None)
+            for item in params["instances"]
+        ]
+    except HAProxyError as exc:
+        module.fail_json(msg=f"{exc}; nothing was sent to HAProxy")
     try:
         result = switch(
             instances, params["backend"], desired, min_instances=params["min_instances"], check_mode=module.check_mode,

@@ -92,7 +92,7 @@ class Runner:
 
     def write_marker(self, name):
         """A secret written through the LB (PostgreSQL + the serving site's Redis cache) before the crash."""
-        url = self.lab().state["lb"]["instances"][0]["frontend_url"]
+        url = self.lab().state["lb"]["vip_url"]
         client = LoadClient(url)
         status, site, body = client.request("POST", f"/api/v3/secrets/raw/{name}", {"secretValue": name})
         if status != 200:
@@ -135,8 +135,7 @@ class Runner:
                 view["postgres"] = "unreachable"
             result["sites"][site] = view
         for instance in state["lb"]["instances"]:
-            rows = lab_haproxy.servers_state(instance["admin_address"] if "admin_address" in instance
-                                             else instance["socket"])
+            rows = lab_haproxy.servers_state(instance["socket"])
             result["lb"][instance["name"]] = {name: row.state for name, row in sorted(rows.items())}
             client = LoadClient(instance["frontend_url"])
             status, site, body = client.request("GET", f"/api/v3/secrets/raw/{markers[-1]}")

@@ -158,7 +158,7 @@ class Drill:
         self.phase("lab up", [sys.executable, "-m", "tests.lab", "up", "--dir", str(self.lab_dir)])
         self.playbook("install", "install")
         self.playbook("backup", "backup")
-        url = self.lab_state().state["lb"]["instances"][0]["frontend_url"]
+        url = self.lab_state().state["lb"]["vip_url"]
         load = LoadClient(url, rate=self.rate)
         load.start()
         sampler = ReplicationSampler(self.lab_dir)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -401,9 +402,14 @@ def test_role_template_renders_valid_configs(tmp_path, tls_mode):
 # The lab's HAProxy pair in front of the KMS stand-ins. dc2's stand-in answers /api/status 503 until its PostgreSQL
 # is promoted, so switching to dc2 before promotion must fail and leave dc1 serving on both instances.
 def lab_instances(lab, transport="socket"):
-    key = "socket" if transport == "socket" else "address"
-    field = "socket" if transport == "socket" else "admin_address"
-    return [{"name": inst["name"], key: inst[field], "state_file": inst["state_file"]} for inst in lab["lb"]["instances"]]
+    """The lab pair's instances by unix socket, or (``tls``) as the site switch reaches them from the control node:
+    the Runtime API over TLS with the control node's client certificate."""
+    if transport == "socket":
+        return [{"name": inst["name"], "socket": inst["socket"], "state_file": inst["state_file"]}
+                for inst in lab["lb"]["instances"]]
+    files = lab["lb"]["admin_tls"]
+    return [{"name": inst["name"], "address": inst["admin_address"], "ca_file": files["ca_file"],
+             "client_cert": files["cert_file"], "client_key": files["key_file"]} for inst in lab["lb"]["instances"]]
 
 
 def lab_sites(lab):
@@ -416,10 +422,26 @@ def lab_landing(lab):
 
 def test_lab_check_mode_plans_switch(lab):
     result = run_module({"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab),
-                         "instances": lab_instances(lab, "tcp")}, check=True, diff=True)
+                         "instances": lab_instances(lab, "tls")}, check=True, diff=True)
     assert result["changed"] is True
     assert [inst["commands"] for inst in result["instances"]] == [
         ["set server kms/dc2 state ready", "set server kms/dc1 state maint"]] * 2
+    assert lab_landing(lab) == {"dc1"}
+
+
+def test_lab_runtime_api_over_tls_refuses_a_client_without_its_certificate(lab):
+    """The LB hosts' Runtime API is level admin: without the control node's client certificate (or with a CA that
+    did not sign the server's) an instance is unreachable, and a switch that needs every instance changes nothing."""
+    instances = lab_instances(lab, "tls")
+    del instances[1]["client_cert"], instances[1]["client_key"]
+    result = run_module({"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab),
+                         "instances": instances})
+    assert result["failed"] is True and "quorum not met" in result["msg"] and "nothing was changed" in result["msg"]
+    assert "CERTIFICATE_REQUIRED" in result["instances"][1]["error"], result["instances"][1]
+    wrong_ca = lab_instances(lab, "tls")
+    wrong_ca[0]["ca_file"] = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"  # not ours
+    result = run_module({"backend": lab["lb"]["backend"], "instances": wrong_ca})
+    assert result["failed"] is True and "CERTIFICATE_VERIFY_FAILED" in result["instances"][0]["error"]
     assert lab_landing(lab) == {"dc1"}
 
 

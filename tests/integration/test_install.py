@@ -128,7 +128,7 @@ def test_kms_secret_identical_and_deployments_by_role(installed, kube_clients): 
         uri = secrets[site]["DB_CONNECTION_URI"]
         assert re.fullmatch(rf"postgresql://kms:[^@]+@kms-pg-{site}-rw\.kms\.svc:5432/kms", uri), uri
         assert re.fullmatch(r"rediss://default:[^@]+@redis-master:6379", secrets[site]["REDIS_URL"])  # TLS (lab)
-        assert secrets[site]["SITE_URL"] == installed["lab"]["lb"]["instances"][0]["frontend_url"]
+        assert secrets[site]["SITE_URL"] == installed["lab"]["lb"]["vip_url"]
         apps = client.AppsV1Api(kube_clients[site])
         deployment = apps.read_namespaced_deployment("kms", NAMESPACE)
         available = {c.type: c.status for c in deployment.status.conditions}

@@ -124,7 +124,7 @@ def test_haproxy_sends_traffic_to_dc1_and_stores_secrets_there(lab):
             assert json.loads(resp.read())["secret"]["secretValue"] == value
         rows = postgres.query(lab["sites"]["dc1"]["postgres"], f"SELECT value FROM kms_secrets WHERE name = '{name}'")
         assert rows == [(value,)]
-        states = haproxy.servers_state(instance["admin_address"])
+        states = haproxy.servers_state(instance["admin_address"], haproxy.client_tls(lab["lb"]))  # TLS, as the switch
         assert haproxy.describe(states["dc1"]) == "UP" and haproxy.describe(states["dc2"]) == "MAINT"
 
 

@@ -6,6 +6,7 @@ runs the global_lb role into this test's directory. The example inventory's cert
 made here (-e); everything else is the inventory's. Then:
 
 - ``haproxy -c`` accepts each rendered haproxy.cfg, and TLS to the sites is verified (``verify required`` with the CA);
+- ``keepalived --config-test`` accepts each LB host's VRRP configuration: one VIP, one router id, own priorities;
 - every rendered Kubernetes object parses as YAML and is named;
 - the host name HAProxy sends to the sites (Host header of forwarded requests and health checks, SNI, the name the
   certificate is verified against) is a host of each site's Ingress, so a real ingress controller routes it;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +70,13 @@ def render(tmp_path, pems, **extra):
         "global_lb_config_owner": user, "global_lb_config_group": group,
         "global_lb_server_state_file": f"{out}/{{{{ inventory_hostname }}}}/server-state",
         "global_lb_admin_socket": f"{out}/{{{{ inventory_hostname }}}}/admin.sock",
+        "global_lb_keepalived_manage_package": False, "global_lb_keepalived_manage_service": False,
+        "global_lb_keepalived_config_path": f"{out}/{{{{ inventory_hostname }}}}-keepalived.conf",
         # the files the example inventory names on the LB hosts
         "site_ingress_ca_file": str(pems / "ingress-ca.pem"),
         "global_lb_tls_certificate": str(pems / "kms.pem"),
+        "global_lb_admin_tls_certificate": str(pems / "kms.pem"),
+        "global_lb_admin_tls_client_ca_file": str(pems / "ingress-ca.pem"),
     }
     extra_vars.update(extra)
     (tmp_path / "extra.json").write_text(json.dumps(extra_vars))
@@ -113,6 +119,28 @@ def test_haproxy_accepts_the_rendered_configuration_and_verifies_the_sites(rende
             assert f" ssl verify required ca-file {pems / 'ingress-ca.pem'} " in line, line
         assert "verify none" not in config.read_text()
         assert servers[0].split()[-1] != "disabled" and servers[1].split()[-1] == "disabled"  # dc2 is passive
+        # the Runtime API over TLS (the site switch's way in) requires a client certificate, and reaches the admin
+        # socket inside the chroot
+        text = config.read_text()
+        assert re.search(r"^    bind \S+:9443 ssl crt \S+ ca-file \S+ verify required$", text, re.M), text
+        assert "stats socket /var/lib/haproxy/admin-tls.sock mode 600 level admin user haproxy" in text
+        assert "server runtime_api unix@/admin-tls.sock" in text
+
+
+def test_keepalived_accepts_the_rendered_configuration_and_the_pair_agrees_on_the_vip(rendered):
+    seen = {}
+    for host in LB_HOSTS:
+        config = rendered / f"{host}-keepalived.conf"
+        check = subprocess.run(["keepalived", "--config-test", f"--use-file={config}"], capture_output=True, text=True,
+                               check=False)
+        assert check.returncode == 0, check.stderr
+        text = config.read_text()
+        seen[host] = {key: one(pattern, text.splitlines()) for key, pattern in (
+            ("vip", r"^\s+(\S+) dev eth0$"), ("router id", r"virtual_router_id (\d+)"), ("priority", r"priority (\d+)"))}
+        assert 'script "/bin/pidof haproxy"' in text  # the holder gives the VIP up when its HAProxy stops
+    assert seen[LB_HOSTS[0]]["vip"] == seen[LB_HOSTS[1]]["vip"] == "192.0.2.10/24"
+    assert seen[LB_HOSTS[0]]["router id"] == seen[LB_HOSTS[1]]["router id"]
+    assert int(seen[LB_HOSTS[0]]["priority"]) > int(seen[LB_HOSTS[1]]["priority"])
 
 
 def test_the_ingress_of_every_site_matches_the_host_haproxy_sends(rendered):
@@ -170,15 +198,24 @@ def test_pods_verify_the_object_store_and_redis_with_their_cas(rendered):
 
 
 def test_the_apiserver_accepts_every_rendered_object(rendered, kubectl):  # noqa: F811  pylint: disable=redefined-outer-name
-    """What the example inventory renders, as the lab's apiserver (schemas, CRDs, admission) would take it."""
+    """What the example inventory renders, as the lab's apiserver (schemas, CRDs, admission) would take it: in a
+    namespace of its own (a server-side apply merges into live objects of the same name, and the session lab has its
+    own Clusters in ``kms``)."""
+    namespace = f"render-test-{secrets.token_hex(3)}"
     for site in SITES:
         objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
         manifests = objects["cnpg"] + objects["redis"]["objects"] + objects["kms"]
-        # the dry run needs the namespace (install.yml creates it); creating it here is what the install does
-        kubectl("--context", site, "create", "namespace", "kms", check=False)
-        proc = kubectl("--context", site, "apply", "--server-side", "--dry-run=server", "--validate=strict",
-                       "--force-conflicts", "--field-manager=hanzo-kms-render-test", "-f", "-",
-                       input_text=yaml.safe_dump_all(manifests), check=False)
+        assert {o["metadata"]["namespace"] for o in manifests} == {"kms"}
+        for obj in manifests:
+            obj["metadata"]["namespace"] = namespace
+        # the dry run needs the namespace (install.yml creates it)
+        kubectl("--context", site, "create", "namespace", namespace)
+        try:
+            proc = kubectl("--context", site, "apply", "--server-side", "--dry-run=server", "--validate=strict",
+                           "--force-conflicts", "--field-manager=hanzo-kms-render-test", "-f", "-",
+                           input_text=yaml.safe_dump_all(manifests), check=False)
+        finally:
+            kubectl("--context", site, "delete", "namespace", namespace, "--wait=false")
         assert proc.returncode == 0, proc.stderr
         kinds = {o["kind"] for o in manifests}
         assert proc.stdout.count("(server dry run)") == len(manifests) and "Cluster" in kinds, proc.stdout
@@ -188,4 +225,4 @@ def test_a_tls_site_without_a_ca_is_refused_before_anything_is_rendered(tmp_path
     proc, out = render(tmp_path, pems, site_ingress_ca_file="")
     assert proc.returncode != 0
     assert "site_ingress_ca_file" in proc.stdout, proc.stdout[-4000:]
-    assert not list(out.iterdir())  # no site object and no haproxy.cfg was written
+    assert not list(out.iterdir())  # no site object, no haproxy.cfg and no keepalived.conf was written

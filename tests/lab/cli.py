@@ -1,20 +1,22 @@
 """``python -m tests.lab up|down|status [--dir DIR]``; ``kill --dir DIR NAME...`` stops recorded processes;
-``lose-site --dir DIR SITE`` powers a site off (every process of its node, control plane and pods, at once)."""
+``lose-site --dir DIR HOST`` powers a site or an LB host off (every process of its namespace and containers at once;
+an LB host's link is unplugged too); ``cut``/``plug --dir DIR HOST`` unplugs / plugs a site's or LB host's link to
+the lab network (a partition: everything keeps running)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tests.lab import node, stack
+from tests.lab import lbhost, node, stack
 from tests.lab.core import Lab, LabError
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description="The hanzo.kms lab of real servers.")
-    parser.add_argument("command", choices=("up", "down", "status", "kill", "lose-site"))
+    parser.add_argument("command", choices=("up", "down", "status", "kill", "lose-site", "cut", "plug"))
     parser.add_argument("--dir", help="lab directory (default: $HANZO_KMS_LAB_DIR or .lab in the checkout)")
     parser.add_argument("names", nargs="*", help="kill: process names from the state file, e.g. dc1-kube-apiserver; "
-                                                 "lose-site: one site, e.g. dc1")
+                                                 "lose-site, cut, plug: one host, e.g. dc1 or lb1")
     args = parser.parse_intermixed_args(argv)
     lab = Lab(args.dir)
     try:
@@ -30,11 +32,18 @@ def main(argv=None):
             for name in args.names:
                 stopped = lab.stop_process(lab.process(name))
                 print(f"{name}: {'stopped' if stopped else 'was not running'}")
-        elif args.command == "lose-site":
-            if lab.load() is None or len(args.names) != 1 or args.names[0] not in lab.state.get("sites", {}):
-                print(f"lose-site needs a lab in {lab.dir} and one of its sites")
+        elif args.command in ("lose-site", "cut", "plug"):
+            hosts = [*lab.state.get("sites", {}), *lbhost.HOSTS] if lab.load() is not None else []
+            if len(args.names) != 1 or args.names[0] not in hosts:
+                print(f"{args.command} needs a lab in {lab.dir} and one of its hosts ({', '.join(hosts) or 'none'})")
                 return 1
-            print(f"{args.names[0]}: {node.lose_site(lab.dir, args.names[0])} processes killed")
+            host = args.names[0]
+            if args.command == "lose-site":
+                lose = lbhost.lose_host if host in lbhost.HOSTS else node.lose_site
+                print(f"{host}: {lose(lab.dir, host)} processes killed")
+            else:
+                node.set_link(lab.dir, host, up=args.command == "plug")
+                print(f"{host}: link {'plugged' if args.command == 'plug' else 'unplugged'}")
         else:
             if lab.load() is None:
                 print(f"no lab in {lab.dir} (run: make lab-up)")

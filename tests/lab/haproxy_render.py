@@ -1,8 +1,9 @@
-"""Render the global_lb role's haproxy.cfg template outside Ansible (for the lab and the tests).
+"""Render the global_lb role's templates outside Ansible (for the lab and the tests).
 
-``render(overrides)`` loads ``roles/global_lb/defaults/main.yml``, applies ``overrides`` and renders
-``roles/global_lb/templates/haproxy.cfg.j2`` with the same Jinja settings as ``ansible.builtin.template``
-(trim_blocks on, lstrip_blocks off). ``lab_values(...)`` gives the overrides the lab's HAProxy pair needs.
+``render(overrides, template)`` loads ``roles/global_lb/defaults/main.yml``, applies ``overrides`` and renders
+``roles/global_lb/templates/<template>`` (haproxy.cfg.j2, keepalived.conf.j2) with the same Jinja settings as
+``ansible.builtin.template`` (trim_blocks on, lstrip_blocks off). ``lab_values(...)`` gives the overrides the lab's
+HAProxy pair needs, ``lab_keepalived_values(...)`` those of its keepalived pair.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def role_defaults():
         return yaml.safe_load(handle) or {}
 
 
-def render(overrides=None):
-    """Return haproxy.cfg text for the role defaults updated with ``overrides`` (a dict of global_lb_* vars)."""
+def render(overrides=None, template="haproxy.cfg.j2"):
+    """Return ``template``'s text for the role defaults updated with ``overrides`` (a dict of global_lb_* vars)."""
     values = role_defaults()
     values.update(overrides or {})
     unknown = sorted(key for key in (overrides or {}) if key not in values or not key.startswith("global_lb_"))
@@ -31,8 +32,8 @@ def render(overrides=None):
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE_DIR / "templates")), trim_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["hanzo.kms.global_lb_servers"] = servers  # the role's filter (plugins/filter/global_lb.py)
-    values.setdefault("ansible_managed", "Rendered from roles/global_lb/templates/haproxy.cfg.j2 by tests/lab/haproxy_render.py")
-    return env.get_template("haproxy.cfg.j2").render(**values)
+    values.setdefault("ansible_managed", f"Rendered from roles/global_lb/templates/{template} by tests/lab/haproxy_render.py")
+    return env.get_template(template).render(**values)
 
 
 def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, check_interval="1s"):
@@ -40,8 +41,10 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
 
     ``instance``: dict with ``socket``, ``admin_port``, ``frontend_port``, ``stats_port``, ``state_file``
     (the keys tests/lab/haproxy.py already uses). ``sites``: {site name: (host, port)}.
-    Servers of sites other than ``active_site`` start in maintenance (``disabled``).
+    Servers of sites other than ``active_site`` start in maintenance (``disabled``). ``instance["host"]``: the
+    address it listens on (its LB host's; default loopback); ``instance["bind"]``: the frontend's bind, if not that.
     """
+    host = instance.get("host", "127.0.0.1")
     return {
         "global_lb_log_targets": ["stdout format raw local0 warning"],
         "global_lb_chroot": "",
@@ -50,11 +53,17 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_daemon": False,
         "global_lb_admin_socket": instance["socket"],
         "global_lb_admin_socket_mode": "600",
-        "global_lb_admin_address": f"127.0.0.1:{instance['admin_port']}",
+        # the TCP Runtime API only over TLS with client certificates where the instance has its files (an LB host)
+        "global_lb_admin_address": "" if "admin_tls_certificate" in instance else f"{host}:{instance['admin_port']}",
+        "global_lb_admin_tls_bind": f"{host}:{instance['admin_port']}" if "admin_tls_certificate" in instance else "",
+        "global_lb_admin_tls_address": f"{host}:{instance['admin_port']}" if "admin_tls_certificate" in instance else "",
+        "global_lb_admin_tls_certificate": instance.get("admin_tls_certificate", ""),
+        "global_lb_admin_tls_client_ca_file": instance.get("admin_tls_client_ca_file", ""),
+        "global_lb_admin_tls_socket": instance.get("admin_tls_socket", "/run/haproxy/admin-tls.sock"),
         "global_lb_extra_stats_sockets": list(extra_stats_sockets or []),
         "global_lb_server_state_file": instance["state_file"],
         "global_lb_tls_mode": "none",
-        "global_lb_bind_addresses": [f"127.0.0.1:{instance['frontend_port']}"],
+        "global_lb_bind_addresses": [instance.get("bind", f"{host}:{instance['frontend_port']}")],
         "global_lb_timeout_connect": "2s",
         "global_lb_timeout_client": "30s",
         "global_lb_timeout_server": "30s",
@@ -62,8 +71,16 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_check_fall": 2,
         "global_lb_check_rise": 1,
         "global_lb_sites": [
-            {"name": name, "address": host, "port": port, "initial_state": "ready" if name == active_site else "maint"}
-            for name, (host, port) in sites.items()],
-        "global_lb_prometheus_bind": f"127.0.0.1:{instance['stats_port']}",
+            {"name": name, "address": address, "port": port,
+             "initial_state": "ready" if name == active_site else "maint"}
+            for name, (address, port) in sites.items()],
+        "global_lb_prometheus_bind": f"{host}:{instance['stats_port']}",
         "global_lb_stats_uri": "/stats",
     }
+
+
+def lab_keepalived_values(vip, priority, haproxy_pid, interface="eth0"):
+    """Overrides for one lab LB host's keepalived: ``vip`` (address/prefix), its ``priority``, and its HAProxy master's
+    pid for the check (the LB hosts share the machine's pid space, so ``pidof haproxy`` would see the other's)."""
+    return {"global_lb_vip_address": vip, "global_lb_vip_interface": interface, "global_lb_vrrp_priority": priority,
+            "global_lb_vrrp_check_script": f"/bin/kill -0 {haproxy_pid}"}

@@ -20,20 +20,21 @@ def http_status(url, timeout=2.0):
         return 0, str(exc)
 
 
-def up(lab, site, postgres, redis_entry):
+def up(lab, site, postgres, redis_entry, host="127.0.0.1"):
+    """``host``: the address it listens on (the LB hosts' gateway, so the LB hosts reach it)."""
     port = lab.free_port()
     dsn = (f"postgresql://{postgres['user']}:{quote(postgres['password'])}@{postgres['host']}:{postgres['port']}/"
            f"{postgres['database']}")
     scheme = "rediss" if redis_entry.get("ca_file") else "redis"
     env = {"DB_CONNECTION_URI": dsn,
            "REDIS_URL": f"{scheme}://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
-           "HOST": "127.0.0.1", "PORT": str(port), "SITE_URL": f"http://127.0.0.1:{port}", "KMS_SITE": site,
+           "HOST": host, "PORT": str(port), "SITE_URL": f"http://{host}:{port}", "KMS_SITE": site,
            "PYTHONPATH": str(REPO_ROOT)}
     if redis_entry.get("ca_file"):
         env["NODE_EXTRA_CA_CERTS"] = redis_entry["ca_file"]
     name = f"{site}-kms"
     lab.spawn(name, [sys.executable, "-m", "tests.lab.kms_standin"], env=env, cwd=REPO_ROOT)
-    entry = {"url": f"http://127.0.0.1:{port}", "port": port, "stand_in": True}
+    entry = {"url": f"http://{host}:{port}", "host": host, "port": port, "stand_in": True}
     # Any HTTP answer means it serves; 503 is the expected answer of the passive site (read-only database).
     lab.wait_process(name, lambda: http_status(entry["url"] + "/api/status")[0] in (200, 503), 20,
                      f"{name} to answer HTTP on port {port}")

@@ -1,18 +1,24 @@
-"""Lab component: one real Kubernetes node per site, each site in its own network namespace (issue 15).
+"""Lab component: one real Kubernetes node per site, each site in its own network namespace (issue 15), on the lab's
+network (issue 16).
 
-Per site (``<h>`` = a short hash of the lab dir, so two labs on one machine never share a name or an address):
+The lab network (``<h>`` = a short hash of the lab dir, so two labs on one machine never share a name or an address):
+one Linux bridge ``hk<h>-net`` in the host namespace, ``10.250.<slot>.0/26``; ``slot`` is picked per lab from the
+hash, skipping subnets the host already routes. The host (control node, object store) is ``.1``, each site's node
+``.2``, ``.3``, the LB hosts ``.10``, ``.11`` (tests/lab/lbhost.py): hosts on one segment, as in a data center
+network, with no routing on the machine itself. Cutting a host's port on the bridge partitions it from all others.
 
-- network namespace ``hkms-<h>-<site>``, joined to the host by the veth pair ``hk<h>-<site>`` (host side,
-  ``10.250.<slot>.<4i+1>/30``) / ``eth0`` (namespace side, ``.<4i+2>``: the node IP and the apiserver address);
-  ``slot`` is picked per lab from the hash, skipping subnets the host already routes. The site's control plane,
-  containerd, kubelet and kube-proxy run inside it, so each kube-proxy has its own iptables;
+Per site:
+
+- network namespace ``hkms-<h>-<site>``, joined to the bridge by the veth pair ``hk<h>-<site>`` (bridge port) /
+  ``eth0`` (the node IP and the apiserver address). The site's control plane, containerd, kubelet and kube-proxy run
+  inside it, so each kube-proxy has its own iptables;
 - pods get ``10.244.<2*slot+i>.0/24`` from CNI ``bridge`` (``cni0``, ``ipMasq``) + ``host-local`` + ``portmap``
-  (``loopback`` is added by containerd itself); the host routes that /24 through the veth, so tests reach pod IPs;
+  (``loopback`` is added by containerd itself); the host routes that /24 through the node, so tests reach pod IPs;
 - containerd (Debian 1.6 + runc) with root, state, socket, runc root and pod network namespaces under the lab dir;
 - kubelet (node ``<site>-real``, tainted and labelled ``node-role.hanzo.kms/real``) and kube-proxy (iptables).
 
 Nothing here touches the host's iptables; ``teardown`` removes what ``up`` made, found from the lab dir alone
-(processes, containers, mounts, namespace, veth), so it also recovers a killed ``up``.
+(processes, containers, mounts, namespaces, veths, the bridge), so it also recovers a killed ``up``.
 """
 from __future__ import annotations
 
@@ -37,7 +43,12 @@ import yaml
 from tests.lab import containerd, images
 from tests.lab.core import NETNS_RUN_DIR, LabError, mounts_under, pid_alive, require_binary, unmount_under, wait_until
 
-SITE_NET = ipaddress.ip_network("10.250.0.0/16")   # a /24 per lab (slot), a /30 per site
+SITE_NET = ipaddress.ip_network("10.250.0.0/16")   # a /24 per lab (slot), of which the lab network is the first /26
+LAB_NET_PREFIX = 26
+FIRST_NODE_HOST = 2                                 # the sites' nodes: .2, .3 (the host is .1)
+FIRST_LB_HOST = 10                                  # the LB hosts: .10, .11
+LB_HOSTS = ("lb1", "lb2")
+LAB_HOSTS = ("dc1", "dc2", *LB_HOSTS)               # every namespace a lab makes
 POD_NET = ipaddress.ip_network("10.244.0.0/16")    # a /23 per lab, a /24 per site
 SLOTS = 128
 CNI_RESULTS_DIR = "/var/lib/cni/results"            # libcni's cache (not configurable in containerd 1.6)
@@ -61,18 +72,28 @@ def lab_hash(lab_dir):
     return hashlib.sha256(str(Path(lab_dir).resolve()).encode()).hexdigest()[:8]
 
 
-def names(lab_dir, site):
-    """Host-wide names of a site's network objects, derived from the lab dir (veth names: at most 15 chars)."""
+def names(lab_dir, host):
+    """Host-wide names of a lab host's network objects (a site's or an LB host's), derived from the lab dir (link
+    names: at most 15 chars)."""
     digest = lab_hash(lab_dir)
-    return {"netns": f"hkms-{digest}-{site}", "veth": f"hk{digest}-{site}", "cni_network": f"hkms-{digest}-{site}"}
+    return {"netns": f"hkms-{digest}-{host}", "veth": f"hk{digest}-{host}", "cni_network": f"hkms-{digest}-{host}"}
+
+
+def bridge_name(lab_dir):
+    return f"hk{lab_hash(lab_dir)}-net"
+
+
+def lab_network(slot):
+    return list(list(SITE_NET.subnets(new_prefix=24))[slot].subnets(new_prefix=LAB_NET_PREFIX))[0]
 
 
 def addresses(slot, index):
-    link = list(SITE_NET.subnets(new_prefix=24))[slot]
-    link = list(link.subnets(new_prefix=30))[index]
+    """A site's addresses: ``host_ip`` (the host on the lab network, where pods reach the object store), ``node_ip``,
+    its pods' /24."""
+    link = lab_network(slot)
     pods = list(POD_NET.subnets(new_prefix=24))[2 * slot + index]
-    return {"link": str(link), "host_ip": str(link[1]), "node_ip": str(link[2]), "pod_cidr": str(pods),
-            "pod_gateway": str(pods[1])}
+    return {"link": str(link), "prefix": LAB_NET_PREFIX, "host_ip": str(link[1]),
+            "node_ip": str(link[FIRST_NODE_HOST + index]), "pod_cidr": str(pods), "pod_gateway": str(pods[1])}
 
 
 def _run(argv, what, check=True, timeout=60, **kwargs):
@@ -146,32 +167,59 @@ def link_exists(name):
     return os.path.exists(f"/sys/class/net/{name}")
 
 
-def network_up(lab, site, index):
-    """Create the site's namespace and veth pair; return ``state["sites"][site]["kube"]["net"]``."""
+def bridge_up(lab):
+    """The lab network's bridge with the host's address (``.1``), made once; returns (slot, bridge name)."""
     require_binary("ip", "iproute2")
-    net = names(lab.dir, site)
     with _host_lock():
         slot = reserve_slot(lab)
-        net.update(addresses(slot, index), slot=slot)
-        _delete_network(net["netns"], net["veth"])  # what a killed run left behind
-        netns, veth = net["netns"], net["veth"]
-        steps = [
-            ["ip", "netns", "add", netns],
-            ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
-            ["ip", "addr", "add", f"{net['host_ip']}/30", "dev", veth],
-            ["ip", "link", "set", veth, "up"],
-            ["ip", "-n", netns, "link", "set", "lo", "up"],
-            ["ip", "-n", netns, "addr", "add", f"{net['node_ip']}/30", "dev", "eth0"],
-            ["ip", "-n", netns, "link", "set", "eth0", "up"],
-            ["ip", "-n", netns, "route", "add", "default", "via", net["host_ip"]],
-            # the host reaches pod IPs through the namespace (tests and the probe call pods by IP)
-            ["ip", "route", "add", net["pod_cidr"], "via", net["node_ip"], "dev", veth],
-            # the namespace routes between its pods' bridge and the veth (the host's own forwarding stays off)
-            ["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-        ]
-        for argv in steps:
-            _run(argv, f"setting up the {site} network namespace")
+        bridge = bridge_name(lab.dir)
+        if not link_exists(bridge):
+            link = lab_network(slot)
+            for argv in (["ip", "link", "add", bridge, "type", "bridge"],
+                         ["ip", "addr", "add", f"{link[1]}/{LAB_NET_PREFIX}", "dev", bridge],
+                         ["ip", "link", "set", bridge, "up"]):
+                _run(argv, "setting up the lab network")
+    return slot, bridge
+
+
+def host_up(lab, host, address):
+    """A lab host: namespace ``hkms-<h>-<host>`` with ``eth0`` = ``address`` on the lab network, default route via the
+    host. Returns its names and addresses."""
+    slot, bridge = bridge_up(lab)
+    net = names(lab.dir, host)
+    net.update(slot=slot, bridge=bridge, host_ip=str(lab_network(slot)[1]), address=address)
+    _delete_network(net["netns"], net["veth"])  # what a killed run left behind
+    netns, veth = net["netns"], net["veth"]
+    for argv in (["ip", "netns", "add", netns],
+                 ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
+                 ["ip", "link", "set", veth, "master", bridge],
+                 ["ip", "link", "set", veth, "up"],
+                 ["ip", "-n", netns, "link", "set", "lo", "up"],
+                 ["ip", "-n", netns, "addr", "add", f"{address}/{LAB_NET_PREFIX}", "dev", "eth0"],
+                 ["ip", "-n", netns, "link", "set", "eth0", "up"],
+                 ["ip", "-n", netns, "route", "add", "default", "via", net["host_ip"]]):
+        _run(argv, f"setting up the {host} network namespace")
     return net
+
+
+def network_up(lab, site, index):
+    """Create the site's namespace on the lab network; return ``state["sites"][site]["kube"]["net"]``."""
+    slot, _bridge = bridge_up(lab)
+    wanted = addresses(slot, index)
+    net = host_up(lab, site, wanted["node_ip"])
+    net.update(wanted)
+    for argv in (
+            # the host reaches pod IPs through the node (tests and the probe call pods by IP)
+            ["ip", "route", "add", net["pod_cidr"], "via", net["node_ip"], "dev", net["bridge"]],
+            # the namespace routes between its pods' bridge and eth0 (the host's own forwarding stays off)
+            ["ip", "netns", "exec", net["netns"], "sysctl", "-qw", "net.ipv4.ip_forward=1"]):
+        _run(argv, f"setting up the {site} network namespace")
+    return net
+
+
+def set_link(lab_dir, host, up):
+    """Plug or unplug a lab host's port on the lab network (a partition: its processes keep running)."""
+    _run(["ip", "link", "set", names(lab_dir, host)["veth"], "up" if up else "down"], f"setting {host}'s link")
 
 
 def _delete_network(netns, veth):
@@ -555,9 +603,10 @@ def _shim_sockets(lab_dir):
     return sockets
 
 
-def teardown(lab_dir, sites=("dc1", "dc2")):
-    """Remove what the nodes left, from the lab dir alone: container and shim processes, mounts, the sites'
-    network namespaces and veths, libcni cache files and kubelet's log links. Safe to call twice."""
+def teardown(lab_dir, sites=LAB_HOSTS):
+    """Remove what the nodes left, from the lab dir alone: container and shim processes, mounts, the network
+    namespaces and veths of ``sites`` (any lab hosts: sites and LB hosts), the lab network's bridge, libcni cache
+    files and kubelet's log links. Safe to call twice."""
     lab_dir = str(Path(lab_dir).resolve())
     _kill_containers(lab_dir)
     pids = _lab_pids(lab_dir)
@@ -572,6 +621,8 @@ def teardown(lab_dir, sites=("dc1", "dc2")):
     for site in sites:
         net = names(lab_dir, site)
         _delete_network(net["netns"], net["veth"])
+    if link_exists(bridge_name(lab_dir)):
+        _run(["ip", "link", "delete", bridge_name(lab_dir)], "deleting the lab network's bridge", check=False)
     for cached in _cni_cache_files(lab_dir, sites):
         with contextlib.suppress(OSError):
             cached.unlink()
@@ -617,7 +668,7 @@ def _remove_kubelet_host_paths():
             os.rmdir(directory)  # only when empty
 
 
-def leftovers(lab_dir, sites=("dc1", "dc2")):
+def leftovers(lab_dir, sites=LAB_HOSTS):
     """What of the lab's nodes still exists on the host (for tests and ``down``): [] when clean."""
     lab_dir = str(Path(lab_dir).resolve())
     found = [f"process {pid}" for pid in _lab_pids(lab_dir)]
@@ -628,4 +679,5 @@ def leftovers(lab_dir, sites=("dc1", "dc2")):
         net = names(lab_dir, site)
         found += [f"network namespace {net['netns']}"] if netns_exists(net["netns"]) else []
         found += [f"veth {net['veth']}"] if link_exists(net["veth"]) else []
+    found += [f"bridge {bridge_name(lab_dir)}"] if link_exists(bridge_name(lab_dir)) else []
     return found

@@ -69,7 +69,9 @@ def up(lab, ca, host_ips=()):
             f"-s3.cert.file={tls['cert_file']}", f"-s3.key.file={tls['key_file']}"]
     # SSE-S3 key: the install sets the bucket's default encryption (AES256), which SeaweedFS refuses to apply
     # (PutObject InternalError) unless it has a key.
-    lab.spawn("s3", argv, env={"WEED_S3_SSE_KEY": secrets.token_hex(32)})
+    # SIGKILL to stop: on SIGTERM it waits 20 s for its own filer's subscribers to give up, and the lab's store is
+    # removed with the lab dir anyway.
+    lab.spawn("s3", argv, env={"WEED_S3_SSE_KEY": secrets.token_hex(32)}, stop_signal="SIGKILL")
     entry["endpoint_url"] = f"https://127.0.0.1:{ports['s3']}"
     entry["ca_file"] = lab.state["pki"]["ca_file"]
     entry["ports"] = ports

@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 
-from tests.lab import haproxy, kms, node, pki, postgres, redis, s3
+from tests.lab import haproxy, kms, lbhost, node, pki, postgres, redis, s3
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
@@ -35,17 +35,22 @@ def _wipe(lab):
     if lab.dir.exists():
         if not (lab.dir / MARKER).exists():
             raise LabError(f"{lab.dir} exists but is not a lab dir (no {MARKER}); refusing to remove it")
-        node.teardown(lab.dir, SITES)
+        _teardown_hosts(lab.dir)
         shutil.rmtree(lab.dir)
     else:
-        node.teardown(lab.dir, SITES)  # a dir removed by hand can still leave namespaces named after it
+        _teardown_hosts(lab.dir)  # a dir removed by hand can still leave namespaces named after it
+
+
+def _teardown_hosts(lab_dir):
+    """Every lab host's leftovers (sites' nodes, LB hosts) and the lab network."""
+    node.teardown(lab_dir)
 
 
 def _stop_everything(lab):
     """Stop the recorded processes (kubelets and their containers first) and remove the nodes' leftovers."""
     node.stop_pods(lab, lab.state)
     stopped = lab.stop_all()
-    node.teardown(lab.dir, SITES)
+    _teardown_hosts(lab.dir)
     return stopped
 
 
@@ -73,6 +78,11 @@ def status(lab):
             rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or healthy_detail))
         elif _kube() is not None:
             rows.append((f"{site} kubernetes", *missing))
+    for host in lbhost.HOSTS:
+        rows.append((f"{host} ssh", *(lbhost.check_ssh(state, host) if "ssh" in state else missing)))
+    if "lb_hosts" in state and "keepalived" in state.get("lb", {}):
+        holders = lbhost.vip_holders(state["lb_hosts"])
+        rows.append(("vip", len(holders) == 1, f"{state['lb_hosts']['vip']} held by {', '.join(holders) or 'nobody'}"))
     if "lb" not in state:
         rows.append(("haproxy", *missing))
     for instance in state.get("lb", {}).get("instances", []):
@@ -106,6 +116,9 @@ def _reusable(lab, mode, log):
         if "pki" not in lab.state or "redis_tls" not in lab.state["sites"].get("dc1", {}):
             log(f"lab in {lab.dir} predates the lab CA (plain-text S3 or Redis): restarting it")
             return False
+        if "lb_hosts" not in lab.state:
+            log(f"lab in {lab.dir} predates the LB hosts (HAProxy on loopback): restarting it")
+            return False
         if healthy(lab):
             return True
     except (KeyError, LabError):
@@ -116,17 +129,26 @@ def _reusable(lab, mode, log):
     return False
 
 
-def _up_host_services(lab, sites):
+def _up_host_services(lab, sites, ca):
     """Stand-in mode: Redis, PostgreSQL (dc2 streams from dc1) and the KMS stand-in as host processes, and the HAProxy
     pair in front of the stand-ins (kwok runs no pods, so the collection's objects have nothing behind them)."""
     for site in SITES:
         sites[site]["redis"] = redis.up(lab, site, tls=dict(sites[site]["redis_tls"], ca_file=lab.state["pki"]["ca_file"]))
     sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
     sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
-    for site in SITES:
-        sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"])
+    for site in SITES:  # on the LB network's gateway: the LB hosts reach the host's services there
+        sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"],
+                                    host=lab.state["lb_hosts"]["gateway"])
     lab.save()
-    lab.state["lb"] = haproxy.up(lab, {site: ("127.0.0.1", sites[site]["kms"]["port"]) for site in SITES})
+    lab.state["lb"] = haproxy.up(lab, {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"])
+                                       for site in SITES}, lab.state["lb_hosts"], ca)
+    _vip_up(lab)
+
+
+def _vip_up(lab):
+    """keepalived on the LB hosts; the KMS's public URL is the VIP's."""
+    lab.state["lb"]["keepalived"] = lbhost.vip_up(lab, lab.state["lb_hosts"], lab.state["lb"])
+    lab.state["lb"]["vip_url"] = f"http://{lab.state['lb_hosts']['vip'].split('/')[0]}:{haproxy.FRONTEND_PORT}"
     lab.save()
 
 
@@ -163,8 +185,11 @@ def up(lab, log=print):
     try:
         kube = _kube()
         service_ca, lab.state["pki"] = pki.lab_ca(lab)
+        lab.state["lb_hosts"] = lbhost.network_up(lab)
+        lab.state["ssh"] = lbhost.ssh_up(lab, lab.state["lb_hosts"])
+        lab.save()
         links = node.site_links(lab, len(SITES)) if kube else [None] * len(SITES)
-        lab.state["s3"] = s3.up(lab, service_ca, host_ips=[link["host_ip"] for link in links if link])
+        lab.state["s3"] = s3.up(lab, service_ca, host_ips=sorted({link["host_ip"] for link in links if link}))
         sites = lab.state["sites"]
         for index, site in enumerate(SITES):
             # the site's Redis: a host process (stand-in mode) or the chart's pod behind a node port (operator mode)
@@ -172,7 +197,7 @@ def up(lab, log=print):
             sites[site] = {"role": "active" if index == 0 else "passive",
                            "redis_tls": pki.issue_server(lab, service_ca, f"redis-{site}", REDIS_TLS_NAMES, ips)}
         if mode == "standin":
-            _up_host_services(lab, sites)
+            _up_host_services(lab, sites, service_ca)
         if kube is not None:
             for index, site in enumerate(SITES):
                 sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True)
@@ -183,9 +208,9 @@ def up(lab, log=print):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
         if mode == "operator":
             _pod_service_addresses(sites, lab.state["pki"]["ca_file"])
-            lab.state["lb"] = haproxy.up(lab, {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"])
-                                               for site in SITES}, wait_for_site=None)
-            lab.save()
+            kms_addresses = {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"]) for site in SITES}
+            lab.state["lb"] = haproxy.up(lab, kms_addresses, lab.state["lb_hosts"], service_ca, wait_for_site=None)
+            _vip_up(lab)
     except BaseException:
         _stop_everything(lab)
         raise
@@ -199,8 +224,6 @@ def _ports(state):
     ports = [state["s3"]["ports"][name] for name in state.get("s3", {}).get("ports", {})]
     for entry in state.get("sites", {}).values():
         ports += [entry[c]["port"] for c in ("redis", "postgres", "kms") if c in entry and not entry[c].get("in_pod")]
-    for instance in state.get("lb", {}).get("instances", []):
-        ports += [instance["admin_port"], instance["frontend_port"], instance["stats_port"]]
     return ports
 
 

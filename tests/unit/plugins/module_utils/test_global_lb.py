@@ -5,7 +5,13 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hanzo.kms.plugins.filter.global_lb import FilterModule
-from ansible_collections.hanzo.kms.plugins.module_utils.global_lb import ServerError, servers, site_server
+from ansible_collections.hanzo.kms.plugins.module_utils.global_lb import (
+    ServerError,
+    runtime_api_instance,
+    servers,
+    site_server,
+    switch_quorum,
+)
 
 SITE = {"site_name": "dc1", "site_role": "active", "site_ingress_host": "kms-dc1.example.net",
         "site_ingress_address": "10.10.0.10", "site_ingress_port": "443", "site_ingress_tls": True,
@@ -85,3 +91,58 @@ def test_the_filters_raise_ansible_errors():
         filters["global_lb_site_server"](dict(SITE, site_ingress_ca_file=""))
     with pytest.raises(AnsibleFilterError, match="ca_file is empty"):
         filters["global_lb_servers"]([dict(ENTRY, ca_file="")], "kms.example.net")
+
+
+# -- the site switch across every LB host ---------------------------------------------------------------------------
+TLS_FILES = ("/etc/kms/lb-ca.pem", "/etc/kms/ctl.crt", "/etc/kms/ctl.key")
+
+
+def test_an_lb_host_is_reached_at_its_runtime_api_over_tls():
+    host = {"inventory_hostname": "lb1", "global_lb_admin_tls_address": "10.0.1.10:9443", "other": "ignored"}
+    assert runtime_api_instance(host, *TLS_FILES) == {
+        "name": "lb1", "address": "10.0.1.10:9443", "ca_file": "/etc/kms/lb-ca.pem", "client_cert": "/etc/kms/ctl.crt",
+        "client_key": "/etc/kms/ctl.key"}
+
+
+def test_an_lb_host_without_a_tls_runtime_api_is_refused_naming_host_and_variable():
+    with pytest.raises(ServerError, match=r"LB host lb2: global_lb_admin_tls_address is not set.*Nothing was changed"):
+        runtime_api_instance({"inventory_hostname": "lb2", "global_lb_admin_address": "10.0.2.10:9999"}, *TLS_FILES)
+
+
+@pytest.mark.parametrize("missing", range(3))
+def test_the_control_nodes_tls_files_are_required(missing):
+    files = list(TLS_FILES)
+    files[missing] = ""
+    with pytest.raises(ServerError, match="kms_lb_runtime_api_ca_file, kms_lb_runtime_api_client_cert and"):
+        runtime_api_instance({"inventory_hostname": "lb1", "global_lb_admin_tls_address": "lb1:9443"}, *files)
+
+
+@pytest.mark.parametrize(("mode", "count", "quorum", "expected"), [
+    ("switchover", 2, 1, 2),      # both data centers up: every load balancer
+    ("failover", 2, 1, 1),        # the lost data center's load balancer may be unreachable
+    ("failover", 3, "2", 2),
+    ("failover", 0, 1, 0),        # no load balancer in the inventory
+    ("switchover", 0, 1, 0),
+])
+def test_the_switch_quorum(mode, count, quorum, expected):
+    assert switch_quorum([{}] * count, mode, quorum) == expected
+
+
+@pytest.mark.parametrize(("mode", "quorum", "message"), [
+    ("failover", 0, "between 1 and the number of LB hosts"),
+    ("failover", 3, "between 1 and the number of LB hosts"),
+    ("failover", "one", "between 1 and the number of LB hosts"),
+    ("failback", 1, "mode must be one of switchover, failover"),
+])
+def test_a_quorum_that_cannot_be_met_or_an_unknown_mode_is_refused(mode, quorum, message):
+    with pytest.raises(ServerError, match=message):
+        switch_quorum([{}, {}], mode, quorum)
+
+
+def test_the_filters_raise_ansible_errors():
+    filters = FilterModule().filters()
+    with pytest.raises(AnsibleFilterError, match="global_lb_admin_tls_address is not set"):
+        filters["global_lb_runtime_api"]({"inventory_hostname": "lb1"}, *TLS_FILES)
+    with pytest.raises(AnsibleFilterError, match="site_switch_lb_quorum"):
+        filters["global_lb_switch_quorum"]([{}], "failover", 2)
+    assert filters["global_lb_switch_quorum"]([{}, {}], "switchover") == 2

@@ -6,6 +6,8 @@ shared/notes/haproxy-runtime-api.md.
 """
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import haproxy as hx
@@ -83,6 +85,18 @@ def test_client_refuses_separators_before_connecting():
 
 
 # --- parsing --------------------------------------------------------------------------------------------------
+def test_tls_needs_a_tcp_address():
+    context = ssl.create_default_context()
+    with pytest.raises(hx.HAProxyError, match="TLS needs a host:port Runtime API address"):
+        hx.RuntimeClient("/run/haproxy/admin.sock", name="lb1", tls=context)
+    assert hx.RuntimeClient("10.0.1.10:9443", tls=context).tls is context
+
+
+def test_tls_files_that_cannot_be_loaded_are_named(tmp_path):
+    with pytest.raises(hx.HAProxyError, match=r"cannot load the Runtime API TLS files \(ca_file .*missing.pem"):
+        hx.tls_context(str(tmp_path / "missing.pem"))
+
+
 def test_parse_servers_state_real_output():
     states = hx.parse_servers_state(REAL_OUTPUT)
     dc1, dc2 = states[("be_kms", "dc1")], states[("be_kms", "dc2")]
