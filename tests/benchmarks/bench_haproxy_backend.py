@@ -5,6 +5,8 @@ with community.general.haproxy in a loop (one call per server and instance = 8 c
 
 Three levels, each the median of ``--runs`` switches (alternating direction so every switch changes 8 servers):
 1. in process: ``switch()`` from module_utils, ``elapsed - waited`` (health-check wait excluded) and with the wait;
+   the same over each instance's Runtime API over TLS with client certificates (the site switch's way in from the
+   control node since issue 16: one TLS connection per command), against the unix socket in the same run;
 2. module processes: ``python -m <haproxy_backend> args.json`` once vs ``python -m <community haproxy> args.json`` x 8
    (wait_healthy off, as community.general does not wait by default);
 3. ansible-playbook: one hanzo.kms.haproxy_backend task vs one community.general.haproxy task looping over 8 items.
@@ -33,6 +35,7 @@ for entry in (str(REPO), str(COLLECTIONS)):
 # pylint: disable=wrong-import-position
 from ansible_collections.hanzo.kms.plugins.module_utils import haproxy as hx  # noqa: E402
 from tests.integration.haproxy_pair import BACKEND, Pair, wait_for  # noqa: E402
+from tests.lab import pki  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 OUR_MODULE = "ansible_collections.hanzo.kms.plugins.modules.haproxy_backend"
@@ -91,10 +94,17 @@ def main(argv=None):
     options = parser.parse_args(argv)
     env = ansible_env()
     community = community_module()
-    pair = Pair(tempfile.mkdtemp(prefix="bench-haproxy-"), site_names=SERVERS)
+    directory = Path(tempfile.mkdtemp(prefix="bench-haproxy-"))
+    ca = pki.new_ca("bench-haproxy-ca")
+    client_cert, client_key = ca.leaf("bench-control-node")
+    files = pki.write(directory, {"ca.crt": ca.cert_pem, "client.crt": client_cert, "client.key": client_key})
+    admin_tls = {"ca": ca, "ca_file": str(files["ca.crt"]), "cert_file": str(files["client.crt"]),
+                 "key_file": str(files["client.key"])}
+    pair = Pair(directory, site_names=SERVERS, admin_tls=admin_tls)
     try:
         reset(pair, "dc1")
         instances = [inst.as_module_instance() for inst in pair.instances]
+        tls = hx.tls_context(admin_tls["ca_file"], admin_tls["cert_file"], admin_tls["key_file"])
 
         # 1. in process
         own, own_with_wait = [], []
@@ -106,6 +116,14 @@ def main(argv=None):
             check(pair, active)
             own.append((result["elapsed"] - result["waited"]) * 1000)
             own_with_wait.append(result["elapsed"] * 1000)
+        own_tls = []
+        for _run in range(options.runs):
+            active = "dc2" if active == "dc1" else "dc1"
+            objs = [hx.Instance(inst.name, inst.admin_address, state_file=inst.state_file, tls=tls)
+                    for inst in pair.instances]
+            result = hx.switch(objs, BACKEND, hx.desired_from_sites(active, SITES))
+            check(pair, active)
+            own_tls.append((result["elapsed"] - result["waited"]) * 1000)
 
         # 2. module processes
         reset(pair, "dc1")
@@ -157,18 +175,21 @@ def main(argv=None):
 
     med = statistics.median
     rows = [
-        ("in process: haproxy_backend switch(), waits excluded", med(own), None),
-        ("in process: haproxy_backend switch(), incl. health-check wait", med(own_with_wait), None),
-        ("module process: haproxy_backend x1 (reported elapsed - waited)", med(ours_reported), None),
-        ("module process: haproxy_backend x1 (wall)", med(ours_proc), None),
-        ("module process: community.general.haproxy x8 (wall)", med(community_proc), med(community_proc) / med(ours_proc)),
-        ("ansible-playbook: haproxy_backend, 1 task (wall)", med(ours_play), None),
+        ("in process: haproxy_backend switch(), waits excluded", med(own), None, None),
+        ("in process: haproxy_backend switch(), incl. health-check wait", med(own_with_wait), None, None),
+        ("in process: switch() over the TLS Runtime API, waits excluded", med(own_tls), med(own_tls) / med(own),
+         "the unix socket"),
+        ("module process: haproxy_backend x1 (reported elapsed - waited)", med(ours_reported), None, None),
+        ("module process: haproxy_backend x1 (wall)", med(ours_proc), None, None),
+        ("module process: community.general.haproxy x8 (wall)", med(community_proc), med(community_proc) / med(ours_proc),
+         "haproxy_backend"),
+        ("ansible-playbook: haproxy_backend, 1 task (wall)", med(ours_play), None, None),
         ("ansible-playbook: community.general.haproxy, loop of 8 (wall)", med(community_play),
-         med(community_play) / med(ours_play)),
+         med(community_play) / med(ours_play), "haproxy_backend"),
     ]
     print(f"switch of 2 instances x 4 servers, median of {options.runs} (playbooks: {options.playbook_runs}) runs")
-    for label, value, ratio in rows:
-        print(f"  {label:<66} {value:9.1f} ms" + (f"   ({ratio:.1f}x haproxy_backend)" if ratio else ""))
+    for label, value, *ratio in rows:
+        print(f"  {label:<66} {value:9.1f} ms" + (f"   ({ratio[0]:.1f}x {ratio[1]})" if ratio[0] else ""))
     goal = med(own)
     print(f"goal: module time excluding waits <= 100 ms: {goal:.1f} ms -> {'met' if goal <= 100 else 'NOT met'}")
 

@@ -93,7 +93,9 @@ class Site:
 
 
 class Instance:
-    def __init__(self, name, directory, sites, active_site, extra_sockets=None):
+    def __init__(self, name, directory, sites, active_site, extra_sockets=None, admin_tls=None):
+        """``admin_tls``: {"ca": a tests.lab.pki CA, "ca_file", "cert_file", "key_file"} to serve the TCP Runtime API
+        over TLS with client certificates (the global_lb role's admin TLS frontend) instead of plain TCP."""
         self.name = name
         self.dir = Path(directory) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +111,16 @@ class Instance:
         self.user_socket = str(self.dir / "user.sock")
         extra = [{"address": self.operator_socket, "level": "operator", "mode": "600"},
                  {"address": self.user_socket, "level": "user", "mode": "600"}] + list(extra_sockets or [])
-        self.values = lab_values({"socket": self.socket, "admin_port": self.admin_port, "frontend_port": self.frontend_port,
-                                  "stats_port": self.stats_port, "state_file": self.state_file},
+        values = {"socket": self.socket, "admin_port": self.admin_port, "frontend_port": self.frontend_port,
+                  "stats_port": self.stats_port, "state_file": self.state_file}
+        self.admin_tls = admin_tls
+        if admin_tls:
+            cert, key = admin_tls["ca"].leaf(f"{name}-runtime-api", server=True, ips=("127.0.0.1",))
+            pem = self.dir / "runtime-api.pem"
+            pem.write_bytes(cert + key)
+            values.update(admin_tls_certificate=str(pem), admin_tls_client_ca_file=admin_tls["ca_file"],
+                          admin_tls_socket=str(self.dir / "admin-tls.sock"))
+        self.values = lab_values(values,
                                  {site.name: ("127.0.0.1", site.port) for site in sites}, active_site=active_site,
                                  extra_stats_sockets=extra, check_interval="200ms")
         Path(self.config).write_text(render(self.values), encoding="utf-8")
@@ -127,6 +137,9 @@ class Instance:
             item["socket"] = self.socket
         else:
             item["address"] = self.admin_address
+            if self.admin_tls:
+                item.update(ca_file=self.admin_tls["ca_file"], client_cert=self.admin_tls["cert_file"],
+                            client_key=self.admin_tls["key_file"])
         return item
 
     def command(self, command, address=None):
@@ -191,12 +204,13 @@ def get(url, path="/", timeout=5):
 class Pair:
     """``count`` HAProxy instances in front of ``sites`` (names), the first site active."""
 
-    def __init__(self, directory, site_names=("dc1", "dc2"), count=2):
+    def __init__(self, directory, site_names=("dc1", "dc2"), count=2, admin_tls=None):
         self.sites = [Site(name) for name in site_names]
         self.instances = []
         try:
             for index in range(count):
-                self.instances.append(Instance(f"lb{index + 1}", directory, self.sites, site_names[0]))
+                self.instances.append(Instance(f"lb{index + 1}", directory, self.sites, site_names[0],
+                                               admin_tls=admin_tls))
             for inst in self.instances:
                 wait_for(lambda inst=inst: inst.states()[site_names[0]][0] == 2, 15, f"{inst.name} to see {site_names[0]} up")
         except BaseException:
