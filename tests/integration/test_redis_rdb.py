@@ -531,7 +531,9 @@ def forget_processes(lab_handle):
     names = []
     yield names
     for proc in [p for p in lab_handle.state.get('processes', []) if p['name'] in names]:
-        lab_handle.stop_process(proc)
+        # throwaway servers: a target left a replica of a closed listener took the full 20 s grace on SIGTERM
+        # (make test's 60-minute budget); 5 s, then SIGKILL
+        lab_handle.stop_process(proc, timeout=5)
     lab_handle.state['processes'] = [p for p in lab_handle.state.get('processes', []) if p['name'] not in names]
     lab_handle.save()
 
