@@ -25,14 +25,11 @@ from tests.lab.core import NETNS_RUN_DIR, Lab, wait_until
 @pytest.fixture(scope="module")
 def lab():
     lab_dir = Path(tempfile.mkdtemp(prefix="hanzo-kms-lab-lbhosts-"))
-    saved = {name: os.environ.get(name) for name in ("HANZO_KMS_LAB_WITHOUT_KUBE", "HANZO_KMS_LAB_CNPG")}
-    os.environ.update(HANZO_KMS_LAB_WITHOUT_KUBE="1", HANZO_KMS_LAB_CNPG="standin")
     this = Lab(lab_dir)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HANZO_KMS_LAB_WITHOUT_KUBE", "1")
+        env.setenv("HANZO_KMS_LAB_CNPG", "standin")
         stack.up(this, log=lambda _msg: None)
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
     yield this
     stack.down(Lab(lab_dir), log=lambda _msg: None)
     assert node.leftovers(lab_dir) == []

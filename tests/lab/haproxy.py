@@ -100,9 +100,9 @@ def up(lab, sites, hosts, ca, wait_for_site="dc1"):
             lab.wait_process(f"{instance['name']}-haproxy",
                              lambda inst=instance: describe(servers_state(inst["socket"])[wait_for_site]) == "UP",
                              30, f"{instance['name']} to see {wait_for_site}'s KMS healthy")
+    tls = client_tls({"admin_tls": admin_tls})
     for instance in instances:  # the control node's way in, as the site switch takes it
-        lab.wait_process(f"{instance['name']}-haproxy",
-                         lambda inst=instance: _answers(inst["admin_address"], client_tls({"admin_tls": admin_tls})),
+        lab.wait_process(f"{instance['name']}-haproxy", lambda inst=instance: _answers(inst["admin_address"], tls),
                          30, f"{instance['name']}'s Runtime API to answer over TLS")
     return {"backend": BACKEND, "servers": {site: site for site in sites}, "instances": instances,
             "admin_tls": admin_tls}

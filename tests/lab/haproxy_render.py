@@ -45,6 +45,8 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
     address it listens on (its LB host's; default loopback); ``instance["bind"]``: the frontend's bind, if not that.
     """
     host = instance.get("host", "127.0.0.1")
+    admin = f"{host}:{instance['admin_port']}"
+    admin_tls = "admin_tls_certificate" in instance  # an LB host: the TCP Runtime API only over TLS
     return {
         "global_lb_log_targets": ["stdout format raw local0 warning"],
         "global_lb_chroot": "",
@@ -53,10 +55,9 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_daemon": False,
         "global_lb_admin_socket": instance["socket"],
         "global_lb_admin_socket_mode": "600",
-        # the TCP Runtime API only over TLS with client certificates where the instance has its files (an LB host)
-        "global_lb_admin_address": "" if "admin_tls_certificate" in instance else f"{host}:{instance['admin_port']}",
-        "global_lb_admin_tls_bind": f"{host}:{instance['admin_port']}" if "admin_tls_certificate" in instance else "",
-        "global_lb_admin_tls_address": f"{host}:{instance['admin_port']}" if "admin_tls_certificate" in instance else "",
+        "global_lb_admin_address": "" if admin_tls else admin,
+        "global_lb_admin_tls_bind": admin if admin_tls else "",
+        "global_lb_admin_tls_address": admin if admin_tls else "",
         "global_lb_admin_tls_certificate": instance.get("admin_tls_certificate", ""),
         "global_lb_admin_tls_client_ca_file": instance.get("admin_tls_client_ca_file", ""),
         "global_lb_admin_tls_socket": instance.get("admin_tls_socket", "/run/haproxy/admin-tls.sock"),
