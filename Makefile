@@ -73,10 +73,11 @@ demo: setup lab-up
 	$(LAB_PLAYBOOK) playbooks/switchover.yml -e switchover_target_site=dc1 -e "switchover_confirm='SWITCHOVER TO dc1'"
 	@for report in $$(ls -t $(LAB_DIR)/reports/switchover-dc*.md | head -2 | tac); do echo; cat $$report; done
 
-# Molecule scenarios on the lab (LAB_DIR): install, switchover and back, failover after losing dc1 (leaves dc1 down;
+# Molecule scenarios on the lab (LAB_DIR): install, switchover and back, failover after losing dc1, failover with dc1
+# partitioned and its fence when it returns (operator mode; both leave dc1 down or fenced;
 # the next lab-up rebuilds the lab).
-.PHONY: molecule-default molecule-backup molecule-switchover molecule-failover
-molecule-default molecule-backup molecule-switchover molecule-failover: venv
+.PHONY: molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition
+molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition: venv
 	@# Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule reset -s $(@:molecule-%=%) >/dev/null
 	PATH=$(CURDIR)/$(BIN):$$PATH HANZO_KMS_LAB_DIR=$(LAB_DIR) HANZO_KMS_LAB_CNPG=$(LAB_CNPG) \

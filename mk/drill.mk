@@ -9,6 +9,15 @@ drill: setup
 	-$(PY) -m tests.lab down --dir $(DRILL_DIR) >/dev/null 2>&1
 	HANZO_KMS_LAB_CNPG=$(DRILL_CNPG) $(PY) -m tests.drill --dir $(DRILL_DIR)
 
+# The partition drill (issue 16): dc1 cut off from the lab network while everything in it keeps running, failover to
+# dc2, dc1 plugged back and fenced, status; report in $(PARTITION_DIR)-report/partition.md (docs/drill.md).
+PARTITION_DIR ?= $(CURDIR)/.lab-partition
+
+.PHONY: drill-partition
+drill-partition: setup
+	-$(PY) -m tests.lab down --dir $(PARTITION_DIR) >/dev/null 2>&1
+	HANZO_KMS_LAB_CNPG=operator $(PY) -m tests.drill.partition --dir $(PARTITION_DIR)
+
 drill-down: venv
 	$(PY) -m tests.lab down --dir $(DRILL_DIR)
 

@@ -31,6 +31,8 @@ import copy
 import json
 import time
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
+
 PHASE_HEALTHY = "Cluster in healthy state"
 PHASE_UNRECOVERABLE = "Cluster is unrecoverable and needs manual intervention"
 COND_READY = "Ready"
@@ -366,7 +368,7 @@ class KubeCluster:
         from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
 
         try:
-            return func(*args, _request_timeout=self.request_timeout, **kwargs)
+            return func(*args, _request_timeout=request_timeout(self.request_timeout), **kwargs)
         except ApiException as exc:
             raise _api_error(exc, verb, self) from None
         except Exception as exc:  # pylint: disable=broad-exception-caught

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import traceback
 
-from ansible.module_utils.basic import missing_required_lib
+try:
+    from urllib3.util.retry import Retry
+except ImportError:  # kubernetes needs urllib3: missing() reports the missing kubernetes first
+    Retry = None
 
 KUBERNETES_IMPORT_ERROR = None
 try:
@@ -27,10 +30,22 @@ except ImportError:
     K8S_CORE_IMPORT_ERROR = traceback.format_exc()
     AUTH_ARG_SPEC = {}
 
+# An API server that does not answer (a lost or partitioned data center: its packets are dropped, nothing refuses
+# them) costs each call this long, once: a connection not made within it is not retried. Made connections get the
+# caller's request timeout. Three seconds leave room for a SYN retransmitted after one second on a lossy WAN.
+CONNECT_TIMEOUT = 3.0
+
+
+def request_timeout(seconds):
+    """The kubernetes client's ``_request_timeout`` for a call that may take ``seconds``: (connect, read)."""
+    return (min(CONNECT_TIMEOUT, float(seconds)), float(seconds))
+
 
 def missing():
     """(message, traceback) when the kubernetes library or the kubernetes.core collection cannot be imported; the
     modules fail with it before touching anything. None when both are there."""
+    from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
+
     if KUBERNETES_IMPORT_ERROR:
         return missing_required_lib('kubernetes'), KUBERNETES_IMPORT_ERROR
     if K8S_CORE_IMPORT_ERROR:
@@ -53,7 +68,8 @@ def api_client(params, overrides=None):
     k8s.client.Configuration.set_default(k8s.client.Configuration())
     spec = k8s_client._create_auth_spec(None, **auth)  # pylint: disable=protected-access
     configuration = k8s_client._create_configuration(spec)  # pylint: disable=protected-access
-    configuration.retries = 1
+    # one retry of a failed read, none of a connection that was not made (see CONNECT_TIMEOUT)
+    configuration.retries = Retry(total=1, connect=0)
     api = k8s.client.ApiClient(configuration)
     headers = k8s_client._create_headers(None, **auth)  # pylint: disable=protected-access
     for header, value in headers.items():

@@ -25,6 +25,8 @@ from __future__ import annotations
 import datetime
 import time
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
+
 LEASE_NAME = "hanzo-kms-operation-lock"
 LABELS = {
     "app.kubernetes.io/part-of": "hanzo-kms",
@@ -327,7 +329,7 @@ class KubeLease:
         from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
 
         try:
-            return func(*args, _request_timeout=self.request_timeout, **kwargs)
+            return func(*args, _request_timeout=request_timeout(self.request_timeout), **kwargs)
         except ApiException as exc:
             # 409: created or changed by someone else since it was read; 404 on a write: deleted since it was read.
             # Both mean "read again and decide again".

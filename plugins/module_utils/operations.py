@@ -280,8 +280,9 @@ def _data_loss(mode, old, target=None):
     }
 
 
-def preflight(mode, target, statuses, now=None):
-    """Go/no-go for a failover or switchover to ``target``.
+def preflight(mode, target, statuses, now=None, require_promoted=False):
+    """Go/no-go for a failover or switchover to ``target``; ``require_promoted``: refuse unless the target is
+    already promoted (``done``), for a run that may only finish an earlier one.
 
     Returns ``{ok, refusals, warnings, target, old_site, state, cnpg_state, phrase, data_loss, sites}`` where
     ``state`` is ``fresh`` (nothing done yet), ``resume`` (an earlier run stopped midway) or ``done`` (CNPG already
@@ -380,6 +381,9 @@ def preflight(mode, target, statuses, now=None):
         result["state"] = "resume" if (demoted or tgt["kms_serving"]) else "fresh"
     else:
         result["state"] = "done" if result["cnpg_state"] == "promoted" else "resume"
+    if require_promoted and result["state"] != "done":
+        refusals.append(f"the target Cluster {cluster['name']} is not the promoted primary ({result['cnpg_state']}): "
+                        f"this run may only finish a {mode} that promoted it; run the {mode} itself")
     return _finish(result, mode, old, tgt)
 
 
@@ -493,7 +497,11 @@ def markdown_table(header, rows):
 def status_findings(summaries, lb=None):
     """Plain-language findings: the discovered primary, stale inventory roles, unreachable parts, LB disagreement."""
     found = []
-    prim = primaries(summaries)
+    by_site = {s["site"]: s for s in summaries}
+    fenced = [site for site in primaries(summaries) if by_site[site]["cluster"]["fencing"] in ("fenced", "hibernated")]
+    prim = [site for site in primaries(summaries) if site not in fenced]
+    serving = {i["name"]: sorted(i.get("serving") or []) for i in lb or [] if i.get("reachable", True)}
+    lb_targets = sorted({site for sites in serving.values() for site in sites})
     if len(prim) == 1:
         found.append(f"Active site (from the Clusters): {prim[0]}.")
         stale = [s["site"] for s in summaries if s["inventory_role"] and
@@ -502,14 +510,23 @@ def status_findings(summaries, lb=None):
             found.append(f"The inventory's site_role is stale for {', '.join(stale)}: set site_role: active on "
                          f"{prim[0]} (passive elsewhere) before the next install run.")
     elif len(prim) > 1:
-        found.append(f"SPLIT BRAIN: more than one Cluster is primary: {', '.join(prim)}.")
+        timelines = ", ".join(f"{site} on timeline {_timeline(by_site[site])}" for site in prim)
+        advice = (f" The load balancers send traffic to {', '.join(lb_targets)}: fence the other one now (the "
+                  f"failover to {lb_targets[0]}, run again, fences a reachable old primary)."
+                  if len(lb_targets) == 1 and lb_targets[0] in prim else "")
+        found.append(f"SPLIT BRAIN: more than one Cluster is an unfenced primary: {timelines}.{advice}")
     else:
-        found.append("No reachable Cluster is primary (a site is down or a promotion is in progress).")
+        found.append("No reachable Cluster is an unfenced primary (a site is down or a promotion is in progress).")
+    for site in fenced:
+        diverged = (f"; {prim[0]} was promoted on timeline {_timeline(by_site[prim[0]])}: what {site} wrote after "
+                    f"that promotion diverged and is not in {prim[0]}. Re-create {site}'s Cluster as a replica of "
+                    f"{prim[0]} before it serves again" if len(prim) == 1 else "")
+        found.append(f"{site} is an old primary, FENCED (its Cluster is still a primary, timeline "
+                     f"{_timeline(by_site[site])}, its instances stopped){diverged}.")
     for s in summaries:
         if not s["kube_reachable"]:
             found.append(f"Site {s['site']} is UNREACHABLE ({s['kube_error'] or 'no answer'}); its column shows what "
                          "the object store knows.")
-    serving = {i["name"]: sorted(i.get("serving") or []) for i in lb or [] if i.get("reachable", True)}
     if len({tuple(v) for v in serving.values()}) > 1:
         routes = "; ".join(f"{k} -> {', '.join(v) or 'nothing'}" for k, v in serving.items())
         found.append(f"The load balancers disagree: {routes}.")
@@ -519,6 +536,11 @@ def status_findings(summaries, lb=None):
         if len(prim) == 1 and target and target != [prim[0]]:
             found.append(f"The load balancers do not point at the primary site {prim[0]}.")
     return found
+
+
+def _timeline(summary):
+    timeline = (summary.get("cluster") or {}).get("timeline")
+    return "?" if timeline is None else timeline
 
 
 def render_status(summaries, lb=None, generated=None):
@@ -758,6 +780,8 @@ def update_report(report, params, now=None):
     if params.get("step"):
         step_update(report, params["step"], params.get("result") or "running", params.get("detail"),
                     params.get("data"), now)
+    if params.get("next_step"):
+        step_update(report, params["next_step"], "running", now=now)
     if params.get("finish"):
         report["result"] = params["finish"]
         report["finished"] = iso(now)

@@ -1261,7 +1261,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
                       keys_skipped=_db_dict(skipped), target_keys_after=after,
                       errors=[e for e in errors if e][:20], error_count=len(errors),
                       duration=round(time.monotonic() - started, 3))
-        if errors and not params.get('ignore_errors'):
+        if errors:
             result['target_state'] = 'partially_restored'
             raise RestoreError(f'{len(errors)} commands failed during the restore (first: '
                                f'{next((e for e in errors if e), "?")}); the target is partially restored', result)

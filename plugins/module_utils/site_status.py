@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
+
 CNPG_GROUP, CNPG_VERSION = "postgresql.cnpg.io", "v1"
 BARMAN_GROUP, BARMAN_VERSION = "barmancloud.cnpg.io", "v1"
 # The commit time of the newest transaction the server has replayed (UTC, whole seconds); empty on a server that
@@ -45,7 +47,7 @@ class KubeReader:
 
     def _call(self, func, *args, **kwargs):
         try:
-            result = func(*args, _request_timeout=self.timeout, **kwargs)
+            result = func(*args, _request_timeout=request_timeout(self.timeout), **kwargs)
         except self.api_exception as exc:
             if exc.status == 404:
                 raise NotFound(str(exc.reason)) from None

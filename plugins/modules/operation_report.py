@@ -54,6 +54,11 @@ options:
     type: str
     choices: [running, ok, changed, skipped, failed]
     default: running
+  next_step:
+    description:
+      - Name of the step that starts now, recorded as V(running) in the same write as O(step)'s result (or as the
+        first step of a report being opened). One report write between two steps instead of two.
+    type: str
   detail:
     description:
       - One line about what the step found or did.
@@ -168,6 +173,7 @@ def main():
             name=dict(type='str'),
             operation=dict(type='str', required=True, choices=['failover', 'switchover', 'status']),
             step=dict(type='str'),
+            next_step=dict(type='str'),
             result=dict(type='str', default='running', choices=['running', 'ok', 'changed', 'skipped', 'failed']),
             detail=dict(type='str'),
             data=dict(type='dict'),

@@ -48,6 +48,12 @@ options:
     type: list
     elements: dict
     required: true
+  require_promoted:
+    description:
+      - Refuse unless the target's Cluster is already the promoted primary (state V(done)). For a run that may only
+        finish an earlier failover, such as fencing an old site that came back (C(hanzo.kms.fence)); it never promotes.
+    type: bool
+    default: false
   fail_on_refusal:
     description:
       - Fail the task when the operation is refused. With V(false) the decision is only returned.
@@ -123,12 +129,14 @@ def main():
             mode=dict(type='str', required=True, choices=['failover', 'switchover']),
             target_site=dict(type='str', required=True),
             sites=dict(type='list', elements='dict', required=True),
+            require_promoted=dict(type='bool', default=False),
             fail_on_refusal=dict(type='bool', default=True),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    decision = preflight(params['mode'], params['target_site'], params['sites'])
+    decision = preflight(params['mode'], params['target_site'], params['sites'],
+                         require_promoted=params['require_promoted'])
     decision['warnings_found'] = decision.pop('warnings')
     for warning in decision['warnings_found']:
         module.warn(warning)

@@ -104,3 +104,30 @@ def phase_summary(records, phase, target_site=None):
         first = first_success_after(records, phase["start"], site=target_site)
         summary["first_success_on_target_seconds"] = round(first["t1"] - phase["start"], 3) if first else None
     return summary
+
+
+def partition_summary(lb_records, site_records, site, cut, plugged, fenced=None):
+    """What a partition of ``site`` did, from the requests through the global LB (``lb_records``) and those of the
+    site's own clients, which reach its KMS directly (``site_records``): ``cut``/``plugged`` are when its link went
+    down and came back, ``fenced`` when the re-run failover finished (None: not run).
+
+    - ``served_by_site_through_lb_after_cut``: requests the LB had ``site`` answer after the cut (must be 0: the
+      failover switched the LB away from it while it was cut off, and it stays out after its return);
+    - ``site_accepted_writes_while_cut``: writes the site committed for its own clients while cut off (they diverge
+      from the promoted site and are lost with the site's timeline);
+    - ``site_accepted_writes_after_return``: the same after the link came back, until the end of the fence (0 when
+      the site was fenced before it could accept a write);
+    - the last write the site accepted."""
+    accepted = [r for r in site_records if r["op"] == "write" and r["ok"]]
+    after_return = [r for r in accepted if r["t0"] >= plugged and (fenced is None or r["t0"] <= fenced)]
+    return {
+        "site": site,
+        "served_by_site_through_lb_after_cut": sum(1 for r in lb_records if r["ok"] and r["site"] == site
+                                                   and r["t0"] >= cut),
+        "lb_acknowledged_writes_served_by_site_after_cut": sorted(
+            r["name"] for r in lb_records if r["op"] == "write" and r["ok"] and r["site"] == site and r["t0"] >= cut),
+        "site_accepted_writes_while_cut": sum(1 for r in accepted if cut <= r["t0"] < plugged),
+        "site_accepted_writes_after_return": len(after_return),
+        "site_last_accepted_write_after_cut": max((r["t1"] for r in accepted if r["t0"] >= cut), default=None),
+        "site_requests": len(site_records),
+    }

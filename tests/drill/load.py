@@ -106,3 +106,31 @@ class LoadClient:
             thread.join(self.timeout + 5)
         with self.lock:
             return sorted(self.records, key=lambda r: r["t0"])
+
+
+def main(argv=None):
+    """``python -m tests.drill.load --url URL --out FILE``: run a LoadClient until SIGTERM or SIGINT, then write its
+    records (JSON lines) to FILE. The partition drill starts it inside a site's network namespace, as that site's own
+    clients (they reach its KMS directly, not through the global LB)."""
+    import argparse  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(prog="python -m tests.drill.load", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--prefix", default="local")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = LoadClient(args.url, rate=args.rate, prefix=args.prefix)
+    client.start()
+    stop.wait()
+    records = client.stop()
+    with open(args.out, "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(rec) + "\n" for rec in records)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

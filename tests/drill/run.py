@@ -100,7 +100,9 @@ class Drill:
         self.phases = []
         self.replication = []
         self.env = dict(os.environ, HANZO_KMS_LAB_DIR=str(self.lab_dir), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-                        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_FORCE_COLOR="0")
+                        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_FORCE_COLOR="0",
+                        # each task's start time and duration in the phase logs: where a playbook's time goes
+                        ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
         self.env.setdefault("HANZO_KMS_CNPG_STANDIN_DELAY", "0.05")
 
     def log(self, message):
@@ -298,15 +300,21 @@ def lag_text(replication):
             f"(largest during the drill: {replication['max_lag_bytes']} bytes, {replication['samples']} samples)")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tests.drill", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(REPO_ROOT / ".lab-drill")),
-                        help="lab directory (a fresh one is best: the drill kills dc1)")
+def drill_from_args(argv, drill_class, prog, description, default_dir):
+    """The drill a command line asks for: ``--dir`` (default $HANZO_KMS_LAB_DIR, else ``default_dir``), ``--out``,
+    ``--rate``, ``--settle``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(default_dir)),
+                        help="lab directory (a fresh one is best: the drill loses dc1)")
     parser.add_argument("--out", help="report directory (default <lab dir>-report)")
-    parser.add_argument("--rate", type=float, default=10.0, help="writes per second (and as many reads)")
+    parser.add_argument("--rate", type=float, default=10.0, help="writes per second through the LB (and as many reads)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady load between phases")
     args = parser.parse_args(argv)
-    drill = Drill(args.dir, args.out or f"{Path(args.dir).resolve()}-report", args.rate, args.settle)
+    return drill_class(args.dir, args.out or f"{Path(args.dir).resolve()}-report", args.rate, args.settle)
+
+
+def main(argv=None):
+    drill = drill_from_args(argv, Drill, "python -m tests.drill", __doc__.splitlines()[0], REPO_ROOT / ".lab-drill")
     result = drill.run()
     print((drill.out_dir / "drill.md").read_text(encoding="utf-8"))
     return 0 if result["switchover"]["acknowledged_writes_lost"] == 0 and not result["failover"]["lost_before_the_bound"] else 1

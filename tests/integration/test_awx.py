@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 EE_FILE = REPO_ROOT / "execution-environment.yml"
 REQ_FILE = REPO_ROOT / "collections" / "requirements.yml"
 SURVEY_TYPES = {"text", "textarea", "password", "integer", "float", "multiplechoice", "multiselect"}
-OPERATIONS = ("backup", "status", "restore_test", "switchover", "failover")
+OPERATIONS = ("backup", "status", "restore_test", "switchover", "failover", "fence")
 
 
 def load_yaml(path):
@@ -154,11 +154,16 @@ def test_awx_doc_has_a_valid_survey_per_operation():
             assert re.search(rf"\b{question['variable']}\b", sources), f"{name}.yml does not use {question['variable']}"
 
 
-@pytest.mark.parametrize("operation,phrase", [("failover", "FAILOVER TO"), ("switchover", "SWITCHOVER TO")])
-def test_confirmation_phrase_is_a_required_survey_question(operation, phrase):
+CONFIRMED_OPERATIONS = [("failover", "FAILOVER TO", "failover_target_site"),
+                        ("switchover", "SWITCHOVER TO", "switchover_target_site"),
+                        ("fence", "FENCE", "fence_site")]
+
+
+@pytest.mark.parametrize("operation,phrase,site_variable", CONFIRMED_OPERATIONS)
+def test_confirmation_phrase_is_a_required_survey_question(operation, phrase, site_variable):
     spec = surveys()[operation]["spec"]
     by_var = {q["variable"]: q for q in spec}
-    confirm, target = by_var[f"{operation}_confirm"], by_var[f"{operation}_target_site"]
+    confirm, target = by_var[f"{operation}_confirm"], by_var[site_variable]
     assert confirm["required"] and confirm["type"] == "text" and phrase in confirm["question_name"]
     assert target["required"] and target["type"] == "multiplechoice"
     # the playbook documents and passes on that phrase; no prompt can stand in for it

@@ -67,3 +67,20 @@ def test_lost_before_names_only_writes_acknowledged_before_the_archived_wal():
     assert analysis.lost_before(records, lost, since=30.0) == [("b", "v", None)]
     assert analysis.lost_before(records, lost, since=15.0) == []
     assert analysis.iso_seconds("1970-01-01T00:01:40Z") == 100.0
+
+
+def test_partition_summary_counts_what_the_cut_off_site_accepted_and_what_the_lb_had_it_serve():
+    lb = [rec(1, True, site="dc1", name="a"), rec(12, False, site=""), rec(30, True, site="dc2", name="b"),
+          rec(31, True, op="read", site="dc2")]
+    own = [rec(5, True, name="l1"), rec(11, True, name="l2"), rec(15, True, name="l3"), rec(41, True, name="l4"),
+           rec(44, False, name="l5"), rec(50, True, name="l6")]
+    got = analysis.partition_summary(lb, own, "dc1", cut=10, plugged=40, fenced=45)
+    assert got["served_by_site_through_lb_after_cut"] == 0
+    assert got["site_accepted_writes_while_cut"] == 2          # l2, l3
+    assert got["site_accepted_writes_after_return"] == 1       # l4 (l6 is after the fence window)
+    assert got["site_last_accepted_write_after_cut"] == 50.1
+    lb.append(rec(42, True, site="dc1", name="c"))
+    got = analysis.partition_summary(lb, own, "dc1", cut=10, plugged=40)
+    assert got["served_by_site_through_lb_after_cut"] == 1
+    assert got["lb_acknowledged_writes_served_by_site_after_cut"] == ["c"]
+    assert got["site_accepted_writes_after_return"] == 2       # no fence: everything after the return

@@ -238,6 +238,16 @@ def test_failover_rerun_after_promotion_is_done():
     assert decision["cnpg_state"] == "promoted"
 
 
+def test_a_run_that_may_only_finish_a_failover_refuses_to_promote():
+    fresh = ops.preflight("failover", "dc2", [site("dc1", reachable=False), site("dc2", "dc1")], NOW,
+                          require_promoted=True)
+    assert not fresh["ok"] and "not the promoted primary (replica)" in fresh["refusals"][0]
+    done = ops.preflight("failover", "dc2", [site("dc1", "dc1"), site("dc2", "dc2", timeline=2)], NOW,
+                         require_promoted=True)
+    assert done["ok"] and done["state"] == "done" and done["old_site"] == "dc1"
+    assert any("will be fenced" in w for w in done["warnings"])
+
+
 def test_failover_rerun_while_promoting_resumes():
     sites = [site("dc1", reachable=False), site("dc2", "dc2", reports_primary=False, phase="Promoting to primary cluster",
                                                 ready="False")]
@@ -380,6 +390,40 @@ def test_status_findings_split_brain_and_unreachable():
             ops.site_summary(site("dc3", reachable=False), NOW)]
     found = " ".join(ops.status_findings(sums))
     assert "SPLIT BRAIN" in found and "dc3 is UNREACHABLE" in found
+
+
+def test_one_write_records_a_step_s_end_and_the_next_step_s_start():
+    report = {}
+    ops.update_report(report, {"operation": "failover", "next_step": "preflight"}, NOW)
+    later = NOW + datetime.timedelta(seconds=3)
+    ops.update_report(report, {"operation": "failover", "step": "preflight", "result": "ok", "next_step": "confirm"},
+                      later)
+    assert [(s["name"], s["result"], s["started"]) for s in report["steps"]] == [
+        ("preflight", "ok", "2026-11-29T13:00:00Z"), ("confirm", "running", "2026-11-29T13:00:03Z")]
+    assert report["steps"][0]["seconds"] == 3.0
+
+
+def test_status_findings_split_brain_names_the_timelines_and_the_lb_s_site():
+    sums = [ops.site_summary(site("dc1", "dc1", timeline=1), NOW),
+            ops.site_summary(site("dc2", "dc2", timeline=2), NOW)]
+    lb = [{"name": "lb1", "reachable": True, "servers": {}, "serving": ["dc2"]}]
+    found = " ".join(ops.status_findings(sums, lb))
+    assert "SPLIT BRAIN" in found and "dc1 on timeline 1, dc2 on timeline 2" in found
+    assert "fence the other one now (the failover to dc2, run again" in found
+    assert "Active site" not in found
+
+
+def test_status_findings_a_fenced_old_primary_is_reported_diverged_not_split_brain():
+    sums = [ops.site_summary(site("dc1", "dc1", timeline=1, fenced=True, kms_replicas=0), NOW),
+            ops.site_summary(site("dc2", "dc2", timeline=2), NOW)]
+    found = ops.status_findings(sums, [{"name": "lb1", "reachable": True, "servers": {}, "serving": ["dc2"]}])
+    text = " ".join(found)
+    assert "SPLIT BRAIN" not in text
+    assert "Active site (from the Clusters): dc2." in found
+    assert ("dc1 is an old primary, FENCED (its Cluster is still a primary, timeline 1, its instances stopped); dc2 "
+            "was promoted on timeline 2") in text
+    assert "Re-create dc1's Cluster as a replica of dc2" in text
+    assert "Load balancers send traffic to: dc2." in found
 
 
 def test_report_steps_timings_and_failure():
