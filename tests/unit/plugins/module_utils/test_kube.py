@@ -5,7 +5,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import kube
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
-clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443", insecure-skip-tls-verify: false}}]
+clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443"}}]
 users: [{name: u, user: {token: t}}]
 contexts: [{name: ctx, context: {cluster: c, user: u}}]
 current-context: ctx
