@@ -93,7 +93,7 @@ class Runner:
     def write_marker(self, name):
         """A secret written through the LB (PostgreSQL + the serving site's Redis cache) before the crash."""
         url = self.lab().state["lb"]["vip_url"]
-        client = LoadClient(url)
+        client = LoadClient(url, ca_file=self.lab().state["pki"]["ca_file"])
         status, site, body = client.request("POST", f"/api/v3/secrets/raw/{name}", {"secretValue": name})
         if status != 200:
             raise RuntimeError(f"could not write the marker {name} through {url}: {status} {body}")
@@ -137,7 +137,7 @@ class Runner:
         for instance in state["lb"]["instances"]:
             rows = lab_haproxy.servers_state(instance["socket"])
             result["lb"][instance["name"]] = {name: row.state for name, row in sorted(rows.items())}
-            client = LoadClient(instance["frontend_url"])
+            client = LoadClient(instance["frontend_url"], ca_file=state["pki"]["ca_file"])
             status, site, body = client.request("GET", f"/api/v3/secrets/raw/{markers[-1]}")
             result["through_lb"][instance["name"]] = {"status": status, "site": site,
                                                       "marker": body.get("secret", {}).get("secretValue")

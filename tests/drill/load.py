@@ -9,17 +9,21 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 import urllib.parse
 
 
 class LoadClient:
-    """``rate`` writes per second of new secrets plus as many reads of acknowledged ones, from two threads."""
+    """``rate`` writes per second of new secrets plus as many reads of acknowledged ones, from two threads. An
+    ``https`` URL is verified against ``ca_file`` (the lab CA)."""
 
-    def __init__(self, url, rate=10.0, timeout=2.0, prefix="drill"):
+    def __init__(self, url, rate=10.0, timeout=2.0, prefix="drill", ca_file=None):
         parsed = urllib.parse.urlsplit(url)
-        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.host = parsed.hostname
+        self.tls = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        self.port = parsed.port or (443 if self.tls else 80)
         self.interval = 1.0 / rate
         self.timeout = timeout
         self.prefix = prefix
@@ -32,7 +36,10 @@ class LoadClient:
 
     def request(self, method, path, body=None):
         """(HTTP status or 0 when no answer, serving site, parsed body or error text)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        if self.tls:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
@@ -116,6 +123,7 @@ def main(argv=None):
     import signal  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(prog="python -m tests.drill.load", description=main.__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
+    parser.add_argument("--ca-file", help="the CA that verifies an https URL")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--prefix", default="local")
@@ -123,7 +131,7 @@ def main(argv=None):
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    client = LoadClient(args.url, rate=args.rate, prefix=args.prefix)
+    client = LoadClient(args.url, rate=args.rate, prefix=args.prefix, ca_file=args.ca_file)
     client.start()
     stop.wait()
     records = client.stop()

@@ -23,12 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from ansible_collections.hanzo.kms.plugins.module_utils import operations
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
 from tests.drill.run import Drill, drill_from_args
 from tests.lab import node
 from tests.lab.core import REPO_ROOT
+
+# after tests.lab, which puts the collection (.venv/collections) on sys.path
+from ansible_collections.hanzo.kms.plugins.module_utils import operations  # pylint: disable=wrong-import-order
 
 SITE = "dc1"
 TARGET = "dc2"
@@ -47,11 +49,12 @@ class PartitionDrill(Drill):
         self.log(label)
 
     def start_site_client(self, rate):
-        """A load client inside dc1's network namespace, writing to and reading from dc1's KMS directly."""
+        """A load client inside dc1's network namespace, writing to and reading from dc1's KMS directly (through its
+        ingress, over TLS)."""
         kms = self.lab_state().state["sites"][SITE]["kms"]
         self.site_log = self.out_dir / f"{SITE}-local.jsonl"
         argv = ["ip", "netns", "exec", node.names(self.lab_dir, SITE)["netns"], sys.executable, "-m",
-                "tests.drill.load", "--url", f"http://{kms['host']}:{kms['port']}", "--out", str(self.site_log),
+                "tests.drill.load", "--url", kms["url"], "--ca-file", kms["ca_file"], "--out", str(self.site_log),
                 "--rate", str(rate), "--prefix", f"{SITE}-local"]
         self.site_client = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env,  # noqa: S603
                                             start_new_session=True)
@@ -104,7 +107,7 @@ class PartitionDrill(Drill):
         self.playbook("install", "install")
         self.playbook("backup", "backup")
         url = self.lab_state().state["lb"]["vip_url"]
-        load = LoadClient(url, rate=self.rate)
+        load = LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
         load.start()
         self.start_site_client(self.rate / 2)
         self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")

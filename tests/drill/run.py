@@ -161,7 +161,7 @@ class Drill:
         self.playbook("install", "install")
         self.playbook("backup", "backup")
         url = self.lab_state().state["lb"]["vip_url"]
-        load = LoadClient(url, rate=self.rate)
+        load = LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
         load.start()
         sampler = ReplicationSampler(self.lab_dir)
         sampler.start()

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -188,10 +189,13 @@ class Instance:
         self.log.close()
 
 
-def get(url, path="/", timeout=5):
-    """One HTTP GET on a fresh connection; return (status, X-KMS-Site)."""
-    host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+def get(url, path="/", timeout=5, tls=None):
+    """One HTTP GET on a fresh connection (an https URL with the ``tls`` context); return (status, X-KMS-Site)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https":
+        conn = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()

@@ -292,7 +292,8 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
 
 # -- install.yml's pods, the backup CronJob, switchover and failover on the real operator ---------------------------
 def lb_client(lab, prefix, rate=5.0):
-    return LoadClient(lab.state["lb"]["vip_url"], rate=rate, prefix=prefix)  # clients use the VIP
+    return LoadClient(lab.state["lb"]["vip_url"], rate=rate, prefix=prefix,  # clients use the VIP, over TLS
+                      ca_file=lab.state["pki"]["ca_file"])
 
 
 def lost_writes(lab, client, site):

@@ -86,7 +86,8 @@ def in_recovery(lab_dir, site):
 
 
 def kms_status(lab, site):
-    return kms.http_status(lab["sites"][site]["kms"]["url"] + "/api/status")[0]
+    entry = lab["sites"][site]["kms"]
+    return kms.http_status(entry["url"] + "/api/status", ca_file=entry["ca_file"])[0]
 
 
 def run_module(tmp_path, kubeconfig_path, mode, old, new, **options):

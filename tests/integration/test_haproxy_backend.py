@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.haproxy_pair import BACKEND, Pair, get, wait_for
+from tests.lab import haproxy as lab_haproxy
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".venv" / "collections"))
@@ -417,7 +418,9 @@ def lab_sites(lab):
 
 
 def lab_landing(lab):
-    return {get(inst["frontend_url"], "/api/status")[1] for inst in lab["lb"]["instances"] for _request in range(3)}
+    tls = lab_haproxy.frontend_context(lab)
+    return {get(inst["frontend_url"], "/api/status", tls=tls)[1] for inst in lab["lb"]["instances"]
+            for _request in range(3)}
 
 
 def test_lab_check_mode_plans_switch(lab):

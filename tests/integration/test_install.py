@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab import haproxy as lab_haproxy
 from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
 
 try:
@@ -201,7 +202,8 @@ def test_role_apply_rejects_unknown_fields(installed, lab_dir, tmp_path):  # pyl
 
 def test_lb_routes_to_dc1(installed):
     for instance in installed["lab"]["lb"]["instances"]:
-        with urllib.request.urlopen(instance["frontend_url"] + "/api/status", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(instance["frontend_url"] + "/api/status", timeout=5,  # noqa: S310
+                                    context=lab_haproxy.frontend_context(installed["lab"])) as resp:
             assert resp.status == 200
             # the stand-in's own header and the one the LB adds from the server that answered agree
             assert resp.headers["X-KMS-Site"] == "dc1" and resp.headers["X-KMS-Served-By"] == "dc1"

@@ -107,8 +107,10 @@ def test_a_write_on_dc1_appears_on_the_dc2_standby(lab):
 
 
 def test_kms_stand_in_status_follows_its_database(lab):
-    assert http_status(lab["sites"]["dc1"]["kms"]["url"] + "/api/status")[0] == 200
-    code, body = http_status(lab["sites"]["dc2"]["kms"]["url"] + "/api/status")
+    dc1, dc2 = lab["sites"]["dc1"]["kms"], lab["sites"]["dc2"]["kms"]
+    assert dc1["url"].startswith("https://")  # TLS, as the site's ingress serves it
+    assert http_status(dc1["url"] + "/api/status", ca_file=dc1["ca_file"])[0] == 200
+    code, body = http_status(dc2["url"] + "/api/status", ca_file=dc2["ca_file"])
     assert code == 503 and "read-only" in body
 
 
@@ -118,9 +120,11 @@ def test_haproxy_sends_traffic_to_dc1_and_stores_secrets_there(lab):
         request = urllib.request.Request(f"{instance['frontend_url']}/api/v3/secrets/raw/{name}",
                                          data=json.dumps({"secretValue": value}).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
+        tls = haproxy.frontend_context(lab)
+        with urllib.request.urlopen(request, timeout=5, context=tls) as resp:
             assert resp.status == 200 and resp.headers["X-KMS-Site"] == "dc1"
-        with urllib.request.urlopen(f"{instance['frontend_url']}/api/v3/secrets/raw/{name}", timeout=5) as resp:
+        with urllib.request.urlopen(f"{instance['frontend_url']}/api/v3/secrets/raw/{name}", timeout=5,
+                                    context=tls) as resp:
             assert json.loads(resp.read())["secret"]["secretValue"] == value
         rows = postgres.query(lab["sites"]["dc1"]["postgres"], f"SELECT value FROM kms_secrets WHERE name = '{name}'")
         assert rows == [(value,)]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_install import BIN, REPO_ROOT, ansible_env, playbook, recap
+from tests.lab import haproxy as lab_haproxy
 from tests.lab import redis as lab_redis
 from tests.lab import s3 as lab_s3
 from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
@@ -61,9 +62,10 @@ def replicas(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer
     return client.AppsV1Api(kube_clients[site]).read_namespaced_deployment("kms", "kms").spec.replicas
 
 
-def get(url):
+def get(state, url):
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback lab URL
+        with urllib.request.urlopen(url, timeout=5,  # noqa: S310 - the lab's own URL
+                                    context=lab_haproxy.frontend_context(state)) as resp:
             return resp.status, resp.headers.get("X-KMS-Site"), json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("X-KMS-Site"), {}
@@ -139,7 +141,7 @@ def test_switchover_there_and_back(installed, lab_dir, kube_clients):  # noqa: F
         # the fresh backup of the old site's Redis was restored into the target's
         assert lab_redis.client(installed["sites"][target]["redis"]).get(marker) == b"from-dc1"
         for url in frontends:
-            status, served_by, dummy = get(url + "/api/status")
+            status, served_by, dummy = get(installed, url + "/api/status")
             assert (status, served_by) == (200, target)
         report = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
         assert report["result"] == "succeeded" and report["target"] == target and report["old_site"] == old

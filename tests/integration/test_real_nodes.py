@@ -207,7 +207,10 @@ def test_pod_reaches_the_lab_s3(lab, kube_sites, kube_namespace, kubectl, site):
 
 def test_a_failing_pod_is_reported_with_its_events_and_logs(kube_sites, kube_namespace):
     entry = kube_sites["dc1"]
-    create(entry, kube_namespace, shell_pod("crasher", "echo about-to-fail; exit 3"))
+    crasher = shell_pod("crasher", "echo about-to-fail; exit 3")
+    # without a probe a started container counts as Ready at once, and a poll can land in the moment it runs
+    crasher["spec"]["containers"][0]["readinessProbe"] = {"exec": {"command": ["false"]}, "periodSeconds": 1}
+    create(entry, kube_namespace, crasher)
     with pytest.raises(LabError) as crashed:
         node.wait_pod_running(api(entry), kube_namespace, "crasher")
     assert "CrashLoopBackOff" in str(crashed.value) and "about-to-fail" in str(crashed.value)

@@ -36,13 +36,16 @@ def render(overrides=None, template="haproxy.cfg.j2"):
     return env.get_template(template).render(**values)
 
 
-def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, check_interval="1s"):
+def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, check_interval="1s", public_host=""):
     """Overrides for one lab instance.
 
     ``instance``: dict with ``socket``, ``admin_port``, ``frontend_port``, ``stats_port``, ``state_file``
-    (the keys tests/lab/haproxy.py already uses). ``sites``: {site name: (host, port)}.
+    (the keys tests/lab/haproxy.py already uses). ``sites``: {site name: (host, port)}, or (host, port, CA file) for a
+    site that serves TLS, verified against ``public_host`` as the role does.
     Servers of sites other than ``active_site`` start in maintenance (``disabled``). ``instance["host"]``: the
-    address it listens on (its LB host's; default loopback); ``instance["bind"]``: the frontend's bind, if not that.
+    address it listens on (its LB host's; default loopback); ``instance["bind"]``: the frontend's bind, if not that;
+    ``instance["frontend_tls_certificate"]``: TLS terminated on the frontend with it (else plain HTTP), and
+    ``instance["redirect_bind"]`` redirects plain HTTP there.
     """
     host = instance.get("host", "127.0.0.1")
     admin = f"{host}:{instance['admin_port']}"
@@ -63,7 +66,9 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_admin_tls_socket": instance.get("admin_tls_socket", "/run/haproxy/admin-tls.sock"),
         "global_lb_extra_stats_sockets": list(extra_stats_sockets or []),
         "global_lb_server_state_file": instance["state_file"],
-        "global_lb_tls_mode": "none",
+        "global_lb_tls_mode": "terminate" if instance.get("frontend_tls_certificate") else "none",
+        "global_lb_tls_certificate": instance.get("frontend_tls_certificate", ""),
+        "global_lb_redirect_bind_addresses": [instance["redirect_bind"]] if instance.get("redirect_bind") else [],
         "global_lb_bind_addresses": [instance.get("bind", f"{host}:{instance['frontend_port']}")],
         "global_lb_timeout_connect": "2s",
         "global_lb_timeout_client": "30s",
@@ -71,10 +76,12 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_check_interval": check_interval,
         "global_lb_check_fall": 2,
         "global_lb_check_rise": 1,
+        "global_lb_public_host": public_host,
         "global_lb_sites": [
-            {"name": name, "address": address, "port": port,
-             "initial_state": "ready" if name == active_site else "maint"}
-            for name, (address, port) in sites.items()],
+            dict({"name": name, "address": site[0], "port": site[1],
+                  "initial_state": "ready" if name == active_site else "maint"},
+                 **({"tls": True, "ca_file": site[2]} if len(site) > 2 else {}))
+            for name, site in sites.items()],
         "global_lb_prometheus_bind": f"{host}:{instance['stats_port']}",
         "global_lb_stats_uri": "/stats",
     }

@@ -10,6 +10,9 @@ It is not the KMS. It reproduces only what the collection's failover depends on:
   ``POST /api/v3/secrets/raw/<name>`` with ``{"secretValue": ...}`` and ``GET /api/v3/secrets/raw/<name>``;
 - its schema is created at start ("migrations") and only when the database is writable, as the KMS does.
 Every response carries ``X-KMS-Site`` so tests can see which data center served it.
+In the stand-in lab it stands for the site's ingress as well: with KMS_STANDIN_TLS_CERT and KMS_STANDIN_TLS_KEY
+it serves HTTPS with that certificate (one for the public host name, as the ingress serves), so the global load
+balancer's verification of a site is real. The KMS container itself serves plain HTTP behind its ingress.
 
 Run: ``python -m tests.lab.kms_standin`` with the environment above and KMS_SITE=<site>.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,6 +183,11 @@ def main():
     Handler.site = os.environ.get("KMS_SITE", "")
     server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8080"))), Handler)
     server.daemon_threads = True
+    if os.environ.get("KMS_STANDIN_TLS_CERT"):
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(os.environ["KMS_STANDIN_TLS_CERT"], os.environ["KMS_STANDIN_TLS_KEY"])
+        # the handshake in the request's thread, not in the accepting one (a slow client would hold every other)
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     try:
         Handler.backend.ensure_schema()
     except psycopg2.Error:

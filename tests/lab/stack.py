@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 
-from tests.lab import haproxy, kms, lbhost, node, pki, postgres, redis, s3
+from tests.lab import haproxy, kms, lbhost, node, pki, postgres, redis, s3, site_ingress
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
@@ -69,6 +69,8 @@ def status(lab):
             rows.append((f"{site} redis", *(redis.check(entry["redis"]) if "redis" in entry else missing)))
             rows.append((f"{site} postgres", *(postgres.check(entry["postgres"]) if "postgres" in entry else missing)))
             rows.append((f"{site} kms (stand-in)", *(kms.check(entry["kms"]) if "kms" in entry else missing)))
+        elif "kms" in entry:  # operator mode: the site's ingress stand-in answers (503 until the KMS pods are ready)
+            rows.append((f"{site} ingress (stand-in)", *kms.check(entry["kms"])))
         if "kube" in entry:
             problems = _kube().check(lab, entry["kube"])
             healthy_detail = entry["kube"]["server"]
@@ -119,6 +121,9 @@ def _reusable(lab, mode, log):
         if "lb_hosts" not in lab.state:
             log(f"lab in {lab.dir} predates the LB hosts (HAProxy on loopback): restarting it")
             return False
+        if "public_host" not in lab.state.get("lb", {}):
+            log(f"lab in {lab.dir} predates TLS on the LB frontends: restarting it")
+            return False
         if healthy(lab):
             return True
     except (KeyError, LabError):
@@ -136,31 +141,41 @@ def _up_host_services(lab, sites, ca):
         sites[site]["redis"] = redis.up(lab, site, tls=dict(sites[site]["redis_tls"], ca_file=lab.state["pki"]["ca_file"]))
     sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
     sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
+    gateway = lab.state["lb_hosts"]["gateway"]
     for site in SITES:  # on the LB network's gateway: the LB hosts reach the host's services there
-        sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"],
-                                    host=lab.state["lb_hosts"]["gateway"])
+        # TLS as the site's ingress serves it: a certificate for the public host name the LBs verify
+        tls = dict(pki.issue_server(lab, ca, f"kms-{site}", dns=(haproxy.PUBLIC_HOST,), ips=(gateway,)),
+                   ca_file=lab.state["pki"]["ca_file"])
+        sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"], host=gateway, tls=tls)
     lab.save()
-    lab.state["lb"] = haproxy.up(lab, {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"])
-                                       for site in SITES}, lab.state["lb_hosts"], ca)
+    lab.state["lb"] = haproxy.up(lab, {site: _kms_address(sites[site]["kms"]) for site in SITES},
+                                 lab.state["lb_hosts"], ca)
     _vip_up(lab)
+
+
+def _kms_address(entry):
+    """Where the LBs reach a site's KMS: (host, port), and the CA file when it serves TLS."""
+    return (entry["host"], entry["port"]) + ((entry["ca_file"],) if entry.get("ca_file") else ())
 
 
 def _vip_up(lab):
     """keepalived on the LB hosts; the KMS's public URL is the VIP's."""
     lab.state["lb"]["keepalived"] = lbhost.vip_up(lab, lab.state["lb_hosts"], lab.state["lb"])
-    lab.state["lb"]["vip_url"] = f"http://{lab.state['lb_hosts']['vip'].split('/')[0]}:{haproxy.FRONTEND_PORT}"
+    lab.state["lb"]["vip_url"] = f"https://{lab.state['lb_hosts']['vip'].split('/')[0]}:{haproxy.FRONTEND_PORT}"
     lab.save()
 
 
-def _pod_service_addresses(sites, ca_file):
-    """Operator mode: Redis and the KMS run in pods that install.yml creates; the control node and HAProxy reach them
-    at the real node's address through the node ports the lab inventory gives their Services (no password here: the
-    operations playbooks read it from the redis role's Secret, as in production)."""
+def _pod_service_addresses(lab, sites, ca):
+    """Operator mode: Redis and the KMS run in pods that install.yml creates; the control node reaches Redis at the
+    real node's address through the node port the lab inventory gives its Service (no password here: the operations
+    playbooks read it from the redis role's Secret, as in production), HAProxy the KMS through the site's ingress
+    stand-in (TLS for the public host name, tests/lab/site_ingress.py) in front of the KMS Service's node port."""
     for site in SITES:
-        node_ip = sites[site]["kube"]["net"]["node_ip"]
-        sites[site]["redis"] = {"host": node_ip, "port": REDIS_NODE_PORT, "in_pod": True, "ca_file": ca_file}
-        sites[site]["kms"] = {"host": node_ip, "port": KMS_NODE_PORT, "url": f"http://{node_ip}:{KMS_NODE_PORT}",
-                              "stand_in": True, "in_pod": True}
+        net = sites[site]["kube"]["net"]
+        sites[site]["redis"] = {"host": net["node_ip"], "port": REDIS_NODE_PORT, "in_pod": True,
+                                "ca_file": lab.state["pki"]["ca_file"]}
+        sites[site]["kms"] = site_ingress.up(lab, site, net["node_ip"], net["netns"], ca, haproxy.PUBLIC_HOST,
+                                             KMS_NODE_PORT)
 
 
 def up(lab, log=print):
@@ -207,8 +222,8 @@ def up(lab, log=print):
             if hasattr(kube, "write_merged_kubeconfig"):
                 lab.state["kubeconfig"] = str(kube.write_merged_kubeconfig(lab, [sites[s]["kube"] for s in SITES]))
         if mode == "operator":
-            _pod_service_addresses(sites, lab.state["pki"]["ca_file"])
-            kms_addresses = {site: (sites[site]["kms"]["host"], sites[site]["kms"]["port"]) for site in SITES}
+            _pod_service_addresses(lab, sites, service_ca)
+            kms_addresses = {site: _kms_address(sites[site]["kms"]) for site in SITES}
             lab.state["lb"] = haproxy.up(lab, kms_addresses, lab.state["lb_hosts"], service_ca, wait_for_site=None)
             _vip_up(lab)
     except BaseException:
