@@ -33,7 +33,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     reports_primary,
     summarize,
 )
-from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, s3_retention
 
 UTC = datetime.timezone.utc
 # barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
@@ -134,9 +134,9 @@ def summarize_redis_backups(backups, now):
         return {"count": 0, "newest": None}
     newest = backups[0]
     when = parse_time(newest["time"])
-    rdb = [k for k in newest["keys"] if k.endswith("/dump.rdb")]
+    rdb_key = newest["prefix"] + backup_layout.RDB_NAME
     return {"count": len(backups), "newest": {
-        "name": newest["name"], "prefix": newest["prefix"], "key": rdb[0] if rdb else None,
+        "name": newest["name"], "prefix": newest["prefix"], "key": rdb_key if rdb_key in newest["keys"] else None,
         "manifest_key": newest["manifest_key"], "size": newest["size"], "time": iso(when),
         "age_seconds": age_seconds(when, now)}}
 
@@ -707,13 +707,13 @@ def collect_site_data(params, s3_client, now=None):
     out["cnpg"] = cnpg
 
     redis = {"server": None, "error": None}
-    redis_prefix = "/".join(p.strip("/") for p in (params.get("redis_prefix") or "", site) if p and p.strip("/"))
+    redis_prefix = backup_layout.backup_prefix(params.get("redis_prefix"), site)
     try:
         listing = s3_retention.list_complete_backups(s3_client, params["bucket"], redis_prefix)
         redis["backups"] = summarize_redis_backups(listing, now)
     except S3Error as exc:
         redis["backups"] = {"count": 0, "newest": None, "error": str(exc)}
-    redis["backups"]["prefix"] = redis_prefix + "/"
+    redis["backups"]["prefix"] = redis_prefix
     if params.get("probe_redis", True) and params.get("host"):
         try:
             redis["server"] = redis_probe(params)

@@ -9,7 +9,6 @@ Also holds the small RESP client used by the restore code. Plain Python (standar
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import queue
 import socket
@@ -17,7 +16,7 @@ import ssl
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import names, redis_rdb, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
 
 REDIS_CONNECTION_SPEC = dict(
     host=dict(type='str', default='127.0.0.1'),
@@ -32,10 +31,11 @@ REDIS_CONNECTION_SPEC = dict(
     connect_timeout=dict(type='float', default=10.0),
 )
 
-MANIFEST_NAME = 'manifest.json'
-RDB_NAME = 'dump.rdb'
-TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
-MANIFEST_FORMAT = 1
+# The layout is backup_layout's; these names stay importable from here for existing callers.
+MANIFEST_NAME = backup_layout.MANIFEST_NAME
+RDB_NAME = backup_layout.RDB_NAME
+TIMESTAMP_FORMAT = backup_layout.TIMESTAMP_FORMAT
+backup_prefix = backup_layout.backup_prefix
 CHUNK = 256 * 1024           # RDB transfer reads
 REPLY_CHUNK = 64 * 1024      # command reply reads
 MAX_PARTS = 10000  # S3's limit of parts in one multipart upload
@@ -545,12 +545,6 @@ def _bound_malloc():
         pass
 
 
-def backup_prefix(prefix, site, stamp):
-    parts = [p.strip('/') for p in (prefix or '', site or '') if p and p.strip('/')]
-    parts.append(stamp)
-    return '/'.join(parts) + '/'
-
-
 def utcnow():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -589,14 +583,12 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         names.check_site(params['site'], 'site name')
     started = time.monotonic()
     now = now or utcnow()
-    stamp = now.strftime(TIMESTAMP_FORMAT)
     bucket = params.get('bucket')
     dest = params.get('dest')
     result = {'changed': not check_mode}
-    key_prefix = None
     if bucket:
-        key_prefix = backup_prefix(params.get('prefix'), params.get('site'), stamp)
-        result.update(bucket=bucket, key=key_prefix + RDB_NAME, manifest_key=key_prefix + MANIFEST_NAME)
+        rdb_key, manifest_key = backup_layout.backup_keys(params.get('prefix'), params.get('site'), now)
+        result.update(bucket=bucket, key=rdb_key, manifest_key=manifest_key)
     if dest:
         result['dest'] = dest
     client = None
@@ -661,7 +653,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     if local_tmp:
         os.replace(local_tmp, dest)
     manifest = build_manifest(params, info, summary, validator, size, now, structure)
-    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    body = backup_layout.encode_manifest(manifest)
     if client is not None:
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
         with s3_utils.wrap_errors('write manifest', bucket=bucket):
@@ -677,28 +669,24 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
 
 
 def build_manifest(params, info, summary, validator, size, now, analyzed):
+    """The backup's manifest (``backup_layout.build_manifest``) from the streamed RDB's summary and validator."""
     aux = summary.aux
-    keys_per_db = None
-    if analyzed and validator.structure_complete:
-        keys_per_db = {str(k): v for k, v in sorted(summary.keys_per_db.items())}
-    return {
-        'format': MANIFEST_FORMAT,
-        'object': RDB_NAME,
-        'timestamp': now.strftime('%Y-%m-%dT%H:%M:%SZ'),
-        'created_at': utcnow().strftime('%Y-%m-%dT%H:%M:%SZ'),
-        'size': size,
-        'sha256': validator.hexdigest(),
-        'crc64': None if summary.checksum_stored is None else f'{summary.checksum_stored:016x}',
-        'rdb_version': summary.version,
-        'keys_per_db': keys_per_db,
-        'keys': None if keys_per_db is None else sum(keys_per_db.values()),
-        'keyspace_at_start': info['keyspace'],
-        'functions': len(summary.functions) if analyzed and validator.structure_complete else None,
-        'verified': redis_verify.record_check(summary, validator) if analyzed else None,
-        'source': {
+    parsed = analyzed and validator.structure_complete
+    return backup_layout.build_manifest(
+        timestamp=now,
+        created_at=utcnow(),
+        size=size,
+        sha256=validator.hexdigest(),
+        crc64=None if summary.checksum_stored is None else f'{summary.checksum_stored:016x}',
+        rdb_version=summary.version,
+        keys_per_db={str(k): v for k, v in sorted(summary.keys_per_db.items())} if parsed else None,
+        keyspace_at_start=info['keyspace'],
+        functions=len(summary.functions) if parsed else None,
+        verified=redis_verify.record_check(summary, validator) if analyzed else None,
+        source={
             'host': params.get('host'), 'port': params.get('port'), 'site': params.get('site'),
             'server': info['server'], 'server_version': info['version'],
             'rdb_redis_ver': aux.get('redis-ver') or aux.get('valkey-ver'),
             'method': 'replication',
         },
-    }
+    )

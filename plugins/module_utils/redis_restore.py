@@ -32,10 +32,10 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_restore_stream, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_rdb, redis_restore_stream, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import MANIFEST_NAME, RDB_NAME
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
-    MANIFEST_NAME, RDB_NAME, RedisError, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for,
-    server_info, parse_info,
+    RedisError, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for, server_info, parse_info,
 )
 
 RdbError = redis_rdb.RdbError
@@ -67,13 +67,12 @@ def sha256_file(path):
 
 
 def _load_manifest_bytes(data, where):
+    # a malformed manifest cannot vouch for the RDB: refused before anything is downloaded or changed
     try:
-        manifest = json.loads(data)
-    except ValueError as exc:
-        raise RestoreError(f'manifest {where} is not valid JSON: {exc}') from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get('sha256'), str):
-        raise RestoreError(f'manifest {where} has no sha256')
-    return manifest
+        return backup_layout.parse_manifest(data)
+    except backup_layout.InvalidManifest as exc:
+        raise RestoreError(f'manifest {where} is malformed: {exc}; the target was not changed',
+                           {'target_state': 'unchanged'}) from None
 
 
 def resolve_s3_source(client, params):
@@ -82,14 +81,12 @@ def resolve_s3_source(client, params):
     bucket = params['bucket']
     key = params.get('key')
     if key:
-        base = key.rsplit('/', 1)[0] + '/' if '/' in key else ''
-        return key, base + MANIFEST_NAME
-    prefix = '/'.join(p.strip('/') for p in (params.get('prefix') or '', params.get('site') or '') if p and p.strip('/'))
+        return key, backup_layout.manifest_key_for(key)
+    prefix = backup_layout.backup_prefix(params.get('prefix'), params.get('site'))
     backups = s3_retention.list_complete_backups(client, bucket, prefix)
     for backup in backups:
-        rdb_key = backup['prefix'] + RDB_NAME
-        if rdb_key in backup['keys']:
-            return rdb_key, backup['manifest_key']
+        if backup_layout.is_complete_backup(backup['keys']):
+            return backup['prefix'] + RDB_NAME, backup['manifest_key']
     raise RestoreError(f'no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}')
 
 

@@ -28,6 +28,8 @@ import json
 import re
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout
+from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import normalize_prefix
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     S3Error,
     endpoint_of,
@@ -35,10 +37,10 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     wrap_errors,
 )
 
-TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
-MANIFEST_NAME = 'manifest.json'
-# The data object of the collection's Redis layout (redis_backup.RDB_NAME, and the CronJob's upload).
-DATA_FILES = ('dump.rdb',)
+# The defaults are the collection's Redis layout (backup_layout); other layouts are declared by the caller.
+TIMESTAMP_FORMAT = backup_layout.TIMESTAMP_FORMAT
+MANIFEST_NAME = backup_layout.MANIFEST_NAME
+DATA_FILES = (backup_layout.RDB_NAME,)
 MAX_DELETE_BATCH = 1000
 # Requests in flight: deletes are latency-bound on the server side (each key is a metadata operation), so more
 # parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
@@ -267,13 +269,6 @@ def parse_any_time(value, fmt=TIMESTAMP_FORMAT):
     except ValueError:
         return None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def normalize_prefix(prefix):
-    prefix = (prefix or '').lstrip('/')
-    if prefix and not prefix.endswith('/'):
-        prefix += '/'
-    return prefix
 
 
 def check_scope(prefix, whole_bucket=False):

@@ -345,7 +345,7 @@ def test_rdb_version_compatibility_table():
 def test_encode_command_and_prefix():
     assert redis_backup.encode_command(('SET', b'k', 5)) == b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n'
     assert redis_backup.backup_prefix('/backups/redis/', 'dc1', '20261122T041500Z') == 'backups/redis/dc1/20261122T041500Z/'
-    assert redis_backup.backup_prefix(None, None, 'T') == 'T/'
+    assert redis_backup.backup_prefix(None, None, '20261122T041500Z') == '20261122T041500Z/'
 
 
 def test_parse_keyspace():
