@@ -19,15 +19,15 @@ import json
 import re
 
 from ansible_collections.hanzo.kms.plugins.module_utils import names
+from ansible_collections.hanzo.kms.plugins.module_utils.times import COMPACT_FORMAT, UTC
 
 RDB_NAME = 'dump.rdb'
 MANIFEST_NAME = 'manifest.json'
 OBJECT_NAMES = (RDB_NAME, MANIFEST_NAME)
 MANIFEST_FORMAT = 1
 # The backup's directory name (a key component) and the manifest's times.
-TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
+TIMESTAMP_FORMAT = COMPACT_FORMAT
 MANIFEST_TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
-UTC = datetime.timezone.utc
 
 # Manifest format 1. Every writer writes every field, null when it does not know the value (the CronJob has no RDB
 # parser). Fields in MANIFEST_FIELDS are in every manifest ever written; a reader takes an absent LATER_FIELDS entry

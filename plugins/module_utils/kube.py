@@ -12,17 +12,6 @@ from __future__ import annotations
 import json
 import traceback
 
-try:
-    from urllib3.util.retry import Retry
-except ImportError:  # kubernetes needs urllib3: missing() reports the missing kubernetes first
-    Retry = None
-
-KUBERNETES_IMPORT_ERROR = None
-try:
-    import kubernetes  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    KUBERNETES_IMPORT_ERROR = traceback.format_exc()
-
 K8S_CORE_IMPORT_ERROR = None
 try:
     from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
@@ -44,10 +33,15 @@ def request_timeout(seconds):
 def missing():
     """(message, traceback) when the kubernetes library or the kubernetes.core collection cannot be imported; the
     modules fail with it before touching anything. None when both are there."""
-    from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from ansible.module_utils.basic import missing_required_lib
 
-    if KUBERNETES_IMPORT_ERROR:
-        return missing_required_lib('kubernetes'), KUBERNETES_IMPORT_ERROR
+    # Imported here, not with this file: the kubernetes client costs about a second per module run on a loaded
+    # control node, and modules that only use this file's pure helpers (the report, the preflight) never need it.
+    try:
+        import kubernetes  # noqa: F401 pylint: disable=unused-import
+    except ImportError:
+        return missing_required_lib('kubernetes'), traceback.format_exc()
     if K8S_CORE_IMPORT_ERROR:
         return 'the kubernetes.core collection is required', K8S_CORE_IMPORT_ERROR
     return None
@@ -59,6 +53,7 @@ def api_client(params, overrides=None):
     # pylint: disable=import-outside-toplevel
     import kubernetes as k8s
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
+    from urllib3.util.retry import Retry
 
     auth = {key: params[key] for key in AUTH_ARG_SPEC if params.get(key) not in (None, '')}
     auth.update({key: value for key, value in (overrides or {}).items()

@@ -33,9 +33,16 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     reports_primary,
     summarize,
 )
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, s3_retention
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (  # noqa: F401 (utcnow, parse_time: API)
+    UTC,
+    age_seconds,
+    format_time,
+    human_age,
+    parse_time,
+    utcnow,
+)
 
-UTC = datetime.timezone.utc
 # barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
 # history files directly in wals/, base backups as <server>/base/<backup id>/backup.info (+ data).
 WAL_RE = re.compile(r"^(?P<server>[^/]+)/wals/(?:[0-9A-F]{16}/)?(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history"
@@ -43,45 +50,6 @@ WAL_RE = re.compile(r"^(?P<server>[^/]+)/wals/(?:[0-9A-F]{16}/)?(?P<name>[0-9A-F
 BASE_RE = re.compile(r"^(?P<server>[^/]+)/base/(?P<id>[^/]+)/backup\.info$")
 STEP_RESULTS = ("running", "ok", "changed", "skipped", "failed")
 MODES = ("failover", "switchover")
-
-
-# -- time ----------------------------------------------------------------------------------------------------------
-def utcnow():
-    return datetime.datetime.now(UTC)
-
-
-def parse_time(value):
-    """Aware UTC datetime from a datetime, RFC 3339 text (``Z`` or offset) or ``%Y%m%dT%H%M%SZ``; None if empty."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    text = str(value).strip()
-    # The backup key format (with or without its Z) and ISO 8601: one parser for the whole collection.
-    return s3_retention.parse_any_time(text) or s3_retention.parse_any_time(text, "%Y%m%dT%H%M%S")
-
-
-def iso(when):
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
-
-
-def age_seconds(when, now):
-    when = parse_time(when)
-    return None if when is None else max(0, int((now - when).total_seconds()))
-
-
-def human_age(seconds):
-    """``42s``, ``3m 12s``, ``5h 02m``, ``2d 03h``; ``unknown`` for None."""
-    if seconds is None:
-        return "unknown"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
 
 
 # -- object storage ------------------------------------------------------------------------------------------------
@@ -123,7 +91,7 @@ def analyze_cnpg_archive(objects, prefix, now, server=None):
     for entry in (newest_wal, newest_base):
         if entry:
             entry["age_seconds"] = age_seconds(entry["time"], now)
-            entry["time"] = iso(entry["time"])
+            entry["time"] = format_time(entry["time"])
     return {"prefix": prefix, "servers": sorted(servers), "wal_count": wal_count, "newest_wal": newest_wal,
             "newest_base_backup": newest_base}
 
@@ -137,7 +105,7 @@ def summarize_redis_backups(backups, now):
     rdb_key = newest["prefix"] + backup_layout.RDB_NAME
     return {"count": len(backups), "newest": {
         "name": newest["name"], "prefix": newest["prefix"], "key": rdb_key if rdb_key in newest["keys"] else None,
-        "manifest_key": newest["manifest_key"], "size": newest["size"], "time": iso(when),
+        "manifest_key": newest["manifest_key"], "size": newest["size"], "time": format_time(when),
         "age_seconds": age_seconds(when, now)}}
 
 
@@ -179,7 +147,7 @@ def _newest_k8s_backup(backups, now):
     out = {"completed": len(done), "failed": len(failed), "newest": None}
     if newest:
         stopped = parse_time(newest["status"].get("stoppedAt"))
-        out["newest"] = {"name": newest["metadata"]["name"], "time": iso(stopped),
+        out["newest"] = {"name": newest["metadata"]["name"], "time": format_time(stopped),
                          "age_seconds": age_seconds(stopped, now), "backup_id": newest["status"].get("backupId")}
     return out
 
@@ -208,7 +176,7 @@ def site_summary(status, now=None):
         "replication": _replication(cluster),
         "kms": kms,
         "kms_serving": bool(kms and kms.get("replicas", 0) > 0),
-        "replayed_commit": {"time": iso(replayed), "age_seconds": age_seconds(replayed, now)} if replayed else None,
+        "replayed_commit": {"time": format_time(replayed), "age_seconds": age_seconds(replayed, now)} if replayed else None,
         "wal_archive": cnpg_archive.get("newest_wal"),
         "wal_archive_error": cnpg_archive.get("error"),
         "base_backup": base,
@@ -296,7 +264,7 @@ def preflight(mode, target, statuses, now=None, require_promoted=False):
     refusals, warnings = [], []
     result = {"mode": mode, "target": target, "old_site": None, "state": None, "cnpg_state": None,
               "phrase": f"{mode.upper()} TO {target}", "refusals": refusals, "warnings": warnings,
-              "sites": sums, "checked_at": iso(now)}
+              "sites": sums, "checked_at": format_time(now)}
     tgt = by_site.get(target)
     if tgt is None:
         refusals.append(f"{target!r} is not a site of the inventory (sites: {', '.join(by_site) or 'none'})")
@@ -545,7 +513,7 @@ def _timeline(summary):
 
 def render_status(summaries, lb=None, generated=None):
     header = ["", *[s["site"] for s in summaries]]
-    lines = [f"# Hanzo KMS status ({generated or iso(utcnow())})", "",
+    lines = [f"# Hanzo KMS status ({generated or format_time(utcnow())})", "",
              markdown_table(header, status_rows(summaries, lb)), ""]
     lines += [f"- {f}" for f in status_findings(summaries, lb)]
     return "\n".join(lines) + "\n"
@@ -559,11 +527,11 @@ def step_update(report, name, result, detail=None, data=None, now=None):
     steps = report.setdefault("steps", [])
     step = next((s for s in steps if s["name"] == name and s["result"] == "running"), None)
     if step is None:
-        step = {"name": name, "started": iso(now), "finished": None, "seconds": None, "result": "running",
+        step = {"name": name, "started": format_time(now), "finished": None, "seconds": None, "result": "running",
                 "detail": None}
         steps.append(step)
     if result != "running":
-        step["finished"] = iso(now)
+        step["finished"] = format_time(now)
         step["seconds"] = round((now - parse_time(step["started"])).total_seconds(), 1)
     step["result"] = result
     if detail is not None:
@@ -686,12 +654,14 @@ def redis_probe(params):
 def collect_site_data(params, s3_client, now=None):
     """Backups of one site in the object store and its Redis server; every part reports its own error."""
     # pylint: disable=import-outside-toplevel
+    # Here, not at the top: boto3 costs the report and preflight modules (which import this file) half a second.
+    from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
     from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
 
     now = now or utcnow()
     site = params["site"]
-    out = {"site": site, "now": iso(now)}
+    out = {"site": site, "now": format_time(now)}
     if params.get("cnpg_destination_path"):
         bucket, prefix = split_s3_url(params["cnpg_destination_path"])
     else:
@@ -767,7 +737,7 @@ def update_report(report, params, now=None):
     """Apply one ``hanzo.kms.operation_report`` call to ``report`` (a dict, changed in place) and return it."""
     now = now or utcnow()
     report.setdefault("operation", params["operation"])
-    report.setdefault("started", iso(now))
+    report.setdefault("started", format_time(now))
     report.setdefault("result", "running")
     report.setdefault("steps", [])
     for key, value in (params.get("update") or {}).items():
@@ -784,7 +754,7 @@ def update_report(report, params, now=None):
         step_update(report, params["next_step"], "running", now=now)
     if params.get("finish"):
         report["result"] = params["finish"]
-        report["finished"] = iso(now)
+        report["finished"] = format_time(now)
         for step in report["steps"]:
             if step["result"] == "running":  # interrupted by the failure being recorded
                 step_update(report, step["name"], "failed", step.get("detail") or "interrupted", now=now)

@@ -8,7 +8,6 @@ Also holds the small RESP client used by the restore code. Plain Python (standar
 """
 from __future__ import annotations
 
-import datetime
 import os
 import queue
 import socket
@@ -17,6 +16,7 @@ import threading
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow
 
 REDIS_CONNECTION_SPEC = dict(
     host=dict(type='str', default='127.0.0.1'),
@@ -543,10 +543,6 @@ def _bound_malloc():
         libc.malloc_trim(0)  # hand back what loading boto3's models left free in the heap
     except (OSError, AttributeError):
         pass
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,12 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     translate_error,
     wrap_errors,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (  # noqa: F401 (parse_any_time: callers' API)
+    UTC,
+    format_time,
+    parse_any_time,
+    parse_timestamp,
+)
 
 # The defaults are the collection's Redis layout (backup_layout); other layouts are declared by the caller.
 TIMESTAMP_FORMAT = backup_layout.TIMESTAMP_FORMAT
@@ -45,7 +51,6 @@ MAX_DELETE_BATCH = 1000
 # Requests in flight: deletes are latency-bound on the server side (each key is a metadata operation), so more
 # parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
 DEFAULT_CONCURRENCY = 32
-UTC = datetime.timezone.utc
 
 PERIODS = ('last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly')
 TIME_SOURCES = ('key', 'manifest', 'last_modified')
@@ -230,45 +235,6 @@ class Backup:
         return d
 
 
-def format_time(when):
-    if when is None:
-        return None
-    return when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
-
-
-def parse_timestamp(text, fmt=TIMESTAMP_FORMAT):
-    """Parse ``text`` with ``fmt`` (naive results are UTC); None if it does not match."""
-    try:
-        when = datetime.datetime.strptime(text, fmt)
-    except (ValueError, TypeError):
-        return None
-    if when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
-
-
-def parse_any_time(value, fmt=TIMESTAMP_FORMAT):
-    """A manifest time: ``fmt`` string, ISO 8601 (``Z`` allowed) or epoch seconds."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        try:
-            return datetime.datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if not isinstance(value, str):
-        return None
-    when = parse_timestamp(value, fmt)
-    if when is not None:
-        return when
-    text = value.strip()
-    if text.endswith('Z') or text.endswith('z'):
-        text = text[:-1] + '+00:00'
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def check_scope(prefix, whole_bucket=False):

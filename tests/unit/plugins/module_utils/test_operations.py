@@ -7,6 +7,8 @@ import base64
 import datetime
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,13 +57,13 @@ def site(name, primary_site="dc1", *, reachable=True, kms_replicas=None, redis_u
         "backups": [],
         "data": {
             "cnpg": {"newest_wal": None if wal_age is None else {
-                "name": "000000010000000000000007", "key": "cnpg/x", "time": ops.iso(ago(wal_age)),
+                "name": "000000010000000000000007", "key": "cnpg/x", "time": ops.format_time(ago(wal_age)),
                 "age_seconds": wal_age}, "newest_base_backup": None},
             "redis": {"server": {"role": "master", "version": "7.0.15", "keys": 3} if redis_up else None,
                       "error": None if redis_up else "connection refused",
                       "backups": {"count": 1, "newest": None if redis_backup_age is None else {
                           "name": "20261129T125000Z", "key": f"redis/{name}/20261129T125000Z/dump.rdb",
-                          "time": ops.iso(ago(redis_backup_age)), "age_seconds": redis_backup_age}}},
+                          "time": ops.format_time(ago(redis_backup_age)), "age_seconds": redis_backup_age}}},
         },
     }
 
@@ -124,18 +126,6 @@ def test_split_s3_url_rejects_other_schemes():
         ops.split_s3_url("https://example.com/x")
 
 
-@pytest.mark.parametrize("seconds,text", [(None, "unknown"), (42, "42s"), (192, "3m 12s"), (5 * 3600 + 120, "5h 02m"),
-                                          (2 * 86400 + 3 * 3600, "2d 03h")])
-def test_human_age(seconds, text):
-    assert ops.human_age(seconds) == text
-
-
-def test_parse_time_formats():
-    assert ops.parse_time("20261129T125000Z") == datetime.datetime(2026, 11, 29, 12, 50, tzinfo=datetime.timezone.utc)
-    assert ops.parse_time("2026-11-29T12:50:00Z") == ops.parse_time("2026-11-29T13:50:00+01:00")
-    assert ops.parse_time("") is None and ops.parse_time("garbage") is None
-
-
 # -- summaries -----------------------------------------------------------------------------------------------------
 def test_site_summary_of_a_primary_and_a_replica():
     primary = ops.site_summary(site("dc1"), NOW)
@@ -158,9 +148,9 @@ def test_site_summary_of_an_unreachable_site_keeps_the_object_store_view():
 def test_base_backup_from_backup_objects_when_the_archive_has_none():
     status = site("dc1")
     status["backups"] = [
-        {"metadata": {"name": "b1"}, "status": {"phase": "completed", "stoppedAt": ops.iso(ago(7200))}},
-        {"metadata": {"name": "b2"}, "status": {"phase": "completed", "stoppedAt": ops.iso(ago(100))}},
-        {"metadata": {"name": "b3"}, "status": {"phase": "failed", "stoppedAt": ops.iso(ago(10))}},
+        {"metadata": {"name": "b1"}, "status": {"phase": "completed", "stoppedAt": ops.format_time(ago(7200))}},
+        {"metadata": {"name": "b2"}, "status": {"phase": "completed", "stoppedAt": ops.format_time(ago(100))}},
+        {"metadata": {"name": "b3"}, "status": {"phase": "failed", "stoppedAt": ops.format_time(ago(10))}},
     ]
     summary = ops.site_summary(status, NOW)
     assert summary["base_backup"]["name"] == "b2" and summary["base_backup"]["age_seconds"] == 100
@@ -375,7 +365,7 @@ def test_status_rendering_side_by_side_and_findings():
 
 
 def test_status_shows_the_replica_s_newest_replayed_commit_and_no_timeline_yet():
-    replica = dict(site("dc2", timeline=None), replayed_commit_time=ops.iso(ago(12)))
+    replica = dict(site("dc2", timeline=None), replayed_commit_time=ops.format_time(ago(12)))
     rows = {row[0]: row[1:] for row in ops.status_rows([ops.site_summary(site("dc1"), NOW),
                                                         ops.site_summary(replica, NOW)])}
     assert rows["Newest replayed transaction"][0] == "- (primary)"
@@ -454,7 +444,7 @@ def test_report_data_loss_lines():
     text = ops.render_report(report)
     assert "PostgreSQL: about 30s, not a guarantee — APPROXIMATE" in text and "Redis: at most 10m 00s" in text
     report["data_loss"] = ops.preflight("failover", "dc2", [site("dc1", reachable=False),
-                                                            dict(site("dc2"), replayed_commit_time=ops.iso(ago(40)))],
+                                                            dict(site("dc2"), replayed_commit_time=ops.format_time(ago(40)))],
                                         NOW)["data_loss"]
     assert "PostgreSQL: at most 40s — dc2 has replayed every transaction" in ops.render_report(report)
 
@@ -499,3 +489,14 @@ def test_report_files_get_the_mode_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
+
+
+def test_the_report_and_the_preflight_import_neither_kubernetes_nor_boto3():
+    """Every step of a failover writes its report through this file: the kubernetes client and boto3 cost about a
+    second per module run on a loaded control node (tests/benchmarks/bench_module_runs.py), so only the site-data
+    reads import them, when called."""
+    code = ("import sys; import ansible_collections.hanzo.kms.plugins.module_utils.operations; "
+            "print(sorted({'kubernetes', 'boto3', 'botocore'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))).stdout
+    assert out.strip() == "[]"

@@ -33,7 +33,6 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (
     apply_policy,
     build_inventory,
     check_scope,
-    parse_any_time,
     plan_retention,
 )
 
@@ -202,17 +201,6 @@ def test_policy_validation():
     assert Policy(last=0, within=Duration()).is_empty()
     with pytest.raises(RetentionError, match='empty'):
         plan_retention(Inventory(), Policy(), NOW)
-
-
-def test_parse_any_time():
-    want = datetime.datetime(2026, 11, 22, 4, 15, tzinfo=UTC)
-    assert parse_any_time('20261122T041500Z') == want
-    assert parse_any_time('2026-11-22T04:15:00Z') == want
-    assert parse_any_time('2026-11-22T05:15:00+01:00') == want
-    assert parse_any_time(want.timestamp()) == want
-    assert parse_any_time('yesterday') is None
-    assert parse_any_time(True) is None
-    assert parse_any_time(None) is None
 
 
 # ------------------------------------------------------------------------------------------------ layout + planner

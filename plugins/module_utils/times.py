@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Time helpers of the collection (plain Python, no Ansible import): aware UTC datetimes, the compact form of backup
+keys and run names (``20261129T130000Z``), RFC 3339 text and ages as people read them."""
+from __future__ import annotations
+
+import datetime
+
+UTC = datetime.timezone.utc
+# Backup keys (<prefix>/<site>/<timestamp>/...) and report names use this form.
+COMPACT_FORMAT = '%Y%m%dT%H%M%SZ'
+
+
+def utcnow():
+    return datetime.datetime.now(UTC)
+
+
+def format_time(when):
+    """RFC 3339 UTC text (``2026-11-29T13:00:00Z``) of an aware datetime; None for None."""
+    if when is None:
+        return None
+    return when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def parse_timestamp(text, fmt=COMPACT_FORMAT):
+    """Parse ``text`` with ``fmt`` (naive results are UTC); None if it does not match."""
+    try:
+        when = datetime.datetime.strptime(text, fmt)
+    except (ValueError, TypeError):
+        return None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def parse_any_time(value, fmt=COMPACT_FORMAT):
+    """A manifest time: ``fmt`` string, ISO 8601 (``Z`` allowed) or epoch seconds."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    when = parse_timestamp(value, fmt)
+    if when is not None:
+        return when
+    text = value.strip()
+    if text.endswith('Z') or text.endswith('z'):
+        text = text[:-1] + '+00:00'
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def parse_time(value):
+    """Aware UTC datetime from a datetime, RFC 3339 text (``Z`` or offset) or the compact form with or without its
+    ``Z``; None if empty or unreadable."""
+    if value is None or value == '':
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    text = str(value).strip()
+    return parse_any_time(text) or parse_any_time(text, '%Y%m%dT%H%M%S')
+
+
+def age_seconds(when, now):
+    """Whole seconds from ``when`` (anything parse_time reads) to ``now``, never negative; None when unknown."""
+    when = parse_time(when)
+    return None if when is None else max(0, int((now - when).total_seconds()))
+
+
+def human_age(seconds):
+    """``42s``, ``3m 12s``, ``5h 02m``, ``2d 03h``; ``unknown`` for None."""
+    if seconds is None:
+        return 'unknown'
+    seconds = int(seconds)
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m {seconds % 60:02d}s'
+    if seconds < 86400:
+        return f'{seconds // 3600}h {seconds % 3600 // 60:02d}m'
+    return f'{seconds // 86400}d {seconds % 86400 // 3600:02d}h'

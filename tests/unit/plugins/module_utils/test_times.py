@@ -1,0 +1,57 @@
+# -*- coding: utf-8 -*-
+# Copyright: Hanzo KMS contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from ansible_collections.hanzo.kms.plugins.module_utils import times
+
+UTC = datetime.timezone.utc
+WANT = datetime.datetime(2026, 11, 22, 4, 15, tzinfo=UTC)
+
+
+def test_parse_any_time():
+    assert times.parse_any_time('20261122T041500Z') == WANT
+    assert times.parse_any_time('2026-11-22T04:15:00Z') == WANT
+    assert times.parse_any_time('2026-11-22T05:15:00+01:00') == WANT
+    assert times.parse_any_time(WANT.timestamp()) == WANT
+    assert times.parse_any_time('yesterday') is None
+    assert times.parse_any_time(True) is None
+    assert times.parse_any_time(None) is None
+
+
+def test_parse_timestamp_with_a_format():
+    assert times.parse_timestamp('20261122T041500Z') == WANT
+    assert times.parse_timestamp('2026-11-22 04:15', '%Y-%m-%d %H:%M') == WANT
+    assert times.parse_timestamp('2026-11-22', times.COMPACT_FORMAT) is None
+    assert times.parse_timestamp(None) is None
+
+
+def test_parse_time_formats():
+    assert times.parse_time('20261122T041500Z') == WANT
+    assert times.parse_time('20261122T041500') == WANT
+    assert times.parse_time('2026-11-22T04:15:00Z') == times.parse_time('2026-11-22T05:15:00+01:00') == WANT
+    assert times.parse_time(WANT.replace(tzinfo=None)) == WANT
+    assert times.parse_time('') is None and times.parse_time(None) is None and times.parse_time('garbage') is None
+
+
+def test_format_time_round_trips():
+    assert times.format_time(WANT) == '2026-11-22T04:15:00Z'
+    assert times.format_time(WANT.astimezone(datetime.timezone(datetime.timedelta(hours=2)))) == '2026-11-22T04:15:00Z'
+    assert times.parse_time(times.format_time(WANT)) == WANT
+    assert times.format_time(None) is None
+
+
+def test_age_seconds_is_never_negative():
+    assert times.age_seconds('2026-11-22T04:14:00Z', WANT) == 60
+    assert times.age_seconds('2026-11-22T04:16:00Z', WANT) == 0
+    assert times.age_seconds(None, WANT) is None
+
+
+@pytest.mark.parametrize('seconds,text', [(None, 'unknown'), (42, '42s'), (192, '3m 12s'), (5 * 3600 + 120, '5h 02m'),
+                                          (2 * 86400 + 3 * 3600, '2d 03h')])
+def test_human_age(seconds, text):
+    assert times.human_age(seconds) == text
