@@ -684,7 +684,9 @@ def collect_site_data(params, s3_client, now=None):
     except S3Error as exc:
         redis["backups"] = {"count": 0, "newest": None, "error": str(exc)}
     redis["backups"]["prefix"] = redis_prefix
-    if params.get("probe_redis", True) and params.get("host"):
+    if params.get("redis_error"):  # known before (site_status.gather tried to connect): not probed again
+        redis["error"] = params["redis_error"]
+    elif params.get("probe_redis", True) and params.get("host"):
         try:
             redis["server"] = redis_probe(params)
         except (RedisError, OSError) as exc:

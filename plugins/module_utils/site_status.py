@@ -7,7 +7,8 @@ tolerating a site whose Kubernetes API does not answer. No Ansible import.
 ``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the newest
 transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the KMS Deployment,
 the Cluster's Backups, the site's ObjectStore (its destinationPath), the Redis password from its Secret, then the
-object store and Redis (``operations.collect_site_data``). It returns the *site status* documented in
+object store and Redis (``operations.collect_site_data``). Meanwhile a TCP connection to Redis is tried: a site cut off
+by a partition drops packets, so its API server and its Redis each cost their whole connect timeout, once in parallel. It returns the *site status* documented in
 ``operations`` plus the *access* (how to reach the site, with the Redis password: never print it).
 
 The Kubernetes reads go through ``KubeReader`` (the kubernetes client); tests give ``gather`` a fake reader.
@@ -15,6 +16,8 @@ The Kubernetes reads go through ``KubeReader`` (the kubernetes client); tests gi
 from __future__ import annotations
 
 import base64
+import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
 
@@ -113,13 +116,42 @@ def read_replay(reader, namespace, cluster):
     return out.strip() if code == 0 else ""
 
 
-def gather(params, reader, collect_data):
+def redis_connect_error(host, port, timeout):
+    """None when a TCP connection to Redis is made within ``timeout`` seconds, else why not."""
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot connect to Redis at {host}:{port}: {exc or exc.__class__.__name__}"
+    return None
+
+
+def gather(params, reader, collect_data, connect_check=redis_connect_error):
     """(status, access) of one site. ``reader`` is a KubeReader (or None when the client could not even be
     configured: ``reader_error`` says why); ``collect_data(params_with_redis)`` lists the object store and probes
     Redis. params: site, inventory_role, namespace, cluster_name, object_store_name, kms_name, read_replay,
     redis_secret_name, redis_secret_key, probe_redis, host, port, password (Redis; empty = from the Secret),
-    kubeconfig, context, reader_error."""
-    # pylint: disable=too-many-locals
+    kubeconfig, context, reader_error, connect_timeout. ``connect_check(host, port, timeout)`` tries Redis while the
+    Kubernetes reads run; when it fails, Redis is not probed and its error is the finding."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        probe_redis = bool(params.get("probe_redis", True) and params.get("host"))
+        redis_check = pool.submit(connect_check, params.get("host"), params.get("port") or 6379,
+                                  float(params.get("connect_timeout") or 10.0)) if probe_redis else None
+        status, destination, password = _read_kube(params, reader, probe_redis)
+        redis_error = redis_check.result() if redis_check else None
+    data_params = dict(params, password=password or None, cnpg_destination_path=destination or None,
+                       probe_redis=probe_redis and not redis_error, redis_error=redis_error)
+    status["data"] = collect_data(data_params)
+    access = {"site": params["site"], "kubeconfig": params.get("kubeconfig") or "",
+              "context": params.get("context") or "", "namespace": params["namespace"],
+              "cluster_name": params["cluster_name"], "kms_name": params["kms_name"],
+              "redis_host": params.get("host") or "", "redis_port": int(params.get("port") or 6379),
+              "redis_password": password, "redis_tls": bool(params.get("tls")),
+              "redis_tls_ca_cert": params.get("tls_ca_cert") or ""}
+    return status, access
+
+
+def _read_kube(params, reader, probe_redis):
+    """(status without data, ObjectStore destinationPath, Redis password) from the site's Kubernetes API."""
     namespace, cluster_name = params["namespace"], params["cluster_name"]
     status = {"site": params["site"], "inventory_role": params.get("inventory_role") or "",
               "kube_reachable": False, "kube_error": None, "cluster": None, "cluster_error": None, "kms": None,
@@ -141,7 +173,6 @@ def gather(params, reader, collect_data):
     status["cluster"] = cluster
 
     destination, password = "", params.get("password") or ""
-    probe_redis = bool(params.get("probe_redis", True) and params.get("host"))
     if status["kube_reachable"]:
         if cluster and params.get("read_replay", True):
             status["replayed_commit_time"] = read_replay(reader, namespace, cluster)
@@ -165,12 +196,4 @@ def gather(params, reader, collect_data):
                 password = base64.b64decode(encoded).decode() if encoded else ""
             except Exception:  # pylint: disable=broad-exception-caught
                 password = ""  # the Redis probe then reports the AUTH error
-    data_params = dict(params, password=password or None, cnpg_destination_path=destination or None,
-                       probe_redis=probe_redis)
-    status["data"] = collect_data(data_params)
-    access = {"site": params["site"], "kubeconfig": params.get("kubeconfig") or "",
-              "context": params.get("context") or "", "namespace": namespace, "cluster_name": cluster_name,
-              "kms_name": params["kms_name"], "redis_host": params.get("host") or "",
-              "redis_port": int(params.get("port") or 6379), "redis_password": password,
-              "redis_tls": bool(params.get("tls")), "redis_tls_ca_cert": params.get("tls_ca_cert") or ""}
-    return status, access
+    return status, destination, password

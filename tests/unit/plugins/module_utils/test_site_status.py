@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import threading
 
 import pytest
 import urllib3
@@ -64,6 +66,10 @@ class FakeReader:
         return self.exec_result
 
 
+def redis_up(host, port, timeout):
+    return None
+
+
 def collect(seen):
     def run(params):
         seen.append(params)
@@ -74,7 +80,7 @@ def collect(seen):
 def test_a_reachable_replica_site_is_read_in_one_pass():
     seen = []
     reader = FakeReader()
-    status, access = site_status.gather(dict(PARAMS), reader, collect(seen))
+    status, access = site_status.gather(dict(PARAMS), reader, collect(seen), connect_check=redis_up)
     assert status["kube_reachable"] and status["kube_error"] is None and status["cluster"] == CLUSTER
     assert status["replayed_commit_time"] == "2026-12-02T15:14:31Z"
     assert ("exec", "kms-pg-dc2-1", "postgres", site_status.REPLAY_QUERY) in reader.calls
@@ -93,7 +99,7 @@ def test_a_reachable_replica_site_is_read_in_one_pass():
 def test_an_unreachable_site_still_lists_its_object_store_and_reads_nothing_else():
     seen = []
     reader = FakeReader(down=True)
-    status, access = site_status.gather(dict(PARAMS), reader, collect(seen))
+    status, access = site_status.gather(dict(PARAMS), reader, collect(seen), connect_check=redis_up)
     assert not status["kube_reachable"] and status["kube_error"] == "connection refused"
     assert status["cluster_error"] == "connection refused" and status["cluster"] is None and status["kms"] is None
     assert reader.calls == ["cluster"], "nothing else is tried against a dead API server"
@@ -102,14 +108,15 @@ def test_an_unreachable_site_still_lists_its_object_store_and_reads_nothing_else
 
 
 def test_a_missing_cluster_is_reachable_and_says_not_found():
-    status, _access = site_status.gather(dict(PARAMS), FakeReader(objects={}), collect([]))
+    status, _access = site_status.gather(dict(PARAMS), FakeReader(objects={}), collect([]), connect_check=redis_up)
     assert status["kube_reachable"] and status["cluster"] is None
     assert status["cluster_error"] == "Cluster kms/kms-pg-dc2 not found"
     assert status["kms"] is None and status["backups"] == [] and status["replayed_commit_time"] == ""
 
 
 def test_no_client_configured_is_reported_as_unreachable():
-    status, _access = site_status.gather(dict(PARAMS, reader_error="no kubeconfig"), None, collect([]))
+    status, _access = site_status.gather(dict(PARAMS, reader_error="no kubeconfig"), None, collect([]),
+                                         connect_check=redis_up)
     assert not status["kube_reachable"] and status["kube_error"] == "no kubeconfig"
 
 
@@ -120,21 +127,66 @@ def test_no_client_configured_is_reported_as_unreachable():
 ])
 def test_the_replayed_commit_is_empty_unless_read(exec_result, read_replay, want):
     status, _access = site_status.gather(dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result),
-                                         collect([]))
+                                         collect([]), connect_check=redis_up)
     assert status["replayed_commit_time"] == want
 
 
 def test_a_given_password_is_used_and_no_secret_is_read():
     seen = []
     reader = FakeReader()
-    _status, access = site_status.gather(dict(PARAMS, password="given"), reader, collect(seen))
+    _status, access = site_status.gather(dict(PARAMS, password="given"), reader, collect(seen), connect_check=redis_up)
     assert "secret" not in reader.calls and seen[0]["password"] == "given" and access["redis_password"] == "given"
+
+
+def test_a_redis_that_does_not_accept_connections_is_not_probed_and_its_error_is_the_finding():
+    seen, tried = [], []
+
+    def refused(host, port, timeout):
+        tried.append((host, port, timeout))
+        return f"cannot connect to Redis at {host}:{port}: timed out"
+
+    site_status.gather(dict(PARAMS, connect_timeout=3), FakeReader(), collect(seen), connect_check=refused)
+    assert tried == [("10.0.0.5", 30379, 3.0)]
+    assert seen[0]["probe_redis"] is False
+    assert seen[0]["redis_error"] == "cannot connect to Redis at 10.0.0.5:30379: timed out"
+
+
+def test_redis_is_tried_while_the_kubernetes_api_is_read():
+    """A partitioned site drops packets: its API server and its Redis must not cost two connect timeouts in a row.
+    The reader's first call waits for the Redis check to have started; read one after the other, it would wait in
+    vain and the site would read as unreachable."""
+    started = threading.Event()
+
+    class WaitsForTheRedisCheck(FakeReader):
+        def cluster(self, namespace, name):
+            if not started.wait(5):
+                raise Refused("the Redis check did not run meanwhile")
+            return super().cluster(namespace, name)
+
+    def check(host, port, timeout):
+        started.set()
+        return None
+
+    status, _access = site_status.gather(dict(PARAMS), WaitsForTheRedisCheck(), collect([]), connect_check=check)
+    assert status["kube_reachable"], status["kube_error"]
+
+
+def test_the_redis_connect_check_reports_a_refused_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        error = site_status.redis_connect_error("127.0.0.1", port, 1.0)
+    assert error.startswith(f"cannot connect to Redis at 127.0.0.1:{port}: ") and "refused" in error
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert site_status.redis_connect_error("127.0.0.1", server.getsockname()[1], 1.0) is None
 
 
 def test_without_a_redis_host_redis_is_not_probed():
     seen = []
     reader = FakeReader()
-    site_status.gather(dict(PARAMS, host=""), reader, collect(seen))
+    site_status.gather(dict(PARAMS, host=""), reader, collect(seen), connect_check=redis_up)
     assert seen[0]["probe_redis"] is False and "secret" not in reader.calls
 
 
