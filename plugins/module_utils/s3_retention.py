@@ -235,8 +235,6 @@ class Backup:
         return d
 
 
-
-
 def check_scope(prefix, whole_bucket=False):
     """Refuse an empty (or ``/``-only) prefix unless ``whole_bucket`` says every object of the bucket is a backup:
     the bucket is usually shared with CNPG's WAL archive, and retention must not even consider those objects."""

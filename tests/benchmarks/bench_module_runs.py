@@ -66,7 +66,7 @@ def import_seconds(statement):
     code = f"import sys, time; sys.path.insert(0, {str(COLLECTIONS)!r}); t = time.perf_counter(); {statement}; " \
            "print(time.perf_counter() - t)"
     return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-               for _ in range(3))
+               for dummy in range(3))
 
 
 def main():

@@ -251,7 +251,7 @@ def test_complete_backup_from_a_listing_and_with_its_manifest():
     ({}, 'no objects'),
     ({f'redis/dc1/{STAMP}/dump.rdb': 1}, f'redis/dc1/{STAMP}/ has no manifest.json'),
     ({f'redis/dc1/{STAMP}/manifest.json': 1}, f'redis/dc1/{STAMP}/ has no dump.rdb'),
-    ({f'redis/dc1/{STAMP}/dump.rdb': 1, f'redis/dc1/20261122T041501Z/manifest.json': 1}, 'more than one directory'),
+    ({f'redis/dc1/{STAMP}/dump.rdb': 1, 'redis/dc1/20261122T041501Z/manifest.json': 1}, 'more than one directory'),
     ({'redis/dc1/latest/dump.rdb': 1, 'redis/dc1/latest/manifest.json': 1}, 'not a backup directory'),
 ])
 def test_incomplete_backup_from_a_listing(objects, problem):
