@@ -27,10 +27,10 @@ from tests.lab import haproxy as lab_haproxy
 from tests.lab.core import REPO_ROOT, Lab
 
 VENV_BIN = Path(sys.executable).parent
-SWITCHOVER_STEPS = ["preflight", "confirm", "stop_old_kms", "backup_redis", "promote", "restore_redis", "start_kms",
-                    "switch_lb", "check_lb"]
-FAILOVER_STEPS = ["preflight", "confirm", "fence_old", "promote", "restore_redis", "start_kms", "switch_lb",
-                  "check_lb"]
+SWITCHOVER_STEPS = ["preflight", "confirm", "stop_old_kms", "backup_redis", "promote", "restore_redis",
+                    "wait_promotion", "start_kms", "switch_lb", "check_lb"]
+FAILOVER_STEPS = ["preflight", "confirm", "fence_old", "promote", "restore_redis", "wait_promotion", "start_kms",
+                  "switch_lb", "check_lb"]
 
 
 class Runner:

@@ -148,9 +148,9 @@ def test_switchover_finishes_with_the_recorded_token_after_the_old_site_is_lost(
     report = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
     assert report["result"] == "succeeded" and report["preflight"]["state"] == "resume"
     steps = {s["name"]: s for s in report["steps"]}
-    assert steps["promote"]["data"]["token"] == token
-    assert steps["promote"]["data"]["token_source"] == "recorded"
-    assert steps["promote"]["data"]["old_reachable"] is False
+    assert steps["wait_promotion"]["data"]["token"] == token
+    assert steps["wait_promotion"]["data"]["token_source"] == "recorded"
+    assert steps["wait_promotion"]["data"]["old_reachable"] is False
     assert steps["stop_old_kms"]["result"] == "skipped" and steps["backup_redis"]["result"] == "skipped"
     assert steps["restore_redis"]["result"] == "changed" and steps["switch_lb"]["result"] == "changed"
     assert report["data_loss"]["postgres"]["bound_seconds"] == 0
