@@ -39,7 +39,7 @@ $(COLLECTION_LINK):
 	@ln -sfn $(CURDIR) $@
 
 test: setup
-	@$(MAKE) --no-print-directory sanity lint units integration molecule
+	@$(MAKE) --no-print-directory sanity lint units integration
 
 sanity: venv
 	scripts/ansible-test.sh sanity --python 3.11 --color no
@@ -75,22 +75,14 @@ demo: setup lab-up
 
 # Molecule scenarios on the lab (LAB_DIR): install, switchover and back, failover after losing dc1, failover with dc1
 # partitioned and its fence when it returns (operator mode; both leave dc1 down or fenced;
-# the next lab-up rebuilds the lab).
+# the next lab-up rebuilds the lab). make test runs the default scenario inside test_cnpg_operator_real.py, on the
+# operator lab that test brings up (one lab and one install for both).
 .PHONY: molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition
 molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition: venv
 	@# Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule reset -s $(@:molecule-%=%) >/dev/null
 	PATH=$(CURDIR)/$(BIN):$$PATH HANZO_KMS_LAB_DIR=$(LAB_DIR) HANZO_KMS_LAB_CNPG=$(LAB_CNPG) \
 		$(BIN)/molecule test -s $(@:molecule-%=%)
-
-# Part of make test: the default scenario (install, its idempotence on the real operator, verify) on an operator-mode
-# lab of its own that is removed afterwards. The failover, switchover, backup and restore test on the real operator
-# run in tests/integration/test_cnpg_operator_real.py (the failover scenario duplicated it: CI's 60 minutes).
-MOLECULE_LAB_DIR ?= $(CURDIR)/.lab-molecule
-.PHONY: molecule
-molecule: venv
-	$(MAKE) --no-print-directory molecule-default LAB_DIR=$(MOLECULE_LAB_DIR)
-	$(PY) -m tests.lab down --dir $(MOLECULE_LAB_DIR)
 
 clean: lab-down
 	rm -rf $(VENV) tests/output .pytest_cache .ansible
