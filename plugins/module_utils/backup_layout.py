@@ -19,15 +19,14 @@ import json
 import re
 
 from ansible_collections.hanzo.kms.plugins.module_utils import names
-from ansible_collections.hanzo.kms.plugins.module_utils.times import COMPACT_FORMAT, UTC
+from ansible_collections.hanzo.kms.plugins.module_utils.times import COMPACT_FORMAT, RFC3339_FORMAT, UTC, as_utc
 
 RDB_NAME = 'dump.rdb'
 MANIFEST_NAME = 'manifest.json'
 OBJECT_NAMES = (RDB_NAME, MANIFEST_NAME)
 MANIFEST_FORMAT = 1
-# The backup's directory name (a key component) and the manifest's times.
+# The backup's directory name (a key component); the manifest's times are RFC3339_FORMAT (times).
 TIMESTAMP_FORMAT = COMPACT_FORMAT
-MANIFEST_TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 
 # Manifest format 1. Every writer writes every field, null when it does not know the value (the CronJob has no RDB
 # parser). Fields in MANIFEST_FIELDS are in every manifest ever written; a reader takes an absent LATER_FIELDS entry
@@ -75,9 +74,7 @@ def normalize_prefix(prefix):
 
 def timestamp_name(when):
     """The backup directory name for ``when`` (aware, or naive meaning UTC)."""
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return when.strftime(TIMESTAMP_FORMAT)
+    return as_utc(when).strftime(TIMESTAMP_FORMAT)
 
 
 def parse_timestamp_name(name):
@@ -190,9 +187,8 @@ def build_manifest(timestamp, size, sha256, rdb_version, crc64=None, keys_per_db
 
 
 def _manifest_time(when):
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return when.strftime(MANIFEST_TIME_FORMAT)
+    """A manifest time (RFC 3339 UTC) of ``when`` (aware, or naive meaning UTC)."""
+    return as_utc(when).strftime(RFC3339_FORMAT)
 
 
 def encode_manifest(manifest):
@@ -258,9 +254,9 @@ def validate_manifest(manifest):
     _expect("field 'object'", value, isinstance(value, str) and value and '/' not in value, 'an object name')
     for name in ('timestamp', 'created_at'):
         value = manifest[name]
-        _expect(f'field {name!r}', value, isinstance(value, str), f'a string ({MANIFEST_TIME_FORMAT})')
+        _expect(f'field {name!r}', value, isinstance(value, str), f'a string ({RFC3339_FORMAT})')
         if not _valid_time(value):
-            raise InvalidManifest(f'field {name!r} must be a UTC time as {MANIFEST_TIME_FORMAT}, not {value!r:.80}')
+            raise InvalidManifest(f'field {name!r} must be a UTC time as {RFC3339_FORMAT}, not {value!r:.80}')
     _expect("field 'size'", manifest['size'], _count(manifest['size']), 'an integer >= 0 (bytes)')
     value = manifest['sha256']
     _expect("field 'sha256'", value, isinstance(value, str), 'a string')
@@ -296,7 +292,7 @@ def _valid_time(text):
     if not _MANIFEST_TIME_RE.fullmatch(text):
         return False
     try:
-        datetime.datetime.strptime(text, MANIFEST_TIME_FORMAT)
+        datetime.datetime.strptime(text, RFC3339_FORMAT)
     except ValueError:
         return False
     return True

@@ -22,10 +22,10 @@ Nothing here imports Ansible; the Kubernetes client is only imported by :class:`
 """
 from __future__ import annotations
 
-import datetime
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
+from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, format_epoch, parse_epoch
 
 LEASE_NAME = "hanzo-kms-operation-lock"
 LABELS = {
@@ -36,7 +36,6 @@ LABELS = {
 OPERATION_ANNOTATION = "hanzo.kms/operation"
 DEFAULT_TTL = 7200
 BREAK_PHRASE = "BREAK LOCK {holder}"
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # a Lease's MicroTime
 # Attempts per site when a write conflicts (409): re-read and decide again each time.
 ATTEMPTS = 5
 
@@ -58,25 +57,9 @@ class Unreachable(Exception):
     """The site's Kubernetes API did not answer."""
 
 
-# -- times ---------------------------------------------------------------------------------------------------------
-def format_time(epoch):
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(TIME_FORMAT)
-
-
-def parse_time(value):
-    """Epoch seconds of a MicroTime (a string, or the datetime the kubernetes client returns); None if unset."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
-        return moment.timestamp()
-    text = str(value).strip().replace("Z", "+00:00")
-    return datetime.datetime.fromisoformat(text).timestamp()
-
-
+# -- times (epoch seconds; a Lease holds MicroTimes, see times.MICROTIME_FORMAT) -----------------------------------
 def short_time(epoch):
-    return "unknown" if epoch is None else datetime.datetime.fromtimestamp(
-        epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "unknown" if epoch is None else format_epoch(epoch)
 
 
 # -- the pure decisions --------------------------------------------------------------------------------------------
@@ -86,12 +69,12 @@ def lease_view(lease):
         return None
     meta = lease.get("metadata") or {}
     spec = lease.get("spec") or {}
-    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+    renewed = parse_epoch(spec.get("renewTime")) or parse_epoch(spec.get("acquireTime"))
     ttl = spec.get("leaseDurationSeconds")
     return {
         "holder": spec.get("holderIdentity") or "",
         "operation": (meta.get("annotations") or {}).get(OPERATION_ANNOTATION, ""),
-        "since": parse_time(spec.get("acquireTime")),
+        "since": parse_epoch(spec.get("acquireTime")),
         "renewed": renewed,
         "ttl": ttl,
         # A holder without a renew time or duration never expires by itself: only a break frees it.
@@ -141,8 +124,8 @@ def lease_body(name, namespace, view, owner, operation, ttl, now):
         "metadata": metadata,
         "spec": {
             "holderIdentity": owner,
-            "acquireTime": format_time(view["since"] if renew and view["since"] else now),
-            "renewTime": format_time(now),
+            "acquireTime": format_epoch(view["since"] if renew and view["since"] else now, MICROTIME_FORMAT),
+            "renewTime": format_epoch(now, MICROTIME_FORMAT),
             "leaseDurationSeconds": int(ttl),
             "leaseTransitions": transitions,
         },

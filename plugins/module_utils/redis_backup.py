@@ -31,11 +31,6 @@ REDIS_CONNECTION_SPEC = dict(
     connect_timeout=dict(type='float', default=10.0),
 )
 
-# The layout is backup_layout's; these names stay importable from here for existing callers.
-MANIFEST_NAME = backup_layout.MANIFEST_NAME
-RDB_NAME = backup_layout.RDB_NAME
-TIMESTAMP_FORMAT = backup_layout.TIMESTAMP_FORMAT
-backup_prefix = backup_layout.backup_prefix
 CHUNK = 256 * 1024           # RDB transfer reads
 REPLY_CHUNK = 64 * 1024      # command reply reads
 MAX_PARTS = 10000  # S3's limit of parts in one multipart upload

@@ -36,17 +36,13 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     translate_error,
     wrap_errors,
 )
-from ansible_collections.hanzo.kms.plugins.module_utils.times import (  # noqa: F401 (parse_any_time: callers' API)
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (
     UTC,
     format_time,
     parse_any_time,
     parse_timestamp,
 )
 
-# The defaults are the collection's Redis layout (backup_layout); other layouts are declared by the caller.
-TIMESTAMP_FORMAT = backup_layout.TIMESTAMP_FORMAT
-MANIFEST_NAME = backup_layout.MANIFEST_NAME
-DATA_FILES = (backup_layout.RDB_NAME,)
 MAX_DELETE_BATCH = 1000
 # Requests in flight: deletes are latency-bound on the server side (each key is a metadata operation), so more
 # parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
@@ -249,11 +245,12 @@ def check_scope(prefix, whole_bucket=False):
 
 
 class Layout:
-    """How keys map to backups; see the module docstring."""
+    """How keys map to backups; see the module docstring. The defaults are the collection's Redis layout
+    (backup_layout); other layouts are declared by the caller."""
 
-    def __init__(self, prefix='', group_depth=1, time_source='key', timestamp_format=TIMESTAMP_FORMAT,
-                 manifest_name=MANIFEST_NAME, manifest_time_field='timestamp', data_files=DATA_FILES,
-                 name_pattern=None):
+    def __init__(self, prefix='', group_depth=1, time_source='key', timestamp_format=backup_layout.TIMESTAMP_FORMAT,
+                 manifest_name=backup_layout.MANIFEST_NAME, manifest_time_field='timestamp',
+                 data_files=(backup_layout.RDB_NAME,), name_pattern=None):
         if time_source not in TIME_SOURCES:
             raise RetentionError('time_source must be one of %s' % ', '.join(TIME_SOURCES))
         if group_depth is None or int(group_depth) < 0:
@@ -278,7 +275,7 @@ class Layout:
         self.prefix = normalize_prefix(prefix)
         self.group_depth = int(group_depth)
         self.time_source = time_source
-        self.timestamp_format = timestamp_format or TIMESTAMP_FORMAT
+        self.timestamp_format = timestamp_format or backup_layout.TIMESTAMP_FORMAT
         self.manifest_name = manifest_name
         self.manifest_time_field = manifest_time_field
         self.data_files = data_files
@@ -586,7 +583,7 @@ def _entries(obj, purge_versions):
     return [(obj.key, None)]
 
 
-def delete_backups(client, bucket, backups, manifest_name=MANIFEST_NAME, purge_versions=False,
+def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST_NAME, purge_versions=False,
                    concurrency=DEFAULT_CONCURRENCY, stats=None, batch_size=MAX_DELETE_BATCH):
     """Delete every object of ``backups`` with DeleteObjects (Quiet, <= ``batch_size`` keys per request).
 
@@ -716,8 +713,8 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
 # Reusable listing helper (Redis restore)
 
 
-def list_complete_backups(client, bucket, prefix, manifest_name=MANIFEST_NAME, timestamp_format=TIMESTAMP_FORMAT,
-                          data_files=DATA_FILES):
+def list_complete_backups(client, bucket, prefix, manifest_name=backup_layout.MANIFEST_NAME,
+                          timestamp_format=backup_layout.TIMESTAMP_FORMAT, data_files=(backup_layout.RDB_NAME,)):
     """Complete backups directly under ``prefix`` (layout ``<prefix>/<timestamp>/<data file and manifest>`` with the
     manifest written last), newest first by the timestamp in the key. One ListObjectsV2 call per 1000 keys.
 
@@ -744,7 +741,7 @@ def list_complete_backups(client, bucket, prefix, manifest_name=MANIFEST_NAME, t
 def _diff(backups):
     def line(b):
         return '%s %s%s\n' % (b.prefix, 'complete' if b.complete else 'incomplete',
-                              ' (%s)' % b.time.strftime(TIMESTAMP_FORMAT) if b.time else '')
+                              ' (%s)' % b.time.strftime(backup_layout.TIMESTAMP_FORMAT) if b.time else '')
     before = ''.join(line(b) for b in backups)
     after = ''.join(line(b) for b in backups if b.action == 'keep')
     return dict(before=before, after=after, before_header='backups before retention', after_header='backups kept')
@@ -773,10 +770,10 @@ def run_retention(client, params, check_mode=False, now=None):
     check_scope(params.get('prefix'), bool(params.get('whole_bucket')))
     layout = Layout(prefix=params.get('prefix') or '', group_depth=params.get('group_depth', 1),
                     time_source=params.get('time_source') or 'key',
-                    timestamp_format=params.get('timestamp_format') or TIMESTAMP_FORMAT,
-                    manifest_name=params.get('manifest_name') or MANIFEST_NAME,
+                    timestamp_format=params.get('timestamp_format') or backup_layout.TIMESTAMP_FORMAT,
+                    manifest_name=params.get('manifest_name') or backup_layout.MANIFEST_NAME,
                     manifest_time_field=params.get('manifest_time_field') or 'timestamp',
-                    data_files=DATA_FILES if params.get('data_files') is None else params['data_files'],
+                    data_files=(backup_layout.RDB_NAME,) if params.get('data_files') is None else params['data_files'],
                     name_pattern=params.get('name_pattern') or None)
     policy = Policy(last=params.get('keep_last'), hourly=params.get('keep_hourly'), daily=params.get('keep_daily'),
                     weekly=params.get('keep_weekly'), monthly=params.get('keep_monthly'), yearly=params.get('keep_yearly'),
@@ -834,4 +831,4 @@ def run_retention(client, params, check_mode=False, now=None):
 
 __all__ = ['S3Error', 'RetentionError', 'Duration', 'Policy', 'Layout', 'apply_policy', 'build_inventory',
            'check_scope', 'plan_retention', 'list_objects', 'delete_backups', 'list_complete_backups',
-           'run_retention', 'TIMESTAMP_FORMAT', 'MANIFEST_NAME', 'DATA_FILES']
+           'run_retention']

@@ -10,17 +10,42 @@ import datetime
 UTC = datetime.timezone.utc
 # Backup keys (<prefix>/<site>/<timestamp>/...) and report names use this form.
 COMPACT_FORMAT = '%Y%m%dT%H%M%SZ'
+# RFC 3339 UTC text with whole seconds (backup manifests, reports): 2026-11-29T13:00:00Z.
+RFC3339_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
+# A Kubernetes MicroTime (a Lease's acquireTime and renewTime): RFC 3339 UTC with microseconds.
+MICROTIME_FORMAT = '%Y-%m-%dT%H:%M:%S.%fZ'
 
 
 def utcnow():
     return datetime.datetime.now(UTC)
 
 
+def as_utc(when):
+    """``when`` as an aware UTC datetime: an aware one converted, a naive one taken as UTC."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 def format_time(when):
     """RFC 3339 UTC text (``2026-11-29T13:00:00Z``) of an aware datetime; None for None."""
     if when is None:
         return None
-    return when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+    return when.astimezone(UTC).strftime(RFC3339_FORMAT)
+
+
+def format_epoch(epoch, fmt=RFC3339_FORMAT):
+    """UTC text of epoch seconds with ``fmt`` (e.g. ``MICROTIME_FORMAT``: ``2026-12-03T19:00:00.000000Z``)."""
+    return datetime.datetime.fromtimestamp(epoch, UTC).strftime(fmt)
+
+
+def parse_epoch(value):
+    """Epoch seconds of ISO 8601 text (``Z`` or an offset, e.g. a MicroTime) or of a datetime (naive means UTC);
+    None if empty. Unlike parse_time, text that is not ISO 8601 raises ValueError."""
+    if value in (None, ''):
+        return None
+    if isinstance(value, datetime.datetime):
+        return as_utc(value).timestamp()
+    text = str(value).strip().replace('Z', '+00:00')
+    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def parse_timestamp(text, fmt=COMPACT_FORMAT):
@@ -29,9 +54,7 @@ def parse_timestamp(text, fmt=COMPACT_FORMAT):
         when = datetime.datetime.strptime(text, fmt)
     except (ValueError, TypeError):
         return None
-    if when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
+    return as_utc(when)
 
 
 def parse_any_time(value, fmt=COMPACT_FORMAT):
@@ -55,7 +78,7 @@ def parse_any_time(value, fmt=COMPACT_FORMAT):
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return as_utc(when)
 
 
 def parse_time(value):
@@ -64,7 +87,7 @@ def parse_time(value):
     if value is None or value == '':
         return None
     if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
     text = str(value).strip()
     return parse_any_time(text) or parse_any_time(text, '%Y%m%dT%H%M%S')
 

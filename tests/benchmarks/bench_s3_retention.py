@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".venv" / "collections"))
 
 # pylint: disable=wrong-import-position
+from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import TIMESTAMP_FORMAT  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (  # noqa: E402
     DEFAULT_CONCURRENCY,
-    TIMESTAMP_FORMAT,
     Layout,
     Policy,
     Stats,

@@ -48,11 +48,10 @@ def manifest(**changes):
 def test_constants_are_the_layout_everyone_uses():
     assert (bl.RDB_NAME, bl.MANIFEST_NAME, bl.MANIFEST_FORMAT, bl.TIMESTAMP_FORMAT) == (
         'dump.rdb', 'manifest.json', 1, '%Y%m%dT%H%M%SZ')
-    # the modules' defaults and the names kept importable from redis_backup are these objects, not copies
-    assert redis_backup.RDB_NAME is bl.RDB_NAME and redis_backup.MANIFEST_NAME is bl.MANIFEST_NAME
-    assert redis_backup.TIMESTAMP_FORMAT is bl.TIMESTAMP_FORMAT and redis_backup.backup_prefix is bl.backup_prefix
-    assert s3_retention.DATA_FILES == (bl.RDB_NAME,) and s3_retention.MANIFEST_NAME is bl.MANIFEST_NAME
-    assert s3_retention.TIMESTAMP_FORMAT is bl.TIMESTAMP_FORMAT and s3_retention.normalize_prefix is bl.normalize_prefix
+    # s3_retention's defaults are these objects, not copies
+    layout = s3_retention.Layout()
+    assert layout.data_files == (bl.RDB_NAME,) and layout.manifest_name is bl.MANIFEST_NAME
+    assert layout.timestamp_format is bl.TIMESTAMP_FORMAT and s3_retention.normalize_prefix is bl.normalize_prefix
 
 
 @pytest.mark.parametrize('prefix,expected', [('', ''), (None, ''), ('/', ''), ('redis', 'redis/'), ('/redis', 'redis/'),
@@ -139,6 +138,11 @@ def test_built_manifest_has_every_field():
     assert built['source']['method'] == 'replication' and built['timestamp'] == '2026-11-22T04:15:00Z'
     assert built['keys'] is None and built['keys_per_db'] is None and built['crc64'] is None
     assert manifest()['keys'] == 4 and manifest()['keys_per_db'] == {'0': 3, '2': 1}
+    # manifest times: naive means UTC, another zone is converted
+    east = datetime.timezone(datetime.timedelta(hours=5))
+    naive = bl.build_manifest(timestamp=WHEN.replace(tzinfo=None), created_at=WHEN.astimezone(east), size=0,
+                              sha256='0' * 64, rdb_version=11)
+    assert naive['timestamp'] == naive['created_at'] == '2026-11-22T04:15:00Z'
 
 
 def test_manifest_round_trip_and_stable_encoding():

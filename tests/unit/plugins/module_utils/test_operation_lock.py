@@ -14,9 +14,15 @@ import pytest
 import yaml
 
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_lock as ol
+from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, format_epoch, parse_epoch
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 NOW = 1_796_000_000.0
+
+
+def micro(epoch):
+    """A Lease MicroTime as the lock writes it."""
+    return format_epoch(epoch, MICROTIME_FORMAT)
 
 
 class MemLease:
@@ -62,8 +68,8 @@ class MemLease:
 def held(holder, since=NOW - 60, ttl=3600, operation="failover", version="7"):
     return {"metadata": {"name": ol.LEASE_NAME, "namespace": "kms", "resourceVersion": version,
                          "annotations": {ol.OPERATION_ANNOTATION: operation}},
-            "spec": {"holderIdentity": holder, "acquireTime": ol.format_time(since),
-                     "renewTime": ol.format_time(since), "leaseDurationSeconds": ttl, "leaseTransitions": 2}}
+            "spec": {"holderIdentity": holder, "acquireTime": micro(since),
+                     "renewTime": micro(since), "leaseDurationSeconds": ttl, "leaseTransitions": 2}}
 
 
 def lock(sites, owner="backup/run1@ops", **kwargs):
@@ -95,20 +101,21 @@ def test_decide_release():
     assert ol.decide_release(ol.lease_view(held("other")), "me") == "refuse"
 
 
-def test_times_round_trip_and_client_datetimes():
-    assert ol.parse_time(ol.format_time(NOW)) == NOW
-    assert ol.parse_time("2026-12-02T04:41:01Z") == ol.parse_time("2026-12-02T04:41:01.000000Z")
-    assert ol.parse_time(None) is None and ol.parse_time("") is None
+def test_lease_times_round_trip():
+    assert micro(NOW) == "2026-11-30T00:53:20.000000Z" and parse_epoch(micro(NOW)) == NOW
+    assert parse_epoch("2026-12-02T04:41:01Z") == parse_epoch("2026-12-02T04:41:01.000000Z")
+    assert parse_epoch(None) is None and parse_epoch("") is None
+    assert ol.short_time(NOW) == "2026-11-30T00:53:20Z" and ol.short_time(None) == "unknown"
 
 
 def test_lease_body_keeps_the_start_on_renewal_and_counts_transitions():
     view = ol.lease_view(held("me", since=NOW - 100))
     body = ol.lease_body("l", "kms", view, "me", "backup", 600, NOW)
-    assert body["spec"]["acquireTime"] == ol.format_time(NOW - 100)
-    assert body["spec"]["renewTime"] == ol.format_time(NOW)
+    assert body["spec"]["acquireTime"] == micro(NOW - 100)
+    assert body["spec"]["renewTime"] == micro(NOW) == "2026-11-30T00:53:20.000000Z"
     assert body["spec"]["leaseTransitions"] == 2 and body["metadata"]["resourceVersion"] == "7"
     taken = ol.lease_body("l", "kms", ol.lease_view(held("other")), "me", "backup", 600, NOW)
-    assert taken["spec"]["acquireTime"] == ol.format_time(NOW) and taken["spec"]["leaseTransitions"] == 3
+    assert taken["spec"]["acquireTime"] == micro(NOW) and taken["spec"]["leaseTransitions"] == 3
     created = ol.lease_body("l", "kms", None, "me", "backup", 600, NOW)
     assert "resourceVersion" not in created["metadata"] and created["metadata"]["labels"] == ol.LABELS
 
@@ -204,8 +211,8 @@ def test_renewal_by_the_owner_keeps_the_start():
     clock["now"] = NOW + 300
     result = lock({"dc1": dc1}, clock=lambda: clock["now"]).acquire()
     assert result["sites"][0]["action"] == "renewed"
-    assert dc1.obj["spec"]["acquireTime"] == ol.format_time(NOW)
-    assert dc1.obj["spec"]["renewTime"] == ol.format_time(NOW + 300)
+    assert dc1.obj["spec"]["acquireTime"] == micro(NOW)
+    assert dc1.obj["spec"]["renewTime"] == micro(NOW + 300)
 
 
 def test_release_by_the_owner_and_refusal_for_another():

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError
 from tests.rdb_corpus import enc_len, enc_str, listpack
 
@@ -344,8 +344,8 @@ def test_rdb_version_compatibility_table():
 
 def test_encode_command_and_prefix():
     assert redis_backup.encode_command(('SET', b'k', 5)) == b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n'
-    assert redis_backup.backup_prefix('/backups/redis/', 'dc1', '20261122T041500Z') == 'backups/redis/dc1/20261122T041500Z/'
-    assert redis_backup.backup_prefix(None, None, '20261122T041500Z') == '20261122T041500Z/'
+    assert backup_layout.backup_prefix('/backups/redis/', 'dc1', '20261122T041500Z') == 'backups/redis/dc1/20261122T041500Z/'
+    assert backup_layout.backup_prefix(None, None, '20261122T041500Z') == '20261122T041500Z/'
 
 
 def test_parse_keyspace():

@@ -16,11 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout
 from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (
-    DATA_FILES,
-    MANIFEST_NAME,
-    TIMESTAMP_FORMAT,
     TIME_SOURCES,
     Backup,
     Duration,
@@ -239,7 +236,7 @@ def _inventory(entries, layout=None):
     layout = layout or Layout(prefix='p', group_depth=1)
     objs = []
     for group, when, complete, written in entries:
-        base = 'p/%s/%s/' % (group, when.strftime(TIMESTAMP_FORMAT))
+        base = 'p/%s/%s/' % (group, when.strftime(backup_layout.TIMESTAMP_FORMAT))
         objs.append(S3Object(base + 'dump.rdb', 10, written))
         if complete:
             objs.append(S3Object(base + 'manifest.json', 1, written))
@@ -253,8 +250,8 @@ def test_incomplete_grace_on_server_clock():
                       ('dc1', old, False, old)])                                          # abandoned
     plan = plan_retention(inv, Policy(last=1), NOW, incomplete_grace=Duration(days=1))
     actions = dict((b.name, b.action) for b in plan)
-    assert actions[NOW.strftime(TIMESTAMP_FORMAT)] == 'keep'
-    assert actions[old.strftime(TIMESTAMP_FORMAT)] == 'delete'
+    assert actions[NOW.strftime(backup_layout.TIMESTAMP_FORMAT)] == 'keep'
+    assert actions[old.strftime(backup_layout.TIMESTAMP_FORMAT)] == 'delete'
     plan = plan_retention(inv, Policy(last=1), NOW, incomplete_grace=Duration(days=1), delete_incomplete=False)
     assert all(b.action == 'keep' for b in plan if not b.complete)
 
@@ -266,8 +263,8 @@ def test_floor_protects_last_written_under_clock_skew():
     entries.append(('dc1', skewed, True, NOW))
     plan = plan_retention(_inventory(entries), Policy(last=2), NOW)
     by_name = dict((b.name, b) for b in plan)
-    assert by_name[skewed.strftime(TIMESTAMP_FORMAT)].action == 'keep'
-    assert 'most recently written complete backup' in by_name[skewed.strftime(TIMESTAMP_FORMAT)].reasons
+    assert by_name[skewed.strftime(backup_layout.TIMESTAMP_FORMAT)].action == 'keep'
+    assert 'most recently written complete backup' in by_name[skewed.strftime(backup_layout.TIMESTAMP_FORMAT)].reasons
 
 
 def test_groups_are_independent():
@@ -351,7 +348,7 @@ def _manifest_times(inv):
     for backups in inv.groups.values():
         for b in backups:
             if b.complete:
-                b.time = datetime.datetime.strptime(b.name, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+                b.time = datetime.datetime.strptime(b.name, backup_layout.TIMESTAMP_FORMAT).replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize('time_source', TIME_SOURCES)
@@ -398,7 +395,7 @@ def test_layout_backup_names():
 
 def test_layout_files():
     lay = Layout(prefix='redis')
-    assert lay.data_files == DATA_FILES == ('dump.rdb',)
+    assert lay.data_files == ('dump.rdb',)
     assert [lay.file_kind(f) for f in ('dump.rdb', 'manifest.json', 'notes.txt', 'copy/dump.rdb', 'dump.rdb.tmp')] == [
         'data', 'manifest', None, None, None]
     parts = Layout(prefix='x', data_files=['part-*.bin'])
@@ -408,7 +405,9 @@ def test_layout_files():
 
 
 def test_defaults_are_the_redis_backup_layout():
-    assert DATA_FILES == (redis_backup.RDB_NAME,) and MANIFEST_NAME == redis_backup.MANIFEST_NAME
+    lay = Layout()
+    assert lay.data_files == (backup_layout.RDB_NAME,) and lay.manifest_name == backup_layout.MANIFEST_NAME
+    assert lay.timestamp_format == backup_layout.TIMESTAMP_FORMAT
 
 
 @pytest.mark.parametrize('kwargs,problem', [
@@ -477,7 +476,7 @@ def test_only_declared_layout_files_are_ever_deleted(keys, prefix, depth, time_s
     plan = plan_retention(inv, Policy(last=1), NOW, incomplete_grace=None, delete_incomplete=True)
     for b in plan:
         rel = b.prefix[len(layout.prefix):].rstrip('/').split('/')
-        assert len(rel) == depth + 1 and datetime.datetime.strptime(rel[-1], TIMESTAMP_FORMAT)
+        assert len(rel) == depth + 1 and datetime.datetime.strptime(rel[-1], backup_layout.TIMESTAMP_FORMAT)
         names = [o.key[len(b.prefix):] for o in b.objects]
         assert 'dump.rdb' in names and set(names) <= {'dump.rdb', 'manifest.json'}
     assert sorted(set(o.key for b in plan for o in b.objects) | set(inv.unrecognised)) == sorted(o.key for o in objects)

@@ -45,6 +45,24 @@ def test_format_time_round_trips():
     assert times.format_time(None) is None
 
 
+def test_as_utc_takes_naive_as_utc():
+    east = WANT.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    for when in (WANT, WANT.replace(tzinfo=None), east):
+        assert times.as_utc(when) == WANT and times.as_utc(when).tzinfo is UTC
+    assert times.as_utc(east).strftime(times.RFC3339_FORMAT) == times.format_time(east) == '2026-11-22T04:15:00Z'
+
+
+def test_epoch_times_and_microtimes():
+    epoch = WANT.timestamp() + 0.25
+    assert times.format_epoch(epoch) == '2026-11-22T04:15:00Z'
+    assert times.format_epoch(epoch, times.MICROTIME_FORMAT) == '2026-11-22T04:15:00.250000Z'
+    assert times.parse_epoch('2026-11-22T04:15:00.250000Z') == times.parse_epoch(' 2026-11-22T05:15:00.25+01:00 ') == epoch
+    assert times.parse_epoch(WANT) == times.parse_epoch(WANT.replace(tzinfo=None)) == WANT.timestamp()
+    assert times.parse_epoch(None) is None and times.parse_epoch('') is None
+    with pytest.raises(ValueError):
+        times.parse_epoch('garbage')
+
+
 def test_age_seconds_is_never_negative():
     assert times.age_seconds('2026-11-22T04:14:00Z', WANT) == 60
     assert times.age_seconds('2026-11-22T04:16:00Z', WANT) == 0
