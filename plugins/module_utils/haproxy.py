@@ -8,10 +8,14 @@ Flow of :func:`switch`: read ``show servers state`` from every instance (quorum:
 per-server changes, apply them make-before-break (servers that must serve first, then wait until their health
 checks pass, then optionally drain and finally take the old servers out), verify by reading back and write
 ``show servers state`` to each instance's server-state-file. Any non-empty reply to a setter is an error; on any
-error every touched instance is put back to the state it had before.
+error every touched instance is put back to the state it had before. Each phase is a function of its own (``_read``,
+``_quorum``, ``_plan``, ``_bring_up``, ``_drain``, ``_take_down``, ``_verify``, ``_persist``); every command that
+changes HAProxy, forward or in the rollback, goes through ``_apply``, and ``_rollback_on_failure`` wraps the
+forward phases.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -506,28 +510,87 @@ def _health(row):
     return status == "UP" and check not in ("", "INI", "UNK"), detail
 
 
+class _Timing:
+    """A switch's clock: when it started and the seconds it spent waiting for health checks and drains."""
+
+    def __init__(self, clock, sleep):
+        self.clock = clock
+        self.sleep = sleep
+        self.started = clock()
+        self.waited = 0.0
+
+    def wait(self, predicate, timeout):
+        """:func:`_wait` on this clock; the time spent counts in ``waited`` also when the wait expires."""
+        done, detail, spent = _wait(predicate, timeout, self.clock, self.sleep)
+        self.waited += spent
+        return done, detail
+
+
+def _finish(result, instances, backend, timing):
+    """Complete ``result`` (returned by :func:`switch` or carried by its SwitchError) with every instance and the times."""
+    result["instances"] = [inst.result(backend) for inst in instances]
+    result["unreachable_instances"] = [inst.name for inst in instances if inst.unreachable]
+    result["elapsed"] = round(timing.clock() - timing.started, 6)
+    result["waited"] = round(timing.waited, 6)
+    return result
+
+
 def switch(instances, backend, desired, min_instances=None, check_mode=False, drain=False, drain_timeout=30.0,
            shutdown_sessions=False, wait_healthy=True, healthy_timeout=10.0, persist=True,
            clock=time.monotonic, sleep=time.sleep):
     """Bring ``backend`` on every reachable instance to ``desired``; see the module documentation.
 
+    The phases, each a function: :func:`_read`, :func:`_quorum`, :func:`_plan`, then inside
+    :func:`_rollback_on_failure` :func:`_bring_up`, :func:`_drain`, :func:`_take_down` (all three sending through
+    :func:`_apply`), :func:`_verify` and :func:`_persist`.
     Returns a result dict; raises SwitchError (with ``.result``) on failure after rolling back.
     """
     check_names(backend, desired)
-    started = clock()
-    waited = 0.0
+    timing = _Timing(clock, sleep)
     if min_instances is None:
         min_instances = len(instances)
     result = {"changed": False, "instances": [], "unreachable_instances": [], "rolled_back": False, "waited": 0.0}
 
     def finish():
-        result["instances"] = [inst.result(backend) for inst in instances]
-        result["unreachable_instances"] = [inst.name for inst in instances if inst.unreachable]
-        result["elapsed"] = round(clock() - started, 6)
-        result["waited"] = round(waited, 6)
-        return result
+        return _finish(result, instances, backend, timing)
 
-    # 1. read
+    try:
+        _read(instances)
+    except HAProxyError as exc:
+        raise SwitchError(f"{exc}; nothing was changed", finish()) from exc
+    reachable, shortfall = _quorum(instances, min_instances)
+    if shortfall:
+        raise SwitchError(shortfall, finish())
+    try:
+        result["changed"] = _plan(reachable, backend, desired, drain)
+    except HAProxyError as exc:
+        raise SwitchError(f"{exc}; nothing was changed", finish()) from exc
+    if check_mode or not result["changed"]:
+        for inst in reachable:
+            inst.after = _expected(inst.before, backend, desired)
+        if not check_mode and persist:
+            # Nothing to change, but make sure the state files hold the current state (a reload must not undo it).
+            try:
+                _persist(reachable)
+            except HAProxyError as exc:
+                raise SwitchError(str(exc), finish()) from exc
+        return finish()
+    with _rollback_on_failure(reachable, backend, persist, result, finish):
+        _bring_up(reachable, backend, timing, wait_healthy, healthy_timeout)
+        _drain(reachable, backend, timing, result, drain, drain_timeout, shutdown_sessions)
+        _take_down(reachable, backend, shutdown_sessions)
+        _verify(reachable, backend, desired)
+        if persist:
+            _persist(reachable)
+    return finish()
+
+
+def _read(instances):
+    """Phase 1, read: each instance's ``show servers state`` into ``inst.before``.
+
+    An instance whose Runtime API cannot be reached is marked unreachable (:func:`_quorum` decides about it); any
+    other error is recorded on its instance and raised at once, before the next instance is read.
+    """
     for inst in instances:
         try:
             inst.before = inst.client.servers_state()
@@ -536,86 +599,117 @@ def switch(instances, backend, desired, min_instances=None, check_mode=False, dr
             inst.error = str(exc)
         except HAProxyError as exc:
             inst.error = str(exc)
-            raise SwitchError(f"{exc}; nothing was changed", finish()) from exc
-    reachable = [inst for inst in instances if not inst.unreachable]
-    if len(reachable) < min_instances:
-        down = "; ".join(inst.error for inst in instances if inst.unreachable)
-        raise SwitchError(f"quorum not met: {len(reachable)} of {len(instances)} HAProxy instances reachable, "
-                          f"min_instances is {min_instances}; nothing was changed. Unreachable: {down}", finish())
+            raise
 
-    # 2. plan
+
+def _quorum(instances, min_instances):
+    """The quorum decision after :func:`_read`: (reachable instances, None) when at least ``min_instances`` answered,
+    else (reachable instances, the error message, which names every unreachable instance with its error).
+
+    Only the reachable instances are switched, and a failure on any of them rolls every one back, so the instances
+    not switched are exactly ``unreachable_instances``. A failover passes a quorum below the number of instances (the
+    lost data center's load balancer may be unreachable), a switchover all of them (hanzo.kms.global_lb_switch_quorum;
+    all is also the default).
+    """
+    reachable = [inst for inst in instances if not inst.unreachable]
+    if len(reachable) >= min_instances:
+        return reachable, None
+    down = "; ".join(inst.error for inst in instances if inst.unreachable)
+    return reachable, (f"quorum not met: {len(reachable)} of {len(instances)} HAProxy instances reachable, "
+                       f"min_instances is {min_instances}; nothing was changed. Unreachable: {down}")
+
+
+def _plan(reachable, backend, desired, drain):
+    """Phase 2, plan: each reachable instance's steps into ``inst.plan`` (:func:`plan_instance`, with a drain step
+    first when ``drain``); the first error is recorded on its instance and raised. Returns whether any instance
+    needs a change."""
     for inst in reachable:
         try:
             inst.plan = plan_instance(inst.before, backend, desired, drain_first=drain, instance=inst.name)
         except HAProxyError as exc:
             inst.error = str(exc)
-            raise SwitchError(f"{exc}; nothing was changed", finish()) from exc
-    result["changed"] = any(inst.plan["up"] or inst.plan["down"] for inst in reachable)
-    if check_mode or not result["changed"]:
-        for inst in reachable:
-            inst.after = _expected(inst.before, backend, desired)
-        if not check_mode and persist:
-            # Nothing to change, but make sure the state files hold the current state (a reload must not undo it).
-            try:
-                for inst in reachable:
-                    if inst.state_file:
-                        write_state_file(inst.state_file, inst.client.raw_servers_state())
-            except HAProxyError as exc:
-                raise SwitchError(str(exc), finish()) from exc
-        return finish()
+            raise
+    return any(inst.plan["up"] or inst.plan["down"] for inst in reachable)
 
-    # 3. apply, make-before-break, across all instances phase by phase
+
+def _apply(inst, steps, label=""):
+    """Send ``steps`` to one instance in order: the one place a switch changes HAProxy, forward and in the rollback.
+
+    Before each command is sent the instance is marked touched and the command recorded in ``inst.executed``
+    (prefixed with ``label``: ``"rollback: "`` in the rollback), so an instance whose first command was rejected is
+    rolled back too. The first rejected command raises.
+    """
+    for step in steps:
+        inst.touched = True
+        inst.executed.append(label + step["command"])
+        inst.client.setter(step["command"])
+
+
+def _bring_up(reachable, backend, timing, wait_healthy, healthy_timeout):
+    """Phase 3, apply (make): every instance's "up" steps, then, with ``wait_healthy``, wait until each server set
+    ready passes its health checks on every instance; raises when they do not within ``healthy_timeout``."""
+    for inst in reachable:
+        _apply(inst, inst.plan["up"])
+    coming_up = {inst.name: sorted({s["server"] for s in inst.plan["up"] if s["kind"] == "ready"}) for inst in reachable}
+    if wait_healthy and any(coming_up.values()):
+        healthy, detail = timing.wait(lambda: _all_healthy(reachable, backend, coming_up), healthy_timeout)
+        if not healthy:
+            raise HAProxyError(f"servers brought up did not pass their health checks within {healthy_timeout:g}s: {detail}")
+
+
+def _drain(reachable, backend, timing, result, drain, drain_timeout, shutdown_sessions):
+    """Phase 4, drain: every instance's drain steps, then, with ``drain``, wait until the sessions of those servers
+    reach 0 (recorded in ``result["drain_timed_out"]``). An expired wait raises unless ``shutdown_sessions`` (then
+    :func:`_take_down` cuts the sessions)."""
+    draining = {}
+    for inst in reachable:
+        steps = [step for step in inst.plan["down"] if step["kind"] == "drain"]
+        _apply(inst, steps)
+        if steps:
+            draining.setdefault(inst.name, []).extend(step["server"] for step in steps)
+    if drain and draining:
+        drained, detail = timing.wait(lambda: _all_drained(reachable, backend, draining), drain_timeout)
+        result["drain_timed_out"] = not drained
+        if not drained and not shutdown_sessions:
+            raise HAProxyError(f"sessions did not drain within {drain_timeout:g}s: {detail} "
+                               "(set shutdown_sessions to cut them, or raise drain_timeout)")
+
+
+def _take_down(reachable, backend, shutdown_sessions):
+    """Phase 5, apply (break): every instance's other "down" steps (final states, weights), then, with
+    ``shutdown_sessions``, ``shutdown sessions server`` for each server that went to maint or drain."""
+    for inst in reachable:
+        _apply(inst, [step for step in inst.plan["down"] if step["kind"] != "drain"])
+    if shutdown_sessions:
+        for inst in reachable:
+            names = sorted({s["server"] for s in inst.plan["down"] if s["kind"] in ("maint", "drain")})
+            _apply(inst, [{"command": f"shutdown sessions server {backend}/{name}"} for name in names])
+
+
+def _verify(reachable, backend, desired):
+    """Phase 6, verify: read every instance back into ``inst.after``; the first that differs from ``desired`` raises."""
+    for inst in reachable:
+        inst.after = inst.client.servers_state(backend)
+        problems = mismatches(inst.after, backend, desired)
+        if problems:
+            raise HAProxyCommandError(f"{inst.name}: read-back does not match the request: {'; '.join(problems)}")
+
+
+def _persist(instances):
+    """Phase 7, persist: write each instance's ``show servers state`` to its server-state-file, if it has one (so a
+    reload with ``load-server-state-from-file`` keeps the state)."""
+    for inst in instances:
+        if inst.state_file:
+            write_state_file(inst.state_file, inst.client.raw_servers_state())
+
+
+@contextlib.contextmanager
+def _rollback_on_failure(reachable, backend, persist, result, finish):
+    """Rollback around the forward phases (the ``with`` body): when one raises HAProxyError, record the error on the
+    instance it names, put every touched instance back to its snapshot (:func:`_rollback`) and raise SwitchError
+    with ``finish()`` (``rolled_back``, ``rollback_errors``). Other exceptions pass through unchanged."""
     try:
-        for inst in reachable:
-            for step in inst.plan["up"]:
-                inst.touched = True
-                inst.executed.append(step["command"])
-                inst.client.setter(step["command"])
-        coming_up = {inst.name: sorted({s["server"] for s in inst.plan["up"] if s["kind"] == "ready"}) for inst in reachable}
-        if wait_healthy and any(coming_up.values()):
-            ok, detail, spent = _wait(lambda: _all_healthy(reachable, backend, coming_up), healthy_timeout, clock, sleep)
-            waited += spent
-            if not ok:
-                raise HAProxyError(f"servers brought up did not pass their health checks within {healthy_timeout:g}s: {detail}")
-        # drain steps first (all instances), then wait, then final states
-        draining = {}
-        for inst in reachable:
-            for step in inst.plan["down"]:
-                if step["kind"] == "drain":
-                    inst.touched = True
-                    inst.executed.append(step["command"])
-                    inst.client.setter(step["command"])
-                    draining.setdefault(inst.name, []).append(step["server"])
-        if drain and draining:
-            ok, detail, spent = _wait(lambda: _all_drained(reachable, backend, draining), drain_timeout, clock, sleep)
-            waited += spent
-            result["drain_timed_out"] = not ok
-            if not ok and not shutdown_sessions:
-                raise HAProxyError(f"sessions did not drain within {drain_timeout:g}s: {detail} "
-                                   "(set shutdown_sessions to cut them, or raise drain_timeout)")
-        for inst in reachable:
-            for step in inst.plan["down"]:
-                if step["kind"] != "drain":
-                    inst.touched = True
-                    inst.executed.append(step["command"])
-                    inst.client.setter(step["command"])
-        if shutdown_sessions:
-            for inst in reachable:
-                for name in sorted({s["server"] for s in inst.plan["down"] if s["kind"] in ("maint", "drain")}):
-                    command = f"shutdown sessions server {backend}/{name}"
-                    inst.executed.append(command)
-                    inst.client.setter(command)
-        # 4. verify
-        for inst in reachable:
-            inst.after = inst.client.servers_state(backend)
-            problems = mismatches(inst.after, backend, desired)
-            if problems:
-                raise HAProxyCommandError(f"{inst.name}: read-back does not match the request: {'; '.join(problems)}")
-        # 5. persist
-        if persist:
-            for inst in reachable:
-                if inst.state_file:
-                    write_state_file(inst.state_file, inst.client.raw_servers_state())
+        yield
     except HAProxyError as exc:
         for inst in reachable:
             if inst.error is None and str(exc).startswith(inst.name + ":"):
@@ -629,7 +723,6 @@ def switch(instances, backend, desired, min_instances=None, check_mode=False, dr
         else:
             message += "Every instance was rolled back to its previous state."
         raise SwitchError(message, finish()) from exc
-    return finish()
 
 
 def _expected(states, backend, desired):
@@ -678,24 +771,30 @@ def _all_drained(instances, backend, servers):
 
 
 def _rollback(instances, backend, persist):
-    """Put every touched instance back to its ``before`` state; return a list of errors (empty = clean)."""
+    """Put every touched instance back to its ``before`` state (:func:`_restore`); return a list of errors (empty =
+    clean). An instance that fails to restore does not stop the others."""
     errors = []
     for inst in instances:
         if not inst.touched:
             continue
-        previous = snapshot(inst.before, backend, names={s["server"] for s in inst.plan["up"] + inst.plan["down"]})
         try:
-            current = inst.client.servers_state(backend)
-            steps = restore_plan(current, backend, previous)
-            for step in steps["up"] + steps["down"]:
-                inst.executed.append(f"rollback: {step['command']}")
-                inst.client.setter(step["command"])
-            inst.after = inst.client.servers_state(backend)
-            problems = mismatches(inst.after, backend, previous)
-            if problems:
-                raise HAProxyCommandError(f"{inst.name}: read-back after rollback: {'; '.join(problems)}")
-            if persist and inst.state_file:
-                write_state_file(inst.state_file, inst.client.raw_servers_state())
+            _restore(inst, backend, persist)
         except HAProxyError as exc:
             errors.append(str(exc))
     return errors
+
+
+def _restore(inst, backend, persist):
+    """One instance back to its snapshot: the servers its plan named go from their state read now to their state in
+    ``inst.before`` (make-before-break, sent by :func:`_apply` labelled ``rollback:``), then read back into
+    ``inst.after`` (a difference raises) and persisted. Raises HAProxyError on any failure."""
+    previous = snapshot(inst.before, backend, names={s["server"] for s in inst.plan["up"] + inst.plan["down"]})
+    current = inst.client.servers_state(backend)
+    steps = restore_plan(current, backend, previous)
+    _apply(inst, steps["up"] + steps["down"], "rollback: ")
+    inst.after = inst.client.servers_state(backend)
+    problems = mismatches(inst.after, backend, previous)
+    if problems:
+        raise HAProxyCommandError(f"{inst.name}: read-back after rollback: {'; '.join(problems)}")
+    if persist:
+        _persist([inst])

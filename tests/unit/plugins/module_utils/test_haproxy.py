@@ -459,3 +459,227 @@ def test_state_file_write_keeps_mode(tmp_path):
     assert path.read_text() == "1\n# header\n" and (path.stat().st_mode & 0o777) == 0o600
     with pytest.raises(hx.HAProxyError, match="cannot write the server-state-file"):
         hx.write_state_file(str(tmp_path / "missing" / "state"), "1\n")
+
+
+# --- the switch's phases, one function each (issue 17 item 4) -------------------------------------------------
+# pylint: disable=protected-access
+TO_DC2 = {"dc1": {"state": "maint"}, "dc2": {"state": "ready"}}
+
+
+def read_and_plan(*runtimes, desired=None, drain=False, state_files=None):
+    """Instances over ``runtimes`` after the read and plan phases (every runtime reachable)."""
+    instances = fake_instances(*runtimes, state_files=state_files)
+    hx._read(instances)
+    reachable, shortfall = hx._quorum(instances, len(instances))
+    assert shortfall is None and reachable == instances
+    hx._plan(instances, "kms", desired or TO_DC2, drain)
+    return instances
+
+
+def set_commands(runtime):
+    return [c for c in runtime.log if not c.startswith("show")]
+
+
+def test_read_marks_unreachable_and_stops_at_any_other_error():
+    lb1, lb2, lb3, lb4 = initial("lb1"), initial("lb2", reachable=False), initial("lb3"), initial("lb4")
+    instances = fake_instances(lb1, lb2, lb3, lb4)
+    instances[2].client.execute = lambda command: "Permission denied\n\n"
+    with pytest.raises(hx.HAProxyCommandError, match="lb3: unexpected reply to 'show servers state': Permission denied"):
+        hx._read(instances)
+    assert [inst.unreachable for inst in instances] == [False, True, False, False]
+    assert "Connection refused" in instances[1].error and "Permission denied" in instances[2].error
+    assert instances[0].before and instances[0].error is None
+    assert not lb4.log and instances[3].before is None  # nothing read after the error
+
+
+@pytest.mark.parametrize("reachable, min_instances, switched", [
+    ([True, True], 2, ["lb1", "lb2"]),       # a switchover: every instance
+    ([True, False], 1, ["lb1"]),             # a failover with lb2's data center lost
+    ([False, False, True], 1, ["lb3"]),
+    ([False, False], 0, []),                 # refreshing the state files only
+])
+def test_quorum_met(reachable, min_instances, switched):
+    instances = fake_instances(*(initial(f"lb{i + 1}", reachable=up) for i, up in enumerate(reachable)))
+    hx._read(instances)
+    chosen, shortfall = hx._quorum(instances, min_instances)
+    assert shortfall is None and [inst.name for inst in chosen] == switched
+
+
+def test_quorum_not_met_names_every_unreachable_instance():
+    instances = fake_instances(initial("lb1", reachable=False), initial("lb2", reachable=False), initial("lb3"))
+    hx._read(instances)
+    chosen, shortfall = hx._quorum(instances, 2)
+    assert [inst.name for inst in chosen] == ["lb3"]
+    assert shortfall == ("quorum not met: 1 of 3 HAProxy instances reachable, min_instances is 2; nothing was changed. "
+                         "Unreachable: lb1: cannot connect to the Runtime API at x: Connection refused; "
+                         "lb2: cannot connect to the Runtime API at x: Connection refused")
+
+
+def test_plan_reports_change_and_records_the_failing_instance():
+    lb1, lb2 = initial("lb1"), initial("lb2")
+    instances = read_and_plan(lb1, lb2)
+    assert [hx._plan(instances, "kms", TO_DC2, False), hx._plan(instances, "kms", {"dc1": {"state": "ready"}}, False)] == [
+        True, False]
+    with pytest.raises(hx.HAProxyCommandError, match="lb1: no server 'dc3'"):
+        hx._plan(instances, "kms", {"dc3": {"state": "ready"}}, False)
+    assert "no server 'dc3'" in instances[0].error and instances[1].error is None
+    assert not set_commands(lb1) and not set_commands(lb2)
+
+
+def test_apply_records_each_command_before_sending_and_stops_at_the_first_rejection():
+    lb1 = initial("lb1", fail_on={"set server kms/dc1 state maint"})
+    inst = fake_instances(lb1)[0]
+    hx._apply(inst, [])
+    assert not inst.touched and inst.executed == []
+    steps = [{"command": "set server kms/dc2 state ready"}, {"command": "set server kms/dc1 state maint"},
+             {"command": "set server kms/dc1 weight 0"}]
+    with pytest.raises(hx.HAProxyCommandError, match="lb1: HAProxy rejected 'set server kms/dc1 state maint'"):
+        hx._apply(inst, steps)
+    assert inst.touched and inst.executed == ["set server kms/dc2 state ready", "set server kms/dc1 state maint"]
+    assert set_commands(lb1) == inst.executed  # the weight was never sent
+    hx._apply(inst, steps[:1], "rollback: ")
+    assert inst.executed[-1] == "rollback: set server kms/dc2 state ready" and lb1.log[-1] == "set server kms/dc2 state ready"
+
+
+def test_rejected_first_command_still_counts_as_touched():
+    lb1 = initial("lb1", level="operator")
+    inst = fake_instances(lb1)[0]
+    with pytest.raises(hx.HAProxyCommandError, match="Permission denied"):
+        hx._apply(inst, [{"command": "set server kms/dc2 state ready"}])
+    assert inst.touched
+
+
+def test_rollback_restores_every_reached_instance_when_the_apply_fails_on_the_second():
+    lb1, lb2, lb3 = initial("lb1"), initial("lb2", fail_on={"set server kms/dc2 state ready"}), initial("lb3")
+    instances = read_and_plan(lb1, lb2, lb3)
+    logged = [len(rt.log) for rt in (lb1, lb2, lb3)]
+    result = {"rolled_back": False}
+    clock = FakeClock()
+    with pytest.raises(hx.SwitchError) as failure:
+        with hx._rollback_on_failure(instances, "kms", False, result, lambda: result):
+            hx._bring_up(instances, "kms", hx._Timing(clock, clock.sleep), False, 1.0)
+    assert str(failure.value) == ("switch of backend 'kms' failed: lb2: HAProxy rejected 'set server kms/dc2 state ready': "
+                                  "Simulated failure.. Every instance was rolled back to its previous state.")
+    assert failure.value.result == {"rolled_back": True, "rollback_errors": []}
+    assert admin(lb1) == admin(lb2) == admin(lb3) == {"dc1": 0, "dc2": 1}
+    assert instances[0].executed == ["set server kms/dc2 state ready", "rollback: set server kms/dc2 state maint"]
+    assert instances[1].executed == ["set server kms/dc2 state ready"]  # touched: read back, nothing to restore
+    assert instances[1].error.startswith("lb2: HAProxy rejected") and instances[0].error is None
+    assert not instances[2].touched and len(lb3.log) == logged[2]  # never changed, so not contacted again
+    assert lb2.log[logged[1]:] == ["set server kms/dc2 state ready", "show servers state kms", "show servers state kms"]
+
+
+def test_rollback_wrapper_lets_success_and_foreign_errors_through():
+    lb1 = initial("lb1")
+    instances = read_and_plan(lb1)
+    result = {"rolled_back": False}
+    with hx._rollback_on_failure(instances, "kms", False, result, lambda: result):
+        hx._take_down(instances, "kms", False)
+    assert result == {"rolled_back": False} and admin(lb1) == {"dc1": 1, "dc2": 1}
+    with pytest.raises(KeyError):
+        with hx._rollback_on_failure(instances, "kms", False, result, lambda: result):
+            raise KeyError("not an HAProxy error")
+    assert result == {"rolled_back": False} and admin(lb1) == {"dc1": 1, "dc2": 1}
+
+
+def test_rollback_reports_each_instance_it_could_not_restore():
+    lb1, lb2 = initial("lb1"), initial("lb2")
+    instances = read_and_plan(lb1, lb2)
+    for inst in instances:
+        hx._apply(inst, inst.plan["up"])
+    lb1.reachable = False
+    errors = hx._rollback(instances, "kms", False)
+    assert len(errors) == 1 and errors[0].startswith("lb1: cannot connect")
+    assert admin(lb2) == {"dc1": 0, "dc2": 1}  # lb1's failure did not stop lb2's restore
+
+
+def test_restore_only_puts_back_the_planned_servers_and_persists(tmp_path):
+    lb1 = FakeRuntime("lb1", {"dc1": (0, 1), "dc2": (1, 1), "dc3": (1, 5)})
+    inst = read_and_plan(lb1, state_files={"lb1": str(tmp_path / "lb1.state")})[0]
+    hx._apply(inst, inst.plan["up"] + inst.plan["down"])
+    lb1.servers["dc3"]["weight"] = 9  # changed by someone else meanwhile: not the switch's to restore
+    hx._restore(inst, "kms", persist=True)
+    assert admin(lb1) == {"dc1": 0, "dc2": 1, "dc3": 1} and lb1.servers["dc3"]["weight"] == 9
+    assert inst.executed[-2:] == ["rollback: set server kms/dc1 state ready", "rollback: set server kms/dc2 state maint"]
+    assert hx.snapshot(inst.after, "kms", {"dc1", "dc2"}) == hx.snapshot(inst.before, "kms", {"dc1", "dc2"})
+    assert "kms 3 dc3" in (tmp_path / "lb1.state").read_text()
+
+
+def test_restore_raises_when_the_read_back_differs():
+    lb1 = initial("lb1")
+    inst = read_and_plan(lb1)[0]
+    hx._apply(inst, inst.plan["up"])
+    original = lb1.execute
+    ignored = {"set server kms/dc2 state maint"}  # HAProxy accepts it, but the state does not change
+
+    def ignores_maint(command):
+        return "\n" if command in ignored else original(command)
+
+    inst.client.execute = ignores_maint
+    with pytest.raises(hx.HAProxyCommandError, match="lb1: read-back after rollback: dc2: state ready"):
+        hx._restore(inst, "kms", persist=False)
+
+
+def test_drain_records_the_timeout_and_the_wait_also_when_it_fails():
+    lb1 = initial("lb1", sessions={"dc1": 2})
+    instances = read_and_plan(lb1, drain=True)
+    clock = FakeClock()
+    timing = hx._Timing(clock, clock.sleep)
+    result = {}
+    with pytest.raises(hx.HAProxyError, match="sessions did not drain within 0.5s: lb1 kms/dc1 has 2 session"):
+        hx._drain(instances, "kms", timing, result, True, 0.5, False)
+    assert result == {"drain_timed_out": True} and timing.waited >= 0.5
+    assert set_commands(lb1) == ["set server kms/dc1 state drain"]
+
+
+def test_drain_timeout_with_shutdown_sessions_goes_on_to_take_down():
+    lb1 = initial("lb1", sessions={"dc1": 2})
+    instances = read_and_plan(lb1, drain=True)
+    clock = FakeClock()
+    result = {}
+    hx._drain(instances, "kms", hx._Timing(clock, clock.sleep), result, True, 0.5, True)
+    hx._take_down(instances, "kms", True)
+    assert result == {"drain_timed_out": True} and lb1.sessions["dc1"] == 0
+    assert set_commands(lb1) == ["set server kms/dc1 state drain", "set server kms/dc1 state maint",
+                            "shutdown sessions server kms/dc1"]
+    assert instances[0].executed == set_commands(lb1)
+
+
+def test_drain_without_drain_steps_does_not_wait():
+    lb1 = initial("lb1", sessions={"dc1": 2})
+    instances = read_and_plan(lb1)  # no drain step planned
+    clock = FakeClock()
+    timing = hx._Timing(clock, clock.sleep)
+    result = {}
+    hx._drain(instances, "kms", timing, result, True, 0.5, False)
+    assert result == {} and timing.waited == 0.0 and not set_commands(lb1)
+
+
+def test_verify_names_the_instance_that_differs():
+    lb1, lb2 = initial("lb1"), initial("lb2")
+    instances = read_and_plan(lb1, lb2)
+    for inst in instances:
+        hx._apply(inst, inst.plan["up"] + inst.plan["down"])
+    lb2.servers["dc1"]["admin"] = 8  # drain instead of maint
+    with pytest.raises(hx.HAProxyCommandError, match=r"lb2: read-back does not match the request: dc1: state drain \(admin_state 8\), "
+                                                     "expected maint"):
+        hx._verify(instances, "kms", TO_DC2)
+    assert instances[0].after[("kms", "dc1")].state == "maint"
+
+
+def test_failover_quorum_switches_the_reached_instances_and_names_every_other():
+    lb1, lb2, lb3 = initial("lb1"), initial("lb2", reachable=False), initial("lb3", reachable=False)
+    result = run_switch([lb1, lb2, lb3], min_instances=1)
+    assert result["changed"] and result["unreachable_instances"] == ["lb2", "lb3"]
+    assert admin(lb1) == {"dc1": 1, "dc2": 0}
+    assert [inst["reachable"] for inst in result["instances"]] == [True, False, False]
+
+
+def test_failure_after_the_quorum_rolls_back_every_reached_instance():
+    lb1, lb2 = initial("lb1"), initial("lb2", reachable=False)
+    lb3 = initial("lb3", fail_on={"set server kms/dc1 state maint"})
+    with pytest.raises(hx.SwitchError, match="lb3: HAProxy rejected.*Every instance was rolled back") as failure:
+        run_switch([lb1, lb2, lb3], min_instances=1)
+    assert admin(lb1) == admin(lb3) == {"dc1": 0, "dc2": 1}
+    assert failure.value.result["rolled_back"] and failure.value.result["unreachable_instances"] == ["lb2"]
+    assert [inst["error"] is not None for inst in failure.value.result["instances"]] == [False, True, True]
