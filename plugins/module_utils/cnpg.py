@@ -32,6 +32,7 @@ import json
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
+from ansible_collections.hanzo.kms.plugins.module_utils.times import format_epoch
 
 PHASE_HEALTHY = "Cluster in healthy state"
 PHASE_UNRECOVERABLE = "Cluster is unrecoverable and needs manual intervention"
@@ -633,7 +634,7 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         # is no longer usable, yet already holds this token)
         if token != TOKEN_PLACEHOLDER and (recorded_token(new)[1] or {}).get("token") != token:
             self._timed("record_token", self._patch, "new", "record_token",
-                        record_token_patch(token, old_self, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+                        record_token_patch(token, old_self, format_epoch(time.time())))
             new = self._objs["new"]
 
         # 3. promote the new cluster: primary and promotionToken in ONE patch

@@ -34,7 +34,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     summarize,
 )
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout
-from ansible_collections.hanzo.kms.plugins.module_utils.times import (  # noqa: F401 (utcnow, parse_time: API)
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (
     UTC,
     age_seconds,
     format_time,

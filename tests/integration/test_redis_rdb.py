@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_restore, s3_retention
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_restore, s3_retention, times
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
 from tests import rdb_corpus
@@ -356,7 +356,7 @@ def test_newest_complete_backup_is_chosen(servers, s3):
     client(src).set('marker', 'old')
     backup_to_s3(src, s3, prefix, now=None)
     client(src).set('marker', 'new')
-    stamp = (redis_backup.utcnow()).strftime(backup_layout.TIMESTAMP_FORMAT)
+    stamp = times.utcnow().strftime(backup_layout.TIMESTAMP_FORMAT)
     newer = backup_layout.backup_prefix(prefix, 'dc1', '29991231T235959Z')
     # a newer backup without a manifest is incomplete and must be ignored
     s3_client(params).put_object(Bucket=bucket, Key=newer + 'dump.rdb', Body=b'garbage')
