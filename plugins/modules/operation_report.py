@@ -152,81 +152,23 @@ written:
   elements: str
 '''
 
-import json
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import ModuleFailure
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import (
-    dumps,
-    parse_mode,
-    render,
-    update_report,
-    write_report_file,
+    REPORT_ARGUMENT_SPEC,
+    REPORT_VALIDATION,
+    run_report,
 )
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            dir=dict(type='path'),
-            name=dict(type='str'),
-            operation=dict(type='str', required=True, choices=['failover', 'switchover', 'status']),
-            step=dict(type='str'),
-            next_step=dict(type='str'),
-            result=dict(type='str', default='running', choices=['running', 'ok', 'changed', 'skipped', 'failed']),
-            detail=dict(type='str'),
-            data=dict(type='dict'),
-            update=dict(type='dict'),
-            sites=dict(type='list', elements='dict'),
-            lb=dict(type='list', elements='dict'),
-            snapshot=dict(type='str', default='current', choices=['before', 'after', 'current']),
-            finish=dict(type='str', choices=['succeeded', 'failed']),
-            latest=dict(type='bool', default=True),
-            mode=dict(type='raw', default='0600'),
-        ),
-        required_by=dict(dir=['name']),
-        supports_check_mode=True,
-    )
-    params = module.params
+    # On the control node the action plugin (plugins/action/operation_report.py) runs the same work in-process.
+    module = AnsibleModule(argument_spec=REPORT_ARGUMENT_SPEC, supports_check_mode=True, **REPORT_VALIDATION)
     try:
-        mode = parse_mode(params['mode'])
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    report = {}
-    json_path = md_path = None
-    if params['dir']:
-        json_path = os.path.join(params['dir'], params['name'] + '.json')
-        md_path = os.path.join(params['dir'], params['name'] + '.md')
-        try:
-            with open(json_path, encoding='utf-8') as handle:
-                report = json.load(handle)
-        except FileNotFoundError:
-            report = {}
-        except (OSError, ValueError) as exc:
-            module.fail_json(msg='cannot read the report %s: %s' % (json_path, exc))
-    try:
-        update_report(report, params)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    markdown = render(report)
-    result = dict(changed=False, report=report, markdown=markdown)
-    if params['dir']:
-        result.update(json_path=json_path, markdown_path=md_path)
-        if not module.check_mode:
-            try:
-                os.makedirs(params['dir'], exist_ok=True)
-                text = dumps(report)
-                written = [path for path, content in ((json_path, text), (md_path, markdown))
-                           if write_report_file(path, content, mode)]
-                if params['latest']:
-                    base = os.path.join(params['dir'], params['operation'] + '-latest')
-                    write_report_file(base + '.json', text, mode)
-                    write_report_file(base + '.md', markdown, mode)
-            except OSError as exc:
-                module.fail_json(msg='cannot write the report in %s: %s' % (params['dir'], exc))
-            result['written'] = written
-    module.exit_json(**result)
+        module.exit_json(**run_report(module.params, module.check_mode))
+    except ModuleFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
 
 
 if __name__ == '__main__':

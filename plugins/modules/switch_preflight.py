@@ -120,30 +120,22 @@ sites:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hanzo.kms.plugins.module_utils.operations import preflight
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import ModuleFailure
+from ansible_collections.hanzo.kms.plugins.module_utils.operations import PREFLIGHT_ARGUMENT_SPEC, run_preflight
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            mode=dict(type='str', required=True, choices=['failover', 'switchover']),
-            target_site=dict(type='str', required=True),
-            sites=dict(type='list', elements='dict', required=True),
-            require_promoted=dict(type='bool', default=False),
-            fail_on_refusal=dict(type='bool', default=True),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    decision = preflight(params['mode'], params['target_site'], params['sites'],
-                         require_promoted=params['require_promoted'])
-    decision['warnings_found'] = decision.pop('warnings')
+    # On the control node the action plugin (plugins/action/switch_preflight.py) runs the same work in-process.
+    module = AnsibleModule(argument_spec=PREFLIGHT_ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        decision = run_preflight(module.params, module.check_mode)
+    except ModuleFailure as exc:
+        for warning in exc.result.get('warnings_found', []):
+            module.warn(warning)
+        module.fail_json(msg=exc.msg, **exc.result)
     for warning in decision['warnings_found']:
         module.warn(warning)
-    if not decision['ok'] and params['fail_on_refusal']:
-        reasons = '; '.join(decision['refusals'])
-        module.fail_json(msg='refusing the %s to %s: %s' % (params['mode'], params['target_site'], reasons), **decision)
-    module.exit_json(changed=False, **decision)
+    module.exit_json(**decision)
 
 
 if __name__ == '__main__':
