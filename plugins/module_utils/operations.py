@@ -844,8 +844,8 @@ PREFLIGHT_ARGUMENT_SPEC = dict(
 )
 
 
-def run_preflight(params, check_mode=False):  # pylint: disable=unused-argument (read-only: the same in check mode)
-    """The go/no-go decision as the module returns it (``warnings_found``: the warnings, which the caller shows).
+def run_preflight(params, check_mode=False):  # pylint: disable=unused-argument
+    """Read-only, so the same in check mode. The go/no-go decision as the module returns it (``warnings_found``: the warnings, which the caller shows).
     Raises ModuleFailure with the decision when refused and ``fail_on_refusal``."""
     decision = preflight(params["mode"], params["target_site"], params["sites"],
                          require_promoted=params["require_promoted"])

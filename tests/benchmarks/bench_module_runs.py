@@ -5,7 +5,8 @@ Usage (no lab needed):
     .venv/bin/python tests/benchmarks/bench_module_runs.py [--runs 10]
 
 A failover records every step in its report (hanzo.kms.operation_report) and decides with hanzo.kms.switch_preflight;
-each is a module run on the control node, and the runs between dc1's loss and the LB switch are the RTO. Printed:
+each was a module run on the control node (now an action plugin that does the same work in the controller's
+process, plugins/plugin_utils/in_process.py), and the runs between dc1's loss and the LB switch are the RTO. Printed:
 
 1. seconds per run of ``ansible.builtin.ping`` (the baseline: an AnsiballZ module that imports nothing) and of
    ``hanzo.kms.operation_report`` in one playbook, and their ratio;

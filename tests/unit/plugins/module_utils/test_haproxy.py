@@ -641,7 +641,7 @@ def test_drain_timeout_with_shutdown_sessions_goes_on_to_take_down():
     hx._take_down(instances, "kms", True)
     assert result == {"drain_timed_out": True} and lb1.sessions["dc1"] == 0
     assert set_commands(lb1) == ["set server kms/dc1 state drain", "set server kms/dc1 state maint",
-                            "shutdown sessions server kms/dc1"]
+                                 "shutdown sessions server kms/dc1"]
     assert instances[0].executed == set_commands(lb1)
 
 
