@@ -1,0 +1,123 @@
+"""Fixtures for the modules' unit tests: run a module's main() on given arguments without a process, capture what it
+gives AnsibleModule, and check that its secret options are no_log.
+
+``run_module(module, args)`` feeds ``args`` to the module through ansible-core's own helper
+(ansible.module_utils.testing.patch_module_args) and returns ``(failed, result)`` from the module's exit_json or
+fail_json, which raise instead of printing and exiting; ``run_module.instance`` is the AnsibleModule of the last run
+(its ``params`` and ``no_log_values``).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+
+class ModuleReturned(SystemExit):
+    """Raised by the patched exit_json / fail_json, with what the module returned. A SystemExit, like the real ones'
+    sys.exit(), so that a module's ``except Exception`` around its exit_json does not catch it."""
+
+    def __init__(self, failed, result, instance):
+        super().__init__(result.get('msg', ''))
+        self.failed = failed
+        self.result = result
+        self.instance = instance
+
+
+class ModuleRunner:
+    """Runs a module's main() on arguments; see the file's docstring."""
+
+    def __init__(self):
+        self.instance = None
+
+    def __call__(self, module, args, check_mode=False, diff=False):
+        name = module.__name__.rsplit('.', maxsplit=1)[-1]
+        internal = {'_ansible_module_name': f'hanzo.kms.{name}', '_ansible_check_mode': check_mode, '_ansible_diff': diff}
+        self.instance = None
+        with patch_module_args(dict(args, **internal)):
+            try:
+                module.main()
+            except ModuleReturned as returned:
+                self.instance = returned.instance
+                return returned.failed, returned.result
+        pytest.fail(f'{name}.main() returned without calling exit_json or fail_json')
+        return None  # not reached: pytest.fail raises
+
+
+@pytest.fixture
+def run_module(monkeypatch):
+    def exit_json(self, **kwargs):
+        raise ModuleReturned(False, kwargs, self)
+
+    def fail_json(self, msg, **kwargs):
+        raise ModuleReturned(True, dict(kwargs, msg=msg, failed=True), self)
+
+    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
+    return ModuleRunner()
+
+
+class _Constructed(Exception):
+    pass
+
+
+@pytest.fixture
+def module_kwargs():
+    """``module_kwargs(module)``: the keyword arguments the module's main() gives AnsibleModule (argument_spec,
+    mutually_exclusive, required_if, ...), captured before any validation or work."""
+
+    def capture(module):
+        seen = {}
+
+        def fake_module(**kwargs):
+            seen.update(kwargs)
+            raise _Constructed()
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(_Constructed):
+            patch.setattr(module, 'AnsibleModule', fake_module)
+            module.main()
+        return seen
+
+    return capture
+
+
+# Option names that smell of a secret (ansible-core's own heuristic only looks for "pass").
+SECRET_LIKE = re.compile(r'pass|secret|token|auth|credential|private|api_?key|access_?key|(^|_)key$', re.IGNORECASE)
+
+
+def _walk(spec, path=''):
+    for name, option in spec.items():
+        dotted = f'{path}{name}'
+        yield dotted, name, option
+        if option.get('options'):
+            yield from _walk(option['options'], f'{dotted}.')
+
+
+@pytest.fixture
+def unprotected_secrets():
+    """``unprotected_secrets(spec, not_secret)``: the options (dotted paths into suboptions) whose name or alias looks
+    like a secret but are not no_log=True. Paths to files (type=path: a key file's name, not the key) pass, and so do
+    the options of ``not_secret`` (dotted path -> why it is not a secret); every one of those must exist in the spec
+    and look like a secret, so that the exemptions cannot go stale."""
+
+    def check(spec, not_secret=None):
+        not_secret = dict(not_secret or {})
+        offenders = []
+        for dotted, name, option in _walk(spec):
+            names = [name] + list(option.get('aliases') or [])
+            if not any(SECRET_LIKE.search(n) for n in names):
+                continue
+            if dotted in not_secret:
+                assert option.get('no_log') is not True, f'{dotted} is exempted as not secret but is no_log'
+                not_secret.pop(dotted)
+                continue
+            if option.get('no_log') is True or option.get('type') == 'path':
+                continue
+            offenders.append(dotted)
+        assert not not_secret, f'stale not-secret exemptions (no such secret-like option): {sorted(not_secret)}'
+        return offenders
+
+    return check
