@@ -296,7 +296,7 @@ def main():
     # Before any client is made: a bad value found by the first wait would come after the demotion patch.
     for option in ('demotion_timeout', 'promotion_timeout', 'request_timeout', 'poll_interval'):
         if params[option] <= 0:
-            module.fail_json(msg=f'{option} must be greater than 0, got {params[option]}')
+            module.fail_json(msg=f'{option} must be greater than 0, got {params[option]:g}')
     sides = {}
     for side in ('old_cluster', 'new_cluster'):
         try:

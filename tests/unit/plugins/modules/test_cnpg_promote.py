@@ -139,10 +139,10 @@ def test_secret_values_given_per_side_are_masked(run_module, work):
     assert {"top-token", "dc1-token", "dc2-password"} <= run_module.instance.no_log_values
 
 
-@pytest.mark.xfail(strict=True, reason="defect: poll_interval < 0 is accepted (plugins/modules/cnpg_promote.py:285); the demotion "
-                                       "patch is applied, then time.sleep() raises ValueError in Promoter._wait "
-                                       "(plugins/module_utils/cnpg.py:504), which main() does not catch: a traceback")
-def test_a_negative_poll_interval_is_refused_before_anything_is_patched(run_module, work):
-    failed, result = run_module(module, dict(ARGS, poll_interval=-1))
-    assert failed and "poll_interval" in result["msg"], result
+@pytest.mark.parametrize("option, value", [("poll_interval", -1), ("poll_interval", 0), ("request_timeout", 0),
+                                           ("promotion_timeout", -5), ("demotion_timeout", 0)])
+def test_a_non_positive_timeout_or_interval_is_refused_before_anything_is_patched(run_module, work, option, value):
+    failed, result = run_module(module, dict(ARGS, **{option: value}))
+    assert failed and result["msg"] == f"{option} must be greater than 0, got {value}", result
     work.Promoter.assert_not_called()
+
