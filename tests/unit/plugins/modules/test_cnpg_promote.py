@@ -145,4 +145,3 @@ def test_a_non_positive_timeout_or_interval_is_refused_before_anything_is_patche
     failed, result = run_module(module, dict(ARGS, **{option: value}))
     assert failed and result["msg"] == f"{option} must be greater than 0, got {value}", result
     work.Promoter.assert_not_called()
-
