@@ -98,7 +98,7 @@ def playbook(lab, path, *args, timeout=900):
 
 def changed(output):
     """Changed tasks per host from a play recap (ansible-playbook's, or Molecule's with its "│ " margin)."""
-    return {host: int(ch) for host, _ok, ch, _unr, _failed in RECAP.findall(re.sub(r"(?m)^\s*│ ?", "", output))}
+    return {host: int(ch) for host, _ok, ch, _unr, _failed in RECAP.findall(re.sub(r"(?m)^[ \t]*(?:│ ?)?", "", output))}
 
 
 def kubectl(lab, site, *args, timeout=60):
@@ -145,20 +145,33 @@ def clusters(operator_installed):
 
 def molecule_default(lab):
     """``molecule test -s default`` on ``lab``; (the converge action's output, seconds). Must succeed."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", NO_COLOR="1", HANZO_KMS_LAB_DIR=str(lab.dir),
-               HANZO_KMS_LAB_CNPG="operator", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(os.environ, HANZO_KMS_LAB_DIR=str(lab.dir), HANZO_KMS_LAB_CNPG="operator",
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     started = time.monotonic()
     # Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
     subprocess.run([str(BIN / "molecule"), "reset", "-s", "default"], cwd=REPO_ROOT, env=env, capture_output=True,
                    check=True, timeout=120)
     proc = subprocess.run([str(BIN / "molecule"), "test", "-s", "default"], cwd=REPO_ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800, check=False)
-    output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # colour codes, should any survive NO_COLOR
+    output = molecule_text(proc.stdout)
     assert proc.returncode == 0, f"molecule test -s default failed:\n{output[-10000:]}"
     for action in ("syntax", "prepare", "converge", "idempotence", "verify"):
         assert f"{action}: Executed: Successful" in output, f"Molecule's {action} did not succeed:\n{output[-4000:]}"
-    converge = output[output.index("converge: Executing"):output.index("idempotence: Executing")]
-    return converge, round(time.monotonic() - started, 1)
+    return molecule_action(output, "converge", "idempotence"), round(time.monotonic() - started, 1)
+
+
+def molecule_text(stdout):
+    """Molecule's output without colour codes (it writes them to a pipe too)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", stdout)
+
+
+def molecule_action(output, action, following):
+    """The output of one Molecule action: from its "Executing" line to the next action's. Molecule words it
+    "default ➜ converge: Executing", or "[default > converge] Executing" when NO_COLOR is set."""
+    start = re.search(rf"\b{action}\]?:? Executing", output)
+    end = re.search(rf"\b{following}\]?:? Executing", output)
+    assert start and end, f"no {action} action in Molecule's output:\n{output[-4000:]}"
+    return output[start.start():end.start()]
 
 
 def test_lab_runs_cnpg_as_the_operator(operator_lab):
