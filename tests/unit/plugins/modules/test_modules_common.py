@@ -1,10 +1,12 @@
 """Every module has its argument-handling tests here, and the shared checks of conftest.py can fail."""
 from __future__ import annotations
 
+import ast
 import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 HERE = Path(__file__).resolve().parent
 MODULES = HERE.parents[3] / "plugins" / "modules"
@@ -47,3 +49,28 @@ def test_run_module_reports_a_module_that_returns_without_exiting(run_module):
     silent.main = lambda: None
     with pytest.raises(pytest.fail.Exception, match=r"silent\.main\(\) returned without calling exit_json or fail_json"):
         run_module(silent, {})
+
+
+def _action_groups():
+    runtime = yaml.safe_load((MODULES.parents[1] / "meta" / "runtime.yml").read_text())
+    return runtime["action_groups"]
+
+
+def _doc_fragments(name):
+    tree = ast.parse((MODULES / f"{name}.py").read_text())
+    text = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                and [target.id for target in node.targets] == ["DOCUMENTATION"])
+    documentation = yaml.safe_load(text)
+    return documentation.get("extends_documentation_fragment", [])
+
+
+def test_the_kms_action_group_lists_every_module():
+    modules = sorted(path.stem for path in MODULES.glob("*.py") if path.stem != "__init__")
+    assert sorted(_action_groups()["kms"]) == modules
+
+
+def test_the_s3_action_group_lists_exactly_the_modules_with_the_s3_options():
+    modules = sorted(path.stem for path in MODULES.glob("*.py") if path.stem != "__init__")
+    with_s3_options = [name for name in modules if "hanzo.kms.s3" in _doc_fragments(name)]
+    assert with_s3_options, "no module extends hanzo.kms.s3"
+    assert sorted(_action_groups()["s3"]) == with_s3_options
