@@ -138,6 +138,34 @@ def tls_context(ca_file, cert_file=None, key_file=None):
     return context
 
 
+def runtime_instance_spec(**extra_options):
+    """The ``instances`` option of hanzo.kms.haproxy_info and hanzo.kms.haproxy_backend: one Runtime API per item
+    (a unix socket, a TCP address, or a TLS frontend verified with ``ca_file``), plus ``extra_options``."""
+    return dict(
+        type="list", elements="dict", required=True,
+        options=dict(
+            name=dict(type="str"),
+            socket=dict(type="path"),
+            address=dict(type="str"),
+            ca_file=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path"),
+            **extra_options,
+        ),
+        mutually_exclusive=[("socket", "address"), ("socket", "ca_file")],
+        required_one_of=[("socket", "address")],
+        required_together=[("client_cert", "client_key")],
+        required_by={"client_cert": "ca_file"},
+    )
+
+
+def instance_connection(item):
+    """(name, address, tls) of one validated ``instances`` item: its TLS context when ``ca_file`` is set."""
+    address = item.get("socket") or item.get("address")
+    tls = tls_context(item["ca_file"], item.get("client_cert"), item.get("client_key")) if item.get("ca_file") else None
+    return item.get("name") or address, address, tls
+
+
 class RuntimeClient:
     """One HAProxy instance's Runtime API (stats socket), one connection per command (non-interactive mode).
 

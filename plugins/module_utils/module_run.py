@@ -13,3 +13,12 @@ class ModuleFailure(Exception):
         super().__init__(msg)
         self.msg = msg
         self.result = result
+
+
+def not_positive(params, options):
+    """The error for the first of ``options`` (durations, counts) that is not greater than 0, or None. Checked before
+    a module changes anything: 0 or a negative timeout would fail later with a misleading error, or never wait."""
+    for option in options:
+        if params[option] is not None and params[option] <= 0:
+            return f'{option} must be greater than 0, got {params[option]:g}'
+    return None

@@ -720,15 +720,17 @@ def lb_view(name, states, stats, backend):
 
 
 def read_lb(instance, backend, timeout=5.0):
-    """``lb_view`` of one instance ({name, socket|address}); an unreachable instance is reported, not raised."""
+    """``lb_view`` of one instance (an item of haproxy.runtime_instance_spec); an unreachable instance, or one whose
+    TLS files cannot be loaded, is reported, not raised."""
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient, check_names
+    from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import (
+        HAProxyError, RuntimeClient, check_names, instance_connection)
 
     check_names(backend)  # an invalid name is the caller's error, not an unreachable instance
-    address = instance.get("socket") or instance.get("address")
-    name = instance.get("name") or address
-    client = RuntimeClient(address, name=name, timeout=timeout)
+    name = instance.get("name") or instance.get("socket") or instance.get("address")
     try:
+        name, address, tls = instance_connection(instance)
+        client = RuntimeClient(address, name=name, timeout=timeout, tls=tls)
         return lb_view(name, client.servers_state(backend), client.server_stats(backend), backend)
     except HAProxyError as exc:
         return {"name": name, "reachable": False, "error": str(exc), "backend": backend, "servers": {},

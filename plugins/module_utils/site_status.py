@@ -142,7 +142,8 @@ def gather(params, reader, collect_data, connect_check=redis_connect_error):
     data_params = dict(params, password=password or None, cnpg_destination_path=destination or None,
                        probe_redis=probe_redis and not redis_error, redis_error=redis_error)
     status["data"] = collect_data(data_params)
-    access = {"site": params["site"], "kubeconfig": params.get("kubeconfig") or "",
+    # Not the kubeconfig: a no_log option (it may be given inline), which the caller has.
+    access = {"site": params["site"],
               "context": params.get("context") or "", "namespace": params["namespace"],
               "cluster_name": params["cluster_name"], "kms_name": params["kms_name"],
               "redis_host": params.get("host") or "", "redis_port": int(params.get("port") or 6379),

@@ -266,6 +266,7 @@ import copy
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import CnpgError, KubeCluster, Promoter
 
@@ -294,9 +295,9 @@ def main():
         module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
     # Before any client is made: a bad value found by the first wait would come after the demotion patch.
-    for option in ('demotion_timeout', 'promotion_timeout', 'request_timeout', 'poll_interval'):
-        if params[option] <= 0:
-            module.fail_json(msg=f'{option} must be greater than 0, got {params[option]:g}')
+    problem = not_positive(params, ('demotion_timeout', 'promotion_timeout', 'request_timeout', 'poll_interval'))
+    if problem:
+        module.fail_json(msg=problem)
     sides = {}
     for side in ('old_cluster', 'new_cluster'):
         try:

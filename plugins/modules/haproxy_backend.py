@@ -314,9 +314,11 @@ from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import (
     check_names,
     desired_from_servers,
     desired_from_sites,
+    instance_connection,
+    runtime_instance_spec,
     switch,
-    tls_context,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 
 
 def build_desired(params):
@@ -340,22 +342,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             backend=dict(type="str", required=True),
-            instances=dict(
-                type="list", elements="dict", required=True,
-                options=dict(
-                    name=dict(type="str"),
-                    socket=dict(type="path"),
-                    address=dict(type="str"),
-                    ca_file=dict(type="path"),
-                    client_cert=dict(type="path"),
-                    client_key=dict(type="path"),
-                    state_file=dict(type="path"),
-                ),
-                mutually_exclusive=[("socket", "address"), ("socket", "ca_file")],
-                required_one_of=[("socket", "address")],
-                required_together=[("client_cert", "client_key")],
-                required_by={"client_cert": "ca_file"},
-            ),
+            instances=runtime_instance_spec(state_file=dict(type="path")),
             active_site=dict(type="str"),
             sites=dict(type="dict"),
             inactive_state=dict(type="str", choices=["drain", "maint"], default="maint"),
@@ -381,6 +368,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    problem = not_positive(params, ("drain_timeout", "healthy_timeout", "timeout"))
+    if problem:
+        module.fail_json(msg=f"{problem}; nothing was sent to HAProxy")
     if params["min_instances"] is not None and not 0 <= params["min_instances"] <= len(params["instances"]):
         module.fail_json(msg=f"min_instances must be between 0 and the number of instances ({len(params['instances'])})")
     try:
@@ -390,12 +380,10 @@ def main():
         module.fail_json(msg=str(exc))
 
     try:
-        instances = [
-            Instance(item["name"] or item["socket"] or item["address"], item["socket"] or item["address"],
-                     state_file=item["state_file"], timeout=params["timeout"],
-                     tls=tls_context(item["ca_file"], item["client_cert"], item["client_key"]) if item["ca_file"] else None)
-            for item in params["instances"]
-        ]
+        instances = []
+        for item in params["instances"]:
+            name, address, tls = instance_connection(item)
+            instances.append(Instance(name, address, state_file=item["state_file"], timeout=params["timeout"], tls=tls))
     except HAProxyError as exc:
         module.fail_json(msg=f"{exc}; nothing was sent to HAProxy")
     try:

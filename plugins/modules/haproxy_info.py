@@ -51,8 +51,24 @@ options:
         type: path
       address:
         description:
-          - C(host:port) of a TCP stats socket.
+          - C(host:port) of a TCP stats socket, or of a TLS frontend in front of the Runtime API
+            (O(instances[].ca_file); hanzo.kms.global_lb's C(global_lb_admin_tls_bind)).
         type: str
+      ca_file:
+        description:
+          - Reach O(instances[].address) over TLS and verify the instance's certificate with this CA bundle (a path on
+            the host the module runs on). The certificate must name the address's host (IP or DNS name).
+          - An instance whose certificate cannot be verified is reported unreachable with the TLS error.
+        type: path
+      client_cert:
+        description:
+          - This client's certificate (PEM) for a Runtime API TLS frontend that requires one (C(verify required)).
+          - Requires O(instances[].ca_file) and O(instances[].client_key).
+        type: path
+      client_key:
+        description:
+          - The private key of O(instances[].client_cert).
+        type: path
   timeout:
     description:
       - Timeout in seconds of each Runtime API connection.
@@ -115,7 +131,8 @@ unreachable_instances:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, check_names
+from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, check_names, runtime_instance_spec
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import read_lb
 
 
@@ -123,15 +140,14 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             backend=dict(type="str", default="kms"),
-            instances=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str"),
-                socket=dict(type="path"),
-                address=dict(type="str"),
-            ), mutually_exclusive=[["socket", "address"]], required_one_of=[["socket", "address"]]),
+            instances=runtime_instance_spec(),
             timeout=dict(type="float", default=5),
         ),
         supports_check_mode=True,
     )
+    problem = not_positive(module.params, ("timeout",))
+    if problem:
+        module.fail_json(msg=problem)
     try:
         check_names(module.params["backend"])
     except HAProxyError as exc:

@@ -204,6 +204,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
     DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
@@ -246,8 +247,9 @@ def main():
     if problem:
         module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
-    if params['ttl'] <= 0:
-        module.fail_json(msg=f"ttl must be a positive number of seconds, got {params['ttl']}")
+    problem = not_positive(params, ('ttl', 'request_timeout'))
+    if problem:
+        module.fail_json(msg=problem)
     owner = params['owner']
     if not owner:
         run_id = params['run_id'] or (datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')

@@ -234,6 +234,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
     RedisError,
     redis_connection_spec,
@@ -276,6 +277,9 @@ def main():
         module.fail_json(msg='part_size must be at least 5 (MiB), the S3 minimum')
     if params['upload_concurrency'] < 1:
         module.fail_json(msg='upload_concurrency must be at least 1')
+    problem = not_positive(params, ('timeout', 'connect_timeout'))
+    if problem:
+        module.fail_json(msg=problem)
     if not crc64_is_fast():
         module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
     try:

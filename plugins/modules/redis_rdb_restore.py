@@ -433,6 +433,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError, run_restore
@@ -489,6 +490,9 @@ def main():
         module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
     if params['connections'] < 1:
         module.fail_json(msg='connections must be at least 1')
+    problem = not_positive(params, ('timeout', 'connect_timeout'))
+    if problem:
+        module.fail_json(msg=problem)
     if not crc64_is_fast():
         module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
     try:

@@ -80,9 +80,11 @@ options:
     type: str
   kubeconfig:
     description:
-      - The site's kubeconfig (as in kubernetes.core's modules; K8S_AUTH_* variables and C(~/.kube/config) apply when
-        it is not set). Only O(kubeconfig) and O(context) select the cluster here, since O(host), O(username),
-        O(password) and O(validate_certs) are the Redis and S3 settings.
+      - The site's kubeconfig, a path or a kubeconfig given inline as a dict (as in kubernetes.core's modules;
+        K8S_AUTH_* variables and C(~/.kube/config) apply when it is not set). Only O(kubeconfig) and O(context)
+        select the cluster here, since O(host), O(username), O(password) and O(validate_certs) are the Redis and S3
+        settings.
+      - Never logged nor returned (a kubeconfig holds credentials); RV(access) leaves it to the caller.
     type: raw
   context:
     description:
@@ -238,8 +240,9 @@ status:
   type: dict
 access:
   description:
-    - How to reach the site (C(site), C(kubeconfig), C(context), C(namespace), C(cluster_name), C(kms_name),
-      C(redis_host), C(redis_port), C(redis_password)). Holds the Redis password - register it with C(no_log).
+    - How to reach the site (C(site), C(context), C(namespace), C(cluster_name), C(kms_name), C(redis_host),
+      C(redis_port), C(redis_password), C(redis_tls), C(redis_tls_ca_cert)). Holds the Redis password - register it
+      with C(no_log). Not the kubeconfig, which the caller has (the hanzo.kms.site_status role adds it).
   returned: with O(cluster_name)
   type: dict
 '''
@@ -248,6 +251,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import collect_site_data
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
@@ -273,8 +277,7 @@ def argument_spec():
         redis_prefix=dict(type='str', default='redis'),
         probe_redis=dict(type='bool', default=True),
         cluster_name=dict(type='str'),
-        # not no_log (kubernetes.core's is, for a kubeconfig given inline): RV(access) returns the path
-        kubeconfig=dict(type='raw', no_log=False),
+        kubeconfig=dict(type='raw', no_log=True),  # as kubernetes.core's: a kubeconfig given inline holds credentials
         context=dict(type='str'),
         namespace=dict(type='str', default='kms'),
         object_store_name=dict(type='str'),
@@ -300,6 +303,9 @@ def kube_reader(params):
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
+    problem = not_positive(params, ('request_timeout', 'connect_timeout'))
+    if problem:
+        module.fail_json(msg=problem)
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
     problem = missing() if params['cluster_name'] else None

@@ -41,9 +41,9 @@ def ansible_env():
     return env
 
 
-def run_module(args, check=False, diff=False):
-    """Run hanzo.kms.haproxy_backend for real (ad-hoc on localhost); return its result dict."""
-    argv = [str(ANSIBLE_BIN / "ansible"), "localhost", "-m", "hanzo.kms.haproxy_backend", "-a", json.dumps(args)]
+def run_module(args, check=False, diff=False, module="hanzo.kms.haproxy_backend"):
+    """Run ``module`` for real (ad-hoc on localhost); return its result dict."""
+    argv = [str(ANSIBLE_BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args)]
     if check:
         argv.append("--check")
     if diff:
@@ -446,6 +446,21 @@ def test_lab_runtime_api_over_tls_refuses_a_client_without_its_certificate(lab):
     result = run_module({"backend": lab["lb"]["backend"], "instances": wrong_ca})
     assert result["failed"] is True and "CERTIFICATE_VERIFY_FAILED" in result["instances"][0]["error"]
     assert lab_landing(lab) == {"dc1"}
+
+
+def test_lab_haproxy_info_reads_the_runtime_api_over_tls_with_the_client_certificate(lab):
+    """haproxy_info reaches the LB hosts' TLS-only Runtime API as haproxy_backend does; an instance read without the
+    client certificate is reported unreachable with the TLS error, not fatal."""
+    instances = lab_instances(lab, "tls")
+    result = run_module({"backend": lab["lb"]["backend"], "instances": instances}, module="hanzo.kms.haproxy_info")
+    assert not result.get("failed"), result
+    assert result["serving"] == ["dc1"] and result["unreachable_instances"] == []
+    assert [inst["servers"]["dc2"]["state"] for inst in result["instances"]] == ["maint", "maint"]
+    del instances[1]["client_cert"], instances[1]["client_key"]
+    result = run_module({"backend": lab["lb"]["backend"], "instances": instances}, module="hanzo.kms.haproxy_info")
+    assert not result.get("failed"), result
+    assert result["unreachable_instances"] == [instances[1]["name"]]
+    assert "CERTIFICATE_REQUIRED" in result["instances"][1]["error"], result["instances"][1]
 
 
 def test_lab_switch_to_unpromoted_site_rolls_back(lab):

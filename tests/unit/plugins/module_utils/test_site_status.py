@@ -89,7 +89,7 @@ def test_a_reachable_replica_site_is_read_in_one_pass():
     # the ObjectStore's path is listed and the Secret's password probes Redis (and reaches the access)
     assert seen[0]["cnpg_destination_path"] == "s3://b/cnpg/dc2/" and seen[0]["password"] == "s3cret"
     assert seen[0]["probe_redis"] is True
-    assert access == {"site": "dc2", "kubeconfig": "/k/dc2", "context": "dc2", "namespace": "kms",
+    assert access == {"site": "dc2", "context": "dc2", "namespace": "kms",
                       "cluster_name": "kms-pg-dc2", "kms_name": "kms", "redis_host": "10.0.0.5",
                       "redis_port": 30379, "redis_password": "s3cret", "redis_tls": True,
                       "redis_tls_ca_cert": "/ca/redis.crt"}  # how the failover reaches the same Redis

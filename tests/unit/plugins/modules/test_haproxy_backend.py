@@ -6,6 +6,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
+from ansible_collections.hanzo.kms.plugins.module_utils import haproxy
 from ansible_collections.hanzo.kms.plugins.modules import haproxy_backend as module
 
 SOCKET = "/run/haproxy/admin.sock"
@@ -21,8 +22,9 @@ def work(monkeypatch):
         tls_context=MagicMock(return_value="tls-context"),
         switch=MagicMock(return_value={"changed": True, "instances": [], "unreachable_instances": []}),
     )
-    for name, mock in vars(mocks).items():
-        monkeypatch.setattr(module, name, mock)
+    monkeypatch.setattr(module, "Instance", mocks.Instance)
+    monkeypatch.setattr(module, "switch", mocks.switch)
+    monkeypatch.setattr(haproxy, "tls_context", mocks.tls_context)  # called by haproxy.instance_connection
     return mocks
 
 
@@ -80,6 +82,9 @@ def test_bad_arguments_fail_naming_the_problem_before_haproxy_is_contacted(run_m
     (args_with(servers=None, active_site="dc3", sites=SITES), "active_site 'dc3' is not one of the sites: dc1, dc2"),
     (args_with(servers=None, active_site="dc1", sites={"dc1": ["kms-a"], "dc2": ["kms-a"]}),
      "server 'kms-a' is listed under both sites 'dc1' and 'dc2'"),
+    (args_with(timeout=0), "timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
+    (args_with(drain_timeout=-1), "drain_timeout must be greater than 0, got -1; nothing was sent to HAProxy"),
+    (args_with(healthy_timeout=0), "healthy_timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
 ])
 def test_values_the_spec_cannot_express_are_refused_before_haproxy_is_contacted(run_module, work, args, message):
     failed, result = run_module(module, args)

@@ -28,6 +28,13 @@ def read_lb(monkeypatch):
     ({}, "missing required arguments: instances"),
     ({"instances": [{"socket": SOCKET, "address": "lb1:9999"}]}, "parameters are mutually exclusive: socket|address found in instances"),
     ({"instances": [{"name": "lb1"}]}, "one of the following is required: socket, address found in instances"),
+    ({"instances": [{"address": "lb1:9443", "client_cert": "/c.crt", "client_key": "/c.key"}]},
+     "missing parameter(s) required by 'client_cert': ca_file found in instances"),
+    ({"instances": [{"address": "lb1:9443", "ca_file": "/ca.crt", "client_cert": "/c.crt"}]},
+     "parameters are required together: client_cert, client_key found in instances"),
+    ({"instances": [{"socket": SOCKET, "ca_file": "/ca.crt"}]},
+     "parameters are mutually exclusive: socket|ca_file found in instances"),
+    (dict(ARGS, timeout=0), "timeout must be greater than 0, got 0"),
     ({"instances": [{"socket": SOCKET, "state_file": "/x"}]},
      "Unsupported parameters for (hanzo.kms.haproxy_info) module: instances.state_file."),
     (dict(ARGS, timeout="5s"), "argument 'timeout' is of type str and we were unable to convert to float"),
@@ -43,12 +50,20 @@ def test_bad_arguments_fail_naming_the_problem_before_any_instance_is_read(run_m
 def test_defaults_reach_the_reads_and_the_views_are_summed_up(run_module, read_lb):
     failed, result = run_module(module, ARGS)
     assert not failed, result
+    no_tls = {"ca_file": None, "client_cert": None, "client_key": None}
     assert [call.args for call in read_lb.call_args_list] == [
-        ({"name": None, "socket": SOCKET, "address": None}, "kms", 5.0),
-        ({"name": "lb2", "socket": None, "address": "10.0.0.2:9999"}, "kms", 5.0)]
+        ({"name": None, "socket": SOCKET, "address": None, **no_tls}, "kms", 5.0),
+        ({"name": "lb2", "socket": None, "address": "10.0.0.2:9999", **no_tls}, "kms", 5.0)]
     assert result["changed"] is False
     assert result["serving"] == ["kms-a", "kms-b"] and result["unreachable_instances"] == ["lb2"]
     assert [inst["name"] for inst in result["instances"]] == [SOCKET, "lb2"]
+
+
+def test_the_tls_files_of_an_instance_reach_its_read(run_module, read_lb):
+    tls = {"ca_file": "/ca.crt", "client_cert": "/c.crt", "client_key": "/c.key"}
+    failed, result = run_module(module, {"instances": [{"name": "lb1", "address": "10.0.0.1:9443", **tls}]})
+    assert not failed, result
+    assert read_lb.call_args.args[0] == {"name": "lb1", "socket": None, "address": "10.0.0.1:9443", **tls}
 
 
 def test_backend_and_timeout_are_passed_on_in_check_mode(run_module, read_lb):

@@ -52,8 +52,9 @@ def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_mo
 
 
 @pytest.mark.parametrize("args, message", [
-    (args_with(ttl=0), "ttl must be a positive number of seconds, got 0"),
-    (args_with(ttl=-60), "ttl must be a positive number of seconds, got -60"),
+    (args_with(ttl=0), "ttl must be greater than 0, got 0"),
+    (args_with(ttl=-60), "ttl must be greater than 0, got -60"),
+    (args_with(request_timeout=0), "request_timeout must be greater than 0, got 0"),
     (args_with(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]), "sites must name each site once, got ['dc1', 'dc1']"),
     (args_with(sites=[]), "sites must name each site once, got []"),
 ])

@@ -40,6 +40,8 @@ def args_with(**changes):
     (args_with(key="dump.rdb"), "Unsupported parameters for (hanzo.kms.redis_rdb_backup) module: key."),
     (args_with(part_size=4), "part_size must be at least 5 (MiB), the S3 minimum"),
     (args_with(upload_concurrency=0), "upload_concurrency must be at least 1"),
+    (args_with(timeout=0), "timeout must be greater than 0, got 0"),
+    (args_with(connect_timeout=-1), "connect_timeout must be greater than 0, got -1"),
 ])
 def test_bad_arguments_fail_naming_the_problem_before_redis_or_s3_is_contacted(run_module, work, args, message):
     failed, result = run_module(module, args)

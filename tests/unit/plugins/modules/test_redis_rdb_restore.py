@@ -51,6 +51,8 @@ def from_s3(**changes):
     (args_with(timeout="1h"), "argument 'timeout' is of type str and we were unable to convert to float"),
     (args_with(dest="/tmp/x"), "Unsupported parameters for (hanzo.kms.redis_rdb_restore) module: dest."),
     (args_with(connections=0), "connections must be at least 1"),
+    (args_with(timeout=-5), "timeout must be greater than 0, got -5"),
+    (args_with(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
 ])
 def test_bad_arguments_fail_naming_the_problem_before_anything_is_touched(run_module, work, args, message):
     failed, result = run_module(module, args)

@@ -48,6 +48,8 @@ def args_with(**changes):
     (args_with(probe_redis="perhaps"), "argument 'probe_redis' is of type str and we were unable to convert to bool"),
     (args_with(read_replay="perhaps"), "argument 'read_replay' is of type str and we were unable to convert to bool"),
     (args_with(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+    (args_with(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+    (args_with(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
     (args_with(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
     # only kubeconfig and context select the cluster: kubernetes.core's other auth options are not options here
     (args_with(api_key="token"), "Unsupported parameters for (hanzo.kms.site_data_info) module: api_key."),
@@ -109,6 +111,14 @@ def test_with_cluster_name_the_status_is_gathered_with_the_defaults(run_module, 
     work.collect_site_data.assert_not_called()
     collect({"site": "dc1"})
     work.collect_site_data.assert_called_once_with({"site": "dc1"}, "s3-client")
+
+
+def test_a_kubeconfig_given_inline_reaches_the_client_and_is_never_echoed(run_module, work):
+    inline = {"apiVersion": "v1", "users": [{"name": "admin", "user": {"token": "kube-token-dc1"}}]}
+    failed, result = run_module(module, dict(ARGS, cluster_name="kms-pg-dc1", kubeconfig=inline))
+    assert not failed, result
+    work.api_client.assert_called_once_with({}, {"kubeconfig": inline, "context": None})
+    assert "kube-token-dc1" in run_module.instance.no_log_values  # masked wherever Ansible prints or logs
 
 
 def test_an_unusable_kubeconfig_is_a_finding_not_a_failure(run_module, work):
