@@ -21,8 +21,9 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import time
+
+from ansible_collections.hanzo.kms.plugins.module_utils.files import replace_file
 
 STATES = ("ready", "drain", "maint")
 
@@ -458,24 +459,12 @@ def mismatches(states, backend, desired):
 
 def write_state_file(path, text):
     """Atomically replace ``path`` with ``text`` (the ``show servers state`` dump) keeping its mode (0644 if new)."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".server-state.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text if text.endswith("\n") else text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        replace_file(path, text if text.endswith("\n") else text + "\n", mode, prefix=".server-state.", sync=True)
     except OSError as exc:
         raise HAProxyError(f"cannot write the server-state-file {path}: {exc.strerror or exc}") from exc
 

@@ -7,9 +7,9 @@ tolerating a site whose Kubernetes API does not answer. No Ansible import.
 ``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the newest
 transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the KMS Deployment,
 the Cluster's Backups, the site's ObjectStore (its destinationPath), the Redis password from its Secret, then the
-object store and Redis (``operations.collect_site_data``). Meanwhile a TCP connection to Redis is tried: a site cut off
+object store and Redis (``site_data.collect_site_data``). Meanwhile a TCP connection to Redis is tried: a site cut off
 by a partition drops packets, so its API server and its Redis each cost their whole connect timeout, once in parallel.
-It returns the *site status* documented in ``operations`` plus the *access* (how to reach the site, with the Redis
+It returns the *site status* documented in ``operation_decisions`` plus the *access* (how to reach the site, with the Redis
 password: never print it).
 
 The Kubernetes reads go through ``KubeReader`` (the kubernetes client); tests give ``gather`` a fake reader.

@@ -133,7 +133,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, check_names, runtime_instance_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.operations import read_lb
+from ansible_collections.hanzo.kms.plugins.module_utils.site_data import read_lb
 
 
 def main():

@@ -232,7 +232,7 @@ redis:
       type: str
 status:
   description:
-    - 'The site status the operations playbooks use (plugins/module_utils/operations.py): C(site),
+    - 'The site status the operations playbooks use (plugins/module_utils/operation_decisions.py): C(site),
       C(inventory_role), C(kube_reachable), C(kube_error), C(cluster) (the Cluster object or null), C(cluster_error),
       C(kms) (C(replicas), C(ready_replicas), C(available); null when unknown), C(replayed_commit_time) (UTC, empty
       when not read), C(backups) (the Cluster''s Backup objects) and C(data) (the object store and Redis part above).'
@@ -252,7 +252,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.operations import collect_site_data
+from ansible_collections.hanzo.kms.plugins.module_utils.site_data import collect_site_data
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,

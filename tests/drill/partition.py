@@ -30,7 +30,7 @@ from tests.lab import node
 from tests.lab.core import REPO_ROOT
 
 # after tests.lab, which puts the collection (.venv/collections) on sys.path
-from ansible_collections.hanzo.kms.plugins.module_utils import operations  # pylint: disable=wrong-import-order
+from ansible_collections.hanzo.kms.plugins.module_utils import operation_decisions  # pylint: disable=wrong-import-order
 
 SITE = "dc1"
 TARGET = "dc2"
@@ -136,7 +136,7 @@ class PartitionDrill(Drill):
             return {}
         report = json.loads(found[-1].read_text(encoding="utf-8"))
         markdown = found[-1].with_suffix(".md")
-        return {"findings": operations.status_findings(report.get("sites") or [], report.get("lb")),
+        return {"findings": operation_decisions.status_findings(report.get("sites") or [], report.get("lb")),
                 "markdown": markdown.read_text(encoding="utf-8") if markdown.is_file() else None}
 
     def write_partition_report(self, records, site_records, rows):
