@@ -249,7 +249,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import collect_site_data
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import redis_connection_spec
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
