@@ -4,13 +4,11 @@
 """Consistent Redis backups over the replication protocol (what ``redis-cli --rdb`` does), streamed to a local
 file and/or S3 (multipart, bounded memory) while computing SHA-256 and checking the RDB CRC64.
 
-Plain Python (standard library + boto3 for S3); the RESP client is ``redis_resp``.
+Plain Python (standard library + boto3 for S3); the RESP client is ``redis_resp``, the multipart upload ``s3_upload``.
 """
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
@@ -18,7 +16,6 @@ from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisE
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow
 
 CHUNK = 256 * 1024           # RDB transfer reads
-MAX_PARTS = 10000  # S3's limit of parts in one multipart upload
 
 
 def version_tuple(text):
@@ -169,128 +166,6 @@ def announce_replica_version(conn, info):
     return info['version']
 
 
-# --------------------------------------------------------------------------------------------------------------
-# S3 multipart streaming
-# --------------------------------------------------------------------------------------------------------------
-class S3StreamUpload:
-    """Multipart upload fed by ``write``; full parts are uploaded by ``concurrency`` background threads.
-
-    Memory: at most ``concurrency + 1`` part buffers exist (one being filled, the others uploading). A full part waits
-    for a free upload slot, so memory stays bounded whatever the object size. Parts are handed to boto3 without a copy.
-    """
-
-    def __init__(self, client, bucket, key, part_size=5 * 1024 * 1024, concurrency=1, content_type=None):
-        self.client = client
-        self.bucket = bucket
-        self.key = key
-        self.part_size = max(int(part_size), 5 * 1024 * 1024)
-        self.concurrency = max(int(concurrency), 1)
-        self.part = bytearray(self.part_size)
-        self.filled = 0
-        self.parts = {}
-        self.number = 0
-        self.upload_id = None
-        self.error = None
-        self.content_type = content_type or 'application/octet-stream'
-        self.slots = threading.Semaphore(self.concurrency)
-        self.queue = queue.Queue()
-        self.threads = []
-        self.size = 0
-
-    def _start(self):
-        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
-        self.upload_id = resp['UploadId']
-        for _unused in range(self.concurrency):
-            thread = threading.Thread(target=self._worker, daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def _worker(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            number, body = item
-            try:
-                if self.error is None:
-                    resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                   PartNumber=number, Body=body)
-                    self.parts[number] = resp['ETag']
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                self.error = exc
-            finally:
-                del item, body
-                self.slots.release()
-
-    def _submit(self):
-        """Hand the current part to an upload thread (waiting for a free slot) and start a new part."""
-        if self.upload_id is None:
-            self._start()
-        if self.number >= MAX_PARTS:
-            raise RedisError(f'the RDB is larger than {MAX_PARTS} parts of {self.part_size // 2**20} MiB, the most '
-                             'S3 allows in one object; raise part_size')
-        self.slots.acquire()  # pylint: disable=consider-using-with
-        if self.error is not None:
-            self.slots.release()
-            raise self.error
-        body = self.part
-        if self.filled < len(body):
-            del body[self.filled:]
-        self.number += 1
-        self.queue.put((self.number, body))
-        self.part = None
-        self.filled = 0
-
-    def write(self, chunk):
-        """Copy ``chunk`` (bytes-like; not kept after the call) into the current part."""
-        view = memoryview(chunk)
-        size = len(view)
-        self.size += size
-        offset = 0
-        while offset < size:
-            if self.part is None:
-                self.part = bytearray(self.part_size)
-            take = min(size - offset, self.part_size - self.filled)
-            self.part[self.filled:self.filled + take] = view[offset:offset + take]
-            self.filled += take
-            offset += take
-            if self.filled == self.part_size:
-                self._submit()
-
-    def _join(self):
-        for _unused in self.threads:
-            self.queue.put(None)
-        for thread in self.threads:
-            thread.join()
-        self.threads = []
-
-    def close(self):
-        if self.upload_id is None:
-            body = bytes(self.part[:self.filled]) if self.part is not None else b''
-            self.part = None
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type)
-            return
-        if self.filled:
-            self._submit()
-        self.part = None
-        self._join()
-        if self.error is not None:
-            raise self.error
-        self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': self.parts[n]} for n in sorted(self.parts)]})
-
-    def abort(self):
-        self.error = self.error or RuntimeError('aborted')
-        self.part = None
-        self._join()
-        if self.upload_id is not None:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-            except Exception:  # pylint: disable=broad-exception-caught
-                pass
-
-
 def _bound_malloc():
     """Make glibc return freed large buffers to the OS at once.
 
@@ -372,7 +247,9 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     local = None
     local_tmp = None
     if client is not None:
-        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+        # pylint: disable=import-outside-toplevel
+        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils
+        from ansible_collections.hanzo.kms.plugins.module_utils.s3_upload import S3StreamUpload
         s3_utils.check_bucket(client, bucket)
         upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 5) * 1024 * 1024,
                                 concurrency=int(params.get('upload_concurrency') or 1))
