@@ -38,6 +38,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import rdb_
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
     RedisError, ReplyError, RespConnection, encode_command, server_info, parse_info,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 RdbError = redis_rdb.RdbError
 _U64 = struct.Struct('<Q')
@@ -1167,7 +1168,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
         if method == 'file':
             result['changed'] = True
             if not check_mode:
-                result.update(method_file(params, path, time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())))
+                result.update(method_file(params, path, utcnow_compact()))
             result['duration'] = round(time.monotonic() - started, 3)
             return result
 

@@ -15,8 +15,6 @@ import contextlib
 import copy
 import traceback
 
-import datetime
-
 try:
     import boto3
     import botocore.exceptions
@@ -30,6 +28,7 @@ else:
     HAS_BOTO3 = True
     BOTO3_IMPORT_ERROR = None
 
+from ansible_collections.hanzo.kms.plugins.module_utils.times import parse_iso_z
 
 S3_ARGUMENT_SPEC = dict(
     endpoint_url=dict(type='str'),
@@ -134,14 +133,9 @@ def wrap_errors(action=None, bucket=None, endpoint_url=None):
 
 
 def _fast_timestamp(value):
-    """S3 timestamps (``2026-11-22T04:15:00.000Z``) with ``datetime.fromisoformat`` instead of dateutil, which costs
-    about 80 us per object when listing; anything unusual goes to botocore's own parser."""
-    if isinstance(value, str) and len(value) in (20, 24) and value.endswith('Z'):
-        try:
-            return datetime.datetime.fromisoformat(value[:-1]).replace(tzinfo=datetime.timezone.utc)
-        except ValueError:
-            pass
-    return _botocore_parse_timestamp(value)
+    """S3 timestamps (``2026-11-22T04:15:00.000Z``) without dateutil, which costs about 80 us per object when listing;
+    anything unusual goes to botocore's own parser."""
+    return parse_iso_z(value) or _botocore_parse_timestamp(value)
 
 
 def s3_client(params, max_pool_connections=None, retries=None):
