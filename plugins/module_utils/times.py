@@ -73,15 +73,16 @@ def parse_timestamp(text, fmt=COMPACT_FORMAT):
     return as_utc(when)
 
 
-def parse_iso_z(text):
+def parse_iso_z(text, otherwise=None):
     """Aware UTC datetime of ISO 8601 UTC text with a ``Z`` and whole or millisecond seconds, the form S3 listings use
-    (``2026-11-22T04:15:00.000Z``); None for anything else. Fast: no format matching, it runs once per listed object."""
+    (``2026-11-22T04:15:00.000Z``); anything else gives ``otherwise(text)``, or None without ``otherwise``. Fast: no
+    format matching, it runs once per listed object."""
     if isinstance(text, str) and len(text) in (20, 24) and text.endswith('Z'):
         try:
             return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
         except ValueError:
             pass
-    return None
+    return None if otherwise is None else otherwise(text)
 
 
 def parse_http_date(text):

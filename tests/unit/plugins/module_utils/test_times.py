@@ -78,6 +78,7 @@ def test_parse_iso_z_reads_s3_listing_times(text):
                                   'Sun, 22 Nov 2026 04:15:00 GMT', b'2026-11-22T04:15:00Z'])
 def test_parse_iso_z_leaves_other_forms_to_the_caller(text):
     assert times.parse_iso_z(text) is None
+    assert times.parse_iso_z(text, otherwise=lambda other: ('fallback', other)) == ('fallback', text)
 
 
 def test_parse_http_date():
