@@ -19,7 +19,7 @@ import json
 import re
 
 from ansible_collections.hanzo.kms.plugins.module_utils import names
-from ansible_collections.hanzo.kms.plugins.module_utils.times import COMPACT_FORMAT, RFC3339_FORMAT, UTC, as_utc
+from ansible_collections.hanzo.kms.plugins.module_utils.times import COMPACT_FORMAT, RFC3339_FORMAT, format_time, parse_timestamp, utcnow
 
 RDB_NAME = 'dump.rdb'
 MANIFEST_NAME = 'manifest.json'
@@ -74,17 +74,17 @@ def normalize_prefix(prefix):
 
 def timestamp_name(when):
     """The backup directory name for ``when`` (aware, or naive meaning UTC)."""
-    return as_utc(when).strftime(TIMESTAMP_FORMAT)
+    return format_time(when, TIMESTAMP_FORMAT)
 
 
 def parse_timestamp_name(name):
     """The aware UTC datetime of a backup directory name; InvalidKey when ``name`` is not one."""
     if not isinstance(name, str) or not _TIMESTAMP_RE.fullmatch(name):
         raise InvalidKey(f'{name!r} is not a backup timestamp (UTC, {TIMESTAMP_FORMAT}, e.g. 20261122T041500Z)')
-    try:
-        return datetime.datetime.strptime(name, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise InvalidKey(f'{name!r} is not a backup timestamp: no such date or time') from None
+    when = parse_timestamp(name, TIMESTAMP_FORMAT)
+    if when is None:
+        raise InvalidKey(f'{name!r} is not a backup timestamp: no such date or time')
+    return when
 
 
 def backup_prefix(prefix, site, timestamp=None):
@@ -170,8 +170,8 @@ def build_manifest(timestamp, size, sha256, rdb_version, crc64=None, keys_per_db
     manifest = {
         'format': MANIFEST_FORMAT,
         'object': RDB_NAME,
-        'timestamp': _manifest_time(timestamp),
-        'created_at': _manifest_time(created_at or datetime.datetime.now(UTC)),
+        'timestamp': format_time(timestamp),
+        'created_at': format_time(created_at or utcnow()),
         'size': size,
         'sha256': sha256,
         'crc64': crc64,
@@ -184,11 +184,6 @@ def build_manifest(timestamp, size, sha256, rdb_version, crc64=None, keys_per_db
         'source': origin,
     }
     return validate_manifest(manifest)
-
-
-def _manifest_time(when):
-    """A manifest time (RFC 3339 UTC) of ``when`` (aware, or naive meaning UTC)."""
-    return as_utc(when).strftime(RFC3339_FORMAT)
 
 
 def encode_manifest(manifest):
@@ -291,11 +286,7 @@ def validate_manifest(manifest):
 def _valid_time(text):
     if not _MANIFEST_TIME_RE.fullmatch(text):
         return False
-    try:
-        datetime.datetime.strptime(text, RFC3339_FORMAT)
-    except ValueError:
-        return False
-    return True
+    return parse_timestamp(text, RFC3339_FORMAT) is not None
 
 
 def _validate_source(source):
@@ -348,8 +339,8 @@ def check_complete_backup(objects, manifest=None):
         raise IncompleteBackup(f'the manifest of {base} is invalid: {exc}') from None
     if manifest['object'] != RDB_NAME:
         raise IncompleteBackup(f'the manifest of {base} describes {manifest["object"]!r}, not {RDB_NAME}')
-    if manifest['timestamp'] != _manifest_time(when):
-        raise IncompleteBackup(f'the manifest of {base} is for {manifest["timestamp"]}, not {_manifest_time(when)}')
+    if manifest['timestamp'] != format_time(when):
+        raise IncompleteBackup(f'the manifest of {base} is for {manifest["timestamp"]}, not {format_time(when)}')
     size = sizes[base + RDB_NAME]
     if size is not None and size != manifest['size']:
         raise IncompleteBackup(f'{base}{RDB_NAME} has {size} bytes but its manifest says {manifest["size"]}')

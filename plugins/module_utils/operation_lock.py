@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
-from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, format_epoch, parse_epoch
+from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, epoch_text, format_epoch, parse_epoch
 
 LEASE_NAME = "hanzo-kms-operation-lock"
 LABELS = {
@@ -55,11 +55,6 @@ class Conflict(Exception):
 
 class Unreachable(Exception):
     """The site's Kubernetes API did not answer."""
-
-
-# -- times (epoch seconds; a Lease holds MicroTimes, see times.MICROTIME_FORMAT) -----------------------------------
-def short_time(epoch):
-    return "unknown" if epoch is None else format_epoch(epoch)
 
 
 # -- the pure decisions --------------------------------------------------------------------------------------------
@@ -146,9 +141,9 @@ def released_body(name, namespace, view):
 def describe_holder(view, site):
     held = (f"The operation lock is held by '{view['holder']}'"
             + (f" ({view['operation']})" if view["operation"] else "")
-            + f" since {short_time(view['since'])} in site {site}")
+            + f" since {epoch_text(view['since'])} in site {site}")
     if view["expires"] is not None:
-        held += f" (expires {short_time(view['expires'])} unless renewed)"
+        held += f" (expires {epoch_text(view['expires'])} unless renewed)"
     else:
         held += " (no expiry)"
     return held
@@ -186,8 +181,8 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
     def _entry(site, action, view=None, error=None):
         entry = {"site": site, "action": action, "holder": "", "operation": "", "since": None, "expires": None}
         if view is not None:
-            entry.update(holder=view["holder"], operation=view["operation"], since=short_time(view["since"])
-                         if view["since"] else None, expires=short_time(view["expires"]) if view["expires"] else None)
+            entry.update(holder=view["holder"], operation=view["operation"], since=epoch_text(view["since"])
+                         if view["since"] else None, expires=epoch_text(view["expires"]) if view["expires"] else None)
         if error:
             entry["error"] = error
         return entry
@@ -232,7 +227,7 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
                     msg += (" Wait for that run to finish; if it crashed, wait for the expiry or break the lock with "
                             f"-e \"kms_lock_break='{BREAK_PHRASE.format(holder=view['holder'])}'\".")
                 raise LockError(msg, holder=view["holder"], holder_operation=view["operation"],
-                                since=short_time(view["since"]), site=site,
+                                since=epoch_text(view["since"]), site=site,
                                 entry=self._entry(site, "refused", view))
             done = {"create": "created", "take": "taken", "renew": "renewed", "take_expired": "taken_expired",
                     "break": "broken"}[action]

@@ -4,251 +4,18 @@
 """Consistent Redis backups over the replication protocol (what ``redis-cli --rdb`` does), streamed to a local
 file and/or S3 (multipart, bounded memory) while computing SHA-256 and checking the RDB CRC64.
 
-Also holds the small RESP client used by the restore code. Plain Python (standard library + boto3 for S3).
+Plain Python (standard library + boto3 for S3); the RESP client is ``redis_resp``, the multipart upload ``s3_upload``.
 """
 from __future__ import annotations
 
 import os
-import queue
-import socket
-import ssl
-import threading
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, ReplyError, RespConnection, server_info
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow
 
-REDIS_CONNECTION_SPEC = dict(
-    host=dict(type='str', default='127.0.0.1'),
-    port=dict(type='int', default=6379),
-    username=dict(type='str'),
-    password=dict(type='str', no_log=True),
-    tls=dict(type='bool', default=False),
-    tls_ca_cert=dict(type='path'),
-    tls_cert=dict(type='path'),
-    tls_key=dict(type='path', no_log=False),
-    tls_validate_certs=dict(type='bool', default=True),
-    connect_timeout=dict(type='float', default=10.0),
-)
-
 CHUNK = 256 * 1024           # RDB transfer reads
-REPLY_CHUNK = 64 * 1024      # command reply reads
-MAX_PARTS = 10000  # S3's limit of parts in one multipart upload
-
-
-class RedisError(Exception):
-    """A Redis connection or protocol failure with a message meant for the user."""
-
-
-class ReplyError(RedisError):
-    """The server answered a command with an error reply."""
-
-
-def redis_connection_spec():
-    return {k: dict(v) for k, v in REDIS_CONNECTION_SPEC.items()}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# RESP client
-# --------------------------------------------------------------------------------------------------------------
-MAX_REPLY_DEPTH = 32  # Redis replies nest a few levels (e.g. XINFO, CLIENT TRACKINGINFO); anything deeper is hostile
-
-
-class _ArrayHeader:  # pylint: disable=too-few-public-methods
-    __slots__ = ('size',)
-
-    def __init__(self, size):
-        self.size = size
-
-
-def encode_command(args):
-    out = [b'*%d\r\n' % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b'%d' % arg
-        out.append(b'$%d\r\n%s\r\n' % (len(arg), arg))
-    return b''.join(out)
-
-
-class RespConnection:
-    """One blocking connection speaking RESP2, with optional TLS and AUTH."""
-
-    def __init__(self, params, timeout=None):
-        self.host = params.get('host') or '127.0.0.1'
-        self.port = int(params.get('port') or 6379)
-        self.where = f'{self.host}:{self.port}'
-        self.buf = bytearray()
-        self._chunk = None
-        connect_timeout = float(params.get('connect_timeout') or 10.0)
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
-        except OSError as exc:
-            raise RedisError(f'cannot connect to Redis at {self.where}: {exc}') from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if params.get('tls'):
-            try:
-                ctx = ssl.create_default_context(cafile=params.get('tls_ca_cert') or None)
-                if not params.get('tls_validate_certs', True):
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                if params.get('tls_cert'):
-                    ctx.load_cert_chain(params['tls_cert'], params.get('tls_key') or None)
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
-            except (ssl.SSLError, OSError) as exc:
-                sock.close()
-                raise RedisError(f'TLS handshake with Redis at {self.where} failed: {exc}') from None
-        sock.settimeout(timeout)
-        self.sock = sock
-        password = params.get('password')
-        if password:
-            args = ['AUTH', params['username'], password] if params.get('username') else ['AUTH', password]
-            try:
-                self.command(*args)
-            except ReplyError as exc:
-                self.close()
-                raise RedisError(f'Redis at {self.where} rejected the credentials: {exc}') from None
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def settimeout(self, timeout):
-        self.sock.settimeout(timeout)
-
-    def send(self, data):
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise RedisError(f'connection to Redis at {self.where} failed while sending: {exc}') from None
-
-    def recv_into(self, target, during=''):
-        """Receive at least one byte into ``target`` (a writable buffer); returns the count.
-
-        ``during`` (e.g. ``' during the RDB transfer'``) completes the error messages. Raises RedisError on a timeout,
-        an error or the server closing the connection.
-        """
-        try:
-            got = self.sock.recv_into(target)
-        except socket.timeout:
-            raise RedisError(f'timed out waiting for Redis at {self.where}{during}') from None
-        except OSError as exc:
-            raise RedisError(f'connection to Redis at {self.where} failed{during}: {exc}') from None
-        if not got:
-            raise RedisError(f'Redis at {self.where} closed the connection{during}')
-        return got
-
-    def _fill(self):
-        if self._chunk is None:
-            self._chunk = bytearray(REPLY_CHUNK)
-        got = self.recv_into(self._chunk)
-        self.buf += memoryview(self._chunk)[:got]
-
-    def readline(self):
-        while True:
-            idx = self.buf.find(b'\n')
-            if idx >= 0:
-                line = bytes(self.buf[:idx])
-                del self.buf[:idx + 1]
-                return line[:-1] if line.endswith(b'\r') else line
-            self._fill()
-
-    def read_exact(self, size):
-        while len(self.buf) < size:
-            self._fill()
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
-        return data
-
-    def read_reply(self):
-        """One reply. Iterative (an explicit stack), so a hostile server's deeply nested arrays give a RedisError past
-        MAX_REPLY_DEPTH levels instead of a RecursionError."""
-        stack = []  # [items, expected count] per open array
-        while True:
-            value = self._read_element()
-            if isinstance(value, _ArrayHeader):
-                if value.size > 0:
-                    if len(stack) >= MAX_REPLY_DEPTH:
-                        raise RedisError(f'reply from Redis at {self.where} is nested more than {MAX_REPLY_DEPTH} '
-                                         'arrays deep; not a Redis server?')
-                    stack.append(([], value.size))
-                    continue
-                value = []
-            while stack:
-                items, size = stack[-1]
-                items.append(value)
-                if len(items) < size:
-                    break
-                stack.pop()
-                value = items
-            else:
-                return value
-
-    def _read_element(self):
-        """A scalar reply, or an _ArrayHeader for an array of size >= 0 (None for a null array)."""
-        line = self.readline()
-        if not line:
-            raise RedisError(f'empty reply line from Redis at {self.where}')
-        kind, rest = line[:1], line[1:]
-        if kind == b'+':
-            return rest.decode('utf-8', 'replace')
-        if kind == b'-':
-            return ReplyError(rest.decode('utf-8', 'replace'))
-        try:
-            if kind == b':':
-                return int(rest)
-            if kind == b'$':
-                size = int(rest)
-                if size < 0:
-                    return None
-                return self.read_exact(size + 2)[:-2]
-            if kind == b'*':
-                size = int(rest)
-                return None if size < 0 else _ArrayHeader(size)
-        except ValueError:
-            pass
-        raise RedisError(f'unexpected reply {line[:60]!r} from Redis at {self.where}')
-
-    def command(self, *args):
-        self.send(encode_command(args))
-        reply = self.read_reply()
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
-
-
-def parse_info(text):
-    if isinstance(text, bytes):
-        text = text.decode('utf-8', 'replace')
-    info = {}
-    for line in text.splitlines():
-        if not line or line.startswith('#') or ':' not in line:
-            continue
-        key, value = line.split(':', 1)
-        info[key] = value
-    return info
-
-
-def parse_keyspace(info):
-    """{'0': {'keys': n, 'expires': n}} from INFO keyspace fields."""
-    out = {}
-    for key, value in info.items():
-        if key.startswith('db') and key[2:].isdigit():
-            fields = dict(p.split('=', 1) for p in value.split(',') if '=' in p)
-            out[key[2:]] = {'keys': int(fields.get('keys', 0)), 'expires': int(fields.get('expires', 0))}
-    return out
-
-
-def server_info(conn):
-    info = parse_info(conn.command('INFO', 'server'))
-    info.update(parse_info(conn.command('INFO', 'keyspace')))
-    flavour = 'valkey' if info.get('valkey_version') or info.get('server_name') == 'valkey' else 'redis'
-    version = info.get('valkey_version') if flavour == 'valkey' else info.get('redis_version')
-    return {'server': flavour, 'version': version, 'redis_version': info.get('redis_version'),
-            'keyspace': parse_keyspace(info), 'info': info}
 
 
 def version_tuple(text):
@@ -339,8 +106,7 @@ def fetch_rdb(params, sink, timeout=3600.0):
             if len(mark) != 40:
                 raise RedisError(f'bad EOF mark in the SYNC reply from {conn.where}')
             # the last 40 bytes seen are held back: they may be the EOF mark
-            initial = bytes(conn.buf)
-            conn.buf = bytearray()
+            initial = conn.take_buffered()
             if len(initial) > 40:
                 sink(initial[:-40])
                 total += len(initial) - 40
@@ -361,8 +127,7 @@ def fetch_rdb(params, sink, timeout=3600.0):
                 size = int(line[1:])
             except ValueError:
                 raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}') from None
-            initial = bytes(conn.buf[:size])
-            del conn.buf[:size]
+            initial = conn.take_buffered(size)
             if initial:
                 sink(initial)
                 total += len(initial)
@@ -399,128 +164,6 @@ def announce_replica_version(conn, info):
     except ReplyError:
         return None
     return info['version']
-
-
-# --------------------------------------------------------------------------------------------------------------
-# S3 multipart streaming
-# --------------------------------------------------------------------------------------------------------------
-class S3StreamUpload:
-    """Multipart upload fed by ``write``; full parts are uploaded by ``concurrency`` background threads.
-
-    Memory: at most ``concurrency + 1`` part buffers exist (one being filled, the others uploading). A full part waits
-    for a free upload slot, so memory stays bounded whatever the object size. Parts are handed to boto3 without a copy.
-    """
-
-    def __init__(self, client, bucket, key, part_size=5 * 1024 * 1024, concurrency=1, content_type=None):
-        self.client = client
-        self.bucket = bucket
-        self.key = key
-        self.part_size = max(int(part_size), 5 * 1024 * 1024)
-        self.concurrency = max(int(concurrency), 1)
-        self.part = bytearray(self.part_size)
-        self.filled = 0
-        self.parts = {}
-        self.number = 0
-        self.upload_id = None
-        self.error = None
-        self.content_type = content_type or 'application/octet-stream'
-        self.slots = threading.Semaphore(self.concurrency)
-        self.queue = queue.Queue()
-        self.threads = []
-        self.size = 0
-
-    def _start(self):
-        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
-        self.upload_id = resp['UploadId']
-        for _unused in range(self.concurrency):
-            thread = threading.Thread(target=self._worker, daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def _worker(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            number, body = item
-            try:
-                if self.error is None:
-                    resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                   PartNumber=number, Body=body)
-                    self.parts[number] = resp['ETag']
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                self.error = exc
-            finally:
-                del item, body
-                self.slots.release()
-
-    def _submit(self):
-        """Hand the current part to an upload thread (waiting for a free slot) and start a new part."""
-        if self.upload_id is None:
-            self._start()
-        if self.number >= MAX_PARTS:
-            raise RedisError(f'the RDB is larger than {MAX_PARTS} parts of {self.part_size // 2**20} MiB, the most '
-                             'S3 allows in one object; raise part_size')
-        self.slots.acquire()  # pylint: disable=consider-using-with
-        if self.error is not None:
-            self.slots.release()
-            raise self.error
-        body = self.part
-        if self.filled < len(body):
-            del body[self.filled:]
-        self.number += 1
-        self.queue.put((self.number, body))
-        self.part = None
-        self.filled = 0
-
-    def write(self, chunk):
-        """Copy ``chunk`` (bytes-like; not kept after the call) into the current part."""
-        view = memoryview(chunk)
-        size = len(view)
-        self.size += size
-        offset = 0
-        while offset < size:
-            if self.part is None:
-                self.part = bytearray(self.part_size)
-            take = min(size - offset, self.part_size - self.filled)
-            self.part[self.filled:self.filled + take] = view[offset:offset + take]
-            self.filled += take
-            offset += take
-            if self.filled == self.part_size:
-                self._submit()
-
-    def _join(self):
-        for _unused in self.threads:
-            self.queue.put(None)
-        for thread in self.threads:
-            thread.join()
-        self.threads = []
-
-    def close(self):
-        if self.upload_id is None:
-            body = bytes(self.part[:self.filled]) if self.part is not None else b''
-            self.part = None
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type)
-            return
-        if self.filled:
-            self._submit()
-        self.part = None
-        self._join()
-        if self.error is not None:
-            raise self.error
-        self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': self.parts[n]} for n in sorted(self.parts)]})
-
-    def abort(self):
-        self.error = self.error or RuntimeError('aborted')
-        self.part = None
-        self._join()
-        if self.upload_id is not None:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-            except Exception:  # pylint: disable=broad-exception-caught
-                pass
 
 
 def _bound_malloc():
@@ -604,7 +247,9 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
     local = None
     local_tmp = None
     if client is not None:
-        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+        # pylint: disable=import-outside-toplevel
+        from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils
+        from ansible_collections.hanzo.kms.plugins.module_utils.s3_upload import S3StreamUpload
         s3_utils.check_bucket(client, bucket)
         upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 5) * 1024 * 1024,
                                 concurrency=int(params.get('upload_concurrency') or 1))

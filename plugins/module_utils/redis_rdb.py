@@ -1535,6 +1535,14 @@ class RdbFile:
         self.checkpoints = parser.checkpoints or []
         return self.summary
 
+    def records_between(self, start, stop, db):
+        """KeyRecords of the keys in [start, stop) (stop None = to the EOF opcode), a range that starts at one of
+        ``scan``'s checkpoints in database ``db``. For an RDB already scanned: values are not validated again, the
+        summary is left alone and a parse error is raised unwrapped."""
+        parser = _Parser(RdbSummary())
+        parser.db = db
+        return parser.parse(self.buf, start, len(self.buf) if stop is None else stop, True)
+
     def payload(self, rec):
         """RESTORE payload of a key record (value bytes + RDB version + CRC64)."""
         buf = self.buf

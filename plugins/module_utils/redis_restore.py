@@ -34,9 +34,11 @@ import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_rdb, redis_restore_stream, redis_verify
 from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import MANIFEST_NAME, RDB_NAME
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import (
-    RedisError, ReplyError, RespConnection, encode_command, rdb_loadable, rdb_version_for, server_info, parse_info,
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import rdb_loadable, rdb_version_for
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
+    RedisError, ReplyError, RespConnection, encode_command, server_info, parse_info,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 RdbError = redis_rdb.RdbError
 _U64 = struct.Struct('<Q')
@@ -309,9 +311,6 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
     buf = rdb.buf
     version_bytes = struct.pack('<H', rdb.version)
     crc = redis_rdb.crc64_function()
-    parser = redis_rdb._Parser(redis_rdb.RdbSummary())  # pylint: disable=protected-access
-    parser.db = db
-    end = len(buf) if stop is None else stop
     restored = {}
     expired = {}
     errors = []
@@ -321,7 +320,7 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
     pending = 0          # replies not read yet
     pending_keys = 0     # RESTOREs among them
     sent_batches = []    # (reply count, RESTORE count) per batch in flight
-    for rec in parser.parse(buf, start, end, True):
+    for rec in rdb.records_between(start, stop, db):
         rdb_db = rec.db
         expire = rec.expire_ms
         if expire is not None and 0 < expire <= now_ms:
@@ -352,39 +351,15 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
             pending = pending_keys = 0
             if len(sent_batches) > 1:
                 count, keys = sent_batches.pop(0)
-                _read_simple_replies(conn, count, errors)
+                conn.read_status_replies(count, errors)
                 progress['confirmed'] += keys
     if out:
         conn.send(b''.join(out))
         sent_batches.append((pending, pending_keys))
     for count, keys in sent_batches:
-        _read_simple_replies(conn, count, errors)
+        conn.read_status_replies(count, errors)
         progress['confirmed'] += keys
     return {'restored': restored, 'expired': expired, 'errors': errors}
-
-
-def _read_simple_replies(conn, count, errors):
-    """Read ``count`` single-line replies (+OK / -ERR); collect errors."""
-    buf = conn.buf
-    while count:
-        lines = buf.count(b'\n')
-        if not lines:
-            conn._fill()  # pylint: disable=protected-access
-            buf = conn.buf
-            continue
-        take = min(lines, count)
-        idx = -1
-        chunk_start = 0
-        for _unused in range(take):
-            idx = buf.index(b'\n', idx + 1)
-            if buf[chunk_start] == 0x2D:  # '-'
-                if len(errors) < 20:
-                    errors.append(bytes(buf[chunk_start + 1:idx]).decode('utf-8', 'replace').strip())
-                else:
-                    errors.append(None)
-            chunk_start = idx + 1
-        del buf[:idx + 1]
-        count -= take
 
 
 def _merge_counts(total, part):
@@ -1193,7 +1168,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
         if method == 'file':
             result['changed'] = True
             if not check_mode:
-                result.update(method_file(params, path, time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())))
+                result.update(method_file(params, path, utcnow_compact()))
             result['duration'] = round(time.monotonic() - started, 3)
             return result
 

@@ -22,7 +22,7 @@ import socket
 import threading
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_verify
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError, ReplyError, RespConnection
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, ReplyError, RespConnection
 
 CHUNK = 1024 * 1024       # S3 read size
 PREFETCH = 8              # chunks read ahead of the sender (bounded memory: PREFETCH x CHUNK)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import email.utils
 import fnmatch
 import json
 import re
@@ -37,10 +36,14 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     wrap_errors,
 )
 from ansible_collections.hanzo.kms.plugins.module_utils.times import (
-    UTC,
+    MIN_TIME,
+    as_utc,
     format_time,
+    human_age,
     parse_any_time,
+    parse_http_date,
     parse_timestamp,
+    utcnow,
 )
 
 MAX_DELETE_BATCH = 1000
@@ -372,7 +375,7 @@ def build_inventory(objects, layout):
 
 
 def _sort_key(backup):
-    return (backup.time or datetime.datetime.min.replace(tzinfo=UTC), backup.name)
+    return (backup.time or MIN_TIME, backup.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,28 +419,16 @@ def plan_retention(inventory, policy, now, incomplete_grace=None, delete_incompl
             if b.complete:
                 b.action = 'keep' if b.reasons else 'delete'
                 continue
-            age = now - b.written
+            age = human_age((now - b.written).total_seconds())
             if not delete_incomplete:
                 b.reasons.append('incomplete (delete_incomplete is off)')
             elif incomplete_grace is not None and b.written > incomplete_grace.subtract_from(now):
-                b.reasons.append('incomplete, written %s ago, within incomplete_grace %s' % (_fmt_age(age), incomplete_grace))
+                b.reasons.append('incomplete, written %s ago, within incomplete_grace %s' % (age, incomplete_grace))
             b.action = 'keep' if b.reasons else 'delete'
             if b.action == 'delete':
-                b.reasons.append('incomplete (no %s), written %s ago' % ('manifest', _fmt_age(age)))
+                b.reasons.append('incomplete (no %s), written %s ago' % ('manifest', age))
         ordered.extend(backups)
     return ordered
-
-
-def _fmt_age(delta):
-    seconds = int(delta.total_seconds())
-    sign = '-' if seconds < 0 else ''
-    seconds = abs(seconds)
-    days, rem = divmod(seconds, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes = rem // 60
-    if days:
-        return '%s%dd%dh' % (sign, days, hours)
-    return '%s%dh%dm' % (sign, hours, minutes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -456,19 +447,7 @@ class Stats:
 
 
 def _server_time(response):
-    date = response.get('ResponseMetadata', {}).get('HTTPHeaders', {}).get('date')
-    if not date:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(date).astimezone(UTC)
-    except (TypeError, ValueError):
-        return None
-
-
-def _aware(when):
-    if when is None:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return parse_http_date(response.get('ResponseMetadata', {}).get('HTTPHeaders', {}).get('date'))
 
 
 def list_objects(client, bucket, prefix, versions=False, stats=None):
@@ -487,7 +466,7 @@ def list_objects(client, bucket, prefix, versions=False, stats=None):
             if server_time is None:
                 server_time = _server_time(resp)
             for item in resp.get('Contents', ()):
-                objects.append(S3Object(item['Key'], item.get('Size', 0), _aware(item['LastModified'])))
+                objects.append(S3Object(item['Key'], item.get('Size', 0), as_utc(item['LastModified'])))
             token = resp.get('NextContinuationToken')
             if not resp.get('IsTruncated') or not token:
                 break
@@ -509,14 +488,14 @@ def list_objects(client, bucket, prefix, versions=False, stats=None):
             if item.get('IsLatest'):
                 obj.current = True
                 obj.size = item.get('Size', 0)
-                obj.last_modified = _aware(item['LastModified'])
+                obj.last_modified = as_utc(item['LastModified'])
         for item in resp.get('DeleteMarkers', ()):
             obj = by_key.get(item['Key'])
             if obj is None:
                 obj = by_key[item['Key']] = S3Object(item['Key'], 0, None, versions=[], current=False)
             obj.versions.append((item.get('VersionId') or 'null', True))
             if obj.last_modified is None or not obj.current:
-                obj.last_modified = _aware(item.get('LastModified'))
+                obj.last_modified = as_utc(item.get('LastModified'))
         if not resp.get('IsTruncated'):
             break
         kwargs['KeyMarker'] = resp.get('NextKeyMarker')
@@ -694,8 +673,8 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
             stats.add('GetObjectRetention')
             ret = client.get_object_retention(Bucket=bucket, Key=err['key'], **extra).get('Retention') or {}
             until = ret.get('RetainUntilDate')
-            if ret.get('Mode') and until is not None and _aware(until) > datetime.datetime.now(UTC):
-                err['locked'] = '%s retention until %s' % (ret['Mode'], format_time(_aware(until)))
+            if ret.get('Mode') and until is not None and as_utc(until) > utcnow():
+                err['locked'] = '%s retention until %s' % (ret['Mode'], format_time(as_utc(until)))
                 continue
         except Exception:  # pylint: disable=broad-exception-caught
             pass
@@ -741,7 +720,7 @@ def list_complete_backups(client, bucket, prefix, manifest_name=backup_layout.MA
 def _diff(backups):
     def line(b):
         return '%s %s%s\n' % (b.prefix, 'complete' if b.complete else 'incomplete',
-                              ' (%s)' % b.time.strftime(backup_layout.TIMESTAMP_FORMAT) if b.time else '')
+                              ' (%s)' % backup_layout.timestamp_name(b.time) if b.time else '')
     before = ''.join(line(b) for b in backups)
     after = ''.join(line(b) for b in backups if b.action == 'keep')
     return dict(before=before, after=after, before_header='backups before retention', after_header='backups kept')
@@ -788,7 +767,7 @@ def run_retention(client, params, check_mode=False, now=None):
         versioned = bucket_versioning(client, bucket, stats) is not None
     objects, server_time = list_objects(client, bucket, layout.prefix, versions=versioned, stats=stats)
     if now is None:
-        now = server_time or datetime.datetime.now(UTC)
+        now = server_time or utcnow()
     inv = build_inventory(objects, layout)
     if layout.time_source == 'manifest':
         read_manifest_times(client, bucket, [b for g in inv.groups.values() for b in g], layout, stats,

@@ -18,12 +18,12 @@ from ansible_collections.hanzo.kms.plugins.module_utils.times import format_time
 
 def redis_probe(params):
     """Role, version and key count of a Redis server, or raise ``RedisError``."""
-    from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hanzo.kms.plugins.module_utils import redis_resp  # pylint: disable=import-outside-toplevel
 
-    conn = redis_backup.RespConnection(params, timeout=float(params.get("connect_timeout") or 10.0))
+    conn = redis_resp.RespConnection(params, timeout=float(params.get("connect_timeout") or 10.0))
     try:
-        info = redis_backup.server_info(conn)
-        replication = redis_backup.parse_info(conn.command("INFO", "replication"))
+        info = redis_resp.server_info(conn)
+        replication = redis_resp.parse_info(conn.command("INFO", "replication"))
     finally:
         conn.close()
     return {"role": replication.get("role"), "server": info["server"], "version": info["version"],
@@ -36,7 +36,7 @@ def collect_site_data(params, s3_client, now=None):
     # pylint: disable=import-outside-toplevel
     # Here, not at the top: hanzo.kms.haproxy_info imports this file and needs neither boto3 nor the RESP client.
     from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
-    from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError
+    from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
 
     now = now or utcnow()

@@ -198,7 +198,6 @@ since:
 '''
 
 import copy
-import datetime
 import secrets
 import socket
 
@@ -208,6 +207,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_po
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
     DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
+from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 
 def argument_spec():
@@ -252,8 +252,7 @@ def main():
         module.fail_json(msg=problem)
     owner = params['owner']
     if not owner:
-        run_id = params['run_id'] or (datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
-                                      + '-' + secrets.token_hex(2))
+        run_id = params['run_id'] or f'{utcnow_compact()}-{secrets.token_hex(2)}'
         owner = f"{params['operation']}/{run_id}@{socket.gethostname()}"
     names = [site['name'] for site in params['sites']]
     if len(set(names)) != len(names) or not names:

@@ -434,7 +434,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError, redis_connection_spec
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError, run_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (

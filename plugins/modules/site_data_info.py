@@ -252,8 +252,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.site_data import collect_site_data
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,

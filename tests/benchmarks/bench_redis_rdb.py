@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_restore  # noqa: E402
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_resp, redis_restore  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or "redis-server"
@@ -100,14 +100,14 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                conn = redis_backup.RespConnection(self.params(), timeout=5)
+                conn = redis_resp.RespConnection(self.params(), timeout=5)
                 try:
-                    info = redis_backup.parse_info(conn.command("INFO", "persistence"))
+                    info = redis_resp.parse_info(conn.command("INFO", "persistence"))
                 finally:
                     conn.close()
                 if info.get("loading") == "0":
                     return time.monotonic() - self.started
-            except (redis_backup.RedisError, OSError):
+            except (redis_resp.RedisError, OSError):
                 pass
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
@@ -116,7 +116,7 @@ class Server:
             time.sleep(0.005)
 
     def command(self, *args):
-        conn = redis_backup.RespConnection(self.params(), timeout=600)
+        conn = redis_resp.RespConnection(self.params(), timeout=600)
         try:
             return conn.command(*args)
         finally:
@@ -230,7 +230,7 @@ def main():
         src.wait_loaded()
         fill(src, args.keys)
         keys = int(src.command("DBSIZE"))
-        print(f"source: {keys} keys, redis-server {redis_backup.parse_info(src.command('INFO', 'server'))['redis_version']}")
+        print(f"source: {keys} keys, redis-server {redis_resp.parse_info(src.command('INFO', 'server'))['redis_version']}")
 
         # ---- backup -------------------------------------------------------------------------------------------
         prefix = f"bench-{uuid.uuid4().hex[:8]}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_restore, s3_retention, times
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_resp, redis_restore, s3_retention, times
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
 from tests import rdb_corpus
@@ -269,7 +269,7 @@ def test_backup_check_mode_takes_no_snapshot(servers, s3):
 
 def test_backup_bad_password_is_clear(servers, tmp_path):
     params = conn_params(servers['src'], password='wrong', dest=str(tmp_path / 'x.rdb'))
-    with pytest.raises(redis_backup.RedisError, match='rejected the credentials'):
+    with pytest.raises(redis_resp.RedisError, match='rejected the credentials'):
         redis_backup.run_backup(params)
     assert not list(tmp_path.iterdir())
 
@@ -645,9 +645,9 @@ def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes)
     dump = tmp_path / 'dump.rdb'
     result = redis_backup.run_backup(dict(tls_params, dest=str(dump), analyze=True))
     assert result['keys_per_db'] == {'0': 1}
-    with pytest.raises(redis_backup.RedisError, match='TLS|closed|failed'):
+    with pytest.raises(redis_resp.RedisError, match='TLS|closed|failed'):
         redis_backup.run_backup(dict(client_entry, dest=str(tmp_path / 'plain.rdb'), connect_timeout=2.0, timeout=5.0))
-    with pytest.raises(redis_backup.RedisError, match='TLS'):
+    with pytest.raises(redis_resp.RedisError, match='TLS'):
         redis_backup.run_backup(dict(tls_params, tls_ca_cert=None, dest=str(tmp_path / 'untrusted.rdb')))
     tls_client().delete('over-tls')
     tls_client().set('other', '1')

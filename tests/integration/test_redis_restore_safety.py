@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_restore
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_resp, redis_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from tests.integration.test_redis_rdb import (  # pylint: disable=unused-import
     _make_certs, bitnami_like, start_tls_redis, client, conn_params, forget_processes, populate, snapshot,
@@ -407,7 +407,7 @@ def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
                 peer.close()
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with pytest.raises((RestoreError, redis_backup.RedisError), match='nested'):
+        with pytest.raises((RestoreError, redis_resp.RedisError), match='nested'):
             redis_restore.run_restore({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
     finally:
         server.close()

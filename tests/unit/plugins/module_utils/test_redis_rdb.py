@@ -342,15 +342,9 @@ def test_rdb_version_compatibility_table():
     assert not redis_backup.rdb_loadable(80, 'redis', '7.0.15')
 
 
-def test_encode_command_and_prefix():
-    assert redis_backup.encode_command(('SET', b'k', 5)) == b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n'
+def test_backup_prefix():
     assert backup_layout.backup_prefix('/backups/redis/', 'dc1', '20261122T041500Z') == 'backups/redis/dc1/20261122T041500Z/'
     assert backup_layout.backup_prefix(None, None, '20261122T041500Z') == '20261122T041500Z/'
-
-
-def test_parse_keyspace():
-    info = redis_backup.parse_info('# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb2:keys=1,expires=0,avg_ttl=0\r\n')
-    assert redis_backup.parse_keyspace(info) == {'0': {'keys': 3, 'expires': 1}, '2': {'keys': 1, 'expires': 0}}
 
 
 def test_restore_payload_layout():
@@ -373,27 +367,6 @@ def test_checkpoints_split_the_key_stream_exactly():
     assert len(rdb.checkpoints) == len(dumps['dumps']) // 3
     seen = []
     for start, stop, db in redis_restore._ranges(rdb, 3):  # pylint: disable=protected-access
-        parser = redis_rdb._Parser(redis_rdb.RdbSummary())  # pylint: disable=protected-access
-        parser.db = db
-        end = len(data) if stop is None else stop
-        seen.extend((rec.db, rec.key) for rec in parser.parse(data, start, end, True))
+        seen.extend((rec.db, rec.key) for rec in rdb.records_between(start, stop, db))
     full = [(rec.db, rec.key) for rec in redis_rdb.RdbFile(data).records()]
     assert seen == full
-
-
-class _FakeConn:
-    def __init__(self, chunks):
-        self.buf = bytearray()
-        self.chunks = list(chunks)
-
-    def _fill(self):
-        self.buf += self.chunks.pop(0)
-
-
-def test_simple_replies_are_counted_across_chunks():
-    from ansible_collections.hanzo.kms.plugins.module_utils import redis_restore  # pylint: disable=import-outside-toplevel
-    conn = _FakeConn([b'+OK\r\n+O', b'K\r\n-ERR Bad data format\r\n+OK\r\n', b'+OK\r\n'])
-    errors = []
-    redis_restore._read_simple_replies(conn, 4, errors)  # pylint: disable=protected-access
-    assert errors == ['ERR Bad data format']
-    assert conn.chunks == [b'+OK\r\n']

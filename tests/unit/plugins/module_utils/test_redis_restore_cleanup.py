@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_restore
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import RedisError
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
 
 LISTENER = '127.0.0.2:40001'
 

@@ -43,12 +43,17 @@ def test_format_time_round_trips():
     assert times.format_time(WANT.astimezone(datetime.timezone(datetime.timedelta(hours=2)))) == '2026-11-22T04:15:00Z'
     assert times.parse_time(times.format_time(WANT)) == WANT
     assert times.format_time(None) is None
+    assert times.format_time(WANT.replace(tzinfo=None)) == '2026-11-22T04:15:00Z'  # naive means UTC, not local time
+    assert times.format_time(WANT, times.COMPACT_FORMAT) == '20261122T041500Z'
+    assert times.parse_timestamp(times.utcnow_compact()) is not None
 
 
 def test_as_utc_takes_naive_as_utc():
     east = WANT.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
     for when in (WANT, WANT.replace(tzinfo=None), east):
         assert times.as_utc(when) == WANT and times.as_utc(when).tzinfo is UTC
+    assert times.as_utc(None) is None
+    assert times.MIN_TIME < times.as_utc(datetime.datetime.min.replace(second=1))
     assert times.as_utc(east).strftime(times.RFC3339_FORMAT) == times.format_time(east) == '2026-11-22T04:15:00Z'
 
 
@@ -61,6 +66,26 @@ def test_epoch_times_and_microtimes():
     assert times.parse_epoch(None) is None and times.parse_epoch('') is None
     with pytest.raises(ValueError):
         times.parse_epoch('garbage')
+    assert times.epoch_text(epoch) == '2026-11-22T04:15:00Z' and times.epoch_text(None) == 'unknown'
+
+
+@pytest.mark.parametrize('text', ['2026-11-22T04:15:00Z', '2026-11-22T04:15:00.000Z'])
+def test_parse_iso_z_reads_s3_listing_times(text):
+    assert times.parse_iso_z(text) == WANT and times.parse_iso_z(text).tzinfo is UTC
+
+
+@pytest.mark.parametrize('text', [None, '', '2026-11-22T04:15:00+00:00', '2026-11-22T04:15:00.000000Z', '2026-13-22T04:15:00Z',
+                                  'Sun, 22 Nov 2026 04:15:00 GMT', b'2026-11-22T04:15:00Z'])
+def test_parse_iso_z_leaves_other_forms_to_the_caller(text):
+    assert times.parse_iso_z(text) is None
+    assert times.parse_iso_z(text, otherwise=lambda other: ('fallback', other)) == ('fallback', text)
+
+
+def test_parse_http_date():
+    assert times.parse_http_date('Sun, 22 Nov 2026 04:15:00 GMT') == WANT
+    assert times.parse_http_date('Sun, 22 Nov 2026 05:15:00 +0100') == WANT
+    for bad in (None, '', 'yesterday'):
+        assert times.parse_http_date(bad) is None
 
 
 def test_age_seconds_is_never_negative():
@@ -70,6 +95,6 @@ def test_age_seconds_is_never_negative():
 
 
 @pytest.mark.parametrize('seconds,text', [(None, 'unknown'), (42, '42s'), (192, '3m 12s'), (5 * 3600 + 120, '5h 02m'),
-                                          (2 * 86400 + 3 * 3600, '2d 03h')])
+                                          (2 * 86400 + 3 * 3600, '2d 03h'), (-192, '-3m 12s'), (59.9, '59s')])
 def test_human_age(seconds, text):
     assert times.human_age(seconds) == text

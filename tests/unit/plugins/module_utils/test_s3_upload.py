@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup
+from ansible_collections.hanzo.kms.plugins.module_utils import s3_upload
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
 
 MIB = 1024 * 1024
 
@@ -57,7 +58,7 @@ class RecordingClient:
 def test_parts_are_cut_at_part_size_and_reassemble(concurrency):
     data = os.urandom(17 * MIB + 123)
     client = RecordingClient()
-    upload = redis_backup.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=concurrency)
+    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=concurrency)
     view = memoryview(data)
     for offset in range(0, len(data), 700_001):  # chunks that straddle part boundaries
         upload.write(view[offset:offset + 700_001])
@@ -71,7 +72,7 @@ def test_parts_are_cut_at_part_size_and_reassemble(concurrency):
 
 def test_small_object_is_one_put():
     client = RecordingClient()
-    upload = redis_backup.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
+    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
     upload.write(b'REDIS0011tiny')
     upload.close()
     assert client.put == b'REDIS0011tiny' and not client.parts
@@ -89,7 +90,7 @@ def test_writer_waits_for_a_free_upload_slot():
             return super().upload_part(PartNumber=PartNumber, Body=Body, **kwargs)
 
     client = SlowClient()
-    upload = redis_backup.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=1)
+    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=1)
     writer = threading.Thread(target=lambda: upload.write(bytes(15 * MIB)))
     writer.start()
     assert started.wait(30)
@@ -106,10 +107,10 @@ def test_writer_waits_for_a_free_upload_slot():
 
 
 def test_more_parts_than_s3_allows_fails_with_a_clear_message(monkeypatch):
-    monkeypatch.setattr(redis_backup, 'MAX_PARTS', 2)
+    monkeypatch.setattr(s3_upload, 'MAX_PARTS', 2)
     client = RecordingClient()
-    upload = redis_backup.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
-    with pytest.raises(redis_backup.RedisError, match='larger than 2 parts of 5 MiB.*raise part_size'):
+    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
+    with pytest.raises(S3Error, match='larger than 2 parts of 5 MiB.*raise part_size'):
         upload.write(bytes(15 * MIB))
     upload.abort()
     assert client.aborted
