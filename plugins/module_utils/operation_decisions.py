@@ -129,7 +129,8 @@ def _replication(cluster):
             f"), timeline {cluster['timeline']}")
 
 
-def _newest_k8s_backup(backups, now):
+def newest_k8s_backup(backups, now):
+    """Counts of the completed and failed CNPG Backups and the newest completed one (name, time, age, backupId)."""
     done = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "completed"]
     failed = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "failed"]
     newest = max(done, key=lambda b: parse_time(b["status"].get("stoppedAt")) or datetime.datetime.min.replace(
@@ -149,7 +150,7 @@ def site_summary(status, now=None):
     cluster = _cluster_summary(status.get("cluster"))
     data = status.get("data") or {}
     cnpg_archive = data.get("cnpg") or {}
-    k8s_backups = _newest_k8s_backup(status.get("backups"), now)
+    k8s_backups = newest_k8s_backup(status.get("backups"), now)
     base_candidates = [b for b in (k8s_backups["newest"], cnpg_archive.get("newest_base_backup")) if b]
     base = min(base_candidates, key=lambda b: b["age_seconds"] if b["age_seconds"] is not None else 1 << 62,
                default=None)

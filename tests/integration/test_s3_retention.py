@@ -488,11 +488,11 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
 
 # ------------------------------------------------------------------------------------------------ the real module
 
-def run_module(args, check=False, diff=False):
+def run_module(args, check=False, diff=False, module="hanzo.kms.s3_retention"):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
                ANSIBLE_NOCOLOR="1")
-    argv = [str(ANSIBLE), "localhost", "-m", "hanzo.kms.s3_retention", "-a", json.dumps(args)]
+    argv = [str(ANSIBLE), "localhost", "-m", module, "-a", json.dumps(args)]
     argv += ["--check"] if check else []
     argv += ["--diff"] if diff else []
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, check=False, timeout=300)

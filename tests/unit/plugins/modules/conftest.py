@@ -9,6 +9,7 @@ fail_json, which raise instead of printing and exiting; ``run_module.instance`` 
 from __future__ import annotations
 
 import re
+from unittest.mock import MagicMock
 
 import pytest
 
@@ -58,6 +59,20 @@ def run_module(monkeypatch):
     monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
     monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
     return ModuleRunner()
+
+
+@pytest.fixture
+def fake_s3_client(monkeypatch):
+    """``fake_s3_client(module)``: the module's S3 client factory replaced by a recording mock whose client records
+    every call made on it (no request is sent), with boto3 reported present. Returns the factory mock."""
+
+    def install(module):
+        mock = MagicMock(return_value=MagicMock(name='s3-client'))
+        monkeypatch.setattr(module, 's3_client', mock)
+        monkeypatch.setattr(module, 'HAS_BOTO3', True)
+        return mock
+
+    return install
 
 
 class _Constructed(Exception):

@@ -13,12 +13,8 @@ RESULT = {"changed": False, "failed": False, "backups": [], "summary": {}, "diff
 
 
 @pytest.fixture
-def s3_client(monkeypatch):
-    """The S3 client factory, recorded; its client records every call made on it. boto3 present."""
-    mock = MagicMock(return_value=MagicMock(name="s3-client"))
-    monkeypatch.setattr(module, "s3_client", mock)
-    monkeypatch.setattr(module, "HAS_BOTO3", True)
-    return mock
+def s3_client(fake_s3_client):
+    return fake_s3_client(module)
 
 
 @pytest.fixture
