@@ -12,17 +12,15 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
+from tests import ansible_run
 from tests.integration.test_redis_rdb import (  # pylint: disable=unused-import
     _make_certs, bitnami_like, start_tls_redis, client, conn_params, forget_processes, populate, snapshot,
 )
@@ -430,15 +428,9 @@ def test_nested_reply_through_ansible_fails_cleanly(dumps):
         except OSError:
             pass
     threading.Thread(target=serve, daemon=True).start()
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(repo / '.venv' / 'collections'), ANSIBLE_STDOUT_CALLBACK='json',
-               ANSIBLE_LOAD_CALLBACK_PLUGINS='1')
-    exe = str(Path(sys.executable).parent / 'ansible')
-    proc = subprocess.run([exe, 'localhost', '-c', 'local', '-e', f'ansible_python_interpreter={sys.executable}',
-                           '-m', 'hanzo.kms.redis_rdb_restore', '-a',
-                           json.dumps({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})],
-                          capture_output=True, text=True, env=env, check=False, cwd=str(repo))
+    run = ansible_run.run_module('hanzo.kms.redis_rdb_restore',
+                                 {'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
     server.close()
-    out = json.loads(proc.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
+    out = run.result()
     assert out.get('failed') and 'nested' in out['msg'], out
     assert 'RecursionError' not in json.dumps(out)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import random
-import subprocess
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +31,10 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (  #
     list_complete_backups,
     run_retention,
 )
+from tests import ansible_run  # noqa: E402
 
 UTC = datetime.timezone.utc
 FLOORS = {"newest complete backup", "most recently written complete backup"}
-ANSIBLE = REPO / ".venv" / "bin" / "ansible"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -489,18 +487,7 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
 # ------------------------------------------------------------------------------------------------ the real module
 
 def run_module(args, check=False, diff=False):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_NOCOLOR="1")
-    argv = [str(ANSIBLE), "localhost", "-m", "hanzo.kms.s3_retention", "-a", json.dumps(args)]
-    argv += ["--check"] if check else []
-    argv += ["--diff"] if diff else []
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, check=False, timeout=300)
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise AssertionError("ansible output is not JSON (rc %s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
-    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return ansible_run.run_module("hanzo.kms.s3_retention", args, check_mode=check, diff=diff, timeout=300).result()
 
 
 def test_module_check_diff_then_apply(conn, client, bucket):
