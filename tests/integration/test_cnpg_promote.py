@@ -10,18 +10,14 @@ the stand-in's simulated delays near zero; ``-s`` prints the module timings of a
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
+from tests.ansible_run import run_play
 from tests.lab import cnpg_state
 from tests.lab.core import wait_until
 from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
@@ -32,7 +28,6 @@ try:
 except ImportError:  # pragma: no cover
     client = None
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "postgresql.cnpg.io", "v1"
 WAIT = 60
 DC1, DC2 = "kms-pg-dc1", "kms-pg-dc2"
@@ -96,32 +91,16 @@ def fixture_topology(kube_clients, kube_namespace):  # noqa: F811  pylint: disab
 # -- running the module --------------------------------------------------------------------------------------------
 def run_module(tmp_path, kubeconfig_path, namespace, mode, old="dc1", new="dc2", check=False, diff=False,
                **options):
-    """Run hanzo.kms.cnpg_promote through ansible-playbook; return (task result, seconds of module time)."""
+    """Run hanzo.kms.cnpg_promote through ansible-playbook; return the task result."""
     names = {"dc1": DC1, "dc2": DC2}
     args = {"mode": mode, "kubeconfig": kubeconfig_path, "poll_interval": 0.05,
             "old_cluster": {"name": names[old], "namespace": namespace, "context": old},
             "new_cluster": {"name": names[new], "namespace": namespace, "context": new}}
     args.update(options)
-    playbook = tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml"
-    playbook.write_text(yaml.safe_dump([{
-        "name": "Promote", "hosts": "localhost", "gather_facts": False,
-        "tasks": [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}]}]), encoding="utf-8")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
-            "-e", f"ansible_python_interpreter={sys.executable}"]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    try:
-        report = json.loads(proc.stdout)
-        task = report["plays"][0]["tasks"][0]
-        result = task["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"ansible-playbook output not understood ({exc}):\n{proc.stdout}\n{proc.stderr}") from None
-    return result
+    run = run_play(tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml",
+                   [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}], check_mode=check, diff=diff,
+                   name="Promote", timeout=600)
+    return run.result()
 
 
 def run_direct(old_client, new_client, namespace, mode, old_name=DC1, new_name=DC2, **kwargs):

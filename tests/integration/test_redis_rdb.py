@@ -26,7 +26,6 @@ from tests.lab.core import wait_until
 
 redis = pytest.importorskip('redis')
 
-REPO = Path(__file__).resolve().parents[2]
 FUNCTION_CODE = "#!lua name=kmslib\nredis.register_function('kms_one', function(keys, args) return 1 end)"
 
 
