@@ -2,7 +2,7 @@
 
 Each test gets a fresh namespace in both clusters holding ``kms-pg-dc1`` (primary, in dc1) and ``kms-pg-dc2``
 (replica, in dc2) of one distributed topology. The main scenarios run the real module through ``ansible-playbook``
-(ANSIBLE_CONFIG=<repo>/ansible.cfg, run from the repo root, JSON callback); the interruption scenarios drive the
+(tests/ansible_run.py: the checkout's ansible.cfg, JSON callback); the interruption scenarios drive the
 same module_utils state machine directly over kubernetes clients so they can stop it between steps.
 
 Set HANZO_KMS_CNPG_STANDIN_DELAY (seconds per simulated operator step) low, e.g. 0.05, before the lab starts to keep
