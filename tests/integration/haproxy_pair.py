@@ -16,6 +16,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from tests.lab.core import free_port, wait_until
 from tests.lab.haproxy_render import lab_values, render
 
@@ -211,3 +213,11 @@ class Pair:
             inst.stop()
         for site in self.sites:
             site.stop()
+
+
+@pytest.fixture(scope="module", name="pair")
+def fixture_pair(tmp_path_factory):
+    """A Pair for the test module, stopped after its last test."""
+    lb_pair = Pair(tmp_path_factory.mktemp("haproxy"))
+    yield lb_pair
+    lb_pair.stop()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import ansible_run
-from tests.integration.haproxy_pair import BACKEND, Pair, get
+from tests.integration.haproxy_pair import BACKEND, fixture_pair, get  # noqa: F401  pylint: disable=unused-import
 from tests.lab import haproxy as lab_haproxy
 from tests.lab.core import free_port, wait_until
 
@@ -39,13 +39,6 @@ def run_module(args, check=False, diff=False):
     result = ansible_run.run_module("hanzo.kms.haproxy_backend", args, check_mode=check, diff=diff, timeout=120).result()
     assert not result.get("unreachable"), f"Ansible took the module result for an unreachable host: {result}"
     return result
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    lb_pair = Pair(tmp_path_factory.mktemp("haproxy"))
-    yield lb_pair
-    lb_pair.stop()
 
 
 @pytest.fixture()
@@ -323,7 +316,7 @@ def test_role_render_validate_reload_keeps_switch(lbs, tmp_path):
     old_pid = [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0]
 
     def play(*extra):
-        run = ansible_run.run_play(tmp_path / "play.yml", "-e", f"@{tmp_path / 'vars.json'}", *extra, name="Global LB",
+        run = ansible_run.run_play(tmp_path / "play.yml", [], "-e", f"@{tmp_path / 'vars.json'}", *extra, name="Global LB",
                                    play={"roles": [{"role": "hanzo.kms.global_lb"}]}, timeout=300)
         assert run.returncode == 0, json.dumps(run.report, indent=1)[-4000:]
         return run.stats()

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from tests.ansible_run import run_module
-from tests.integration.haproxy_pair import BACKEND, Pair, get
+from tests.integration.haproxy_pair import BACKEND, fixture_pair, get  # noqa: F401  pylint: disable=unused-import
 from tests.integration.test_haproxy_backend import SITES, admin_states, module_instances
 from tests.lab.core import wait_until
 
@@ -29,13 +29,6 @@ INJECTIONS = [
 def run(module, args):
     """Run ``module`` for real (ad-hoc on localhost); return its result dict."""
     return run_module(module, args, timeout=120).result()
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    lb_pair = Pair(tmp_path_factory.mktemp("haproxy-names"))
-    yield lb_pair
-    lb_pair.stop()
 
 
 @pytest.fixture()

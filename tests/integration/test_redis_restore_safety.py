@@ -7,6 +7,7 @@ target a test leaves broken never affects another test.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -383,12 +384,12 @@ def test_sanitize_dump_payload_is_put_back(dumps, target):
 # --------------------------------------------------------------------------------------------------------------
 # 8. a hostile server: deeply nested replies give a clean error
 # --------------------------------------------------------------------------------------------------------------
-def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
-    path, _expected = dumps['small']
+@contextlib.contextmanager
+def hostile_server():
+    """A server on a loopback port (yielded) that answers any request with a reply nested 200,000 levels deep."""
     server = socket.socket()
     server.bind(('127.0.0.1', 0))
     server.listen(4)
-    port = server.getsockname()[1]
 
     def serve():
         while True:
@@ -405,32 +406,22 @@ def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
                 peer.close()
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with pytest.raises((RestoreError, redis_backup.RedisError), match='nested'):
-            redis_restore.run_restore({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
+        yield server.getsockname()[1]
     finally:
         server.close()
+
+
+def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
+    path, _expected = dumps['small']
+    with hostile_server() as port, pytest.raises((RestoreError, redis_backup.RedisError), match='nested'):
+        redis_restore.run_restore({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
 
 
 def test_nested_reply_through_ansible_fails_cleanly(dumps):
     """Through the module: a clean failure message, no traceback of a RecursionError."""
     path, _expected = dumps['small']
-    server = socket.socket()
-    server.bind(('127.0.0.1', 0))
-    server.listen(4)
-    port = server.getsockname()[1]
-
-    def serve():
-        try:
-            peer, _addr = server.accept()
-            peer.recv(65536)
-            peer.sendall(b'*1\r\n' * 200_000 + b':1\r\n')
-            peer.close()
-        except OSError:
-            pass
-    threading.Thread(target=serve, daemon=True).start()
-    run = ansible_run.run_module('hanzo.kms.redis_rdb_restore',
-                                 {'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
-    server.close()
-    out = run.result()
+    with hostile_server() as port:
+        out = ansible_run.run_module('hanzo.kms.redis_rdb_restore',
+                                     {'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'}).result()
     assert out.get('failed') and 'nested' in out['msg'], out
     assert 'RecursionError' not in json.dumps(out)
