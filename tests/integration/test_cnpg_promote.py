@@ -61,11 +61,11 @@ def patch(api_client, namespace, name, body):
     return custom(api_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "clusters", name, body)
 
 
-def wait_for(api_client, namespace, name, predicate, what):
+def wait_for(api_client, namespace, name, predicate, what, interval=0.05):
     def check():
         obj = get(api_client, namespace, name)
         return obj if predicate(obj) else None
-    return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=0.05)
+    return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=interval)
 
 
 def healthy(obj):
@@ -73,19 +73,24 @@ def healthy(obj):
     return status.get("phase") == cnpg.PHASE_HEALTHY and cnpg.condition_true(obj, "Ready")
 
 
+def create_topology(dc1, dc2, namespace, interval=0.05):
+    """kms-pg-dc1 (primary) in dc1 and kms-pg-dc2 (replica) in dc2 created in ``namespace``; returns once both are
+    healthy (polled every ``interval`` seconds)."""
+    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
+                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
+    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
+                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
+    wait_for(dc1, namespace, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary", interval)
+    wait_for(dc2, namespace, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
+             "healthy replica", interval)
+
+
 @pytest.fixture(name="topology")
 def fixture_topology(kube_clients, kube_namespace):  # noqa: F811  pylint: disable=redefined-outer-name
     """dc1 primary and dc2 replica, both healthy; returns (namespace, dc1 client, dc2 client)."""
-    ns = kube_namespace
     dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
-    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
-    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
-    wait_for(dc1, ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary")
-    wait_for(dc2, ns, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
-             "healthy replica")
-    return ns, dc1, dc2
+    create_topology(dc1, dc2, kube_namespace)
+    return kube_namespace, dc1, dc2
 
 
 # -- running the module --------------------------------------------------------------------------------------------

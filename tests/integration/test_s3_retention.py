@@ -453,14 +453,21 @@ def test_versioned_bucket_purge(client, bucket):
     assert len(versions) == 2 * 2 * 2  # kept backups keep their noncurrent versions
 
 
-def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
+def bucket_with_held_manifest(client, days):
+    """A new Object Lock bucket with ``days`` daily redis/dc1 backups, the oldest one's manifest under a legal hold;
+    returns (bucket, backup times newest first, the held manifest's key)."""
     name = "lock-%s" % uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     now = datetime.datetime.now(UTC)
-    times = [now - datetime.timedelta(days=d) for d in range(5)]
+    times = [now - datetime.timedelta(days=d) for d in range(days)]
     write_backups(client, name, "redis", "dc1", times)
-    locked_manifest = "redis/dc1/%s/manifest.json" % ts(times[-1])
-    client.put_object_legal_hold(Bucket=name, Key=locked_manifest, LegalHold={"Status": "ON"})
+    held = "redis/dc1/%s/manifest.json" % ts(times[-1])
+    client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "ON"})
+    return name, times, held
+
+
+def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
+    name, times, locked_manifest = bucket_with_held_manifest(client, 5)
     try:
         result = run_retention(client, params(name, keep_last=2, purge_versions=True))
         assert result["failed"] and "per-key error" in result["msg"] and "object-locked" in result["msg"]
@@ -508,13 +515,7 @@ def test_module_check_diff_then_apply(conn, client, bucket):
 
 
 def test_module_fails_on_per_key_errors(conn, client):
-    name = "lockm-%s" % uuid.uuid4().hex[:12]
-    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    now = datetime.datetime.now(UTC)
-    times = [now - datetime.timedelta(days=d) for d in range(3)]
-    write_backups(client, name, "redis", "dc1", times)
-    held = "redis/dc1/%s/manifest.json" % ts(times[-1])
-    client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "ON"})
+    name, dummy, held = bucket_with_held_manifest(client, 3)
     try:
         res = run_module(dict(conn, bucket=name, prefix="redis", keep_last=1, purge_versions=True))
         assert res["failed"] and "1 per-key error(s), 1 on object-locked versions" in res["msg"], res
