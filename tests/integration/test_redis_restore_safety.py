@@ -141,9 +141,9 @@ def _restore_in_child(params):
         os._exit(0)  # pylint: disable=protected-access
 
 
-def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, target):
-    path, expected = dumps['bulk']
-    client(target).config_set('masterauth', 'previous-masterauth')
+def restore_killed_while_following(lab_handle, target, path):
+    """A replication restore of ``path`` into ``target`` (loading slowly) SIGKILLed once the target follows its
+    listener: the module dies without any cleanup. Returns the dead listener's port."""
     slow_load(target)
     port = lab_handle.free_port()
     params = conn_params(target, src=path, method='replication', listen_port=port, timeout=60)
@@ -151,9 +151,16 @@ def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, 
     proc.start()
     try:
         wait_until(lambda: role(target)[2] == port or not proc.is_alive(), 30, 'the target to follow the listener')
-        os.kill(proc.pid, signal.SIGKILL)  # the module dies: no cleanup at all
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.join(10)
+    return port
+
+
+def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, target):
+    path, expected = dumps['bulk']
+    client(target).config_set('masterauth', 'previous-masterauth')
+    port = restore_killed_while_following(lab_handle, target, path)
     # the reproduction: the target now follows a dead listener and rejects writes
     assert role(target)[:3] == ('slave', '127.0.0.1', port)
     assert 'ReadOnly' in writable(target)
@@ -171,16 +178,7 @@ def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, 
 
 def test_replication_check_mode_reports_repair_without_changing(lab_handle, dumps, target):
     path, _expected = dumps['bulk']
-    slow_load(target)
-    port = lab_handle.free_port()
-    params = conn_params(target, src=path, method='replication', listen_port=port, timeout=60)
-    proc = multiprocessing.get_context('fork').Process(target=_restore_in_child, args=(params,))
-    proc.start()
-    try:
-        wait_until(lambda: role(target)[2] == port or not proc.is_alive(), 30, 'the target to follow the listener')
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.join(10)
+    port = restore_killed_while_following(lab_handle, target, path)
     assert role(target)[2] == port
     checked = redis_restore.run_restore(conn_params(target, src=path, method='replication'), check_mode=True)
     assert checked['repaired'] and checked['repaired']['would_repair']
