@@ -32,7 +32,7 @@ def local_args(python=sys.executable):
 
 def ansible_env(lab_dir=None, json_output=False, **overrides):
     """The environment of a run: this checkout's config and collection, no colour, no localhost-only warnings,
-    the venv's bin first on PATH (roles call kubectl wrappers and python from there); ``lab_dir`` tells the lab
+    the venv's bin first on PATH (for the commands roles and inventories run); ``lab_dir`` tells the lab
     inventory which lab to read; ``overrides`` are further variables (ANSIBLE_CALLBACKS_ENABLED, ...)."""
     env = dict(os.environ)
     env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
