@@ -32,8 +32,7 @@ for entry in (str(REPO), str(REPO / ".venv" / "collections")):
 from kubernetes import client, config  # noqa: E402
 
 from ansible_collections.hanzo.kms.plugins.module_utils import cnpg  # noqa: E402
-from tests.integration.test_cnpg_promote import DC1, DC2, GROUP, VERSION, healthy, pg_cluster  # noqa: E402
-from tests.lab.core import wait_until  # noqa: E402
+from tests.integration.test_cnpg_promote import DC1, DC2, create_topology, patch, wait_for  # noqa: E402
 
 POLL = 0.01
 
@@ -45,35 +44,15 @@ def clients(lab_dir):
             for site in ("dc1", "dc2")}
 
 
-def api(c):
-    return client.CustomObjectsApi(c)
-
-
-def get(c, ns, name):
-    return api(c).get_namespaced_custom_object(GROUP, VERSION, ns, "clusters", name)
-
-
-def patch(c, ns, name, body):
-    return api(c).patch_namespaced_custom_object(GROUP, VERSION, ns, "clusters", name, body)
-
-
 def poll(c, ns, name, predicate):
-    def check():
-        obj = get(c, ns, name)
-        return obj if predicate(obj) else None
-    return wait_until(check, 60, name, interval=POLL)
+    return wait_for(c, ns, name, predicate, "the wanted state", interval=POLL)
 
 
 def topology(kc):
     ns = f"b-{uuid.uuid4().hex[:8]}"
     for c in kc.values():
         client.CoreV1Api(c).create_namespace({"metadata": {"name": ns}})
-    api(kc["dc1"]).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                   pg_cluster(DC1, {"primary": DC1, "source": DC2}))
-    api(kc["dc2"]).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                   pg_cluster(DC2, {"primary": DC1, "source": DC1}))
-    poll(kc["dc1"], ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o))
-    poll(kc["dc2"], ns, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}))
+    create_topology(kc["dc1"], kc["dc2"], ns, interval=POLL)
     return ns
 
 

@@ -27,17 +27,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".venv" / "collections"
-for entry in (str(REPO), str(COLLECTIONS)):
+for entry in (str(REPO), str(REPO / ".venv" / "collections")):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
 # pylint: disable=wrong-import-position
 from ansible_collections.hanzo.kms.plugins.module_utils import haproxy as hx  # noqa: E402
-from tests.integration.haproxy_pair import BACKEND, Pair, wait_for  # noqa: E402
+from tests.ansible_run import COLLECTIONS_PATH, ansible_env, run_ansible, write_play  # noqa: E402
+from tests.integration.haproxy_pair import BACKEND, Pair  # noqa: E402
 from tests.lab import pki  # noqa: E402
+from tests.lab.core import wait_until  # noqa: E402
 
-PYTHON = str(REPO / ".venv" / "bin" / "python")
+PYTHON = sys.executable
 OUR_MODULE = "ansible_collections.hanzo.kms.plugins.modules.haproxy_backend"
 SERVERS = ("a1", "a2", "b1", "b2")
 SITES = {"dc1": ["a1", "a2"], "dc2": ["b1", "b2"]}
@@ -56,7 +57,7 @@ def reset(pair, active):
             state = "ready" if server in SITES[active] else "maint"
             assert inst.command(f"set server {BACKEND}/{server} state {state}").strip() == ""
     for inst in pair.instances:
-        wait_for(lambda inst=inst: all(inst.states()[s][0] == 2 for s in SITES[active]), 20, "servers up")
+        wait_until(lambda inst=inst: all(inst.states()[s][0] == 2 for s in SITES[active]), 20, "servers up")
 
 
 def check(pair, active):
@@ -80,19 +81,12 @@ def run_module_file(module, args, env):
     return result
 
 
-def ansible_env():
-    env = dict(os.environ)
-    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", PYTHONPATH=os.pathsep.join([str(COLLECTIONS), str(REPO)]))
-    return env
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--playbook-runs", type=int, default=3)
     options = parser.parse_args(argv)
-    env = ansible_env()
+    env = ansible_env(PYTHONPATH=os.pathsep.join([str(COLLECTIONS_PATH), str(REPO)]))
     community = community_module()
     directory = Path(tempfile.mkdtemp(prefix="bench-haproxy-"))
     ca = pki.new_ca("bench-haproxy-ca")
@@ -195,15 +189,10 @@ def main(argv=None):
 
 
 def playbook(workdir, name, tasks, env):
-    play = [{"name": f"Bench {name}", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
-    path = workdir / f"{name}.yml"
-    path.write_text(json.dumps(play))
-    start = time.perf_counter()
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-playbook"), str(path)], capture_output=True, text=True,
-                          cwd=REPO, env=env, check=False)
-    elapsed = (time.perf_counter() - start) * 1000
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    return elapsed
+    """Wall milliseconds of one ansible-playbook run of ``tasks`` on localhost."""
+    run = run_ansible("ansible-playbook", write_play(workdir / f"{name}.yml", tasks, f"Bench {name}"), env=env,
+                      must_succeed=True)
+    return run.seconds * 1000
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv"
-COLLECTIONS = VENV / "collections"
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+# pylint: disable=wrong-import-position
+from tests.ansible_run import COLLECTIONS_PATH as COLLECTIONS, ansible_env, run_ansible  # noqa: E402
 
 PLAYBOOK = """
 - hosts: localhost
@@ -54,10 +57,8 @@ def module_runs(runs):
     with tempfile.TemporaryDirectory() as tmp:
         playbook = Path(tmp) / "bench.yml"
         playbook.write_text(PLAYBOOK.format(runs=runs, dir=tmp))
-        env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
-                   ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="default")
-        out = subprocess.run([str(VENV / "bin" / "ansible-playbook"), str(playbook)], env=env, cwd=tmp,
-                             capture_output=True, text=True, check=True).stdout
+        out = run_ansible("ansible-playbook", playbook, cwd=tmp, must_succeed=True,
+                          env=ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")).stdout
     seconds = {name: float(value) for name, value in re.findall(r"^(baseline ping|operation_report) -+ ([0-9.]+)s$",
                                                                 out, re.M)}
     return {name: value / runs for name, value in seconds.items()}

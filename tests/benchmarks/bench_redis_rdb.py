@@ -27,7 +27,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ sys.path.insert(0, str(REPO))
 # pylint: disable=wrong-import-position
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_resp, redis_restore  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
+from tests.ansible_run import local_args, run_ansible  # noqa: E402
+from tests.lab.core import free_port  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli", path="/usr/bin:/usr/local/bin") or "redis-cli"
@@ -69,12 +70,6 @@ for i = start, start + n - 1 do
 end
 return n
 """
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -175,13 +170,9 @@ def module_backup_rss(params, workdir):
         f"open({str(out)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
         "sys.exit(rc)\n")
     wrapper.chmod(0o755)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    argv = [str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-e", f"ansible_python_interpreter={wrapper}",
-            "-m", "hanzo.kms.redis_rdb_backup", "-a", json.dumps(params)]
-    start = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True, cwd=REPO, env=env)
-    return time.monotonic() - start, int(out.read_text()) / 1024
+    run = run_ansible("ansible", "localhost", *local_args(wrapper), "-m", "hanzo.kms.redis_rdb_backup", "-a",
+                      json.dumps(params), must_succeed=True)
+    return run.seconds, int(out.read_text()) / 1024
 
 
 def child_backup_rss(params_json):

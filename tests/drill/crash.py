@@ -21,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from tests.ansible_run import LAB_INVENTORY, ansible_argv, ansible_env
 from tests.drill.load import LoadClient
 from tests.drill.run import DC1_KILLED, kill_processes
 from tests.lab import haproxy as lab_haproxy
 from tests.lab.core import REPO_ROOT, Lab
 
-VENV_BIN = Path(sys.executable).parent
 SWITCHOVER_STEPS = ["preflight", "confirm", "stop_old_kms", "backup_redis", "promote", "restore_redis",
                     "wait_promotion", "start_kms", "switch_lb", "check_lb"]
 FAILOVER_STEPS = ["preflight", "confirm", "fence_old", "promote", "restore_redis", "wait_promotion", "start_kms",
@@ -38,8 +38,7 @@ class Runner:
         self.lab_dir = Path(lab_dir).resolve()
         self.out_dir = Path(out_dir).resolve()
         self.kill_delay = kill_delay
-        self.env = dict(os.environ, HANZO_KMS_LAB_DIR=str(self.lab_dir), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-                        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+        self.env = ansible_env(self.lab_dir, PYTHONUNBUFFERED="1")
         self.env.setdefault("HANZO_KMS_CNPG_STANDIN_DELAY", "0.05")
         self.counter = 0
 
@@ -71,8 +70,8 @@ class Runner:
         return proc.returncode, killed, seconds, log_path.name
 
     def playbook(self, label, name, *extra, kill_at_step=None):
-        return self.command(label, [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/lab",
-                                    f"playbooks/{name}.yml", *extra], kill_at_step=kill_at_step)
+        return self.command(label, ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, f"playbooks/{name}.yml", *extra),
+                            kill_at_step=kill_at_step)
 
     def lab(self):
         lab = Lab(self.lab_dir)

@@ -21,8 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from tests.ansible_run import LAB_INVENTORY, ansible_argv
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
 from tests.drill.run import Drill, drill_from_args
@@ -76,9 +76,9 @@ class PartitionDrill(Drill):
         """fence.yml, started while dc1 is still cut off: it polls dc1's API and fences dc1 once it answers."""
         label = FENCE_PHASE
         log_path = self.out_dir / f"{len(self.phases) + 1:02d}-fence.log"
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventories/lab", "playbooks/fence.yml",
-                "-e", f"fence_site={SITE}", "-e", f"fence_active_site={TARGET}", "-e", f"fence_confirm='FENCE {SITE}'",
-                "-e", "fence_wait_timeout=600"]
+        argv = ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, "playbooks/fence.yml", "-e", f"fence_site={SITE}",
+                            "-e", f"fence_active_site={TARGET}", "-e", f"fence_confirm='FENCE {SITE}'",
+                            "-e", "fence_wait_timeout=600")
         self.log(f"{label}: {' '.join(argv)}")
         out = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=out,  # noqa: S603

@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from tests.ansible_run import LAB_INVENTORY, ansible_argv, ansible_env
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
 from tests.lab import node, site_db
 from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
 
-VENV_BIN = Path(sys.executable).parent
 DC1_KILLED = ("dc1-kube-apiserver", "dc1-postgres", "dc1-redis", "dc1-kms")
 
 
@@ -99,10 +99,8 @@ class Drill:
         self.settle = settle
         self.phases = []
         self.replication = []
-        self.env = dict(os.environ, HANZO_KMS_LAB_DIR=str(self.lab_dir), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-                        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_FORCE_COLOR="0",
-                        # each task's start time and duration in the phase logs: where a playbook's time goes
-                        ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
+        # each task's start time and duration in the phase logs: where a playbook's time goes
+        self.env = ansible_env(self.lab_dir, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
         self.env.setdefault("HANZO_KMS_CNPG_STANDIN_DELAY", "0.05")
 
     def log(self, message):
@@ -123,8 +121,7 @@ class Drill:
         return result.returncode
 
     def playbook(self, label, name, *extra):
-        return self.phase(label, [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/lab", f"playbooks/{name}.yml",
-                                  *extra])
+        return self.phase(label, ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, f"playbooks/{name}.yml", *extra))
 
     def lab_state(self):
         lab = Lab(self.lab_dir)

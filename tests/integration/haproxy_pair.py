@@ -12,35 +12,19 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from tests.lab.core import free_port, wait_until
 from tests.lab.haproxy_render import lab_values, render
 
 BACKEND = "kms"
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
+PORTS_TAKEN = set()  # the pairs of one process never share a port
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -101,10 +85,10 @@ class Instance:
         self.dir = Path(directory) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = str(self.dir / "admin.sock")
-        self.admin_port = free_port()
+        self.admin_port = free_port(PORTS_TAKEN)
         self.admin_address = f"127.0.0.1:{self.admin_port}"
-        self.frontend_port = free_port()
-        self.stats_port = free_port()
+        self.frontend_port = free_port(PORTS_TAKEN)
+        self.stats_port = free_port(PORTS_TAKEN)
         self.frontend_url = f"http://127.0.0.1:{self.frontend_port}"
         self.state_file = str(self.dir / "server-state")
         self.config = str(self.dir / "haproxy.cfg")
@@ -130,7 +114,7 @@ class Instance:
         self.proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", self.config],  # pylint: disable=consider-using-with
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        wait_for(lambda: os.path.exists(self.socket) and self.command("show info"), 10, f"{name} runtime socket")
+        wait_until(lambda: os.path.exists(self.socket) and self.command("show info"), 10, f"{name} runtime socket")
 
     def as_module_instance(self, transport="socket"):
         item = {"name": self.name, "state_file": self.state_file}
@@ -175,8 +159,8 @@ class Instance:
         old = self.command("show info")
         old_pid = [ln for ln in old.splitlines() if ln.startswith("Pid:")][0]
         os.kill(self.proc.pid, signal.SIGUSR2)
-        wait_for(lambda: [ln for ln in self.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
-                 10, f"{self.name} reload")
+        wait_until(lambda: [ln for ln in self.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
+                   10, f"{self.name} reload")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -216,7 +200,7 @@ class Pair:
                 self.instances.append(Instance(f"lb{index + 1}", directory, self.sites, site_names[0],
                                                admin_tls=admin_tls))
             for inst in self.instances:
-                wait_for(lambda inst=inst: inst.states()[site_names[0]][0] == 2, 15, f"{inst.name} to see {site_names[0]} up")
+                wait_until(lambda inst=inst: inst.states()[site_names[0]][0] == 2, 15, f"{inst.name} to see {site_names[0]} up")
         except BaseException:
             self.stop()
             raise
@@ -229,3 +213,11 @@ class Pair:
             inst.stop()
         for site in self.sites:
             site.stop()
+
+
+@pytest.fixture(scope="module", name="pair")
+def fixture_pair(tmp_path_factory):
+    """A Pair for the test module, stopped after its last test."""
+    lb_pair = Pair(tmp_path_factory.mktemp("haproxy"))
+    yield lb_pair
+    lb_pair.stop()

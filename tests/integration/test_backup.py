@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_install import playbook
+from tests.ansible_run import run_playbook
 from tests.lab import redis as lab_redis
+from tests.lab.core import free_port
 from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
 
 try:
@@ -56,8 +57,7 @@ def cnpg_backups(kube_clients, site):  # pylint: disable=redefined-outer-name
 
 @pytest.fixture(scope="module")
 def installed(lab, lab_dir):
-    proc = playbook(["-i", "inventories/lab", "playbooks/install.yml"], lab_dir)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    run_playbook("playbooks/install.yml", lab_dir=lab_dir, must_succeed=True)
     lab_redis.client(lab["sites"]["dc1"]["redis"]).mset(SEEDED)
     return lab
 
@@ -66,12 +66,9 @@ def installed(lab, lab_dir):
 def unreachable_inventory(tmp_path, lab_dir):
     """An extra inventory whose host vars (they beat the lab's group_vars) make one site unreachable."""
     def make(site):
-        with socket.socket() as sock:  # a port nothing listens on
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         path = tmp_path / f"unreachable-{site}.yml"
         path.write_text(json.dumps({"all": {"hosts": {f"{site}-kube": {
-            "site_kubeconfig": str(tmp_path / "missing-kubeconfig"), "site_redis_port": port}}}}), encoding="utf-8")
+            "site_kubeconfig": str(tmp_path / "missing-kubeconfig"), "site_redis_port": free_port()}}}}), encoding="utf-8")
         return str(path)
     return make
 
@@ -79,7 +76,7 @@ def unreachable_inventory(tmp_path, lab_dir):
 def test_check_mode_takes_and_deletes_nothing(installed, lab_dir, kube_clients):  # pylint: disable=redefined-outer-name
     before = ({site: redis_backups(installed, site) for site in SITES},
               {site: len(cnpg_backups(kube_clients, site)) for site in SITES})
-    proc = playbook(["-i", "inventories/lab", "playbooks/backup.yml", "--check"], lab_dir)
+    proc = run_playbook("playbooks/backup.yml", "--check", lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "CHECK MODE" in proc.stdout and "would back up to redis/dc1/" in proc.stdout
     after = ({site: redis_backups(installed, site) for site in SITES},
@@ -89,8 +86,7 @@ def test_check_mode_takes_and_deletes_nothing(installed, lab_dir, kube_clients):
 
 def test_backup_backs_up_both_sites(installed, lab_dir, kube_clients):  # pylint: disable=redefined-outer-name
     before = {site: {b["metadata"]["name"] for b in cnpg_backups(kube_clients, site)} for site in SITES}
-    proc = playbook(["-i", "inventories/lab", "playbooks/backup.yml", "-e", f"kms_report_dir={lab_dir}/reports"],
-                    lab_dir)
+    proc = run_playbook("playbooks/backup.yml", "-e", f"kms_report_dir={lab_dir}/reports", lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     s3 = s3_client(installed)
     for site in SITES:
@@ -111,7 +107,7 @@ def test_backup_backs_up_both_sites(installed, lab_dir, kube_clients):  # pylint
 
 
 def test_unreachable_passive_site_is_skipped(installed, lab_dir, unreachable_inventory):
-    proc = playbook(["-i", "inventories/lab", "-i", unreachable_inventory("dc2"), "playbooks/backup.yml"], lab_dir)
+    proc = run_playbook("playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc2")], lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SKIPPED dc2: Kubernetes API unreachable" in proc.stdout
     assert "SKIPPED dc2: Redis at 127.0.0.1:" in proc.stdout
@@ -119,7 +115,7 @@ def test_unreachable_passive_site_is_skipped(installed, lab_dir, unreachable_inv
 
 
 def test_unreachable_primary_fails_the_job(installed, lab_dir, unreachable_inventory):
-    proc = playbook(["-i", "inventories/lab", "-i", unreachable_inventory("dc1"), "playbooks/backup.yml"], lab_dir)
+    proc = run_playbook("playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc1")], lab_dir=lab_dir)
     assert proc.returncode != 0
     assert "dc1: the primary site's Kubernetes API did not answer" in proc.stdout
     assert "dc1: the active site's Redis at 127.0.0.1:" in proc.stdout
@@ -130,8 +126,8 @@ def test_unreachable_primary_fails_the_job(installed, lab_dir, unreachable_inven
 def test_restore_test_restores_redis_into_a_scratch_redis_and_reports(installed, lab_dir):
     """The Redis part (the scratch Cluster needs the real operator: test_cnpg_operator_real.py runs the whole test,
     recovered rows included; the stand-in neither restores data nor runs pods)."""
-    proc = playbook(["-i", "inventories/lab", "playbooks/restore_test.yml", "-e", f"kms_report_dir={lab_dir}/reports",
-                     "-e", "restore_test_cnpg_enabled=false"], lab_dir)
+    proc = run_playbook("playbooks/restore_test.yml", "-e", f"kms_report_dir={lab_dir}/reports",
+                        "-e", "restore_test_cnpg_enabled=false", lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     reports = sorted(Path(lab_dir, "reports").glob("restore-test-*.json"))
     report = json.loads(reports[-1].read_text(encoding="utf-8"))
@@ -150,9 +146,9 @@ def test_restore_test_restores_redis_into_a_scratch_redis_and_reports(installed,
 def test_restore_test_refuses_a_live_redis(installed, lab_dir):
     target = installed["sites"]["dc1"]["redis"]
     keys_before = lab_redis.client(target).dbsize()
-    proc = playbook(["-i", "inventories/lab", "playbooks/restore_test.yml", "-e", "restore_test_redis_mode=external",
-                     "-e", f"restore_test_redis_host={target['host']}", "-e", f"restore_test_redis_port={target['port']}",
-                     "-e", "restore_test_cnpg_enabled=false"], lab_dir)
+    proc = run_playbook("playbooks/restore_test.yml", "-e", "restore_test_redis_mode=external",
+                        "-e", f"restore_test_redis_host={target['host']}", "-e", f"restore_test_redis_port={target['port']}",
+                        "-e", "restore_test_cnpg_enabled=false", lab_dir=lab_dir)
     assert proc.returncode != 0
     assert "not a site's" in proc.stdout
     assert lab_redis.client(target).dbsize() == keys_before

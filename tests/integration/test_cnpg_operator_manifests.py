@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import cnpg_operator, cnpg_plugin_tls, kube, kube_build
-from tests.lab.core import wait_until
+from tests.lab.core import free_port, wait_until
 from tests.lab.kube_fixtures import kube_sites  # noqa: F401  pylint: disable=unused-import
 
 WAIT = 60
@@ -241,9 +241,7 @@ def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # 
         tmp = Path(tmp)
         _write_secret(tmp / "server", server)
         _write_secret(tmp / "client", client)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         # the Deployment's own arguments, with the mount paths under tmp; no leader election outside a pod
         argv = [str(build["paths"]["barman-cloud-plugin"])] + [
             a.replace("=/server/", f"={tmp}/server/").replace("=/client/", f"={tmp}/client/")

@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ansible_run import recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
 from tests.lab import kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
@@ -49,7 +50,6 @@ CNPG_PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
 PG_IMAGE = "docker.io/hanzo-kms-lab/postgresql:15-bookworm"
 POD_IMAGES = ("docker.io/hanzo-kms-lab/redis:7.0-bookworm", "docker.io/hanzo-kms-lab/kms-standin:1",
               "docker.io/hanzo-kms-lab/redis-backup-tools:1")
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 BIN = Path(sys.executable).parent
 FIGURES = {}
 
@@ -80,25 +80,15 @@ def operator_lab():
         assert node.leftovers(lab.dir) == []
 
 
-def ansible(lab, command, *args, timeout=900):
-    """Run ansible-playbook or ansible (``command``) on the lab inventory; (process, seconds). Must succeed."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-               ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".venv" / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0", HANZO_KMS_LAB_DIR=str(lab.dir), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    started = time.monotonic()
-    proc = subprocess.run([str(BIN / command), "-i", "inventories/lab", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, f"{command} {args} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
-    return proc, round(time.monotonic() - started, 1)
-
-
 def playbook(lab, path, *args, timeout=900):
-    return ansible(lab, "ansible-playbook", path, *args, timeout=timeout)
+    """ansible-playbook ``path`` on the lab inventory; (run, seconds). Must succeed."""
+    run = run_playbook(path, *args, lab_dir=lab.dir, timeout=timeout, must_succeed=True)
+    return run, round(run.seconds, 1)
 
 
 def changed(output):
     """Changed tasks per host from a play recap (ansible-playbook's, or Molecule's with its "│ " margin)."""
-    return {host: int(ch) for host, _ok, ch, _unr, _failed in RECAP.findall(re.sub(r"(?m)^[ \t]*(?:│ ?)?", "", output))}
+    return {host: counts["changed"] for host, counts in recap(re.sub(r"(?m)^[ \t]*(?:│ ?)?", "", output)).items()}
 
 
 def kubectl(lab, site, *args, timeout=60):
@@ -375,8 +365,8 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
             "tls_ca_cert": target["ca_file"], "bucket": s3["bucket"],
             "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],
             "secret_key": s3["secret_key"], "ca_bundle": s3["ca_file"], "mode": "replace"}
-    proc, _seconds = ansible(lab, "ansible", "localhost", "-m", "hanzo.kms.redis_rdb_restore", "-a", json.dumps(args))
-    assert '"changed": true' in proc.stdout and f'"key": "{key}"' in proc.stdout, proc.stdout
+    result = run_module("hanzo.kms.redis_rdb_restore", args, lab_dir=lab.dir, must_succeed=True).result()
+    assert result["changed"] is True and f'"key": "{key}"' in json.dumps(result), result
 
 
 def newest_report(lab, prefix):

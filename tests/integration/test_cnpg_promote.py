@@ -2,7 +2,7 @@
 
 Each test gets a fresh namespace in both clusters holding ``kms-pg-dc1`` (primary, in dc1) and ``kms-pg-dc2``
 (replica, in dc2) of one distributed topology. The main scenarios run the real module through ``ansible-playbook``
-(ANSIBLE_CONFIG=<repo>/ansible.cfg, run from the repo root, JSON callback); the interruption scenarios drive the
+(tests/ansible_run.py: the checkout's ansible.cfg, JSON callback); the interruption scenarios drive the
 same module_utils state machine directly over kubernetes clients so they can stop it between steps.
 
 Set HANZO_KMS_CNPG_STANDIN_DELAY (seconds per simulated operator step) low, e.g. 0.05, before the lab starts to keep
@@ -10,18 +10,14 @@ the stand-in's simulated delays near zero; ``-s`` prints the module timings of a
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
+from tests.ansible_run import run_play
 from tests.lab import cnpg_state
 from tests.lab.core import wait_until
 from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
@@ -32,7 +28,6 @@ try:
 except ImportError:  # pragma: no cover
     client = None
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "postgresql.cnpg.io", "v1"
 WAIT = 60
 DC1, DC2 = "kms-pg-dc1", "kms-pg-dc2"
@@ -66,11 +61,11 @@ def patch(api_client, namespace, name, body):
     return custom(api_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "clusters", name, body)
 
 
-def wait_for(api_client, namespace, name, predicate, what):
+def wait_for(api_client, namespace, name, predicate, what, interval=0.05):
     def check():
         obj = get(api_client, namespace, name)
         return obj if predicate(obj) else None
-    return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=0.05)
+    return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=interval)
 
 
 def healthy(obj):
@@ -78,50 +73,39 @@ def healthy(obj):
     return status.get("phase") == cnpg.PHASE_HEALTHY and cnpg.condition_true(obj, "Ready")
 
 
+def create_topology(dc1, dc2, namespace, interval=0.05):
+    """kms-pg-dc1 (primary) in dc1 and kms-pg-dc2 (replica) in dc2 created in ``namespace``; returns once both are
+    healthy (polled every ``interval`` seconds)."""
+    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
+                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
+    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
+                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
+    wait_for(dc1, namespace, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary", interval)
+    wait_for(dc2, namespace, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
+             "healthy replica", interval)
+
+
 @pytest.fixture(name="topology")
 def fixture_topology(kube_clients, kube_namespace):  # noqa: F811  pylint: disable=redefined-outer-name
     """dc1 primary and dc2 replica, both healthy; returns (namespace, dc1 client, dc2 client)."""
-    ns = kube_namespace
     dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
-    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
-    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
-    wait_for(dc1, ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary")
-    wait_for(dc2, ns, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
-             "healthy replica")
-    return ns, dc1, dc2
+    create_topology(dc1, dc2, kube_namespace)
+    return kube_namespace, dc1, dc2
 
 
 # -- running the module --------------------------------------------------------------------------------------------
 def run_module(tmp_path, kubeconfig_path, namespace, mode, old="dc1", new="dc2", check=False, diff=False,
                **options):
-    """Run hanzo.kms.cnpg_promote through ansible-playbook; return (task result, seconds of module time)."""
+    """Run hanzo.kms.cnpg_promote through ansible-playbook; return the task result."""
     names = {"dc1": DC1, "dc2": DC2}
     args = {"mode": mode, "kubeconfig": kubeconfig_path, "poll_interval": 0.05,
             "old_cluster": {"name": names[old], "namespace": namespace, "context": old},
             "new_cluster": {"name": names[new], "namespace": namespace, "context": new}}
     args.update(options)
-    playbook = tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml"
-    playbook.write_text(yaml.safe_dump([{
-        "name": "Promote", "hosts": "localhost", "gather_facts": False,
-        "tasks": [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}]}]), encoding="utf-8")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
-            "-e", f"ansible_python_interpreter={sys.executable}"]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    try:
-        report = json.loads(proc.stdout)
-        task = report["plays"][0]["tasks"][0]
-        result = task["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"ansible-playbook output not understood ({exc}):\n{proc.stdout}\n{proc.stderr}") from None
-    return result
+    run = run_play(tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml",
+                   [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}], check_mode=check, diff=diff,
+                   name="Promote", timeout=600)
+    return run.result()
 
 
 def run_direct(old_client, new_client, namespace, mode, old_name=DC1, new_name=DC2, **kwargs):

@@ -15,15 +15,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
+from tests.ansible_run import run_play
 from tests.lab import cnpg_state, kms, postgres
 from tests.lab.core import wait_until
 from tests.lab.kube_fixtures import kube_clients, kube_sites, kubeconfig  # noqa: F401  pylint: disable=unused-import
@@ -34,7 +32,6 @@ try:
 except ImportError:  # pragma: no cover
     client = None
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "postgresql.cnpg.io", "v1"
 NAMESPACE = "kms"
 NAMES = {"dc1": "kms-pg-dc1", "dc2": "kms-pg-dc2"}
@@ -96,22 +93,11 @@ def run_module(tmp_path, kubeconfig_path, mode, old, new, **options):
             "old_cluster": {"name": NAMES[old], "namespace": NAMESPACE, "context": old},
             "new_cluster": {"name": NAMES[new], "namespace": NAMESPACE, "context": new}}
     args.update(options)
-    book = tmp_path / f"promote-{mode}-{uuid.uuid4().hex[:6]}.yml"
-    book.write_text(yaml.safe_dump([{"name": "Promote", "hosts": "localhost", "gather_facts": False,
-                                     "tasks": [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}]}]),
-                    encoding="utf-8")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    started = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(book),
-                           "-e", f"ansible_python_interpreter={sys.executable}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    try:
-        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"ansible-playbook output not understood ({exc}):\n{proc.stdout}\n{proc.stderr}") from None
+    run = run_play(tmp_path / f"promote-{mode}-{uuid.uuid4().hex[:6]}.yml",
+                   [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}], name="Promote", timeout=600)
+    result = run.result()
     assert result.get("failed") is not True, result
-    print(f"\ncnpg_promote {mode} {old}->{new}: {time.monotonic() - started:.1f}s wall, "
+    print(f"\ncnpg_promote {mode} {old}->{new}: {run.seconds:.1f}s wall, "
           f"module timings {result.get('timings')}")
     return result
 

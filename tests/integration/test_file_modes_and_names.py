@@ -16,18 +16,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.ansible_run import run_module, run_play
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".venv" / "bin"
 BAD_SITES = ["dc1;rm -rf /", "dc1/../x"]
-
-
-def env():
-    out = dict(os.environ)
-    out.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
-    return out
 
 
 def umask0():
@@ -35,23 +28,16 @@ def umask0():
 
 
 def adhoc(module, args):
-    proc = subprocess.run([str(BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args)], cwd=REPO, env=env(),
-                          capture_output=True, text=True, check=False, timeout=300, preexec_fn=umask0)
-    return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return run_module(module, args, timeout=300, preexec_fn=umask0).result()
 
 
 def play(tmp_path, tasks, play_vars=None, vars_files=()):
     """Run one play on localhost; return [(task name, result)] in order and the recap."""
-    book = tmp_path / "play.yml"
     # task vars win over vars_files (the role defaults loaded as a base)
     tasks = [dict(task, vars=dict(play_vars or {}, **task.get("vars", {}))) for task in tasks]
-    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False,
-                                     "vars_files": [str(REPO / f) for f in vars_files], "tasks": tasks}]))
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(book)], cwd=REPO,
-                          env=env(), capture_output=True, text=True, check=False, timeout=300, preexec_fn=umask0)
-    report = json.loads(proc.stdout)
-    results = [(t["task"]["name"], t["hosts"].get("localhost", {})) for p in report["plays"] for t in p["tasks"]]
-    return results, report["stats"].get("localhost", {})
+    run = run_play(tmp_path / "play.yml", tasks, play={"vars_files": [str(REPO / f) for f in vars_files]}, timeout=300,
+                   preexec_fn=umask0)
+    return run.results(), run.stats()
 
 
 def mode(path):

@@ -8,7 +8,6 @@ module_utils directly because they need to act while the switch is in progress.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -19,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.haproxy_pair import BACKEND, Pair, get, wait_for
+from tests import ansible_run
+from tests.integration.haproxy_pair import BACKEND, fixture_pair, get  # noqa: F401  pylint: disable=unused-import
 from tests.lab import haproxy as lab_haproxy
+from tests.lab.core import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".venv" / "collections"))
@@ -29,40 +30,15 @@ from ansible_collections.hanzo.kms.plugins.module_utils import haproxy as hx  # 
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)")
 
-ANSIBLE_BIN = REPO / ".venv" / "bin"
 SITES = {"dc1": ["dc1"], "dc2": ["dc2"]}
 READY, MAINT = "ready", "maint"
 
 
-def ansible_env():
-    env = dict(os.environ)
-    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
-    return env
-
-
 def run_module(args, check=False, diff=False, module="hanzo.kms.haproxy_backend"):
     """Run ``module`` for real (ad-hoc on localhost); return its result dict."""
-    argv = [str(ANSIBLE_BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args)]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=ansible_env(), check=False, timeout=120)
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise AssertionError(f"ansible output is not JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
-    result = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    result = ansible_run.run_module(module, args, check_mode=check, diff=diff, timeout=120).result()
     assert not result.get("unreachable"), f"Ansible took the module result for an unreachable host: {result}"
     return result
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    lb_pair = Pair(tmp_path_factory.mktemp("haproxy"))
-    yield lb_pair
-    lb_pair.stop()
 
 
 @pytest.fixture()
@@ -75,7 +51,7 @@ def lbs(pair):
                         "set server kms/dc1 weight 1", "set server kms/dc2 weight 1"):
             assert inst.command(command).strip() == ""
     for inst in pair.instances:
-        wait_for(lambda inst=inst: get(inst.frontend_url) == (200, "dc1"), 10, f"{inst.name} to serve dc1")
+        wait_until(lambda inst=inst: get(inst.frontend_url) == (200, "dc1"), 10, f"{inst.name} to serve dc1")
     return pair
 
 
@@ -197,9 +173,7 @@ def test_unreachable_instance_without_quorum(lbs, tmp_path):
 
 
 def test_unreachable_instance_with_quorum(lbs):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     instances = module_instances(lbs)
     instances[1] = {"name": "lb2", "address": f"127.0.0.1:{closed_port}"}
     result = run_module({"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": instances,
@@ -263,7 +237,7 @@ def core_instances(pair):
 def test_drain_with_live_connection(lbs):
     lb1 = lbs.instances[0]
     live = LiveRequest(lb1.frontend_url)
-    wait_for(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
+    wait_until(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
     outcome = {}
 
     def run():
@@ -276,7 +250,7 @@ def test_drain_with_live_connection(lbs):
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        wait_for(lambda: admin_states(lbs)["lb1"] == {"dc1": "drain", "dc2": READY}, 20, "dc1 draining on lb1")
+        wait_until(lambda: admin_states(lbs)["lb1"] == {"dc1": "drain", "dc2": READY}, 20, "dc1 draining on lb1")
         # new requests already land on dc2 while the old session is still on dc1
         assert landing(lbs) == {"dc2"}
         assert scur(lb1, "dc1") == 1 and worker.is_alive()
@@ -294,7 +268,7 @@ def test_drain_with_live_connection(lbs):
 def test_drain_timeout_rolls_back(lbs):
     lb1 = lbs.instances[0]
     live = LiveRequest(lb1.frontend_url)
-    wait_for(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
+    wait_until(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
     with pytest.raises(hx.SwitchError) as failure:
         hx.switch(core_instances(lbs), BACKEND, hx.desired_from_sites("dc2", SITES), drain=True, drain_timeout=0.5)
     assert "did not drain" in str(failure.value) and "lb1 kms/dc1 has 1 session" in str(failure.value)
@@ -306,7 +280,7 @@ def test_drain_timeout_rolls_back(lbs):
 def test_drain_timeout_with_shutdown_sessions(lbs):
     lb1 = lbs.instances[0]
     live = LiveRequest(lb1.frontend_url)
-    wait_for(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
+    wait_until(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
     result = hx.switch(core_instances(lbs), BACKEND, hx.desired_from_sites("dc2", SITES), drain=True, drain_timeout=0.5,
                        shutdown_sessions=True)
     assert result["drain_timed_out"] is True
@@ -339,23 +313,20 @@ def test_role_render_validate_reload_keeps_switch(lbs, tmp_path):
                   global_lb_reload_command=f"kill -USR2 {lb1.proc.pid}", global_lb_config_path=lb1.config,
                   global_lb_maxconn=2048)
     (tmp_path / "vars.json").write_text(json.dumps(values))
-    (tmp_path / "play.yml").write_text("- name: Global LB\n  hosts: localhost\n  gather_facts: false\n"
-                                       "  roles:\n    - role: hanzo.kms.global_lb\n")
     old_pid = [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0]
 
     def play(*extra):
-        proc = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}",
-                               *extra], capture_output=True, text=True, cwd=REPO, env=ansible_env(), check=False, timeout=300)
-        report = json.loads(proc.stdout)
-        assert proc.returncode == 0, json.dumps(report, indent=1)[-4000:]
-        return report["stats"]["localhost"]
+        run = ansible_run.run_play(tmp_path / "play.yml", [], "-e", f"@{tmp_path / 'vars.json'}", *extra, name="Global LB",
+                                   play={"roles": [{"role": "hanzo.kms.global_lb"}]}, timeout=300)
+        assert run.returncode == 0, json.dumps(run.report, indent=1)[-4000:]
+        return run.stats()
 
     first = play()
     assert first["changed"] == 2  # template and reload command (saving the state changes nothing in HAProxy)
     assert "maxconn 2048" in Path(lb1.config).read_text()
     assert "kms 1 dc1" in Path(lb1.state_file).read_text()
-    wait_for(lambda: [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
-             10, "lb1 reloaded")
+    wait_until(lambda: [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
+               10, "lb1 reloaded")
     assert admin_states(lbs)["lb1"] == {"dc1": MAINT, "dc2": READY}
     assert get(lb1.frontend_url) == (200, "dc2")
     second = play()

@@ -8,21 +8,14 @@ configuration).
 """
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 
 import pytest
 
-from tests.integration.haproxy_pair import BACKEND, Pair, get, wait_for
-from tests.integration.test_haproxy_backend import (
-    ANSIBLE_BIN,
-    REPO,
-    SITES,
-    admin_states,
-    ansible_env,
-    module_instances,
-)
+from tests.ansible_run import run_module
+from tests.integration.haproxy_pair import BACKEND, fixture_pair, get  # noqa: F401  pylint: disable=unused-import
+from tests.integration.test_haproxy_backend import SITES, admin_states, module_instances
+from tests.lab.core import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)")
 
@@ -35,19 +28,7 @@ INJECTIONS = [
 
 def run(module, args):
     """Run ``module`` for real (ad-hoc on localhost); return its result dict."""
-    argv = [str(ANSIBLE_BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args)]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=ansible_env(), check=False, timeout=120)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(f"unexpected ansible output (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    lb_pair = Pair(tmp_path_factory.mktemp("haproxy-names"))
-    yield lb_pair
-    lb_pair.stop()
+    return run_module(module, args, timeout=120).result()
 
 
 @pytest.fixture()
@@ -57,7 +38,7 @@ def lbs(pair):
         for command in (f"set server {BACKEND}/dc1 state ready", f"set server {BACKEND}/dc2 state maint"):
             assert inst.command(command).strip() == ""
     for inst in pair.instances:
-        wait_for(lambda inst=inst: get(inst.frontend_url) == (200, "dc1"), 10, f"{inst.name} to serve dc1")
+        wait_until(lambda inst=inst: get(inst.frontend_url) == (200, "dc1"), 10, f"{inst.name} to serve dc1")
     return pair
 
 

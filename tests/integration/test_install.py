@@ -9,16 +9,12 @@ Install and re-run times are printed (pytest -s) for the closing note.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.ansible_run import recap, run_playbook
 from tests.lab import haproxy as lab_haproxy
 from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
 
@@ -27,52 +23,25 @@ try:
 except ImportError:  # pragma: no cover
     client = None
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 NAMESPACE = "kms"
 SITES = ("dc1", "dc2")
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-
-
-def ansible_env(lab_dir):
-    env = dict(os.environ)
-    env.update({"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
-                "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / ".venv" / "collections"),
-                "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
-                "HANZO_KMS_LAB_DIR": str(lab_dir), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
-    return env
-
-
-def playbook(args, lab_dir, timeout=900):
-    return subprocess.run([str(BIN / "ansible-playbook"), *args], cwd=REPO_ROOT, env=ansible_env(lab_dir),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def recap(output):
-    return {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unr), "failed": int(failed)}
-            for host, ok, changed, unr, failed in RECAP.findall(output)}
 
 
 @pytest.fixture(scope="module")
 def installed(lab, lab_dir):
     """Run install.yml twice; return both results and their durations."""
-    runs = []
-    for dummy in range(2):
-        started = time.monotonic()
-        proc = playbook(["-i", "inventories/lab", "playbooks/install.yml"], lab_dir)
-        runs.append((proc, time.monotonic() - started))
-        assert proc.returncode == 0, f"install.yml failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    print(f"\ninstall.yml on the lab: first run {runs[0][1]:.1f}s, second run {runs[1][1]:.1f}s")
+    runs = [run_playbook("playbooks/install.yml", lab_dir=lab_dir, timeout=900, must_succeed=True) for dummy in range(2)]
+    print(f"\ninstall.yml on the lab: first run {runs[0].seconds:.1f}s, second run {runs[1].seconds:.1f}s")
     return {"first": runs[0], "second": runs[1], "lab": lab}
 
 
 def test_first_run_changes_and_second_run_changes_nothing(installed):
-    first = recap(installed["first"][0].stdout)
-    second = recap(installed["second"][0].stdout)
+    first = recap(installed["first"].stdout)
+    second = recap(installed["second"].stdout)
     assert set(first) >= {"dc1-kube", "dc2-kube", "lb1", "lb2"}, first
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in first.values()), first
     # (the first run changes things only on a fresh lab; HANZO_KMS_TEST_LAB_DIR may point at an installed one)
-    assert {host: r["changed"] for host, r in second.items() if r["changed"]} == {}, installed["second"][0].stdout[-6000:]
+    assert {host: r["changed"] for host, r in second.items() if r["changed"]} == {}, installed["second"].stdout[-6000:]
 
 
 def custom(api_client):
@@ -195,7 +164,7 @@ def test_role_apply_rejects_unknown_fields(installed, lab_dir, tmp_path):  # pyl
         "        cnpg_kubeconfig: '{{ site_kubeconfig }}'\n        cnpg_context: '{{ site_kube_context }}'\n"
         "        cnpg_site: dc1\n        cnpg_sites: [dc1, dc2]\n        cnpg_primary_site: dc1\n"
         "        cnpg_resources: {requests: {cpu: 100m}, bogusField: 1}\n", encoding="utf-8")
-    proc = playbook(["-i", "inventories/lab", "--check", str(play)], lab_dir)
+    proc = run_playbook(play, "--check", lab_dir=lab_dir, timeout=900)
     assert proc.returncode != 0
     assert "bogusField" in proc.stdout and re.search(r"field not declared in schema|unknown field", proc.stdout), proc.stdout[-3000:]
 
@@ -224,7 +193,7 @@ def test_argument_specs_reject_wrong_types(role, tmp_path):
     play = tmp_path / "play.yml"
     play.write_text(f"- name: Wrong type\n  hosts: localhost\n  gather_facts: false\n"
                     f"  roles:\n    - role: hanzo.kms.{role}\n      vars:\n        {var}: {value}\n", encoding="utf-8")
-    proc = playbook(["-i", "localhost,", "-c", "local", str(play)], tmp_path)
+    proc = run_playbook(play, "-c", "local", inventory="localhost,")
     assert proc.returncode != 0
     assert "Validating arguments against arg spec 'main'" in proc.stdout
     assert "Validation of arguments failed" in proc.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ import urllib.request
 import pytest
 
 from tests.lab import containerd, images, pki, s3
-from tests.lab.core import LAB_PORT_RANGE, Lab, port_is_free, wait_until
+from tests.lab.core import Lab, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (containerd, runc, overlay mounts)")
 
@@ -36,12 +35,6 @@ def tasks_fixture(node):
     """The node; every task a test started is killed afterwards."""
     yield node
     node.kill_tasks()
-
-
-def free_port():
-    """A free loopback port below the ephemeral range (as the lab chooses them)."""
-    low, high = LAB_PORT_RANGE
-    return next(port for port in random.sample(range(low, high), high - low) if port_is_free(port))
 
 
 def sh(node, image, script, **options):
@@ -141,7 +134,8 @@ def _http(url, body=None):
 
 
 def test_kms_standin_serves_with_postgres_and_redis_of_the_lab_images(tasks):
-    pg_port, redis_port, kms_port = free_port(), free_port(), free_port()
+    taken = set()
+    pg_port, redis_port, kms_port = free_port(taken), free_port(taken), free_port(taken)
     tasks.start_task(images.POSTGRES_IMAGE, ["/bin/sh", "-ec", (
         "initdb -D /tmp/pg --username=postgres --auth=trust >/dev/null; "
         f"exec postgres -D /tmp/pg -p {pg_port} -k /tmp -c listen_addresses=127.0.0.1")], net_host=True)

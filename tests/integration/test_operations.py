@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_install import BIN, REPO_ROOT, ansible_env, playbook, recap
+from tests.ansible_run import recap, run_module, run_playbook
 from tests.lab import haproxy as lab_haproxy
 from tests.lab import redis as lab_redis
 from tests.lab import s3 as lab_s3
@@ -29,13 +26,10 @@ try:
 except ImportError:  # pragma: no cover
     client = None
 
-INVENTORY = ["-i", "inventories/lab"]
-
 
 def run(args, lab_dir, what):
-    started = time.monotonic()
-    proc = playbook(INVENTORY + args, lab_dir)
-    print(f"\n{what}: {time.monotonic() - started:.1f}s")
+    proc = run_playbook(*args, lab_dir=lab_dir)
+    print(f"\n{what}: {proc.seconds:.1f}s")
     return proc
 
 
@@ -44,13 +38,6 @@ def installed(lab, lab_dir):
     proc = run(["playbooks/install.yml"], lab_dir, "install.yml")
     assert proc.returncode == 0, proc.stdout[-6000:]
     return lab
-
-
-def adhoc(module, args, lab_dir):
-    return subprocess.run([str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-e",
-                           f"ansible_python_interpreter={sys.executable}", "-m", module, "-a", json.dumps(args)],
-                          cwd=REPO_ROOT, env=ansible_env(lab_dir), capture_output=True, text=True, timeout=300,
-                          check=False)
 
 
 def cluster(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer-name
@@ -109,18 +96,19 @@ def test_site_data_info_reads_the_barman_layout(installed, lab_dir):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     redis_entry = installed["sites"]["dc1"]["redis"]
     try:
-        proc = adhoc("hanzo.kms.site_data_info", {
+        proc = run_module("hanzo.kms.site_data_info", {
             "site": "itest-site", "bucket": bucket, "endpoint_url": installed["s3"]["endpoint_url"],
             "access_key": installed["s3"]["access_key"], "secret_key": installed["s3"]["secret_key"],
             "addressing_style": "path", "ca_bundle": installed["s3"]["ca_file"], "host": redis_entry["host"],
             "port": redis_entry["port"], "password": redis_entry["password"], "tls": True,
-            "tls_ca_cert": redis_entry["ca_file"]}, lab_dir)
+            "tls_ca_cert": redis_entry["ca_file"]}, lab_dir=lab_dir, timeout=300)
     finally:
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]})
-    assert proc.returncode == 0, proc.stdout
-    assert '"name": "000000010000000000000003"' in proc.stdout
-    assert '"backup_id": "20261129T100000"' in proc.stdout
-    assert '"role": "master"' in proc.stdout
+    assert proc.returncode == 0, proc.tail()
+    result = json.dumps(proc.result())
+    assert '"name": "000000010000000000000003"' in result
+    assert '"backup_id": "20261129T100000"' in result
+    assert '"role": "master"' in result
 
 
 def test_switchover_there_and_back(installed, lab_dir, kube_clients):  # noqa: F811  pylint: disable=redefined-outer-name

@@ -12,11 +12,9 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,9 +22,11 @@ import uuid
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_lock as ol
-from tests.integration.test_install import BIN, REPO_ROOT, ansible_env, playbook
+from tests import ansible_run
+from tests.ansible_run import run_playbook
 from tests.lab import kube as lab_kube
 from tests.lab import s3 as lab_s3
+from tests.lab.core import wait_until
 from tests.lab.kube_fixtures import kube_clients, kube_namespace, kube_sites  # noqa: F401  pylint: disable=unused-import
 
 try:
@@ -43,16 +43,8 @@ SITES = ("dc1", "dc2")
 def run_module(args, lab_dir, check=False):
     """hanzo.kms.operation_lock through ansible (ad hoc); returns (rc, result dict with the whole output in 'output',
     warnings included)."""
-    argv = [str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-e",
-            f"ansible_python_interpreter={sys.executable}", "-m", "hanzo.kms.operation_lock", "-a", json.dumps(args)]
-    if check:
-        argv.append("--check")
-    proc = subprocess.run(argv, cwd=REPO_ROOT, env=ansible_env(lab_dir), capture_output=True, text=True, timeout=300,
-                          check=False)
-    out = proc.stdout
-    result = json.loads(out[out.index("=>") + 2:]) if "=>" in out else {}
-    result["output"] = out + proc.stderr
-    return proc.returncode, result
+    run = ansible_run.run_module("hanzo.kms.operation_lock", args, check_mode=check, lab_dir=lab_dir, timeout=300)
+    return run.returncode, dict(run.result(), output=run.output)
 
 
 def sites_arg(kube_sites, namespace, **overrides):
@@ -89,13 +81,10 @@ def put_lease(kube_clients, site, namespace, owner, operation, renewed, ttl):
 def lock_script(lab_dir, tmp_path_factory):
     """The CronJob's lock script as the redis role renders it (role defaults, ansible's template module)."""
     dest = tmp_path_factory.mktemp("oplock") / "operation-lock.sh"
-    proc = subprocess.run(
-        [str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-e",
-         f"ansible_python_interpreter={sys.executable}", "-e", "@roles/redis/defaults/main.yml", "-e", "redis_site=dc1",
-         "-m", "ansible.builtin.template", "-a",
-         f"src=roles/redis/templates/operation-lock.sh.j2 dest={dest} mode=0755"],
-        cwd=REPO_ROOT, env=ansible_env(lab_dir), capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ansible_run.run_module("ansible.builtin.template",
+                           {"src": "roles/redis/templates/operation-lock.sh.j2", "dest": str(dest), "mode": "0755"},
+                           "-e", "@roles/redis/defaults/main.yml", "-e", "redis_site=dc1", lab_dir=lab_dir, timeout=120,
+                           must_succeed=True)
     return dest
 
 
@@ -111,6 +100,16 @@ def run_script(lock_script, kube_sites):
                               timeout=120, check=False)
 
     return run
+
+
+def namespace_gone(kube_clients, site, name):
+    try:
+        client.CoreV1Api(kube_clients[site]).read_namespace(name)
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +133,8 @@ def kms_namespace(kube_clients):
     for site in created:
         client.CoreV1Api(kube_clients[site]).delete_namespace("kms")
     for site in created:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                client.CoreV1Api(kube_clients[site]).read_namespace("kms")
-            except client.exceptions.ApiException as exc:
-                if exc.status == 404:
-                    break
-                raise
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"namespace kms of {site} was not deleted within 120 s")
+        wait_until(lambda site=site: namespace_gone(kube_clients, site, "kms"), 120, f"namespace kms of {site} deleted",
+                   interval=0.5)
 
 
 # -- the defect: two operations at once both ran ------------------------------------------------------------------
@@ -158,11 +148,10 @@ def test_two_backups_started_together_only_one_runs(lab, lab_dir, kms_namespace,
         return {o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/manifest.json")}
 
     before = backups()
-    args = ["-i", "inventories/lab", "playbooks/backup.yml", "-e", "backup_cnpg_enabled=false"]
     results = [None, None]
 
     def backup(index):
-        results[index] = playbook(args, lab_dir)
+        results[index] = run_playbook("playbooks/backup.yml", "-e", "backup_cnpg_enabled=false", lab_dir=lab_dir)
 
     threads = [threading.Thread(target=backup, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -362,9 +351,8 @@ def test_backup_playbook_refused_while_a_failover_holds_the_lock(lab, lab_dir, k
         put_lease(kube_clients, site, kms_namespace, owner, "failover", time.time(), 7200)
     versions = [lease(kube_clients, s, kms_namespace).metadata.resource_version for s in SITES]
     before = objects()
-    started = time.monotonic()
-    proc = playbook(["-i", "inventories/lab", "playbooks/backup.yml"], lab_dir)
-    took = time.monotonic() - started
+    proc = run_playbook("playbooks/backup.yml", lab_dir=lab_dir)
+    took = proc.seconds
     assert proc.returncode != 0
     assert f"The operation lock is held by '{owner}' (failover) since 20" in proc.stdout, proc.stdout[-4000:]
     assert "kms_lock_break='BREAK LOCK " + owner in proc.stdout

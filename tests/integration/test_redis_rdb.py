@@ -9,11 +9,8 @@ with the same settings; S3 is the lab's SeaweedFS.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,13 +20,12 @@ import pytest
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_resp, redis_restore, s3_retention, times
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
-from tests import rdb_corpus
+from tests import ansible_run, rdb_corpus
 from tests.lab import redis as lab_redis
 from tests.lab.core import wait_until
 
 redis = pytest.importorskip('redis')
 
-REPO = Path(__file__).resolve().parents[2]
 FUNCTION_CODE = "#!lua name=kmslib\nredis.register_function('kms_one', function(keys, args) return 1 end)"
 
 
@@ -567,18 +563,7 @@ def test_file_method_into_stopped_server(lab_handle, servers, tmp_path, forget_p
 # Through Ansible
 # --------------------------------------------------------------------------------------------------------------
 def _ansible(module, args, check=False):
-    env = dict(os.environ)
-    env['ANSIBLE_COLLECTIONS_PATH'] = str(REPO / '.venv' / 'collections')
-    env['ANSIBLE_STDOUT_CALLBACK'] = 'json'
-    env['ANSIBLE_LOAD_CALLBACK_PLUGINS'] = '1'
-    exe = shutil.which('ansible', path=str(Path(sys.executable).parent)) or 'ansible'
-    cmd = [exe, 'localhost', '-c', 'local', '-e', f'ansible_python_interpreter={sys.executable}', '-m', module,
-           '-a', json.dumps(args)]
-    if check:
-        cmd.append('--check')
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=str(REPO))
-    out = json.loads(proc.stdout)
-    return out['plays'][0]['tasks'][0]['hosts']['localhost']
+    return ansible_run.run_module(module, args, check_mode=check).result()
 
 
 def test_modules_through_ansible(servers, s3):

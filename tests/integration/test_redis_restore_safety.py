@@ -7,22 +7,21 @@ target a test leaves broken never affects another test.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_resp, redis_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
+from tests import ansible_run
 from tests.integration.test_redis_rdb import (  # pylint: disable=unused-import
     _make_certs, bitnami_like, start_tls_redis, client, conn_params, forget_processes, populate, snapshot,
 )
@@ -142,9 +141,9 @@ def _restore_in_child(params):
         os._exit(0)  # pylint: disable=protected-access
 
 
-def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, target):
-    path, expected = dumps['bulk']
-    client(target).config_set('masterauth', 'previous-masterauth')
+def restore_killed_while_following(lab_handle, target, path):
+    """A replication restore of ``path`` into ``target`` (loading slowly) SIGKILLed once the target follows its
+    listener: the module dies without any cleanup. Returns the dead listener's port."""
     slow_load(target)
     port = lab_handle.free_port()
     params = conn_params(target, src=path, method='replication', listen_port=port, timeout=60)
@@ -152,9 +151,16 @@ def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, 
     proc.start()
     try:
         wait_until(lambda: role(target)[2] == port or not proc.is_alive(), 30, 'the target to follow the listener')
-        os.kill(proc.pid, signal.SIGKILL)  # the module dies: no cleanup at all
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.join(10)
+    return port
+
+
+def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, target):
+    path, expected = dumps['bulk']
+    client(target).config_set('masterauth', 'previous-masterauth')
+    port = restore_killed_while_following(lab_handle, target, path)
     # the reproduction: the target now follows a dead listener and rejects writes
     assert role(target)[:3] == ('slave', '127.0.0.1', port)
     assert 'ReadOnly' in writable(target)
@@ -172,16 +178,7 @@ def test_rerun_repairs_target_left_following_a_dead_listener(lab_handle, dumps, 
 
 def test_replication_check_mode_reports_repair_without_changing(lab_handle, dumps, target):
     path, _expected = dumps['bulk']
-    slow_load(target)
-    port = lab_handle.free_port()
-    params = conn_params(target, src=path, method='replication', listen_port=port, timeout=60)
-    proc = multiprocessing.get_context('fork').Process(target=_restore_in_child, args=(params,))
-    proc.start()
-    try:
-        wait_until(lambda: role(target)[2] == port or not proc.is_alive(), 30, 'the target to follow the listener')
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.join(10)
+    port = restore_killed_while_following(lab_handle, target, path)
     assert role(target)[2] == port
     checked = redis_restore.run_restore(conn_params(target, src=path, method='replication'), check_mode=True)
     assert checked['repaired'] and checked['repaired']['would_repair']
@@ -385,12 +382,12 @@ def test_sanitize_dump_payload_is_put_back(dumps, target):
 # --------------------------------------------------------------------------------------------------------------
 # 8. a hostile server: deeply nested replies give a clean error
 # --------------------------------------------------------------------------------------------------------------
-def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
-    path, _expected = dumps['small']
+@contextlib.contextmanager
+def hostile_server():
+    """A server on a loopback port (yielded) that answers any request with a reply nested 200,000 levels deep."""
     server = socket.socket()
     server.bind(('127.0.0.1', 0))
     server.listen(4)
-    port = server.getsockname()[1]
 
     def serve():
         while True:
@@ -407,38 +404,22 @@ def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
                 peer.close()
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with pytest.raises((RestoreError, redis_resp.RedisError), match='nested'):
-            redis_restore.run_restore({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
+        yield server.getsockname()[1]
     finally:
         server.close()
+
+
+def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
+    path, _expected = dumps['small']
+    with hostile_server() as port, pytest.raises((RestoreError, redis_resp.RedisError), match='nested'):
+        redis_restore.run_restore({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})
 
 
 def test_nested_reply_through_ansible_fails_cleanly(dumps):
     """Through the module: a clean failure message, no traceback of a RecursionError."""
     path, _expected = dumps['small']
-    server = socket.socket()
-    server.bind(('127.0.0.1', 0))
-    server.listen(4)
-    port = server.getsockname()[1]
-
-    def serve():
-        try:
-            peer, _addr = server.accept()
-            peer.recv(65536)
-            peer.sendall(b'*1\r\n' * 200_000 + b':1\r\n')
-            peer.close()
-        except OSError:
-            pass
-    threading.Thread(target=serve, daemon=True).start()
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(repo / '.venv' / 'collections'), ANSIBLE_STDOUT_CALLBACK='json',
-               ANSIBLE_LOAD_CALLBACK_PLUGINS='1')
-    exe = str(Path(sys.executable).parent / 'ansible')
-    proc = subprocess.run([exe, 'localhost', '-c', 'local', '-e', f'ansible_python_interpreter={sys.executable}',
-                           '-m', 'hanzo.kms.redis_rdb_restore', '-a',
-                           json.dumps({'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'})],
-                          capture_output=True, text=True, env=env, check=False, cwd=str(repo))
-    server.close()
-    out = json.loads(proc.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
+    with hostile_server() as port:
+        out = ansible_run.run_module('hanzo.kms.redis_rdb_restore',
+                                     {'host': '127.0.0.1', 'port': port, 'src': path, 'method': 'restore'}).result()
     assert out.get('failed') and 'nested' in out['msg'], out
     assert 'RecursionError' not in json.dumps(out)

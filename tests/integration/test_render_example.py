@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ansible_run import COLLECTIONS_PATH, ansible_env, run_playbook
 from tests.lab.kube_fixtures import kube_sites, kubeconfig, kubectl  # noqa: F401  pylint: disable=unused-import
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PLAYBOOK = REPO / "tests" / "integration" / "playbooks" / "render_example.yml"
 LB_HOSTS = ("lb1.example.net", "lb2.example.net")
 SITES = ("dc1", "dc2")
@@ -80,12 +80,9 @@ def render(tmp_path, pems, **extra):
     }
     extra_vars.update(extra)
     (tmp_path / "extra.json").write_text(json.dumps(extra_vars))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}{os.pathsep}{REPO / '.venv' / 'collections'}",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/example", str(PLAYBOOK),
-                           "-e", f"@{tmp_path / 'extra.json'}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
+    env = ansible_env(ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}{os.pathsep}{COLLECTIONS_PATH}")
+    proc = run_playbook(PLAYBOOK, "-e", f"@{tmp_path / 'extra.json'}", inventory="inventories/example", env=env,
+                        timeout=600)
     return proc, out
 
 

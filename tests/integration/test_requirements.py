@@ -5,18 +5,15 @@ everything else must come from requirements.txt."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
+from tests import ansible_run
 from tests.lab.kube_fixtures import kube_sites  # noqa: F401  pylint: disable=unused-import
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +61,13 @@ def test_one_module_of_each_kind_runs_on_requirements_txt_alone(  # noqa: F811  
         {"name": "haproxy", "hanzo.kms.haproxy_info": {
             "backend": lb["backend"], "instances": [{"socket": inst["socket"]} for inst in lb["instances"]]}},
     ]
-    book = tmp_path / "each_kind.yml"
-    book.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], sort_keys=False))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
-                           f"ansible_python_interpreter={requirements_venv}", str(book)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    try:
-        play = json.loads(proc.stdout)["plays"][0]
-    except (ValueError, KeyError, IndexError):
-        pytest.fail(f"ansible-playbook output not understood (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    # the later -e wins over run_play's interpreter (the tests' Python)
+    run = ansible_run.run_play(tmp_path / "each_kind.yml", tasks, "-e", f"ansible_python_interpreter={requirements_venv}",
+                               timeout=600)
+    play = run.report["plays"][0]
     results = {task["task"]["name"]: task["hosts"]["localhost"] for task in play["tasks"]}
     failures = {name: result.get("msg") for name, result in results.items() if result.get("failed")}
-    assert failures == {} and proc.returncode == 0, failures or proc.stderr
+    assert failures == {} and run.returncode == 0, failures or run.tail()
     assert list(results) == [task["name"] for task in tasks]
     assert results["redis"]["size"] == (tmp_path / "dump.rdb").stat().st_size > 0
     assert results["kubernetes"]["changed"] is True and results["kubernetes, release"]["changed"] is True

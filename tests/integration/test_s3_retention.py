@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import random
-import subprocess
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +31,10 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (  #
     list_complete_backups,
     run_retention,
 )
+from tests import ansible_run  # noqa: E402
 
 UTC = datetime.timezone.utc
 FLOORS = {"newest complete backup", "most recently written complete backup"}
-ANSIBLE = REPO / ".venv" / "bin" / "ansible"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -455,14 +453,21 @@ def test_versioned_bucket_purge(client, bucket):
     assert len(versions) == 2 * 2 * 2  # kept backups keep their noncurrent versions
 
 
-def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
+def bucket_with_held_manifest(client, days):
+    """A new Object Lock bucket with ``days`` daily redis/dc1 backups, the oldest one's manifest under a legal hold;
+    returns (bucket, backup times newest first, the held manifest's key)."""
     name = "lock-%s" % uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     now = datetime.datetime.now(UTC)
-    times = [now - datetime.timedelta(days=d) for d in range(5)]
+    times = [now - datetime.timedelta(days=d) for d in range(days)]
     write_backups(client, name, "redis", "dc1", times)
-    locked_manifest = "redis/dc1/%s/manifest.json" % ts(times[-1])
-    client.put_object_legal_hold(Bucket=name, Key=locked_manifest, LegalHold={"Status": "ON"})
+    held = "redis/dc1/%s/manifest.json" % ts(times[-1])
+    client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "ON"})
+    return name, times, held
+
+
+def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
+    name, times, locked_manifest = bucket_with_held_manifest(client, 5)
     try:
         result = run_retention(client, params(name, keep_last=2, purge_versions=True))
         assert result["failed"] and "per-key error" in result["msg"] and "object-locked" in result["msg"]
@@ -489,18 +494,7 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
 # ------------------------------------------------------------------------------------------------ the real module
 
 def run_module(args, check=False, diff=False, module="hanzo.kms.s3_retention"):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_NOCOLOR="1")
-    argv = [str(ANSIBLE), "localhost", "-m", module, "-a", json.dumps(args)]
-    argv += ["--check"] if check else []
-    argv += ["--diff"] if diff else []
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, check=False, timeout=300)
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise AssertionError("ansible output is not JSON (rc %s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
-    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return ansible_run.run_module(module, args, check_mode=check, diff=diff, timeout=300).result()
 
 
 def test_module_check_diff_then_apply(conn, client, bucket):
@@ -521,13 +515,7 @@ def test_module_check_diff_then_apply(conn, client, bucket):
 
 
 def test_module_fails_on_per_key_errors(conn, client):
-    name = "lockm-%s" % uuid.uuid4().hex[:12]
-    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    now = datetime.datetime.now(UTC)
-    times = [now - datetime.timedelta(days=d) for d in range(3)]
-    write_backups(client, name, "redis", "dc1", times)
-    held = "redis/dc1/%s/manifest.json" % ts(times[-1])
-    client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "ON"})
+    name, dummy, held = bucket_with_held_manifest(client, 3)
     try:
         res = run_module(dict(conn, bucket=name, prefix="redis", keep_last=1, purge_versions=True))
         assert res["failed"] and "1 per-key error(s), 1 on object-locked versions" in res["msg"], res

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.test_install import REPO_ROOT, playbook, recap
-from tests.lab.core import wait_until
+from tests.ansible_run import LAB_INVENTORY, REPO_ROOT, recap, run_playbook
+from tests.lab.core import free_port, wait_until
 from tests.lab.kube_fixtures import kube_clients, kube_sites  # noqa: F401  pylint: disable=unused-import
 
 try:
@@ -35,17 +33,14 @@ try:
 except ImportError:  # pragma: no cover
     client = ApiException = None
 
-INVENTORY = ["-i", "inventories/lab"]
 BLOCK = "test-block-promotion.lab.hanzo.kms"
 BLOCK_MESSAGE = "lab test: promotions of kms-pg-dc2 are refused"
 
 
-def switchover(target, lab_dir, inventory=None):
-    started = time.monotonic()
-    args = ["playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
-            "-e", f"switchover_confirm='SWITCHOVER TO {target}'"]
-    proc = playbook((["-i", inventory] if inventory else INVENTORY) + args, lab_dir)
-    print(f"\nswitchover.yml to {target}: rc {proc.returncode} in {time.monotonic() - started:.1f}s")
+def switchover(target, lab_dir, inventory=LAB_INVENTORY):
+    proc = run_playbook("playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
+                        "-e", f"switchover_confirm='SWITCHOVER TO {target}'", inventory=inventory, lab_dir=lab_dir)
+    print(f"\nswitchover.yml to {target}: rc {proc.returncode} in {proc.seconds:.1f}s")
     return proc
 
 
@@ -101,9 +96,7 @@ def lost_dc1_inventory(tmp_path, lab):
     inventory = tmp_path / "inventory"
     shutil.copytree(REPO_ROOT / "inventories" / "lab", inventory)
     kubeconfig = yaml.safe_load(Path(lab["sites"]["dc1"]["kube"]["kubeconfig"]).read_text())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = free_port()
     for entry in kubeconfig["clusters"]:
         entry["cluster"]["server"] = f"https://127.0.0.1:{closed}"
     lost = tmp_path / "dc1-lost.kubeconfig"
@@ -115,7 +108,7 @@ def lost_dc1_inventory(tmp_path, lab):
 
 @pytest.fixture(scope="module")
 def installed(lab, lab_dir):
-    proc = playbook(INVENTORY + ["playbooks/install.yml"], lab_dir)
+    proc = run_playbook("playbooks/install.yml", lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return lab
 

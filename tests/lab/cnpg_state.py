@@ -492,10 +492,8 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
     if not replica and not was_primary:
         promote = True
         if token:
-            try:
-                content = parse_token(token)
-            except TokenError as exc:
-                ready(False, PHASE_UNRECOVERABLE, f"{TOKEN_MISMATCH_REASON}: {exc}")
+            content = _token_or_unrecoverable(token, ready)
+            if content is None:
                 return Result(status, annotations, None)
             token_tl = int(content["latestCheckpointTimelineID"])
             token_lsn = parse_lsn(content["latestCheckpointREDOLocation"])
@@ -566,6 +564,15 @@ def _apply_fencing(instance, meta, mem):
     return None
 
 
+def _token_or_unrecoverable(token, ready):
+    """The promotion token's content; None, with the Cluster marked unrecoverable as CNPG does, if it does not parse."""
+    try:
+        return parse_token(token)
+    except TokenError as exc:
+        ready(False, PHASE_UNRECOVERABLE, f"{TOKEN_MISMATCH_REASON}: {exc}")
+        return None
+
+
 def _promote_instance(instance, observed, token, status, reported, ready, now):
     """Promotion of a real instance: CNPG's token check against its pg_controldata, then pg_promote."""
     annotations = {}
@@ -574,10 +581,8 @@ def _promote_instance(instance, observed, token, status, reported, ready, now):
         return Result(status, annotations, 1.0)
     if observed.in_recovery:
         if token:
-            try:
-                content = parse_token(token)
-            except TokenError as exc:
-                ready(False, PHASE_UNRECOVERABLE, f"{TOKEN_MISMATCH_REASON}: {exc}")
+            content = _token_or_unrecoverable(token, ready)
+            if content is None:
                 return Result(status, annotations, None)
             try:
                 problem = check_token(content, instance.controldata(checkpoint=True))

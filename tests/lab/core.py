@@ -86,6 +86,23 @@ def port_is_free(port, host="127.0.0.1"):
     return True
 
 
+def free_port(taken=None):
+    """A loopback port that is free now (nothing listens there), not in the set ``taken`` (which records it).
+
+    Chosen below the kernel's ephemeral range (ip_local_port_range): a port from that range can be taken as the
+    source port of any outgoing connection on the machine the moment its server stops, which makes a restart on
+    the same port, or the check that ``down`` released it, fail at random.
+    """
+    low, high = LAB_PORT_RANGE
+    for dummy in range(500):
+        port = random.randrange(low, high)
+        if port not in (taken or ()) and port_is_free(port):
+            if taken is not None:
+                taken.add(port)
+            return port
+    raise LabError(f"could not find a free loopback port in {low}-{high}")
+
+
 def pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -219,19 +236,8 @@ class Lab:
 
     # -- ports and processes ---------------------------------------------------------------------------
     def free_port(self):
-        """A loopback port that is free now and not yet handed out by this lab run.
-
-        Chosen below the kernel's ephemeral range (ip_local_port_range): a port from that range can be taken as the
-        source port of any outgoing connection on the machine the moment its server stops, which makes a restart on
-        the same port, or the check that ``down`` released it, fail at random.
-        """
-        low, high = LAB_PORT_RANGE
-        for dummy in range(500):
-            port = random.randrange(low, high)
-            if port not in self._ports_taken and port_is_free(port):
-                self._ports_taken.add(port)
-                return port
-        raise LabError(f"could not find a free loopback port in {low}-{high}")
+        """A loopback port that is free now and not yet handed out by this lab run (see ``free_port``)."""
+        return free_port(self._ports_taken)
 
     def spawn(self, name, argv, env=None, cwd=None, user=None, stop_signal="SIGTERM", netns=None):
         # pylint: disable=too-many-locals

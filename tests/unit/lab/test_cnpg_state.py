@@ -22,17 +22,19 @@ def cluster(name, primary, source, **replica):
 
 
 class World:
-    """Drives one Cluster through reconciles like the controller does (status and annotations applied)."""
+    """Drives one Cluster through reconciles like the controller does (status and annotations applied); with an
+    ``instance``, the instance manager's facts and actions of a real PostgreSQL."""
 
-    def __init__(self, obj, delays=ZERO, now=1_800_000_000.0):
+    def __init__(self, obj, delays=ZERO, now=1_800_000_000.0, instance=None):
         self.obj = obj
         self.mem = {}
         self.delays = delays
         self.now = now
+        self.instance = instance
 
     def step(self, advance=0.0):
         self.now += advance
-        result = cs.reconcile_cluster(copy.deepcopy(self.obj), self.mem, self.now, self.delays)
+        result = cs.reconcile_cluster(copy.deepcopy(self.obj), self.mem, self.now, self.delays, self.instance)
         self.obj["status"] = result.status
         annotations = self.obj["metadata"].setdefault("annotations", {})
         for key, value in result.annotations.items():
@@ -434,20 +436,7 @@ class FakeInstance(cs.Instance):
 
 class InstanceWorld(World):
     def __init__(self, obj, instance):
-        super().__init__(obj)
-        self.instance = instance
-
-    def step(self, advance=0.0):
-        self.now += advance
-        result = cs.reconcile_cluster(copy.deepcopy(self.obj), self.mem, self.now, self.delays, self.instance)
-        self.obj["status"] = result.status
-        annotations = self.obj["metadata"].setdefault("annotations", {})
-        for key, value in result.annotations.items():
-            if value is None:
-                annotations.pop(key, None)
-            else:
-                annotations[key] = value
-        return result
+        super().__init__(obj, instance=instance)
 
     def settle(self, limit=20):
         for dummy in range(limit):

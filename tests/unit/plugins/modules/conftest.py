@@ -4,11 +4,14 @@ gives AnsibleModule, and check that its secret options are no_log.
 ``run_module(module, args)`` feeds ``args`` to the module through ansible-core's own helper
 (ansible.module_utils.testing.patch_module_args) and returns ``(failed, result)`` from the module's exit_json or
 fail_json, which raise instead of printing and exiting; ``run_module.instance`` is the AnsibleModule of the last run
-(its ``params`` and ``no_log_values``).
+(its ``params`` and ``no_log_values``); ``run_module.refused(module, args, message)`` asserts a failure naming the
+problem. ``args_with(**changes)`` is the test file's ``ARGS`` changed; ``collaborators(module, name=mock, ...)`` puts
+stand-ins for what the module calls in its namespace and can assert that none was called.
 """
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -47,6 +50,12 @@ class ModuleRunner:
         pytest.fail(f'{name}.main() returned without calling exit_json or fail_json')
         return None  # not reached: pytest.fail raises
 
+    def refused(self, module, args, message):
+        """Run ``module`` on ``args``; it must fail with ``message`` in its msg. Returns the result."""
+        failed, result = self(module, args)
+        assert failed and message in result['msg'], result
+        return result
+
 
 @pytest.fixture
 def run_module(monkeypatch):
@@ -73,6 +82,40 @@ def fake_s3_client(monkeypatch):
         return mock
 
     return install
+
+
+@pytest.fixture
+def args_with(request):
+    """``args_with(**changes)``: the test file's ``ARGS`` (valid arguments of its module) with ``changes``; an option
+    changed to None is left out."""
+
+    def change(**changes):
+        args = dict(request.module.ARGS, **changes)
+        return {key: value for key, value in args.items() if value is not None}
+
+    return change
+
+
+class Collaborators(SimpleNamespace):
+    """The stand-ins a test put in place of what a module calls, by the names the module calls them."""
+
+    def assert_untouched(self, *names):
+        """None of ``names`` (default: all) was called: the module refused before doing anything."""
+        for name in names or vars(self):
+            getattr(self, name).assert_not_called()
+
+
+@pytest.fixture
+def collaborators(monkeypatch):
+    """``collaborators(module, name=mock, ...)``: each ``name`` in the module's namespace replaced by its mock for
+    the test; returns them as a Collaborators."""
+
+    def replace(module, **mocks):
+        for name, mock in mocks.items():
+            monkeypatch.setattr(module, name, mock)
+        return Collaborators(**mocks)
+
+    return replace
 
 
 class _Constructed(Exception):

@@ -1,7 +1,6 @@
 """hanzo.kms.cnpg_promote: argument handling, checked before any Kubernetes client is built or any Cluster read."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -17,10 +16,11 @@ ARGS = {
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work(collaborators):
     """The module's collaborators, recorded: the library check, the client factory, the Cluster handles and the
     Promoter that does the work."""
-    mocks = SimpleNamespace(
+    mocks = collaborators(
+        module,
         missing=MagicMock(return_value=None),
         api_client=MagicMock(side_effect=lambda params, side: f"client-{side['name']}"),
         KubeCluster=MagicMock(side_effect=lambda client, name, *args, **kwargs: f"cluster-{name}"),
@@ -28,42 +28,29 @@ def work(monkeypatch):
     )
     mocks.Promoter.return_value.run.return_value = {"changed": True, "mode": "switchover", "steps": ["demote"],
                                                     "warnings": [], "diff": {"before": {}, "after": {}}}
-    for name, mock in vars(mocks).items():
-        monkeypatch.setattr(module, name, mock)
     return mocks
 
 
-def assert_untouched(work):
-    for name in ("missing", "api_client", "KubeCluster", "Promoter"):
-        getattr(work, name).assert_not_called()
-
-
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(mode=None), "missing required arguments: mode"),
-    (args_with(mode="takeover"), "value of mode must be one of: switchover, failover, got: takeover"),
-    (args_with(old_cluster=None), "missing required arguments: old_cluster"),
-    (args_with(new_cluster={"namespace": "kms"}), "missing required arguments: name found in new_cluster"),
-    (args_with(old_cluster_fencing="shoot"), "value of old_cluster_fencing must be one of: none, fence, hibernate, got: shoot"),
-    (args_with(demotion_timeout="soon"), "argument 'demotion_timeout' is of type str and we were unable to convert to int"),
-    (args_with(promotion_timeout=1.5), "argument 'promotion_timeout' is of type float and we were unable to convert to int"),
-    (args_with(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
-    (args_with(poll_interval="fast"), "argument 'poll_interval' is of type str and we were unable to convert to float"),
-    (args_with(old_cluster={"name": "kms-pg-dc1", "validate_certs": "maybe"}),
+@pytest.mark.parametrize("changes, message", [
+    (dict(mode=None), "missing required arguments: mode"),
+    (dict(mode="takeover"), "value of mode must be one of: switchover, failover, got: takeover"),
+    (dict(old_cluster=None), "missing required arguments: old_cluster"),
+    (dict(new_cluster={"namespace": "kms"}), "missing required arguments: name found in new_cluster"),
+    (dict(old_cluster_fencing="shoot"), "value of old_cluster_fencing must be one of: none, fence, hibernate, got: shoot"),
+    (dict(demotion_timeout="soon"), "argument 'demotion_timeout' is of type str and we were unable to convert to int"),
+    (dict(promotion_timeout=1.5), "argument 'promotion_timeout' is of type float and we were unable to convert to int"),
+    (dict(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+    (dict(poll_interval="fast"), "argument 'poll_interval' is of type str and we were unable to convert to float"),
+    (dict(old_cluster={"name": "kms-pg-dc1", "validate_certs": "maybe"}),
      "argument 'validate_certs' is of type str found in 'old_cluster'. and we were unable to convert to bool"),
     # namespace is per side only: at the top level it is an unknown option, not silently ignored
-    (args_with(namespace="kms"), "Unsupported parameters for (hanzo.kms.cnpg_promote) module: namespace."),
-    (args_with(new_cluster={"name": "kms-pg-dc2", "cluster": "x"}),
+    (dict(namespace="kms"), "Unsupported parameters for (hanzo.kms.cnpg_promote) module: namespace."),
+    (dict(new_cluster={"name": "kms-pg-dc2", "cluster": "x"}),
      "Unsupported parameters for (hanzo.kms.cnpg_promote) module: new_cluster.cluster."),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    assert_untouched(work)
+def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched()
 
 
 def test_defaults_reach_the_promoter(run_module, work):
@@ -108,8 +95,7 @@ def test_a_missing_kubernetes_library_fails_before_any_client(run_module, work):
     work.missing.return_value = ("Failed to import the required Python library (kubernetes)", "Traceback ...")
     failed, result = run_module(module, ARGS)
     assert failed and result["msg"].startswith("Failed to import the required Python library (kubernetes)")
-    work.api_client.assert_not_called()
-    work.Promoter.assert_not_called()
+    work.assert_untouched("api_client", "Promoter")
 
 
 def test_an_unusable_client_configuration_names_the_side_and_runs_nothing(run_module, work):

@@ -1,7 +1,6 @@
 """hanzo.kms.haproxy_backend: argument handling, checked before any HAProxy instance is contacted."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -15,35 +14,31 @@ SITES = {"dc1": ["kms-dc1"], "dc2": ["kms-dc2a", "kms-dc2b"]}
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work(collaborators, monkeypatch):
     """The module's collaborators, recorded: the instance handles, the TLS context and the switch itself."""
-    mocks = SimpleNamespace(
+    mocks = collaborators(
+        module,
         Instance=MagicMock(side_effect=lambda name, address, **kwargs: f"instance-{name}"),
-        tls_context=MagicMock(return_value="tls-context"),
         switch=MagicMock(return_value={"changed": True, "instances": [], "unreachable_instances": []}),
     )
-    monkeypatch.setattr(module, "Instance", mocks.Instance)
-    monkeypatch.setattr(module, "switch", mocks.switch)
+    mocks.tls_context = MagicMock(return_value="tls-context")
     monkeypatch.setattr(haproxy, "tls_context", mocks.tls_context)  # called by haproxy.instance_connection
     return mocks
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
 def instance(**options):
-    return args_with(instances=[options])
+    """The changes to ARGS that make its one instance ``options``."""
+    return {"instances": [options]}
 
 
 def server(**options):
-    return args_with(servers=[options])
+    """The changes to ARGS that make its one server ``options``."""
+    return {"servers": [options]}
 
 
-@pytest.mark.parametrize("args, message", [
-    (args_with(backend=None), "missing required arguments: backend"),
-    (args_with(instances=None), "missing required arguments: instances"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(backend=None), "missing required arguments: backend"),
+    (dict(instances=None), "missing required arguments: instances"),
     (instance(socket=SOCKET, address="10.0.0.1:9999"), "parameters are mutually exclusive: socket|address found in instances"),
     (instance(name="lb1"), "one of the following is required: socket, address found in instances"),
     (instance(socket=SOCKET, ca_file="/etc/ca.crt"), "parameters are mutually exclusive: socket|ca_file found in instances"),
@@ -52,48 +47,44 @@ def server(**options):
     (instance(address="lb1:9999", client_cert="/c.crt", client_key="/c.key"),
      "missing parameter(s) required by 'client_cert': ca_file found in instances"),
     (instance(socket=SOCKET, port=9999), "Unsupported parameters for (hanzo.kms.haproxy_backend) module: instances.port."),
-    (args_with(active_site="dc1", sites=SITES), "parameters are mutually exclusive: active_site|servers"),
-    (args_with(servers=None, active_site="dc1"), "parameters are required together: active_site, sites"),
-    (args_with(servers=None, sites=SITES), "parameters are required together: active_site, sites"),
-    (args_with(servers=None, active_site="dc1", sites=SITES, inactive_state="down"),
+    (dict(active_site="dc1", sites=SITES), "parameters are mutually exclusive: active_site|servers"),
+    (dict(servers=None, active_site="dc1"), "parameters are required together: active_site, sites"),
+    (dict(servers=None, sites=SITES), "parameters are required together: active_site, sites"),
+    (dict(servers=None, active_site="dc1", sites=SITES, inactive_state="down"),
      "value of inactive_state must be one of: drain, maint, got: down"),
     (server(name="dc1", state="up"), "value of state must be one of: ready, drain, maint, got: up found in servers"),
     (server(name="dc1"), "one of the following is required: state, weight found in servers"),
     (server(state="ready"), "missing required arguments: name found in servers"),
     (server(name="dc1", weight="heavy"), "argument 'weight' is of type str found in 'servers'. and we were unable to convert to int"),
-    (args_with(min_instances="all"), "argument 'min_instances' is of type str and we were unable to convert to int"),
-    (args_with(drain="sometimes"), "argument 'drain' is of type str and we were unable to convert to bool"),
-    (args_with(timeout="5s"), "argument 'timeout' is of type str and we were unable to convert to float"),
+    (dict(min_instances="all"), "argument 'min_instances' is of type str and we were unable to convert to int"),
+    (dict(drain="sometimes"), "argument 'drain' is of type str and we were unable to convert to bool"),
+    (dict(timeout="5s"), "argument 'timeout' is of type str and we were unable to convert to float"),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_haproxy_is_contacted(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    for name in ("Instance", "tls_context", "switch"):
-        getattr(work, name).assert_not_called()
+def test_bad_arguments_fail_naming_the_problem_before_haproxy_is_contacted(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched()
 
 
-@pytest.mark.parametrize("args, message", [
-    (args_with(min_instances=2), "min_instances must be between 0 and the number of instances (1)"),
-    (args_with(min_instances=-1), "min_instances must be between 0 and the number of instances (1)"),
-    (args_with(backend="kms;shutdown"), "invalid HAProxy backend name 'kms;shutdown' (';' not allowed)"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(min_instances=2), "min_instances must be between 0 and the number of instances (1)"),
+    (dict(min_instances=-1), "min_instances must be between 0 and the number of instances (1)"),
+    (dict(backend="kms;shutdown"), "invalid HAProxy backend name 'kms;shutdown' (';' not allowed)"),
     (server(name="dc 1", state="ready"), "invalid HAProxy server name 'dc 1' (' ' not allowed)"),
     (server(name="dc1", weight=300), "server 'dc1': weight must be between 0 and 256, not 300"),
-    (args_with(servers=[{"name": "dc1", "state": "ready"}, {"name": "dc1", "weight": 5}]), "server 'dc1' is listed twice"),
-    (args_with(servers=None, active_site="dc3", sites=SITES), "active_site 'dc3' is not one of the sites: dc1, dc2"),
-    (args_with(servers=None, active_site="dc1", sites={"dc1": ["kms-a"], "dc2": ["kms-a"]}),
+    (dict(servers=[{"name": "dc1", "state": "ready"}, {"name": "dc1", "weight": 5}]), "server 'dc1' is listed twice"),
+    (dict(servers=None, active_site="dc3", sites=SITES), "active_site 'dc3' is not one of the sites: dc1, dc2"),
+    (dict(servers=None, active_site="dc1", sites={"dc1": ["kms-a"], "dc2": ["kms-a"]}),
      "server 'kms-a' is listed under both sites 'dc1' and 'dc2'"),
-    (args_with(timeout=0), "timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
-    (args_with(drain_timeout=-1), "drain_timeout must be greater than 0, got -1; nothing was sent to HAProxy"),
-    (args_with(healthy_timeout=0), "healthy_timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
+    (dict(timeout=0), "timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
+    (dict(drain_timeout=-1), "drain_timeout must be greater than 0, got -1; nothing was sent to HAProxy"),
+    (dict(healthy_timeout=0), "healthy_timeout must be greater than 0, got 0; nothing was sent to HAProxy"),
 ])
-def test_values_the_spec_cannot_express_are_refused_before_haproxy_is_contacted(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    work.Instance.assert_not_called()
-    work.switch.assert_not_called()
+def test_values_the_spec_cannot_express_are_refused_before_haproxy_is_contacted(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched("Instance", "switch")
 
 
-def test_defaults_reach_the_switch(run_module, work):
+def test_defaults_reach_the_switch(run_module, args_with, work):
     args = args_with(servers=[{"name": "dc1", "state": "ready"}, {"name": "dc2", "weight": "0"}])
     failed, result = run_module(module, args)
     assert not failed and result["changed"] and "diff" not in result, result
@@ -124,9 +115,9 @@ def test_sites_tls_instances_and_check_mode_reach_the_switch(run_module, work):
     assert (kwargs["min_instances"], kwargs["check_mode"], kwargs["drain"]) == (1, True, True)
 
 
-def test_unreadable_tls_files_fail_before_the_switch(run_module, work):
+def test_unreadable_tls_files_fail_before_the_switch(run_module, args_with, work):
     work.tls_context.side_effect = module.HAProxyError("cannot load the Runtime API TLS files")
-    failed, result = run_module(module, instance(address="lb1:9443", ca_file="/missing.crt"))
+    failed, result = run_module(module, args_with(**instance(address="lb1:9443", ca_file="/missing.crt")))
     assert failed and result["msg"] == "cannot load the Runtime API TLS files; nothing was sent to HAProxy"
     work.switch.assert_not_called()
 

@@ -42,8 +42,7 @@ def read_lb(monkeypatch):
     (dict(ARGS, backend=""), "invalid HAProxy backend name ''"),
 ])
 def test_bad_arguments_fail_naming_the_problem_before_any_instance_is_read(run_module, read_lb, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
+    run_module.refused(module, args, message)
     read_lb.assert_not_called()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import types
 from pathlib import Path
+from unittest.mock import MagicMock
 
 import pytest
 import yaml
@@ -49,6 +50,50 @@ def test_run_module_reports_a_module_that_returns_without_exiting(run_module):
     silent.main = lambda: None
     with pytest.raises(pytest.fail.Exception, match=r"silent\.main\(\) returned without calling exit_json or fail_json"):
         run_module(silent, {})
+
+
+def _named_module():
+    """A module that requires ``name`` and returns it."""
+    from ansible.module_utils.basic import AnsibleModule  # pylint: disable=import-outside-toplevel
+
+    def main():
+        module = AnsibleModule(argument_spec={"name": {"type": "str", "required": True}})
+        module.exit_json(changed=False, name=module.params["name"])
+
+    named = types.ModuleType("ansible_collections.hanzo.kms.plugins.modules.named")
+    named.main = main
+    return named
+
+
+def test_refused_passes_only_a_failure_naming_the_problem(run_module):
+    named = _named_module()
+    assert run_module.refused(named, {}, "missing required arguments: name")["failed"] is True
+    with pytest.raises(AssertionError, match="missing required arguments: name"):
+        run_module.refused(named, {}, "name must be short")
+    with pytest.raises(AssertionError, match="'name': 'dc1'"):
+        run_module.refused(named, {"name": "dc1"}, "missing required arguments: name")
+
+
+ARGS = {"name": "dc1", "state": "acquired"}  # what args_with changes here
+
+
+def test_args_with_changes_the_files_args_and_leaves_out_options_set_to_none(args_with):
+    assert args_with(state=None, ttl=5) == {"name": "dc1", "ttl": 5}
+    assert args_with() == ARGS == {"name": "dc1", "state": "acquired"}
+
+
+def test_collaborators_are_replaced_for_the_test_and_untouched_ones_checked(collaborators):
+    named = _named_module()
+    named.helper = str
+    work = collaborators(named, main=MagicMock(), helper=MagicMock())
+    assert (named.main, named.helper) == (work.main, work.helper)
+    work.assert_untouched()
+    named.helper("x")
+    work.assert_untouched("main")
+    with pytest.raises(AssertionError, match="to not have been called"):
+        work.assert_untouched()
+    with pytest.raises(AttributeError, match="has no attribute 'helpr'"):  # a misspelt name replaces nothing
+        collaborators(named, helpr=MagicMock())
 
 
 def _action_groups():

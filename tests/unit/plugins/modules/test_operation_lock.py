@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -14,9 +13,10 @@ RESULT = {"changed": True, "state": "acquired", "sites": [{"site": "dc1", "actio
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work(collaborators):
     """The module's collaborators, recorded: the library check, the client factory, the Lease handles and the lock."""
-    mocks = SimpleNamespace(
+    mocks = collaborators(
+        module,
         missing=MagicMock(return_value=None),
         api_client=MagicMock(side_effect=lambda params, site: f"client-{site['name']}"),
         KubeLease=MagicMock(side_effect=lambda client, namespace, **kwargs: f"lease-{client}"),
@@ -24,45 +24,35 @@ def work(monkeypatch):
     )
     mocks.OperationLock.return_value.acquire.return_value = dict(RESULT)
     mocks.OperationLock.return_value.release.return_value = dict(RESULT, state="released")
-    for name, mock in vars(mocks).items():
-        monkeypatch.setattr(module, name, mock)
     return mocks
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(sites=None), "missing required arguments: sites"),
-    (args_with(operation=None), "one of the following is required: owner, operation"),
-    (args_with(state="locked"), "value of state must be one of: acquired, released, got: locked"),
-    (args_with(sites=[{"namespace": "kms"}]), "missing required arguments: name found in sites"),
-    (args_with(sites=[{"name": "dc1", "site": "dc1"}]), "Unsupported parameters for (hanzo.kms.operation_lock) module: sites.site."),
-    (args_with(ttl="2h"), "argument 'ttl' is of type str and we were unable to convert to int"),
-    (args_with(allow_unreachable="perhaps"), "argument 'allow_unreachable' is of type str and we were unable to convert to bool"),
-    (args_with(request_timeout="ten"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(sites=None), "missing required arguments: sites"),
+    (dict(operation=None), "one of the following is required: owner, operation"),
+    (dict(state="locked"), "value of state must be one of: acquired, released, got: locked"),
+    (dict(sites=[{"namespace": "kms"}]), "missing required arguments: name found in sites"),
+    (dict(sites=[{"name": "dc1", "site": "dc1"}]), "Unsupported parameters for (hanzo.kms.operation_lock) module: sites.site."),
+    (dict(ttl="2h"), "argument 'ttl' is of type str and we were unable to convert to int"),
+    (dict(allow_unreachable="perhaps"), "argument 'allow_unreachable' is of type str and we were unable to convert to bool"),
+    (dict(request_timeout="ten"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    for name in ("missing", "api_client", "KubeLease", "OperationLock"):
-        getattr(work, name).assert_not_called()
+def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched()
 
 
-@pytest.mark.parametrize("args, message", [
-    (args_with(ttl=0), "ttl must be greater than 0, got 0"),
-    (args_with(ttl=-60), "ttl must be greater than 0, got -60"),
-    (args_with(request_timeout=0), "request_timeout must be greater than 0, got 0"),
-    (args_with(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]), "sites must name each site once, got ['dc1', 'dc1']"),
-    (args_with(sites=[]), "sites must name each site once, got []"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(ttl=0), "ttl must be greater than 0, got 0"),
+    (dict(ttl=-60), "ttl must be greater than 0, got -60"),
+    (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+    (dict(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]), "sites must name each site once, got ['dc1', 'dc1']"),
+    (dict(sites=[]), "sites must name each site once, got []"),
 ])
-def test_values_the_spec_cannot_express_are_refused_before_any_client_is_built(run_module, work, args, message):
-    failed, result = run_module(module, args)
+def test_values_the_spec_cannot_express_are_refused_before_any_client_is_built(run_module, args_with, work, changes, message):
+    failed, result = run_module(module, args_with(**changes))
     assert failed and result["msg"] == message, result
-    work.api_client.assert_not_called()
-    work.OperationLock.assert_not_called()
+    work.assert_untouched("api_client", "OperationLock")
 
 
 def test_defaults_reach_the_lock(run_module, work):

@@ -20,26 +20,20 @@ def run_report(monkeypatch):
     return mock
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(operation=None), "missing required arguments: operation"),
-    (args_with(operation="restore"), "value of operation must be one of: failover, switchover, status, got: restore"),
-    (args_with(result="great"), "value of result must be one of: running, ok, changed, skipped, failed, got: great"),
-    (args_with(snapshot="during"), "value of snapshot must be one of: before, after, current, got: during"),
-    (args_with(finish="done"), "value of finish must be one of: succeeded, failed, got: done"),
-    (args_with(name=None), "missing parameter(s) required by 'dir': name"),
-    (args_with(data="[1, 2]"), "argument 'data' is of type str and we were unable to convert to dict"),
-    (args_with(sites=["dc1"]), "Elements value for option 'sites' is of type str and we were unable to convert to dict"),
-    (args_with(latest="maybe"), "argument 'latest' is of type str and we were unable to convert to bool"),
-    (args_with(path="/tmp/x"), "Unsupported parameters for (hanzo.kms.operation_report) module: path."),
+@pytest.mark.parametrize("changes, message", [
+    (dict(operation=None), "missing required arguments: operation"),
+    (dict(operation="restore"), "value of operation must be one of: failover, switchover, status, got: restore"),
+    (dict(result="great"), "value of result must be one of: running, ok, changed, skipped, failed, got: great"),
+    (dict(snapshot="during"), "value of snapshot must be one of: before, after, current, got: during"),
+    (dict(finish="done"), "value of finish must be one of: succeeded, failed, got: done"),
+    (dict(name=None), "missing parameter(s) required by 'dir': name"),
+    (dict(data="[1, 2]"), "argument 'data' is of type str and we were unable to convert to dict"),
+    (dict(sites=["dc1"]), "Elements value for option 'sites' is of type str and we were unable to convert to dict"),
+    (dict(latest="maybe"), "argument 'latest' is of type str and we were unable to convert to bool"),
+    (dict(path="/tmp/x"), "Unsupported parameters for (hanzo.kms.operation_report) module: path."),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_the_report_is_touched(run_module, run_report, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
+def test_bad_arguments_fail_naming_the_problem_before_the_report_is_touched(run_module, args_with, run_report, changes, message):
+    run_module.refused(module, args_with(**changes), message)
     run_report.assert_not_called()
 
 
@@ -81,7 +75,7 @@ def test_a_report_failure_fails_the_module_with_its_details(run_module, run_repo
     (True, "mode must be an octal number such as '0600', not True"),
     (0o1777, "mode must be between 0000 and 0777, not 0o1777"),
 ])
-def test_a_bad_file_mode_fails_before_anything_is_written(run_module, tmp_path, mode, message):
+def test_a_bad_file_mode_fails_before_anything_is_written(run_module, args_with, tmp_path, mode, message):
     # the real run_report: the mode (type raw) is parsed before the report is read or written
     report_dir = tmp_path / "reports"
     failed, result = run_module(module, args_with(dir=str(report_dir), mode=mode))

@@ -1,7 +1,6 @@
 """hanzo.kms.redis_rdb_backup: argument handling, checked before Redis or S3 is contacted."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -13,41 +12,35 @@ ARGS = {"host": "10.0.0.11", "password": "redis-secret", "bucket": "kms-backups"
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work(collaborators, monkeypatch):
     """The backup (run_backup) and the S3 client factory, recorded; boto3 present; CRC64 fast (no warning)."""
-    mocks = SimpleNamespace(run_backup=MagicMock(return_value={"changed": True, "sha256": "00"}),
-                            s3_client=MagicMock(return_value="s3-client"))
-    for name, mock in vars(mocks).items():
-        monkeypatch.setattr(module, name, mock)
+    mocks = collaborators(
+        module,
+        run_backup=MagicMock(return_value={"changed": True, "sha256": "00"}),
+        s3_client=MagicMock(return_value="s3-client"),
+    )
     monkeypatch.setattr(module, "HAS_BOTO3", True)
     monkeypatch.setattr(module, "crc64_is_fast", lambda: True)
     return mocks
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(bucket=None), "one of the following is required: bucket, dest"),
-    (args_with(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
-    (args_with(tls="maybe"), "argument 'tls' is of type str and we were unable to convert to bool"),
-    (args_with(connect_timeout="10s"), "argument 'connect_timeout' is of type str and we were unable to convert to float"),
-    (args_with(part_size="big"), "argument 'part_size' is of type str and we were unable to convert to int"),
-    (args_with(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
-    (args_with(validate_certs="perhaps"), "argument 'validate_certs' is of type str and we were unable to convert to bool"),
-    (args_with(key="dump.rdb"), "Unsupported parameters for (hanzo.kms.redis_rdb_backup) module: key."),
-    (args_with(part_size=4), "part_size must be at least 5 (MiB), the S3 minimum"),
-    (args_with(upload_concurrency=0), "upload_concurrency must be at least 1"),
-    (args_with(timeout=0), "timeout must be greater than 0, got 0"),
-    (args_with(connect_timeout=-1), "connect_timeout must be greater than 0, got -1"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(bucket=None), "one of the following is required: bucket, dest"),
+    (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
+    (dict(tls="maybe"), "argument 'tls' is of type str and we were unable to convert to bool"),
+    (dict(connect_timeout="10s"), "argument 'connect_timeout' is of type str and we were unable to convert to float"),
+    (dict(part_size="big"), "argument 'part_size' is of type str and we were unable to convert to int"),
+    (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
+    (dict(validate_certs="perhaps"), "argument 'validate_certs' is of type str and we were unable to convert to bool"),
+    (dict(key="dump.rdb"), "Unsupported parameters for (hanzo.kms.redis_rdb_backup) module: key."),
+    (dict(part_size=4), "part_size must be at least 5 (MiB), the S3 minimum"),
+    (dict(upload_concurrency=0), "upload_concurrency must be at least 1"),
+    (dict(timeout=0), "timeout must be greater than 0, got 0"),
+    (dict(connect_timeout=-1), "connect_timeout must be greater than 0, got -1"),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_redis_or_s3_is_contacted(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    work.run_backup.assert_not_called()
-    work.s3_client.assert_not_called()
+def test_bad_arguments_fail_naming_the_problem_before_redis_or_s3_is_contacted(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched()
 
 
 def test_without_boto3_an_s3_backup_fails_before_anything_is_contacted(run_module, work, monkeypatch):
@@ -57,7 +50,7 @@ def test_without_boto3_an_s3_backup_fails_before_anything_is_contacted(run_modul
     work.run_backup.assert_not_called()
 
 
-def test_without_boto3_a_local_backup_runs(run_module, work, monkeypatch):
+def test_without_boto3_a_local_backup_runs(run_module, args_with, work, monkeypatch):
     monkeypatch.setattr(module, "HAS_BOTO3", False)
     failed, dummy = run_module(module, args_with(bucket=None, dest="/var/backups/redis"))
     assert not failed
@@ -84,7 +77,7 @@ def test_defaults_reach_the_backup(run_module, work):
     work.s3_client.assert_called_once_with(params)
 
 
-def test_aliases_types_and_check_mode(run_module, work):
+def test_aliases_types_and_check_mode(run_module, args_with, work):
     args = args_with(access_key=None, secret_key=None, aws_access_key_id="AKIA2", aws_secret_access_key="s3-secret-2",
                      port="6380", part_size="8", analyze="yes", timeout=60)
     failed, dummy = run_module(module, args, check_mode=True)
@@ -101,7 +94,7 @@ def test_credentials_are_no_log(module_kwargs, unprotected_secrets):
     assert all(spec[name]["no_log"] for name in ("password", "access_key", "secret_key", "session_token"))
 
 
-def test_secret_values_are_masked(run_module, work):
+def test_secret_values_are_masked(run_module, args_with, work):
     failed, dummy = run_module(module, args_with(session_token="s3-session"))
     assert not failed
     assert {"redis-secret", "AKIAEXAMPLE", "s3-secret", "s3-session"} <= run_module.instance.no_log_values

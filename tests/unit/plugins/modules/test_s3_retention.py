@@ -24,27 +24,21 @@ def run_retention(monkeypatch, s3_client):
     return mock
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(bucket=None), "missing required arguments: bucket"),
-    (args_with(keep_daily=None),
+@pytest.mark.parametrize("changes, message", [
+    (dict(bucket=None), "missing required arguments: bucket"),
+    (dict(keep_daily=None),
      "one of the following is required: keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within"),
-    (args_with(time_source="mtime"), "value of time_source must be one of: key, manifest, last_modified, got: mtime"),
-    (args_with(keep_daily="seven"), "argument 'keep_daily' is of type str and we were unable to convert to int"),
-    (args_with(whole_bucket="perhaps"), "argument 'whole_bucket' is of type str and we were unable to convert to bool"),
-    (args_with(data_files={"rdb": "dump.rdb"}), "argument 'data_files' is of type dict and we were unable to convert to list"),
-    (args_with(concurrency="lots"), "argument 'concurrency' is of type str and we were unable to convert to int"),
-    (args_with(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
-    (args_with(keep=3), "Unsupported parameters for (hanzo.kms.s3_retention) module: keep."),
-    (args_with(concurrency=0), "concurrency must be at least 1, got 0"),
+    (dict(time_source="mtime"), "value of time_source must be one of: key, manifest, last_modified, got: mtime"),
+    (dict(keep_daily="seven"), "argument 'keep_daily' is of type str and we were unable to convert to int"),
+    (dict(whole_bucket="perhaps"), "argument 'whole_bucket' is of type str and we were unable to convert to bool"),
+    (dict(data_files={"rdb": "dump.rdb"}), "argument 'data_files' is of type dict and we were unable to convert to list"),
+    (dict(concurrency="lots"), "argument 'concurrency' is of type str and we were unable to convert to int"),
+    (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
+    (dict(keep=3), "Unsupported parameters for (hanzo.kms.s3_retention) module: keep."),
+    (dict(concurrency=0), "concurrency must be at least 1, got 0"),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_any_s3_client(run_module, s3_client, run_retention, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
+def test_bad_arguments_fail_naming_the_problem_before_any_s3_client(run_module, args_with, s3_client, run_retention, changes, message):
+    run_module.refused(module, args_with(**changes), message)
     s3_client.assert_not_called()
     run_retention.assert_not_called()
 
@@ -74,7 +68,7 @@ def test_defaults_reach_the_retention(run_module, s3_client, run_retention):
         "concurrency": 32, "region": "us-east-1", "validate_certs": True}
 
 
-def test_types_small_concurrency_check_mode_and_diff(run_module, s3_client, run_retention):
+def test_types_small_concurrency_check_mode_and_diff(run_module, args_with, s3_client, run_retention):
     args = args_with(keep_daily=None, keep_within="30d", keep_last="3", concurrency="4", data_files="dump.rdb,appendonly.aof")
     failed, result = run_module(module, args, check_mode=True, diff=True)
     assert not failed and result["diff"] == RESULT["diff"], result
@@ -85,23 +79,22 @@ def test_types_small_concurrency_check_mode_and_diff(run_module, s3_client, run_
     assert params["data_files"] == ["dump.rdb", "appendonly.aof"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (args_with(prefix=None), "prefix '' selects the whole bucket"),
-    (args_with(whole_bucket=True), "whole_bucket=true applies to an empty prefix only, but prefix is 'redis'"),
-    (args_with(keep_daily=-2), "keep_daily must be -1 (unlimited), 0 (off) or a positive number, got -2"),
-    (args_with(min_keep=-1), "min_keep must be >= 0"),
-    (args_with(keep_within="2weeks"), "invalid duration '2weeks': use restic syntax"),
-    (args_with(incomplete_grace="soon"), "invalid duration 'soon'"),
-    (args_with(group_depth=-1), "group_depth must be >= 0"),
-    (args_with(name_pattern="("), "name_pattern '(' is not a valid regular expression"),
-    (args_with(manifest_name="meta/manifest.json"), 'manifest_name must be a file name without "/"'),
-    (args_with(data_files=["db/dump.rdb"]), "data_files entries must be file names without \"/\", got 'db/dump.rdb'"),
-    (args_with(data_files=[]), "data_files must name at least one data file"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(prefix=None), "prefix '' selects the whole bucket"),
+    (dict(whole_bucket=True), "whole_bucket=true applies to an empty prefix only, but prefix is 'redis'"),
+    (dict(keep_daily=-2), "keep_daily must be -1 (unlimited), 0 (off) or a positive number, got -2"),
+    (dict(min_keep=-1), "min_keep must be >= 0"),
+    (dict(keep_within="2weeks"), "invalid duration '2weeks': use restic syntax"),
+    (dict(incomplete_grace="soon"), "invalid duration 'soon'"),
+    (dict(group_depth=-1), "group_depth must be >= 0"),
+    (dict(name_pattern="("), "name_pattern '(' is not a valid regular expression"),
+    (dict(manifest_name="meta/manifest.json"), 'manifest_name must be a file name without "/"'),
+    (dict(data_files=["db/dump.rdb"]), "data_files entries must be file names without \"/\", got 'db/dump.rdb'"),
+    (dict(data_files=[]), "data_files must name at least one data file"),
 ])
-def test_values_the_spec_cannot_express_fail_before_the_bucket_is_read(run_module, s3_client, args, message):
+def test_values_the_spec_cannot_express_fail_before_the_bucket_is_read(run_module, args_with, s3_client, changes, message):
     # the real run_retention: these checks come before its first S3 request
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
+    run_module.refused(module, args_with(**changes), message)
     assert s3_client.return_value.mock_calls == []
 
 
@@ -111,7 +104,7 @@ def test_credentials_are_no_log(module_kwargs, unprotected_secrets):
     assert all(spec[name]["no_log"] for name in ("access_key", "secret_key", "session_token"))
 
 
-def test_secret_values_are_masked(run_module, run_retention):
+def test_secret_values_are_masked(run_module, args_with, run_retention):
     failed, dummy = run_module(module, args_with(access_key=None, secret_key=None, aws_access_key_id="AKIA2",
                                                  aws_secret_access_key="s3-secret-2", session_token="s3-session"))
     assert not failed

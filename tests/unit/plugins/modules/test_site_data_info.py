@@ -1,7 +1,6 @@
 """hanzo.kms.site_data_info: argument handling, checked before the object store, Redis or Kubernetes is read."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -14,10 +13,11 @@ DATA = {"site": "dc1", "now": "2025-01-01T00:00:00Z", "cnpg": {}, "redis": {}}
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work(collaborators, monkeypatch):
     """The module's collaborators, recorded: the S3 client, the data collection, the library check, the Kubernetes
     client and reader, and the status gathering. boto3 present."""
-    mocks = SimpleNamespace(
+    mocks = collaborators(
+        module,
         s3_client=MagicMock(return_value="s3-client"),
         collect_site_data=MagicMock(return_value=dict(DATA)),
         missing=MagicMock(return_value=None),
@@ -25,54 +25,40 @@ def work(monkeypatch):
         KubeReader=MagicMock(return_value="kube-reader"),
         gather=MagicMock(return_value=({"site": "dc1", "data": dict(DATA)}, {"site": "dc1", "redis_password": "x"})),
     )
-    for name, mock in vars(mocks).items():
-        monkeypatch.setattr(module, name, mock)
     monkeypatch.setattr(module, "HAS_BOTO3", True)
     return mocks
 
 
-def assert_untouched(work):
-    for name in vars(work):
-        getattr(work, name).assert_not_called()
-
-
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(site=None), "missing required arguments: site"),
-    (args_with(bucket=None), "missing required arguments: bucket"),
-    (args_with(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
-    (args_with(probe_redis="perhaps"), "argument 'probe_redis' is of type str and we were unable to convert to bool"),
-    (args_with(read_replay="perhaps"), "argument 'read_replay' is of type str and we were unable to convert to bool"),
-    (args_with(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
-    (args_with(request_timeout=0), "request_timeout must be greater than 0, got 0"),
-    (args_with(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
-    (args_with(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
+@pytest.mark.parametrize("changes, message", [
+    (dict(site=None), "missing required arguments: site"),
+    (dict(bucket=None), "missing required arguments: bucket"),
+    (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
+    (dict(probe_redis="perhaps"), "argument 'probe_redis' is of type str and we were unable to convert to bool"),
+    (dict(read_replay="perhaps"), "argument 'read_replay' is of type str and we were unable to convert to bool"),
+    (dict(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+    (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+    (dict(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
+    (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
     # only kubeconfig and context select the cluster: kubernetes.core's other auth options are not options here
-    (args_with(api_key="token"), "Unsupported parameters for (hanzo.kms.site_data_info) module: api_key."),
+    (dict(api_key="token"), "Unsupported parameters for (hanzo.kms.site_data_info) module: api_key."),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_anything_is_read(run_module, work, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
-    assert_untouched(work)
+def test_bad_arguments_fail_naming_the_problem_before_anything_is_read(run_module, args_with, work, changes, message):
+    run_module.refused(module, args_with(**changes), message)
+    work.assert_untouched()
 
 
 def test_without_boto3_the_module_fails_before_anything_is_read(run_module, work, monkeypatch):
     monkeypatch.setattr(module, "HAS_BOTO3", False)
     failed, result = run_module(module, ARGS)
     assert failed and result["msg"].startswith("Failed to import the required Python library (boto3)"), result
-    assert_untouched(work)
+    work.assert_untouched()
 
 
 def test_a_missing_kubernetes_library_fails_only_when_the_cluster_is_read(run_module, work):
     work.missing.return_value = ("Failed to import the required Python library (kubernetes)", "Traceback ...")
     failed, result = run_module(module, dict(ARGS, cluster_name="kms-pg-dc1"))
     assert failed and result["msg"].startswith("Failed to import the required Python library (kubernetes)"), result
-    work.s3_client.assert_not_called()
-    work.gather.assert_not_called()
+    work.assert_untouched("s3_client", "gather")
     failed, dummy = run_module(module, ARGS)
     assert not failed, "without cluster_name the kubernetes library is not needed"
 
@@ -88,8 +74,7 @@ def test_without_cluster_name_only_the_data_is_collected_with_the_defaults(run_m
         "site": "dc1", "bucket": "kms-backups", "host": "10.0.0.11", "port": 6379, "password": "redis-secret",
         "cnpg_prefix": "cnpg", "redis_prefix": "redis", "cnpg_destination_path": None, "cnpg_server_name": None,
         "probe_redis": True, "region": "us-east-1"}
-    for name in ("missing", "api_client", "KubeReader", "gather"):
-        getattr(work, name).assert_not_called()
+    work.assert_untouched("missing", "api_client", "KubeReader", "gather")
 
 
 def test_with_cluster_name_the_status_is_gathered_with_the_defaults(run_module, work):
@@ -140,7 +125,7 @@ def test_credentials_are_no_log_and_secret_names_are_not(module_kwargs, unprotec
     assert all(spec[name]["no_log"] for name in ("password", "access_key", "secret_key", "session_token"))
 
 
-def test_secret_values_are_masked(run_module, work):
+def test_secret_values_are_masked(run_module, args_with, work):
     failed, dummy = run_module(module, args_with(session_token="s3-session", redis_secret_name="redis-auth-dc1"))
     assert not failed
     masked = run_module.instance.no_log_values

@@ -22,24 +22,18 @@ def run_preflight(monkeypatch):
     return mock
 
 
-def args_with(**changes):
-    args = dict(ARGS, **changes)
-    return {key: value for key, value in args.items() if value is not None}
-
-
-@pytest.mark.parametrize("args, message", [
-    (args_with(mode=None), "missing required arguments: mode"),
-    (args_with(mode="takeover"), "value of mode must be one of: failover, switchover, got: takeover"),
-    (args_with(target_site=None), "missing required arguments: target_site"),
-    (args_with(sites=None), "missing required arguments: sites"),
-    (args_with(sites=["dc1", "dc2"]), "Elements value for option 'sites' is of type str and we were unable to convert to dict"),
-    (args_with(require_promoted="perhaps"), "argument 'require_promoted' is of type str and we were unable to convert to bool"),
-    (args_with(fail_on_refusal="perhaps"), "argument 'fail_on_refusal' is of type str and we were unable to convert to bool"),
-    (args_with(force=True), "Unsupported parameters for (hanzo.kms.switch_preflight) module: force."),
+@pytest.mark.parametrize("changes, message", [
+    (dict(mode=None), "missing required arguments: mode"),
+    (dict(mode="takeover"), "value of mode must be one of: failover, switchover, got: takeover"),
+    (dict(target_site=None), "missing required arguments: target_site"),
+    (dict(sites=None), "missing required arguments: sites"),
+    (dict(sites=["dc1", "dc2"]), "Elements value for option 'sites' is of type str and we were unable to convert to dict"),
+    (dict(require_promoted="perhaps"), "argument 'require_promoted' is of type str and we were unable to convert to bool"),
+    (dict(fail_on_refusal="perhaps"), "argument 'fail_on_refusal' is of type str and we were unable to convert to bool"),
+    (dict(force=True), "Unsupported parameters for (hanzo.kms.switch_preflight) module: force."),
 ])
-def test_bad_arguments_fail_naming_the_problem_before_the_decision(run_module, run_preflight, args, message):
-    failed, result = run_module(module, args)
-    assert failed and message in result["msg"], result
+def test_bad_arguments_fail_naming_the_problem_before_the_decision(run_module, args_with, run_preflight, changes, message):
+    run_module.refused(module, args_with(**changes), message)
     run_preflight.assert_not_called()
 
 
@@ -58,7 +52,7 @@ def test_defaults_reach_the_decision(run_module, run_preflight):
                       "fail_on_refusal": True}
 
 
-def test_types_are_converted_and_check_mode_is_passed_on(run_module, run_preflight):
+def test_types_are_converted_and_check_mode_is_passed_on(run_module, args_with, run_preflight):
     failed, dummy = run_module(module, args_with(require_promoted="yes", fail_on_refusal="0", target_site=2),
                                check_mode=True)
     assert not failed
