@@ -39,16 +39,15 @@ import yaml
 
 from tests.drill import analysis
 from tests.drill.load import LoadClient
-from tests.lab import kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
+from tests.lab import images, kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
 NAMESPACE = "kms"
 OPERATOR_NAMESPACE = "cnpg-system"
 CNPG_PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
-PG_IMAGE = "docker.io/hanzo-kms-lab/postgresql:15-bookworm"
-POD_IMAGES = ("docker.io/hanzo-kms-lab/redis:7.0-bookworm", "docker.io/hanzo-kms-lab/kms-standin:1",
-              "docker.io/hanzo-kms-lab/redis-backup-tools:1")
+PG_IMAGE = images.POSTGRES_IMAGE
+POD_IMAGES = (images.REDIS_IMAGE, images.KMS_STANDIN_IMAGE, images.BACKUP_TOOLS_IMAGE)
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 BIN = Path(sys.executable).parent
 FIGURES = {}
