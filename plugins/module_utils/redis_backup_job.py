@@ -15,6 +15,7 @@ Plain Python: needs boto3 (and anycrc for a fast CRC64), not Ansible.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def _number(environ, name, default, kind, low, high=None):
         value = kind(text)
     except ValueError:
         value = None
-    if value is None or value < low or (high is not None and value > high) or value != value:
+    if value is None or math.isnan(value) or value < low or (high is not None and value > high):
         bounds = f'{low}-{high}' if high is not None else f'greater than {low}'
         raise SettingsError(f'{name} must be a number {bounds}, got {text!r}')
     return value
@@ -144,7 +145,7 @@ def main(environ=None):
     try:
         params = settings_from_env(os.environ if environ is None else environ)
     except SettingsError as exc:
-        print(f'redis backup: invalid settings, nothing was contacted: {exc}', file=sys.stderr)
+        sys.stderr.write(f'redis backup: invalid settings, nothing was contacted: {exc}\n')
         return 2
     script = params.pop('lock_script')
 
@@ -157,14 +158,14 @@ def main(environ=None):
         result = run_backup(params, s3_client_factory=lambda: s3_client(params),
                             before_manifest=lock_still_ours if script else None)
     except (RedisError, RdbError, S3Error, LockLost, OSError) as exc:
-        print(f'redis backup failed: {exc}', file=sys.stderr)
+        sys.stderr.write(f'redis backup failed: {exc}\n')
         return 1
     finally:
         if script:
             lock_step(script, 'release')
-    print(json.dumps(result, sort_keys=True))
+    sys.stdout.write(json.dumps(result, sort_keys=True) + '\n')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())
