@@ -7,8 +7,8 @@ A backup is two objects in ``<prefix>/<site>/<UTC timestamp>/``: ``dump.rdb`` an
 written after the RDB and deleted before it, so a listing that shows both is a complete backup; the manifest's
 content (size, SHA-256) ties it to the RDB bytes.
 
-Writers: ``redis_backup`` (``hanzo.kms.redis_rdb_backup``) and the redis role's backup CronJob
-(``roles/redis/templates/backup-cronjob.yml.j2``, a ``printf`` that must stay in step with ``build_manifest``).
+Writer: ``redis_backup`` (``hanzo.kms.redis_rdb_backup``, and the redis role's backup CronJob through
+``redis_backup_job``).
 Readers: ``redis_restore``, ``s3_retention`` (its default layout) and ``operations``. Plain Python, no Ansible import.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ MANIFEST_FORMAT = 1
 # The backup's directory name (a key component); the manifest's times are RFC3339_FORMAT (times).
 TIMESTAMP_FORMAT = COMPACT_FORMAT
 
-# Manifest format 1. Every writer writes every field, null when it does not know the value (the CronJob has no RDB
-# parser). Fields in MANIFEST_FIELDS are in every manifest ever written; a reader takes an absent LATER_FIELDS entry
-# as null, because older backups (and the CronJob's before this module) lack them.
+# Manifest format 1. Every writer writes every field, null when it does not know the value (no structure pass).
+# Fields in MANIFEST_FIELDS are in every manifest ever written; a reader takes an absent LATER_FIELDS entry as null,
+# because older backups (and the CronJob's before it ran this code) lack them.
 MANIFEST_FIELDS = ('format', 'object', 'timestamp', 'created_at', 'size', 'sha256', 'crc64', 'rdb_version',
                    'keys_per_db', 'keys', 'source')
 LATER_FIELDS = ('keyspace_at_start', 'functions', 'verified')

@@ -204,8 +204,11 @@ def open_private(path):
         raise
 
 
-def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
+def run_backup(params, s3_client_factory=None, check_mode=False, now=None, before_manifest=None):
     """Run a backup from module-style ``params``. Returns the result dict. Raises RedisError / RdbError / S3Error.
+
+    ``before_manifest()`` runs once the RDB is stored and verified, before the manifest marks the backup complete:
+    an exception from it leaves the backup incomplete (the redis role's CronJob checks its operation lock there).
 
     params: Redis connection keys, ``dest`` (local path), ``bucket``, ``prefix``, ``site``, ``part_size`` (MiB), ``upload_concurrency``,
     ``verify_structure`` (default true: the RDB structure pass runs on the stream and the manifest records it, so a
@@ -290,6 +293,8 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None):
         os.replace(local_tmp, dest)
     manifest = build_manifest(params, info, summary, validator, size, now, structure)
     body = backup_layout.encode_manifest(manifest)
+    if before_manifest is not None:
+        before_manifest()
     if client is not None:
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
         with s3_utils.wrap_errors('write manifest', bucket=bucket):

@@ -37,19 +37,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl, redis_backup_job
 from tests.ansible_run import recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
-from tests.lab import kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
+from tests.lab import images, kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
 NAMESPACE = "kms"
 OPERATOR_NAMESPACE = "cnpg-system"
 CNPG_PLAYBOOK = "tests/integration/playbooks/cnpg_sites.yml"
-PG_IMAGE = "docker.io/hanzo-kms-lab/postgresql:15-bookworm"
-POD_IMAGES = ("docker.io/hanzo-kms-lab/redis:7.0-bookworm", "docker.io/hanzo-kms-lab/kms-standin:1",
-              "docker.io/hanzo-kms-lab/redis-backup-tools:1")
+PG_IMAGE = images.POSTGRES_IMAGE
+POD_IMAGES = (images.REDIS_IMAGE, images.KMS_STANDIN_IMAGE, images.BACKUP_TOOLS_IMAGE)
 BIN = Path(sys.executable).parent
 FIGURES = {}
 
@@ -343,7 +343,18 @@ def test_redis_and_the_kms_stand_in_run_in_pods_behind_the_lb(clusters):
     assert client.records[-1]["ok"] and client.records[-1]["site"] == "dc1", client.records[-1]
 
 
-def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(clusters):
+def job_result(logs):
+    """The backup container's result: the JSON line redis_backup_job prints (run_backup's result)."""
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON result line in the Job's log:\n{logs}")
+
+
+def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(clusters, tmp_path):
+    """The CronJob's Job runs the collection's backup code (its log's JSON line is run_backup's result), writes the
+    manifest backup_layout builds with every field hanzo.kms.redis_rdb_backup fills, and redis_rdb_restore restores
+    its backup."""
     lab = clusters["lab"]
     job = f"backup-test-{time.time_ns() % 100000}"
     assert kubectl(lab, "dc1", "-n", NAMESPACE, "create", "job", "--from=cronjob/redis-backup", job).returncode == 0
@@ -352,15 +363,44 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
                    timeout=260)
     assert done.returncode == 0, kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
     FIGURES["Redis backup Job from the CronJob (s)"] = round(time.monotonic() - started, 1)
-    upload = get(lab, "dc1", "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"]["template"][
-        "spec"]["containers"][0]
-    assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in upload["env"]  # the store is HTTPS-only
-    logs = kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
-    key = re.search(r"upload: \S+ to s3://[^/]+/(redis/dc1/\S+/dump\.rdb)", logs).group(1)
-    assert key.replace("dump.rdb", "manifest.json") in bucket_keys(lab, "redis/dc1/")
+    container = get(lab, "dc1", "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"][
+        "template"]["spec"]["containers"][0]
+    assert container["command"][1:] == ["-m", redis_backup_job.__name__] and container["image"] == images.BACKUP_TOOLS_IMAGE
+    assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in container["env"]  # HTTPS-only store
+    result = job_result(kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "-c", "backup").stdout)
+    key, manifest = result["key"], result["manifest"]
+    assert bl.parse_key(key).site == "dc1" and result["manifest_key"] == bl.manifest_key_for(key)
+    assert result["manifest_key"] in bucket_keys(lab, "redis/dc1/")
+    s3 = lab.state["s3"]
+    store = lab_s3.client(s3)
+    stored = store.get_object(Bucket=s3["bucket"], Key=result["manifest_key"])
+    assert stored["Body"].read() == bl.encode_manifest(manifest) and stored["ContentType"] == "application/json"
+    rdb_size = store.head_object(Bucket=s3["bucket"], Key=key)["ContentLength"]
+    bl.check_complete_backup({key: rdb_size, result["manifest_key"]: stored["ContentLength"]}, manifest)
+    # every field, filled as the module fills it: the structure pass ran and is recorded
+    assert all(manifest[field] is not None for field in bl.MANIFEST_FIELDS + bl.LATER_FIELDS), manifest
+    assert manifest["source"]["site"] == "dc1" and manifest["source"]["host"] == "redis-master"
+    assert all(manifest["source"][field] is not None for field in bl.SOURCE_FIELDS + bl.LATER_SOURCE_FIELDS)
+    # ... and field for field what hanzo.kms.redis_rdb_backup writes for the same Redis
+    source = lab.state["sites"]["dc1"]["redis"]
+    password = base64.b64decode(get(lab, "dc1", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
+    args = {"host": source["host"], "port": source["port"], "password": password.decode(), "tls": True,
+            "tls_ca_cert": source["ca_file"], "dest": str(tmp_path / "dump.rdb"), "site": "dc1"}
+    run_module("hanzo.kms.redis_rdb_backup", args, lab_dir=lab.dir, must_succeed=True)
+    module_manifest = bl.parse_manifest((tmp_path / "dump.rdb.manifest.json").read_bytes())
+
+    def shape(entry):
+        return {name: (shape(value) if isinstance(value, dict) and name in ("source", "verified") else value is None)
+                for name, value in entry.items()}
+
+    assert shape(manifest) == shape(module_manifest)
+    assert manifest["verified"]["validator_version"] == module_manifest["verified"]["validator_version"]
+    assert (manifest["rdb_version"], manifest["source"]["server_version"]) == (
+        module_manifest["rdb_version"], module_manifest["source"]["server_version"])
+
     # restore exactly that backup into dc2's (passive) Redis, as the failover would
     password = base64.b64decode(get(lab, "dc2", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
-    s3, target = lab.state["s3"], lab.state["sites"]["dc2"]["redis"]
+    target = lab.state["sites"]["dc2"]["redis"]
     args = {"host": target["host"], "port": target["port"], "password": password.decode(), "tls": True,
             "tls_ca_cert": target["ca_file"], "bucket": s3["bucket"],
             "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],

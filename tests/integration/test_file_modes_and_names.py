@@ -1,5 +1,5 @@
 """Issue 14 item 8 (parts): private file modes, a KMS checksum annotation that does not reveal the secrets, and site
-names / prefixes validated before anything is changed and quoted in the Redis backup CronJob's script.
+names / prefixes validated before anything is changed and passed to the Redis backup CronJob's program as data.
 
 Everything runs the real modules, roles and templates through ansible; the Redis backup reads the lab's real Redis.
 Files are written with umask 000, the worst case: modes must not depend on the umask.
@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import stat
 import subprocess
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.ansible_run import run_module, run_play
+
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup_job
 
 REPO = Path(__file__).resolve().parents[2]
 BAD_SITES = ["dc1;rm -rf /", "dc1/../x"]
@@ -165,7 +166,8 @@ def test_redis_backup_module_refuses_bad_names_before_contacting_anything(lab, s
     assert f"invalid site name {site!r}" in result["msg"] and "DNS label" in result["msg"], result["msg"]
 
 
-def cronjob_script(tmp_path, site, prefix="redis"):
+def cronjob_backup_env(tmp_path, site, prefix="redis"):
+    """The backup container's env as the template renders it (without the role and its checks)."""
     tasks = [{"name": "render", "ansible.builtin.set_fact": {
         "rendered": "{{ lookup('ansible.builtin.template', '" + str(REPO / "roles/redis/templates/backup-cronjob.yml.j2")
                     + "') | ansible.builtin.from_yaml }}"}}]
@@ -173,27 +175,23 @@ def cronjob_script(tmp_path, site, prefix="redis"):
                                             "redis_backup_bucket": "kms-backups"},
                           vars_files=["roles/redis/defaults/main.yml"])
     job = results[0][1]["ansible_facts"]["rendered"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return next(c for c in job["containers"] if c["name"] == "upload")["args"][0]
+    backup = next(c for c in job["containers"] if c["name"] == "backup")
+    return {e["name"]: e["value"] for e in backup["env"] if "value" in e}
 
 
-def test_cronjob_script_quotes_names(tmp_path):
-    """Even a name that slipped past the checks is data in the script, never code (rendered without the role)."""
-    marker = tmp_path / "pwned"
-    site = f'dc1";touch {marker};"'
-    script = cronjob_script(tmp_path, site)
-    assert subprocess.run(["sh", "-n"], input=script, text=True, check=False).returncode == 0
-    base_line = next(line.strip() for line in script.splitlines() if line.strip().startswith("base="))
-    out = subprocess.run(["sh", "-c", f'stamp=STAMP; {base_line}; printf %s "$base"'], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
-    assert not marker.exists(), "the site name ran as a shell command"
-    assert out == f"s3://kms-backups/redis/{site}/STAMP"
-    # the manifest's site is a printf argument, not part of the format
-    assert re.search(r'"source": \{"site": "%s"', script)
+def test_cronjob_passes_names_as_data_and_the_job_refuses_a_bad_one(tmp_path):
+    """Even a name that slipped past the role's checks reaches the Job as an environment value, never code (there is
+    no shell script), and the Job's program refuses it before contacting anything."""
+    site = 'dc1";touch /tmp/pwned;"'
+    env = cronjob_backup_env(tmp_path, site)
+    assert env["BACKUP_SITE"] == site and env["LOCK_OWNER"] == f"redis-backup/$(JOB_NAME)@{site}"
+    with pytest.raises(redis_backup_job.SettingsError, match="BACKUP_SITE"):
+        redis_backup_job.settings_from_env(env)
 
 
-def test_cronjob_script_layout_is_unchanged_for_normal_names(tmp_path):
-    script = cronjob_script(tmp_path, "dc1", "backups/redis/")
-    base_line = next(line.strip() for line in script.splitlines() if line.strip().startswith("base="))
-    out = subprocess.run(["sh", "-c", f'stamp=20261202T000000Z; {base_line}; printf %s "$base"'], capture_output=True,
-                         text=True, check=True).stdout
-    assert out == "s3://kms-backups/backups/redis/dc1/20261202T000000Z"
+def test_cronjob_layout_settings_for_normal_names(tmp_path):
+    env = cronjob_backup_env(tmp_path, "dc1", "backups/redis/")
+    params = redis_backup_job.settings_from_env(env)
+    assert (params["bucket"], params["prefix"], params["site"]) == ("kms-backups", "backups/redis/", "dc1")
+    assert backup_layout.backup_keys(params["prefix"], params["site"], "20261202T000000Z")[0] == (
+        "backups/redis/dc1/20261202T000000Z/dump.rdb")

@@ -117,7 +117,9 @@ def test_kms_secret_identical_and_deployments_by_role(installed, kube_clients): 
         cronjob = client.BatchV1Api(kube_clients[site]).read_namespaced_cron_job("redis-backup", NAMESPACE)
         init = {c.name: c for c in cronjob.spec.job_template.spec.template.spec.init_containers}
         assert list(init)[0] == "take-lock"  # the operation lock before anything else
-        assert "--rdb" in " ".join(init["fetch-rdb"].args)
+        assert list(init) == ["take-lock"]
+        [backup] = cronjob.spec.job_template.spec.template.spec.containers
+        assert backup.command[1:] == ["-m", "ansible_collections.hanzo.kms.plugins.module_utils.redis_backup_job"]
         assert not any(v.persistent_volume_claim for v in cronjob.spec.job_template.spec.template.spec.volumes or [])
         for kind, read in (("Ingress", client.NetworkingV1Api(kube_clients[site]).read_namespaced_ingress),
                            ("PodDisruptionBudget", client.PolicyV1Api(kube_clients[site]).read_namespaced_pod_disruption_budget)):

@@ -2,6 +2,7 @@
 ``ctr run`` doing what its pods do (issue 15). Builds what the image cache lacks (cold: a few minutes)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup_job
 from tests.lab import containerd, images, pki, s3
 from tests.lab.core import Lab, free_port, wait_until
 
@@ -158,18 +160,20 @@ def test_kms_standin_serves_with_postgres_and_redis_of_the_lab_images(tasks):
     assert status == 200 and body["secret"]["secretValue"] == "s3cret"
 
 
-def test_backup_tools_run_the_cronjob_commands(tasks, tmp_path):
+def test_backup_tools_run_the_collections_backup_job(tasks, tmp_path):
     out = sh(tasks, images.BACKUP_TOOLS_IMAGE, "id -u; kubectl version --client; date --version | head -1; "
-             "date -u -d @0 +%Y-%m-%dT%H:%M:%SZ; aws --version 2>&1; redis-cli --version")
+             "date -u -d @0 +%Y-%m-%dT%H:%M:%SZ; mktemp; command -v grep; "
+             "python3 -c 'import anycrc, boto3; print(\"boto3\", boto3.__version__)'")
     lines = out.splitlines()
     assert lines[0] == "1001"
     assert "Client Version: v1.34.2" in lines
     assert "GNU coreutils" in out and "1970-01-01T00:00:00Z" in lines
-    assert any(line.startswith(f"aws-cli/{images.AWSCLI_PINS['awscli']} ") for line in lines)
-    assert any(line.startswith("redis-cli 7.0.") for line in lines)
+    requirements, _pins = images.backup_job_pins()
+    assert f"boto3 {requirements[0].split('==')[1]}" in lines
 
-    # The CronJob's data path: fetch-rdb (redis-cli --rdb) and upload (aws s3 cp with the object store Secret's
-    # AWS_* variables, AWS_ENDPOINT_URL included), against the Redis image and the lab's SeaweedFS.
+    # The CronJob's backup container: the collection's redis_backup_job with the settings the role's template sets
+    # (the object store Secret's AWS_* variables, AWS_ENDPOINT_URL included), against the Redis image and the lab's
+    # SeaweedFS; it writes what hanzo.kms.redis_rdb_backup writes.
     (tmp_path / "lab").mkdir()
     lab = Lab(tmp_path / "lab")
     lab.state = {"version": 1}
@@ -179,32 +183,27 @@ def test_backup_tools_run_the_cronjob_commands(tasks, tmp_path):
         redis_port = free_port()
         tasks.start_task(images.REDIS_IMAGE, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                                               "--save", "", "--requirepass", "pw"], net_host=True)
-        base = f"s3://{entry['bucket']}/redis/dc9/20261202T000000Z"
-        script = (
-            f'i=0; until redis-cli -h 127.0.0.1 -p {redis_port} set k v | grep -q OK; do i=$((i+1)); '
-            '[ $i -lt 100 ]; sleep 0.1; done; '
-            f'redis-cli -h 127.0.0.1 -p {redis_port} --rdb /tmp/dump.rdb && test "$(head -c 5 /tmp/dump.rdb)" = REDIS; '
-            'now=$(date -u +%s); stamp=$(date -u -d "@$now" +%Y%m%dT%H%M%SZ); '
-            'size=$(stat -c %s /tmp/dump.rdb); sha=$(sha256sum /tmp/dump.rdb | cut -d" " -f1); '
-            'version=$(head -c 9 /tmp/dump.rdb | tail -c 4 | sed "s/^0*//"); '
-            f'aws s3 cp --no-progress /tmp/dump.rdb "{base}/dump.rdb"; '
-            'printf \'{"size": %s, "sha256": "%s", "rdb_version": %s, "stamp": "%s"}\\n\' '
-            '"$size" "$sha" "${version:-0}" "$stamp" > /tmp/manifest.json; '
-            f'aws s3 cp --no-progress --content-type application/json /tmp/manifest.json "{base}/manifest.json"')
+        sh(tasks, images.REDIS_IMAGE, f'i=0; until REDISCLI_AUTH=pw redis-cli -p {redis_port} set k v | grep -q OK; '
+           'do i=$((i+1)); [ $i -lt 100 ]; sleep 0.1; done', net_host=True)
         # the CA as the CronJob gets it: a file mounted read-only, named by AWS_CA_BUNDLE
         ca_mount = f"type=bind,src={entry['ca_file']},dst=/etc/hanzo-kms/s3-ca/ca.crt,options=rbind:ro"
-        sh(tasks, images.BACKUP_TOOLS_IMAGE, script, net_host=True, mounts=[ca_mount], env=[
-            "AWS_CA_BUNDLE=/etc/hanzo-kms/s3-ca/ca.crt", "REDISCLI_AUTH=pw", "HOME=/tmp",
-            f"AWS_ACCESS_KEY_ID={entry['access_key']}", f"AWS_SECRET_ACCESS_KEY={entry['secret_key']}",
-            f"AWS_DEFAULT_REGION={entry['region']}", f"AWS_ENDPOINT_URL={entry['endpoint_url']}"])
+        proc = tasks.run(images.BACKUP_TOOLS_IMAGE, ["python3", "-m", redis_backup_job.__name__], net_host=True,
+                         mounts=[ca_mount], env=[
+                             "REDIS_HOST=127.0.0.1", f"REDIS_PORT={redis_port}", "REDIS_PASSWORD=pw",
+                             f"BACKUP_BUCKET={entry['bucket']}", "BACKUP_PREFIX=redis", "BACKUP_SITE=dc9",
+                             "S3_ADDRESSING_STYLE=path", "AWS_CA_BUNDLE=/etc/hanzo-kms/s3-ca/ca.crt",
+                             f"AWS_ACCESS_KEY_ID={entry['access_key']}", f"AWS_SECRET_ACCESS_KEY={entry['secret_key']}",
+                             f"AWS_DEFAULT_REGION={entry['region']}", f"AWS_ENDPOINT_URL={entry['endpoint_url']}"])
+        result = json.loads(proc.stdout)
+        assert backup_layout.parse_key(result["key"]).site == "dc9"
         client = s3.client(entry)
-        prefix = "redis/dc9/20261202T000000Z"
-        dump = client.get_object(Bucket=entry["bucket"], Key=f"{prefix}/dump.rdb")["Body"].read()
-        manifest = client.get_object(Bucket=entry["bucket"], Key=f"{prefix}/manifest.json")
+        dump = client.get_object(Bucket=entry["bucket"], Key=result["key"])["Body"].read()
+        manifest = client.get_object(Bucket=entry["bucket"], Key=result["manifest_key"])
         assert dump.startswith(b"REDIS")
         assert manifest["ContentType"] == "application/json"
-        meta = json.loads(manifest["Body"].read())
-        assert meta["size"] == len(dump) and meta["rdb_version"] == int(dump[5:9])
+        assert manifest["Body"].read() == backup_layout.encode_manifest(result["manifest"])
+        assert result["manifest"]["keys"] == 1 and result["manifest"]["verified"] is not None
+        assert result["sha256"] == hashlib.sha256(dump).hexdigest()
     finally:
         lab.stop_all()
         shutil.rmtree(tmp_path / "lab", ignore_errors=True)

@@ -180,10 +180,10 @@ def test_pods_verify_the_object_store_and_redis_with_their_cas(rendered):
                                  "certFilename": "tls.crt", "certKeyFilename": "tls.key", "certCAFilename": "ca.crt"}
         job = next(o for o in objects["redis"]["objects"] if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]
         pod = job["template"]["spec"]
-        fetch = next(c for c in pod["initContainers"] if c["name"] == "fetch-rdb")
-        assert "--tls --cacert /etc/hanzo-kms/redis-ca/ca.crt" in fetch["args"][0]
-        upload = pod["containers"][0]
-        assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in upload["env"]
+        backup = pod["containers"][0]
+        assert {"name": "REDIS_TLS", "value": "true"} in backup["env"]
+        assert {"name": "REDIS_TLS_CA_CERT", "value": "/etc/hanzo-kms/redis-ca/ca.crt"} in backup["env"]
+        assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in backup["env"]
         secrets_mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
         assert secrets_mounted == {"kms-object-store-ca", "redis-tls"}
         kms = next(o for o in objects["kms"] if o["kind"] == "Deployment")["spec"]["template"]["spec"]

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.lab.core import LabError, pid_alive, require_binary, unmount_under
+from tests.lab.core import REPO_ROOT, LabError, pid_alive, require_binary, unmount_under
 
 FORMAT_VERSION = 2  # bump when the way images are packed changes: every cached archive is rebuilt
 KEEP_ARCHIVES = 2  # archives kept per image name: the current one and the one before (another checkout's)
@@ -447,7 +447,7 @@ LAB_REGISTRY = "docker.io/hanzo-kms-lab"
 POSTGRES_IMAGE = f"{LAB_REGISTRY}/postgresql:15-bookworm"  # Debian's postgresql-15, shaped as CNPG expects
 REDIS_IMAGE = f"{LAB_REGISTRY}/redis:7.0-bookworm"  # Debian's redis-server, for tests/lab/charts/redis
 KMS_STANDIN_IMAGE = f"{LAB_REGISTRY}/kms-standin:1"  # tests/lab/kms_standin.py: NOT the KMS
-BACKUP_TOOLS_IMAGE = f"{LAB_REGISTRY}/redis-backup-tools:1"  # kubectl, redis-cli, aws (the Redis backup CronJob)
+BACKUP_TOOLS_IMAGE = f"{LAB_REGISTRY}/redis-backup-tools:2"  # the collection's backup job, kubectl (the Redis backup CronJob)
 # The names the CNPG 1.30.0 release manifest and the Barman Cloud plugin v0.14.0 module's manifest.yaml reference;
 # the manifests the lab renders from the modules (kube_build, manifest.json "images") take precedence.
 UPSTREAM_IMAGES = {
@@ -464,10 +464,11 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # clients left out: the lab's object store is S3), every dependency pinned by its sidecar-requirements.txt.
 BARMAN_REQUIREMENT = "barman[cloud,snappy,lz4,zstandard]"
 SIDECAR_REQUIREMENTS = "containers/sidecar-requirements.txt"
-# aws-cli v1 from PyPI: Debian's awscli 2.9 predates AWS_ENDPOINT_URL (2.13), which the CronJob's Secret relies on.
-AWSCLI_PINS = {"awscli": "1.46.3", "colorama": "0.4.6", "docutils": "0.19", "jmespath": "1.1.0", "pyasn1": "0.6.5",
-               "python-dateutil": "2.9.0.post0", "pyyaml": "6.0.4", "rsa": "4.7.2", "six": "1.17.0",
-               "urllib3": "2.8.0"}
+# The backup job's image: the collection where the execution environment (execution-environment.yml, ansible-builder)
+# installs it, and a venv with the run-time libraries of redis_backup_job (requirements.txt's pins).
+COLLECTIONS_PATH = "/usr/share/ansible/collections"
+BACKUP_JOB_VENV = "/opt/hanzo-kms"
+BACKUP_JOB_PACKAGES = ("boto3", "anycrc")
 
 
 def lab_binary(name):
@@ -532,8 +533,10 @@ def _sidecar_pins():
 
 
 def _pip_hook(venv, requirement, pins, system_site_packages=False):
-    """A customize hook: a venv at ``venv`` in the image with ``requirement`` from PyPI (wheels only), every
-    dependency constrained to ``pins``. pip runs in the chroot with the host's CA bundle (removed afterwards)."""
+    """A customize hook: a venv at ``venv`` in the image with ``requirement`` (one, or a tuple) from PyPI (wheels
+    only), every dependency constrained to ``pins``. pip runs in the chroot with the host's CA bundle (removed
+    afterwards)."""
+    requirements = (requirement,) if isinstance(requirement, str) else requirement
     constraints = "\n".join(f"{name}=={version}" for name, version in sorted(pins.items()))
     site = " --system-site-packages" if system_site_packages else ""
     return (f'set -e; chroot "$1" python3 -m venv{site} {venv}; '
@@ -545,7 +548,7 @@ def _pip_hook(venv, requirement, pins, system_site_packages=False):
             '${https_proxy:+https_proxy="$https_proxy"} ${NO_PROXY:+NO_PROXY="$NO_PROXY"} '
             '${no_proxy:+no_proxy="$no_proxy"} '
             f'chroot "$1" {venv}/bin/pip install -q --no-cache-dir --only-binary=:all: -c /tmp/pins.txt '
-            f'{shlex_quote(requirement)}; rm -f "$1/tmp/pins.txt" "$1/tmp/pip-ca.crt"')
+            f'{" ".join(shlex_quote(r) for r in requirements)}; rm -f "$1/tmp/pins.txt" "$1/tmp/pip-ca.crt"')
 
 
 def shlex_quote(text):
@@ -626,16 +629,50 @@ def kms_standin_recipe():
                   entrypoint=("python3", "/app/kms_standin.py"))
 
 
+def collection_files(root=None):
+    """(source, path in the image) of the collection's ``plugins/module_utils`` as Python imports it from
+    ``COLLECTIONS_PATH`` (``ansible_collections.hanzo.kms.plugins.module_utils``), with the ``__init__.py`` files
+    that make each level a package."""
+    root = Path(root or REPO_ROOT)
+    package = f"{COLLECTIONS_PATH}/ansible_collections/hanzo/kms/plugins/module_utils"
+    files = [(path, f"{package}/{path.name}") for path in sorted((root / "plugins/module_utils").glob("*.py"))]
+    levels = package[len(COLLECTIONS_PATH) + 1:].split("/")
+    inits = [f"{COLLECTIONS_PATH}/{'/'.join(levels[:depth])}/__init__.py" for depth in range(1, len(levels) + 1)]
+    return files, inits
+
+
+def backup_job_pins(root=None):
+    """(requirements, pins) of the backup job's venv: boto3 and anycrc as requirements.txt pins them, every
+    dependency constrained by constraints.txt (the versions the collection is tested with)."""
+    root = Path(root or REPO_ROOT)
+    required = requirement_pins((root / "requirements.txt").read_text(encoding="utf-8"))
+    pins = requirement_pins((root / "constraints.txt").read_text(encoding="utf-8"))
+    return tuple(f"{name}=={required[name]}" for name in BACKUP_JOB_PACKAGES), pins
+
+
 def backup_tools_recipe():
-    """The Redis backup CronJob's containers in one image: /bin/sh with GNU coreutils (date -d, stat -c,
-    sha256sum), kubectl (static: the job copies it to the upload container), redis-cli, aws (aws-cli v1)."""
+    """The Redis backup CronJob's image: the collection's ``module_utils`` (the job runs
+    ``python3 -m ansible_collections.hanzo.kms.plugins.module_utils.redis_backup_job``, PYTHONPATH as in the
+    collection's execution environment) in a venv with boto3 and anycrc, and what the operation lock's script needs
+    (``/bin/sh``, GNU ``date``, kubectl, static: the take-lock container copies it for the backup container)."""
     kubectl = lab_binary("kubectl")
-    debian = Debian(packages=("python3", "python3-venv", "redis-tools", "ca-certificates"),
-                    hooks=(_pip_hook("/opt/awscli", f"awscli=={AWSCLI_PINS['awscli']}", AWSCLI_PINS),
-                           'ln -s /opt/awscli/bin/aws "$1/usr/local/bin/aws"'))
-    return Recipe(name=BACKUP_TOOLS_IMAGE, inputs={"revision": 1, "kubectl": file_digest(kubectl)},
-                  fill=lambda root: _copy_files(root, [(kubectl, "/usr/local/bin/kubectl", 0, 0, 0o755)]),
-                  debian=debian, user=str(REDIS_UID), env=(PATH_ENV,), entrypoint=("/bin/sh",))
+    files, inits = collection_files()
+    requirements, pins = backup_job_pins()
+    debian = Debian(packages=("python3", "python3-venv", "ca-certificates"),
+                    hooks=(_pip_hook(BACKUP_JOB_VENV, requirements, pins),))
+
+    def fill(root):
+        _copy_files(root, [(kubectl, "/usr/local/bin/kubectl", 0, 0, 0o755)]
+                    + [(source, path, 0, 0, 0o644) for source, path in files])
+        for init in inits:
+            (root / init.lstrip("/")).touch(mode=0o644)
+
+    inputs = {"revision": 2, "kubectl": file_digest(kubectl), "requirements": requirements,
+              "module_utils": {path: file_digest(source) for source, path in files}}
+    return Recipe(name=BACKUP_TOOLS_IMAGE, inputs=inputs, fill=fill, debian=debian, user=str(REDIS_UID),
+                  env=(f"PATH={BACKUP_JOB_VENV}/bin:{PATH_ENV[len('PATH='):]}", f"PYTHONPATH={COLLECTIONS_PATH}",
+                       "PYTHONUNBUFFERED=1"),
+                  entrypoint=("/bin/sh",))
 
 
 def operator_recipe(name=None):

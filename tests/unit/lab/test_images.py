@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -98,6 +100,51 @@ def test_missing_go_binary_names_make_k8s_bins(tmp_path, monkeypatch):
     monkeypatch.setenv("HANZO_KMS_K8S_CACHE", str(tmp_path))
     with pytest.raises(LabError, match=r"cnpg-manager is missing: build the lab's binaries with `make k8s-bins`"):
         images.operator_recipe()
+
+
+def collection_tree(root):
+    (root / "plugins/module_utils").mkdir(parents=True)
+    (root / "plugins/module_utils/first.py").write_text("VALUE = 1\n", encoding="utf-8")
+    (root / "plugins/module_utils/second.py").write_text(
+        "from ansible_collections.hanzo.kms.plugins.module_utils.first import VALUE\n", encoding="utf-8")
+    (root / "requirements.txt").write_text("kubernetes==1.0  # not the job's\nboto3==1.2.3\nanycrc==4.5\n", encoding="utf-8")
+    (root / "constraints.txt").write_text("boto3==1.2.3\nbotocore==1.9.9\nanycrc==4.5\n", encoding="utf-8")
+
+
+def test_backup_tools_image_has_the_collections_module_utils_importable(tmp_path):
+    collection_tree(tmp_path / "repo")
+    files, inits = images.collection_files(tmp_path / "repo")
+    package = "/usr/share/ansible/collections/ansible_collections/hanzo/kms/plugins/module_utils"
+    assert [path for _source, path in files] == [f"{package}/first.py", f"{package}/second.py"]
+    assert inits[0] == "/usr/share/ansible/collections/ansible_collections/__init__.py"
+    assert inits[-1] == f"{package}/__init__.py" and len(inits) == 5
+    # laid out as the image has it, Python imports the module through PYTHONPATH
+    rootfs = tmp_path / "rootfs"
+    for source, path in files:
+        (rootfs / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, rootfs / path.lstrip("/"))
+    for init in inits:
+        (rootfs / init.lstrip("/")).touch()
+    proc = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "from ansible_collections.hanzo.kms.plugins.module_utils import second; print(second.VALUE)",
+                           str(rootfs / "usr/share/ansible/collections")], capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "1", proc.stderr
+    requirements, pins = images.backup_job_pins(tmp_path / "repo")
+    assert requirements == ("boto3==1.2.3", "anycrc==4.5") and pins["botocore"] == "1.9.9"
+
+
+def test_backup_tools_image_key_follows_the_collections_code(tmp_path, monkeypatch):
+    collection_tree(tmp_path)
+    (tmp_path / "kubectl").write_bytes(b"kubectl")
+    monkeypatch.setattr(images, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(images, "lab_binary", lambda name: tmp_path / name)
+    before = images.backup_tools_recipe().key()
+    assert images.backup_tools_recipe().key() == before
+    (tmp_path / "plugins/module_utils/first.py").write_text("VALUE = 2\n", encoding="utf-8")
+    changed = images.backup_tools_recipe().key()
+    assert changed != before
+    (tmp_path / "constraints.txt").write_text("botocore==1.9.10\n", encoding="utf-8")
+    assert images.backup_tools_recipe().key() != changed
 
 
 class FixedIndex:  # pylint: disable=too-few-public-methods

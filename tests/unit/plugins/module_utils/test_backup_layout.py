@@ -1,19 +1,15 @@
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Redis backup layout (backup_layout): key names, the manifest and complete backups, and its users: the backup's
-manifest, the restore's refusal of a malformed one, and the backup CronJob's shell manifest."""
+manifest and the restore's refusal of a malformed one (the backup CronJob runs the same backup code:
+test_redis_backup_job.py)."""
 from __future__ import annotations
 
 import datetime
 import hashlib
 import json
-import shlex
-import shutil
-import subprocess
-import textwrap
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import (
@@ -28,8 +24,6 @@ UTC = datetime.timezone.utc
 WHEN = datetime.datetime(2026, 11, 22, 4, 15, 0, tzinfo=UTC)
 STAMP = '20261122T041500Z'
 FIXTURES = Path(__file__).parent / 'fixtures'
-REPO = Path(__file__).resolve().parents[4]
-CRONJOB = REPO / 'roles' / 'redis' / 'templates' / 'backup-cronjob.yml.j2'
 
 
 def manifest(**changes):
@@ -346,60 +340,3 @@ def test_restore_picks_the_newest_complete_backup_of_the_site():
     assert redis_restore.resolve_s3_source(client, explicit) == ('x/copy.rdb', 'x/manifest.json')
     with pytest.raises(redis_restore.RestoreError, match='no complete backup .* under s3://b/redis/dc3/'):
         redis_restore.resolve_s3_source(client, {'bucket': 'b', 'prefix': 'redis', 'site': 'dc3'})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The backup CronJob's manifest (a printf in roles/redis/templates/backup-cronjob.yml.j2)
-
-
-def cronjob_manifest_script():
-    """The CronJob's lines from ``size=`` to the printf, rendered as the role renders them (site dc1)."""
-    lines = CRONJOB.read_text(encoding='utf-8').splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith('size=$(stat'))
-    end = next(i for i in range(start, len(lines)) if lines[i].strip() == '> /tmp/manifest.json')
-    block = textwrap.dedent('\n'.join(lines[start:end + 1]))
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    env.filters['quote'] = shlex.quote
-    return env.from_string(block).render(redis_release_name='kms-redis', redis_site='dc1')
-
-
-def run_cronjob_manifest(tmp_path, header):
-    rdb = tmp_path / 'dump.rdb'
-    rdb.write_bytes(header + b'\xfa\x09redis-ver\x057.4.0\xff' + b'\0' * 8)
-    out = tmp_path / 'manifest.json'
-    script = cronjob_manifest_script().replace('/backup/dump.rdb', str(rdb)).replace('/tmp/manifest.json', str(out))
-    # the upload is not this test's business; iso as the CronJob sets it
-    script = 'aws() { :; }\niso=2026-11-22T04:15:00Z\n' + script
-    proc = subprocess.run(['sh', '-ec', script], capture_output=True, text=True, check=False, timeout=30)
-    return proc, rdb, out
-
-
-needs_tools = pytest.mark.skipif(not all(shutil.which(t) for t in ('sh', 'stat', 'sha256sum', 'head', 'sed', 'date')),
-                                 reason='the CronJob script needs sh and GNU coreutils')
-
-
-@needs_tools
-@pytest.mark.parametrize('header,version', [(b'REDIS0012', 12), (b'REDIS0009', 9), (b'VALKEY080', 80)])
-def test_cronjob_writes_the_manifest_format(tmp_path, header, version):
-    proc, rdb, out = run_cronjob_manifest(tmp_path, header)
-    assert proc.returncode == 0, proc.stderr
-    written = bl.parse_manifest(out.read_bytes())
-    data = rdb.read_bytes()
-    assert (written['rdb_version'], written['size'], written['sha256']) == (
-        version, len(data), hashlib.sha256(data).hexdigest())
-    assert written['timestamp'] == '2026-11-22T04:15:00Z' and written['source']['site'] == 'dc1'
-    # field by field the format build_manifest writes
-    built = bl.build_manifest(timestamp=WHEN, size=1, sha256='0' * 64, rdb_version=1)
-    assert set(written) == set(built) and set(written['source']) == set(built['source'])
-    unknown = ('crc64', 'keys_per_db', 'keys', 'keyspace_at_start', 'functions', 'verified')
-    assert all(written[name] is None for name in unknown)
-    assert bl.is_complete_backup({f'redis/dc1/{STAMP}/dump.rdb': len(data), f'redis/dc1/{STAMP}/manifest.json': 1},
-                                 written)
-
-
-@needs_tools
-@pytest.mark.parametrize('header', [b'REDIS0000', b'VALKEYxyz', b'NOTANRDB!', b'RED\nIS001'])
-def test_cronjob_refuses_a_header_without_a_version(tmp_path, header):
-    proc, _rdb, out = run_cronjob_manifest(tmp_path, header)
-    assert proc.returncode != 0 and 'no RDB version in the header' in proc.stderr
-    assert not out.exists()
