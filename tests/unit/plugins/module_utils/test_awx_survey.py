@@ -87,7 +87,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize('spec,message', [(spec, message) for _, spec, message in BAD], ids=[case for case, _, _ in BAD])
+@pytest.mark.parametrize('spec,message', [pytest.param(spec, message, id=case) for case, spec, message in BAD])
 def test_a_spec_awx_refuses_is_refused_naming_the_problem(spec, message):
     errors = survey_errors(spec)
     assert any(message in error for error in errors), errors
