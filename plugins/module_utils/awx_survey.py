@@ -21,6 +21,10 @@ DEFAULT_TYPES = {'text': str, 'textarea': str, 'password': str, 'multiplechoice'
                  'integer': int, 'float': (float, int)}
 TEXT_TYPES = ('text', 'textarea', 'password')
 CHOICE_TYPES = ('multiplechoice', 'multiselect')
+# The keys AWX requires, with their types
+SURVEY_FIELDS = (('name', str, 'a string'), ('description', str, 'a string'), ('spec', list, 'a list'))
+QUESTION_FIELDS = (('type', str, 'a string'), ('question_name', str, 'a string'), ('variable', str, 'a string'),
+                   ('required', bool, 'a boolean'))
 VARIABLE_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 # A multiplechoice question whose variable ends so asks for one of the inventory's sites (site_name of kms_sites).
 SITE_SUFFIX = '_site'
@@ -77,14 +81,19 @@ def _default_errors(where, question):
     return errors
 
 
-def _question_errors(where, question):
+def _field_errors(where, obj, fields):
+    """The keys of ``fields`` ((key, type, label), ...) that ``obj`` lacks or has of another type."""
     errors = []
-    for key, expected, label in (('type', str, 'a string'), ('question_name', str, 'a string'),
-                                 ('variable', str, 'a string'), ('required', bool, 'a boolean')):
-        if key not in question:
-            errors.append(f'{where}: {key} is missing')
-        elif not isinstance(question[key], expected):
-            errors.append(f'{where}: {key} must be {label}, got {question[key]!r}')
+    for key, expected, label in fields:
+        if key not in obj:
+            errors.append(f'{where}{key} is missing')
+        elif not isinstance(obj[key], expected):
+            errors.append(f'{where}{key} must be {label}, got {obj[key]!r}')
+    return errors
+
+
+def _question_errors(where, question):
+    errors = _field_errors(f'{where}: ', question, QUESTION_FIELDS)
     if errors:
         return errors
     if question['type'] not in DEFAULT_TYPES:
@@ -110,12 +119,7 @@ def survey_errors(survey):
     """Every reason AWX would refuse ``survey`` (a survey spec dict) or drop one of its defaults; empty when valid."""
     if not isinstance(survey, dict):
         return [f'a survey spec is a JSON object, got {type(survey).__name__}']
-    errors = []
-    for key, expected, label in (('name', str, 'a string'), ('description', str, 'a string'), ('spec', list, 'a list')):
-        if key not in survey:
-            errors.append(f'{key} is missing')
-        elif not isinstance(survey[key], expected):
-            errors.append(f'{key} must be {label}, got {type(survey[key]).__name__}')
+    errors = _field_errors('', survey, SURVEY_FIELDS)
     if errors:
         return errors
     if not survey['spec']:
