@@ -7,9 +7,10 @@ rules, and the site questions filled in with an inventory's site names.
 The rules are those of AWX's survey_spec endpoint (``JobTemplateSurveySpec._validate_spec_data`` in
 awx/api/views/__init__.py), plus the checks AWX applies to a default before it uses it at launch
 (``SurveyJobTemplateMixin._survey_element_validation`` in awx/main/models/mixins.py: a default outside min/max or
-the choices is silently dropped there, so it is an error here), plus what AWX leaves to the playbook and we do not:
-a variable is an Ansible variable name. Used by the ``hanzo.kms.awx_survey`` filter (awx_setup.yml validates every
-survey before it changes anything in AWX) and by the tests. No Ansible import.
+the choices is silently dropped there, so it is an error here), plus three AWX does not make and a usable survey
+needs: a variable is an Ansible variable name, a question has a non-blank text, a choice question at least one
+choice. Used by the ``hanzo.kms.awx_survey`` filter (awx_setup.yml validates every survey before it changes anything
+in AWX) and by the tests. No Ansible import.
 """
 from __future__ import annotations
 
@@ -69,7 +70,10 @@ def _default_errors(where, question):
         measure, what = default, 'default'
     else:
         chosen = choice_list(default)
-        if qtype == 'multiplechoice' and len(chosen) > 1:
+        if qtype == 'multiselect':
+            # the launch-time check wants a list, and the endpoint only takes a string: AWX never applies it
+            return [f'{where}: AWX drops the default of a multiselect question at launch (schedules, API launches)']
+        if len(chosen) > 1:
             return [f'{where}: a multiplechoice question has one default, got {chosen}']
         missing = [item for item in chosen if item not in choice_list(question.get('choices', ''))]
         return [f'{where}: default {missing} not among the choices'] if missing else []
