@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
