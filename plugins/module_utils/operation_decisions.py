@@ -88,7 +88,7 @@ def analyze_cnpg_archive(objects, prefix, now, server=None):
 
 
 def summarize_redis_backups(backups, now):
-    """Newest complete Redis backup from ``s3_retention.list_complete_backups`` output (newest first)."""
+    """Newest complete Redis backup from ``s3_backup_info.complete_backups`` output (newest first)."""
     if not backups:
         return {"count": 0, "newest": None}
     newest = backups[0]

@@ -79,16 +79,21 @@ def _load_manifest_bytes(data, where):
 
 def resolve_s3_source(client, params):
     """(rdb key, manifest key) from ``key`` or the newest complete backup under ``prefix``/``site``."""
-    from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import (  # pylint: disable=import-outside-toplevel
+        BackupInfoError,
+        complete_backups,
+    )
     bucket = params['bucket']
     key = params.get('key')
     if key:
         return key, backup_layout.manifest_key_for(key)
     prefix = backup_layout.backup_prefix(params.get('prefix'), params.get('site'))
-    backups = s3_retention.list_complete_backups(client, bucket, prefix)
-    for backup in backups:
-        if backup_layout.is_complete_backup(backup['keys']):
-            return backup['prefix'] + RDB_NAME, backup['manifest_key']
+    try:
+        backups = complete_backups(client, bucket, params.get('prefix'), params.get('site'))
+    except BackupInfoError as exc:
+        raise RestoreError(str(exc)) from None
+    if backups:
+        return backups[0]['rdb_key'], backups[0]['manifest_key']
     raise RestoreError(f'no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}')
 
 

@@ -113,6 +113,29 @@ def _read_manifest(client, bucket, key):
         raise
 
 
+def complete_backups(client, bucket, prefix, site=None):
+    """The complete backups of one site from one listing of ``<prefix>/<site>/`` (no manifest read), newest first:
+    what a restore and a site's status pick the newest of. Without ``site`` the last component of ``prefix`` is the
+    site. Each: ``name``, ``prefix`` (ending in "/"), ``time`` (aware UTC), ``rdb_key``, ``manifest_key``, ``keys``
+    (sorted), ``size`` (bytes) and ``written`` (the manifest's LastModified)."""
+    if site is None:
+        prefix, dummy, site = (prefix or '').strip('/').rpartition('/')
+    prefix = check_options(prefix, [site], 1)
+    objects, dummy_server_time = list_objects(client, bucket, backup_layout.backup_prefix(prefix, site))
+    directories, dummy_unrecognised = group_objects(((o.key, o.size, o.last_modified) for o in objects), prefix)
+    backups = []
+    for (dir_site, name), entries in sorted(directories.items(), key=lambda item: item[0][1], reverse=True):
+        sizes = {key: size for key, (size, dummy) in entries.items()}
+        if not backup_layout.is_complete_backup(sizes):
+            continue
+        rdb_key, manifest_key = backup_layout.backup_keys(prefix, dir_site, name)
+        backups.append({'name': name, 'prefix': backup_layout.backup_prefix(prefix, dir_site, name),
+                        'time': backup_layout.parse_timestamp_name(name), 'rdb_key': rdb_key,
+                        'manifest_key': manifest_key, 'keys': sorted(entries), 'size': sum(sizes.values()),
+                        'written': entries[manifest_key][1]})
+    return backups
+
+
 def list_backups(client, bucket, prefix, sites=None, read_manifests=True, concurrency=DEFAULT_CONCURRENCY, now=None):
     """The module's result: ``backups`` (per site, newest first), ``sites``, ``unrecognised`` keys and ``now``.
 

@@ -16,7 +16,7 @@ every other key is unrecognised and never deleted, whatever the ``time_source``.
 manifest object exists (the Redis backup modules write it last). The retention policy is applied to the complete
 backups of each group separately. An empty prefix (the whole bucket) is refused unless ``whole_bucket`` is set.
 
-Reusable helper for restore: ``list_complete_backups(client, bucket, prefix)``.
+The complete backups of one site (what a restore or a status picks the newest of): ``s3_backup_info.complete_backups``.
 """
 from __future__ import annotations
 
@@ -689,31 +689,6 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reusable listing helper (Redis restore)
-
-
-def list_complete_backups(client, bucket, prefix, manifest_name=backup_layout.MANIFEST_NAME,
-                          timestamp_format=backup_layout.TIMESTAMP_FORMAT, data_files=(backup_layout.RDB_NAME,)):
-    """Complete backups directly under ``prefix`` (layout ``<prefix>/<timestamp>/<data file and manifest>`` with the
-    manifest written last), newest first by the timestamp in the key. One ListObjectsV2 call per 1000 keys.
-
-    Returns a list of dicts: ``name`` (the timestamp component, e.g. ``20261122T041500Z``), ``prefix`` (the
-    backup's key prefix ending in ``/``), ``time`` (aware UTC datetime), ``manifest_key``, ``keys`` (sorted
-    list of every key of the backup), ``size`` (bytes), ``written`` (LastModified of the manifest).
-    Raises ``S3Error`` (clear messages for a missing bucket, bad credentials, unreachable endpoint).
-    """
-    layout = Layout(prefix=prefix, group_depth=0, time_source='key', timestamp_format=timestamp_format,
-                    manifest_name=manifest_name, data_files=data_files)
-    objects, _now = list_objects(client, bucket, layout.prefix)
-    inv = build_inventory(objects, layout)
-    backups = [b for b in inv.groups.get('', []) if b.complete]
-    backups.sort(key=_sort_key, reverse=True)
-    return [dict(name=b.name, prefix=b.prefix, time=b.time, manifest_key=b.manifest.key,
-                 keys=sorted(o.key for o in b.objects), size=b.size, written=b.manifest.last_modified)
-            for b in backups]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The whole run (what the module calls)
 
 
@@ -809,5 +784,5 @@ def run_retention(client, params, check_mode=False, now=None):
 
 
 __all__ = ['S3Error', 'RetentionError', 'Duration', 'Policy', 'Layout', 'apply_policy', 'build_inventory',
-           'check_scope', 'plan_retention', 'list_objects', 'delete_backups', 'list_complete_backups',
+           'check_scope', 'plan_retention', 'list_objects', 'delete_backups',
            'run_retention']

@@ -36,6 +36,7 @@ def collect_site_data(params, s3_client, now=None):
     # pylint: disable=import-outside-toplevel
     # Here, not at the top: hanzo.kms.haproxy_info imports this file and needs neither boto3 nor the RESP client.
     from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
+    from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import complete_backups
     from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
 
@@ -59,7 +60,7 @@ def collect_site_data(params, s3_client, now=None):
     redis = {"server": None, "error": None}
     redis_prefix = backup_layout.backup_prefix(params.get("redis_prefix"), site)
     try:
-        listing = s3_retention.list_complete_backups(s3_client, params["bucket"], redis_prefix)
+        listing = complete_backups(s3_client, params["bucket"], params.get("redis_prefix"), site)
         redis["backups"] = summarize_redis_backups(listing, now)
     except S3Error as exc:
         redis["backups"] = {"count": 0, "newest": None, "error": str(exc)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_resp, redis_restore, s3_retention, times
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_backup, redis_rdb, redis_resp, redis_restore, s3_backup_info, times
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
 from tests import ansible_run, rdb_corpus
@@ -229,7 +229,7 @@ def test_backup_to_s3_writes_rdb_then_manifest(servers, s3):
     assert result['key'].startswith(f'{prefix}/dc1/') and result['key'].endswith('/dump.rdb')
     summary = redis_rdb.scan_bytes(body)
     assert sum(summary.keys_per_db.values()) == 19
-    listed = s3_retention.list_complete_backups(s3c, bucket, f'{prefix}/dc1')
+    listed = s3_backup_info.complete_backups(s3c, bucket, prefix, 'dc1')
     assert [b['manifest_key'] for b in listed] == [result['manifest_key']]
 
 

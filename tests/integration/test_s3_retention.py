@@ -24,11 +24,11 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 # pylint: disable=wrong-import-position
 from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import TIMESTAMP_FORMAT  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error, check_bucket, s3_client  # noqa: E402
+from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import complete_backups  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (  # noqa: E402
     Policy,
     RetentionError,
     apply_policy,
-    list_complete_backups,
     run_retention,
 )
 from tests import ansible_run  # noqa: E402
@@ -357,17 +357,19 @@ def test_manifest_and_last_modified_time_sources(client, bucket):
     assert plan["backups"] == [] and len(plan["unrecognised"]) == 7
 
 
-def test_list_complete_backups_for_restore(client, bucket):
+def test_complete_backups_of_a_site_for_restore(client, bucket):
     now = datetime.datetime.now(UTC).replace(microsecond=0)
     times = [now - datetime.timedelta(hours=h) for h in range(3)]
     write_backups(client, bucket, "redis", "dc1", times[1:])
     write_backups(client, bucket, "redis", "dc1", times[:1], complete=False)
     write_backups(client, bucket, "redis", "dc2", times)
-    found = list_complete_backups(client, bucket, "redis/dc1")
+    found = complete_backups(client, bucket, "redis", "dc1")
     assert [b["time"] for b in found] == times[1:]
     assert found[0]["prefix"] == "redis/dc1/%s/" % ts(times[1])
     assert found[0]["keys"] == [found[0]["prefix"] + "dump.rdb", found[0]["prefix"] + "manifest.json"]
-    assert list_complete_backups(client, bucket, "redis/dc3") == []
+    assert (found[0]["rdb_key"], found[0]["manifest_key"]) == tuple(found[0]["keys"])
+    assert complete_backups(client, bucket, "redis/dc1") == found  # the site as the prefix's last component
+    assert complete_backups(client, bucket, "redis", "dc3") == []
 
 
 # ------------------------------------------------------------------------------------------------ errors
