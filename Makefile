@@ -11,7 +11,7 @@ LAB_CNPG ?= operator
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/hanzo/kms
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: setup system venv test sanity lint units integration demo lab-up lab-status lab-down clean help
+.PHONY: setup system venv test style sanity lint units integration demo lab-up lab-status lab-down clean help
 
 help:
 	@echo "make setup   install everything (Debian packages, .venv, Kubernetes binaries)"
@@ -39,7 +39,12 @@ $(COLLECTION_LINK):
 	@ln -sfn $(CURDIR) $@
 
 test: setup
-	@$(MAKE) --no-print-directory sanity lint units integration
+	@$(MAKE) --no-print-directory style sanity lint units integration
+
+# One code style (pyproject.toml); `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` applies it.
+style: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 sanity: venv
 	scripts/ansible-test.sh sanity --python 3.11 --color no

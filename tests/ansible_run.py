@@ -6,6 +6,7 @@ with each play's task results per host and the recap in ``stats``); runs a test 
 default callback, whose PLAY RECAP ``recap()`` reads. The pytest fixture ``run_ansible`` (tests/conftest.py) is
 ``run_ansible`` below.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,15 @@ def ansible_env(lab_dir=None, json_output=False, **overrides):
     the venv's bin first on PATH (for the commands roles and inventories run); ``lab_dir`` tells the lab
     inventory which lab to read; ``overrides`` are further variables (ANSIBLE_CALLBACKS_ENABLED, ...)."""
     env = dict(os.environ)
-    env.update(ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
     if lab_dir is not None:
         env["HANZO_KMS_LAB_DIR"] = str(lab_dir)
     if json_output:
@@ -54,8 +61,10 @@ def ansible_argv(command, *args):
 
 def recap(output):
     """{host: {ok, changed, unreachable, failed}} from the default callback's PLAY RECAP."""
-    return {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unr), "failed": int(failed)}
-            for host, ok, changed, unr, failed in RECAP.findall(output)}
+    return {
+        host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unr), "failed": int(failed)}
+        for host, ok, changed, unr, failed in RECAP.findall(output)
+    }
 
 
 @dataclass
@@ -89,8 +98,11 @@ class AnsibleRun:
 
     def results(self, host="localhost"):
         """[(task name, result)] of every task of every play for ``host``, in order ({} where it did not run)."""
-        return [(task["task"]["name"], task["hosts"].get(host, {}))
-                for play in self.report["plays"] for task in play["tasks"]]
+        return [
+            (task["task"]["name"], task["hosts"].get(host, {}))
+            for play in self.report["plays"]
+            for task in play["tasks"]
+        ]
 
     def result(self, host="localhost"):
         """The first task's result for ``host``: the module's result of an ad hoc run."""
@@ -104,8 +116,9 @@ class AnsibleRun:
         return self.report["stats"].get(host, {})
 
 
-def run_ansible(command, *args, json_output=False, lab_dir=None, env=None, cwd=REPO_ROOT, timeout=900,
-                must_succeed=False, **popen):
+def run_ansible(
+    command, *args, json_output=False, lab_dir=None, env=None, cwd=REPO_ROOT, timeout=900, must_succeed=False, **popen
+):
     """Run ``command`` (``ansible``/``ansible-playbook``) with ``args`` from the repository root; an AnsibleRun.
 
     ``json_output``: parse stdout as the JSON callback's document (an AssertionError shows both streams when it is
@@ -115,8 +128,16 @@ def run_ansible(command, *args, json_output=False, lab_dir=None, env=None, cwd=R
     if env is None:
         env = ansible_env(lab_dir, json_output)
     started = time.monotonic()
-    proc = subprocess.run(ansible_argv(command, *args), cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False, **popen)
+    proc = subprocess.run(
+        ansible_argv(command, *args),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **popen,
+    )
     run = AnsibleRun(proc, time.monotonic() - started)
     if must_succeed:
         assert proc.returncode == 0, f"{command} {' '.join(map(str, args))} failed, {run.tail()}"
@@ -131,23 +152,39 @@ def run_ansible(command, *args, json_output=False, lab_dir=None, env=None, cwd=R
 def run_playbook(playbook, *args, inventory=LAB_INVENTORY, **options):
     """``ansible-playbook playbook args`` on ``inventory`` (a path or a list of them; the lab's by default)."""
     inventories = [inventory] if isinstance(inventory, (str, Path)) else inventory
-    return run_ansible("ansible-playbook", *[arg for path in inventories for arg in ("-i", path)], playbook, *args,
-                       **options)
+    return run_ansible(
+        "ansible-playbook", *[arg for path in inventories for arg in ("-i", path)], playbook, *args, **options
+    )
 
 
 def run_module(module, args, *more, check_mode=False, diff=False, **options):
     """``module`` ad hoc on localhost with the tests' Python, JSON output; ``run.result()`` is its result.
     ``more``: further command-line arguments (``-e`` ...); ``options`` as for run_ansible."""
     flags = (["--check"] if check_mode else []) + (["--diff"] if diff else [])
-    return run_ansible("ansible", "localhost", *local_args(), "-m", module, "-a", json.dumps(args), *more, *flags,
-                       json_output=True, **options)
+    return run_ansible(
+        "ansible",
+        "localhost",
+        *local_args(),
+        "-m",
+        module,
+        "-a",
+        json.dumps(args),
+        *more,
+        *flags,
+        json_output=True,
+        **options,
+    )
 
 
 def write_play(path, tasks=(), name="Play", **play):
     """A playbook of one play on localhost without facts running ``tasks`` (``play``: roles, vars, ...)."""
     path = Path(path)
-    path.write_text(json.dumps([dict({"name": name, "hosts": "localhost", "gather_facts": False, "tasks": list(tasks)},
-                                     **play)], indent=1), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [dict({"name": name, "hosts": "localhost", "gather_facts": False, "tasks": list(tasks)}, **play)], indent=1
+        ),
+        encoding="utf-8",
+    )
     return path
 
 

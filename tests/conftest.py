@@ -1,4 +1,5 @@
 """Test-wide setup: make the collection importable as ansible_collections.hanzo.kms and load the lab fixtures."""
+
 from __future__ import annotations
 
 import os

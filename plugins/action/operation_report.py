@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """hanzo.kms.operation_report in the controller's process on the control node (a failover writes its report at
 every step, before the LB switch); the module elsewhere."""
+
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils.operations import (

@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """hanzo.kms.switch_preflight in the controller's process on the control node (it decides before the failover's
 first change); the module elsewhere."""
+
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import ModuleFailure

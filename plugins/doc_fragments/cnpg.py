@@ -5,12 +5,11 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:  # pylint: disable=too-few-public-methods
-
     # old_cluster / new_cluster of hanzo.kms.cnpg_promote: name and namespace of each CloudNativePG Cluster plus the
     # connection options of kubernetes.core (doc fragment kubernetes.core.k8s_auth_options, argument spec
     # AUTH_ARG_SPEC) as per-side overrides. tests/unit/plugins/module_utils/test_cnpg.py checks that these suboptions
     # stay identical to kubernetes.core's options.
-    DOCUMENTATION = r'''
+    DOCUMENTATION = r"""
 options:
   old_cluster:
     description:
@@ -348,4 +347,4 @@ options:
           environment variables and then ~/.kube/config apply.
         type: list
         elements: str
-'''
+"""

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:  # pylint: disable=too-few-public-methods
-
     # sites of hanzo.kms.operation_lock: each site's name and namespace plus the connection options of kubernetes.core
     # (doc fragment kubernetes.core.k8s_auth_options, argument spec AUTH_ARG_SPEC) as per-site overrides, the pattern
     # of hanzo.kms.cnpg's old_cluster/new_cluster. tests/unit/plugins/module_utils/test_operation_lock.py checks that
     # these suboptions stay identical to kubernetes.core's options.
-    DOCUMENTATION = r'''
+    DOCUMENTATION = r"""
 options:
   sites:
     description:
@@ -182,4 +181,4 @@ options:
           environment variables and then ~/.kube/config apply.
         type: list
         elements: str
-'''
+"""

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:  # pylint: disable=too-few-public-methods
-
     # Redis connection options, matching REDIS_CONNECTION_SPEC in plugins/module_utils/redis_resp.py.
-    DOCUMENTATION = r'''
+    DOCUMENTATION = r"""
 options:
   host:
     description:
@@ -54,4 +53,4 @@ options:
       - Seconds to wait for the TCP connection.
     type: float
     default: 10.0
-'''
+"""

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:  # pylint: disable=too-few-public-methods
-
     # S3 connection options, matching S3_ARGUMENT_SPEC in plugins/module_utils/s3.py.
-    DOCUMENTATION = r'''
+    DOCUMENTATION = r"""
 options:
   endpoint_url:
     description:
@@ -57,4 +56,4 @@ notes:
     servers reject the CRC32 checksums that boto3 1.36 and later send by default.
 requirements:
   - boto3
-'''
+"""

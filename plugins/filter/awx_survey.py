@@ -2,6 +2,7 @@
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Jinja filter hanzo.kms.awx_survey (documented in awx_survey.yml)."""
+
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
@@ -9,7 +10,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.hanzo.kms.plugins.module_utils.awx_survey import InvalidSurvey, with_sites
 
 
-def awx_survey(survey, sites, name='survey'):
+def awx_survey(survey, sites, name="survey"):
     """``survey`` with its site questions offering ``sites``, after AWX's validation rules."""
     try:
         return with_sites(survey, sites, name)
@@ -21,4 +22,4 @@ class FilterModule:
     """hanzo.kms.awx_survey."""
 
     def filters(self):
-        return {'awx_survey': awx_survey}
+        return {"awx_survey": awx_survey}

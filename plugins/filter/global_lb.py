@@ -6,6 +6,7 @@ hanzo.kms.global_lb_switch_quorum (documented in their .yml files).
 
 The rules live in plugins/module_utils/global_lb.py.
 """
+
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
@@ -55,5 +56,9 @@ class FilterModule:
     """hanzo.kms.global_lb_site_server, global_lb_servers, global_lb_runtime_api, global_lb_switch_quorum."""
 
     def filters(self):
-        return {"global_lb_site_server": global_lb_site_server, "global_lb_servers": global_lb_servers,
-                "global_lb_runtime_api": global_lb_runtime_api, "global_lb_switch_quorum": global_lb_switch_quorum}
+        return {
+            "global_lb_site_server": global_lb_site_server,
+            "global_lb_servers": global_lb_servers,
+            "global_lb_runtime_api": global_lb_runtime_api,
+            "global_lb_switch_quorum": global_lb_switch_quorum,
+        }

@@ -2,6 +2,7 @@
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Jinja filter hanzo.kms.hmac_sha256 (documented in hmac_sha256.yml)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -23,6 +23,7 @@ Each step is skipped when the clusters already show it done, so an interrupted r
 demotion token already in the old cluster's status). Objects talk to the API through a small interface
 (``get()``, ``patch(body)``) implemented by :class:`KubeCluster` over the kubernetes client.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,14 @@ COND_READY = "Ready"
 COND_SWITCH = "ReplicaClusterSwitch"
 FENCE_ANNOTATION = "cnpg.io/fencedInstances"
 HIBERNATION_ANNOTATION = "cnpg.io/hibernation"
-TOKEN_KEYS = ("latestCheckpointTimelineID", "redoWalFile", "databaseSystemIdentifier",
-              "latestCheckpointREDOLocation", "timeOfLatestCheckpoint", "operatorVersion")
+TOKEN_KEYS = (
+    "latestCheckpointTimelineID",
+    "redoWalFile",
+    "databaseSystemIdentifier",
+    "latestCheckpointREDOLocation",
+    "timeOfLatestCheckpoint",
+    "operatorVersion",
+)
 GROUP, VERSION, PLURAL = "postgresql.cnpg.io", "v1", "clusters"
 TOKEN_PLACEHOLDER = "<status.demotionToken of the old cluster once demoted>"
 FENCING_CHOICES = ("none", "fence", "hibernate")
@@ -200,8 +207,12 @@ def _recorded_summary(obj):
     token, info, problem = recorded_token(obj)
     if info is None and token is None and problem and problem.startswith("no demotion token"):
         return None
-    return {"usable": token is not None, "from": (info or {}).get("from"), "recorded": (info or {}).get("recorded"),
-            "problem": problem}
+    return {
+        "usable": token is not None,
+        "from": (info or {}).get("from"),
+        "recorded": (info or {}).get("recorded"),
+        "problem": problem,
+    }
 
 
 def diagnostics(obj):
@@ -216,8 +227,9 @@ def diagnostics(obj):
         "switchReplicaClusterStatus": status.get("switchReplicaClusterStatus"),
         "demotionToken_set": bool(status.get("demotionToken")),
         "lastPromotionToken_set": bool(status.get("lastPromotionToken")),
-        "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
-                       for c in status.get("conditions") or []],
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []
+        ],
         "fencedInstances": (obj["metadata"].get("annotations") or {}).get(FENCE_ANNOTATION),
         "hibernation": (obj["metadata"].get("annotations") or {}).get(HIBERNATION_ANNOTATION),
         "spec_replica": copy.deepcopy(_replica(obj)),
@@ -263,16 +275,28 @@ def recorded_token(obj):
     if not is_replica(obj) or is_standalone(obj):
         return None, info, "it is no replica of the distributed topology"
     if _replica(obj).get("primary") != info.get("from"):
-        return None, info, (f"the token was published by {info.get('from')!r}, but the Cluster replicates from "
-                            f"{_replica(obj).get('primary')!r}")
+        return (
+            None,
+            info,
+            (
+                f"the token was published by {info.get('from')!r}, but the Cluster replicates from "
+                f"{_replica(obj).get('primary')!r}"
+            ),
+        )
     timeline = (obj.get("status") or {}).get("timelineID")
     try:
         stale = timeline is not None and int(content["latestCheckpointTimelineID"]) < int(timeline)
     except (TypeError, ValueError):
         return None, info, f"the token's timeline {content['latestCheckpointTimelineID']!r} is not a number"
     if stale:
-        return None, info, (f"the token is for timeline {content['latestCheckpointTimelineID']}, the Cluster is "
-                            f"already on timeline {timeline} (a token of an earlier switchover)")
+        return (
+            None,
+            info,
+            (
+                f"the token is for timeline {content['latestCheckpointTimelineID']}, the Cluster is "
+                f"already on timeline {timeline} (a token of an earlier switchover)"
+            ),
+        )
     return token, info, None
 
 
@@ -340,8 +364,11 @@ def apply_merge_patch(target, patch):
 
 def _diff_view(obj):
     view = {"spec": copy.deepcopy(obj.get("spec") or {})}
-    annotations = {k: v for k, v in (obj["metadata"].get("annotations") or {}).items()
-                   if k in (FENCE_ANNOTATION, HIBERNATION_ANNOTATION)}
+    annotations = {
+        k: v
+        for k, v in (obj["metadata"].get("annotations") or {}).items()
+        if k in (FENCE_ANNOTATION, HIBERNATION_ANNOTATION)
+    }
     if annotations:
         view["metadata"] = {"annotations": annotations}
     return view
@@ -374,16 +401,19 @@ class KubeCluster:
             raise _api_error(exc, verb, self) from None
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # urllib3 MaxRetryError / timeouts / TLS and connection errors: the API server did not answer
-            raise Unreachable(f"cannot reach the Kubernetes API for {self.label}: {type(exc).__name__}: {exc}",
-                              side=self.side) from None
+            raise Unreachable(
+                f"cannot reach the Kubernetes API for {self.label}: {type(exc).__name__}: {exc}", side=self.side
+            ) from None
 
     def get(self):
-        return self._call("get", self.api.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                          self.name)
+        return self._call(
+            "get", self.api.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, self.name
+        )
 
     def patch(self, body):
-        return self._call("patch", self.api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                          self.name, body)
+        return self._call(
+            "patch", self.api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, self.name, body
+        )
 
 
 def _api_error(exc, verb, target):
@@ -399,11 +429,15 @@ def api_error(status, message, verb, target):
     """An ApiError whose message names the object and, for 403/404, the permission or what is missing."""
     resource = f"clusters.{GROUP}"
     if status == 404:
-        msg = (f"{target.label} not found: check the name and namespace (and that the CloudNativePG CRDs are "
-               f"installed there); the API server said: {message}")
+        msg = (
+            f"{target.label} not found: check the name and namespace (and that the CloudNativePG CRDs are "
+            f"installed there); the API server said: {message}"
+        )
     elif status == 403:
-        msg = (f"{verb} on {target.label} was forbidden: {message}. The credentials need the '{verb}' permission "
-               f"on {resource} in namespace {target.namespace}")
+        msg = (
+            f"{verb} on {target.label} was forbidden: {message}. The credentials need the '{verb}' permission "
+            f"on {resource} in namespace {target.namespace}"
+        )
         if "cannot" not in str(message):
             msg += " (or an admission policy/webhook refused the change)"
     elif status == 401:
@@ -419,9 +453,21 @@ def api_error(status, message, verb, target):
 class Promoter:  # pylint: disable=too-many-instance-attributes
     """Plans and runs one switchover or failover between ``old`` and ``new`` (objects with get()/patch())."""
 
-    def __init__(self, old, new, mode, check_mode=False, fencing="none", demotion_timeout=300.0,
-                 promotion_timeout=600.0, poll_interval=1.0, conflict_retries=5, clock=time.monotonic,
-                 sleep=time.sleep, log=None):
+    def __init__(
+        self,
+        old,
+        new,
+        mode,
+        check_mode=False,
+        fencing="none",
+        demotion_timeout=300.0,
+        promotion_timeout=600.0,
+        poll_interval=1.0,
+        conflict_retries=5,
+        clock=time.monotonic,
+        sleep=time.sleep,
+        log=None,
+    ):
         if mode not in ("switchover", "failover"):
             raise ValueError(f"unknown mode {mode!r}")
         if fencing not in FENCING_CHOICES:
@@ -435,8 +481,16 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         self.conflict_retries = int(conflict_retries)
         self.clock, self.sleep = clock, sleep
         self.log = log or (lambda msg: None)
-        self.result = {"changed": False, "mode": mode, "plan": [], "steps": [], "timings": {}, "token": None,
-                       "data_loss_possible": mode == "failover", "warnings": []}
+        self.result = {
+            "changed": False,
+            "mode": mode,
+            "plan": [],
+            "steps": [],
+            "timings": {},
+            "token": None,
+            "data_loss_possible": mode == "failover",
+            "warnings": [],
+        }
         self._objs = {}
         self._before = {}
 
@@ -457,8 +511,9 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
 
     def _patch(self, side, step, body):
         api = self.old if side == "old" else self.new
-        self.result["plan"].append({"step": step, "cluster": side, "name": api.name, "namespace": api.namespace,
-                                    "patch": body})
+        self.result["plan"].append(
+            {"step": step, "cluster": side, "name": api.name, "namespace": api.namespace, "patch": body}
+        )
         if self.check_mode:
             self._objs[side] = apply_merge_patch(self._objs[side], body)
             return self._objs[side]
@@ -471,7 +526,7 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                 if exc.status != 409 or attempt >= self.conflict_retries:
                     raise
                 attempt += 1
-                self.sleep(min(0.1 * 2 ** attempt, 2.0))
+                self.sleep(min(0.1 * 2**attempt, 2.0))
         self.result["changed"] = True
         self.result["steps"].append(step)
         self._objs[side] = obj
@@ -488,7 +543,9 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                 if status.get("phase") == PHASE_UNRECOVERABLE:
                     raise Unrecoverable(
                         f"{api.label} is in phase '{PHASE_UNRECOVERABLE}': {status.get('phaseReason') or '?'} "
-                        f"(while waiting for {what})", last_status=diagnostics(obj))
+                        f"(while waiting for {what})",
+                        last_status=diagnostics(obj),
+                    )
                 if predicate(obj):
                     self._objs[side] = obj
                     return obj
@@ -498,8 +555,10 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                     msg += f"; last error: {last_error}"
                 if obj is not None:
                     status = obj.get("status") or {}
-                    msg += (f"; last observed phase {status.get('phase')!r}"
-                            f" ({status.get('phaseReason') or 'no reason given'})")
+                    msg += (
+                        f"; last observed phase {status.get('phase')!r}"
+                        f" ({status.get('phaseReason') or 'no reason given'})"
+                    )
                 raise PhaseTimeout(msg, last_status=diagnostics(obj) if obj is not None else None, phase=phase)
             self.sleep(self.poll_interval)
             try:
@@ -547,8 +606,10 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
             names = external_names(obj)
             missing = [n for n in (new_self, old_self) if n not in names]
             if missing:
-                raise Refused(f"the {side} Cluster {obj['metadata']['name']} does not list {', '.join(missing)} in "
-                              "spec.externalClusters; every Cluster of a distributed topology must list all of them")
+                raise Refused(
+                    f"the {side} Cluster {obj['metadata']['name']} does not list {', '.join(missing)} in "
+                    "spec.externalClusters; every Cluster of a distributed topology must list all of them"
+                )
         return old_self, new_self
 
     def _read_for_switchover(self):
@@ -576,20 +637,27 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                 "switchover is not possible with the standalone replica form (spec.replica.enabled): CloudNativePG "
                 "offers no controlled switchover (no demotion/promotion token) there. Convert both Clusters to the "
                 "distributed topology (spec.replica.primary/source, CloudNativePG >= 1.24) or use mode=failover, "
-                "which is irreversible and requires re-cloning the old primary")
+                "which is irreversible and requires re-cloning the old primary"
+            )
         old_self, new_self = self._check_topology(old, new)
         if _replica(new).get("minApplyDelay"):
-            raise Refused(f"the new Cluster {new['metadata']['name']} sets spec.replica.minApplyDelay, which "
-                          "CloudNativePG does not allow together with a promotionToken: remove it first")
+            raise Refused(
+                f"the new Cluster {new['metadata']['name']} sets spec.replica.minApplyDelay, which "
+                "CloudNativePG does not allow together with a promotionToken: remove it first"
+            )
 
         old_is_replica, new_is_replica = is_replica(old), is_replica(new)
         if not old_is_replica and not new_is_replica:
-            raise Refused(f"both Clusters are primaries ({old_self} and {new_self}): split brain. A switchover "
-                          "needs a demotion token; re-clone one side instead",
-                          clusters=[summarize(old), summarize(new)])
+            raise Refused(
+                f"both Clusters are primaries ({old_self} and {new_self}): split brain. A switchover "
+                "needs a demotion token; re-clone one side instead",
+                clusters=[summarize(old), summarize(new)],
+            )
         if old_is_replica and _replica(old).get("primary") not in (new_self,):
-            raise Refused(f"the old Cluster {old['metadata']['name']} is a replica of "
-                          f"{_replica(old).get('primary') or '?'}, not the primary: nothing to switch over from it")
+            raise Refused(
+                f"the old Cluster {old['metadata']['name']} is a replica of "
+                f"{_replica(old).get('primary') or '?'}, not the primary: nothing to switch over from it"
+            )
 
         # already done (idempotence)
         if not new_is_replica and promotion_done(new) and old_is_replica:
@@ -601,8 +669,10 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         # 1. demote the old primary
         if not old_is_replica:
             if (old.get("status") or {}).get("phase") == PHASE_UNRECOVERABLE:
-                raise Unrecoverable(f"the old Cluster is unrecoverable: {(old.get('status') or {}).get('phaseReason')}",
-                                    last_status=diagnostics(old))
+                raise Unrecoverable(
+                    f"the old Cluster is unrecoverable: {(old.get('status') or {}).get('phaseReason')}",
+                    last_status=diagnostics(old),
+                )
             self._timed("demote", self._patch, "old", "demote", demote_patch(old, new_self))
             if self.check_mode:
                 self._patch("new", "promote", promote_patch(new, new_self, TOKEN_PLACEHOLDER))
@@ -610,8 +680,14 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
 
         # 2. wait for the demotion token
         if not self.check_mode or demotion_done(old)[0]:
-            old = self._timed("wait_demotion", self._wait, "old", "demotion", lambda o: demotion_done(o)[0],
-                              "the demotion token and a completed ReplicaClusterSwitch")
+            old = self._timed(
+                "wait_demotion",
+                self._wait,
+                "old",
+                "demotion",
+                lambda o: demotion_done(o)[0],
+                "the demotion token and a completed ReplicaClusterSwitch",
+            )
             token = demotion_done(old)[1]
             # re-read once: CNPG < 1.30 could wipe the token when a reconcile was requeued (#11074)
             if not self.check_mode:
@@ -633,24 +709,36 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         # (compare the recorded JSON, not the usable token: once promoted the Cluster is no replica and the record
         # is no longer usable, yet already holds this token)
         if token != TOKEN_PLACEHOLDER and (recorded_token(new)[1] or {}).get("token") != token:
-            self._timed("record_token", self._patch, "new", "record_token",
-                        record_token_patch(token, old_self, format_epoch(time.time())))
+            self._timed(
+                "record_token",
+                self._patch,
+                "new",
+                "record_token",
+                record_token_patch(token, old_self, format_epoch(time.time())),
+            )
             new = self._objs["new"]
 
         # 3. promote the new cluster: primary and promotionToken in ONE patch
         spec = _replica(new)
         if new_is_replica or spec.get("promotionToken") != token:
             if new_is_replica is False and spec.get("promotionToken") and spec.get("promotionToken") != token:
-                self.result["warnings"].append("the new Cluster carried another promotionToken; replaced with the "
-                                               "old Cluster's demotion token")
+                self.result["warnings"].append(
+                    "the new Cluster carried another promotionToken; replaced with the old Cluster's demotion token"
+                )
             self._timed("promote", self._patch, "new", "promote", promote_patch(new, new_self, token))
         if self.check_mode:
             return
 
         # 4. wait for the promotion
-        self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
-                    "lastPromotionToken to equal the token, the designated primary to report isPrimary, phase "
-                    f"'{PHASE_HEALTHY}' and Ready=True")
+        self._timed(
+            "wait_promotion",
+            self._wait,
+            "new",
+            "promotion",
+            lambda o: promotion_done(o, token),
+            "lastPromotionToken to equal the token, the designated primary to report isPrimary, phase "
+            f"'{PHASE_HEALTHY}' and Ready=True",
+        )
 
     def _switchover_without_old(self, new):
         """The old site does not answer: finish the switchover from what the new site knows, or refuse.
@@ -665,35 +753,56 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         if not is_replica(new):
             token = spec.get("promotionToken") or None
             if token is None:
-                raise Refused(f"{lost}, and the new Cluster {name} is a primary promoted without a token: this is "
-                              "no switchover to resume")
+                raise Refused(
+                    f"{lost}, and the new Cluster {name} is a primary promoted without a token: this is "
+                    "no switchover to resume"
+                )
             self.result.update(token=token, token_source="new_cluster_spec")
             if not promotion_done(new, token):
-                self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
-                            f"lastPromotionToken to equal the token, phase '{PHASE_HEALTHY}' and Ready=True")
+                self._timed(
+                    "wait_promotion",
+                    self._wait,
+                    "new",
+                    "promotion",
+                    lambda o: promotion_done(o, token),
+                    f"lastPromotionToken to equal the token, phase '{PHASE_HEALTHY}' and Ready=True",
+                )
             return
         token, info, problem = recorded_token(new)
         if token is None:
-            raise Refused(f"{lost}, and no usable demotion token is recorded on the new Cluster {name}: {problem}. "
-                          "A switchover needs the old site, or the token its demotion published. If the old site is "
-                          "lost, use the failover (data loss possible)")
+            raise Refused(
+                f"{lost}, and no usable demotion token is recorded on the new Cluster {name}: {problem}. "
+                "A switchover needs the old site, or the token its demotion published. If the old site is "
+                "lost, use the failover (data loss possible)"
+            )
         if spec.get("minApplyDelay"):
-            raise Refused(f"the new Cluster {name} sets spec.replica.minApplyDelay, which CloudNativePG does not "
-                          "allow together with a promotionToken: remove it first")
+            raise Refused(
+                f"the new Cluster {name} sets spec.replica.minApplyDelay, which CloudNativePG does not "
+                "allow together with a promotionToken: remove it first"
+            )
         new_self = self_name(new)
         if new_self not in external_names(new):
-            raise Refused(f"the new Cluster {name} does not list itself ({new_self}) in spec.externalClusters, so "
-                          "spec.replica.primary cannot name it")
+            raise Refused(
+                f"the new Cluster {name} does not list itself ({new_self}) in spec.externalClusters, so "
+                "spec.replica.primary cannot name it"
+            )
         self.result.update(token=token, token_source="recorded")
         self.result["warnings"].append(
             f"{lost}: promoting {name} with the demotion token {info.get('from')} published, recorded on {name} at "
-            f"{info.get('recorded')}; CloudNativePG promotes once that LSN is replayed (no data loss)")
+            f"{info.get('recorded')}; CloudNativePG promotes once that LSN is replayed (no data loss)"
+        )
         self._timed("promote", self._patch, "new", "promote", promote_patch(new, new_self, token))
         if self.check_mode:
             return
-        self._timed("wait_promotion", self._wait, "new", "promotion", lambda o: promotion_done(o, token),
-                    "lastPromotionToken to equal the recorded token (its LSN replayed), the designated primary to "
-                    f"report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True")
+        self._timed(
+            "wait_promotion",
+            self._wait,
+            "new",
+            "promotion",
+            lambda o: promotion_done(o, token),
+            "lastPromotionToken to equal the recorded token (its LSN replayed), the designated primary to "
+            f"report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True",
+        )
 
     # -- failover --------------------------------------------------------------------------------------------------
     def _failover(self):  # pylint: disable=too-many-branches
@@ -719,11 +828,15 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         elif not is_standalone(new):
             new_self = self_name(new)
             if new_self not in external_names(new):
-                raise Refused(f"the new Cluster {new['metadata']['name']} does not list itself ({new_self}) in "
-                              "spec.externalClusters, so spec.replica.primary cannot name it")
+                raise Refused(
+                    f"the new Cluster {new['metadata']['name']} does not list itself ({new_self}) in "
+                    "spec.externalClusters, so spec.replica.primary cannot name it"
+                )
             if _replica(new).get("minApplyDelay"):
-                self.result["warnings"].append("spec.replica.minApplyDelay is set on the new Cluster: WAL not yet "
-                                               "applied because of the delay is lost by the failover")
+                self.result["warnings"].append(
+                    "spec.replica.minApplyDelay is set on the new Cluster: WAL not yet "
+                    "applied because of the delay is lost by the failover"
+                )
 
         if old is not None:
             has_primary = not is_replica(old) or any_instance_primary(old)
@@ -736,22 +849,32 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                         "would leave two writable primaries. Use mode=switchover (no data loss), fence or hibernate "
                         "it first (annotation cnpg.io/fencedInstances='[\"*\"]' or cnpg.io/hibernation=on), or set "
                         "old_cluster_fencing=fence|hibernate to let this module do it",
-                        old_cluster=summarize(old))
+                        old_cluster=summarize(old),
+                    )
                 self._timed("fence", self._patch, "old", "fence", fence_patch(self.fencing))
 
         self.result["lag"] = self._lag(new, old)
         if is_replica(new):
             self._timed("promote", self._patch, "new", "promote", promote_patch(new, self_name(new), None))
             if is_standalone(new):
-                self.result["warnings"].append("standalone replica promoted with replica.enabled=false: this is "
-                                               "irreversible; the old Cluster must be re-cloned from the new one")
+                self.result["warnings"].append(
+                    "standalone replica promoted with replica.enabled=false: this is "
+                    "irreversible; the old Cluster must be re-cloned from the new one"
+                )
         if self.check_mode:
             return
-        self._timed("wait_promotion", self._wait, "new", "promotion", promotion_done,
-                    f"the designated primary to report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True")
+        self._timed(
+            "wait_promotion",
+            self._wait,
+            "new",
+            "promotion",
+            promotion_done,
+            f"the designated primary to report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True",
+        )
         self.result["warnings"].append(
             "failover without a demotion token: WAL not yet shipped from the old primary is lost, and the old "
-            "Cluster must be re-cloned (with a fresh serverName) before it can follow the new primary")
+            "Cluster must be re-cloned (with a fresh serverName) before it can follow the new primary"
+        )
 
     @staticmethod
     def _lag(new, old):
@@ -762,7 +885,7 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
             "new_timeline": nstat.get("timelineID"),
             "new_archiving": (get_condition(new, "ContinuousArchiving") or {}).get("status"),
             "note": "the Cluster API does not expose replay lag; with WAL shipping through the object store up to "
-                    "archive_timeout (default 5min) of committed transactions may be missing",
+            "archive_timeout (default 5min) of committed transactions may be missing",
         }
         if old is not None:
             ostat = old.get("status") or {}

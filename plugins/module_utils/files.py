@@ -2,6 +2,7 @@
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Writing a file so that a reader (or a crash) sees the old content or the new one, never a part of it."""
+
 from __future__ import annotations
 
 import os

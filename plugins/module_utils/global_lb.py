@@ -9,6 +9,7 @@ always verified: against ``ca_file`` and the public host name, which HAProxy sen
 sites' Ingresses match, so an entry with TLS and no CA, or TLS without a public host name, is refused. Used by the
 filters hanzo.kms.global_lb_site_server and hanzo.kms.global_lb_servers; no Ansible import.
 """
+
 from __future__ import annotations
 
 import re
@@ -65,8 +66,10 @@ def site_server(site):
         raise ServerError(f"{where}: site_name is required")
     address = site.get("site_ingress_address") or site.get("site_ingress_host") or ""
     if not address:
-        raise ServerError(f"{where}: site_ingress_host (or site_ingress_address) is required: where the load balancer "
-                          "reaches the site")
+        raise ServerError(
+            f"{where}: site_ingress_host (or site_ingress_address) is required: where the load balancer "
+            "reaches the site"
+        )
     tls = _bool(site.get("site_ingress_tls", True), f"{where}: site_ingress_tls")
     ca_file = site.get("site_ingress_ca_file") or ""
     if tls and not ca_file:
@@ -74,7 +77,8 @@ def site_server(site):
             f"{where}: site_ingress_tls is true but site_ingress_ca_file is not set. Set it to the path, on the load "
             f"balancer hosts, of the CA certificate(s) that verify {name}'s ingress certificate (HAProxy verifies the "
             "sites' certificates and has no default CA), or set site_ingress_tls: false for plain HTTP to the site. "
-            "Nothing was changed.")
+            "Nothing was changed."
+        )
     return {
         "name": name,
         "address": address,
@@ -90,8 +94,10 @@ def servers(entries, public_host=""):
     if not isinstance(entries, (list, tuple)):
         raise ServerError(f"global_lb_sites must be a list of server entries, got {type(entries).__name__}")
     if public_host and not DNS_NAME_RE.fullmatch(str(public_host)):
-        raise ServerError(f"global_lb_public_host {public_host!r} is not a DNS name: it is the SNI and Host header "
-                          "HAProxy sends to the sites and the host their Ingresses match")
+        raise ServerError(
+            f"global_lb_public_host {public_host!r} is not a DNS name: it is the SNI and Host header "
+            "HAProxy sends to the sites and the host their Ingresses match"
+        )
     out = []
     for index, entry in enumerate(entries):
         where = f"global_lb_sites[{index}]"
@@ -113,17 +119,29 @@ def servers(entries, public_host=""):
         tls = _bool(entry.get("tls", False), f"{where}: tls")
         ca_file = str(entry.get("ca_file") or "")
         if tls and not ca_file:
-            raise ServerError(f"{where}: tls is true but ca_file is empty: TLS to a site is verified with the CA that "
-                              "signed its ingress certificate (install.yml: site_ingress_ca_file). Nothing was changed.")
+            raise ServerError(
+                f"{where}: tls is true but ca_file is empty: TLS to a site is verified with the CA that "
+                "signed its ingress certificate (install.yml: site_ingress_ca_file). Nothing was changed."
+            )
         if tls and not public_host:
-            raise ServerError(f"{where}: tls is true but global_lb_public_host is empty: the site's certificate is "
-                              "verified against that name (install.yml: kms_public_host). Nothing was changed.")
+            raise ServerError(
+                f"{where}: tls is true but global_lb_public_host is empty: the site's certificate is "
+                "verified against that name (install.yml: kms_public_host). Nothing was changed."
+            )
         state = entry.get("initial_state", "ready")
         if state not in INITIAL_STATES:
             raise ServerError(f"{where}: initial_state must be one of {', '.join(INITIAL_STATES)}, got {state!r}")
-        out.append({"name": name, "address": address, "port": _port(entry.get("port"), f"{where}: port"),
-                    "tls": tls, "ca_file": ca_file if tls else "",
-                    "backup": _bool(entry.get("backup", False), f"{where}: backup"), "initial_state": state})
+        out.append(
+            {
+                "name": name,
+                "address": address,
+                "port": _port(entry.get("port"), f"{where}: port"),
+                "tls": tls,
+                "ca_file": ca_file if tls else "",
+                "backup": _bool(entry.get("backup", False), f"{where}: backup"),
+                "initial_state": state,
+            }
+        )
     names = [server["name"] for server in out]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -148,14 +166,15 @@ def runtime_api_instance(host, ca_file, client_cert="", client_key=""):
             f"LB host {name}: global_lb_admin_tls_address is not set. The site switch reaches every LB host's Runtime "
             "API from the control node in one call, over TLS with a client certificate: set it (and "
             "global_lb_admin_tls_bind, global_lb_admin_tls_certificate, global_lb_admin_tls_client_ca_file) for every "
-            "host of kms_lb and run install.yml. Nothing was changed.")
+            "host of kms_lb and run install.yml. Nothing was changed."
+        )
     if not ca_file or not client_cert or not client_key:
         raise ServerError(
             "kms_lb_runtime_api_ca_file, kms_lb_runtime_api_client_cert and kms_lb_runtime_api_client_key must all be "
             "set (files on the control node): the CA that verifies the LB hosts' Runtime API certificates and the "
-            "control node's client certificate and key. Nothing was changed.")
-    return {"name": name, "address": address, "ca_file": ca_file, "client_cert": client_cert,
-            "client_key": client_key}
+            "control node's client certificate and key. Nothing was changed."
+        )
+    return {"name": name, "address": address, "ca_file": ca_file, "client_cert": client_cert, "client_key": client_key}
 
 
 def switch_quorum(instances, mode, failover_quorum=1):
@@ -173,6 +192,7 @@ def switch_quorum(instances, mode, failover_quorum=1):
     except (TypeError, ValueError):
         quorum = 0
     if not 1 <= quorum <= count:
-        raise ServerError(f"site_switch_lb_quorum must be between 1 and the number of LB hosts ({count}), got "
-                          f"{failover_quorum!r}")
+        raise ServerError(
+            f"site_switch_lb_quorum must be between 1 and the number of LB hosts ({count}), got {failover_quorum!r}"
+        )
     return quorum

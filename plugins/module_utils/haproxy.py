@@ -13,6 +13,7 @@ error every touched instance is put back to the state it had before. Each phase 
 changes HAProxy, forward or in the rollback, goes through ``_apply``, and ``_rollback_on_failure`` wraps the
 forward phases.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,7 +90,8 @@ def check_name(value, what="backend"):
         bad = " (" + ", ".join(sorted({repr(c) for c in value if not NAME_RE.fullmatch(c)})) + " not allowed)"
     raise HAProxyNameError(
         f"invalid HAProxy {what} name {value!r}{bad}: HAProxy names contain only letters, digits, '-', '_', '.' "
-        "and ':'; nothing was sent to HAProxy")
+        "and ':'; nothing was sent to HAProxy"
+    )
 
 
 def check_names(backend=None, servers=()):
@@ -134,8 +136,9 @@ def tls_context(ca_file, cert_file=None, key_file=None):
         if cert_file:
             context.load_cert_chain(cert_file, key_file)
     except OSError as exc:  # ssl.SSLError is one
-        raise HAProxyError(f"cannot load the Runtime API TLS files (ca_file {ca_file}, client certificate "
-                           f"{cert_file}): {exc}") from exc
+        raise HAProxyError(
+            f"cannot load the Runtime API TLS files (ca_file {ca_file}, client certificate {cert_file}): {exc}"
+        ) from exc
     return context
 
 
@@ -143,7 +146,9 @@ def runtime_instance_spec(**extra_options):
     """The ``instances`` option of hanzo.kms.haproxy_info and hanzo.kms.haproxy_backend: one Runtime API per item
     (a unix socket, a TCP address, or a TLS frontend verified with ``ca_file``), plus ``extra_options``."""
     return dict(
-        type="list", elements="dict", required=True,
+        type="list",
+        elements="dict",
+        required=True,
         options=dict(
             name=dict(type="str"),
             socket=dict(type="path"),
@@ -205,11 +210,14 @@ class RuntimeClient:
                 sock.close()
                 raise
         except ssl.SSLError as exc:
-            raise HAProxyConnectionError(f"{self.name}: TLS to the Runtime API at {self.address} failed: "
-                                         f"{exc.reason or exc}") from exc
+            raise HAProxyConnectionError(
+                f"{self.name}: TLS to the Runtime API at {self.address} failed: {exc.reason or exc}"
+            ) from exc
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise HAProxyConnectionError(f"{self.name}: cannot connect to the Runtime API at {self.address}: {reason}") from exc
+            raise HAProxyConnectionError(
+                f"{self.name}: cannot connect to the Runtime API at {self.address}: {reason}"
+            ) from exc
 
     def execute(self, command):
         """Send one command and return HAProxy's whole reply as text.
@@ -217,8 +225,9 @@ class RuntimeClient:
         Refuses a command holding a command separator (';', a line break): callers send exactly one command.
         """
         if any(sep in command for sep in (";", "\n", "\r")):
-            raise HAProxyNameError(f"{self.name}: refusing to send {command!r}: it holds a command separator; "
-                                   "nothing was sent to HAProxy")
+            raise HAProxyNameError(
+                f"{self.name}: refusing to send {command!r}: it holds a command separator; nothing was sent to HAProxy"
+            )
         sock = self._connect()
         try:
             sock.sendall((self.prefix + command + "\n").encode())
@@ -232,7 +241,9 @@ class RuntimeClient:
                 chunks.append(chunk)
         except OSError as exc:  # ssl.SSLError too: a refused client certificate shows here with TLS 1.3
             reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
-            raise HAProxyConnectionError(f"{self.name}: Runtime API {self.address} failed during {command!r}: {reason}") from exc
+            raise HAProxyConnectionError(
+                f"{self.name}: Runtime API {self.address} failed during {command!r}: {reason}"
+            ) from exc
         finally:
             sock.close()
         return b"".join(chunks).decode("utf-8", errors="replace")
@@ -294,8 +305,12 @@ class ServerState:
         return bool(self.check_state & CHECK_CONFIGURED)
 
     def summary(self):
-        return {"state": self.state, "weight": self.uweight, "operational": OP_STATES.get(self.op_state, str(self.op_state)),
-                "admin_state": self.admin_state}
+        return {
+            "state": self.state,
+            "weight": self.uweight,
+            "operational": OP_STATES.get(self.op_state, str(self.op_state)),
+            "admin_state": self.admin_state,
+        }
 
     def __repr__(self):
         return f"ServerState({self.backend}/{self.name} {self.state} w={self.uweight} op={self.op_state} admin={self.admin_state})"
@@ -323,10 +338,16 @@ def parse_servers_state(text, instance="haproxy", command="show servers state"):
         row = dict(zip(header, fields))
         try:
             server = ServerState(
-                backend=row["be_name"], name=row["srv_name"], op_state=int(row["srv_op_state"]),
-                admin_state=int(row["srv_admin_state"]), uweight=int(row["srv_uweight"]), iweight=int(row["srv_iweight"]),
-                check_state=int(row.get("srv_check_state", "0")), address=row.get("srv_addr", ""),
-                port=row.get("srv_port", ""))
+                backend=row["be_name"],
+                name=row["srv_name"],
+                op_state=int(row["srv_op_state"]),
+                admin_state=int(row["srv_admin_state"]),
+                uweight=int(row["srv_uweight"]),
+                iweight=int(row["srv_iweight"]),
+                check_state=int(row.get("srv_check_state", "0")),
+                address=row.get("srv_addr", ""),
+                port=row.get("srv_port", ""),
+            )
         except (KeyError, ValueError) as exc:
             raise HAProxyCommandError(f"{instance}: cannot parse {command!r} line {line!r}: {exc}") from exc
         states[(server.backend, server.name)] = server
@@ -419,8 +440,10 @@ def plan_instance(states, backend, desired, drain_first=False, instance="haproxy
         raise HAProxyCommandError(f"{instance}: backend {backend!r} not found (or has no servers)")
     unknown = sorted(set(desired) - set(known))
     if unknown:
-        raise HAProxyCommandError(f"{instance}: no server {', '.join(repr(u) for u in unknown)} in backend {backend!r}; "
-                                  f"servers are: {', '.join(known)}")
+        raise HAProxyCommandError(
+            f"{instance}: no server {', '.join(repr(u) for u in unknown)} in backend {backend!r}; "
+            f"servers are: {', '.join(known)}"
+        )
     up, down = [], []
     for name in sorted(desired):
         want = desired[name]
@@ -430,9 +453,13 @@ def plan_instance(states, backend, desired, drain_first=False, instance="haproxy
         if target_state != current.state:
             if drain_first and target_state == "maint" and current.state == "ready":
                 steps.append({"server": name, "kind": "drain", "command": f"set server {backend}/{name} state drain"})
-            steps.append({"server": name, "kind": target_state, "command": f"set server {backend}/{name} state {target_state}"})
+            steps.append(
+                {"server": name, "kind": target_state, "command": f"set server {backend}/{name} state {target_state}"}
+            )
         if "weight" in want and want["weight"] != current.uweight:
-            steps.append({"server": name, "kind": "weight", "command": f"set server {backend}/{name} weight {want['weight']}"})
+            steps.append(
+                {"server": name, "kind": "weight", "command": f"set server {backend}/{name} weight {want['weight']}"}
+            )
     return {"up": up, "down": down}
 
 
@@ -451,7 +478,9 @@ def mismatches(states, backend, desired):
             problems.append(f"{name}: missing")
             continue
         if "state" in want and server.state != want["state"]:
-            problems.append(f"{name}: state {server.state} (admin_state {server.admin_state}), expected {want['state']}")
+            problems.append(
+                f"{name}: state {server.state} (admin_state {server.admin_state}), expected {want['state']}"
+            )
         if "weight" in want and server.uweight != want["weight"]:
             problems.append(f"{name}: weight {server.uweight}, expected {want['weight']}")
     return problems
@@ -480,9 +509,9 @@ class Instance:
         self.address = address
         self.state_file = state_file
         self.client = RuntimeClient(address, name=name, timeout=timeout, prefix=prefix, tls=tls)
-        self.before = None        # {(backend, server): ServerState} read at the start
+        self.before = None  # {(backend, server): ServerState} read at the start
         self.plan = None
-        self.executed = []        # commands sent (in order)
+        self.executed = []  # commands sent (in order)
         self.error = None
         self.unreachable = False
         self.touched = False
@@ -552,9 +581,21 @@ def _finish(result, instances, backend, timing):
     return result
 
 
-def switch(instances, backend, desired, min_instances=None, check_mode=False, drain=False, drain_timeout=30.0,
-           shutdown_sessions=False, wait_healthy=True, healthy_timeout=10.0, persist=True,
-           clock=time.monotonic, sleep=time.sleep):
+def switch(
+    instances,
+    backend,
+    desired,
+    min_instances=None,
+    check_mode=False,
+    drain=False,
+    drain_timeout=30.0,
+    shutdown_sessions=False,
+    wait_healthy=True,
+    healthy_timeout=10.0,
+    persist=True,
+    clock=time.monotonic,
+    sleep=time.sleep,
+):
     """Bring ``backend`` on every reachable instance to ``desired``; see the module documentation.
 
     The phases, each a function: :func:`_read`, :func:`_quorum`, :func:`_plan`, then inside
@@ -632,8 +673,10 @@ def _quorum(instances, min_instances):
     if len(reachable) >= min_instances:
         return reachable, None
     down = "; ".join(inst.error for inst in instances if inst.unreachable)
-    return reachable, (f"quorum not met: {len(reachable)} of {len(instances)} HAProxy instances reachable, "
-                       f"min_instances is {min_instances}; nothing was changed. Unreachable: {down}")
+    return reachable, (
+        f"quorum not met: {len(reachable)} of {len(instances)} HAProxy instances reachable, "
+        f"min_instances is {min_instances}; nothing was changed. Unreachable: {down}"
+    )
 
 
 def _plan(reachable, backend, desired, drain):
@@ -667,11 +710,15 @@ def _bring_up(reachable, backend, timing, wait_healthy, healthy_timeout):
     ready passes its health checks on every instance; raises when they do not within ``healthy_timeout``."""
     for inst in reachable:
         _apply(inst, inst.plan["up"])
-    coming_up = {inst.name: sorted({s["server"] for s in inst.plan["up"] if s["kind"] == "ready"}) for inst in reachable}
+    coming_up = {
+        inst.name: sorted({s["server"] for s in inst.plan["up"] if s["kind"] == "ready"}) for inst in reachable
+    }
     if wait_healthy and any(coming_up.values()):
         healthy, detail = timing.wait(lambda: _all_healthy(reachable, backend, coming_up), healthy_timeout)
         if not healthy:
-            raise HAProxyError(f"servers brought up did not pass their health checks within {healthy_timeout:g}s: {detail}")
+            raise HAProxyError(
+                f"servers brought up did not pass their health checks within {healthy_timeout:g}s: {detail}"
+            )
 
 
 def _drain(reachable, backend, timing, result, drain, drain_timeout, shutdown_sessions):
@@ -688,8 +735,10 @@ def _drain(reachable, backend, timing, result, drain, drain_timeout, shutdown_se
         drained, detail = timing.wait(lambda: _all_drained(reachable, backend, draining), drain_timeout)
         result["drain_timed_out"] = not drained
         if not drained and not shutdown_sessions:
-            raise HAProxyError(f"sessions did not drain within {drain_timeout:g}s: {detail} "
-                               "(set shutdown_sessions to cut them, or raise drain_timeout)")
+            raise HAProxyError(
+                f"sessions did not drain within {drain_timeout:g}s: {detail} "
+                "(set shutdown_sessions to cut them, or raise drain_timeout)"
+            )
 
 
 def _take_down(reachable, backend, shutdown_sessions):
@@ -746,8 +795,17 @@ def _expected(states, backend, desired):
     """The states as they will be after ``desired`` is applied (for check mode and no-op runs)."""
     expected = {}
     for key, server in states.items():
-        clone = ServerState(server.backend, server.name, server.op_state, server.admin_state, server.uweight,
-                            server.iweight, server.check_state, server.address, server.port)
+        clone = ServerState(
+            server.backend,
+            server.name,
+            server.op_state,
+            server.admin_state,
+            server.uweight,
+            server.iweight,
+            server.check_state,
+            server.address,
+            server.port,
+        )
         want = desired.get(server.name) if server.backend == backend else None
         if want:
             if "state" in want and want["state"] != clone.state:

@@ -7,6 +7,7 @@
 (``AUTH_ARG_SPEC``: kubeconfig, context, host, api_key, ...), without API discovery; ``pod_exec`` runs a command in a
 container through the API server (what ``kubectl exec`` does) and returns its exit status and output.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,9 @@ def missing():
     try:
         import kubernetes  # noqa: F401 pylint: disable=unused-import
     except ImportError:
-        return missing_required_lib('kubernetes'), traceback.format_exc()
+        return missing_required_lib("kubernetes"), traceback.format_exc()
     if K8S_CORE_IMPORT_ERROR:
-        return 'the kubernetes.core collection is required', K8S_CORE_IMPORT_ERROR
+        return "the kubernetes.core collection is required", K8S_CORE_IMPORT_ERROR
     return None
 
 
@@ -52,12 +53,14 @@ def api_client(params, overrides=None):
     options). An empty string (an inventory's unset site_kubeconfig) means "not set", like default(omit, true)."""
     # pylint: disable=import-outside-toplevel
     import kubernetes as k8s
-    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
     from urllib3.util.retry import Retry
 
-    auth = {key: params[key] for key in AUTH_ARG_SPEC if params.get(key) not in (None, '')}
-    auth.update({key: value for key, value in (overrides or {}).items()
-                 if key in AUTH_ARG_SPEC and value not in (None, '')})
+    from ansible_collections.kubernetes.core.plugins.module_utils.k8s import client as k8s_client
+
+    auth = {key: params[key] for key in AUTH_ARG_SPEC if params.get(key) not in (None, "")}
+    auth.update(
+        {key: value for key, value in (overrides or {}).items() if key in AUTH_ARG_SPEC and value not in (None, "")}
+    )
     # kubernetes.core loads kubeconfigs into the client's process-wide default configuration: start from a clean
     # one for each cluster so that settings of one never leak into the other's client.
     k8s.client.Configuration.set_default(k8s.client.Configuration())
@@ -81,12 +84,12 @@ def exit_status(error_channel):
         status = json.loads(error_channel)
     except ValueError:
         return -1
-    if status.get('status') == 'Success':
+    if status.get("status") == "Success":
         return 0
-    for cause in (status.get('details') or {}).get('causes') or []:
-        if cause.get('reason') == 'ExitCode':
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
             try:
-                return int(cause.get('message'))
+                return int(cause.get("message"))
             except (TypeError, ValueError):
                 return -1
     return -1
@@ -100,11 +103,21 @@ def pod_exec(api, namespace, pod, container, command, timeout=20):
     from kubernetes.stream import stream
 
     core = k8s.client.CoreV1Api(api)
-    resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container, command=list(command),
-                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
-                  _request_timeout=timeout)
+    resp = stream(
+        core.connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container=container,
+        command=list(command),
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+        _request_timeout=timeout,
+    )
     try:
         resp.run_forever(timeout=timeout)  # buffers every channel until the command ends
-        return exit_status(resp.read_channel(3)), resp.read_stdout() or '', resp.read_stderr() or ''  # 3: errors
+        return exit_status(resp.read_channel(3)), resp.read_stdout() or "", resp.read_stderr() or ""  # 3: errors
     finally:
         resp.close()

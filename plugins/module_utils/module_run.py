@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A module's work as a plain function of its validated parameters, shared by the module (run on a host) and its
 action plugin (run in the controller's process on the control node, plugin_utils/in_process.py)."""
+
 from __future__ import annotations
 
 
@@ -20,5 +21,5 @@ def not_positive(params, options):
     a module changes anything: 0 or a negative timeout would fail later with a misleading error, or never wait."""
     for option in options:
         if params[option] is not None and params[option] <= 0:
-            return f'{option} must be greater than 0, got {params[option]:g}'
+            return f"{option} must be greater than 0, got {params[option]:g}"
     return None

@@ -8,6 +8,7 @@ Site names and prefixes become S3 key and path components (``<prefix>/<site>/<ti
 they are restricted to characters that are inert in all of these. Used by the ``hanzo.kms.site_name`` and
 ``hanzo.kms.key_prefix`` tests (the roles' early checks) and by the modules that build keys. No Ansible import.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 PREFIX_RE = re.compile(rf"{SEGMENT}(/{SEGMENT})*/?")
 PREFIX_MAX = 256
 SITE_RULE = "a DNS label: 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit"
-PREFIX_RULE = ("'/'-separated segments of letters, digits, '.', '_' and '-', each starting with a letter or digit "
-               f"(no '..', no spaces or shell characters), at most {PREFIX_MAX} characters")
+PREFIX_RULE = (
+    "'/'-separated segments of letters, digits, '.', '_' and '-', each starting with a letter or digit "
+    f"(no '..', no spaces or shell characters), at most {PREFIX_MAX} characters"
+)
 
 
 class InvalidName(ValueError):

@@ -17,6 +17,7 @@ The *active* site is discovered from the Clusters (the one whose Cluster is a pr
 ``site_role``, which a failover makes stale. No I/O and no Ansible import: rendering is in operation_reports.py, the
 reads in site_data.py.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,11 +34,12 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
 )
 from ansible_collections.hanzo.kms.plugins.module_utils.times import UTC, age_seconds, format_time, parse_time, utcnow
 
-
 # barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
 # history files directly in wals/, base backups as <server>/base/<backup id>/backup.info (+ data).
-WAL_RE = re.compile(r"^(?P<server>[^/]+)/wals/(?:[0-9A-F]{16}/)?(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history"
-                    r"|[0-9A-F]{24}\.[0-9A-F]{8}\.backup)(?:\.(?:gz|bz2|xz|snappy|zst|lz4))?$")
+WAL_RE = re.compile(
+    r"^(?P<server>[^/]+)/wals/(?:[0-9A-F]{16}/)?(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history"
+    r"|[0-9A-F]{24}\.[0-9A-F]{8}\.backup)(?:\.(?:gz|bz2|xz|snappy|zst|lz4))?$"
+)
 
 BASE_RE = re.compile(r"^(?P<server>[^/]+)/base/(?P<id>[^/]+)/backup\.info$")
 
@@ -63,28 +65,42 @@ def analyze_cnpg_archive(objects, prefix, now, server=None):
     for key, modified, size in objects:
         if not key.startswith(prefix):
             continue
-        rel = key[len(prefix):]
+        rel = key[len(prefix) :]
         modified = parse_time(modified)
         match = WAL_RE.match(rel)
         if match and (server is None or match.group("server") == server):
             servers.add(match.group("server"))
             wal_count += 1
             if newest_wal is None or modified > newest_wal["time"]:
-                newest_wal = {"key": key, "name": match.group("name"), "server": match.group("server"),
-                              "time": modified, "size": size}
+                newest_wal = {
+                    "key": key,
+                    "name": match.group("name"),
+                    "server": match.group("server"),
+                    "time": modified,
+                    "size": size,
+                }
             continue
         match = BASE_RE.match(rel)
         if match and (server is None or match.group("server") == server):
             servers.add(match.group("server"))
             if newest_base is None or modified > newest_base["time"]:
-                newest_base = {"key": key, "backup_id": match.group("id"), "server": match.group("server"),
-                               "time": modified}
+                newest_base = {
+                    "key": key,
+                    "backup_id": match.group("id"),
+                    "server": match.group("server"),
+                    "time": modified,
+                }
     for entry in (newest_wal, newest_base):
         if entry:
             entry["age_seconds"] = age_seconds(entry["time"], now)
             entry["time"] = format_time(entry["time"])
-    return {"prefix": prefix, "servers": sorted(servers), "wal_count": wal_count, "newest_wal": newest_wal,
-            "newest_base_backup": newest_base}
+    return {
+        "prefix": prefix,
+        "servers": sorted(servers),
+        "wal_count": wal_count,
+        "newest_wal": newest_wal,
+        "newest_base_backup": newest_base,
+    }
 
 
 def summarize_redis_backups(backups, now):
@@ -94,10 +110,18 @@ def summarize_redis_backups(backups, now):
     newest = backups[0]
     when = parse_time(newest["time"])
     rdb_key = newest["prefix"] + backup_layout.RDB_NAME
-    return {"count": len(backups), "newest": {
-        "name": newest["name"], "prefix": newest["prefix"], "key": rdb_key if rdb_key in newest["keys"] else None,
-        "manifest_key": newest["manifest_key"], "size": newest["size"], "time": format_time(when),
-        "age_seconds": age_seconds(when, now)}}
+    return {
+        "count": len(backups),
+        "newest": {
+            "name": newest["name"],
+            "prefix": newest["prefix"],
+            "key": rdb_key if rdb_key in newest["keys"] else None,
+            "manifest_key": newest["manifest_key"],
+            "size": newest["size"],
+            "time": format_time(when),
+            "age_seconds": age_seconds(when, now),
+        },
+    }
 
 
 def _cluster_summary(obj):
@@ -124,22 +148,31 @@ def _replication(cluster):
         return f"{state}, timeline {cluster['timeline']}"
     if cluster["role"] == "demoting":
         return "demoting (replica cluster switch in progress)"
-    return (f"replica of {cluster['spec_primary'] or cluster['source']} (designated primary "
-            f"{cluster['current_primary'] or '?'}{', in recovery' if not cluster['current_primary_is_primary'] else ''}"
-            f"), timeline {cluster['timeline']}")
+    return (
+        f"replica of {cluster['spec_primary'] or cluster['source']} (designated primary "
+        f"{cluster['current_primary'] or '?'}{', in recovery' if not cluster['current_primary_is_primary'] else ''}"
+        f"), timeline {cluster['timeline']}"
+    )
 
 
 def newest_k8s_backup(backups, now):
     """Counts of the completed and failed CNPG Backups and the newest completed one (name, time, age, backupId)."""
     done = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "completed"]
     failed = [b for b in backups or [] if (b.get("status") or {}).get("phase") == "failed"]
-    newest = max(done, key=lambda b: parse_time(b["status"].get("stoppedAt")) or datetime.datetime.min.replace(
-        tzinfo=UTC), default=None)
+    newest = max(
+        done,
+        key=lambda b: parse_time(b["status"].get("stoppedAt")) or datetime.datetime.min.replace(tzinfo=UTC),
+        default=None,
+    )
     out = {"completed": len(done), "failed": len(failed), "newest": None}
     if newest:
         stopped = parse_time(newest["status"].get("stoppedAt"))
-        out["newest"] = {"name": newest["metadata"]["name"], "time": format_time(stopped),
-                         "age_seconds": age_seconds(stopped, now), "backup_id": newest["status"].get("backupId")}
+        out["newest"] = {
+            "name": newest["metadata"]["name"],
+            "time": format_time(stopped),
+            "age_seconds": age_seconds(stopped, now),
+            "backup_id": newest["status"].get("backupId"),
+        }
     return out
 
 
@@ -152,8 +185,9 @@ def site_summary(status, now=None):
     cnpg_archive = data.get("cnpg") or {}
     k8s_backups = newest_k8s_backup(status.get("backups"), now)
     base_candidates = [b for b in (k8s_backups["newest"], cnpg_archive.get("newest_base_backup")) if b]
-    base = min(base_candidates, key=lambda b: b["age_seconds"] if b["age_seconds"] is not None else 1 << 62,
-               default=None)
+    base = min(
+        base_candidates, key=lambda b: b["age_seconds"] if b["age_seconds"] is not None else 1 << 62, default=None
+    )
     redis = data.get("redis") or {}
     kms = status.get("kms")
     replayed = parse_time(status.get("replayed_commit_time"))
@@ -167,7 +201,9 @@ def site_summary(status, now=None):
         "replication": _replication(cluster),
         "kms": kms,
         "kms_serving": bool(kms and kms.get("replicas", 0) > 0),
-        "replayed_commit": {"time": format_time(replayed), "age_seconds": age_seconds(replayed, now)} if replayed else None,
+        "replayed_commit": {"time": format_time(replayed), "age_seconds": age_seconds(replayed, now)}
+        if replayed
+        else None,
         "wal_archive": cnpg_archive.get("newest_wal"),
         "wal_archive_error": cnpg_archive.get("error"),
         "base_backup": base,
@@ -202,28 +238,45 @@ def _postgres_failover_bound(old, target):
     the fallback, marked approximate, when the target's instance cannot be asked."""
     replayed = (target or {}).get("replayed_commit")
     wal = (old or {}).get("wal_archive")
-    archived = (f"; the newest archived WAL of {old['site']}, {wal['name']}, reached the object store at "
-                f"{wal['time']}") if wal else ""
+    archived = (
+        (f"; the newest archived WAL of {old['site']}, {wal['name']}, reached the object store at {wal['time']}")
+        if wal
+        else ""
+    )
     if replayed:
-        return {"bound_seconds": replayed["age_seconds"], "since": replayed["time"], "approximate": False,
-                "basis": f"{target['site']} has replayed every transaction committed up to {replayed['time']}; "
-                         f"later ones may be lost (less if their WAL reached the object store){archived}"}
+        return {
+            "bound_seconds": replayed["age_seconds"],
+            "since": replayed["time"],
+            "approximate": False,
+            "basis": f"{target['site']} has replayed every transaction committed up to {replayed['time']}; "
+            f"later ones may be lost (less if their WAL reached the object store){archived}",
+        }
     if wal:
-        return {"bound_seconds": wal["age_seconds"], "since": wal["time"], "approximate": True,
-                "basis": f"APPROXIMATE: the newest transaction {(target or {}).get('site', 'the target')} replayed "
-                         f"is unknown{archived}; transactions committed after it, and in the seconds before it "
-                         "(while that segment was being uploaded), may be lost"}
-    return {"bound_seconds": None, "since": None, "approximate": True,
-            "basis": "neither the target's newest replayed transaction nor an archived WAL of the old site is "
-                     "known: the bound is unknown"}
+        return {
+            "bound_seconds": wal["age_seconds"],
+            "since": wal["time"],
+            "approximate": True,
+            "basis": f"APPROXIMATE: the newest transaction {(target or {}).get('site', 'the target')} replayed "
+            f"is unknown{archived}; transactions committed after it, and in the seconds before it "
+            "(while that segment was being uploaded), may be lost",
+        }
+    return {
+        "bound_seconds": None,
+        "since": None,
+        "approximate": True,
+        "basis": "neither the target's newest replayed transaction nor an archived WAL of the old site is "
+        "known: the bound is unknown",
+    }
 
 
 def _data_loss(mode, old, target=None):
     if mode == "switchover":
         return {
-            "postgres": {"bound_seconds": 0,
-                         "basis": "switchover with the demotion token: the new primary replays up to the old "
-                                  "primary's shutdown checkpoint"},
+            "postgres": {
+                "bound_seconds": 0,
+                "basis": "switchover with the demotion token: the new primary replays up to the old "
+                "primary's shutdown checkpoint",
+            },
             "redis": {"bound_seconds": 0, "basis": "fresh backup taken after the old site's KMS was stopped"},
         }
     backup = (old or {}).get("redis_backup")
@@ -232,7 +285,8 @@ def _data_loss(mode, old, target=None):
         "redis": {
             "bound_seconds": backup["age_seconds"] if backup else None,
             "since": backup["time"] if backup else None,
-            "basis": f"newest complete Redis backup of {old['site']} taken at {backup['time']}" if backup
+            "basis": f"newest complete Redis backup of {old['site']} taken at {backup['time']}"
+            if backup
             else "no complete Redis backup of the old site: Redis starts empty",
         },
     }
@@ -252,16 +306,27 @@ def preflight(mode, target, statuses, now=None, require_promoted=False):
     sums = [site_summary(s, now) for s in statuses]
     by_site = {s["site"]: s for s in sums}
     refusals, warnings = [], []
-    result = {"mode": mode, "target": target, "old_site": None, "state": None, "cnpg_state": None,
-              "phrase": f"{mode.upper()} TO {target}", "refusals": refusals, "warnings": warnings,
-              "sites": sums, "checked_at": format_time(now)}
+    result = {
+        "mode": mode,
+        "target": target,
+        "old_site": None,
+        "state": None,
+        "cnpg_state": None,
+        "phrase": f"{mode.upper()} TO {target}",
+        "refusals": refusals,
+        "warnings": warnings,
+        "sites": sums,
+        "checked_at": format_time(now),
+    }
     tgt = by_site.get(target)
     if tgt is None:
         refusals.append(f"{target!r} is not a site of the inventory (sites: {', '.join(by_site) or 'none'})")
         return _finish(result, mode, None)
     if not tgt["kube_reachable"]:
-        refusals.append(f"the target site {target} is unreachable ({tgt['kube_error'] or 'no answer'}): nothing "
-                        "can be promoted there")
+        refusals.append(
+            f"the target site {target} is unreachable ({tgt['kube_error'] or 'no answer'}): nothing "
+            "can be promoted there"
+        )
         return _finish(result, mode, None)
     cluster = tgt["cluster"]
     if cluster is None:
@@ -274,24 +339,33 @@ def preflight(mode, target, statuses, now=None, require_promoted=False):
         if old_site is None and others:
             old_site = others[0]["site"] if len(others) == 1 else None
         if old_site is None or old_site == target:
-            refusals.append(f"the target Cluster {cluster['name']} replicates from {cluster['spec_primary']!r}, "
-                            "which is no site of the inventory")
+            refusals.append(
+                f"the target Cluster {cluster['name']} replicates from {cluster['spec_primary']!r}, "
+                "which is no site of the inventory"
+            )
         result["old_site"] = old_site
         result["cnpg_state"] = "replica"
         if not cluster["healthy"]:
-            refusals.append(f"the target Cluster {cluster['name']} is not a healthy replica: phase "
-                            f"{cluster['phase']!r}, Ready={cluster['ready']}")
+            refusals.append(
+                f"the target Cluster {cluster['name']} is not a healthy replica: phase "
+                f"{cluster['phase']!r}, Ready={cluster['ready']}"
+            )
     elif cluster["role"] == "primary":
         # promoted already (done) or being promoted (resume): the old site is whichever other site was primary
-        old_candidates = [s["site"] for s in others if s["cluster"] and s["cluster"]["spec_primary"]
-                          in (cluster["name"], cluster["self"])] or [s["site"] for s in others]
+        old_candidates = [
+            s["site"]
+            for s in others
+            if s["cluster"] and s["cluster"]["spec_primary"] in (cluster["name"], cluster["self"])
+        ] or [s["site"] for s in others]
         result["old_site"] = old_candidates[0] if old_candidates else None
         result["cnpg_state"] = "promoted" if cluster["is_primary"] and cluster["healthy"] else "promoting"
         if cluster["phase"] and "unrecoverable" in cluster["phase"]:
             refusals.append(f"the target Cluster {cluster['name']} is unrecoverable: {cluster['phase_reason']}")
     else:
-        refusals.append(f"the target Cluster {cluster['name']} is itself being demoted ({cluster['phase']}); wait "
-                        "for the replica cluster switch to finish")
+        refusals.append(
+            f"the target Cluster {cluster['name']} is itself being demoted ({cluster['phase']}); wait "
+            "for the replica cluster switch to finish"
+        )
         return _finish(result, mode, None)
 
     old = by_site.get(result["old_site"]) if result["old_site"] else None
@@ -302,46 +376,67 @@ def preflight(mode, target, statuses, now=None, require_promoted=False):
             if without_old["ok"]:
                 # an interrupted switchover demoted the old primary and recorded its token: finish it with the token
                 result["token_recorded"] = True
-                warnings.append(f"the old site {result['old_site'] or '?'} is unreachable "
-                                f"({(old or {}).get('kube_error') or 'unknown'}): {without_old['detail']}")
+                warnings.append(
+                    f"the old site {result['old_site'] or '?'} is unreachable "
+                    f"({(old or {}).get('kube_error') or 'unknown'}): {without_old['detail']}"
+                )
             else:
-                refusals.append(f"a switchover needs both sites; the old site {result['old_site'] or '?'} is "
-                                f"unreachable ({(old or {}).get('kube_error') or 'unknown'}) and "
-                                f"{without_old['detail']}. Use the failover playbook if it is lost")
+                refusals.append(
+                    f"a switchover needs both sites; the old site {result['old_site'] or '?'} is "
+                    f"unreachable ({(old or {}).get('kube_error') or 'unknown'}) and "
+                    f"{without_old['detail']}. Use the failover playbook if it is lost"
+                )
         elif old_cluster is None:
             refusals.append(f"the old site {old['site']} has no CNPG Cluster ({old['cluster_error'] or 'not found'})")
         elif result["cnpg_state"] == "replica":
             if old_cluster["role"] == "primary" and not old_cluster["healthy"]:
-                refusals.append(f"the old primary {old_cluster['name']} is not healthy (phase {old_cluster['phase']!r}); "
-                                "a switchover needs its clean shutdown. Repair it, or fail over")
+                refusals.append(
+                    f"the old primary {old_cluster['name']} is not healthy (phase {old_cluster['phase']!r}); "
+                    "a switchover needs its clean shutdown. Repair it, or fail over"
+                )
             if old_cluster["role"] in ("replica", "demoting") and old_cluster["spec_primary"] not in (
-                    cluster["name"], cluster["self"]):
+                cluster["name"],
+                cluster["self"],
+            ):
                 refusals.append(f"neither {old_cluster['name']} nor {cluster['name']} is the primary")
         if result["cnpg_state"] == "replica" and old and old["kube_reachable"] and not old["redis"]:
-            refusals.append(f"the old site's Redis does not answer ({old['redis_error'] or 'unknown'}): the fresh "
-                            "Redis backup a switchover takes is impossible")
+            refusals.append(
+                f"the old site's Redis does not answer ({old['redis_error'] or 'unknown'}): the fresh "
+                "Redis backup a switchover takes is impossible"
+            )
     else:
         if old is None or not old["kube_reachable"]:
-            warnings.append(f"the old site {result['old_site'] or '?'} is unreachable: it cannot be fenced; make sure "
-                            "it stays down (or is fenced) before it comes back")
-        elif old_cluster and old_cluster["role"] == "primary" and old_cluster["fencing"] not in ("fenced", "hibernated"):
-            warnings.append(f"the old site {old['site']} still answers and its Cluster is a primary: it will be fenced "
-                            "(KMS scaled to 0, Cluster fenced). A switchover would lose no data")
+            warnings.append(
+                f"the old site {result['old_site'] or '?'} is unreachable: it cannot be fenced; make sure "
+                "it stays down (or is fenced) before it comes back"
+            )
+        elif (
+            old_cluster and old_cluster["role"] == "primary" and old_cluster["fencing"] not in ("fenced", "hibernated")
+        ):
+            warnings.append(
+                f"the old site {old['site']} still answers and its Cluster is a primary: it will be fenced "
+                "(KMS scaled to 0, Cluster fenced). A switchover would lose no data"
+            )
     if not tgt["kms_serving"] and not tgt["redis"]:
-        refusals.append(f"the target site's Redis does not answer ({tgt['redis_error'] or 'unknown'}): the Redis "
-                        "backup cannot be restored")
+        refusals.append(
+            f"the target site's Redis does not answer ({tgt['redis_error'] or 'unknown'}): the Redis "
+            "backup cannot be restored"
+        )
     split = primaries(sums)
     if len(split) > 1 and not (old_cluster and old_cluster["fencing"] in ("fenced", "hibernated")):
         warnings.append(f"more than one Cluster is primary: {', '.join(split)} (split brain)")
     if result["cnpg_state"] == "replica":
-        demoted = mode == "switchover" and (old_cluster and old_cluster["role"] in ("replica", "demoting")
-                                            or result.get("token_recorded"))
+        demoted = mode == "switchover" and (
+            old_cluster and old_cluster["role"] in ("replica", "demoting") or result.get("token_recorded")
+        )
         result["state"] = "resume" if (demoted or tgt["kms_serving"]) else "fresh"
     else:
         result["state"] = "done" if result["cnpg_state"] == "promoted" else "resume"
     if require_promoted and result["state"] != "done":
-        refusals.append(f"the target Cluster {cluster['name']} is not the promoted primary ({result['cnpg_state']}): "
-                        f"this run may only finish a {mode} that promoted it; run the {mode} itself")
+        refusals.append(
+            f"the target Cluster {cluster['name']} is not the promoted primary ({result['cnpg_state']}): "
+            f"this run may only finish a {mode} that promoted it; run the {mode} itself"
+        )
     return _finish(result, mode, old, tgt)
 
 
@@ -350,19 +445,31 @@ def _switchover_without_old(cluster, cnpg_state):
     recorded on the target Cluster (hanzo.kms.cnpg_promote), or after the promotion with a token was requested."""
     recorded = cluster.get("recorded_token") or {}
     if cnpg_state == "replica" and recorded.get("usable"):
-        return {"ok": True, "detail": (
-            f"the interrupted switchover recorded {recorded.get('from')}'s demotion token on {cluster['name']} at "
-            f"{recorded.get('recorded')}; the promotion uses it (CloudNativePG promotes once its LSN is replayed: no "
-            "data loss). The steps on the old site (stop its KMS, fresh Redis backup) were done before the demotion "
-            "and are skipped; the newest Redis backup of the old site is restored")}
+        return {
+            "ok": True,
+            "detail": (
+                f"the interrupted switchover recorded {recorded.get('from')}'s demotion token on {cluster['name']} at "
+                f"{recorded.get('recorded')}; the promotion uses it (CloudNativePG promotes once its LSN is replayed: no "
+                "data loss). The steps on the old site (stop its KMS, fresh Redis backup) were done before the demotion "
+                "and are skipped; the newest Redis backup of the old site is restored"
+            ),
+        }
     if cnpg_state in ("promoted", "promoting") and cluster.get("promotion_token"):
-        return {"ok": True, "detail": f"{cluster['name']} was promoted with the demotion token; the remaining steps "
-                                      "run without the old site"}
+        return {
+            "ok": True,
+            "detail": f"{cluster['name']} was promoted with the demotion token; the remaining steps "
+            "run without the old site",
+        }
     if cnpg_state == "replica" and recorded:
-        return {"ok": False, "detail": f"the demotion token recorded on {cluster['name']} cannot be used: "
-                                       f"{recorded.get('problem')}"}
-    return {"ok": False, "detail": f"no demotion token is recorded on {cluster['name']} (the old primary was not "
-                                   "demoted, or its token was never read)"}
+        return {
+            "ok": False,
+            "detail": f"the demotion token recorded on {cluster['name']} cannot be used: {recorded.get('problem')}",
+        }
+    return {
+        "ok": False,
+        "detail": f"no demotion token is recorded on {cluster['name']} (the old primary was not "
+        "demoted, or its token was never read)",
+    }
 
 
 def _finish(result, mode, old, target=None):
@@ -372,9 +479,13 @@ def _finish(result, mode, old, target=None):
         backup = (old or {}).get("redis_backup")
         result["data_loss"]["redis"] = {
             "bound_seconds": 0 if backup else None,
-            "basis": (f"newest complete Redis backup of {old['site']}, taken at {backup['time']}: the fresh backup the "
-                      "interrupted switchover took after stopping the old site's KMS (or a later one)") if backup
-            else "no complete Redis backup of the old site: Redis starts empty"}
+            "basis": (
+                f"newest complete Redis backup of {old['site']}, taken at {backup['time']}: the fresh backup the "
+                "interrupted switchover took after stopping the old site's KMS (or a later one)"
+            )
+            if backup
+            else "no complete Redis backup of the old site: Redis starts empty",
+        }
     return result
 
 
@@ -388,29 +499,45 @@ def status_findings(summaries, lb=None):
     lb_targets = sorted({site for sites in serving.values() for site in sites})
     if len(prim) == 1:
         found.append(f"Active site (from the Clusters): {prim[0]}.")
-        stale = [s["site"] for s in summaries if s["inventory_role"] and
-                 (s["inventory_role"] == "active") != (s["site"] == prim[0])]
+        stale = [
+            s["site"]
+            for s in summaries
+            if s["inventory_role"] and (s["inventory_role"] == "active") != (s["site"] == prim[0])
+        ]
         if stale:
-            found.append(f"The inventory's site_role is stale for {', '.join(stale)}: set site_role: active on "
-                         f"{prim[0]} (passive elsewhere) before the next install run.")
+            found.append(
+                f"The inventory's site_role is stale for {', '.join(stale)}: set site_role: active on "
+                f"{prim[0]} (passive elsewhere) before the next install run."
+            )
     elif len(prim) > 1:
         timelines = ", ".join(f"{site} on timeline {_timeline(by_site[site])}" for site in prim)
-        advice = (f" The load balancers send traffic to {', '.join(lb_targets)}: fence the other one now (the "
-                  f"failover to {lb_targets[0]}, run again, fences a reachable old primary)."
-                  if len(lb_targets) == 1 and lb_targets[0] in prim else "")
+        advice = (
+            f" The load balancers send traffic to {', '.join(lb_targets)}: fence the other one now (the "
+            f"failover to {lb_targets[0]}, run again, fences a reachable old primary)."
+            if len(lb_targets) == 1 and lb_targets[0] in prim
+            else ""
+        )
         found.append(f"SPLIT BRAIN: more than one Cluster is an unfenced primary: {timelines}.{advice}")
     else:
         found.append("No reachable Cluster is an unfenced primary (a site is down or a promotion is in progress).")
     for site in fenced:
-        diverged = (f"; {prim[0]} was promoted on timeline {_timeline(by_site[prim[0]])}: what {site} wrote after "
-                    f"that promotion diverged and is not in {prim[0]}. Re-create {site}'s Cluster as a replica of "
-                    f"{prim[0]} before it serves again" if len(prim) == 1 else "")
-        found.append(f"{site} is an old primary, FENCED (its Cluster is still a primary, timeline "
-                     f"{_timeline(by_site[site])}, its instances stopped){diverged}.")
+        diverged = (
+            f"; {prim[0]} was promoted on timeline {_timeline(by_site[prim[0]])}: what {site} wrote after "
+            f"that promotion diverged and is not in {prim[0]}. Re-create {site}'s Cluster as a replica of "
+            f"{prim[0]} before it serves again"
+            if len(prim) == 1
+            else ""
+        )
+        found.append(
+            f"{site} is an old primary, FENCED (its Cluster is still a primary, timeline "
+            f"{_timeline(by_site[site])}, its instances stopped){diverged}."
+        )
     for s in summaries:
         if not s["kube_reachable"]:
-            found.append(f"Site {s['site']} is UNREACHABLE ({s['kube_error'] or 'no answer'}); its column shows what "
-                         "the object store knows.")
+            found.append(
+                f"Site {s['site']} is UNREACHABLE ({s['kube_error'] or 'no answer'}); its column shows what "
+                "the object store knows."
+            )
     if len({tuple(v) for v in serving.values()}) > 1:
         routes = "; ".join(f"{k} -> {', '.join(v) or 'nothing'}" for k, v in serving.items())
         found.append(f"The load balancers disagree: {routes}.")

@@ -20,12 +20,18 @@ The Redis backup CronJob does the same with kubectl (roles/redis/templates/opera
 are its single definition (tests/unit/plugins/module_utils/test_operation_lock.py checks the script against them).
 Nothing here imports Ansible; the Kubernetes client is only imported by :class:`KubeLease`.
 """
+
 from __future__ import annotations
 
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
-from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, epoch_text, format_epoch, parse_epoch
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (
+    MICROTIME_FORMAT,
+    epoch_text,
+    format_epoch,
+    parse_epoch,
+)
 
 LEASE_NAME = "hanzo-kms-operation-lock"
 LABELS = {
@@ -109,8 +115,12 @@ def lease_body(name, namespace, view, owner, operation, ttl, now):
     """The Lease after taking (or renewing) the lock; carries the resourceVersion read, so a stale write fails."""
     renew = view is not None and view["holder"] == owner
     transitions = 0 if view is None else view["transitions"] + (0 if renew else 1)
-    metadata = {"name": name, "namespace": namespace, "labels": dict(LABELS),
-                "annotations": {OPERATION_ANNOTATION: operation}}
+    metadata = {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(LABELS),
+        "annotations": {OPERATION_ANNOTATION: operation},
+    }
     if view is not None:
         metadata["resourceVersion"] = view["resource_version"]
     return {
@@ -132,16 +142,23 @@ def released_body(name, namespace, view):
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(LABELS), "annotations": {},
-                     "resourceVersion": view["resource_version"]},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(LABELS),
+            "annotations": {},
+            "resourceVersion": view["resource_version"],
+        },
         "spec": {"leaseTransitions": view["transitions"]},
     }
 
 
 def describe_holder(view, site):
-    held = (f"The operation lock is held by '{view['holder']}'"
-            + (f" ({view['operation']})" if view["operation"] else "")
-            + f" since {epoch_text(view['since'])} in site {site}")
+    held = (
+        f"The operation lock is held by '{view['holder']}'"
+        + (f" ({view['operation']})" if view["operation"] else "")
+        + f" since {epoch_text(view['since'])} in site {site}"
+    )
     if view["expires"] is not None:
         held += f" (expires {epoch_text(view['expires'])} unless renewed)"
     else:
@@ -157,8 +174,18 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
     :class:`Unreachable` when the API does not answer.
     """
 
-    def __init__(self, sites, owner, operation="", ttl=DEFAULT_TTL, name=LEASE_NAME, break_confirmation="",
-                 allow_unreachable=False, check_mode=False, clock=time.time):
+    def __init__(
+        self,
+        sites,
+        owner,
+        operation="",
+        ttl=DEFAULT_TTL,
+        name=LEASE_NAME,
+        break_confirmation="",
+        allow_unreachable=False,
+        check_mode=False,
+        clock=time.time,
+    ):
         self.sites = dict(sorted(sites.items()))  # the fixed order: two racers meet at the same first Lease
         self.owner = owner
         self.operation = operation
@@ -170,19 +197,33 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         self.clock = clock
 
     def _result(self, state, sites):
-        changed = any(s["action"] in ("created", "taken", "renewed", "taken_expired", "broken", "released")
-                      or s["action"].startswith("would_") for s in sites)
-        return {"changed": changed, "state": state, "owner": self.owner, "lease": self.name, "sites": sites,
-                "acquired_sites": [s["site"] for s in sites if s["action"] in (
-                    "created", "taken", "renewed", "taken_expired", "broken")],
-                "unreachable_sites": [s["site"] for s in sites if s["action"] == "unreachable"]}
+        changed = any(
+            s["action"] in ("created", "taken", "renewed", "taken_expired", "broken", "released")
+            or s["action"].startswith("would_")
+            for s in sites
+        )
+        return {
+            "changed": changed,
+            "state": state,
+            "owner": self.owner,
+            "lease": self.name,
+            "sites": sites,
+            "acquired_sites": [
+                s["site"] for s in sites if s["action"] in ("created", "taken", "renewed", "taken_expired", "broken")
+            ],
+            "unreachable_sites": [s["site"] for s in sites if s["action"] == "unreachable"],
+        }
 
     @staticmethod
     def _entry(site, action, view=None, error=None):
         entry = {"site": site, "action": action, "holder": "", "operation": "", "since": None, "expires": None}
         if view is not None:
-            entry.update(holder=view["holder"], operation=view["operation"], since=epoch_text(view["since"])
-                         if view["since"] else None, expires=epoch_text(view["expires"]) if view["expires"] else None)
+            entry.update(
+                holder=view["holder"],
+                operation=view["operation"],
+                since=epoch_text(view["since"]) if view["since"] else None,
+                expires=epoch_text(view["expires"]) if view["expires"] else None,
+            )
         if error:
             entry["error"] = error
         return entry
@@ -203,9 +244,12 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         unreachable = [e for e in done if e["action"] == "unreachable"]
         if unreachable and not self.allow_unreachable:
             self._rollback(taken)
-            raise LockError("cannot take the operation lock: the Kubernetes API of "
-                            + ", ".join(f"{e['site']} ({e['error']})" for e in unreachable)
-                            + " did not answer (only a failover proceeds without a lost site)", sites=done)
+            raise LockError(
+                "cannot take the operation lock: the Kubernetes API of "
+                + ", ".join(f"{e['site']} ({e['error']})" for e in unreachable)
+                + " did not answer (only a failover proceeds without a lost site)",
+                sites=done,
+            )
         if len(unreachable) == len(done):
             raise LockError("cannot take the operation lock: no site's Kubernetes API answered", sites=done)
         return self._result("acquired", done)
@@ -221,16 +265,30 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
             if action in ("refuse", "refuse_break"):
                 msg = describe_holder(view, site) + "."
                 if action == "refuse_break":
-                    msg += (f" The break confirmation does not match: it must be exactly "
-                            f"'{BREAK_PHRASE.format(holder=view['holder'])}'.")
+                    msg += (
+                        f" The break confirmation does not match: it must be exactly "
+                        f"'{BREAK_PHRASE.format(holder=view['holder'])}'."
+                    )
                 else:
-                    msg += (" Wait for that run to finish; if it crashed, wait for the expiry or break the lock with "
-                            f"-e \"kms_lock_break='{BREAK_PHRASE.format(holder=view['holder'])}'\".")
-                raise LockError(msg, holder=view["holder"], holder_operation=view["operation"],
-                                since=epoch_text(view["since"]), site=site,
-                                entry=self._entry(site, "refused", view))
-            done = {"create": "created", "take": "taken", "renew": "renewed", "take_expired": "taken_expired",
-                    "break": "broken"}[action]
+                    msg += (
+                        " Wait for that run to finish; if it crashed, wait for the expiry or break the lock with "
+                        f"-e \"kms_lock_break='{BREAK_PHRASE.format(holder=view['holder'])}'\"."
+                    )
+                raise LockError(
+                    msg,
+                    holder=view["holder"],
+                    holder_operation=view["operation"],
+                    since=epoch_text(view["since"]),
+                    site=site,
+                    entry=self._entry(site, "refused", view),
+                )
+            done = {
+                "create": "created",
+                "take": "taken",
+                "renew": "renewed",
+                "take_expired": "taken_expired",
+                "break": "broken",
+            }[action]
             if self.check_mode:
                 return self._entry(site, "would_" + action, view)
             body = lease_body(self.name, store.namespace, view, self.owner, self.operation, self.ttl, now)
@@ -244,8 +302,7 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
             except Unreachable as exc:
                 return self._entry(site, "unreachable", error=str(exc))
             return self._entry(site, done, view)
-        raise LockError(f"the operation lock in site {site} changed on every one of {ATTEMPTS} attempts",
-                        site=site)
+        raise LockError(f"the operation lock in site {site} changed on every one of {ATTEMPTS} attempts", site=site)
 
     def _rollback(self, sites):
         for site in sites:
@@ -267,8 +324,13 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         if refused:
             raise LockError(
                 "refusing to release the operation lock of another run: "
-                + "; ".join(f"site {e['site']} is held by '{e['holder']}' since {e['since']}, not by '{self.owner}'"
-                            for e in refused), sites=done, holder=refused[0]["holder"])
+                + "; ".join(
+                    f"site {e['site']} is held by '{e['holder']}' since {e['since']}, not by '{self.owner}'"
+                    for e in refused
+                ),
+                sites=done,
+                holder=refused[0]["holder"],
+            )
         return self._result("released", done)
 
     def _release_site(self, site, store):
@@ -315,8 +377,10 @@ class KubeLease:
                 raise Conflict(str(exc.reason)) from None
             if exc.status == 404:
                 return None
-            raise LockError(f"Lease {self.namespace}/{self.name} at {self.endpoint}: HTTP {exc.status} "
-                            f"{exc.reason}: {(exc.body or '')[:300]}") from None
+            raise LockError(
+                f"Lease {self.namespace}/{self.name} at {self.endpoint}: HTTP {exc.status} "
+                f"{exc.reason}: {(exc.body or '')[:300]}"
+            ) from None
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # urllib3 MaxRetryError / timeouts / TLS and connection errors: the API server did not answer
             raise Unreachable(f"{self.endpoint}: {type(exc).__name__}: {exc}") from None
@@ -325,8 +389,9 @@ class KubeLease:
         # _preload_content=False keeps the API's JSON (MicroTime strings, camelCase) instead of client models.
         import json  # pylint: disable=import-outside-toplevel
 
-        resp = self._call(self.api.read_namespaced_lease, self.name, self.namespace, reading=True,
-                          _preload_content=False)
+        resp = self._call(
+            self.api.read_namespaced_lease, self.name, self.namespace, reading=True, _preload_content=False
+        )
         return None if resp is None else json.loads(resp.data)
 
     def create(self, body):

@@ -5,6 +5,7 @@
 and Markdown, steps with timings, the data-loss bound) and writing them as private files. Decisions come from
 operation_decisions.py; no Ansible import.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,12 @@ from ansible_collections.hanzo.kms.plugins.module_utils.files import replace_fil
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_decisions import site_summary, status_findings
 from ansible_collections.hanzo.kms.plugins.module_utils.times import format_time, human_age, parse_time, utcnow
 
-
 STEP_RESULTS = ("running", "ok", "changed", "skipped", "failed")
 
 
 def _cell(value, limit=200):
     text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _age_cell(entry, label_key=None):
@@ -40,28 +40,63 @@ def status_rows(summaries, lb=None):
 
     row("Kubernetes API", lambda s: "reachable" if s["kube_reachable"] else f"UNREACHABLE: {s['kube_error'] or '?'}")
     row("Inventory site_role", lambda s: s["inventory_role"] or "-")
-    row("CNPG Cluster", lambda s: s["cluster"]["name"] if s["cluster"] else (
-        "unknown" if not s["kube_reachable"] else f"MISSING: {s['cluster_error'] or '?'}"))
+    row(
+        "CNPG Cluster",
+        lambda s: (
+            s["cluster"]["name"]
+            if s["cluster"]
+            else ("unknown" if not s["kube_reachable"] else f"MISSING: {s['cluster_error'] or '?'}")
+        ),
+    )
     row("CNPG role", lambda s: s["cluster"]["role"] if s["cluster"] else "unknown")
-    row("CNPG phase", lambda s: (s["cluster"]["phase"] or "-") + (
-        f" (Ready={s['cluster']['ready']})" if s["cluster"] else "") if s["cluster"] else "unknown")
+    row(
+        "CNPG phase",
+        lambda s: (
+            (s["cluster"]["phase"] or "-") + (f" (Ready={s['cluster']['ready']})" if s["cluster"] else "")
+            if s["cluster"]
+            else "unknown"
+        ),
+    )
     row("CNPG primary instance", lambda s: (s["cluster"]["current_primary"] or "-") if s["cluster"] else "unknown")
     # CNPG reports no timeline for a replica Cluster until it is promoted
-    row("Timeline", lambda s: ("-" if s["cluster"]["timeline"] is None else s["cluster"]["timeline"])
-        if s["cluster"] else "unknown")
+    row(
+        "Timeline",
+        lambda s: (
+            ("-" if s["cluster"]["timeline"] is None else s["cluster"]["timeline"]) if s["cluster"] else "unknown"
+        ),
+    )
     row("Replication", lambda s: s["replication"])
     row("Newest replayed transaction", _replayed_cell)
     row("Fencing", lambda s: s["cluster"]["fencing"] if s["cluster"] else "unknown")
     row("WAL archiving (condition)", lambda s: (s["cluster"]["archiving"] or "-") if s["cluster"] else "unknown")
     row("Newest archived WAL", lambda s: _age_cell(s["wal_archive"], "name"))
-    row("Newest base backup", lambda s: _age_cell(s["base_backup"], "name") if s["base_backup"] and
-        s["base_backup"].get("name") else _age_cell(s["base_backup"], "backup_id"))
-    row("Newest Redis backup", lambda s: _age_cell(s["redis_backup"], "name") + (
-        f", {s['redis_backup_count']} complete" if s["redis_backup"] else ""))
-    row("Redis", lambda s: (f"{s['redis'].get('role', '?')} {s['redis'].get('version', '')}, "
-                            f"{s['redis'].get('keys', 0)} keys") if s["redis"] else f"DOWN: {s['redis_error'] or '?'}")
-    row("KMS replicas ready", lambda s: f"{s['kms'].get('ready_replicas', 0)}/{s['kms'].get('replicas', 0)}"
-        if s["kms"] else "unknown")
+    row(
+        "Newest base backup",
+        lambda s: (
+            _age_cell(s["base_backup"], "name")
+            if s["base_backup"] and s["base_backup"].get("name")
+            else _age_cell(s["base_backup"], "backup_id")
+        ),
+    )
+    row(
+        "Newest Redis backup",
+        lambda s: (
+            _age_cell(s["redis_backup"], "name")
+            + (f", {s['redis_backup_count']} complete" if s["redis_backup"] else "")
+        ),
+    )
+    row(
+        "Redis",
+        lambda s: (
+            (f"{s['redis'].get('role', '?')} {s['redis'].get('version', '')}, {s['redis'].get('keys', 0)} keys")
+            if s["redis"]
+            else f"DOWN: {s['redis_error'] or '?'}"
+        ),
+    )
+    row(
+        "KMS replicas ready",
+        lambda s: f"{s['kms'].get('ready_replicas', 0)}/{s['kms'].get('replicas', 0)}" if s["kms"] else "unknown",
+    )
     for inst in lb or []:
         rows.append([f"LB {inst['name']}"] + [_cell(_lb_cell(inst, s["site"])) for s in summaries])
     return rows
@@ -94,8 +129,12 @@ def markdown_table(header, rows):
 
 def render_status(summaries, lb=None, generated=None):
     header = ["", *[s["site"] for s in summaries]]
-    lines = [f"# Hanzo KMS status ({generated or format_time(utcnow())})", "",
-             markdown_table(header, status_rows(summaries, lb)), ""]
+    lines = [
+        f"# Hanzo KMS status ({generated or format_time(utcnow())})",
+        "",
+        markdown_table(header, status_rows(summaries, lb)),
+        "",
+    ]
     lines += [f"- {f}" for f in status_findings(summaries, lb)]
     return "\n".join(lines) + "\n"
 
@@ -108,8 +147,14 @@ def step_update(report, name, result, detail=None, data=None, now=None):
     steps = report.setdefault("steps", [])
     step = next((s for s in steps if s["name"] == name and s["result"] == "running"), None)
     if step is None:
-        step = {"name": name, "started": format_time(now), "finished": None, "seconds": None, "result": "running",
-                "detail": None}
+        step = {
+            "name": name,
+            "started": format_time(now),
+            "finished": None,
+            "seconds": None,
+            "result": "running",
+            "detail": None,
+        }
         steps.append(step)
     if result != "running":
         step["finished"] = format_time(now)
@@ -135,34 +180,65 @@ def _loss_line(entry):
 def render_report(report):
     """Markdown of a failover/switchover report (see ``operation_report``)."""
     op = report.get("operation", "operation")
-    lines = [f"# Hanzo KMS {op}: {report.get('old_site') or '?'} -> {report.get('target') or '?'}", "",
-             f"- Result: **{(report.get('result') or 'running').upper()}**",
-             f"- Started: {report.get('started')}; finished: {report.get('finished') or '-'}",
-             f"- Run by: {report.get('run_by') or '-'}; confirmation: `{report.get('confirmation') or '-'}`"]
+    lines = [
+        f"# Hanzo KMS {op}: {report.get('old_site') or '?'} -> {report.get('target') or '?'}",
+        "",
+        f"- Result: **{(report.get('result') or 'running').upper()}**",
+        f"- Started: {report.get('started')}; finished: {report.get('finished') or '-'}",
+        f"- Run by: {report.get('run_by') or '-'}; confirmation: `{report.get('confirmation') or '-'}`",
+    ]
     pre = report.get("preflight") or {}
     if pre:
-        lines.append(f"- Preflight: {'go' if pre.get('ok') else 'REFUSED'} (state {pre.get('state')}, CNPG "
-                     f"{pre.get('cnpg_state')})")
+        lines.append(
+            f"- Preflight: {'go' if pre.get('ok') else 'REFUSED'} (state {pre.get('state')}, CNPG "
+            f"{pre.get('cnpg_state')})"
+        )
         lines += [f"  - refused: {r}" for r in pre.get("refusals") or []]
         lines += [f"  - warning: {w}" for w in pre.get("warnings") or []]
     loss = report.get("data_loss") or pre.get("data_loss")
     if loss:
-        lines += ["", "## Data-loss bound", "",
-                  f"- PostgreSQL: {_loss_line(loss['postgres'])}",
-                  f"- Redis: {_loss_line(loss['redis'])}"]
+        lines += [
+            "",
+            "## Data-loss bound",
+            "",
+            f"- PostgreSQL: {_loss_line(loss['postgres'])}",
+            f"- Redis: {_loss_line(loss['redis'])}",
+        ]
     lines += ["", "## Steps", ""]
-    rows = [[s["name"], s["result"], s.get("started") or "", s.get("finished") or "",
-             "" if s.get("seconds") is None else f"{s['seconds']:.1f}", _cell(s.get("detail") or "")]
-            for s in report.get("steps") or []]
+    rows = [
+        [
+            s["name"],
+            s["result"],
+            s.get("started") or "",
+            s.get("finished") or "",
+            "" if s.get("seconds") is None else f"{s['seconds']:.1f}",
+            _cell(s.get("detail") or ""),
+        ]
+        for s in report.get("steps") or []
+    ]
     lines.append(markdown_table(["step", "result", "start", "end", "seconds", "detail"], rows))
     for title, key in (("Before", "sites_before"), ("After", "sites_after")):
         sums = report.get(key)
         if sums:
-            lines += ["", f"## {title}", "", markdown_table(["", *[s["site"] for s in sums]],
-                                                            status_rows(sums, report.get(key.replace("sites", "lb"))))]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                markdown_table(
+                    ["", *[s["site"] for s in sums]], status_rows(sums, report.get(key.replace("sites", "lb")))
+                ),
+            ]
     if report.get("error"):
-        lines += ["", "## Error", "", "```", str(report["error"]), "```",
-                  "", "Re-run the same command after fixing the cause: every step checks the state first."]
+        lines += [
+            "",
+            "## Error",
+            "",
+            "```",
+            str(report["error"]),
+            "```",
+            "",
+            "Re-run the same command after fixing the cause: every step checks the state first.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -222,8 +298,9 @@ def update_report(report, params, now=None):
     if params.get("lb") is not None:
         report["lb" if params.get("snapshot", "current") == "current" else f"lb_{params['snapshot']}"] = params["lb"]
     if params.get("step"):
-        step_update(report, params["step"], params.get("result") or "running", params.get("detail"),
-                    params.get("data"), now)
+        step_update(
+            report, params["step"], params.get("result") or "running", params.get("detail"), params.get("data"), now
+        )
     if params.get("next_step"):
         step_update(report, params["next_step"], "running", now=now)
     if params.get("finish"):

@@ -9,6 +9,7 @@ Where the rest of the operations logic lives: operation_decisions.py (site summa
 data-loss bound, status findings; pure), operation_reports.py (status table, report Markdown/JSON, report files) and
 site_data.py (what hanzo.kms.site_data_info and hanzo.kms.haproxy_info read).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from ansible_collections.hanzo.kms.plugins.module_utils.operation_reports import
     update_report,
     write_report_file,
 )
-
 
 # hanzo.kms.operation_report: its argument spec and its work, for the module and its in-process action plugin.
 REPORT_ARGUMENT_SPEC = dict(
@@ -78,8 +78,11 @@ def run_report(params, check_mode=False):
             try:
                 os.makedirs(params["dir"], exist_ok=True)
                 text = dumps(report)
-                written = [path for path, content in ((json_path, text), (md_path, markdown))
-                           if write_report_file(path, content, mode)]
+                written = [
+                    path
+                    for path, content in ((json_path, text), (md_path, markdown))
+                    if write_report_file(path, content, mode)
+                ]
                 if params["latest"]:
                     base = os.path.join(params["dir"], params["operation"] + "-latest")
                     write_report_file(base + ".json", text, mode)
@@ -103,10 +106,12 @@ PREFLIGHT_ARGUMENT_SPEC = dict(
 def run_preflight(params, check_mode=False):  # pylint: disable=unused-argument
     """Read-only, so the same in check mode. The go/no-go decision as the module returns it (``warnings_found``: the warnings, which the caller shows).
     Raises ModuleFailure with the decision when refused and ``fail_on_refusal``."""
-    decision = preflight(params["mode"], params["target_site"], params["sites"],
-                         require_promoted=params["require_promoted"])
+    decision = preflight(
+        params["mode"], params["target_site"], params["sites"], require_promoted=params["require_promoted"]
+    )
     decision["warnings_found"] = decision.pop("warnings")
     if not decision["ok"] and params["fail_on_refusal"]:
-        raise ModuleFailure(f"refusing the {params['mode']} to {params['target_site']}: "
-                            + "; ".join(decision["refusals"]), **decision)
+        raise ModuleFailure(
+            f"refusing the {params['mode']} to {params['target_site']}: " + "; ".join(decision["refusals"]), **decision
+        )
     return dict(decision, changed=False)

@@ -6,22 +6,28 @@ file and/or S3 (multipart, bounded memory) while computing SHA-256 and checking 
 
 Plain Python (standard library + boto3 for S3); the RESP client is ``redis_resp``, the multipart upload ``s3_upload``.
 """
+
 from __future__ import annotations
 
 import os
 import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, ReplyError, RespConnection, server_info
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
+    RedisError,
+    ReplyError,
+    RespConnection,
+    server_info,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow
 
-CHUNK = 256 * 1024           # RDB transfer reads
+CHUNK = 256 * 1024  # RDB transfer reads
 
 
 def version_tuple(text):
     parts = []
-    for piece in (text or '0').split('.')[:3]:
-        digits = ''.join(ch for ch in piece if ch.isdigit())
+    for piece in (text or "0").split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits or 0))
     while len(parts) < 3:
         parts.append(0)
@@ -35,14 +41,23 @@ def rdb_version_for(server, version):
     9.2 ``VALKEY081`` (Valkey's ``RDB_VERSION_MAP``). Redis: see ``redis_rdb.describe_rdb_version``.
     """
     ver = version_tuple(version)
-    if server == 'valkey':
+    if server == "valkey":
         if ver >= (9, 2, 0):
             return 81
         if ver >= (9, 0, 0):
             return 80
         return 11 if ver >= (7, 2, 0) else 10
-    table = [((8, 8, 0), 14), ((8, 6, 0), 13), ((7, 4, 0), 12), ((7, 2, 0), 11), ((7, 0, 0), 10), ((5, 0, 0), 9),
-             ((4, 0, 0), 8), ((3, 2, 0), 7), ((2, 6, 0), 6)]
+    table = [
+        ((8, 8, 0), 14),
+        ((8, 6, 0), 13),
+        ((7, 4, 0), 12),
+        ((7, 2, 0), 11),
+        ((7, 0, 0), 10),
+        ((5, 0, 0), 9),
+        ((4, 0, 0), 8),
+        ((3, 2, 0), 7),
+        ((2, 6, 0), 6),
+    ]
     for minimum, rdb in table:
         if ver >= minimum:
             return rdb
@@ -56,7 +71,7 @@ def rdb_loadable(rdb_version, server, version):
     ``rdb-version-check strict``, the default). Redis never loads Valkey's 80+ (nor its ``VALKEY`` magic).
     """
     target = rdb_version_for(server, version)
-    if server == 'valkey':
+    if server == "valkey":
         if rdb_version >= redis_rdb.VALKEY_MAGIC_MIN_VERSION:
             return rdb_version <= target
         return rdb_version <= min(target, 11)
@@ -77,34 +92,36 @@ def fetch_rdb(params, sink, timeout=3600.0):
     try:
         info = server_info(conn)
         try:
-            conn.command('REPLCONF', 'capa', 'eof')
+            conn.command("REPLCONF", "capa", "eof")
         except ReplyError:
             pass
         announced = announce_replica_version(conn, info)
         rdb_only = True
         try:
-            conn.command('REPLCONF', 'rdb-only', '1')
+            conn.command("REPLCONF", "rdb-only", "1")
         except ReplyError:
             rdb_only = False  # Redis < 7.0: the command stream follows; the connection is closed after the RDB
         conn.settimeout(timeout)
-        conn.send(b'SYNC\r\n')
+        conn.send(b"SYNC\r\n")
         while True:
             line = conn.readline()
             if line:
                 break  # bare newlines are keep-alives while the server prepares the snapshot
-        if line.startswith(b'-'):
-            raise RedisError(f'Redis at {conn.where} refused SYNC: {line[1:].decode("utf-8", "replace")} '
-                             '(the user needs the SYNC/REPLCONF permissions)')
-        if not line.startswith(b'$'):
-            raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}')
+        if line.startswith(b"-"):
+            raise RedisError(
+                f"Redis at {conn.where} refused SYNC: {line[1:].decode('utf-8', 'replace')} "
+                "(the user needs the SYNC/REPLCONF permissions)"
+            )
+        if not line.startswith(b"$"):
+            raise RedisError(f"unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}")
         # The RDB is received into one reused buffer and passed to ``sink`` as memoryviews (no per-chunk copies).
         buf = bytearray(CHUNK + 40)
         view = memoryview(buf)
         total = 0
-        if line.startswith(b'$EOF:'):
+        if line.startswith(b"$EOF:"):
             mark = bytes(line[5:])
             if len(mark) != 40:
-                raise RedisError(f'bad EOF mark in the SYNC reply from {conn.where}')
+                raise RedisError(f"bad EOF mark in the SYNC reply from {conn.where}")
             # the last 40 bytes seen are held back: they may be the EOF mark
             initial = conn.take_buffered()
             if len(initial) > 40:
@@ -113,12 +130,12 @@ def fetch_rdb(params, sink, timeout=3600.0):
                 initial = initial[-40:]
             kept = len(initial)
             buf[:kept] = initial
-            while kept < 40 or buf[kept - 40:kept] != mark:
-                filled = kept + conn.recv_into(view[kept:], ' during the RDB transfer')
+            while kept < 40 or buf[kept - 40 : kept] != mark:
+                filled = kept + conn.recv_into(view[kept:], " during the RDB transfer")
                 if filled > 40:
-                    sink(view[:filled - 40])
+                    sink(view[: filled - 40])
                     total += filled - 40
-                    buf[:40] = buf[filled - 40:filled]
+                    buf[:40] = buf[filled - 40 : filled]
                     kept = 40
                 else:
                     kept = filled
@@ -126,23 +143,25 @@ def fetch_rdb(params, sink, timeout=3600.0):
             try:
                 size = int(line[1:])
             except ValueError:
-                raise RedisError(f'unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}') from None
+                raise RedisError(f"unexpected reply to SYNC from Redis at {conn.where}: {line[:60]!r}") from None
             initial = conn.take_buffered(size)
             if initial:
                 sink(initial)
                 total += len(initial)
             while total < size:
-                got = conn.recv_into(view[:min(CHUNK, size - total)], f' after {total} of {size} RDB bytes')
+                got = conn.recv_into(view[: min(CHUNK, size - total)], f" after {total} of {size} RDB bytes")
                 sink(view[:got])
                 total += got
-        info['rdb_only'] = rdb_only
-        info['announced_version'] = announced
+        info["rdb_only"] = rdb_only
+        info["announced_version"] = announced
         return total, info
     except RedisError as exc:
-        if info.get('server') == 'valkey' and announced is None and 'closed the connection' in str(exc):
-            raise RedisError(f'{exc}; {info["server"]} {info["version"]} refused REPLCONF version, so it wrote the '
-                             'RDB version of an old replica (11), which cannot hold every key (e.g. hash fields with '
-                             'a TTL need RDB 80): see its log for "Can\'t store key"') from None
+        if info.get("server") == "valkey" and announced is None and "closed the connection" in str(exc):
+            raise RedisError(
+                f"{exc}; {info['server']} {info['version']} refused REPLCONF version, so it wrote the "
+                "RDB version of an old replica (11), which cannot hold every key (e.g. hash fields with "
+                'a TTL need RDB 80): see its log for "Can\'t store key"'
+            ) from None
         raise
     finally:
         conn.close()
@@ -157,13 +176,13 @@ def announce_replica_version(conn, info):
     RDB it writes for its own replicas. Redis has no such option and always writes its own version. Returns the
     version announced, or None.
     """
-    if info.get('server') != 'valkey' or not info.get('version'):
+    if info.get("server") != "valkey" or not info.get("version"):
         return None
     try:
-        conn.command('REPLCONF', 'version', info['version'])
+        conn.command("REPLCONF", "version", info["version"])
     except ReplyError:
         return None
-    return info['version']
+    return info["version"]
 
 
 def _bound_malloc():
@@ -176,7 +195,8 @@ def _bound_malloc():
     """
     try:
         import ctypes  # pylint: disable=import-outside-toplevel
-        libc = ctypes.CDLL('libc.so.6')
+
+        libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
         libc.malloc_trim(0)  # hand back what loading boto3's models left free in the heap
     except (OSError, AttributeError):
@@ -198,7 +218,7 @@ def open_private(path):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
     try:
         os.fchmod(fd, PRIVATE_MODE)
-        return os.fdopen(fd, 'wb')
+        return os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
         raise
@@ -215,19 +235,19 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
     restore can skip it), ``analyze`` (the same pass; kept for compatibility), ``timeout`` (s).
     """
     # the site and prefix become key components: refuse anything but the collection's safe names before any I/O
-    names.check_prefix(params.get('prefix') or '', 'prefix')
-    if params.get('site') is not None:
-        names.check_site(params['site'], 'site name')
+    names.check_prefix(params.get("prefix") or "", "prefix")
+    if params.get("site") is not None:
+        names.check_site(params["site"], "site name")
     started = time.monotonic()
     now = now or utcnow()
-    bucket = params.get('bucket')
-    dest = params.get('dest')
-    result = {'changed': not check_mode}
+    bucket = params.get("bucket")
+    dest = params.get("dest")
+    result = {"changed": not check_mode}
     if bucket:
-        rdb_key, manifest_key = backup_layout.backup_keys(params.get('prefix'), params.get('site'), now)
+        rdb_key, manifest_key = backup_layout.backup_keys(params.get("prefix"), params.get("site"), now)
         result.update(bucket=bucket, key=rdb_key, manifest_key=manifest_key)
     if dest:
-        result['dest'] = dest
+        result["dest"] = dest
     client = None
     if bucket:
         client = s3_client_factory()
@@ -239,12 +259,13 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
             conn.close()
         if client is not None:
             from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
+
             s3_utils.check_bucket(client, bucket)
-        result.update(server=info['server'], server_version=info['version'], keyspace=info['keyspace'])
+        result.update(server=info["server"], server_version=info["version"], keyspace=info["keyspace"])
         return result
 
     _bound_malloc()
-    structure = bool(params.get('analyze')) or params.get('verify_structure', True) is not False
+    structure = bool(params.get("analyze")) or params.get("verify_structure", True) is not False
     validator = redis_rdb.StreamValidator(structure=structure)
     upload = None
     local = None
@@ -253,14 +274,20 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
         # pylint: disable=import-outside-toplevel
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils
         from ansible_collections.hanzo.kms.plugins.module_utils.s3_upload import S3StreamUpload
+
         s3_utils.check_bucket(client, bucket)
-        upload = S3StreamUpload(client, bucket, result['key'], part_size=int(params.get('part_size') or 5) * 1024 * 1024,
-                                concurrency=int(params.get('upload_concurrency') or 1))
+        upload = S3StreamUpload(
+            client,
+            bucket,
+            result["key"],
+            part_size=int(params.get("part_size") or 5) * 1024 * 1024,
+            concurrency=int(params.get("upload_concurrency") or 1),
+        )
     if dest:
-        local_tmp = f'{dest}.part'
+        local_tmp = f"{dest}.part"
         parent = os.path.dirname(os.path.abspath(dest))
         if not os.path.isdir(parent):
-            raise RedisError(f'destination directory {parent} does not exist')
+            raise RedisError(f"destination directory {parent} does not exist")
         local = open_private(local_tmp)
 
     def sink(chunk):
@@ -271,7 +298,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
             local.write(chunk)
 
     try:
-        size, info = fetch_rdb(params, sink, timeout=float(params.get('timeout') or 3600))
+        size, info = fetch_rdb(params, sink, timeout=float(params.get("timeout") or 3600))
         summary = validator.finish()
         if local is not None:
             local.flush()
@@ -297,15 +324,24 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
         before_manifest()
     if client is not None:
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-        with s3_utils.wrap_errors('write manifest', bucket=bucket):
-            client.put_object(Bucket=bucket, Key=result['manifest_key'], Body=body, ContentType='application/json')
+
+        with s3_utils.wrap_errors("write manifest", bucket=bucket):
+            client.put_object(Bucket=bucket, Key=result["manifest_key"], Body=body, ContentType="application/json")
     if dest:
-        with open_private(dest + '.manifest.json') as handle:
+        with open_private(dest + ".manifest.json") as handle:
             handle.write(body)
-        result['dest_manifest'] = dest + '.manifest.json'
-    result.update(manifest=manifest, size=size, sha256=manifest['sha256'], crc64=manifest['crc64'],
-                  rdb_version=manifest['rdb_version'], server_version=manifest['source']['server_version'],
-                  keys_per_db=manifest['keys_per_db'], verified=manifest['verified'], duration=round(time.monotonic() - started, 3))
+        result["dest_manifest"] = dest + ".manifest.json"
+    result.update(
+        manifest=manifest,
+        size=size,
+        sha256=manifest["sha256"],
+        crc64=manifest["crc64"],
+        rdb_version=manifest["rdb_version"],
+        server_version=manifest["source"]["server_version"],
+        keys_per_db=manifest["keys_per_db"],
+        verified=manifest["verified"],
+        duration=round(time.monotonic() - started, 3),
+    )
     return result
 
 
@@ -318,16 +354,19 @@ def build_manifest(params, info, summary, validator, size, now, analyzed):
         created_at=utcnow(),
         size=size,
         sha256=validator.hexdigest(),
-        crc64=None if summary.checksum_stored is None else f'{summary.checksum_stored:016x}',
+        crc64=None if summary.checksum_stored is None else f"{summary.checksum_stored:016x}",
         rdb_version=summary.version,
         keys_per_db={str(k): v for k, v in sorted(summary.keys_per_db.items())} if parsed else None,
-        keyspace_at_start=info['keyspace'],
+        keyspace_at_start=info["keyspace"],
         functions=len(summary.functions) if parsed else None,
         verified=redis_verify.record_check(summary, validator) if analyzed else None,
         source={
-            'host': params.get('host'), 'port': params.get('port'), 'site': params.get('site'),
-            'server': info['server'], 'server_version': info['version'],
-            'rdb_redis_ver': aux.get('redis-ver') or aux.get('valkey-ver'),
-            'method': 'replication',
+            "host": params.get("host"),
+            "port": params.get("port"),
+            "site": params.get("site"),
+            "server": info["server"],
+            "server_version": info["version"],
+            "rdb_redis_ver": aux.get("redis-ver") or aux.get("valkey-ver"),
+            "method": "replication",
         },
     )

@@ -12,6 +12,7 @@ anything is contacted). With ``LOCK_SCRIPT`` (the operation lock's script, which
 ``acquire``) the lock is checked before the manifest marks the backup complete and released at the end.
 Plain Python: needs boto3 (and anycrc for a fast CRC64), not Ansible.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,27 +28,27 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3_ARGUMENT_SP
 
 # variable -> what it sets; the S3 ones are what the object store Secret (roles/object_storage) holds
 ENVIRONMENT = {
-    'REDIS_HOST': 'Redis host (required)',
-    'REDIS_PORT': 'Redis port (default 6379)',
-    'REDIS_USERNAME': 'ACL user (default: none, AUTH with the password alone)',
-    'REDIS_PASSWORD': 'password (from the redis role\'s auth Secret)',
-    'REDIS_TLS': 'true: connect with TLS (default false)',
-    'REDIS_TLS_CA_CERT': 'file with the CA that signed the Redis certificate (default: the system trust store)',
-    'BACKUP_BUCKET': 'S3 bucket (required)',
-    'BACKUP_PREFIX': 'key prefix (default none)',
-    'BACKUP_SITE': 'site name, the key component after the prefix (required)',
-    'BACKUP_TIMEOUT': 'seconds the whole transfer may take (default 3600)',
-    'AWS_ENDPOINT_URL': 'S3 endpoint (default AWS)',
-    'AWS_DEFAULT_REGION': 'S3 region (or AWS_REGION; default us-east-1)',
-    'AWS_ACCESS_KEY_ID': 'S3 access key',
-    'AWS_SECRET_ACCESS_KEY': 'S3 secret key',
-    'AWS_SESSION_TOKEN': 'S3 session token',
-    'AWS_CA_BUNDLE': 'file with the S3 endpoint\'s CA (default: the system trust store)',
-    'S3_ADDRESSING_STYLE': 'auto, path or virtual (default auto)',
-    'LOCK_SCRIPT': 'the operation lock script (operation-lock.sh): check before the manifest, release at the end',
+    "REDIS_HOST": "Redis host (required)",
+    "REDIS_PORT": "Redis port (default 6379)",
+    "REDIS_USERNAME": "ACL user (default: none, AUTH with the password alone)",
+    "REDIS_PASSWORD": "password (from the redis role's auth Secret)",
+    "REDIS_TLS": "true: connect with TLS (default false)",
+    "REDIS_TLS_CA_CERT": "file with the CA that signed the Redis certificate (default: the system trust store)",
+    "BACKUP_BUCKET": "S3 bucket (required)",
+    "BACKUP_PREFIX": "key prefix (default none)",
+    "BACKUP_SITE": "site name, the key component after the prefix (required)",
+    "BACKUP_TIMEOUT": "seconds the whole transfer may take (default 3600)",
+    "AWS_ENDPOINT_URL": "S3 endpoint (default AWS)",
+    "AWS_DEFAULT_REGION": "S3 region (or AWS_REGION; default us-east-1)",
+    "AWS_ACCESS_KEY_ID": "S3 access key",
+    "AWS_SECRET_ACCESS_KEY": "S3 secret key",
+    "AWS_SESSION_TOKEN": "S3 session token",
+    "AWS_CA_BUNDLE": "file with the S3 endpoint's CA (default: the system trust store)",
+    "S3_ADDRESSING_STYLE": "auto, path or virtual (default auto)",
+    "LOCK_SCRIPT": "the operation lock script (operation-lock.sh): check before the manifest, release at the end",
 }
-TRUE_WORDS = ('1', 'true', 'yes', 'on')
-FALSE_WORDS = ('0', 'false', 'no', 'off')
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -59,14 +60,14 @@ class LockLost(RuntimeError):
 
 
 def _text(environ, name, default=None):
-    value = environ.get(name, '').strip()
+    value = environ.get(name, "").strip()
     return value or default
 
 
 def _required(environ, name):
     value = _text(environ, name)
     if value is None:
-        raise SettingsError(f'{name} is required ({ENVIRONMENT[name]})')
+        raise SettingsError(f"{name} is required ({ENVIRONMENT[name]})")
     return value
 
 
@@ -79,57 +80,57 @@ def _number(environ, name, default, kind, low, high=None):
     except ValueError:
         value = None
     if value is None or math.isnan(value) or value < low or (high is not None and value > high):
-        bounds = f'{low}-{high}' if high is not None else f'greater than {low}'
-        raise SettingsError(f'{name} must be a number {bounds}, got {text!r}')
+        bounds = f"{low}-{high}" if high is not None else f"greater than {low}"
+        raise SettingsError(f"{name} must be a number {bounds}, got {text!r}")
     return value
 
 
 def _flag(environ, name):
-    text = (_text(environ, name) or 'false').lower()
+    text = (_text(environ, name) or "false").lower()
     if text not in TRUE_WORDS + FALSE_WORDS:
-        raise SettingsError(f'{name} must be true or false, got {text!r}')
+        raise SettingsError(f"{name} must be true or false, got {text!r}")
     return text in TRUE_WORDS
 
 
 def _file(environ, name):
     path = _text(environ, name)
     if path is not None and not os.path.isfile(path):
-        raise SettingsError(f'{name} names {path}, which is not a file')
+        raise SettingsError(f"{name} names {path}, which is not a file")
     return path
 
 
 def settings_from_env(environ):
     """``run_backup``'s params (with the S3 connection options of ``s3_client``) from ``environ``; raises
     ``SettingsError`` naming the first bad variable."""
-    site = _required(environ, 'BACKUP_SITE')
-    prefix = _text(environ, 'BACKUP_PREFIX', '')
+    site = _required(environ, "BACKUP_SITE")
+    prefix = _text(environ, "BACKUP_PREFIX", "")
     try:
-        names.check_site(site, 'BACKUP_SITE')
-        names.check_prefix(prefix, 'BACKUP_PREFIX')
+        names.check_site(site, "BACKUP_SITE")
+        names.check_prefix(prefix, "BACKUP_PREFIX")
     except names.InvalidName as exc:
         raise SettingsError(str(exc)) from exc
-    style = _text(environ, 'S3_ADDRESSING_STYLE', 'auto')
-    if style not in S3_ARGUMENT_SPEC['addressing_style']['choices']:
+    style = _text(environ, "S3_ADDRESSING_STYLE", "auto")
+    if style not in S3_ARGUMENT_SPEC["addressing_style"]["choices"]:
         raise SettingsError(f"S3_ADDRESSING_STYLE must be one of auto, path, virtual, got {style!r}")
     return {
-        'host': _required(environ, 'REDIS_HOST'),
-        'port': _number(environ, 'REDIS_PORT', 6379, int, 1, 65535),
-        'username': _text(environ, 'REDIS_USERNAME'),
-        'password': _text(environ, 'REDIS_PASSWORD'),
-        'tls': _flag(environ, 'REDIS_TLS'),
-        'tls_ca_cert': _file(environ, 'REDIS_TLS_CA_CERT'),
-        'bucket': _required(environ, 'BACKUP_BUCKET'),
-        'prefix': prefix,
-        'site': site,
-        'timeout': _number(environ, 'BACKUP_TIMEOUT', 3600.0, float, 0.001),
-        'endpoint_url': _text(environ, 'AWS_ENDPOINT_URL'),
-        'region': _text(environ, 'AWS_DEFAULT_REGION') or _text(environ, 'AWS_REGION', 'us-east-1'),
-        'access_key': _text(environ, 'AWS_ACCESS_KEY_ID'),
-        'secret_key': _text(environ, 'AWS_SECRET_ACCESS_KEY'),
-        'session_token': _text(environ, 'AWS_SESSION_TOKEN'),
-        'ca_bundle': _file(environ, 'AWS_CA_BUNDLE'),
-        'addressing_style': style,
-        'lock_script': _text(environ, 'LOCK_SCRIPT'),
+        "host": _required(environ, "REDIS_HOST"),
+        "port": _number(environ, "REDIS_PORT", 6379, int, 1, 65535),
+        "username": _text(environ, "REDIS_USERNAME"),
+        "password": _text(environ, "REDIS_PASSWORD"),
+        "tls": _flag(environ, "REDIS_TLS"),
+        "tls_ca_cert": _file(environ, "REDIS_TLS_CA_CERT"),
+        "bucket": _required(environ, "BACKUP_BUCKET"),
+        "prefix": prefix,
+        "site": site,
+        "timeout": _number(environ, "BACKUP_TIMEOUT", 3600.0, float, 0.001),
+        "endpoint_url": _text(environ, "AWS_ENDPOINT_URL"),
+        "region": _text(environ, "AWS_DEFAULT_REGION") or _text(environ, "AWS_REGION", "us-east-1"),
+        "access_key": _text(environ, "AWS_ACCESS_KEY_ID"),
+        "secret_key": _text(environ, "AWS_SECRET_ACCESS_KEY"),
+        "session_token": _text(environ, "AWS_SESSION_TOKEN"),
+        "ca_bundle": _file(environ, "AWS_CA_BUNDLE"),
+        "addressing_style": style,
+        "lock_script": _text(environ, "LOCK_SCRIPT"),
     }
 
 
@@ -145,27 +146,30 @@ def main(environ=None):
     try:
         params = settings_from_env(os.environ if environ is None else environ)
     except SettingsError as exc:
-        sys.stderr.write(f'redis backup: invalid settings, nothing was contacted: {exc}\n')
+        sys.stderr.write(f"redis backup: invalid settings, nothing was contacted: {exc}\n")
         return 2
-    script = params.pop('lock_script')
+    script = params.pop("lock_script")
 
     def lock_still_ours():
-        if not lock_step(script, 'check'):
-            raise LockLost('the operation lock is no longer held by this Job (released or broken): the RDB was '
-                           'uploaded, but no manifest was written, so the backup stays incomplete')
+        if not lock_step(script, "check"):
+            raise LockLost(
+                "the operation lock is no longer held by this Job (released or broken): the RDB was "
+                "uploaded, but no manifest was written, so the backup stays incomplete"
+            )
 
     try:
-        result = run_backup(params, s3_client_factory=lambda: s3_client(params),
-                            before_manifest=lock_still_ours if script else None)
+        result = run_backup(
+            params, s3_client_factory=lambda: s3_client(params), before_manifest=lock_still_ours if script else None
+        )
     except (RedisError, RdbError, S3Error, LockLost, OSError) as exc:
-        sys.stderr.write(f'redis backup failed: {exc}\n')
+        sys.stderr.write(f"redis backup failed: {exc}\n")
         return 1
     finally:
         if script:
-            lock_step(script, 'release')
-    sys.stdout.write(json.dumps(result, sort_keys=True) + '\n')
+            lock_step(script, "release")
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,6 +14,7 @@ version against the target server's, and a full structural pass. Methods:
 * ``file``: place the RDB into the data dir of a stopped server (and move the AOF aside so the RDB is loaded).
 * ``auto``: ``replication`` when the target can reach our listener, else ``restore``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,16 +33,26 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, redis_rdb, redis_restore_stream, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils import (
+    backup_layout,
+    redis_rdb,
+    redis_restore_stream,
+    redis_verify,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import MANIFEST_NAME, RDB_NAME
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import rdb_loadable, rdb_version_for
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
-    RedisError, ReplyError, RespConnection, encode_command, server_info, parse_info,
+    RedisError,
+    ReplyError,
+    RespConnection,
+    encode_command,
+    parse_info,
+    server_info,
 )
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 RdbError = redis_rdb.RdbError
-_U64 = struct.Struct('<Q')
+_U64 = struct.Struct("<Q")
 
 
 class RestoreError(Exception):
@@ -59,7 +70,7 @@ class RestoreError(Exception):
 # --------------------------------------------------------------------------------------------------------------
 def sha256_file(path):
     digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
+    with open(path, "rb") as handle:
         while True:
             chunk = handle.read(4 * 1024 * 1024)
             if not chunk:
@@ -73,8 +84,9 @@ def _load_manifest_bytes(data, where):
     try:
         return backup_layout.parse_manifest(data)
     except backup_layout.InvalidManifest as exc:
-        raise RestoreError(f'manifest {where} is malformed: {exc}; the target was not changed',
-                           {'target_state': 'unchanged'}) from None
+        raise RestoreError(
+            f"manifest {where} is malformed: {exc}; the target was not changed", {"target_state": "unchanged"}
+        ) from None
 
 
 def resolve_s3_source(client, params):
@@ -83,49 +95,53 @@ def resolve_s3_source(client, params):
         BackupInfoError,
         complete_backups,
     )
-    bucket = params['bucket']
-    key = params.get('key')
+
+    bucket = params["bucket"]
+    key = params.get("key")
     if key:
         return key, backup_layout.manifest_key_for(key)
-    prefix = backup_layout.backup_prefix(params.get('prefix'), params.get('site'))
+    prefix = backup_layout.backup_prefix(params.get("prefix"), params.get("site"))
     try:
-        backups = complete_backups(client, bucket, params.get('prefix'), params.get('site'))
+        backups = complete_backups(client, bucket, params.get("prefix"), params.get("site"))
     except BackupInfoError as exc:
         raise RestoreError(str(exc)) from None
     if backups:
-        return backups[0]['rdb_key'], backups[0]['manifest_key']
-    raise RestoreError(f'no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}')
+        return backups[0]["rdb_key"], backups[0]["manifest_key"]
+    raise RestoreError(f"no complete backup (with {MANIFEST_NAME} and {RDB_NAME}) under s3://{bucket}/{prefix}")
 
 
 def read_s3_manifest(client, bucket, manifest_key):
     from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-    with s3_utils.wrap_errors('read manifest', bucket=bucket):
+
+    with s3_utils.wrap_errors("read manifest", bucket=bucket):
         try:
-            body = client.get_object(Bucket=bucket, Key=manifest_key)['Body'].read()
+            body = client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            code = getattr(exc, 'response', {}).get('Error', {}).get('Code') if hasattr(exc, 'response') else None
-            if code in ('NoSuchKey', '404'):
-                raise RestoreError(f's3://{bucket}/{manifest_key} does not exist: the backup is incomplete '
-                                   'and is never restored') from None
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+            if code in ("NoSuchKey", "404"):
+                raise RestoreError(
+                    f"s3://{bucket}/{manifest_key} does not exist: the backup is incomplete and is never restored"
+                ) from None
             raise
-    return _load_manifest_bytes(body, f's3://{bucket}/{manifest_key}')
+    return _load_manifest_bytes(body, f"s3://{bucket}/{manifest_key}")
 
 
 def fetch_s3_source(client, params, workdir):
     """Download manifest + RDB (streaming, sha256 on the fly) into ``workdir``. Returns (path, manifest, source)."""
     from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-    bucket = params['bucket']
+
+    bucket = params["bucket"]
     rdb_key, manifest_key = resolve_s3_source(client, params)
     manifest = read_s3_manifest(client, bucket, manifest_key)
     path = os.path.join(workdir, RDB_NAME)
     digest = hashlib.sha256()
-    with s3_utils.wrap_errors('download RDB', bucket=bucket):
+    with s3_utils.wrap_errors("download RDB", bucket=bucket):
         resp = client.get_object(Bucket=bucket, Key=rdb_key)
-        with open(path, 'wb') as handle:
-            for chunk in resp['Body'].iter_chunks(4 * 1024 * 1024):
+        with open(path, "wb") as handle:
+            for chunk in resp["Body"].iter_chunks(4 * 1024 * 1024):
                 digest.update(chunk)
                 handle.write(chunk)
-    source = {'type': 's3', 'bucket': bucket, 'key': rdb_key, 'manifest_key': manifest_key}
+    source = {"type": "s3", "bucket": bucket, "key": rdb_key, "manifest_key": manifest_key}
     return path, manifest, digest.hexdigest(), source
 
 
@@ -138,49 +154,61 @@ def verify_source(path, manifest, sha256, recorded_check_ok=False):
     """
     size = os.path.getsize(path)
     if manifest is not None:
-        if manifest.get('sha256') != sha256:
-            raise RestoreError(f'sha256 of the RDB ({sha256}) does not match the manifest ({manifest.get("sha256")}); '
-                               'the target was not changed')
-        if manifest.get('size') is not None and int(manifest['size']) != size:
-            raise RestoreError(f'RDB size {size} does not match the manifest ({manifest["size"]}); the target was not changed')
+        if manifest.get("sha256") != sha256:
+            raise RestoreError(
+                f"sha256 of the RDB ({sha256}) does not match the manifest ({manifest.get('sha256')}); "
+                "the target was not changed"
+            )
+        if manifest.get("size") is not None and int(manifest["size"]) != size:
+            raise RestoreError(
+                f"RDB size {size} does not match the manifest ({manifest['size']}); the target was not changed"
+            )
     if size == 0:
-        raise RestoreError('the RDB file is empty; the target was not changed')
-    replaces, reason = redis_verify.manifest_replaces_pass(manifest) if manifest is not None else (False, 'no manifest')
+        raise RestoreError("the RDB file is empty; the target was not changed")
+    replaces, reason = redis_verify.manifest_replaces_pass(manifest) if manifest is not None else (False, "no manifest")
     if recorded_check_ok and replaces:
         try:
             recorded = redis_verify.check_file_against_record(path, manifest, reason)
         except RdbError as exc:
-            raise RestoreError(f'the RDB is unusable: {exc}; the target was not changed') from None
+            raise RestoreError(f"the RDB is unusable: {exc}; the target was not changed") from None
         if recorded.summary.module_aux or recorded.summary.module_keys:
-            raise RestoreError(f'the RDB holds module data ({recorded.summary.module_keys} module keys, '
-                               f'{recorded.summary.module_aux} module aux sections); restoring module data is not '
-                               'supported; the target was not changed')
+            raise RestoreError(
+                f"the RDB holds module data ({recorded.summary.module_keys} module keys, "
+                f"{recorded.summary.module_aux} module aux sections); restoring module data is not "
+                "supported; the target was not changed"
+            )
         return recorded, None, None
-    handle = open(path, 'rb')  # pylint: disable=consider-using-with
+    handle = open(path, "rb")  # pylint: disable=consider-using-with
     try:
         buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         handle.close()
-        raise RestoreError(f'cannot map {path}: {exc}') from None
+        raise RestoreError(f"cannot map {path}: {exc}") from None
     try:
         rdb = redis_rdb.RdbFile(buf, check_crc=True)
         summary = rdb.scan(checkpoint_every=5000)
-        rdb.verification = 'full'
+        rdb.verification = "full"
         rdb.verification_reason = reason
     except RdbError as exc:
         buf.close()
         handle.close()
-        raise RestoreError(f'the RDB is unusable: {exc}; the target was not changed') from None
-    if manifest is not None and manifest.get('crc64') and summary.checksum_stored is not None \
-            and manifest['crc64'] != f'{summary.checksum_stored:016x}':
+        raise RestoreError(f"the RDB is unusable: {exc}; the target was not changed") from None
+    if (
+        manifest is not None
+        and manifest.get("crc64")
+        and summary.checksum_stored is not None
+        and manifest["crc64"] != f"{summary.checksum_stored:016x}"
+    ):
         buf.close()
         handle.close()
-        raise RestoreError('the RDB CRC64 does not match the manifest; the target was not changed')
+        raise RestoreError("the RDB CRC64 does not match the manifest; the target was not changed")
     if summary.module_aux or summary.module_keys:
         buf.close()
         handle.close()
-        raise RestoreError(f'the RDB holds module data ({summary.module_keys} module keys, {summary.module_aux} module aux '
-                           'sections); restoring module data is not supported; the target was not changed')
+        raise RestoreError(
+            f"the RDB holds module data ({summary.module_keys} module keys, {summary.module_aux} module aux "
+            "sections); restoring module data is not supported; the target was not changed"
+        )
     return rdb, buf, handle
 
 
@@ -188,48 +216,48 @@ def verify_source(path, manifest, sha256, recorded_check_ok=False):
 # Target helpers
 # --------------------------------------------------------------------------------------------------------------
 def _target_dbs(conn):
-    info = parse_info(conn.command('INFO', 'keyspace'))
-    return sorted(int(k[2:]) for k in info if k.startswith('db') and k[2:].isdigit())
+    info = parse_info(conn.command("INFO", "keyspace"))
+    return sorted(int(k[2:]) for k in info if k.startswith("db") and k[2:].isdigit())
 
 
 def target_keyspace(conn):
-    info = parse_info(conn.command('INFO', 'keyspace'))
+    info = parse_info(conn.command("INFO", "keyspace"))
     out = {}
     for key, value in info.items():
-        if key.startswith('db') and key[2:].isdigit():
-            fields = dict(p.split('=', 1) for p in value.split(',') if '=' in p)
-            out[key[2:]] = int(fields.get('keys', 0))
+        if key.startswith("db") and key[2:].isdigit():
+            fields = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+            out[key[2:]] = int(fields.get("keys", 0))
     return out
 
 
 def clear_target(conn, batch=1000):
     """Delete every key of every db: FLUSHALL when allowed, else SCAN + UNLINK (FLUSHALL disabled, as Bitnami does)."""
     try:
-        conn.command('FLUSHALL')
-        return 'flushall'
+        conn.command("FLUSHALL")
+        return "flushall"
     except ReplyError:
         pass
     for db in _target_dbs(conn):
-        conn.command('SELECT', db)
-        cursor = b'0'
+        conn.command("SELECT", db)
+        cursor = b"0"
         while True:
-            cursor, keys = conn.command('SCAN', cursor, 'COUNT', batch)
+            cursor, keys = conn.command("SCAN", cursor, "COUNT", batch)
             if keys:
-                conn.command('UNLINK', *keys)
-            if cursor in (b'0', 0, '0'):
+                conn.command("UNLINK", *keys)
+            if cursor in (b"0", 0, "0"):
                 break
         # keys written between SCAN passes (or missed by rehashing) are swept until the db is empty
-        while conn.command('DBSIZE'):
-            cursor, keys = conn.command('SCAN', 0, 'COUNT', batch)
+        while conn.command("DBSIZE"):
+            cursor, keys = conn.command("SCAN", 0, "COUNT", batch)
             if keys:
-                conn.command('UNLINK', *keys)
-    conn.command('SELECT', 0)
-    return 'scan_unlink'
+                conn.command("UNLINK", *keys)
+    conn.command("SELECT", 0)
+    return "scan_unlink"
 
 
 def _functions_supported(conn):
     try:
-        conn.command('FUNCTION', 'LIST')
+        conn.command("FUNCTION", "LIST")
         return True
     except ReplyError:
         return False
@@ -237,10 +265,10 @@ def _functions_supported(conn):
 
 def _config_get(conn, name):
     """A config value as str, None when the server does not know ``name``."""
-    reply = conn.command('CONFIG', 'GET', name)
+    reply = conn.command("CONFIG", "GET", name)
     if isinstance(reply, list) and len(reply) >= 2:
         value = reply[1]
-        return value.decode('utf-8', 'surrogateescape') if isinstance(value, bytes) else str(value)
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
     return None
 
 
@@ -263,7 +291,7 @@ class Target:
                     self.conn = RespConnection(self.params, timeout=60.0)
                 return self.conn.command(*args)
             except ReplyError as exc:
-                if not str(exc).startswith('LOADING') or time.monotonic() + delay > deadline:
+                if not str(exc).startswith("LOADING") or time.monotonic() + delay > deadline:
                     raise
             except RedisError:
                 self.close()
@@ -282,28 +310,31 @@ def enable_sanitize(conn):
     """``CONFIG SET sanitize-dump-payload yes`` (deep checks of every payload the target loads). Returns the previous
     value (None: the server has no such setting, Redis < 6.2)."""
     try:
-        previous = _config_get(conn, 'sanitize-dump-payload')
-        if previous is not None and previous != 'yes':
-            conn.command('CONFIG', 'SET', 'sanitize-dump-payload', 'yes')
+        previous = _config_get(conn, "sanitize-dump-payload")
+        if previous is not None and previous != "yes":
+            conn.command("CONFIG", "SET", "sanitize-dump-payload", "yes")
     except ReplyError as exc:
-        raise RestoreError(f'cannot turn on sanitize-dump-payload on the target ({exc}); the restore user needs '
-                           'CONFIG GET/SET; the target was not changed', {'target_state': 'unchanged'}) from None
+        raise RestoreError(
+            f"cannot turn on sanitize-dump-payload on the target ({exc}); the restore user needs "
+            "CONFIG GET/SET; the target was not changed",
+            {"target_state": "unchanged"},
+        ) from None
     return previous
 
 
 def put_back_config(target, name, value, failures):
     """CONFIG SET name value through ``target`` (a Target: fresh connections on failure); failures are collected."""
     try:
-        target.command('CONFIG', 'SET', name, value)
+        target.command("CONFIG", "SET", name, value)
     except RedisError as exc:
-        failures.append(f'CONFIG SET {name} back failed: {exc}')
+        failures.append(f"CONFIG SET {name} back failed: {exc}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Method: restore (pipelined RESTORE)
 # --------------------------------------------------------------------------------------------------------------
-_RESTORE_HEAD = b'*6\r\n$7\r\nRESTORE\r\n$'
-_RESTORE_TAIL = b'$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n'
+_RESTORE_HEAD = b"*6\r\n$7\r\nRESTORE\r\n$"
+_RESTORE_TAIL = b"$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n"
 
 
 def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, progress=None):
@@ -312,9 +343,9 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
     ``progress['confirmed']`` counts the RESTOREs the target has answered, so a dropped connection can say how far
     the restore got."""
     progress = {} if progress is None else progress
-    progress.setdefault('confirmed', 0)
+    progress.setdefault("confirmed", 0)
     buf = rdb.buf
-    version_bytes = struct.pack('<H', rdb.version)
+    version_bytes = struct.pack("<H", rdb.version)
     crc = redis_rdb.crc64_function()
     restored = {}
     expired = {}
@@ -322,9 +353,9 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
     current_db = None
     out = []
     out_size = 0
-    pending = 0          # replies not read yet
-    pending_keys = 0     # RESTOREs among them
-    sent_batches = []    # (reply count, RESTORE count) per batch in flight
+    pending = 0  # replies not read yet
+    pending_keys = 0  # RESTOREs among them
+    sent_batches = []  # (reply count, RESTORE count) per batch in flight
     for rec in rdb.records_between(start, stop, db):
         rdb_db = rec.db
         expire = rec.expire_ms
@@ -332,24 +363,32 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
             expired[rdb_db] = expired.get(rdb_db, 0) + 1
             continue
         if rdb_db != current_db:
-            cmd = encode_command(('SELECT', rdb_db))
+            cmd = encode_command(("SELECT", rdb_db))
             out.append(cmd)
             out_size += len(cmd)
             pending += 1
             current_db = rdb_db
-        body = buf[rec.start:rec.start + 1] + buf[rec.vpos:rec.end] + version_bytes
+        body = buf[rec.start : rec.start + 1] + buf[rec.vpos : rec.end] + version_bytes
         payload = body + _U64.pack(crc(body))
         key = rec.key
-        ttl = b'%d' % (expire if expire is not None and expire > 0 else 0)
-        cmd = b'%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s' % (
-            _RESTORE_HEAD, len(key), key, len(ttl), ttl, len(payload), payload, _RESTORE_TAIL)
+        ttl = b"%d" % (expire if expire is not None and expire > 0 else 0)
+        cmd = b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+            _RESTORE_HEAD,
+            len(key),
+            key,
+            len(ttl),
+            ttl,
+            len(payload),
+            payload,
+            _RESTORE_TAIL,
+        )
         out.append(cmd)
         out_size += len(cmd)
         pending += 1
         pending_keys += 1
         restored[rdb_db] = restored.get(rdb_db, 0) + 1
         if out_size >= batch_bytes:
-            conn.send(b''.join(out))
+            conn.send(b"".join(out))
             out = []
             out_size = 0
             sent_batches.append((pending, pending_keys))
@@ -357,26 +396,26 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
             if len(sent_batches) > 1:
                 count, keys = sent_batches.pop(0)
                 conn.read_status_replies(count, errors)
-                progress['confirmed'] += keys
+                progress["confirmed"] += keys
     if out:
-        conn.send(b''.join(out))
+        conn.send(b"".join(out))
         sent_batches.append((pending, pending_keys))
     for count, keys in sent_batches:
         conn.read_status_replies(count, errors)
-        progress['confirmed'] += keys
-    return {'restored': restored, 'expired': expired, 'errors': errors}
+        progress["confirmed"] += keys
+    return {"restored": restored, "expired": expired, "errors": errors}
 
 
 def _merge_counts(total, part):
-    for name in ('restored', 'expired'):
+    for name in ("restored", "expired"):
         for db, count in part[name].items():
             total[name][db] = total[name].get(db, 0) + count
-    total['errors'].extend(part['errors'])
+    total["errors"].extend(part["errors"])
 
 
 def _ranges(rdb, workers):
     """Split the key stream into ``workers`` contiguous ranges at recorded checkpoints: [(start, stop, db)]."""
-    points = [(redis_rdb.HEADER_LEN, 0)] + list(getattr(rdb, 'checkpoints', []))
+    points = [(redis_rdb.HEADER_LEN, 0)] + list(getattr(rdb, "checkpoints", []))
     if workers <= 1 or len(points) < 2:
         return [(redis_rdb.HEADER_LEN, None, 0)]
     step = len(points) / workers
@@ -400,18 +439,19 @@ class PartialRestore(Exception):
 def method_restore(params, rdb, now_ms):
     """Run RESTORE over ``connections`` connections (forked workers when > 1). Returns stats; raises PartialRestore
     (with the count of answered RESTOREs) when a connection or worker fails part way."""
-    workers = max(1, int(params.get('connections') or 1))
+    workers = max(1, int(params.get("connections") or 1))
     ranges = _ranges(rdb, workers)
-    total = {'restored': {}, 'expired': {}, 'errors': []}
+    total = {"restored": {}, "expired": {}, "errors": []}
     if len(ranges) == 1:
-        progress = {'confirmed': 0}
+        progress = {"confirmed": 0}
         conn = None
         try:
             conn = RespConnection(params, timeout=600.0)
-            _merge_counts(total, _restore_range(conn, rdb, ranges[0][0], ranges[0][1], ranges[0][2], now_ms,
-                                                progress=progress))
+            _merge_counts(
+                total, _restore_range(conn, rdb, ranges[0][0], ranges[0][1], ranges[0][2], now_ms, progress=progress)
+            )
         except (RedisError, OSError) as exc:
-            raise PartialRestore(str(exc), progress['confirmed']) from None
+            raise PartialRestore(str(exc), progress["confirmed"]) from None
         finally:
             if conn is not None:
                 conn.close()
@@ -422,19 +462,26 @@ def method_restore(params, rdb, now_ms):
         pid = os.fork()
         if pid == 0:  # child
             status = 0
-            progress = {'confirmed': 0}
+            progress = {"confirmed": 0}
             try:
                 os.close(read_fd)
                 conn = RespConnection(params, timeout=600.0)
                 part = _restore_range(conn, rdb, start, stop, db, now_ms, progress=progress)
                 conn.close()
-                data = json.dumps({'restored': part['restored'], 'expired': part['expired'],
-                                   'errors': part['errors'], 'confirmed': progress['confirmed']}).encode()
+                data = json.dumps(
+                    {
+                        "restored": part["restored"],
+                        "expired": part["expired"],
+                        "errors": part["errors"],
+                        "confirmed": progress["confirmed"],
+                    }
+                ).encode()
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                data = json.dumps({'fatal': f'{exc.__class__.__name__}: {exc}',
-                                   'confirmed': progress['confirmed']}).encode()
+                data = json.dumps(
+                    {"fatal": f"{exc.__class__.__name__}: {exc}", "confirmed": progress["confirmed"]}
+                ).encode()
                 status = 1
-            with os.fdopen(write_fd, 'wb') as handle:
+            with os.fdopen(write_fd, "wb") as handle:
                 handle.write(data)
             os._exit(status)  # pylint: disable=protected-access
         os.close(write_fd)
@@ -442,46 +489,46 @@ def method_restore(params, rdb, now_ms):
     fatal = []
     confirmed = 0
     for pid, read_fd in children:
-        with os.fdopen(read_fd, 'rb') as handle:
+        with os.fdopen(read_fd, "rb") as handle:
             data = handle.read()
         os.waitpid(pid, 0)
         try:
-            part = json.loads(data or b'{}')
+            part = json.loads(data or b"{}")
         except ValueError:
-            part = {'fatal': 'worker died without a result'}
-        confirmed += int(part.get('confirmed') or 0)
-        if 'fatal' in part or 'restored' not in part:
-            fatal.append(part.get('fatal', 'worker died without a result'))
+            part = {"fatal": "worker died without a result"}
+        confirmed += int(part.get("confirmed") or 0)
+        if "fatal" in part or "restored" not in part:
+            fatal.append(part.get("fatal", "worker died without a result"))
             continue
-        part['restored'] = {int(k): v for k, v in part['restored'].items()}
-        part['expired'] = {int(k): v for k, v in part['expired'].items()}
+        part["restored"] = {int(k): v for k, v in part["restored"].items()}
+        part["expired"] = {int(k): v for k, v in part["expired"].items()}
         _merge_counts(total, part)
     if fatal:
-        raise PartialRestore(f'restore worker failed: {fatal[0]}', confirmed)
+        raise PartialRestore(f"restore worker failed: {fatal[0]}", confirmed)
     return total
 
 
 def restore_functions(conn, rdb, mode):
     payload = rdb.function_payload()
     if payload is None:
-        if mode == 'replace':
+        if mode == "replace":
             try:
-                if conn.command('FUNCTION', 'LIST'):
-                    conn.command('FUNCTION', 'FLUSH')
+                if conn.command("FUNCTION", "LIST"):
+                    conn.command("FUNCTION", "FLUSH")
             except ReplyError:
                 pass
         return 0
-    conn.command('FUNCTION', 'RESTORE', payload, 'FLUSH' if mode == 'replace' else 'REPLACE')
+    conn.command("FUNCTION", "RESTORE", payload, "FLUSH" if mode == "replace" else "REPLACE")
     return len(rdb.summary.functions)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Method: replication (we act as the master)
 # --------------------------------------------------------------------------------------------------------------
-MARKER_PREFIX = 'hanzo-kms-restore:'
-MAX_COMMAND_ARGS = 8             # the replica handshake sends at most 5 arguments (REPLCONF capa eof capa psync2)
-MAX_ARG_BYTES = 64 * 1024        # AUTH carries the one-time password (which embeds the previous masterauth)
-MAX_PEERS = 8                    # concurrent handshakes; more connections are closed at once
+MARKER_PREFIX = "hanzo-kms-restore:"
+MAX_COMMAND_ARGS = 8  # the replica handshake sends at most 5 arguments (REPLCONF capa eof capa psync2)
+MAX_ARG_BYTES = 64 * 1024  # AUTH carries the one-time password (which embeds the previous masterauth)
+MAX_PEERS = 8  # concurrent handshakes; more connections are closed at once
 
 
 class _PeerGone(Exception):
@@ -492,7 +539,7 @@ def _peer_host(addr):
     """The peer's IP address as text, IPv4-mapped IPv6 addresses as plain IPv4."""
     host = addr[0]
     try:
-        ip = ipaddress.ip_address(host.split('%', 1)[0])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return host
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -502,14 +549,17 @@ def _peer_host(addr):
 
 def target_addresses(params):
     """Addresses the target may connect from: O(listen_allow_from), else what O(host) resolves to."""
-    if params.get('listen_allow_from'):
-        return {_peer_host((a,)) for a in params['listen_allow_from']}
-    host = params.get('host') or '127.0.0.1'
+    if params.get("listen_allow_from"):
+        return {_peer_host((a,)) for a in params["listen_allow_from"]}
+    host = params.get("host") or "127.0.0.1"
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError as exc:
-        raise RestoreError(f'cannot resolve the target host {host} ({exc}) to restrict the replication listener; '
-                           'set listen_allow_from; the target was not changed', {'target_state': 'unchanged'}) from None
+        raise RestoreError(
+            f"cannot resolve the target host {host} ({exc}) to restrict the replication listener; "
+            "set listen_allow_from; the target was not changed",
+            {"target_state": "unchanged"},
+        ) from None
     return {_peer_host(info[4]) for info in infos}
 
 
@@ -522,8 +572,18 @@ class ReplicationListener:
     accept loop. With ``tls_context`` every connection is TLS.
     """
 
-    def __init__(self, path, listen_host, listen_port, allowed, password, tls_context=None, handshake_timeout=10.0,
-                 send_timeout=60.0, payload=None):
+    def __init__(
+        self,
+        path,
+        listen_host,
+        listen_port,
+        allowed,
+        password,
+        tls_context=None,
+        handshake_timeout=10.0,
+        send_timeout=60.0,
+        payload=None,
+    ):
         self.path = path
         self.payload = payload or _FilePayload(path)
         self.allowed = set(allowed)
@@ -531,7 +591,7 @@ class ReplicationListener:
         self.tls_context = tls_context
         self.handshake_timeout = handshake_timeout
         self.send_timeout = send_timeout
-        family = socket.AF_INET6 if ':' in listen_host else socket.AF_INET
+        family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -539,8 +599,10 @@ class ReplicationListener:
             self.sock.listen(16)
         except OSError as exc:
             self.sock.close()
-            raise RestoreError(f'cannot listen on {listen_host}:{listen_port}: {exc}; the target was not changed',
-                               {'target_state': 'unchanged'}) from None
+            raise RestoreError(
+                f"cannot listen on {listen_host}:{listen_port}: {exc}; the target was not changed",
+                {"target_state": "unchanged"},
+            ) from None
         self.port = self.sock.getsockname()[1]
         self.replid = secrets.token_hex(20)
         self.error = None
@@ -555,7 +617,7 @@ class ReplicationListener:
         self._served = []
         self._open = set()  # sockets of handshakes in progress, closed by close()
         self._cpu_finished = 0.0
-        self.thread = threading.Thread(target=self._run, daemon=True, name='redis-restore-listener')
+        self.thread = threading.Thread(target=self._run, daemon=True, name="redis-restore-listener")
         self.thread.start()
 
     # ---- accept loop
@@ -614,7 +676,7 @@ class ReplicationListener:
         finally:
             with self._lock:
                 self._cpu_finished += time.thread_time()
-                current = [s for s in self._open if s is client or getattr(s, 'raw_peer', None) is client]
+                current = [s for s in self._open if s is client or getattr(s, "raw_peer", None) is client]
                 self._open.difference_update(current)
             if not served:
                 for sock in current or [client]:
@@ -640,35 +702,35 @@ class ReplicationListener:
             if not args:
                 continue
             name = args[0].upper()
-            if name == b'PING':
-                client.sendall(b'+PONG\r\n' if authed else b'-NOAUTH Authentication required.\r\n')
-            elif name == b'AUTH' and len(args) in (2, 3):
+            if name == b"PING":
+                client.sendall(b"+PONG\r\n" if authed else b"-NOAUTH Authentication required.\r\n")
+            elif name == b"AUTH" and len(args) in (2, 3):
                 # with masteruser set the target sends AUTH <user> <password>: the one-time password authenticates
                 if not hmac.compare_digest(args[-1], self.password):
-                    client.sendall(b'-WRONGPASS invalid username-password pair\r\n')
+                    client.sendall(b"-WRONGPASS invalid username-password pair\r\n")
                     return False
                 authed = True
-                client.sendall(b'+OK\r\n')
+                client.sendall(b"+OK\r\n")
             elif not authed:
-                client.sendall(b'-NOAUTH Authentication required.\r\n')
+                client.sendall(b"-NOAUTH Authentication required.\r\n")
                 return False
-            elif name == b'REPLCONF':
-                client.sendall(b'+OK\r\n')
-            elif name in (b'PSYNC', b'SYNC'):
+            elif name == b"REPLCONF":
+                client.sendall(b"+OK\r\n")
+            elif name in (b"PSYNC", b"SYNC"):
                 if self.stop.is_set():
                     return False  # closed: the RDB's directory is being removed
                 self._send_rdb(client, name)
                 return True
             else:
-                client.sendall(b'-ERR not a replica handshake\r\n')
+                client.sendall(b"-ERR not a replica handshake\r\n")
                 return False
 
     def _send_rdb(self, client, name):
         with self._serve_lock:  # one transfer at a time (the target reconnects after a failed one)
             client.settimeout(self.send_timeout)
             size = self.payload.size
-            head = b'+FULLRESYNC %s 0\r\n' % self.replid.encode() if name == b'PSYNC' else b''
-            client.sendall(head + b'$%d\r\n' % size)
+            head = b"+FULLRESYNC %s 0\r\n" % self.replid.encode() if name == b"PSYNC" else b""
+            client.sendall(head + b"$%d\r\n" % size)
             sent = self.payload.send(client)
             with self._lock:
                 self._served.append(client)  # kept open: a closed link makes the target resync
@@ -713,64 +775,68 @@ class _FilePayload:
         return os.path.getsize(self.path)
 
     def send(self, sock):
-        with open(self.path, 'rb') as handle:
+        with open(self.path, "rb") as handle:
             return sock.sendfile(handle)
 
 
 def _recv_some(client, buf, deadline):
     if time.monotonic() > deadline:
-        raise _PeerGone('handshake deadline passed')
+        raise _PeerGone("handshake deadline passed")
     data = client.recv(65536)  # the socket timeout bounds every read
     if not data:
-        raise _PeerGone('peer closed')
+        raise _PeerGone("peer closed")
     buf += data
 
 
 def _read_line(client, buf, deadline):
     while True:
-        idx = buf.find(b'\n')
+        idx = buf.find(b"\n")
         if idx >= 0:
-            line = bytes(buf[:idx]).rstrip(b'\r')
-            del buf[:idx + 1]
+            line = bytes(buf[:idx]).rstrip(b"\r")
+            del buf[: idx + 1]
             return line
         if len(buf) > MAX_ARG_BYTES:
-            raise _PeerGone('line too long')
+            raise _PeerGone("line too long")
         _recv_some(client, buf, deadline)
 
 
 def _read_command(client, buf, deadline):
     """One command (RESP multibulk or inline) as a list of bytes; bounded in argument count and size."""
     line = _read_line(client, buf, deadline)
-    if not line.startswith(b'*'):
+    if not line.startswith(b"*"):
         return line.split()
     count = int(line[1:])
     if not 0 < count <= MAX_COMMAND_ARGS:
-        raise _PeerGone('bad argument count')
+        raise _PeerGone("bad argument count")
     args = []
     for _unused in range(count):
         head = _read_line(client, buf, deadline)
-        if not head.startswith(b'$'):
-            raise _PeerGone('bad bulk header')
+        if not head.startswith(b"$"):
+            raise _PeerGone("bad bulk header")
         size = int(head[1:])
         if not 0 <= size <= MAX_ARG_BYTES:
-            raise _PeerGone('bad bulk size')
+            raise _PeerGone("bad bulk size")
         while len(buf) < size + 2:
             _recv_some(client, buf, deadline)
         args.append(bytes(buf[:size]))
-        del buf[:size + 2]
+        del buf[: size + 2]
     return args
 
 
 def _replication_state(conn):
-    info = parse_info(conn.command('INFO', 'replication'))
-    return {'role': info.get('role'), 'master_host': info.get('master_host'), 'master_port': info.get('master_port'),
-            'master_link_status': info.get('master_link_status')}
+    info = parse_info(conn.command("INFO", "replication"))
+    return {
+        "role": info.get("role"),
+        "master_host": info.get("master_host"),
+        "master_port": info.get("master_port"),
+        "master_link_status": info.get("master_link_status"),
+    }
 
 
 # ---- the marker: our one-time masterauth, which also records what to put back
 def _encode_marker(token, record):
-    blob = base64.urlsafe_b64encode(json.dumps(record, separators=(',', ':')).encode()).decode().rstrip('=')
-    return f'{MARKER_PREFIX}{token}.{blob}'
+    blob = base64.urlsafe_b64encode(json.dumps(record, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f"{MARKER_PREFIX}{token}.{blob}"
 
 
 def _decode_marker(value):
@@ -778,24 +844,27 @@ def _decode_marker(value):
     if not value or not value.startswith(MARKER_PREFIX):
         return None
     try:
-        blob = value[len(MARKER_PREFIX):].split('.', 1)[1]
-        record = json.loads(base64.urlsafe_b64decode(blob + '=' * (-len(blob) % 4)))
+        blob = value[len(MARKER_PREFIX) :].split(".", 1)[1]
+        record = json.loads(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)))
     except (IndexError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
 
 
 def _follows(state, address):
-    return bool(address) and state.get('role') == 'slave' and \
-        f'{state.get("master_host")}:{state.get("master_port")}' == address
+    return (
+        bool(address)
+        and state.get("role") == "slave"
+        and f"{state.get('master_host')}:{state.get('master_port')}" == address
+    )
 
 
 def _put_back_settings(target, record, failures):
     """The settings a replication restore changed besides masterauth (which goes last: it is the marker)."""
-    if record.get('sanitize') is not None:
-        put_back_config(target, 'sanitize-dump-payload', record['sanitize'], failures)
-    if record.get('disk_load') is not None:
-        put_back_config(target, 'repl-diskless-load', record['disk_load'], failures)
+    if record.get("sanitize") is not None:
+        put_back_config(target, "sanitize-dump-payload", record["sanitize"], failures)
+    if record.get("disk_load") is not None:
+        put_back_config(target, "repl-diskless-load", record["disk_load"], failures)
 
 
 def leftover_state(conn):
@@ -805,7 +874,7 @@ def leftover_state(conn):
     the settings to put back (see method_replication)."""
     state = _replication_state(conn)
     try:
-        masterauth = _config_get(conn, 'masterauth')
+        masterauth = _config_get(conn, "masterauth")
     except ReplyError:
         return None, state
     return _decode_marker(masterauth), state
@@ -817,45 +886,54 @@ def repair_leftover(params, conn, check_mode):
     record, state = leftover_state(conn)
     if record is None:
         return None
-    listener = record.get('listener')
-    report = {'listener': listener, 'following_listener': _follows(state, listener),
-              'previous_master': record.get('master')}
+    listener = record.get("listener")
+    report = {
+        "listener": listener,
+        "following_listener": _follows(state, listener),
+        "previous_master": record.get("master"),
+    }
     if check_mode:
-        report['would_repair'] = True
+        report["would_repair"] = True
         return report
     target = Target(params, conn)
     failures = []
-    if report['following_listener']:
-        target.command('REPLICAOF', 'NO', 'ONE', retry_for=float(params.get('timeout') or 3600))
+    if report["following_listener"]:
+        target.command("REPLICAOF", "NO", "ONE", retry_for=float(params.get("timeout") or 3600))
     _put_back_settings(target, record, failures)
-    put_back_config(target, 'masterauth', record.get('masterauth') or '', failures)
-    if report['following_listener'] and record.get('master'):
-        host, port = record['master']
-        target.command('REPLICAOF', host, port)
+    put_back_config(target, "masterauth", record.get("masterauth") or "", failures)
+    if report["following_listener"] and record.get("master"):
+        host, port = record["master"]
+        target.command("REPLICAOF", host, port)
     if failures:
-        raise RestoreError('could not repair what an interrupted restore left on the target: ' + '; '.join(failures),
-                           {'target_state': 'unknown', 'repaired': report})
-    report['repaired'] = True
+        raise RestoreError(
+            "could not repair what an interrupted restore left on the target: " + "; ".join(failures),
+            {"target_state": "unknown", "repaired": report},
+        )
+    report["repaired"] = True
     return report
 
 
 def listener_tls_context(params):
-    cert = params.get('listen_tls_cert')
+    cert = params.get("listen_tls_cert")
     if not cert:
-        raise RestoreError('the target replicates over TLS (tls-replication yes): set listen_tls_cert and '
-                           'listen_tls_key to a certificate the target trusts (its tls-ca-cert-file); '
-                           'the target was not changed', {'target_state': 'unchanged'})
+        raise RestoreError(
+            "the target replicates over TLS (tls-replication yes): set listen_tls_cert and "
+            "listen_tls_key to a certificate the target trusts (its tls-ca-cert-file); "
+            "the target was not changed",
+            {"target_state": "unchanged"},
+        )
     try:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert, params.get('listen_tls_key') or None)
-        if params.get('listen_tls_ca_cert'):
+        ctx.load_cert_chain(cert, params.get("listen_tls_key") or None)
+        if params.get("listen_tls_ca_cert"):
             # mutual TLS: the target presents its client certificate (tls-client-cert-file or tls-cert-file)
             ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cafile=params['listen_tls_ca_cert'])
+            ctx.load_verify_locations(cafile=params["listen_tls_ca_cert"])
     except (ssl.SSLError, OSError) as exc:
-        raise RestoreError(f'cannot load the listener certificate: {exc}; the target was not changed',
-                           {'target_state': 'unchanged'}) from None
+        raise RestoreError(
+            f"cannot load the listener certificate: {exc}; the target was not changed", {"target_state": "unchanged"}
+        ) from None
     return ctx
 
 
@@ -877,48 +955,70 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     ``disk_load`` is the target's ``repl-diskless-load`` before the streamed transfer changed it (None: unchanged);
     it goes into the record so that a crash leaves nothing a re-run cannot put back.
     """
-    listen_host = params.get('listen_host') or '127.0.0.1'
-    announce = params.get('announce_host') or listen_host
+    listen_host = params.get("listen_host") or "127.0.0.1"
+    announce = params.get("announce_host") or listen_host
     master = None
-    if previous.get('role') == 'slave' and previous.get('master_host'):
-        master = [previous['master_host'], int(previous['master_port'])]
+    if previous.get("role") == "slave" and previous.get("master_host"):
+        master = [previous["master_host"], int(previous["master_port"])]
     token = secrets.token_urlsafe(24)
     try:
         allowed = target_addresses(params)
-        tls_context = listener_tls_context(params) if _config_get(conn, 'tls-replication') == 'yes' else None
-        previous_auth = _config_get(conn, 'masterauth')
-        listener = ReplicationListener(rdb_path, listen_host, params.get('listen_port') or 0, allowed, token,
-                                       tls_context=tls_context, payload=payload)
+        tls_context = listener_tls_context(params) if _config_get(conn, "tls-replication") == "yes" else None
+        previous_auth = _config_get(conn, "masterauth")
+        listener = ReplicationListener(
+            rdb_path,
+            listen_host,
+            params.get("listen_port") or 0,
+            allowed,
+            token,
+            tls_context=tls_context,
+            payload=payload,
+        )
     except (RestoreError, RedisError):
         # nothing but sanitize-dump-payload was changed yet
-        if sanitize_previous not in (None, 'yes'):
-            put_back_config(Target(params, conn), 'sanitize-dump-payload', sanitize_previous, [])
+        if sanitize_previous not in (None, "yes"):
+            put_back_config(Target(params, conn), "sanitize-dump-payload", sanitize_previous, [])
         raise
-    address = f'{announce}:{listener.port}'
-    record = {'listener': address, 'masterauth': previous_auth, 'master': master, 'sanitize': sanitize_previous,
-              'disk_load': disk_load}
+    address = f"{announce}:{listener.port}"
+    record = {
+        "listener": address,
+        "masterauth": previous_auth,
+        "master": master,
+        "sanitize": sanitize_previous,
+        "disk_load": disk_load,
+    }
     listener.password = _encode_marker(token, record).encode()
     target = Target(params, conn, retry_for=300.0)
     failure = None
     attached = False  # REPLICAOF sent (its reply may be lost with the connection, so "sent" counts)
     try:
-        target.command('CONFIG', 'SET', 'masterauth', listener.password)
+        target.command("CONFIG", "SET", "masterauth", listener.password)
         attached = True
-        target.command('REPLICAOF', announce, listener.port)
+        target.command("REPLICAOF", announce, listener.port)
         deadline = time.monotonic() + timeout
         while True:
-            info = parse_info(target.command('INFO', 'replication'))
-            persistence = parse_info(target.command('INFO', 'persistence'))
+            info = parse_info(target.command("INFO", "replication"))
+            persistence = parse_info(target.command("INFO", "persistence"))
             if listener.error is not None:
                 _raise_listener_error(listener.error)
-            if info.get('master_link_status') == 'up' and persistence.get('loading') == '0' \
-                    and info.get('master_sync_in_progress') == '0' and listener.done.is_set():
+            if (
+                info.get("master_link_status") == "up"
+                and persistence.get("loading") == "0"
+                and info.get("master_sync_in_progress") == "0"
+                and listener.done.is_set()
+            ):
                 break
             if time.monotonic() > deadline:
-                refused = f'; it refused connections from {", ".join(sorted(listener.refused_from))} ' \
-                    '(not in listen_allow_from)' if listener.refused_from else ''
-                raise RestoreError(f'the target did not finish loading the RDB from {address} within {timeout:.0f}s '
-                                   f'(can it reach the listener?){refused}')
+                refused = (
+                    f"; it refused connections from {', '.join(sorted(listener.refused_from))} "
+                    "(not in listen_allow_from)"
+                    if listener.refused_from
+                    else ""
+                )
+                raise RestoreError(
+                    f"the target did not finish loading the RDB from {address} within {timeout:.0f}s "
+                    f"(can it reach the listener?){refused}"
+                )
             time.sleep(0.02)  # INFO polling interval while the target loads
     except (RedisError, RestoreError, redis_restore_stream.NeedsFilePass) as exc:
         failure = exc
@@ -926,26 +1026,39 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
         listener.close()
     state, problems = _detach(target, record, attached)
     target.close()
-    result = {'sent': listener.sent, 'listener': address, 'tls': tls_context is not None,
-              'rejected_connections': listener.rejected,
-              'previous_replication': {k: previous.get(k) for k in ('role', 'master_host', 'master_port')}}
+    result = {
+        "sent": listener.sent,
+        "listener": address,
+        "tls": tls_context is not None,
+        "rejected_connections": listener.rejected,
+        "previous_replication": {k: previous.get(k) for k in ("role", "master_host", "master_port")},
+    }
     if problems:
         raise RestoreError(
-            f'{"the restore failed (" + str(failure) + ") and " if failure else ""}the target could not be put back: '
-            + '; '.join(problems) + f'. Its state: {state}; a re-run of this module repairs it (it recognises the '
-            'one-time masterauth it set), or run REPLICAOF NO ONE and CONFIG SET masterauth by hand',
-            {'target_state': state, 'replication': result})
+            f"{'the restore failed (' + str(failure) + ') and ' if failure else ''}the target could not be put back: "
+            + "; ".join(problems)
+            + f". Its state: {state}; a re-run of this module repairs it (it recognises the "
+            "one-time masterauth it set), or run REPLICAOF NO ONE and CONFIG SET masterauth by hand",
+            {"target_state": state, "replication": result},
+        )
     if isinstance(failure, redis_restore_stream.NeedsFilePass):
         raise failure  # the target is back and never got the last bytes: serve a verified copy instead
     if isinstance(failure, _RefusedInTransfer):
-        raise RestoreError(f'{failure}; the target was detached from the listener, is writable again and kept its '
-                           'data (it never received the last bytes)', {'target_state': 'unchanged', 'replication': result})
+        raise RestoreError(
+            f"{failure}; the target was detached from the listener, is writable again and kept its "
+            "data (it never received the last bytes)",
+            {"target_state": "unchanged", "replication": result},
+        )
     if failure is not None and not attached:
-        raise RestoreError(f'{failure}; the target was not changed', {'target_state': 'unchanged', 'replication': result})
+        raise RestoreError(
+            f"{failure}; the target was not changed", {"target_state": "unchanged", "replication": result}
+        )
     if failure is not None:
-        raise RestoreError(f'{failure}; the target was detached from the listener and is writable again '
-                           '(it holds its previous data unless the load had completed)',
-                           {'target_state': 'not_restored', 'replication': result})
+        raise RestoreError(
+            f"{failure}; the target was detached from the listener and is writable again "
+            "(it holds its previous data unless the load had completed)",
+            {"target_state": "not_restored", "replication": result},
+        )
     return result, state
 
 
@@ -955,10 +1068,10 @@ class _RefusedInTransfer(RestoreError):
 
 def _raise_listener_error(error):
     if isinstance(error, redis_restore_stream.VerificationFailed):
-        raise _RefusedInTransfer(f'refused during the transfer, the link was dropped before the last bytes: {error}')
+        raise _RefusedInTransfer(f"refused during the transfer, the link was dropped before the last bytes: {error}")
     if isinstance(error, redis_restore_stream.NeedsFilePass):
         raise error
-    raise RestoreError(f'replication listener failed: {error}')
+    raise RestoreError(f"replication listener failed: {error}")
 
 
 def _detach(target, record, attached=True):
@@ -968,43 +1081,47 @@ def _detach(target, record, attached=True):
     problems = []
     try:
         if attached:
-            target.command('REPLICAOF', 'NO', 'ONE')
+            target.command("REPLICAOF", "NO", "ONE")
     except RedisError as exc:
-        problems.append(f'REPLICAOF NO ONE failed: {exc}')
+        problems.append(f"REPLICAOF NO ONE failed: {exc}")
     _put_back_settings(target, record, problems)
     if not problems:
-        put_back_config(target, 'masterauth', record.get('masterauth') or '', problems)
-    if not problems and record.get('master') and attached:
+        put_back_config(target, "masterauth", record.get("masterauth") or "", problems)
+    if not problems and record.get("master") and attached:
         try:
-            target.command('REPLICAOF', *record['master'])
+            target.command("REPLICAOF", *record["master"])
         except RedisError as exc:
-            problems.append(f'REPLICAOF {record["master"][0]} {record["master"][1]} failed: {exc}')
+            problems.append(f"REPLICAOF {record['master'][0]} {record['master'][1]} failed: {exc}")
     try:
         state = _replication_state(target)
     except RedisError as exc:
-        problems.append(f'cannot read its replication state: {exc}')
-        return 'unknown', problems
-    if _follows(state, record['listener']):
-        return 'replica_of_listener', problems
-    if record.get('master'):
-        expected = f'{record["master"][0]}:{record["master"][1]}'
+        problems.append(f"cannot read its replication state: {exc}")
+        return "unknown", problems
+    if _follows(state, record["listener"]):
+        return "replica_of_listener", problems
+    if record.get("master"):
+        expected = f"{record['master'][0]}:{record['master'][1]}"
         if not _follows(state, expected):
-            problems.append(f'it is not a replica of its previous master {expected} again')
-            return 'restored_not_reattached' if state.get('role') == 'master' else 'unknown', problems
-        return 'restored_replica', problems
-    if state.get('role') != 'master':
-        problems.append(f'it is still a replica of {state.get("master_host")}:{state.get("master_port")}')
-        return 'read_only', problems
-    return 'restored', problems
+            problems.append(f"it is not a replica of its previous master {expected} again")
+            return "restored_not_reattached" if state.get("role") == "master" else "unknown", problems
+        return "restored_replica", problems
+    if state.get("role") != "master":
+        problems.append(f"it is still a replica of {state.get('master_host')}:{state.get('master_port')}")
+        return "read_only", problems
+    return "restored", problems
 
 
 def can_reach_listener(params):
     """True when the target can connect back to our listener (MIGRATE-free check: a short REPLICAOF is not used)."""
-    listen_host = params.get('listen_host') or '127.0.0.1'
-    announce = params.get('announce_host') or listen_host
-    target_host = params.get('host') or '127.0.0.1'
+    listen_host = params.get("listen_host") or "127.0.0.1"
+    announce = params.get("announce_host") or listen_host
+    target_host = params.get("host") or "127.0.0.1"
     # without an explicit announce address we only claim reachability for a target on loopback
-    return bool(params.get('announce_host')) or target_host in ('127.0.0.1', 'localhost', '::1') and announce == listen_host
+    return (
+        bool(params.get("announce_host"))
+        or target_host in ("127.0.0.1", "localhost", "::1")
+        and announce == listen_host
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1012,7 +1129,7 @@ def can_reach_listener(params):
 # --------------------------------------------------------------------------------------------------------------
 def _server_running(params):
     try:
-        sock = socket.create_connection((params.get('host') or '127.0.0.1', int(params.get('port') or 6379)), timeout=1)
+        sock = socket.create_connection((params.get("host") or "127.0.0.1", int(params.get("port") or 6379)), timeout=1)
     except OSError:
         return False
     sock.close()
@@ -1023,48 +1140,50 @@ def method_file(params, rdb_path, stamp):
     """Write the RDB as ``dbfilename`` into ``data_dir``; if the server uses an AOF, move it aside and put in its place
     an AOF whose base is this RDB (Redis 7 multi-part AOF manifest; a single RDB-preamble file before 7.0), so the next
     start loads the RDB whether or not ``appendonly`` is on."""
-    data_dir = params['data_dir']
+    data_dir = params["data_dir"]
     if not os.path.isdir(data_dir):
-        raise RestoreError(f'data_dir {data_dir} does not exist')
-    if params.get('check_stopped', True) and _server_running(params):
-        raise RestoreError(f'a server still answers on {params.get("host")}:{params.get("port")}; method file needs it '
-                           'stopped (set check_stopped=false if that address belongs to another server); '
-                           'the target was not changed')
-    target = os.path.join(data_dir, params.get('dbfilename') or RDB_NAME)
+        raise RestoreError(f"data_dir {data_dir} does not exist")
+    if params.get("check_stopped", True) and _server_running(params):
+        raise RestoreError(
+            f"a server still answers on {params.get('host')}:{params.get('port')}; method file needs it "
+            "stopped (set check_stopped=false if that address belongs to another server); "
+            "the target was not changed"
+        )
+    target = os.path.join(data_dir, params.get("dbfilename") or RDB_NAME)
     _copy_atomic(rdb_path, target)
-    aof_dir_name = params.get('appenddirname') or 'appendonlydir'
-    aof_name = params.get('appendfilename') or 'appendonly.aof'
+    aof_dir_name = params.get("appenddirname") or "appendonlydir"
+    aof_name = params.get("appendfilename") or "appendonly.aof"
     aof_dir = os.path.join(data_dir, aof_dir_name)
     aof_single = os.path.join(data_dir, aof_name)
     moved = []
     for path in (aof_dir, aof_single):
         if os.path.exists(path):
-            aside = f'{path}.before-restore-{stamp}'
+            aside = f"{path}.before-restore-{stamp}"
             os.rename(path, aside)
             moved.append(aside)
-    aof_mode = params.get('aof') or 'auto'
+    aof_mode = params.get("aof") or "auto"
     written = []
-    if aof_mode == 'yes' or (aof_mode == 'auto' and moved):
-        if any(m.startswith(aof_dir + '.') for m in moved) or not moved:
+    if aof_mode == "yes" or (aof_mode == "auto" and moved):
+        if any(m.startswith(aof_dir + ".") for m in moved) or not moved:
             os.mkdir(aof_dir)
-            base = f'{aof_name}.1.base.rdb'
+            base = f"{aof_name}.1.base.rdb"
             _copy_atomic(rdb_path, os.path.join(aof_dir, base))
-            manifest = os.path.join(aof_dir, f'{aof_name}.manifest')
-            with open(manifest + '.tmp', 'w', encoding='ascii') as handle:
-                handle.write(f'file {base} seq 1 type b\n')
-            os.replace(manifest + '.tmp', manifest)
+            manifest = os.path.join(aof_dir, f"{aof_name}.manifest")
+            with open(manifest + ".tmp", "w", encoding="ascii") as handle:
+                handle.write(f"file {base} seq 1 type b\n")
+            os.replace(manifest + ".tmp", manifest)
             written = [os.path.join(aof_dir, base), manifest]
         else:
             # Redis < 7: one AOF file; an RDB is a valid AOF "preamble"
             _copy_atomic(rdb_path, aof_single)
             written = [aof_single]
-    return {'path': target, 'aof_moved_aside': moved, 'aof_written': written}
+    return {"path": target, "aof_moved_aside": moved, "aof_written": written}
 
 
 def _copy_atomic(src, dest):
-    tmp = dest + '.restore-tmp'
+    tmp = dest + ".restore-tmp"
     shutil.copyfile(src, tmp)
-    with open(tmp, 'rb') as handle:
+    with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, dest)
 
@@ -1075,10 +1194,12 @@ def _copy_atomic(src, dest):
 def _wait_loaded(conn, timeout):
     """Wait while the target loads an RDB (it refuses most commands with -LOADING meanwhile)."""
     deadline = time.monotonic() + timeout
-    while parse_info(conn.command('INFO', 'persistence')).get('loading') == '1':
+    while parse_info(conn.command("INFO", "persistence")).get("loading") == "1":
         if time.monotonic() > deadline:
-            raise RestoreError(f'the target is still loading a dataset after {timeout:.0f}s; the target was not changed',
-                               {'target_state': 'unchanged'})
+            raise RestoreError(
+                f"the target is still loading a dataset after {timeout:.0f}s; the target was not changed",
+                {"target_state": "unchanged"},
+            )
         time.sleep(0.1)  # polling interval while the target loads
 
 
@@ -1090,21 +1211,24 @@ def _restore_keys(params, target, rdb, mode, now_ms, summary, sanitize_previous,
     try:
         confirmed = 0
         try:
-            if mode == 'replace':
-                result['cleared_with'] = clear_target(target.conn)
+            if mode == "replace":
+                result["cleared_with"] = clear_target(target.conn)
             stats = method_restore(params, rdb, now_ms)
             confirmed = total
-            result['functions_restored'] = restore_functions(target.conn, rdb, mode) \
-                if (summary.functions or mode == 'replace') and _functions_supported(target.conn) else 0
+            result["functions_restored"] = (
+                restore_functions(target.conn, rdb, mode)
+                if (summary.functions or mode == "replace") and _functions_supported(target.conn)
+                else 0
+            )
         except PartialRestore as exc:
             raise _partial(params, target, mode, exc.confirmed, total, str(exc), result) from None
         except (RedisError, OSError) as exc:
             raise _partial(params, target, mode, confirmed, total, str(exc), result) from None
     finally:
-        if sanitize_previous not in (None, 'yes'):
-            put_back_config(target, 'sanitize-dump-payload', sanitize_previous, failures)
+        if sanitize_previous not in (None, "yes"):
+            put_back_config(target, "sanitize-dump-payload", sanitize_previous, failures)
     if failures:
-        raise RestoreError('the restore completed but ' + '; '.join(failures), dict(result, target_state='restored'))
+        raise RestoreError("the restore completed but " + "; ".join(failures), dict(result, target_state="restored"))
     return stats
 
 
@@ -1113,16 +1237,25 @@ def _partial(params, target, mode, confirmed, total, cause, result):
     target.close()  # the connection that failed; the next command opens a fresh one
     try:
         held = target_keyspace(Target(params, retry_for=10.0))
-        holds = f'; the target now holds {sum(held.values())} keys'
+        holds = f"; the target now holds {sum(held.values())} keys"
     except RedisError:
-        held, holds = None, ''
-    rerun = (f'a re-run (mode=replace) clears the target and restores all {total} keys again' if mode == 'replace'
-             else f'a re-run (mode=merge) restores all {total} keys of the backup again (RESTORE ... REPLACE) and '
-             'keeps the keys the backup does not have')
-    return RestoreError(f'the target is partially restored: {confirmed} of {total} keys confirmed restored{holds} '
-                        f'({cause}); {rerun}',
-                        dict(result, target_state='partially_restored', keys_confirmed=confirmed, keys_total=total,
-                             target_keys_after=held))
+        held, holds = None, ""
+    rerun = (
+        f"a re-run (mode=replace) clears the target and restores all {total} keys again"
+        if mode == "replace"
+        else f"a re-run (mode=merge) restores all {total} keys of the backup again (RESTORE ... REPLACE) and "
+        "keeps the keys the backup does not have"
+    )
+    return RestoreError(
+        f"the target is partially restored: {confirmed} of {total} keys confirmed restored{holds} ({cause}); {rerun}",
+        dict(
+            result,
+            target_state="partially_restored",
+            keys_confirmed=confirmed,
+            keys_total=total,
+            target_keys_after=held,
+        ),
+    )
 
 
 def _db_dict(counts):
@@ -1131,92 +1264,112 @@ def _db_dict(counts):
 
 def run_restore(params, s3_client_factory=None, check_mode=False):
     started = time.monotonic()
-    method = params.get('method') or 'auto'
-    mode = params.get('mode') or 'replace'
-    if method == 'replication' and mode != 'replace':
-        raise RestoreError('method replication replaces the whole dataset; use mode=replace or method=restore')
-    workdir = tempfile.mkdtemp(prefix='redis-rdb-restore-', dir=params.get('tmp_dir') or None)
+    method = params.get("method") or "auto"
+    mode = params.get("mode") or "replace"
+    if method == "replication" and mode != "replace":
+        raise RestoreError("method replication replaces the whole dataset; use mode=replace or method=restore")
+    workdir = tempfile.mkdtemp(prefix="redis-rdb-restore-", dir=params.get("tmp_dir") or None)
     buf = handle = stream = None
     # methods that never parse the RDB themselves may rely on a structure check recorded in the manifest
-    recorded_check_ok = method in ('replication', 'file') or (method == 'auto' and mode == 'replace'
-                                                              and can_reach_listener(params))
+    recorded_check_ok = method in ("replication", "file") or (
+        method == "auto" and mode == "replace" and can_reach_listener(params)
+    )
     try:
-        if params.get('src'):
-            path = params['src']
+        if params.get("src"):
+            path = params["src"]
             if not os.path.isfile(path):
-                raise RestoreError(f'src {path} does not exist')
+                raise RestoreError(f"src {path} does not exist")
             manifest = None
-            manifest_path = params.get('manifest') or (path + '.manifest.json')
+            manifest_path = params.get("manifest") or (path + ".manifest.json")
             if os.path.isfile(manifest_path):
-                with open(manifest_path, 'rb') as mhandle:
+                with open(manifest_path, "rb") as mhandle:
                     manifest = _load_manifest_bytes(mhandle.read(), manifest_path)
             sha256 = sha256_file(path)
-            if params.get('sha256') and params['sha256'] != sha256:
-                raise RestoreError(f'sha256 of {path} ({sha256}) is not the expected {params["sha256"]}; '
-                                   'the target was not changed')
-            source = {'type': 'file', 'path': path, 'manifest': manifest_path if manifest else None}
+            if params.get("sha256") and params["sha256"] != sha256:
+                raise RestoreError(
+                    f"sha256 of {path} ({sha256}) is not the expected {params['sha256']}; the target was not changed"
+                )
+            source = {"type": "file", "path": path, "manifest": manifest_path if manifest else None}
         else:
             client = s3_client_factory()
             stream = _open_stream(client, params, method, mode, check_mode)
             if stream is None:
                 path, manifest, sha256, source = fetch_s3_source(client, params, workdir)
         if stream is not None:
-            rdb, source, sha256 = stream, stream.source, stream.manifest['sha256']
+            rdb, source, sha256 = stream, stream.source, stream.manifest["sha256"]
         else:
             rdb, buf, handle = verify_source(path, manifest, sha256, recorded_check_ok)
         summary = rdb.summary  # None until the end of the transfer for a streamed full pass
-        result = {'changed': False, 'method': method, 'mode': mode, 'source': source, 'sha256': sha256,
-                  'rdb_version': rdb.version, 'verification': rdb.verification,
-                  'verification_reason': rdb.verification_reason}
+        result = {
+            "changed": False,
+            "method": method,
+            "mode": mode,
+            "source": source,
+            "sha256": sha256,
+            "rdb_version": rdb.version,
+            "verification": rdb.verification,
+            "verification_reason": rdb.verification_reason,
+        }
         if summary is not None:
             result.update(_summary_fields(summary))
-        if method == 'file':
-            result['changed'] = True
+        if method == "file":
+            result["changed"] = True
             if not check_mode:
                 result.update(method_file(params, path, utcnow_compact()))
-            result['duration'] = round(time.monotonic() - started, 3)
+            result["duration"] = round(time.monotonic() - started, 3)
             return result
 
         conn = RespConnection(params, timeout=600.0)
         try:
-            _wait_loaded(conn, float(params.get('timeout') or 3600))
+            _wait_loaded(conn, float(params.get("timeout") or 3600))
             info = server_info(conn)
-            if not rdb_loadable(rdb.version, info['server'], info['version']):
-                raise RestoreError(f'the RDB has version {rdb.version} but the target {info["server"]} {info["version"]} '
-                                   f'loads RDB versions up to {rdb_version_for(info["server"], info["version"])}; '
-                                   'restore onto the same or a newer server; the target was not changed')
+            if not rdb_loadable(rdb.version, info["server"], info["version"]):
+                raise RestoreError(
+                    f"the RDB has version {rdb.version} but the target {info['server']} {info['version']} "
+                    f"loads RDB versions up to {rdb_version_for(info['server'], info['version'])}; "
+                    "restore onto the same or a newer server; the target was not changed"
+                )
             repaired = repair_leftover(params, conn, check_mode)
             if repaired:
-                result['repaired'] = repaired
+                result["repaired"] = repaired
             if summary is not None and summary.functions and not _functions_supported(conn):
-                raise RestoreError('the RDB holds functions but the target has no FUNCTION command; the target was not changed')
+                raise RestoreError(
+                    "the RDB holds functions but the target has no FUNCTION command; the target was not changed"
+                )
             before = target_keyspace(conn)
-            result.update(target_server=info['server'], target_version=info['version'], target_keys_before=before)
-            if method == 'auto':
-                method = 'replication' if mode == 'replace' and can_reach_listener(params) else 'restore'
-                result['method'] = method
+            result.update(target_server=info["server"], target_version=info["version"], target_keys_before=before)
+            if method == "auto":
+                method = "replication" if mode == "replace" and can_reach_listener(params) else "restore"
+                result["method"] = method
             now_ms = int(time.time() * 1000)
-            result['changed'] = summary is None or bool(summary.keys_per_db or summary.functions
-                                                        or (mode == 'replace' and any(before.values()))
-                                                        or (repaired and not check_mode))
+            result["changed"] = summary is None or bool(
+                summary.keys_per_db
+                or summary.functions
+                or (mode == "replace" and any(before.values()))
+                or (repaired and not check_mode)
+            )
             if check_mode:
-                result['would_restore_per_db'] = _db_dict(summary.keys_per_db)
-                result['duration'] = round(time.monotonic() - started, 3)
+                result["would_restore_per_db"] = _db_dict(summary.keys_per_db)
+                result["duration"] = round(time.monotonic() - started, 3)
                 return result
             previous = _replication_state(conn)
             sanitize_previous = enable_sanitize(conn)
-            result['sanitize_dump_payload'] = {'during': 'yes' if sanitize_previous is not None else None,
-                                               'previous': sanitize_previous}
-            if method == 'replication':
-                timeout = float(params.get('timeout') or 3600)
+            result["sanitize_dump_payload"] = {
+                "during": "yes" if sanitize_previous is not None else None,
+                "previous": sanitize_previous,
+            }
+            if method == "replication":
+                timeout = float(params.get("timeout") or 3600)
                 if stream is not None:
-                    result['replication'], result['target_state'] = _replicate_stream(
-                        params, conn, stream, timeout, previous, sanitize_previous, client, workdir)
+                    result["replication"], result["target_state"] = _replicate_stream(
+                        params, conn, stream, timeout, previous, sanitize_previous, client, workdir
+                    )
                     summary = stream.summary
                     result.update(_summary_fields(summary), verification_reason=stream.verification_reason)
                 else:
-                    result['replication'], result['target_state'] = method_replication(
-                        params, conn, path, timeout, previous, sanitize_previous)
+                    result["replication"], result["target_state"] = method_replication(
+                        params, conn, path, timeout, previous, sanitize_previous
+                    )
                 conn = Target(params)  # method_replication's connection may have been replaced (and is closed)
                 expired = {}
                 restored = {int(k): v for k, v in target_keyspace(conn).items()}
@@ -1224,24 +1377,33 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             else:
                 conn = Target(params, conn)
                 stats = _restore_keys(params, conn, rdb, mode, now_ms, summary, sanitize_previous, result)
-                restored, expired, errors = stats['restored'], stats['expired'], stats['errors']
-                result['target_state'] = 'restored'
+                restored, expired, errors = stats["restored"], stats["expired"], stats["errors"]
+                result["target_state"] = "restored"
             after = target_keyspace(conn)
         finally:
             conn.close()
         skipped = {}
         for db, count in summary.keys_per_db.items():
             rest = count - restored.get(db, 0) - expired.get(db, 0)
-            if rest > 0 and method != 'replication':
+            if rest > 0 and method != "replication":
                 skipped[db] = rest
-        result.update(changed=True, keys_restored=_db_dict(restored), keys_expired=_db_dict(expired),
-                      keys_skipped=_db_dict(skipped), target_keys_after=after,
-                      errors=[e for e in errors if e][:20], error_count=len(errors),
-                      duration=round(time.monotonic() - started, 3))
+        result.update(
+            changed=True,
+            keys_restored=_db_dict(restored),
+            keys_expired=_db_dict(expired),
+            keys_skipped=_db_dict(skipped),
+            target_keys_after=after,
+            errors=[e for e in errors if e][:20],
+            error_count=len(errors),
+            duration=round(time.monotonic() - started, 3),
+        )
         if errors:
-            result['target_state'] = 'partially_restored'
-            raise RestoreError(f'{len(errors)} commands failed during the restore (first: '
-                               f'{next((e for e in errors if e), "?")}); the target is partially restored', result)
+            result["target_state"] = "partially_restored"
+            raise RestoreError(
+                f"{len(errors)} commands failed during the restore (first: "
+                f"{next((e for e in errors if e), '?')}); the target is partially restored",
+                result,
+            )
         return result
     finally:
         if stream is not None:
@@ -1254,7 +1416,11 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
 
 
 def _summary_fields(summary):
-    return {'bytes': summary.size, 'backup_keys_per_db': _db_dict(summary.keys_per_db), 'functions': len(summary.functions)}
+    return {
+        "bytes": summary.size,
+        "backup_keys_per_db": _db_dict(summary.keys_per_db),
+        "functions": len(summary.functions),
+    }
 
 
 def _open_stream(client, params, method, mode, check_mode):
@@ -1264,7 +1430,7 @@ def _open_stream(client, params, method, mode, check_mode):
     try:
         return redis_restore_stream.open_s3_stream(client, params, resolve_s3_source, read_s3_manifest)
     except redis_restore_stream.VerificationFailed as exc:
-        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
+        raise RestoreError(str(exc), {"target_state": "unchanged"}) from None
 
 
 def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous, client, workdir):
@@ -1273,15 +1439,16 @@ def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous
 
     def serve(payload=None, path=None, disk_load=None):
         # method_replication closes the connection it was given: a second attempt gets a fresh one
-        target = RespConnection(params, timeout=60.0) if state.get('served') else conn
-        state['served'] = True
-        result, state['target_state'] = method_replication(params, target, path, timeout, previous, sanitize_previous,
-                                                           payload=payload, disk_load=disk_load)
+        target = RespConnection(params, timeout=60.0) if state.get("served") else conn
+        state["served"] = True
+        result, state["target_state"] = method_replication(
+            params, target, path, timeout, previous, sanitize_previous, payload=payload, disk_load=disk_load
+        )
         return result
 
     def verify_file(path):
         # the recorded check still applies to a copy of the same bytes; a streamed pass that gave up needs the full one
-        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path), stream.verification == 'manifest')
+        rdb, buf, handle = verify_source(path, stream.manifest, sha256_file(path), stream.verification == "manifest")
         if buf is not None:
             buf.close()
             handle.close()
@@ -1293,5 +1460,5 @@ def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous
     try:
         result = redis_restore_stream.replicate(params, stream, timeout, serve, verify_file, workdir, refetch)
     except redis_restore_stream.VerificationFailed as exc:
-        raise RestoreError(str(exc), {'target_state': 'unchanged'}) from None
-    return result, state['target_state']
+        raise RestoreError(str(exc), {"target_state": "unchanged"}) from None
+    return result, state["target_state"]

@@ -15,6 +15,7 @@ The target's ``repl-diskless-load`` is read first and set to ``disabled`` for th
 on failure); when it cannot be read or set, the RDB is downloaded and verified completely before it is served
 (verify-then-send). Plain Python (boto3 for S3).
 """
+
 from __future__ import annotations
 
 import queue
@@ -24,11 +25,11 @@ import threading
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_verify
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, ReplyError, RespConnection
 
-CHUNK = 1024 * 1024       # S3 read size
-PREFETCH = 8              # chunks read ahead of the sender (bounded memory: PREFETCH x CHUNK)
-HOLD_BACK = 64 * 1024     # bytes kept from the replica until every check passed
+CHUNK = 1024 * 1024  # S3 read size
+PREFETCH = 8  # chunks read ahead of the sender (bounded memory: PREFETCH x CHUNK)
+HOLD_BACK = 64 * 1024  # bytes kept from the replica until every check passed
 STREAM_MAX_RECORD = 32 * 1024 * 1024  # larger records: the streamed pass gives up and a downloaded copy is checked
-NOT_CHANGED = 'the target was not changed'
+NOT_CHANGED = "the target was not changed"
 
 
 class VerificationFailed(Exception):
@@ -41,9 +42,9 @@ class NeedsFilePass(Exception):
 
 def wants_stream(params, method, mode, check_mode, can_reach_listener):
     """Whether this restore takes the overlapped path (S3 source, replication, not check mode, not disabled)."""
-    if check_mode or params.get('src') or not params.get('overlap_transfer', True) or mode != 'replace':
+    if check_mode or params.get("src") or not params.get("overlap_transfer", True) or mode != "replace":
         return False
-    return method == 'replication' or (method == 'auto' and can_reach_listener(params))
+    return method == "replication" or (method == "auto" and can_reach_listener(params))
 
 
 class S3RdbStream:
@@ -55,12 +56,12 @@ class S3RdbStream:
         self.bucket = bucket
         self.key = key
         replaces, reason = redis_verify.manifest_replaces_pass(manifest)
-        self.verification = 'manifest' if replaces else 'full'
+        self.verification = "manifest" if replaces else "full"
         self.verification_reason = reason
-        self.size = manifest.get('size')
+        self.size = manifest.get("size")
         self.validator = redis_rdb.StreamValidator(structure=not replaces, max_record=STREAM_MAX_RECORD)
         self.summary = redis_verify.summary_from_manifest(manifest) if replaces else None
-        self.version = manifest.get('rdb_version')
+        self.version = manifest.get("rdb_version")
         self.sent = 0
         self.received = 0
         self._queue = queue.Queue(PREFETCH)
@@ -69,24 +70,26 @@ class S3RdbStream:
         self._first = None
         self._sending = False
         from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
-        with s3_utils.wrap_errors('download RDB', bucket=bucket):
+
+        with s3_utils.wrap_errors("download RDB", bucket=bucket):
             resp = client.get_object(Bucket=bucket, Key=key)
-        self._body = resp['Body']
-        length = resp.get('ContentLength')
+        self._body = resp["Body"]
+        length = resp.get("ContentLength")
         if isinstance(self.size, int) and length is not None and int(length) != self.size:
             self.close()
-            raise VerificationFailed(f's3://{bucket}/{key} has {length} bytes but the manifest says {self.size}; '
-                                     f'{NOT_CHANGED}')
+            raise VerificationFailed(
+                f"s3://{bucket}/{key} has {length} bytes but the manifest says {self.size}; {NOT_CHANGED}"
+            )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         # the header gives the RDB version before the target is touched (checked against the manifest at the end)
         self._first = self._next()
         if self._first:
             try:
-                self.version = redis_rdb.parse_header(self._first[:redis_rdb.HEADER_LEN])
+                self.version = redis_rdb.parse_header(self._first[: redis_rdb.HEADER_LEN])
             except redis_rdb.RdbError as exc:
                 self.close()
-                raise VerificationFailed(f'the RDB is unusable: {exc}; {NOT_CHANGED}') from None
+                raise VerificationFailed(f"the RDB is unusable: {exc}; {NOT_CHANGED}") from None
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def _read(self):
@@ -107,7 +110,7 @@ class S3RdbStream:
     def _next(self):
         item = self._queue.get()
         if isinstance(item, Exception):
-            raise VerificationFailed(f'reading s3://{self.bucket}/{self.key} failed: {item}; {NOT_CHANGED}')
+            raise VerificationFailed(f"reading s3://{self.bucket}/{self.key} failed: {item}; {NOT_CHANGED}")
         return item
 
     def chunks(self):
@@ -117,12 +120,14 @@ class S3RdbStream:
         while chunk is not None:
             self.received += len(chunk)
             if isinstance(self.size, int) and self.received > self.size:
-                raise VerificationFailed(f'the object is longer than the {self.size} bytes the manifest says; {NOT_CHANGED}')
+                raise VerificationFailed(
+                    f"the object is longer than the {self.size} bytes the manifest says; {NOT_CHANGED}"
+                )
             yield chunk
             try:
                 self.validator.feed(chunk)
             except redis_rdb.RdbError as exc:
-                raise VerificationFailed(f'the RDB is unusable: {exc}; {NOT_CHANGED}') from None
+                raise VerificationFailed(f"the RDB is unusable: {exc}; {NOT_CHANGED}") from None
             chunk = self._next()
 
     def close(self):
@@ -137,31 +142,36 @@ class S3RdbStream:
     def finish(self):
         """Every check on the whole stream; VerificationFailed, or NeedsFilePass when the structure pass gave up."""
         manifest = self.manifest
-        if self.received != manifest.get('size'):
-            raise VerificationFailed(f'RDB size {self.received} does not match the manifest ({manifest.get("size")}); '
-                                     f'{NOT_CHANGED}')
+        if self.received != manifest.get("size"):
+            raise VerificationFailed(
+                f"RDB size {self.received} does not match the manifest ({manifest.get('size')}); {NOT_CHANGED}"
+            )
         sha256 = self.validator.hexdigest()
-        if sha256 != manifest.get('sha256'):
-            raise VerificationFailed(f'sha256 of the RDB ({sha256}) does not match the manifest ({manifest.get("sha256")}); '
-                                     f'{NOT_CHANGED}')
+        if sha256 != manifest.get("sha256"):
+            raise VerificationFailed(
+                f"sha256 of the RDB ({sha256}) does not match the manifest ({manifest.get('sha256')}); {NOT_CHANGED}"
+            )
         try:
             summary = self.validator.finish()
         except redis_rdb.RdbError as exc:
-            raise VerificationFailed(f'the RDB is unusable: {exc}; {NOT_CHANGED}') from None
+            raise VerificationFailed(f"the RDB is unusable: {exc}; {NOT_CHANGED}") from None
         stored = summary.checksum_stored
-        if manifest.get('crc64') and stored is not None and manifest['crc64'] != f'{stored:016x}':
-            raise VerificationFailed(f'the RDB CRC64 does not match the manifest; {NOT_CHANGED}')
-        if manifest.get('rdb_version') is not None and manifest['rdb_version'] != summary.version:
-            raise VerificationFailed(f'the RDB has version {summary.version} but the manifest says '
-                                     f'{manifest["rdb_version"]}; {NOT_CHANGED}')
-        if self.verification == 'full':
+        if manifest.get("crc64") and stored is not None and manifest["crc64"] != f"{stored:016x}":
+            raise VerificationFailed(f"the RDB CRC64 does not match the manifest; {NOT_CHANGED}")
+        if manifest.get("rdb_version") is not None and manifest["rdb_version"] != summary.version:
+            raise VerificationFailed(
+                f"the RDB has version {summary.version} but the manifest says {manifest['rdb_version']}; {NOT_CHANGED}"
+            )
+        if self.verification == "full":
             if not self.validator.structure_complete:
-                raise NeedsFilePass('a record is larger than the streamed structure pass holds')
+                raise NeedsFilePass("a record is larger than the streamed structure pass holds")
             self.summary = summary
         if self.summary.module_aux or self.summary.module_keys:
-            raise VerificationFailed(f'the RDB holds module data ({self.summary.module_keys} module keys, '
-                                     f'{self.summary.module_aux} module aux sections); restoring module data is not '
-                                     f'supported; {NOT_CHANGED}')
+            raise VerificationFailed(
+                f"the RDB holds module data ({self.summary.module_keys} module keys, "
+                f"{self.summary.module_aux} module aux sections); restoring module data is not "
+                f"supported; {NOT_CHANGED}"
+            )
         self.summary.size = self.received
 
     # ---- the two ways to serve -------------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ class S3RdbStream:
         if self._sending:
             # the target reconnected after a dropped link: the stream is partly consumed, serve a checked copy instead
             _drop(sock)
-            raise NeedsFilePass('the link to the target dropped during the streamed transfer')
+            raise NeedsFilePass("the link to the target dropped during the streamed transfer")
         self._sending = True
         limit = self.size - min(HOLD_BACK, self.size)
         held = []
@@ -201,7 +211,7 @@ class S3RdbStream:
 
     def to_file(self, path):
         """Verify-then-send: write the whole object to ``path`` and run every check."""
-        with open(path, 'wb') as handle:
+        with open(path, "wb") as handle:
             for chunk in self.chunks():
                 handle.write(chunk)
         self.finish()
@@ -221,12 +231,12 @@ def _drop(sock):
 def open_s3_stream(client, params, resolve_s3_source, load_manifest):
     """Resolve the backup, read its manifest and start the RDB download; None when the manifest has no size (the
     replica needs it for the framing), in which case the caller downloads and verifies first."""
-    bucket = params['bucket']
+    bucket = params["bucket"]
     rdb_key, manifest_key = resolve_s3_source(client, params)
     manifest = load_manifest(client, bucket, manifest_key)
-    if not isinstance(manifest.get('size'), int) or manifest['size'] <= 0:
+    if not isinstance(manifest.get("size"), int) or manifest["size"] <= 0:
         return None
-    source = {'type': 's3', 'bucket': bucket, 'key': rdb_key, 'manifest_key': manifest_key}
+    source = {"type": "s3", "bucket": bucket, "key": rdb_key, "manifest_key": manifest_key}
     return S3RdbStream(client, bucket, rdb_key, manifest, source)
 
 
@@ -234,7 +244,7 @@ def open_s3_stream(client, params, resolve_s3_source, load_manifest):
 # The target's repl-diskless-load
 # --------------------------------------------------------------------------------------------------------------
 def _config_get(conn, name):
-    reply = conn.command('CONFIG', 'GET', name)
+    reply = conn.command("CONFIG", "GET", name)
     if isinstance(reply, list) and len(reply) >= 2:
         value = reply[1]
         return value.decode() if isinstance(value, bytes) else str(value)
@@ -247,15 +257,15 @@ def prepare_disk_load(params):
     conn = RespConnection(params, timeout=60.0)
     try:
         try:
-            before = _config_get(conn, 'repl-diskless-load')
+            before = _config_get(conn, "repl-diskless-load")
         except ReplyError:
             return None, False
         if before is None:
             return None, False
-        if before == 'disabled':
+        if before == "disabled":
             return before, False
         try:
-            conn.command('CONFIG', 'SET', 'repl-diskless-load', 'disabled')
+            conn.command("CONFIG", "SET", "repl-diskless-load", "disabled")
         except ReplyError:
             return None, False
         return before, True
@@ -273,13 +283,13 @@ def put_back_disk_load(params, before):
             last = exc
             continue
         try:
-            conn.command('CONFIG', 'SET', 'repl-diskless-load', before)
+            conn.command("CONFIG", "SET", "repl-diskless-load", before)
             return
         except RedisError as exc:
             last = exc
         finally:
             conn.close()
-    raise RedisError(f'could not put repl-diskless-load back to {before!r}: {last}')
+    raise RedisError(f"could not put repl-diskless-load back to {before!r}: {last}")
 
 
 def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
@@ -290,11 +300,12 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
     a local file and returns its path. Returns the replication result with ``transfer`` and ``repl_diskless_load``.
     """
     before, changed = prepare_disk_load(params)
-    info = {'repl_diskless_load': before, 'repl_diskless_load_set': changed}
+    info = {"repl_diskless_load": before, "repl_diskless_load_set": changed}
     if before is None:
         # cannot make sure the target keeps its data on a dropped link: download and verify everything first
         import os  # pylint: disable=import-outside-toplevel
-        path = os.path.join(workdir, 'dump.rdb')
+
+        path = os.path.join(workdir, "dump.rdb")
         try:
             stream.to_file(path)
         except NeedsFilePass:
@@ -303,22 +314,22 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
         finally:
             stream.close()
         result = serve(path=path)
-        result.update(info, transfer='verify_then_send')
+        result.update(info, transfer="verify_then_send")
         return result
     error = None
     try:
         try:
             # the previous setting travels in the restore's crash record, so a re-run puts it back too
             result = serve(payload=stream, disk_load=before if changed else None)
-            result.update(info, transfer='overlapped')
+            result.update(info, transfer="overlapped")
         except NeedsFilePass as exc:
             stream.close()
             path = refetch()
             checked = verify_file(path)
             stream.summary, stream.verification = checked.summary, checked.verification
-            stream.verification_reason += f'; {exc}, so a downloaded copy was checked'
+            stream.verification_reason += f"; {exc}, so a downloaded copy was checked"
             result = serve(path=path, disk_load=before if changed else None)
-            result.update(info, transfer='verify_then_send')
+            result.update(info, transfer="verify_then_send")
         return result
     except BaseException as exc:
         error = exc
@@ -332,4 +343,4 @@ def replicate(params, stream, timeout, serve, verify_file, workdir, refetch):
                 if error is None:
                     raise
                 if error.args and isinstance(error.args[0], str):
-                    error.args = (f'{error.args[0]}; also {exc}',) + error.args[1:]
+                    error.args = (f"{error.args[0]}; also {exc}",) + error.args[1:]

@@ -9,6 +9,7 @@
   an unreachable endpoint or TLS problems;
 * ``check_bucket(client, bucket)``: fail early with those messages.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,14 +33,14 @@ else:
 from ansible_collections.hanzo.kms.plugins.module_utils.times import parse_iso_z
 
 S3_ARGUMENT_SPEC = dict(
-    endpoint_url=dict(type='str'),
-    region=dict(type='str', default='us-east-1'),
-    access_key=dict(type='str', aliases=['aws_access_key_id'], no_log=True),
-    secret_key=dict(type='str', aliases=['aws_secret_access_key'], no_log=True),
-    session_token=dict(type='str', no_log=True),
-    ca_bundle=dict(type='path'),
-    validate_certs=dict(type='bool', default=True),
-    addressing_style=dict(type='str', choices=['auto', 'path', 'virtual'], default='auto'),
+    endpoint_url=dict(type="str"),
+    region=dict(type="str", default="us-east-1"),
+    access_key=dict(type="str", aliases=["aws_access_key_id"], no_log=True),
+    secret_key=dict(type="str", aliases=["aws_secret_access_key"], no_log=True),
+    session_token=dict(type="str", no_log=True),
+    ca_bundle=dict(type="path"),
+    validate_certs=dict(type="bool", default=True),
+    addressing_style=dict(type="str", choices=["auto", "path", "virtual"], default="auto"),
 )
 
 S3_PARAM_NAMES = tuple(S3_ARGUMENT_SPEC)
@@ -58,7 +59,7 @@ class S3Error(Exception):
     ``credentials``, ``access_denied``, ``unreachable``, ``tls``, ``other``.
     """
 
-    def __init__(self, message, code=None, kind='other'):
+    def __init__(self, message, code=None, kind="other"):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -69,55 +70,77 @@ class S3Error(Exception):
 
 
 _CREDENTIAL_CODES = {
-    'InvalidAccessKeyId': 'the access key is not known to the server (check access_key)',
-    'SignatureDoesNotMatch': 'the request signature does not match (check secret_key for this access_key)',
-    'InvalidToken': 'the session token is invalid (check session_token)',
-    'ExpiredToken': 'the session token has expired (renew session_token)',
-    'InvalidSecurity': 'the security credentials are invalid',
-    'AuthorizationHeaderMalformed': 'the authorization header is malformed (check region and credentials)',
+    "InvalidAccessKeyId": "the access key is not known to the server (check access_key)",
+    "SignatureDoesNotMatch": "the request signature does not match (check secret_key for this access_key)",
+    "InvalidToken": "the session token is invalid (check session_token)",
+    "ExpiredToken": "the session token has expired (renew session_token)",
+    "InvalidSecurity": "the security credentials are invalid",
+    "AuthorizationHeaderMalformed": "the authorization header is malformed (check region and credentials)",
 }
 
 
 def _where(bucket, endpoint_url):
-    target = 's3://%s' % bucket if bucket else 'S3'
-    return '%s at %s' % (target, endpoint_url or 'the default AWS endpoint')
+    target = f"s3://{bucket}" if bucket else "S3"
+    return "{} at {}".format(target, endpoint_url or "the default AWS endpoint")
 
 
 def translate_error(exc, bucket=None, endpoint_url=None, action=None):
     """Return an ``S3Error`` with a clear message for a boto3/botocore exception (``S3Error`` passes through)."""
     if isinstance(exc, S3Error):
         return exc
-    prefix = '%s: ' % action if action else ''
+    prefix = f"{action}: " if action else ""
     where = _where(bucket, endpoint_url)
     if not HAS_BOTO3:  # pragma: no cover
-        return S3Error('%s%s: %s' % (prefix, where, exc))
+        return S3Error(f"{prefix}{where}: {exc}")
     if isinstance(exc, botocore.exceptions.ClientError):
-        err = exc.response.get('Error', {}) or {}
-        code = str(err.get('Code') or '')
-        status = exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode')
-        detail = err.get('Message') or ''
-        if code in ('NoSuchBucket',) or (code in ('404', 'NotFound') and bucket and action in (None, 'check bucket')):
-            return S3Error('%sbucket %r does not exist at %s' % (prefix, bucket, endpoint_url or 'the default AWS endpoint'),
-                           code='NoSuchBucket', kind='missing_bucket')
+        err = exc.response.get("Error", {}) or {}
+        code = str(err.get("Code") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        detail = err.get("Message") or ""
+        if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and bucket and action in (None, "check bucket")):
+            return S3Error(
+                "{}bucket {!r} does not exist at {}".format(prefix, bucket, endpoint_url or "the default AWS endpoint"),
+                code="NoSuchBucket",
+                kind="missing_bucket",
+            )
         if code in _CREDENTIAL_CODES:
-            return S3Error('%s%s rejected the credentials: %s (%s: %s)' % (prefix, where, _CREDENTIAL_CODES[code], code, detail),
-                           code=code, kind='credentials')
-        if code in ('AccessDenied', '403', 'Forbidden') or status == 403:
-            return S3Error('%saccess denied by %s (check the credentials and their permissions on the bucket)%s'
-                           % (prefix, where, ' (%s)' % detail if detail else ''), code=code or '403', kind='access_denied')
-        return S3Error('%s%s failed: %s%s' % (prefix, where, code or status, ': %s' % detail if detail else ''), code=code)
+            return S3Error(
+                f"{prefix}{where} rejected the credentials: {_CREDENTIAL_CODES[code]} ({code}: {detail})",
+                code=code,
+                kind="credentials",
+            )
+        if code in ("AccessDenied", "403", "Forbidden") or status == 403:
+            return S3Error(
+                "{}access denied by {} (check the credentials and their permissions on the bucket){}".format(
+                    prefix, where, f" ({detail})" if detail else ""
+                ),
+                code=code or "403",
+                kind="access_denied",
+            )
+        return S3Error(
+            "{}{} failed: {}{}".format(prefix, where, code or status, f": {detail}" if detail else ""), code=code
+        )
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return S3Error('%sno S3 credentials found: set access_key and secret_key (or the AWS_* environment variables)' % prefix,
-                       code='NoCredentials', kind='credentials')
+        return S3Error(
+            f"{prefix}no S3 credentials found: set access_key and secret_key (or the AWS_* environment variables)",
+            code="NoCredentials",
+            kind="credentials",
+        )
     if isinstance(exc, botocore.exceptions.SSLError):
-        return S3Error('%sTLS error talking to %s: %s (set ca_bundle to the CA that signed its certificate, or AWS_CA_BUNDLE)' % (prefix, where, exc),
-                       code='SSLError', kind='tls')
+        return S3Error(
+            f"{prefix}TLS error talking to {where}: {exc} (set ca_bundle to the CA that signed its certificate, or AWS_CA_BUNDLE)",
+            code="SSLError",
+            kind="tls",
+        )
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
-        return S3Error('%scannot reach the S3 endpoint %s: %s' % (prefix, endpoint_url or 'of AWS', exc),
-                       code='EndpointConnectionError', kind='unreachable')
+        return S3Error(
+            "{}cannot reach the S3 endpoint {}: {}".format(prefix, endpoint_url or "of AWS", exc),
+            code="EndpointConnectionError",
+            kind="unreachable",
+        )
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return S3Error('%s%s: %s' % (prefix, where, exc), code=type(exc).__name__)
-    return S3Error('%s%s: %s' % (prefix, where, exc))
+        return S3Error(f"{prefix}{where}: {exc}", code=type(exc).__name__)
+    return S3Error(f"{prefix}{where}: {exc}")
 
 
 @contextlib.contextmanager
@@ -141,43 +164,46 @@ def s3_client(params, max_pool_connections=None, retries=None):
     issue requests from several threads (boto3 clients are thread-safe).
     """
     if not HAS_BOTO3:
-        raise S3Error('boto3 is required for S3 access: %s' % BOTO3_IMPORT_ERROR, code='MissingLibrary')
-    p = dict((k, v.get('default')) for k, v in S3_ARGUMENT_SPEC.items())
+        raise S3Error(f"boto3 is required for S3 access: {BOTO3_IMPORT_ERROR}", code="MissingLibrary")
+    p = dict((k, v.get("default")) for k, v in S3_ARGUMENT_SPEC.items())
     p.update(dict((k, v) for k, v in params.items() if k in S3_ARGUMENT_SPEC and v is not None))
     config_kwargs = dict(
-        s3={'addressing_style': p['addressing_style'] or 'auto'},
-        retries=retries or {'max_attempts': 3, 'mode': 'standard'},
-        request_checksum_calculation='when_required',
-        response_checksum_validation='when_required',
+        s3={"addressing_style": p["addressing_style"] or "auto"},
+        retries=retries or {"max_attempts": 3, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
         connect_timeout=10,
         read_timeout=120,
     )
     if max_pool_connections:
-        config_kwargs['max_pool_connections'] = max_pool_connections
+        config_kwargs["max_pool_connections"] = max_pool_connections
     # None, not True, when no ca_bundle is given: botocore then honours AWS_CA_BUNDLE (True would skip it)
     verify = None
-    if not p['validate_certs']:
+    if not p["validate_certs"]:
         verify = False
-    elif p['ca_bundle']:
-        verify = p['ca_bundle']
+    elif p["ca_bundle"]:
+        verify = p["ca_bundle"]
     try:
         core = botocore.session.Session()
         # S3 listing times without dateutil, which costs about 80 us per object; anything unusual goes to botocore
-        core.get_component('response_parser_factory').set_parser_defaults(
-            timestamp_parser=functools.partial(parse_iso_z, otherwise=_botocore_parse_timestamp))
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=functools.partial(parse_iso_z, otherwise=_botocore_parse_timestamp)
+        )
         session = boto3.session.Session(botocore_session=core)
         return session.client(
-            's3',
-            endpoint_url=p['endpoint_url'] or None,
-            region_name=p['region'] or 'us-east-1',
-            aws_access_key_id=p['access_key'] or None,
-            aws_secret_access_key=p['secret_key'] or None,
-            aws_session_token=p['session_token'] or None,
+            "s3",
+            endpoint_url=p["endpoint_url"] or None,
+            region_name=p["region"] or "us-east-1",
+            aws_access_key_id=p["access_key"] or None,
+            aws_secret_access_key=p["secret_key"] or None,
+            aws_session_token=p["session_token"] or None,
             verify=verify,
             config=Config(**config_kwargs),
         )
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        raise S3Error('cannot create an S3 client for %s: %s' % (p['endpoint_url'] or 'AWS', exc), code=type(exc).__name__)
+        raise S3Error(
+            "cannot create an S3 client for {}: {}".format(p["endpoint_url"] or "AWS", exc), code=type(exc).__name__
+        )
 
 
 def endpoint_of(client):
@@ -190,5 +216,5 @@ def endpoint_of(client):
 
 def check_bucket(client, bucket):
     """Raise ``S3Error`` (kind missing_bucket/credentials/access_denied/unreachable/tls) unless ``bucket`` is usable."""
-    with wrap_errors('check bucket', bucket=bucket, endpoint_url=endpoint_of(client)):
+    with wrap_errors("check bucket", bucket=bucket, endpoint_url=endpoint_of(client)):
         client.head_bucket(Bucket=bucket)

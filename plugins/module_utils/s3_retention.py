@@ -18,6 +18,7 @@ backups of each group separately. An empty prefix (the whole bucket) is refused 
 
 The complete backups of one site (what a restore or a status picks the newest of): ``s3_backup_info.complete_backups``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,8 +52,8 @@ MAX_DELETE_BATCH = 1000
 # parallel requests raise throughput; 32 matched s5cmd on the lab's SeaweedFS (docs/benchmarks.md).
 DEFAULT_CONCURRENCY = 32
 
-PERIODS = ('last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly')
-TIME_SOURCES = ('key', 'manifest', 'last_modified')
+PERIODS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+TIME_SOURCES = ("key", "manifest", "last_modified")
 
 
 class RetentionError(Exception):
@@ -63,23 +64,23 @@ class RetentionError(Exception):
 # Durations (restic syntax: 1y2m3d4h) and Go's AddDate normalisation
 
 
-_DURATION_RE = re.compile(r'^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)d)?(?:(\d+)h)?$')
+_DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)d)?(?:(\d+)h)?$")
 
 
 class Duration:
     """A restic-style duration: years, months, days, hours (``2y6m``, ``30d``, ``36h``)."""
 
-    __slots__ = ('years', 'months', 'days', 'hours')
+    __slots__ = ("years", "months", "days", "hours")
 
     def __init__(self, years=0, months=0, days=0, hours=0):
         self.years, self.months, self.days, self.hours = years, months, days, hours
 
     @classmethod
     def parse(cls, text):
-        text = str(text).strip().replace(' ', '')
+        text = str(text).strip().replace(" ", "")
         m = _DURATION_RE.match(text)
         if not text or not m or not any(m.groups()):
-            raise RetentionError('invalid duration %r: use restic syntax like 2y6m, 30d, 36h or 1y2m3d4h' % text)
+            raise RetentionError(f"invalid duration {text!r}: use restic syntax like 2y6m, 30d, 36h or 1y2m3d4h")
         return cls(*[int(g or 0) for g in m.groups()])
 
     def is_zero(self):
@@ -90,11 +91,11 @@ class Duration:
         return add_date(when, -self.years, -self.months, -self.days) - datetime.timedelta(hours=self.hours)
 
     def __str__(self):
-        parts = [(self.years, 'y'), (self.months, 'm'), (self.days, 'd'), (self.hours, 'h')]
-        return ''.join('%d%s' % (n, u) for n, u in parts if n) or '0h'
+        parts = [(self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")]
+        return "".join(f"{n}{u}" for n, u in parts if n) or "0h"
 
     def __repr__(self):
-        return 'Duration(%s)' % self
+        return f"Duration({self})"
 
 
 def add_date(when, years, months, days):
@@ -119,28 +120,28 @@ class Policy:
             if value is None:
                 self.counts[name] = 0
             elif int(value) < -1:
-                raise RetentionError('keep_%s must be -1 (unlimited), 0 (off) or a positive number, got %s' % (name, value))
+                raise RetentionError(f"keep_{name} must be -1 (unlimited), 0 (off) or a positive number, got {value}")
         if isinstance(within, str):
             within = Duration.parse(within)
         self.within = within if within is not None and not within.is_zero() else None
         self.min_keep = int(min_keep or 0)
         if self.min_keep < 0:
-            raise RetentionError('min_keep must be >= 0')
+            raise RetentionError("min_keep must be >= 0")
 
     def is_empty(self):
         return not any(self.counts.values()) and self.within is None
 
 
 def _bucket_key(period, when, nr):
-    if period == 'last':
+    if period == "last":
         return nr
-    if period == 'hourly':
+    if period == "hourly":
         return (when.year, when.month, when.day, when.hour)
-    if period == 'daily':
+    if period == "daily":
         return (when.year, when.month, when.day)
-    if period == 'weekly':
+    if period == "weekly":
         return tuple(when.isocalendar()[:2])
-    if period == 'monthly':
+    if period == "monthly":
         return (when.year, when.month)
     return when.year
 
@@ -166,15 +167,15 @@ def apply_policy(times, policy, now):
     oldest = len(times) - 1
     for nr, cur in enumerate(times):
         if policy.within is not None and (within_from is None or cur > within_from):
-            reasons[nr].append('within %s' % policy.within)
+            reasons[nr].append(f"within {policy.within}")
         for period in PERIODS:
             count = counts[period]
             if count > 0 or count == -1:
                 val = _bucket_key(period, cur, nr)
                 if val != last_val[period] or nr == oldest:
-                    label = '%s backup' % period
+                    label = f"{period} backup"
                     if val == last_val[period] and nr == oldest:
-                        label = 'oldest %s' % label
+                        label = f"oldest {label}"
                     last_val[period] = val
                     if count > 0:
                         counts[period] = count - 1
@@ -190,7 +191,7 @@ class S3Object:
     """One listed object (version). ``versions``: every (version_id, is_delete_marker) of the key when listed
     version-aware, used to purge; ``current`` False for keys whose latest entry is a delete marker."""
 
-    __slots__ = ('key', 'size', 'last_modified', 'versions', 'current')
+    __slots__ = ("key", "size", "last_modified", "versions", "current")
 
     def __init__(self, key, size, last_modified, versions=None, current=True):
         self.key = key
@@ -201,7 +202,7 @@ class S3Object:
 
 
 class Backup:
-    __slots__ = ('group', 'name', 'prefix', 'objects', 'manifest', 'time', 'time_error', 'written', 'action', 'reasons')
+    __slots__ = ("group", "name", "prefix", "objects", "manifest", "time", "time_error", "written", "action", "reasons")
 
     def __init__(self, group, name, prefix):
         self.group = group
@@ -212,7 +213,7 @@ class Backup:
         self.time = None
         self.time_error = None
         self.written = None
-        self.action = 'keep'
+        self.action = "keep"
         self.reasons = []
 
     @property
@@ -224,13 +225,22 @@ class Backup:
         return sum(o.size or 0 for o in self.objects)
 
     def to_dict(self, include_keys=False):
-        d = dict(group=self.group, name=self.name, prefix=self.prefix, complete=self.complete,
-                 time=format_time(self.time), written=format_time(self.written), objects=len(self.objects),
-                 size=self.size, action=self.action, reasons=list(self.reasons))
+        d = dict(
+            group=self.group,
+            name=self.name,
+            prefix=self.prefix,
+            complete=self.complete,
+            time=format_time(self.time),
+            written=format_time(self.written),
+            objects=len(self.objects),
+            size=self.size,
+            action=self.action,
+            reasons=list(self.reasons),
+        )
         if self.time_error:
-            d['time_error'] = self.time_error
+            d["time_error"] = self.time_error
         if include_keys:
-            d['keys'] = sorted(o.key for o in self.objects)
+            d["keys"] = sorted(o.key for o in self.objects)
         return d
 
 
@@ -238,43 +248,59 @@ def check_scope(prefix, whole_bucket=False):
     """Refuse an empty (or ``/``-only) prefix unless ``whole_bucket`` says every object of the bucket is a backup:
     the bucket is usually shared with CNPG's WAL archive, and retention must not even consider those objects."""
     if not normalize_prefix(prefix) and not whole_bucket:
-        raise RetentionError('prefix %r selects the whole bucket, which is usually shared with other data (CNPG WAL '
-                             'archive and base backups): set prefix to the directory of the backups, for example '
-                             '"redis", or set whole_bucket=true if every object in the bucket is a backup of this '
-                             'layout' % (prefix or ''))
+        raise RetentionError(
+            "prefix %r selects the whole bucket, which is usually shared with other data (CNPG WAL "
+            "archive and base backups): set prefix to the directory of the backups, for example "
+            '"redis", or set whole_bucket=true if every object in the bucket is a backup of this '
+            "layout" % (prefix or "")
+        )
     if whole_bucket and normalize_prefix(prefix):
-        raise RetentionError('whole_bucket=true applies to an empty prefix only, but prefix is %r: remove '
-                             'whole_bucket or the prefix' % prefix)
+        raise RetentionError(
+            f"whole_bucket=true applies to an empty prefix only, but prefix is {prefix!r}: remove "
+            "whole_bucket or the prefix"
+        )
 
 
 class Layout:
     """How keys map to backups; see the module docstring. The defaults are the collection's Redis layout
     (backup_layout); other layouts are declared by the caller."""
 
-    def __init__(self, prefix='', group_depth=1, time_source='key', timestamp_format=backup_layout.TIMESTAMP_FORMAT,
-                 manifest_name=backup_layout.MANIFEST_NAME, manifest_time_field='timestamp',
-                 data_files=(backup_layout.RDB_NAME,), name_pattern=None):
+    def __init__(
+        self,
+        prefix="",
+        group_depth=1,
+        time_source="key",
+        timestamp_format=backup_layout.TIMESTAMP_FORMAT,
+        manifest_name=backup_layout.MANIFEST_NAME,
+        manifest_time_field="timestamp",
+        data_files=(backup_layout.RDB_NAME,),
+        name_pattern=None,
+    ):
         if time_source not in TIME_SOURCES:
-            raise RetentionError('time_source must be one of %s' % ', '.join(TIME_SOURCES))
+            raise RetentionError("time_source must be one of {}".format(", ".join(TIME_SOURCES)))
         if group_depth is None or int(group_depth) < 0:
-            raise RetentionError('group_depth must be >= 0')
-        if not manifest_name or '/' in manifest_name:
+            raise RetentionError("group_depth must be >= 0")
+        if not manifest_name or "/" in manifest_name:
             raise RetentionError('manifest_name must be a file name without "/"')
         data_files = tuple(data_files or ())
         if not data_files:
-            raise RetentionError('data_files must name at least one data file of a backup (dump.rdb for the Redis '
-                                 'layout): without it any directory could be taken for an incomplete backup')
+            raise RetentionError(
+                "data_files must name at least one data file of a backup (dump.rdb for the Redis "
+                "layout): without it any directory could be taken for an incomplete backup"
+            )
         for name in data_files:
-            if not name or '/' in name:
-                raise RetentionError('data_files entries must be file names without "/", got %r' % (name,))
+            if not name or "/" in name:
+                raise RetentionError(f'data_files entries must be file names without "/", got {name!r}')
             if name == manifest_name:
-                raise RetentionError('data_files must not contain the manifest name %r' % manifest_name)
+                raise RetentionError(f"data_files must not contain the manifest name {manifest_name!r}")
         self.name_re = None
         if name_pattern:
             try:
                 self.name_re = re.compile(name_pattern)
             except re.error as exc:
-                raise RetentionError('name_pattern %r is not a valid regular expression: %s' % (name_pattern, exc)) from None
+                raise RetentionError(
+                    f"name_pattern {name_pattern!r} is not a valid regular expression: {exc}"
+                ) from None
         self.prefix = normalize_prefix(prefix)
         self.group_depth = int(group_depth)
         self.time_source = time_source
@@ -287,10 +313,10 @@ class Layout:
         """(group, backup name, name inside the backup) or None for keys outside the layout."""
         if not key.startswith(self.prefix):
             return None
-        parts = key[len(self.prefix):].split('/', self.group_depth + 1)
+        parts = key[len(self.prefix) :].split("/", self.group_depth + 1)
         if len(parts) != self.group_depth + 2 or not all(parts[:-1]) or not parts[-1]:
             return None
-        return '/'.join(parts[:-2]), parts[-2], parts[-1]
+        return "/".join(parts[:-2]), parts[-2], parts[-1]
 
     def parse_name(self, name):
         """(whether ``name`` is a backup name of the layout, its time from the key or None).
@@ -301,26 +327,26 @@ class Layout:
         when = parse_timestamp(name, self.timestamp_format)
         if self.name_re is not None and not self.name_re.fullmatch(name):
             return False, None
-        if (self.name_re is None or self.time_source == 'key') and when is None:
+        if (self.name_re is None or self.time_source == "key") and when is None:
             return False, None
         return True, when
 
     def file_kind(self, rest):
         """'manifest', 'data' or None (not a file of the layout, including anything nested deeper)."""
-        if '/' in rest:
+        if "/" in rest:
             return None
         if rest == self.manifest_name:
-            return 'manifest'
+            return "manifest"
         if any(fnmatch.fnmatchcase(rest, pattern) for pattern in self.data_files):
-            return 'data'
+            return "data"
         return None
 
 
 class Inventory:
     def __init__(self):
-        self.groups = collections.OrderedDict()   # group -> list of Backup (newest first after sort)
-        self.unrecognised = []                     # keys
-        self.leftovers = []                        # Backup whose keys all have no current version (versioned listing)
+        self.groups = collections.OrderedDict()  # group -> list of Backup (newest first after sort)
+        self.unrecognised = []  # keys
+        self.leftovers = []  # Backup whose keys all have no current version (versioned listing)
         self.server_time = None
 
 
@@ -344,18 +370,18 @@ def build_inventory(objects, layout):
         if not names[name][0] or layout.file_kind(rest) is None:
             unrecognised.append(obj)
             continue
-        bprefix = layout.prefix + (group + '/' if group else '') + name + '/'
+        bprefix = layout.prefix + (group + "/" if group else "") + name + "/"
         backup = by_prefix.get(bprefix)
         if backup is None:
             backup = by_prefix[bprefix] = Backup(group, name, bprefix)
         backup.objects.append(obj)
     for backup in by_prefix.values():
         current = [o for o in backup.objects if o.current]
-        data = [o for o in backup.objects if layout.file_kind(o.key[len(backup.prefix):]) == 'data']
+        data = [o for o in backup.objects if layout.file_kind(o.key[len(backup.prefix) :]) == "data"]
         if not current:
             if data:
-                backup.action = 'purge'
-                backup.reasons = ['no current version (removed earlier)']
+                backup.action = "purge"
+                backup.reasons = ["no current version (removed earlier)"]
                 inv.leftovers.append(backup)
             continue
         if not any(o.current for o in data):
@@ -365,9 +391,9 @@ def build_inventory(objects, layout):
             if obj.key == backup.prefix + layout.manifest_name:
                 backup.manifest = obj
         backup.written = max(o.last_modified for o in current)
-        if layout.time_source == 'key':
+        if layout.time_source == "key":
             backup.time = names[backup.name][1]
-        elif layout.time_source == 'last_modified':
+        elif layout.time_source == "last_modified":
             backup.time = backup.manifest.last_modified if backup.manifest is not None else backup.written
         inv.groups.setdefault(backup.group, []).append(backup)
     inv.unrecognised = sorted(o.key for o in unrecognised if o.current)
@@ -390,8 +416,10 @@ def plan_retention(inventory, policy, now, incomplete_grace=None, delete_incompl
     Complete backups without a usable time are kept. Incomplete backups are deleted when ``delete_incomplete``
     and their newest object is older than ``incomplete_grace`` (a ``Duration``) on the server clock."""
     if policy.is_empty():
-        raise RetentionError('the retention policy is empty: set at least one of keep_last, keep_hourly, keep_daily, '
-                             'keep_weekly, keep_monthly, keep_yearly or keep_within (refusing to delete everything)')
+        raise RetentionError(
+            "the retention policy is empty: set at least one of keep_last, keep_hourly, keep_daily, "
+            "keep_weekly, keep_monthly, keep_yearly or keep_within (refusing to delete everything)"
+        )
     ordered = []
     for group in sorted(inventory.groups):
         backups = sorted(inventory.groups[group], key=_sort_key, reverse=True)
@@ -399,34 +427,34 @@ def plan_retention(inventory, policy, now, incomplete_grace=None, delete_incompl
         for b in backups:
             b.reasons = []
             if b.complete and b.time is None:
-                b.reasons.append('time unknown (%s)' % (b.time_error or 'no time'))
+                b.reasons.append("time unknown (%s)" % (b.time_error or "no time"))
         rule_reasons = apply_policy([b.time for b in complete], policy, now)
         for b, reasons in zip(complete, rule_reasons):
             b.reasons.extend(reasons)
         if complete:
-            complete[0].reasons.append('newest complete backup')
+            complete[0].reasons.append("newest complete backup")
             last_written = max(complete, key=lambda b: (b.manifest.last_modified, b.time, b.name))
             if last_written is not complete[0]:
-                last_written.reasons.append('most recently written complete backup')
+                last_written.reasons.append("most recently written complete backup")
             kept = sum(1 for b in complete if b.reasons)
             for b in complete:
                 if kept >= policy.min_keep:
                     break
                 if not b.reasons:
-                    b.reasons.append('min_keep %d' % policy.min_keep)
+                    b.reasons.append(f"min_keep {policy.min_keep}")
                     kept += 1
         for b in backups:
             if b.complete:
-                b.action = 'keep' if b.reasons else 'delete'
+                b.action = "keep" if b.reasons else "delete"
                 continue
             age = human_age((now - b.written).total_seconds())
             if not delete_incomplete:
-                b.reasons.append('incomplete (delete_incomplete is off)')
+                b.reasons.append("incomplete (delete_incomplete is off)")
             elif incomplete_grace is not None and b.written > incomplete_grace.subtract_from(now):
-                b.reasons.append('incomplete, written %s ago, within incomplete_grace %s' % (age, incomplete_grace))
-            b.action = 'keep' if b.reasons else 'delete'
-            if b.action == 'delete':
-                b.reasons.append('incomplete (no %s), written %s ago' % ('manifest', age))
+                b.reasons.append(f"incomplete, written {age} ago, within incomplete_grace {incomplete_grace}")
+            b.action = "keep" if b.reasons else "delete"
+            if b.action == "delete":
+                b.reasons.append("incomplete (no {}), written {} ago".format("manifest", age))
         ordered.extend(backups)
     return ordered
 
@@ -447,7 +475,7 @@ class Stats:
 
 
 def _server_time(response):
-    return parse_http_date(response.get('ResponseMetadata', {}).get('HTTPHeaders', {}).get('date'))
+    return parse_http_date(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
 
 
 def list_objects(client, bucket, prefix, versions=False, stats=None):
@@ -460,59 +488,59 @@ def list_objects(client, bucket, prefix, versions=False, stats=None):
     if not versions:
         kwargs = dict(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
         while True:
-            with wrap_errors('list objects', bucket=bucket, endpoint_url=endpoint):
+            with wrap_errors("list objects", bucket=bucket, endpoint_url=endpoint):
                 resp = client.list_objects_v2(**kwargs)
-            stats.add('ListObjectsV2')
+            stats.add("ListObjectsV2")
             if server_time is None:
                 server_time = _server_time(resp)
-            for item in resp.get('Contents', ()):
-                objects.append(S3Object(item['Key'], item.get('Size', 0), as_utc(item['LastModified'])))
-            token = resp.get('NextContinuationToken')
-            if not resp.get('IsTruncated') or not token:
+            for item in resp.get("Contents", ()):
+                objects.append(S3Object(item["Key"], item.get("Size", 0), as_utc(item["LastModified"])))
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
                 break
-            kwargs['ContinuationToken'] = token
+            kwargs["ContinuationToken"] = token
         return objects, server_time
     by_key = collections.OrderedDict()
     kwargs = dict(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
     while True:
-        with wrap_errors('list object versions', bucket=bucket, endpoint_url=endpoint):
+        with wrap_errors("list object versions", bucket=bucket, endpoint_url=endpoint):
             resp = client.list_object_versions(**kwargs)
-        stats.add('ListObjectVersions')
+        stats.add("ListObjectVersions")
         if server_time is None:
             server_time = _server_time(resp)
-        for item in resp.get('Versions', ()):
-            obj = by_key.get(item['Key'])
+        for item in resp.get("Versions", ()):
+            obj = by_key.get(item["Key"])
             if obj is None:
-                obj = by_key[item['Key']] = S3Object(item['Key'], 0, None, versions=[], current=False)
-            obj.versions.append((item.get('VersionId') or 'null', False))
-            if item.get('IsLatest'):
+                obj = by_key[item["Key"]] = S3Object(item["Key"], 0, None, versions=[], current=False)
+            obj.versions.append((item.get("VersionId") or "null", False))
+            if item.get("IsLatest"):
                 obj.current = True
-                obj.size = item.get('Size', 0)
-                obj.last_modified = as_utc(item['LastModified'])
-        for item in resp.get('DeleteMarkers', ()):
-            obj = by_key.get(item['Key'])
+                obj.size = item.get("Size", 0)
+                obj.last_modified = as_utc(item["LastModified"])
+        for item in resp.get("DeleteMarkers", ()):
+            obj = by_key.get(item["Key"])
             if obj is None:
-                obj = by_key[item['Key']] = S3Object(item['Key'], 0, None, versions=[], current=False)
-            obj.versions.append((item.get('VersionId') or 'null', True))
+                obj = by_key[item["Key"]] = S3Object(item["Key"], 0, None, versions=[], current=False)
+            obj.versions.append((item.get("VersionId") or "null", True))
             if obj.last_modified is None or not obj.current:
-                obj.last_modified = as_utc(item.get('LastModified'))
-        if not resp.get('IsTruncated'):
+                obj.last_modified = as_utc(item.get("LastModified"))
+        if not resp.get("IsTruncated"):
             break
-        kwargs['KeyMarker'] = resp.get('NextKeyMarker')
-        if resp.get('NextVersionIdMarker'):
-            kwargs['VersionIdMarker'] = resp['NextVersionIdMarker']
+        kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+        if resp.get("NextVersionIdMarker"):
+            kwargs["VersionIdMarker"] = resp["NextVersionIdMarker"]
         else:
-            kwargs.pop('VersionIdMarker', None)
+            kwargs.pop("VersionIdMarker", None)
     return list(by_key.values()), server_time
 
 
 def bucket_versioning(client, bucket, stats=None):
     """'Enabled', 'Suspended' or None (never enabled)."""
-    with wrap_errors('get bucket versioning', bucket=bucket, endpoint_url=endpoint_of(client)):
+    with wrap_errors("get bucket versioning", bucket=bucket, endpoint_url=endpoint_of(client)):
         resp = client.get_bucket_versioning(Bucket=bucket)
     if stats is not None:
-        stats.add('GetBucketVersioning')
-    return resp.get('Status')
+        stats.add("GetBucketVersioning")
+    return resp.get("Status")
 
 
 def read_manifest_times(client, bucket, backups, layout, stats=None, concurrency=DEFAULT_CONCURRENCY):
@@ -524,23 +552,27 @@ def read_manifest_times(client, bucket, backups, layout, stats=None, concurrency
     def fetch(backup):
         try:
             resp = client.get_object(Bucket=bucket, Key=backup.manifest.key)
-            body = resp['Body'].read()
+            body = resp["Body"].read()
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            return backup, None, 'cannot read manifest: %s' % translate_error(exc, bucket, endpoint_of(client), 'get manifest')
+            return (
+                backup,
+                None,
+                "cannot read manifest: {}".format(translate_error(exc, bucket, endpoint_of(client), "get manifest")),
+            )
         try:
-            value = json.loads(body.decode('utf-8')).get(layout.manifest_time_field)
+            value = json.loads(body.decode("utf-8")).get(layout.manifest_time_field)
         except (ValueError, AttributeError, UnicodeDecodeError) as exc:
-            return backup, None, 'manifest is not a JSON object: %s' % exc
+            return backup, None, f"manifest is not a JSON object: {exc}"
         when = parse_any_time(value, layout.timestamp_format)
         if when is None:
-            return backup, None, 'manifest field %r is missing or not a time: %r' % (layout.manifest_time_field, value)
+            return backup, None, f"manifest field {layout.manifest_time_field!r} is missing or not a time: {value!r}"
         return backup, when, None
 
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo)))) as pool:
         for backup, when, error in pool.map(fetch, todo):
-            stats.add('GetObject')
+            stats.add("GetObject")
             backup.time, backup.time_error = when, error
 
 
@@ -550,9 +582,9 @@ def read_manifest_times(client, bucket, backups, layout, stats=None, concurrency
 
 class DeleteResult:
     def __init__(self):
-        self.deleted = 0          # keys/versions reported deleted
-        self.errors = []          # dicts: key, version_id, code, message
-        self.skipped = set()      # backup prefixes whose data was not deleted because the manifest was not
+        self.deleted = 0  # keys/versions reported deleted
+        self.errors = []  # dicts: key, version_id, code, message
+        self.skipped = set()  # backup prefixes whose data was not deleted because the manifest was not
         self.failed_requests = []  # messages of requests that failed as a whole
 
 
@@ -562,8 +594,16 @@ def _entries(obj, purge_versions):
     return [(obj.key, None)]
 
 
-def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST_NAME, purge_versions=False,
-                   concurrency=DEFAULT_CONCURRENCY, stats=None, batch_size=MAX_DELETE_BATCH):
+def delete_backups(
+    client,
+    bucket,
+    backups,
+    manifest_name=backup_layout.MANIFEST_NAME,
+    purge_versions=False,
+    concurrency=DEFAULT_CONCURRENCY,
+    stats=None,
+    batch_size=MAX_DELETE_BATCH,
+):
     """Delete every object of ``backups`` with DeleteObjects (Quiet, <= ``batch_size`` keys per request).
 
     A backup's data objects are only sent after a response confirmed its manifest deleted, so a failure never
@@ -577,9 +617,9 @@ def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST
     result = DeleteResult()
     endpoint = endpoint_of(client)
     manifests = collections.deque()  # (key, vid, backup prefix)
-    ready = collections.deque()      # (key, vid, None)
-    waiting = {}                     # backup prefix -> list of entries (blocked on its manifest)
-    manifest_left = {}               # backup prefix -> number of manifest entries not yet confirmed
+    ready = collections.deque()  # (key, vid, None)
+    waiting = {}  # backup prefix -> list of entries (blocked on its manifest)
+    manifest_left = {}  # backup prefix -> number of manifest entries not yet confirmed
     for backup in backups:
         mkey = backup.prefix + manifest_name
         data = []
@@ -602,8 +642,8 @@ def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST
         try:
             resp = client.delete_objects(Bucket=bucket, Delete=dict(Objects=objs, Quiet=True))
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            return batch, None, translate_error(exc, bucket, endpoint, 'delete objects')
-        return batch, resp.get('Errors') or [], None
+            return batch, None, translate_error(exc, bucket, endpoint, "delete objects")
+        return batch, resp.get("Errors") or [], None
 
     def take():
         batch = []
@@ -615,7 +655,7 @@ def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST
 
     def settle(batch, errors, exc):
         """Account for one response; returns False when the request itself failed (nothing more is sent)."""
-        stats.add('DeleteObjects')
+        stats.add("DeleteObjects")
         if exc is not None:
             result.failed_requests.append(str(exc))
             for _k, _v, bprefix in batch:
@@ -625,9 +665,15 @@ def delete_backups(client, bucket, backups, manifest_name=backup_layout.MANIFEST
             return False
         failed = set()
         for err in errors:
-            result.errors.append(dict(key=err.get('Key'), version_id=err.get('VersionId'),
-                                      code=err.get('Code'), message=err.get('Message')))
-            failed.add((err.get('Key'), err.get('VersionId') or None))
+            result.errors.append(
+                dict(
+                    key=err.get("Key"),
+                    version_id=err.get("VersionId"),
+                    code=err.get("Code"),
+                    message=err.get("Message"),
+                )
+            )
+            failed.add((err.get("Key"), err.get("VersionId") or None))
         result.deleted += len(batch) - len(errors)
         for key, vid, bprefix in batch:
             if not bprefix:
@@ -665,24 +711,24 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
     stats = stats or Stats()
     checked = 0
     for err in errors:
-        if err.get('code') != 'AccessDenied' or checked >= limit:
+        if err.get("code") != "AccessDenied" or checked >= limit:
             continue
         checked += 1
-        extra = dict(VersionId=err['version_id']) if err.get('version_id') else {}
+        extra = dict(VersionId=err["version_id"]) if err.get("version_id") else {}
         try:
-            stats.add('GetObjectRetention')
-            ret = client.get_object_retention(Bucket=bucket, Key=err['key'], **extra).get('Retention') or {}
-            until = ret.get('RetainUntilDate')
-            if ret.get('Mode') and until is not None and as_utc(until) > utcnow():
-                err['locked'] = '%s retention until %s' % (ret['Mode'], format_time(as_utc(until)))
+            stats.add("GetObjectRetention")
+            ret = client.get_object_retention(Bucket=bucket, Key=err["key"], **extra).get("Retention") or {}
+            until = ret.get("RetainUntilDate")
+            if ret.get("Mode") and until is not None and as_utc(until) > utcnow():
+                err["locked"] = "{} retention until {}".format(ret["Mode"], format_time(as_utc(until)))
                 continue
         except Exception:  # pylint: disable=broad-exception-caught
             pass
         try:
-            stats.add('GetObjectLegalHold')
-            hold = client.get_object_legal_hold(Bucket=bucket, Key=err['key'], **extra).get('LegalHold') or {}
-            if hold.get('Status') == 'ON':
-                err['locked'] = 'legal hold'
+            stats.add("GetObjectLegalHold")
+            hold = client.get_object_legal_hold(Bucket=bucket, Key=err["key"], **extra).get("LegalHold") or {}
+            if hold.get("Status") == "ON":
+                err["locked"] = "legal hold"
         except Exception:  # pylint: disable=broad-exception-caught
             pass
     return errors
@@ -694,25 +740,34 @@ def classify_locked(client, bucket, errors, stats=None, limit=50):
 
 def _diff(backups):
     def line(b):
-        return '%s %s%s\n' % (b.prefix, 'complete' if b.complete else 'incomplete',
-                              ' (%s)' % backup_layout.timestamp_name(b.time) if b.time else '')
-    before = ''.join(line(b) for b in backups)
-    after = ''.join(line(b) for b in backups if b.action == 'keep')
-    return dict(before=before, after=after, before_header='backups before retention', after_header='backups kept')
+        return "{} {}{}\n".format(
+            b.prefix,
+            "complete" if b.complete else "incomplete",
+            f" ({backup_layout.timestamp_name(b.time)})" if b.time else "",
+        )
+
+    before = "".join(line(b) for b in backups)
+    after = "".join(line(b) for b in backups if b.action == "keep")
+    return dict(before=before, after=after, before_header="backups before retention", after_header="backups kept")
+
+
+def _key_error(error):
+    version = f" (version {error['version_id']})" if error.get("version_id") else ""
+    return f"{error['key']}{version}: {error['code']} {error.get('locked') or error.get('message') or ''}"
 
 
 def _failure_message(dres):
     parts = []
     if dres.errors:
-        locked = sum(1 for e in dres.errors if e.get('locked'))
-        parts.append('deletion incomplete: %d per-key error(s)%s; first: %s' % (
-            len(dres.errors), ', %d on object-locked versions (not retried)' % locked if locked else '',
-            '; '.join('%s%s: %s %s' % (e['key'], ' (version %s)' % e['version_id'] if e.get('version_id') else '',
-                                       e['code'], e.get('locked') or e.get('message') or '') for e in dres.errors[:5])))
+        locked = sum(1 for e in dres.errors if e.get("locked"))
+        first = "; ".join(_key_error(e) for e in dres.errors[:5])
+        on_locked = f", {locked} on object-locked versions (not retried)" if locked else ""
+        parts.append(f"deletion incomplete: {len(dres.errors)} per-key error(s){on_locked}; first: {first}")
     if dres.failed_requests:
-        parts.append('%d DeleteObjects request(s) failed, deletion stopped: %s' % (
-            len(dres.failed_requests), dres.failed_requests[0]))
-    return '. '.join(parts) + '. Backups whose manifest could not be deleted keep their data (action delete_failed).'
+        parts.append(
+            f"{len(dres.failed_requests)} DeleteObjects request(s) failed, deletion stopped: {dres.failed_requests[0]}"
+        )
+    return ". ".join(parts) + ". Backups whose manifest could not be deleted keep their data (action delete_failed)."
 
 
 def run_retention(client, params, check_mode=False, now=None):
@@ -720,23 +775,32 @@ def run_retention(client, params, check_mode=False, now=None):
     result (``changed``, ``backups``, ``unrecognised``, ``summary``, ``api_calls``, ``errors``, ``diff``, ``failed``,
     ``msg``). Raises ``S3Error`` / ``RetentionError`` for problems before anything is deleted."""
     stats = Stats()
-    bucket = params['bucket']
-    check_scope(params.get('prefix'), bool(params.get('whole_bucket')))
-    layout = Layout(prefix=params.get('prefix') or '', group_depth=params.get('group_depth', 1),
-                    time_source=params.get('time_source') or 'key',
-                    timestamp_format=params.get('timestamp_format') or backup_layout.TIMESTAMP_FORMAT,
-                    manifest_name=params.get('manifest_name') or backup_layout.MANIFEST_NAME,
-                    manifest_time_field=params.get('manifest_time_field') or 'timestamp',
-                    data_files=(backup_layout.RDB_NAME,) if params.get('data_files') is None else params['data_files'],
-                    name_pattern=params.get('name_pattern') or None)
-    policy = Policy(last=params.get('keep_last'), hourly=params.get('keep_hourly'), daily=params.get('keep_daily'),
-                    weekly=params.get('keep_weekly'), monthly=params.get('keep_monthly'), yearly=params.get('keep_yearly'),
-                    within=params.get('keep_within') or None,
-                    min_keep=1 if params.get('min_keep') is None else params['min_keep'])
-    grace = Duration.parse(params['incomplete_grace']) if params.get('incomplete_grace') else None
+    bucket = params["bucket"]
+    check_scope(params.get("prefix"), bool(params.get("whole_bucket")))
+    layout = Layout(
+        prefix=params.get("prefix") or "",
+        group_depth=params.get("group_depth", 1),
+        time_source=params.get("time_source") or "key",
+        timestamp_format=params.get("timestamp_format") or backup_layout.TIMESTAMP_FORMAT,
+        manifest_name=params.get("manifest_name") or backup_layout.MANIFEST_NAME,
+        manifest_time_field=params.get("manifest_time_field") or "timestamp",
+        data_files=(backup_layout.RDB_NAME,) if params.get("data_files") is None else params["data_files"],
+        name_pattern=params.get("name_pattern") or None,
+    )
+    policy = Policy(
+        last=params.get("keep_last"),
+        hourly=params.get("keep_hourly"),
+        daily=params.get("keep_daily"),
+        weekly=params.get("keep_weekly"),
+        monthly=params.get("keep_monthly"),
+        yearly=params.get("keep_yearly"),
+        within=params.get("keep_within") or None,
+        min_keep=1 if params.get("min_keep") is None else params["min_keep"],
+    )
+    grace = Duration.parse(params["incomplete_grace"]) if params.get("incomplete_grace") else None
     if policy.is_empty():
         plan_retention(Inventory(), policy, now)  # raises the empty-policy error
-    purge = bool(params.get('purge_versions'))
+    purge = bool(params.get("purge_versions"))
     versioned = False
     if purge:
         versioned = bucket_versioning(client, bucket, stats) is not None
@@ -744,45 +808,77 @@ def run_retention(client, params, check_mode=False, now=None):
     if now is None:
         now = server_time or utcnow()
     inv = build_inventory(objects, layout)
-    if layout.time_source == 'manifest':
-        read_manifest_times(client, bucket, [b for g in inv.groups.values() for b in g], layout, stats,
-                            concurrency=params.get('concurrency') or DEFAULT_CONCURRENCY)
-    backups = plan_retention(inv, policy, now, incomplete_grace=grace,
-                             delete_incomplete=params.get('delete_incomplete', True))
-    to_delete = [b for b in backups if b.action == 'delete']
+    if layout.time_source == "manifest":
+        read_manifest_times(
+            client,
+            bucket,
+            [b for g in inv.groups.values() for b in g],
+            layout,
+            stats,
+            concurrency=params.get("concurrency") or DEFAULT_CONCURRENCY,
+        )
+    backups = plan_retention(
+        inv, policy, now, incomplete_grace=grace, delete_incomplete=params.get("delete_incomplete", True)
+    )
+    to_delete = [b for b in backups if b.action == "delete"]
     leftovers = inv.leftovers if purge else []
-    summary = dict(backups=len(backups), complete=sum(1 for b in backups if b.complete),
-                   incomplete=sum(1 for b in backups if not b.complete),
-                   kept=sum(1 for b in backups if b.action == 'keep'), deleted=len(to_delete),
-                   objects=sum(len(b.objects) for b in backups), leftovers_purged=len(leftovers),
-                   objects_deleted=sum(len(_entries(o, purge)) for b in to_delete + leftovers for o in b.objects),
-                   unrecognised=len(inv.unrecognised), groups=len(inv.groups), versioned=versioned,
-                   server_time=format_time(server_time), now=format_time(now))
+    summary = dict(
+        backups=len(backups),
+        complete=sum(1 for b in backups if b.complete),
+        incomplete=sum(1 for b in backups if not b.complete),
+        kept=sum(1 for b in backups if b.action == "keep"),
+        deleted=len(to_delete),
+        objects=sum(len(b.objects) for b in backups),
+        leftovers_purged=len(leftovers),
+        objects_deleted=sum(len(_entries(o, purge)) for b in to_delete + leftovers for o in b.objects),
+        unrecognised=len(inv.unrecognised),
+        groups=len(inv.groups),
+        versioned=versioned,
+        server_time=format_time(server_time),
+        now=format_time(now),
+    )
     result = dict(changed=bool(to_delete or leftovers), errors=[], failed=False)
     if to_delete or leftovers:
         if not check_mode:
-            dres = delete_backups(client, bucket, to_delete + leftovers, manifest_name=layout.manifest_name,
-                                  purge_versions=purge, stats=stats,
-                                  concurrency=params.get('concurrency') or DEFAULT_CONCURRENCY)
+            dres = delete_backups(
+                client,
+                bucket,
+                to_delete + leftovers,
+                manifest_name=layout.manifest_name,
+                purge_versions=purge,
+                stats=stats,
+                concurrency=params.get("concurrency") or DEFAULT_CONCURRENCY,
+            )
             if dres.errors:
                 classify_locked(client, bucket, dres.errors, stats)
             for b in to_delete + leftovers:
                 if b.prefix in dres.skipped:
-                    b.action = 'delete_failed'
-            result['errors'] = dres.errors
-            summary['objects_deleted'] = dres.deleted
+                    b.action = "delete_failed"
+            result["errors"] = dres.errors
+            summary["objects_deleted"] = dres.deleted
             if dres.errors or dres.failed_requests:
-                result['failed'] = True
-                result['msg'] = _failure_message(dres)
-    result['backups'] = [b.to_dict() for b in backups]
-    result['purged'] = [b.to_dict() for b in leftovers]
-    result['unrecognised'] = inv.unrecognised
-    result['summary'] = summary
-    result['api_calls'] = stats.as_dict()
-    result['diff'] = _diff(backups)
+                result["failed"] = True
+                result["msg"] = _failure_message(dres)
+    result["backups"] = [b.to_dict() for b in backups]
+    result["purged"] = [b.to_dict() for b in leftovers]
+    result["unrecognised"] = inv.unrecognised
+    result["summary"] = summary
+    result["api_calls"] = stats.as_dict()
+    result["diff"] = _diff(backups)
     return result
 
 
-__all__ = ['S3Error', 'RetentionError', 'Duration', 'Policy', 'Layout', 'apply_policy', 'build_inventory',
-           'check_scope', 'plan_retention', 'list_objects', 'delete_backups',
-           'run_retention']
+__all__ = [
+    "S3Error",
+    "RetentionError",
+    "Duration",
+    "Policy",
+    "Layout",
+    "apply_policy",
+    "build_inventory",
+    "check_scope",
+    "plan_retention",
+    "list_objects",
+    "delete_backups",
+    "run_retention",
+]

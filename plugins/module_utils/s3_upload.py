@@ -4,6 +4,7 @@
 """Streaming an object of unknown size into S3: a multipart upload fed chunk by chunk, parts uploaded by background
 threads, memory bounded by the parts in flight. Plain Python; the client is a boto3 S3 client (``s3.s3_client``).
 """
+
 from __future__ import annotations
 
 import queue
@@ -34,7 +35,7 @@ class S3StreamUpload:
         self.number = 0
         self.upload_id = None
         self.error = None
-        self.content_type = content_type or 'application/octet-stream'
+        self.content_type = content_type or "application/octet-stream"
         self.slots = threading.Semaphore(self.concurrency)
         self.queue = queue.Queue()
         self.threads = []
@@ -42,7 +43,7 @@ class S3StreamUpload:
 
     def _start(self):
         resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
-        self.upload_id = resp['UploadId']
+        self.upload_id = resp["UploadId"]
         for _unused in range(self.concurrency):
             thread = threading.Thread(target=self._worker, daemon=True)
             thread.start()
@@ -56,9 +57,10 @@ class S3StreamUpload:
             number, body = item
             try:
                 if self.error is None:
-                    resp = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                   PartNumber=number, Body=body)
-                    self.parts[number] = resp['ETag']
+                    resp = self.client.upload_part(
+                        Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+                    )
+                    self.parts[number] = resp["ETag"]
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self.error = exc
             finally:
@@ -70,15 +72,18 @@ class S3StreamUpload:
         if self.upload_id is None:
             self._start()
         if self.number >= MAX_PARTS:
-            raise S3Error(f'{self.key} is larger than {MAX_PARTS} parts of {self.part_size // 2**20} MiB, the most S3 '
-                          'allows in one object; raise part_size', code='TooManyParts')
+            raise S3Error(
+                f"{self.key} is larger than {MAX_PARTS} parts of {self.part_size // 2**20} MiB, the most S3 "
+                "allows in one object; raise part_size",
+                code="TooManyParts",
+            )
         self.slots.acquire()  # pylint: disable=consider-using-with
         if self.error is not None:
             self.slots.release()
             raise self.error
         body = self.part
         if self.filled < len(body):
-            del body[self.filled:]
+            del body[self.filled :]
         self.number += 1
         self.queue.put((self.number, body))
         self.part = None
@@ -94,7 +99,7 @@ class S3StreamUpload:
             if self.part is None:
                 self.part = bytearray(self.part_size)
             take = min(size - offset, self.part_size - self.filled)
-            self.part[self.filled:self.filled + take] = view[offset:offset + take]
+            self.part[self.filled : self.filled + take] = view[offset : offset + take]
             self.filled += take
             offset += take
             if self.filled == self.part_size:
@@ -109,7 +114,7 @@ class S3StreamUpload:
 
     def close(self):
         if self.upload_id is None:
-            body = bytes(self.part[:self.filled]) if self.part is not None else b''
+            body = bytes(self.part[: self.filled]) if self.part is not None else b""
             self.part = None
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type)
             return
@@ -120,11 +125,14 @@ class S3StreamUpload:
         if self.error is not None:
             raise self.error
         self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': self.parts[n]} for n in sorted(self.parts)]})
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self.parts[n]} for n in sorted(self.parts)]},
+        )
 
     def abort(self):
-        self.error = self.error or RuntimeError('aborted')
+        self.error = self.error or RuntimeError("aborted")
         self.part = None
         self._join()
         if self.upload_id is not None:

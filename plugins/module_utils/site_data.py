@@ -5,6 +5,7 @@
 Redis server, and where each HAProxy instance sends the traffic of a backend. Every part reports its own error; the
 analysis of what is read is in operation_decisions.py.
 """
+
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout
@@ -26,9 +27,14 @@ def redis_probe(params):
         replication = redis_resp.parse_info(conn.command("INFO", "replication"))
     finally:
         conn.close()
-    return {"role": replication.get("role"), "server": info["server"], "version": info["version"],
-            "keys": sum(db["keys"] for db in info["keyspace"].values()), "keyspace": info["keyspace"],
-            "address": f"{params.get('host')}:{params.get('port')}"}
+    return {
+        "role": replication.get("role"),
+        "server": info["server"],
+        "version": info["version"],
+        "keys": sum(db["keys"] for db in info["keyspace"].values()),
+        "keyspace": info["keyspace"],
+        "address": f"{params.get('host')}:{params.get('port')}",
+    }
 
 
 def collect_site_data(params, s3_client, now=None):
@@ -36,9 +42,9 @@ def collect_site_data(params, s3_client, now=None):
     # pylint: disable=import-outside-toplevel
     # Here, not at the top: hanzo.kms.haproxy_info imports this file and needs neither boto3 nor the RESP client.
     from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
-    from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import complete_backups
     from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
+    from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import complete_backups
 
     now = now or utcnow()
     site = params["site"]
@@ -51,8 +57,14 @@ def collect_site_data(params, s3_client, now=None):
     cnpg = {"bucket": bucket, "prefix": prefix}
     try:
         objects, dummy_server_time = s3_retention.list_objects(s3_client, bucket, prefix)
-        cnpg.update(analyze_cnpg_archive(((o.key, o.last_modified, o.size) for o in objects), prefix, now,
-                                         server=params.get("cnpg_server_name") or None))
+        cnpg.update(
+            analyze_cnpg_archive(
+                ((o.key, o.last_modified, o.size) for o in objects),
+                prefix,
+                now,
+                server=params.get("cnpg_server_name") or None,
+            )
+        )
     except S3Error as exc:
         cnpg["error"] = str(exc)
     out["cnpg"] = cnpg
@@ -89,13 +101,16 @@ def lb_view(name, states, stats, backend):
             continue
         row = stats.get(server) or {}
         status = (row.get("status") or "").strip() or "unknown"
-        servers[server] = {"state": state.state, "weight": state.uweight, "status": status,
-                           "check": (row.get("check_status") or "").replace("*", "").strip() or None}
+        servers[server] = {
+            "state": state.state,
+            "weight": state.uweight,
+            "status": status,
+            "check": (row.get("check_status") or "").replace("*", "").strip() or None,
+        }
         healthy = status == "no check" or status.split()[0] == "UP"
         if state.state == "ready" and state.uweight > 0 and healthy:
             serving.append(server)
-    return {"name": name, "reachable": True, "error": None, "backend": backend, "servers": servers,
-            "serving": serving}
+    return {"name": name, "reachable": True, "error": None, "backend": backend, "servers": servers, "serving": serving}
 
 
 def read_lb(instance, backend, timeout=5.0):
@@ -103,7 +118,11 @@ def read_lb(instance, backend, timeout=5.0):
     TLS files cannot be loaded, is reported, not raised."""
     # pylint: disable=import-outside-toplevel
     from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import (
-        HAProxyError, RuntimeClient, check_names, instance_connection)
+        HAProxyError,
+        RuntimeClient,
+        check_names,
+        instance_connection,
+    )
 
     check_names(backend)  # an invalid name is the caller's error, not an unreachable instance
     name = instance.get("name") or instance.get("socket") or instance.get("address")
@@ -112,5 +131,4 @@ def read_lb(instance, backend, timeout=5.0):
         client = RuntimeClient(address, name=name, timeout=timeout, tls=tls)
         return lb_view(name, client.servers_state(backend), client.server_stats(backend), backend)
     except HAProxyError as exc:
-        return {"name": name, "reachable": False, "error": str(exc), "backend": backend, "servers": {},
-                "serving": []}
+        return {"name": name, "reachable": False, "error": str(exc), "backend": backend, "servers": {}, "serving": []}

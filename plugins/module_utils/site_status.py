@@ -14,6 +14,7 @@ password: never print it).
 
 The Kubernetes reads go through ``KubeReader`` (the kubernetes client); tests give ``gather`` a fake reader.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,7 @@ CNPG_GROUP, CNPG_VERSION = "postgresql.cnpg.io", "v1"
 BARMAN_GROUP, BARMAN_VERSION = "barmancloud.cnpg.io", "v1"
 # The commit time of the newest transaction the server has replayed (UTC, whole seconds); empty on a server that
 # replayed nothing since it started. Read as the postgres user over the instance's local socket.
-REPLAY_QUERY = ("SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', "
-                "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+REPLAY_QUERY = "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 
 class NotFound(Exception):
@@ -59,16 +59,19 @@ class KubeReader:
         return result if isinstance(result, dict) else self.api.sanitize_for_serialization(result)
 
     def cluster(self, namespace, name):
-        return self._call(self.custom.get_namespaced_custom_object, CNPG_GROUP, CNPG_VERSION, namespace, "clusters",
-                          name)
+        return self._call(
+            self.custom.get_namespaced_custom_object, CNPG_GROUP, CNPG_VERSION, namespace, "clusters", name
+        )
 
     def backups(self, namespace):
-        return self._call(self.custom.list_namespaced_custom_object, CNPG_GROUP, CNPG_VERSION, namespace,
-                          "backups").get("items", [])
+        return self._call(
+            self.custom.list_namespaced_custom_object, CNPG_GROUP, CNPG_VERSION, namespace, "backups"
+        ).get("items", [])
 
     def object_store(self, namespace, name):
-        return self._call(self.custom.get_namespaced_custom_object, BARMAN_GROUP, BARMAN_VERSION, namespace,
-                          "objectstores", name)
+        return self._call(
+            self.custom.get_namespaced_custom_object, BARMAN_GROUP, BARMAN_VERSION, namespace, "objectstores", name
+        )
 
     def deployment(self, namespace, name):
         return self._call(self.apps.read_namespaced_deployment, name, namespace)
@@ -78,6 +81,7 @@ class KubeReader:
 
     def exec(self, namespace, pod, container, command):
         from ansible_collections.hanzo.kms.plugins.module_utils.kube import pod_exec  # pylint: disable=import-outside-toplevel
+
         return pod_exec(self.api, namespace, pod, container, command, timeout=self.timeout * 2)
 
 
@@ -99,9 +103,11 @@ def kms_view(deployment):
     """Replicas wanted and ready of the KMS Deployment, and its Available condition."""
     status = deployment.get("status") or {}
     available = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Available"]
-    return {"replicas": int((deployment.get("spec") or {}).get("replicas", 1)),
-            "ready_replicas": int(status.get("readyReplicas") or 0),
-            "available": bool(available) and available[0] == "True"}
+    return {
+        "replicas": int((deployment.get("spec") or {}).get("replicas", 1)),
+        "ready_replicas": int(status.get("readyReplicas") or 0),
+        "available": bool(available) and available[0] == "True",
+    }
 
 
 def read_replay(reader, namespace, cluster):
@@ -135,29 +141,57 @@ def gather(params, reader, collect_data, connect_check=redis_connect_error):
     Kubernetes reads run; when it fails, Redis is not probed and its error is the finding."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         probe_redis = bool(params.get("probe_redis", True) and params.get("host"))
-        redis_check = pool.submit(connect_check, params.get("host"), params.get("port") or 6379,
-                                  float(params.get("connect_timeout") or 10.0)) if probe_redis else None
+        redis_check = (
+            pool.submit(
+                connect_check,
+                params.get("host"),
+                params.get("port") or 6379,
+                float(params.get("connect_timeout") or 10.0),
+            )
+            if probe_redis
+            else None
+        )
         status, destination, password = _read_kube(params, reader, probe_redis)
         redis_error = redis_check.result() if redis_check else None
-    data_params = dict(params, password=password or None, cnpg_destination_path=destination or None,
-                       probe_redis=probe_redis and not redis_error, redis_error=redis_error)
+    data_params = dict(
+        params,
+        password=password or None,
+        cnpg_destination_path=destination or None,
+        probe_redis=probe_redis and not redis_error,
+        redis_error=redis_error,
+    )
     status["data"] = collect_data(data_params)
     # Not the kubeconfig: a no_log option (it may be given inline), which the caller has.
-    access = {"site": params["site"],
-              "context": params.get("context") or "", "namespace": params["namespace"],
-              "cluster_name": params["cluster_name"], "kms_name": params["kms_name"],
-              "redis_host": params.get("host") or "", "redis_port": int(params.get("port") or 6379),
-              "redis_password": password, "redis_tls": bool(params.get("tls")),
-              "redis_tls_ca_cert": params.get("tls_ca_cert") or ""}
+    access = {
+        "site": params["site"],
+        "context": params.get("context") or "",
+        "namespace": params["namespace"],
+        "cluster_name": params["cluster_name"],
+        "kms_name": params["kms_name"],
+        "redis_host": params.get("host") or "",
+        "redis_port": int(params.get("port") or 6379),
+        "redis_password": password,
+        "redis_tls": bool(params.get("tls")),
+        "redis_tls_ca_cert": params.get("tls_ca_cert") or "",
+    }
     return status, access
 
 
 def _read_kube(params, reader, probe_redis):
     """(status without data, ObjectStore destinationPath, Redis password) from the site's Kubernetes API."""
     namespace, cluster_name = params["namespace"], params["cluster_name"]
-    status = {"site": params["site"], "inventory_role": params.get("inventory_role") or "",
-              "kube_reachable": False, "kube_error": None, "cluster": None, "cluster_error": None, "kms": None,
-              "replayed_commit_time": "", "backups": [], "data": None}
+    status = {
+        "site": params["site"],
+        "inventory_role": params.get("inventory_role") or "",
+        "kube_reachable": False,
+        "kube_error": None,
+        "cluster": None,
+        "cluster_error": None,
+        "kms": None,
+        "replayed_commit_time": "",
+        "backups": [],
+        "data": None,
+    }
     cluster = None
     if reader is None:
         status["kube_error"] = params.get("reader_error") or "no Kubernetes client"
@@ -183,8 +217,11 @@ def _read_kube(params, reader, probe_redis):
         except Exception:  # pylint: disable=broad-exception-caught
             status["kms"] = None  # no Deployment (not installed) or not readable: "unknown" in the status
         try:
-            status["backups"] = [b for b in reader.backups(namespace)
-                                 if ((b.get("spec") or {}).get("cluster") or {}).get("name") == cluster_name]
+            status["backups"] = [
+                b
+                for b in reader.backups(namespace)
+                if ((b.get("spec") or {}).get("cluster") or {}).get("name") == cluster_name
+            ]
         except Exception:  # pylint: disable=broad-exception-caught
             status["backups"] = []
         try:

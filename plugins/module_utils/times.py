@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Time helpers of the collection (plain Python, no Ansible import): aware UTC datetimes, the compact form of backup
 keys and run names (``20261129T130000Z``), RFC 3339 text and ages as people read them."""
+
 from __future__ import annotations
 
 import datetime
@@ -10,11 +11,11 @@ import email.utils
 
 UTC = datetime.timezone.utc
 # Backup keys (<prefix>/<site>/<timestamp>/...) and report names use this form.
-COMPACT_FORMAT = '%Y%m%dT%H%M%SZ'
+COMPACT_FORMAT = "%Y%m%dT%H%M%SZ"
 # RFC 3339 UTC text with whole seconds (backup manifests, reports): 2026-11-29T13:00:00Z.
-RFC3339_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
+RFC3339_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # A Kubernetes MicroTime (a Lease's acquireTime and renewTime): RFC 3339 UTC with microseconds.
-MICROTIME_FORMAT = '%Y-%m-%dT%H:%M:%S.%fZ'
+MICROTIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Sorts before every real time (e.g. a backup whose time is unknown).
 MIN_TIME = datetime.datetime.min.replace(tzinfo=UTC)
 
@@ -50,17 +51,17 @@ def format_epoch(epoch, fmt=RFC3339_FORMAT):
 
 def epoch_text(epoch):
     """RFC 3339 UTC text of epoch seconds for a message; ``unknown`` for None."""
-    return 'unknown' if epoch is None else format_epoch(epoch)
+    return "unknown" if epoch is None else format_epoch(epoch)
 
 
 def parse_epoch(value):
     """Epoch seconds of ISO 8601 text (``Z`` or an offset, e.g. a MicroTime) or of a datetime (naive means UTC);
     None if empty. Unlike parse_time, text that is not ISO 8601 raises ValueError."""
-    if value in (None, ''):
+    if value in (None, ""):
         return None
     if isinstance(value, datetime.datetime):
         return as_utc(value).timestamp()
-    text = str(value).strip().replace('Z', '+00:00')
+    text = str(value).strip().replace("Z", "+00:00")
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
@@ -77,7 +78,7 @@ def parse_iso_z(text, otherwise=None):
     """Aware UTC datetime of ISO 8601 UTC text with a ``Z`` and whole or millisecond seconds, the form S3 listings use
     (``2026-11-22T04:15:00.000Z``); anything else gives ``otherwise(text)``, or None without ``otherwise``. Fast: no
     format matching, it runs once per listed object."""
-    if isinstance(text, str) and len(text) in (20, 24) and text.endswith('Z'):
+    if isinstance(text, str) and len(text) in (20, 24) and text.endswith("Z"):
         try:
             return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
         except ValueError:
@@ -111,8 +112,8 @@ def parse_any_time(value, fmt=COMPACT_FORMAT):
     if when is not None:
         return when
     text = value.strip()
-    if text.endswith('Z') or text.endswith('z'):
-        text = text[:-1] + '+00:00'
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -123,12 +124,12 @@ def parse_any_time(value, fmt=COMPACT_FORMAT):
 def parse_time(value):
     """Aware UTC datetime from a datetime, RFC 3339 text (``Z`` or offset) or the compact form with or without its
     ``Z``; None if empty or unreadable."""
-    if value is None or value == '':
+    if value is None or value == "":
         return None
     if isinstance(value, datetime.datetime):
         return as_utc(value)
     text = str(value).strip()
-    return parse_any_time(text) or parse_any_time(text, '%Y%m%dT%H%M%S')
+    return parse_any_time(text) or parse_any_time(text, "%Y%m%dT%H%M%S")
 
 
 def age_seconds(when, now):
@@ -140,14 +141,14 @@ def age_seconds(when, now):
 def human_age(seconds):
     """``42s``, ``3m 12s``, ``5h 02m``, ``2d 03h``; ``-3m 12s`` for a time in the future; ``unknown`` for None."""
     if seconds is None:
-        return 'unknown'
+        return "unknown"
     seconds = int(seconds)
     if seconds < 0:
-        return '-' + human_age(-seconds)
+        return "-" + human_age(-seconds)
     if seconds < 60:
-        return f'{seconds}s'
+        return f"{seconds}s"
     if seconds < 3600:
-        return f'{seconds // 60}m {seconds % 60:02d}s'
+        return f"{seconds // 60}m {seconds % 60:02d}s"
     if seconds < 86400:
-        return f'{seconds // 3600}h {seconds % 3600 // 60:02d}m'
-    return f'{seconds // 86400}d {seconds % 86400 // 3600:02d}h'
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"

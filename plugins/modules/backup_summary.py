@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: backup_summary
 short_description: Summarise a backup run of Hanzo KMS, find what failed and what was skipped
@@ -116,9 +116,9 @@ options:
 seealso:
   - module: hanzo.kms.s3_backup_info
   - module: hanzo.kms.s3_retention
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Summarise the backups
   hanzo.kms.backup_summary:
     sites: "{{ ansible_play_hosts | map('extract', hostvars, 'backup_site') | list }}"
@@ -130,9 +130,9 @@ EXAMPLES = r'''
 - name: Print it
   ansible.builtin.debug:
     msg: "{{ backup_summary.lines }}"
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 report:
   description:
     - The summary of the run with its problems and what was skipped, as the JSON report holds it.
@@ -188,27 +188,28 @@ message:
   returned: always
   type: str
   sample: Backups done.
-'''
+"""
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hanzo.kms.plugins.module_utils.backup_summary import SITE_OPTIONS, summarize_backup
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            sites=dict(type='list', elements='dict', required=True, options=SITE_OPTIONS),
-            primary_cluster=dict(type='str', required=True),
-            cnpg_enabled=dict(type='bool', default=True),
-            redis_enabled=dict(type='bool', default=True),
-            retention=dict(type='dict', default={}),
-            listing=dict(type='dict', default={}),
-            redis_error=dict(type='str'),
+            sites=dict(type="list", elements="dict", required=True, options=SITE_OPTIONS),
+            primary_cluster=dict(type="str", required=True),
+            cnpg_enabled=dict(type="bool", default=True),
+            redis_enabled=dict(type="bool", default=True),
+            retention=dict(type="dict", default={}),
+            listing=dict(type="dict", default={}),
+            redis_error=dict(type="str"),
         ),
         supports_check_mode=True,
     )
     module.exit_json(changed=False, **summarize_backup(module.params, check_mode=module.check_mode))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: cnpg_promote
 short_description: Switch over or fail over a CloudNativePG replica cluster between two Kubernetes clusters
@@ -101,9 +101,9 @@ options:
       - Seconds between two reads of a cluster while waiting.
     type: float
     default: 0.5
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Planned switchover from dc1 to dc2 (one kubeconfig, two contexts)
   hanzo.kms.cnpg_promote:
     mode: switchover
@@ -155,9 +155,9 @@ EXAMPLES = r'''
     new_cluster: {name: kms-pg-dc2, namespace: kms, context: dc2}
   check_mode: true
   register: plan
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 mode:
   description: The mode that ran.
   returned: always
@@ -260,30 +260,30 @@ last_status:
     conditions, switchReplicaClusterStatus, fencing annotation, spec.replica).
   returned: on failure of a wait
   type: dict
-'''
+"""
 
 import copy
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import CnpgError, KubeCluster, Promoter
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 
 
 def argument_spec():
     side = copy.deepcopy(AUTH_ARG_SPEC)
-    side.update(name=dict(type='str', required=True), namespace=dict(type='str', default='default'))
+    side.update(name=dict(type="str", required=True), namespace=dict(type="str", default="default"))
     spec = copy.deepcopy(AUTH_ARG_SPEC)
     spec.update(
-        mode=dict(type='str', required=True, choices=['switchover', 'failover']),
-        old_cluster=dict(type='dict', required=True, options=side),
-        new_cluster=dict(type='dict', required=True, options=copy.deepcopy(side)),
-        old_cluster_fencing=dict(type='str', default='none', choices=['none', 'fence', 'hibernate']),
-        demotion_timeout=dict(type='int', default=300),
-        promotion_timeout=dict(type='int', default=600),
-        request_timeout=dict(type='int', default=10),
-        poll_interval=dict(type='float', default=0.5),
+        mode=dict(type="str", required=True, choices=["switchover", "failover"]),
+        old_cluster=dict(type="dict", required=True, options=side),
+        new_cluster=dict(type="dict", required=True, options=copy.deepcopy(side)),
+        old_cluster_fencing=dict(type="str", default="none", choices=["none", "fence", "hibernate"]),
+        demotion_timeout=dict(type="int", default=300),
+        promotion_timeout=dict(type="int", default=600),
+        request_timeout=dict(type="int", default=10),
+        poll_interval=dict(type="float", default=0.5),
     )
     return spec
 
@@ -295,42 +295,54 @@ def main():
         module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
     # Before any client is made: a bad value found by the first wait would come after the demotion patch.
-    problem = not_positive(params, ('demotion_timeout', 'promotion_timeout', 'request_timeout', 'poll_interval'))
+    problem = not_positive(params, ("demotion_timeout", "promotion_timeout", "request_timeout", "poll_interval"))
     if problem:
         module.fail_json(msg=problem)
     sides = {}
-    for side in ('old_cluster', 'new_cluster'):
+    for side in ("old_cluster", "new_cluster"):
         try:
             client = api_client(params, params[side])
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            module.fail_json(msg=f'cannot configure the Kubernetes client for {side}: {exc}')
-        sides[side] = KubeCluster(client, params[side]['name'], params[side]['namespace'], side.split('_', maxsplit=1)[0],
-                                  request_timeout=params['request_timeout'])
+            module.fail_json(msg=f"cannot configure the Kubernetes client for {side}: {exc}")
+        sides[side] = KubeCluster(
+            client,
+            params[side]["name"],
+            params[side]["namespace"],
+            side.split("_", maxsplit=1)[0],
+            request_timeout=params["request_timeout"],
+        )
 
-    promoter = Promoter(sides['old_cluster'], sides['new_cluster'], params['mode'], check_mode=module.check_mode,
-                        fencing=params['old_cluster_fencing'], demotion_timeout=params['demotion_timeout'],
-                        promotion_timeout=params['promotion_timeout'], poll_interval=params['poll_interval'])
+    promoter = Promoter(
+        sides["old_cluster"],
+        sides["new_cluster"],
+        params["mode"],
+        check_mode=module.check_mode,
+        fencing=params["old_cluster_fencing"],
+        demotion_timeout=params["demotion_timeout"],
+        promotion_timeout=params["promotion_timeout"],
+        poll_interval=params["poll_interval"],
+    )
     try:
         result = promoter.run()
     except CnpgError as exc:
         details = dict(exc.details)
-        partial = details.pop('result', None) or {}
-        details.pop('side', None)
-        warnings = partial.pop('warnings', [])
-        diff = partial.pop('diff', None)
+        partial = details.pop("result", None) or {}
+        details.pop("side", None)
+        warnings = partial.pop("warnings", [])
+        diff = partial.pop("diff", None)
         for warning in warnings:
             module.warn(warning)
         if module._diff and diff:  # pylint: disable=protected-access
-            partial['diff'] = diff
+            partial["diff"] = diff
         partial.update(details)
         module.fail_json(msg=exc.msg, **partial)
-    for warning in result.pop('warnings', []):
+    for warning in result.pop("warnings", []):
         module.warn(warning)
-    diff = result.pop('diff')
+    diff = result.pop("diff")
     if module._diff:  # pylint: disable=protected-access
-        result['diff'] = diff
+        result["diff"] = diff
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -347,7 +347,8 @@ def main():
             sites=dict(type="dict"),
             inactive_state=dict(type="str", choices=["drain", "maint"], default="maint"),
             servers=dict(
-                type="list", elements="dict",
+                type="list",
+                elements="dict",
                 options=dict(
                     name=dict(type="str", required=True),
                     state=dict(type="str", choices=["ready", "drain", "maint"]),
@@ -372,7 +373,9 @@ def main():
     if problem:
         module.fail_json(msg=f"{problem}; nothing was sent to HAProxy")
     if params["min_instances"] is not None and not 0 <= params["min_instances"] <= len(params["instances"]):
-        module.fail_json(msg=f"min_instances must be between 0 and the number of instances ({len(params['instances'])})")
+        module.fail_json(
+            msg=f"min_instances must be between 0 and the number of instances ({len(params['instances'])})"
+        )
     try:
         desired = build_desired(params)
         check_names(params["backend"], desired)
@@ -388,9 +391,17 @@ def main():
         module.fail_json(msg=f"{exc}; nothing was sent to HAProxy")
     try:
         result = switch(
-            instances, params["backend"], desired, min_instances=params["min_instances"], check_mode=module.check_mode,
-            drain=params["drain"], drain_timeout=params["drain_timeout"], shutdown_sessions=params["shutdown_sessions"],
-            wait_healthy=params["wait_healthy"], healthy_timeout=params["healthy_timeout"])
+            instances,
+            params["backend"],
+            desired,
+            min_instances=params["min_instances"],
+            check_mode=module.check_mode,
+            drain=params["drain"],
+            drain_timeout=params["drain_timeout"],
+            shutdown_sessions=params["shutdown_sessions"],
+            wait_healthy=params["wait_healthy"],
+            healthy_timeout=params["healthy_timeout"],
+        )
     except SwitchError as exc:
         module.fail_json(msg=str(exc), **exc.result)
     for name in result["unreachable_instances"]:

@@ -154,8 +154,12 @@ def main():
         module.fail_json(msg=str(exc))
     views = [read_lb(inst, module.params["backend"], module.params["timeout"]) for inst in module.params["instances"]]
     serving = sorted({server for view in views for server in view["serving"]})
-    module.exit_json(changed=False, instances=views, serving=serving,
-                     unreachable_instances=[v["name"] for v in views if not v["reachable"]])
+    module.exit_json(
+        changed=False,
+        instances=views,
+        serving=serving,
+        unreachable_instances=[v["name"] for v in views if not v["reachable"]],
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: operation_lock
 short_description: Take or release the operation lock of a Hanzo KMS installation
@@ -94,9 +94,9 @@ options:
       - Timeout in seconds of each Kubernetes API request; a site that does not answer within it is unreachable.
     type: int
     default: 10
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Take the operation lock in every site before a backup
   hanzo.kms.operation_lock:
     operation: backup
@@ -124,9 +124,9 @@ EXAMPLES = r'''
     sites:
       - {name: dc1, namespace: kms, host: "https://k8s.dc1.example.com:6443", api_key: "{{ dc1_token }}"}
       - {name: dc2, namespace: kms, host: "https://k8s.dc2.example.com:6443", api_key: "{{ dc2_token }}"}
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 state:
   description: The state asked for.
   returned: success
@@ -195,7 +195,7 @@ since:
   description: Since when the holder has held the lock (UTC).
   returned: when refused while acquiring
   type: str
-'''
+"""
 
 import copy
 import secrets
@@ -203,28 +203,34 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import AUTH_ARG_SPEC, api_client, missing
+from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
-    DEFAULT_TTL, LEASE_NAME, KubeLease, LockError, OperationLock, Unreachable)
+    DEFAULT_TTL,
+    LEASE_NAME,
+    KubeLease,
+    LockError,
+    OperationLock,
+    Unreachable,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 
 def argument_spec():
     site = copy.deepcopy(AUTH_ARG_SPEC)
-    site.update(name=dict(type='str', required=True), namespace=dict(type='str', default='kms'))
+    site.update(name=dict(type="str", required=True), namespace=dict(type="str", default="kms"))
     spec = copy.deepcopy(AUTH_ARG_SPEC)
     spec.update(
-        state=dict(type='str', default='acquired', choices=['acquired', 'released']),
-        sites=dict(type='list', elements='dict', required=True, options=site),
-        owner=dict(type='str'),
-        operation=dict(type='str'),
-        run_id=dict(type='str'),
-        ttl=dict(type='int', default=DEFAULT_TTL),
-        lease_name=dict(type='str', default=LEASE_NAME),
-        break_lock=dict(type='str', default=''),
-        allow_unreachable=dict(type='bool', default=False),
-        request_timeout=dict(type='int', default=10),
+        state=dict(type="str", default="acquired", choices=["acquired", "released"]),
+        sites=dict(type="list", elements="dict", required=True, options=site),
+        owner=dict(type="str"),
+        operation=dict(type="str"),
+        run_id=dict(type="str"),
+        ttl=dict(type="int", default=DEFAULT_TTL),
+        lease_name=dict(type="str", default=LEASE_NAME),
+        break_lock=dict(type="str", default=""),
+        allow_unreachable=dict(type="bool", default=False),
+        request_timeout=dict(type="int", default=10),
     )
     return spec
 
@@ -241,48 +247,61 @@ class UnconfiguredLease:  # pylint: disable=too-few-public-methods
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_one_of=[('owner', 'operation')])
+    module = AnsibleModule(
+        argument_spec=argument_spec(), supports_check_mode=True, required_one_of=[("owner", "operation")]
+    )
     problem = missing()
     if problem:
         module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
-    problem = not_positive(params, ('ttl', 'request_timeout'))
+    problem = not_positive(params, ("ttl", "request_timeout"))
     if problem:
         module.fail_json(msg=problem)
-    owner = params['owner']
+    owner = params["owner"]
     if not owner:
-        run_id = params['run_id'] or f'{utcnow_compact()}-{secrets.token_hex(2)}'
+        run_id = params["run_id"] or f"{utcnow_compact()}-{secrets.token_hex(2)}"
         owner = f"{params['operation']}/{run_id}@{socket.gethostname()}"
-    names = [site['name'] for site in params['sites']]
+    names = [site["name"] for site in params["sites"]]
     if len(set(names)) != len(names) or not names:
-        module.fail_json(msg=f'sites must name each site once, got {names}', owner=owner)
+        module.fail_json(msg=f"sites must name each site once, got {names}", owner=owner)
 
     stores = {}
-    for site in params['sites']:
+    for site in params["sites"]:
         try:
             client = api_client(params, site)
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # No usable kubeconfig for a site (a lost site's credentials are often gone with it): the site is
             # unreachable, which O(allow_unreachable) decides about, like an API that does not answer.
-            stores[site['name']] = UnconfiguredLease(site['namespace'], f'cannot configure the Kubernetes client: {exc}')
+            stores[site["name"]] = UnconfiguredLease(
+                site["namespace"], f"cannot configure the Kubernetes client: {exc}"
+            )
             continue
-        stores[site['name']] = KubeLease(client, site['namespace'], name=params['lease_name'],
-                                         request_timeout=params['request_timeout'])
+        stores[site["name"]] = KubeLease(
+            client, site["namespace"], name=params["lease_name"], request_timeout=params["request_timeout"]
+        )
 
-    lock = OperationLock(stores, owner, operation=params['operation'] or owner.split('/', 1)[0], ttl=params['ttl'],
-                         name=params['lease_name'], break_confirmation=params['break_lock'],
-                         allow_unreachable=params['allow_unreachable'], check_mode=module.check_mode)
+    lock = OperationLock(
+        stores,
+        owner,
+        operation=params["operation"] or owner.split("/", 1)[0],
+        ttl=params["ttl"],
+        name=params["lease_name"],
+        break_confirmation=params["break_lock"],
+        allow_unreachable=params["allow_unreachable"],
+        check_mode=module.check_mode,
+    )
     try:
-        result = lock.acquire() if params['state'] == 'acquired' else lock.release()
+        result = lock.acquire() if params["state"] == "acquired" else lock.release()
     except LockError as exc:
         module.fail_json(msg=exc.msg, owner=owner, **exc.details)
-    for entry in result['sites']:
-        if entry['action'] == 'unreachable':
-            module.warn(f"site {entry['site']}: the Kubernetes API did not answer, its operation lock was not "
-                        f"{'taken' if params['state'] == 'acquired' else 'released'}: {entry.get('error', '')}")
+    for entry in result["sites"]:
+        if entry["action"] == "unreachable":
+            module.warn(
+                f"site {entry['site']}: the Kubernetes API did not answer, its operation lock was not "
+                f"{'taken' if params['state'] == 'acquired' else 'released'}: {entry.get('error', '')}"
+            )
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

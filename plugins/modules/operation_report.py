@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: operation_report
 short_description: Record the steps of a Hanzo KMS operation and write its Markdown and JSON report
@@ -107,9 +107,9 @@ options:
     default: '0600'
 seealso:
   - module: hanzo.kms.switch_preflight
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Record the start of the promotion step
   hanzo.kms.operation_report:
     dir: /var/log/hanzo-kms
@@ -126,9 +126,9 @@ EXAMPLES = r'''
     step: promote
     result: changed
     detail: kms-pg-dc2 promoted without a token, timeline 2
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 report:
   description: The whole report (what the JSON file holds).
   returned: always
@@ -150,7 +150,7 @@ written:
   returned: when O(dir) is set, not in check mode
   type: list
   elements: str
-'''
+"""
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -171,5 +171,5 @@ def main():
         module.fail_json(msg=exc.msg, **exc.result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: redis_rdb_backup
 short_description: Consistent Redis backup over the replication protocol, streamed to S3 with a manifest
@@ -108,9 +108,9 @@ requirements:
 seealso:
   - module: hanzo.kms.redis_rdb_restore
   - module: hanzo.kms.s3_retention
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Back up the dc1 Redis to S3
   hanzo.kms.redis_rdb_backup:
     host: redis-master.kms.svc
@@ -130,9 +130,9 @@ EXAMPLES = r'''
     password: "{{ redis_password }}"
     dest: /var/backups/redis/dump.rdb
     analyze: true
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 bucket:
   description: Bucket the backup went to.
   returned: when O(bucket) is set
@@ -228,15 +228,15 @@ duration:
   description: Seconds the backup took.
   returned: success, not in check mode
   type: float
-'''
+"""
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import run_backup
 from ansible_collections.hanzo.kms.plugins.module_utils.names import InvalidName
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import run_backup
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
@@ -252,41 +252,41 @@ def main():
     argument_spec = redis_connection_spec()
     argument_spec.update(s3_argument_spec())
     argument_spec.update(
-        bucket=dict(type='str'),
-        prefix=dict(type='str', default=''),
-        site=dict(type='str'),
-        dest=dict(type='path'),
-        part_size=dict(type='int', default=5),
-        upload_concurrency=dict(type='int', default=1),
-        verify_structure=dict(type='bool', default=True),
-        analyze=dict(type='bool', default=False),
-        timeout=dict(type='float', default=3600),
+        bucket=dict(type="str"),
+        prefix=dict(type="str", default=""),
+        site=dict(type="str"),
+        dest=dict(type="path"),
+        part_size=dict(type="int", default=5),
+        upload_concurrency=dict(type="int", default=1),
+        verify_structure=dict(type="bool", default=True),
+        analyze=dict(type="bool", default=False),
+        timeout=dict(type="float", default=3600),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        required_one_of=[['bucket', 'dest']],
+        required_one_of=[["bucket", "dest"]],
         supports_check_mode=True,
     )
     params = module.params
-    if params['bucket'] and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
-    if params['part_size'] < 5:
-        module.fail_json(msg='part_size must be at least 5 (MiB), the S3 minimum')
-    if params['upload_concurrency'] < 1:
-        module.fail_json(msg='upload_concurrency must be at least 1')
-    problem = not_positive(params, ('timeout', 'connect_timeout'))
+    if params["bucket"] and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if params["part_size"] < 5:
+        module.fail_json(msg="part_size must be at least 5 (MiB), the S3 minimum")
+    if params["upload_concurrency"] < 1:
+        module.fail_json(msg="upload_concurrency must be at least 1")
+    problem = not_positive(params, ("timeout", "connect_timeout"))
     if problem:
         module.fail_json(msg=problem)
     if not crc64_is_fast():
-        module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
+        module.warn("anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)")
     try:
         result = run_backup(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
     except (RedisError, RdbError, S3Error, InvalidName) as exc:
-        module.fail_json(msg='Redis backup failed: %s' % exc)
+        module.fail_json(msg=f"Redis backup failed: {exc}")
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg='Redis backup failed: %s' % exc, exception=traceback.format_exc())
+        module.fail_json(msg=f"Redis backup failed: {exc}", exception=traceback.format_exc())
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

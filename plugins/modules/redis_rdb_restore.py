@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: redis_rdb_restore
 short_description: Verified Redis restore from an RDB in S3 or a local file
@@ -219,9 +219,9 @@ requirements:
   - anycrc (optional, a fast C CRC64; without it verification is much slower)
 seealso:
   - module: hanzo.kms.redis_rdb_backup
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Restore the newest complete dc1 backup into the dc2 Redis
   hanzo.kms.redis_rdb_restore:
     host: 127.0.0.1
@@ -249,9 +249,9 @@ EXAMPLES = r'''
     src: /var/backups/redis/dump.rdb
     method: file
     data_dir: /data
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 method:
   description: Method used (V(auto) resolved).
   returned: always
@@ -427,15 +427,15 @@ duration:
   description: Seconds the restore took.
   returned: always
   type: float
-'''
+"""
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError, run_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
@@ -450,61 +450,61 @@ def main():
     argument_spec = redis_connection_spec()
     argument_spec.update(s3_argument_spec())
     argument_spec.update(
-        src=dict(type='path'),
-        manifest=dict(type='path'),
-        sha256=dict(type='str'),
-        bucket=dict(type='str'),
-        key=dict(type='str', no_log=False),
-        prefix=dict(type='str'),
-        site=dict(type='str'),
-        method=dict(type='str', choices=['auto', 'replication', 'restore', 'file'], default='auto'),
-        mode=dict(type='str', choices=['replace', 'merge'], default='replace'),
-        connections=dict(type='int', default=1),
-        listen_host=dict(type='str', default='127.0.0.1'),
-        listen_port=dict(type='int', default=0),
-        announce_host=dict(type='str'),
-        listen_allow_from=dict(type='list', elements='str'),
-        listen_tls_cert=dict(type='path'),
-        listen_tls_key=dict(type='path', no_log=False),
-        listen_tls_ca_cert=dict(type='path'),
-        data_dir=dict(type='path'),
-        dbfilename=dict(type='str', default='dump.rdb'),
-        appenddirname=dict(type='str', default='appendonlydir'),
-        appendfilename=dict(type='str', default='appendonly.aof'),
-        aof=dict(type='str', choices=['auto', 'yes', 'no'], default='auto'),
-        check_stopped=dict(type='bool', default=True),
-        tmp_dir=dict(type='path'),
-        timeout=dict(type='float', default=3600),
-        overlap_transfer=dict(type='bool', default=True),
+        src=dict(type="path"),
+        manifest=dict(type="path"),
+        sha256=dict(type="str"),
+        bucket=dict(type="str"),
+        key=dict(type="str", no_log=False),
+        prefix=dict(type="str"),
+        site=dict(type="str"),
+        method=dict(type="str", choices=["auto", "replication", "restore", "file"], default="auto"),
+        mode=dict(type="str", choices=["replace", "merge"], default="replace"),
+        connections=dict(type="int", default=1),
+        listen_host=dict(type="str", default="127.0.0.1"),
+        listen_port=dict(type="int", default=0),
+        announce_host=dict(type="str"),
+        listen_allow_from=dict(type="list", elements="str"),
+        listen_tls_cert=dict(type="path"),
+        listen_tls_key=dict(type="path", no_log=False),
+        listen_tls_ca_cert=dict(type="path"),
+        data_dir=dict(type="path"),
+        dbfilename=dict(type="str", default="dump.rdb"),
+        appenddirname=dict(type="str", default="appendonlydir"),
+        appendfilename=dict(type="str", default="appendonly.aof"),
+        aof=dict(type="str", choices=["auto", "yes", "no"], default="auto"),
+        check_stopped=dict(type="bool", default=True),
+        tmp_dir=dict(type="path"),
+        timeout=dict(type="float", default=3600),
+        overlap_transfer=dict(type="bool", default=True),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        required_one_of=[['src', 'bucket']],
-        mutually_exclusive=[['src', 'bucket'], ['key', 'prefix'], ['key', 'site']],
-        required_if=[['method', 'file', ['data_dir']]],
-        required_by={'manifest': 'src', 'sha256': 'src', 'key': 'bucket'},
+        required_one_of=[["src", "bucket"]],
+        mutually_exclusive=[["src", "bucket"], ["key", "prefix"], ["key", "site"]],
+        required_if=[["method", "file", ["data_dir"]]],
+        required_by={"manifest": "src", "sha256": "src", "key": "bucket"},
         supports_check_mode=True,
     )
     params = module.params
-    if params['bucket'] and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
-    if params['connections'] < 1:
-        module.fail_json(msg='connections must be at least 1')
-    problem = not_positive(params, ('timeout', 'connect_timeout'))
+    if params["bucket"] and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if params["connections"] < 1:
+        module.fail_json(msg="connections must be at least 1")
+    problem = not_positive(params, ("timeout", "connect_timeout"))
     if problem:
         module.fail_json(msg=problem)
     if not crc64_is_fast():
-        module.warn('anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)')
+        module.warn("anycrc is not installed: CRC64 is computed in pure Python (about 10 MB/s)")
     try:
         result = run_restore(params, s3_client_factory=lambda: s3_client(params), check_mode=module.check_mode)
     except RestoreError as exc:
-        module.fail_json(msg='Redis restore failed: %s' % exc, **exc.result)
+        module.fail_json(msg=f"Redis restore failed: {exc}", **exc.result)
     except (RedisError, RdbError, S3Error) as exc:
-        module.fail_json(msg='Redis restore failed: %s' % exc)
+        module.fail_json(msg=f"Redis restore failed: {exc}")
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg='Redis restore failed: %s' % exc, exception=traceback.format_exc())
+        module.fail_json(msg=f"Redis restore failed: {exc}", exception=traceback.format_exc())
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: s3_backup_info
 short_description: List the Redis backups of each site in S3-compatible storage
@@ -65,9 +65,9 @@ notes:
 seealso:
   - module: hanzo.kms.s3_retention
   - module: hanzo.kms.redis_rdb_backup
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: List the Redis backups of every site
   hanzo.kms.s3_backup_info:
     endpoint_url: https://s3.example.com
@@ -90,9 +90,9 @@ EXAMPLES = r'''
     sites: [dc1]
     read_manifests: false
   register: dc1_backups
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 backups:
   description: Every backup found, per site (sorted) newest first.
   returned: always
@@ -185,11 +185,12 @@ now:
   returned: always
   type: str
   sample: '2026-11-22T05:15:00Z'
-'''
+"""
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
@@ -208,31 +209,37 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import (
 def main():
     argument_spec = s3_argument_spec()
     argument_spec.update(
-        bucket=dict(type='str', required=True),
-        prefix=dict(type='str', default='redis'),
-        sites=dict(type='list', elements='str'),
-        read_manifests=dict(type='bool', default=True),
-        concurrency=dict(type='int', default=DEFAULT_CONCURRENCY),
+        bucket=dict(type="str", required=True),
+        prefix=dict(type="str", default="redis"),
+        sites=dict(type="list", elements="str"),
+        read_manifests=dict(type="bool", default=True),
+        concurrency=dict(type="int", default=DEFAULT_CONCURRENCY),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     try:
-        check_options(params['prefix'], params['sites'], params['concurrency'])
+        check_options(params["prefix"], params["sites"], params["concurrency"])
     except BackupInfoError as exc:
         module.fail_json(msg=str(exc))
     if not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
 
     try:
-        client = s3_client(params, max_pool_connections=max(10, params['concurrency']))
-        result = list_backups(client, params['bucket'], params['prefix'], sites=params['sites'],
-                              read_manifests=params['read_manifests'], concurrency=params['concurrency'])
+        client = s3_client(params, max_pool_connections=max(10, params["concurrency"]))
+        result = list_backups(
+            client,
+            params["bucket"],
+            params["prefix"],
+            sites=params["sites"],
+            read_manifests=params["read_manifests"],
+            concurrency=params["concurrency"],
+        )
     except S3Error as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg=f's3_backup_info failed: {exc}', exception=traceback.format_exc())
+        module.fail_json(msg=f"s3_backup_info failed: {exc}", exception=traceback.format_exc())
     module.exit_json(changed=False, **result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

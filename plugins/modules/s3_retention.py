@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: s3_retention
 short_description: Prune backup sets in S3-compatible storage with restic-style retention rules
@@ -179,9 +179,9 @@ seealso:
   - name: restic forget
     description: The retention semantics this module copies.
     link: https://restic.readthedocs.io/en/stable/060_forget.html
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Keep 7 daily, 5 weekly and 12 monthly Redis backups per site
   hanzo.kms.s3_retention:
     endpoint_url: https://s3.example.com
@@ -231,9 +231,9 @@ EXAMPLES = r'''
     keep_within: 14d
     min_keep: 3
     purge_versions: true
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 backups:
   description: Every backup found, per group newest first, with the decision and the rules that keep it.
   returned: always
@@ -387,11 +387,12 @@ errors:
       description: Object Lock retention or legal hold found on the version.
       type: str
       returned: when the version is locked
-'''
+"""
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
@@ -404,34 +405,34 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3_retention import (
     run_retention,
 )
 
-KEEP_OPTIONS = ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within']
+KEEP_OPTIONS = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"]
 
 
 def main():
     argument_spec = s3_argument_spec()
     argument_spec.update(
-        bucket=dict(type='str', required=True),
-        prefix=dict(type='str'),
-        whole_bucket=dict(type='bool', default=False),
-        group_depth=dict(type='int', default=1),
-        name_pattern=dict(type='str'),
-        data_files=dict(type='list', elements='str', default=['dump.rdb']),
-        time_source=dict(type='str', choices=['key', 'manifest', 'last_modified'], default='key'),
-        timestamp_format=dict(type='str', default='%Y%m%dT%H%M%SZ'),
-        manifest_name=dict(type='str', default='manifest.json'),
-        manifest_time_field=dict(type='str', default='timestamp'),
-        keep_last=dict(type='int'),
-        keep_hourly=dict(type='int'),
-        keep_daily=dict(type='int'),
-        keep_weekly=dict(type='int'),
-        keep_monthly=dict(type='int'),
-        keep_yearly=dict(type='int'),
-        keep_within=dict(type='str'),
-        min_keep=dict(type='int', default=1),
-        delete_incomplete=dict(type='bool', default=True),
-        incomplete_grace=dict(type='str', default='1d'),
-        purge_versions=dict(type='bool', default=False),
-        concurrency=dict(type='int', default=32),
+        bucket=dict(type="str", required=True),
+        prefix=dict(type="str"),
+        whole_bucket=dict(type="bool", default=False),
+        group_depth=dict(type="int", default=1),
+        name_pattern=dict(type="str"),
+        data_files=dict(type="list", elements="str", default=["dump.rdb"]),
+        time_source=dict(type="str", choices=["key", "manifest", "last_modified"], default="key"),
+        timestamp_format=dict(type="str", default="%Y%m%dT%H%M%SZ"),
+        manifest_name=dict(type="str", default="manifest.json"),
+        manifest_time_field=dict(type="str", default="timestamp"),
+        keep_last=dict(type="int"),
+        keep_hourly=dict(type="int"),
+        keep_daily=dict(type="int"),
+        keep_weekly=dict(type="int"),
+        keep_monthly=dict(type="int"),
+        keep_yearly=dict(type="int"),
+        keep_within=dict(type="str"),
+        min_keep=dict(type="int", default=1),
+        delete_incomplete=dict(type="bool", default=True),
+        incomplete_grace=dict(type="str", default="1d"),
+        purge_versions=dict(type="bool", default=False),
+        concurrency=dict(type="int", default=32),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -439,24 +440,24 @@ def main():
         supports_check_mode=True,
     )
     if not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
-    if module.params['concurrency'] < 1:
-        module.fail_json(msg='concurrency must be at least 1, got %d' % module.params['concurrency'])
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if module.params["concurrency"] < 1:
+        module.fail_json(msg=f"concurrency must be at least 1, got {module.params['concurrency']}")
 
     try:
-        client = s3_client(module.params, max_pool_connections=max(10, module.params['concurrency']))
+        client = s3_client(module.params, max_pool_connections=max(10, module.params["concurrency"]))
         result = run_retention(client, module.params, check_mode=module.check_mode)
     except (S3Error, RetentionError) as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg='s3_retention failed: %s' % exc, exception=traceback.format_exc())
+        module.fail_json(msg=f"s3_retention failed: {exc}", exception=traceback.format_exc())
 
     if not module._diff:
-        result.pop('diff', None)
-    if result.pop('failed'):
+        result.pop("diff", None)
+    if result.pop("failed"):
         module.fail_json(**result)
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: site_data_info
 short_description: One Hanzo KMS site's status - its Kubernetes objects, its backups in object storage, its Redis
@@ -140,9 +140,9 @@ requirements:
 seealso:
   - module: hanzo.kms.redis_rdb_backup
   - module: hanzo.kms.switch_preflight
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Backups and Redis of dc1
   hanzo.kms.site_data_info:
     site: dc1
@@ -174,9 +174,9 @@ EXAMPLES = r'''
     host: 10.10.0.11
   register: dc1_status
   no_log: true
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 site:
   description: The site.
   returned: always
@@ -245,15 +245,15 @@ access:
       with C(no_log). Not the kubeconfig, which the caller has (the hanzo.kms.site_status role adds it).
   returned: with O(cluster_name)
   type: dict
-'''
+"""
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.hanzo.kms.plugins.module_utils.kube import api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import redis_connection_spec
-from ansible_collections.hanzo.kms.plugins.module_utils.site_data import collect_site_data
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
@@ -261,7 +261,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     s3_argument_spec,
     s3_client,
 )
-from ansible_collections.hanzo.kms.plugins.module_utils.kube import api_client, missing
+from ansible_collections.hanzo.kms.plugins.module_utils.site_data import collect_site_data
 from ansible_collections.hanzo.kms.plugins.module_utils.site_status import KubeReader, gather
 
 
@@ -269,24 +269,24 @@ def argument_spec():
     spec = redis_connection_spec()
     spec.update(s3_argument_spec())
     spec.update(
-        site=dict(type='str', required=True),
-        bucket=dict(type='str', required=True),
-        cnpg_destination_path=dict(type='str'),
-        cnpg_prefix=dict(type='str', default='cnpg'),
-        cnpg_server_name=dict(type='str'),
-        redis_prefix=dict(type='str', default='redis'),
-        probe_redis=dict(type='bool', default=True),
-        cluster_name=dict(type='str'),
-        kubeconfig=dict(type='raw', no_log=True),  # as kubernetes.core's: a kubeconfig given inline holds credentials
-        context=dict(type='str'),
-        namespace=dict(type='str', default='kms'),
-        object_store_name=dict(type='str'),
-        kms_name=dict(type='str', default='kms'),
-        read_replay=dict(type='bool', default=True),
-        redis_secret_name=dict(type='str', default='redis-auth'),
-        redis_secret_key=dict(type='str', default='redis-password', no_log=False),
-        inventory_role=dict(type='str', default=''),
-        request_timeout=dict(type='int', default=10),
+        site=dict(type="str", required=True),
+        bucket=dict(type="str", required=True),
+        cnpg_destination_path=dict(type="str"),
+        cnpg_prefix=dict(type="str", default="cnpg"),
+        cnpg_server_name=dict(type="str"),
+        redis_prefix=dict(type="str", default="redis"),
+        probe_redis=dict(type="bool", default=True),
+        cluster_name=dict(type="str"),
+        kubeconfig=dict(type="raw", no_log=True),  # as kubernetes.core's: a kubeconfig given inline holds credentials
+        context=dict(type="str"),
+        namespace=dict(type="str", default="kms"),
+        object_store_name=dict(type="str"),
+        kms_name=dict(type="str", default="kms"),
+        read_replay=dict(type="bool", default=True),
+        redis_secret_name=dict(type="str", default="redis-auth"),
+        redis_secret_key=dict(type="str", default="redis-password", no_log=False),
+        inventory_role=dict(type="str", default=""),
+        request_timeout=dict(type="int", default=10),
     )
     return spec
 
@@ -294,37 +294,43 @@ def argument_spec():
 def kube_reader(params):
     """(KubeReader, None), or (None, why) when the client cannot be configured (a missing kubeconfig)."""
     try:
-        cluster = {key: params[key] for key in ('kubeconfig', 'context')}
-        return KubeReader(api_client({}, cluster), params['request_timeout']), None
+        cluster = {key: params[key] for key in ("kubeconfig", "context")}
+        return KubeReader(api_client({}, cluster), params["request_timeout"]), None
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        return None, 'Kubernetes client not configured: %s' % exc
+        return None, f"Kubernetes client not configured: {exc}"
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
-    problem = not_positive(params, ('request_timeout', 'connect_timeout'))
+    problem = not_positive(params, ("request_timeout", "connect_timeout"))
     if problem:
         module.fail_json(msg=problem)
     if not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib('boto3'), exception=BOTO3_IMPORT_ERROR)
-    problem = missing() if params['cluster_name'] else None
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    problem = missing() if params["cluster_name"] else None
     if problem:
         module.fail_json(msg=problem[0], exception=problem[1])
     try:
         client = s3_client(params)
-        if not params['cluster_name']:
+        if not params["cluster_name"]:
             module.exit_json(changed=False, **collect_site_data(params, client))
         reader, reader_error = kube_reader(params)
-        status, access = gather(dict(params, object_store_name=params['object_store_name'] or
-                                     params['cluster_name'] + '-store', reader_error=reader_error),
-                                reader, lambda data_params: collect_site_data(data_params, client))
+        status, access = gather(
+            dict(
+                params,
+                object_store_name=params["object_store_name"] or params["cluster_name"] + "-store",
+                reader_error=reader_error,
+            ),
+            reader,
+            lambda data_params: collect_site_data(data_params, client),
+        )
     except (S3Error, ValueError) as exc:
-        module.fail_json(msg='site_data_info: %s' % exc)
+        module.fail_json(msg=f"site_data_info: {exc}")
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg='site_data_info failed: %s' % exc, exception=traceback.format_exc())
-    module.exit_json(changed=False, status=status, access=access, **status['data'])
+        module.fail_json(msg=f"site_data_info failed: {exc}", exception=traceback.format_exc())
+    module.exit_json(changed=False, status=status, access=access, **status["data"])
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

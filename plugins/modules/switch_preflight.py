@@ -4,7 +4,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: switch_preflight
 short_description: Decide whether a Hanzo KMS failover or switchover to a site may proceed
@@ -62,18 +62,18 @@ options:
 seealso:
   - module: hanzo.kms.cnpg_promote
   - module: hanzo.kms.operation_report
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: May we fail over to dc2?
   hanzo.kms.switch_preflight:
     mode: failover
     target_site: dc2
     sites: "{{ groups['kms_sites'] | map('extract', hostvars, 'site_status_result') | list }}"
   register: preflight
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 ok:
   description: Whether the operation may proceed.
   returned: always
@@ -116,7 +116,7 @@ sites:
   returned: always
   type: list
   elements: dict
-'''
+"""
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -130,13 +130,13 @@ def main():
     try:
         decision = run_preflight(module.params, module.check_mode)
     except ModuleFailure as exc:
-        for warning in exc.result.get('warnings_found', []):
+        for warning in exc.result.get("warnings_found", []):
             module.warn(warning)
         module.fail_json(msg=exc.msg, **exc.result)
-    for warning in decision['warnings_found']:
+    for warning in decision["warnings_found"]:
         module.warn(warning)
     module.exit_json(**decision)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ writes its report and decides its preflight between dc1's loss and the LB switch
 function the module calls (``work``), with the same argument spec; on any other host, or with become, the module
 runs there as usual.
 """
+
 from __future__ import annotations
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -36,8 +37,9 @@ class InProcessAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         if not self.in_process():
-            result.update(self._execute_module(module_name=self.MODULE, module_args=self._task.args,
-                                               task_vars=task_vars))
+            result.update(
+                self._execute_module(module_name=self.MODULE, module_args=self._task.args, task_vars=task_vars)
+            )
             return result
         validation = ArgumentSpecValidator(self.ARGUMENT_SPEC, **self.VALIDATION).validate(self._task.args)
         if validation.error_messages:

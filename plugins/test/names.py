@@ -5,6 +5,7 @@
 
 The rules live in plugins/module_utils/names.py, shared with the modules that build object-store keys.
 """
+
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils.names import is_key_prefix, is_site_name

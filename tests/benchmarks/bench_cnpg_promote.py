@@ -12,6 +12,7 @@ the old site answering but fenced.
 
 Run (lab already up): ``HANZO_KMS_TEST_LAB_DIR=<lab dir> .venv/bin/python -m tests.benchmarks.bench_cnpg_promote``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ POLL = 0.01
 
 def clients(lab_dir):
     state = json.loads(Path(lab_dir, "state.json").read_text(encoding="utf-8"))
-    return {site: config.new_client_from_config(config_file=state["sites"][site]["kube"]["kubeconfig"],
-                                                context=state["sites"][site]["kube"]["context"])
-            for site in ("dc1", "dc2")}
+    return {
+        site: config.new_client_from_config(
+            config_file=state["sites"][site]["kube"]["kubeconfig"], context=state["sites"][site]["kube"]["context"]
+        )
+        for site in ("dc1", "dc2")
+    }
 
 
 def poll(c, ns, name, predicate):
@@ -105,13 +109,19 @@ def main():
     steps = {}
     for dummy in range(args.runs):
         for key, run in (
-                ("base_sw", lambda ns: baseline_switchover(kc, ns)),
-                ("mod_sw", lambda ns: module_run(kc, ns, "switchover")),
-                ("mod_sw_1s", lambda ns: module_run(kc, ns, "switchover", poll_interval=1.0)),
-                ("base_fo", lambda ns: baseline_failover(kc, ns)),
-                ("mod_fo_gone", lambda ns: module_run(kc, ns, "failover", old_client=gone_client())),
-                ("mod_fo_fenced", lambda ns: (patch(kc["dc1"], ns, DC1, {"metadata": {"annotations": {
-                    cnpg.FENCE_ANNOTATION: '["*"]'}}}), module_run(kc, ns, "failover"))[1])):
+            ("base_sw", lambda ns: baseline_switchover(kc, ns)),
+            ("mod_sw", lambda ns: module_run(kc, ns, "switchover")),
+            ("mod_sw_1s", lambda ns: module_run(kc, ns, "switchover", poll_interval=1.0)),
+            ("base_fo", lambda ns: baseline_failover(kc, ns)),
+            ("mod_fo_gone", lambda ns: module_run(kc, ns, "failover", old_client=gone_client())),
+            (
+                "mod_fo_fenced",
+                lambda ns: (
+                    patch(kc["dc1"], ns, DC1, {"metadata": {"annotations": {cnpg.FENCE_ANNOTATION: '["*"]'}}}),
+                    module_run(kc, ns, "failover"),
+                )[1],
+            ),
+        ):
             ns = topology(kc)
             try:
                 value = run(ns)
@@ -122,8 +132,10 @@ def main():
                 steps.setdefault(key, timing)
             figures[key].append(value)
     med = {k: statistics.median(v) * 1000 for k, v in figures.items()}
-    print(f"stand-in delay per step: {os.environ.get('HANZO_KMS_CNPG_STANDIN_DELAY', 'as the lab was started')}; "
-          f"medians of {args.runs} runs, ms")
+    print(
+        f"stand-in delay per step: {os.environ.get('HANZO_KMS_CNPG_STANDIN_DELAY', 'as the lab was started')}; "
+        f"medians of {args.runs} runs, ms"
+    )
     rows = [
         ("switchover, baseline (raw patches, 10 ms polling)", med["base_sw"], med["base_sw"]),
         ("switchover, cnpg_promote (poll_interval 0.01)", med["mod_sw"], med["base_sw"]),

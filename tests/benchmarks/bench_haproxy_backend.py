@@ -13,6 +13,7 @@ Three levels, each the median of ``--runs`` switches (alternating direction so e
 
 Run: ``.venv/bin/python -m tests.benchmarks.bench_haproxy_backend [--runs N]`` from the repository root.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,12 @@ def main(argv=None):
     ca = pki.new_ca("bench-haproxy-ca")
     client_cert, client_key = ca.leaf("bench-control-node")
     files = pki.write(directory, {"ca.crt": ca.cert_pem, "client.crt": client_cert, "client.key": client_key})
-    admin_tls = {"ca": ca, "ca_file": str(files["ca.crt"]), "cert_file": str(files["client.crt"]),
-                 "key_file": str(files["client.key"])}
+    admin_tls = {
+        "ca": ca,
+        "ca_file": str(files["ca.crt"]),
+        "cert_file": str(files["client.crt"]),
+        "key_file": str(files["client.key"]),
+    }
     pair = Pair(directory, site_names=SERVERS, admin_tls=admin_tls)
     try:
         reset(pair, "dc1")
@@ -113,8 +118,10 @@ def main(argv=None):
         own_tls = []
         for _run in range(options.runs):
             active = "dc2" if active == "dc1" else "dc1"
-            objs = [hx.Instance(inst.name, inst.admin_address, state_file=inst.state_file, tls=tls)
-                    for inst in pair.instances]
+            objs = [
+                hx.Instance(inst.name, inst.admin_address, state_file=inst.state_file, tls=tls)
+                for inst in pair.instances
+            ]
             result = hx.switch(objs, BACKEND, hx.desired_from_sites(active, SITES))
             check(pair, active)
             own_tls.append((result["elapsed"] - result["waited"]) * 1000)
@@ -125,8 +132,13 @@ def main(argv=None):
         active = "dc1"
         for _run in range(options.runs):
             active = "dc2" if active == "dc1" else "dc1"
-            args = {"backend": BACKEND, "active_site": active, "sites": SITES, "instances": instances,
-                    "wait_healthy": False}
+            args = {
+                "backend": BACKEND,
+                "active_site": active,
+                "sites": SITES,
+                "instances": instances,
+                "wait_healthy": False,
+            }
             start = time.perf_counter()
             result = run_module_file(OUR_MODULE, args, env)
             ours_proc.append((time.perf_counter() - start) * 1000)
@@ -139,8 +151,11 @@ def main(argv=None):
                 for inst in instances:
                     for server in SERVERS:
                         if (server in SITES[active]) == (wanted == "enabled"):
-                            run_module_file(community, {"state": wanted, "host": server, "backend": BACKEND,
-                                                        "socket": inst["socket"]}, env)
+                            run_module_file(
+                                community,
+                                {"state": wanted, "host": server, "backend": BACKEND, "socket": inst["socket"]},
+                                env,
+                            )
             community_proc.append((time.perf_counter() - start) * 1000)
             check(pair, active)
 
@@ -151,18 +166,57 @@ def main(argv=None):
         active = "dc1"
         for _run in range(options.playbook_runs):
             active = "dc2" if active == "dc1" else "dc1"
-            ours_play.append(playbook(workdir, "ours", [{
-                "name": "Switch", "hanzo.kms.haproxy_backend": {
-                    "backend": BACKEND, "active_site": active, "sites": SITES, "instances": instances, "wait_healthy": False}}], env))
+            ours_play.append(
+                playbook(
+                    workdir,
+                    "ours",
+                    [
+                        {
+                            "name": "Switch",
+                            "hanzo.kms.haproxy_backend": {
+                                "backend": BACKEND,
+                                "active_site": active,
+                                "sites": SITES,
+                                "instances": instances,
+                                "wait_healthy": False,
+                            },
+                        }
+                    ],
+                    env,
+                )
+            )
             check(pair, active)
             active = "dc2" if active == "dc1" else "dc1"
-            items = [{"state": "enabled" if server in SITES[active] else "disabled", "host": server, "socket": inst["socket"]}
-                     for wanted in ("enabled", "disabled") for inst in instances for server in SERVERS
-                     if (server in SITES[active]) == (wanted == "enabled")]
-            community_play.append(playbook(workdir, "community", [{
-                "name": "Switch", "loop": items, "community.general.haproxy": {
-                    "state": "{{ item.state }}", "host": "{{ item.host }}", "backend": BACKEND, "socket": "{{ item.socket }}"}}],
-                env))
+            items = [
+                {
+                    "state": "enabled" if server in SITES[active] else "disabled",
+                    "host": server,
+                    "socket": inst["socket"],
+                }
+                for wanted in ("enabled", "disabled")
+                for inst in instances
+                for server in SERVERS
+                if (server in SITES[active]) == (wanted == "enabled")
+            ]
+            community_play.append(
+                playbook(
+                    workdir,
+                    "community",
+                    [
+                        {
+                            "name": "Switch",
+                            "loop": items,
+                            "community.general.haproxy": {
+                                "state": "{{ item.state }}",
+                                "host": "{{ item.host }}",
+                                "backend": BACKEND,
+                                "socket": "{{ item.socket }}",
+                            },
+                        }
+                    ],
+                    env,
+                )
+            )
             check(pair, active)
     finally:
         pair.stop()
@@ -171,15 +225,27 @@ def main(argv=None):
     rows = [
         ("in process: haproxy_backend switch(), waits excluded", med(own), None, None),
         ("in process: haproxy_backend switch(), incl. health-check wait", med(own_with_wait), None, None),
-        ("in process: switch() over the TLS Runtime API, waits excluded", med(own_tls), med(own_tls) / med(own),
-         "the unix socket"),
+        (
+            "in process: switch() over the TLS Runtime API, waits excluded",
+            med(own_tls),
+            med(own_tls) / med(own),
+            "the unix socket",
+        ),
         ("module process: haproxy_backend x1 (reported elapsed - waited)", med(ours_reported), None, None),
         ("module process: haproxy_backend x1 (wall)", med(ours_proc), None, None),
-        ("module process: community.general.haproxy x8 (wall)", med(community_proc), med(community_proc) / med(ours_proc),
-         "haproxy_backend"),
+        (
+            "module process: community.general.haproxy x8 (wall)",
+            med(community_proc),
+            med(community_proc) / med(ours_proc),
+            "haproxy_backend",
+        ),
         ("ansible-playbook: haproxy_backend, 1 task (wall)", med(ours_play), None, None),
-        ("ansible-playbook: community.general.haproxy, loop of 8 (wall)", med(community_play),
-         med(community_play) / med(ours_play), "haproxy_backend"),
+        (
+            "ansible-playbook: community.general.haproxy, loop of 8 (wall)",
+            med(community_play),
+            med(community_play) / med(ours_play),
+            "haproxy_backend",
+        ),
     ]
     print(f"switch of 2 instances x 4 servers, median of {options.runs} (playbooks: {options.playbook_runs}) runs")
     for label, value, *ratio in rows:
@@ -190,8 +256,9 @@ def main(argv=None):
 
 def playbook(workdir, name, tasks, env):
     """Wall milliseconds of one ansible-playbook run of ``tasks`` on localhost."""
-    run = run_ansible("ansible-playbook", write_play(workdir / f"{name}.yml", tasks, f"Bench {name}"), env=env,
-                      must_succeed=True)
+    run = run_ansible(
+        "ansible-playbook", write_play(workdir / f"{name}.yml", tasks, f"Bench {name}"), env=env, must_succeed=True
+    )
     return run.seconds * 1000
 
 

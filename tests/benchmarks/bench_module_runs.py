@@ -13,6 +13,7 @@ process, plugins/plugin_utils/in_process.py), and the runs between dc1's loss an
 2. the import time of the module_utils behind both modules (``operations``) in a fresh interpreter, against the same
    import plus the kubernetes client and boto3 (which it pulled in until 2026-12-03), best of three each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
-from tests.ansible_run import COLLECTIONS_PATH as COLLECTIONS, ansible_env, run_ansible  # noqa: E402
+from tests.ansible_run import COLLECTIONS_PATH as COLLECTIONS  # noqa: E402
+from tests.ansible_run import ansible_env, run_ansible
 
 PLAYBOOK = """
 - hosts: localhost
@@ -57,18 +59,28 @@ def module_runs(runs):
     with tempfile.TemporaryDirectory() as tmp:
         playbook = Path(tmp) / "bench.yml"
         playbook.write_text(PLAYBOOK.format(runs=runs, dir=tmp))
-        out = run_ansible("ansible-playbook", playbook, cwd=tmp, must_succeed=True,
-                          env=ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")).stdout
-    seconds = {name: float(value) for name, value in re.findall(r"^(baseline ping|operation_report) -+ ([0-9.]+)s$",
-                                                                out, re.M)}
+        out = run_ansible(
+            "ansible-playbook",
+            playbook,
+            cwd=tmp,
+            must_succeed=True,
+            env=ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks"),
+        ).stdout
+    seconds = {
+        name: float(value) for name, value in re.findall(r"^(baseline ping|operation_report) -+ ([0-9.]+)s$", out, re.M)
+    }
     return {name: value / runs for name, value in seconds.items()}
 
 
 def import_seconds(statement):
-    code = f"import sys, time; sys.path.insert(0, {str(COLLECTIONS)!r}); t = time.perf_counter(); {statement}; " \
-           "print(time.perf_counter() - t)"
-    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-               for dummy in range(3))
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(COLLECTIONS)!r}); t = time.perf_counter(); {statement}; "
+        "print(time.perf_counter() - t)"
+    )
+    return min(
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for dummy in range(3)
+    )
 
 
 def main():
@@ -80,12 +92,18 @@ def main():
     ops = "import ansible_collections.hanzo.kms.plugins.module_utils.operations"
     now = import_seconds(ops)
     before = import_seconds(f"{ops}; import kubernetes.client, boto3")
-    print(f"load average at start: {load:.2f}, {args.runs} runs each, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"load average at start: {load:.2f}, {args.runs} runs each, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     print(f"ansible.builtin.ping (baseline):   {per_run['baseline ping']:.3f} s per run")
-    print(f"hanzo.kms.operation_report:        {per_run['operation_report']:.3f} s per run "
-          f"({per_run['operation_report'] / per_run['baseline ping']:.2f} x the baseline)")
-    print(f"import of module_utils.operations: {now:.3f} s; with kubernetes.client + boto3 as before: {before:.3f} s "
-          f"({before / now:.1f} x)")
+    print(
+        f"hanzo.kms.operation_report:        {per_run['operation_report']:.3f} s per run "
+        f"({per_run['operation_report'] / per_run['baseline ping']:.2f} x the baseline)"
+    )
+    print(
+        f"import of module_utils.operations: {now:.3f} s; with kubernetes.client + boto3 as before: {before:.3f} s "
+        f"({before / now:.1f} x)"
+    )
 
 
 if __name__ == "__main__":

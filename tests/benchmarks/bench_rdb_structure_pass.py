@@ -14,6 +14,7 @@ Prints the median CPU seconds (``time.process_time``, less sensitive to other lo
 The figures in docs/benchmarks.md use the 1M-mixed-key RDB of ``bench_redis_rdb.py`` (its ``FILL`` Lua script run
 into a scratch redis-server in batches of 100,000, then ``SAVE``); ``redis-cli --rdb`` makes one from any server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb  # noqa
 def stream(buf):
     val = redis_rdb.StreamValidator(structure=True)
     for i in range(0, len(buf), 262144):
-        val.feed(buf[i:i + 262144])
+        val.feed(buf[i : i + 262144])
     return val.finish()
 
 
@@ -45,9 +46,11 @@ def main():
     args = parser.parse_args()
     with open(args.rdb, "rb") as handle:
         buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        cases = (("scan(validate=False), framing only", lambda: redis_rdb.RdbFile(buf).scan(validate=False)),
-                 ("scan(), values validated", lambda: redis_rdb.RdbFile(buf).scan()),
-                 ("StreamValidator, values validated", lambda: stream(buf)))
+        cases = (
+            ("scan(validate=False), framing only", lambda: redis_rdb.RdbFile(buf).scan(validate=False)),
+            ("scan(), values validated", lambda: redis_rdb.RdbFile(buf).scan()),
+            ("StreamValidator, values validated", lambda: stream(buf)),
+        )
         for label, func in cases:
             times = []
             summary = None
@@ -56,8 +59,10 @@ def main():
                 summary = func()
                 times.append(time.process_time() - started)
             keys = sum(summary.keys_per_db.values())
-            print(f"{label:40s} {statistics.median(times):6.3f} s CPU  {keys} keys  "
-                  f"({keys / statistics.median(times) / 1000:.0f}k keys/s; rounds {', '.join(f'{t:.3f}' for t in times)})")
+            print(
+                f"{label:40s} {statistics.median(times):6.3f} s CPU  {keys} keys  "
+                f"({keys / statistics.median(times) / 1000:.0f}k keys/s; rounds {', '.join(f'{t:.3f}' for t in times)})"
+            )
         buf.close()
 
 

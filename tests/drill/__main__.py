@@ -1,4 +1,5 @@
 """``python -m tests.drill``: see tests/drill/run.py."""
+
 import sys
 
 from tests.drill.run import main

@@ -3,6 +3,7 @@
 A record is ``{"t0", "t1", "op": "write"|"read", "name", "status", "site", "ok"}`` (epoch seconds), as written by
 tests/drill/load.py. A phase is ``{"label", "start", "end"}`` (a playbook run or a lab action).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,15 +34,21 @@ def outages(records):
 
 def longest_outage(records, start=None, end=None):
     """The longest outage that overlaps [start, end] (whole log when omitted), or None."""
-    candidates = [o for o in outages(records)
-                  if (start is None or o["end"] >= start) and (end is None or o["start"] <= end)]
+    candidates = [
+        o for o in outages(records) if (start is None or o["end"] >= start) and (end is None or o["start"] <= end)
+    ]
     return max(candidates, key=lambda o: o["duration"], default=None)
 
 
 def first_success_after(records, when, site=None, op=None):
     """The first successful request that started at or after ``when`` (optionally served by ``site``)."""
     for rec in sorted(records, key=lambda r: r["t0"]):
-        if rec["t0"] >= when and rec["ok"] and (site is None or rec["site"] == site) and (op is None or rec["op"] == op):
+        if (
+            rec["t0"] >= when
+            and rec["ok"]
+            and (site is None or rec["site"] == site)
+            and (op is None or rec["op"] == op)
+        ):
             return rec
     return None
 
@@ -94,9 +101,13 @@ def counts(records, start=None, end=None):
 def phase_summary(records, phase, target_site=None):
     """What users saw during one phase: counts, the longest outage overlapping it and, when a target site is
     given, the time from the phase's start to the first request that site served successfully (its RTO)."""
-    summary = {"label": phase["label"], "start": phase["start"], "end": phase["end"],
-               "wall_seconds": round(phase["end"] - phase["start"], 3),
-               "counts": counts(records, phase["start"], phase["end"])}
+    summary = {
+        "label": phase["label"],
+        "start": phase["start"],
+        "end": phase["end"],
+        "wall_seconds": round(phase["end"] - phase["start"], 3),
+        "counts": counts(records, phase["start"], phase["end"]),
+    }
     worst = longest_outage(records, phase["start"], phase["end"])
     summary["longest_outage_seconds"] = worst["duration"] if worst else 0.0
     summary["failed_requests_in_longest_outage"] = worst["failed"] if worst else 0
@@ -122,10 +133,12 @@ def partition_summary(lb_records, site_records, site, cut, plugged, fenced=None)
     after_return = [r for r in accepted if r["t0"] >= plugged and (fenced is None or r["t0"] <= fenced)]
     return {
         "site": site,
-        "served_by_site_through_lb_after_cut": sum(1 for r in lb_records if r["ok"] and r["site"] == site
-                                                   and r["t0"] >= cut),
+        "served_by_site_through_lb_after_cut": sum(
+            1 for r in lb_records if r["ok"] and r["site"] == site and r["t0"] >= cut
+        ),
         "lb_acknowledged_writes_served_by_site_after_cut": sorted(
-            r["name"] for r in lb_records if r["op"] == "write" and r["ok"] and r["site"] == site and r["t0"] >= cut),
+            r["name"] for r in lb_records if r["op"] == "write" and r["ok"] and r["site"] == site and r["t0"] >= cut
+        ),
         "site_accepted_writes_while_cut": sum(1 for r in accepted if cut <= r["t0"] < plugged),
         "site_accepted_writes_after_return": len(after_return),
         "site_last_accepted_write_after_cut": max((r["t1"] for r in accepted if r["t0"] >= cut), default=None),

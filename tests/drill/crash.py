@@ -10,6 +10,7 @@ Switchover crashes alternate direction on one lab (dc1 -> dc2 killed at step 1, 
 re-run; ...). Every failover crash needs a lab where dc1 has just been lost: a fresh lab per step
 (lab up, install, backup, kill dc1). Results go to ``<out>/crash.json`` and ``crash.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,29 @@ from tests.drill.run import DC1_KILLED, kill_processes
 from tests.lab import haproxy as lab_haproxy
 from tests.lab.core import REPO_ROOT, Lab
 
-SWITCHOVER_STEPS = ["preflight", "confirm", "stop_old_kms", "backup_redis", "promote", "restore_redis",
-                    "wait_promotion", "start_kms", "switch_lb", "check_lb"]
-FAILOVER_STEPS = ["preflight", "confirm", "fence_old", "promote", "restore_redis", "wait_promotion", "start_kms",
-                  "switch_lb", "check_lb"]
+SWITCHOVER_STEPS = [
+    "preflight",
+    "confirm",
+    "stop_old_kms",
+    "backup_redis",
+    "promote",
+    "restore_redis",
+    "wait_promotion",
+    "start_kms",
+    "switch_lb",
+    "check_lb",
+]
+FAILOVER_STEPS = [
+    "preflight",
+    "confirm",
+    "fence_old",
+    "promote",
+    "restore_redis",
+    "wait_promotion",
+    "start_kms",
+    "switch_lb",
+    "check_lb",
+]
 
 
 class Runner:
@@ -54,8 +74,9 @@ class Runner:
         before = {p: p.stat().st_mtime for p in reports.glob("*.json")} if reports.exists() else {}
         start = time.time()
         with open(log_path, "w", encoding="utf-8") as out:
-            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             killed = False
             while proc.poll() is None:
                 if kill_at_step and step_running(reports, before, kill_at_step):
@@ -70,8 +91,11 @@ class Runner:
         return proc.returncode, killed, seconds, log_path.name
 
     def playbook(self, label, name, *extra, kill_at_step=None):
-        return self.command(label, ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, f"playbooks/{name}.yml", *extra),
-                            kill_at_step=kill_at_step)
+        return self.command(
+            label,
+            ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, f"playbooks/{name}.yml", *extra),
+            kill_at_step=kill_at_step,
+        )
 
     def lab(self):
         lab = Lab(self.lab_dir)
@@ -79,8 +103,13 @@ class Runner:
         return lab
 
     def fresh_lab(self):
-        subprocess.run([sys.executable, "-m", "tests.lab", "down", "--dir", str(self.lab_dir)], cwd=REPO_ROOT,
-                       env=self.env, capture_output=True, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "tests.lab", "down", "--dir", str(self.lab_dir)],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            check=False,
+        )
         for label, argv in (("lab up", [sys.executable, "-m", "tests.lab", "up", "--dir", str(self.lab_dir)]),):
             rc = self.command(label, argv)[0]
             if rc:
@@ -102,8 +131,9 @@ class Runner:
         """The state that matters after a switch to ``target`` (no timestamps, tokens or pids)."""
         lab = self.lab()
         state = lab.state
-        from kubernetes import client as kube_client, config as kube_config  # pylint: disable=import-outside-toplevel
         import psycopg2  # pylint: disable=import-outside-toplevel
+        from kubernetes import client as kube_client  # pylint: disable=import-outside-toplevel
+        from kubernetes import config as kube_config
 
         result = {"sites": {}, "lb": {}, "through_lb": {}}
         for site, entry in state["sites"].items():
@@ -111,8 +141,9 @@ class Runner:
             try:
                 api = kube_config.new_client_from_config(entry["kube"]["kubeconfig"], context=entry["kube"]["context"])
                 custom = kube_client.CustomObjectsApi(api)
-                cluster = custom.get_namespaced_custom_object("postgresql.cnpg.io", "v1", "kms", "clusters",
-                                                              f"kms-pg-{site}", _request_timeout=5)
+                cluster = custom.get_namespaced_custom_object(
+                    "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}", _request_timeout=5
+                )
                 view["replica_primary"] = cluster["spec"].get("replica", {}).get("primary")
                 view["phase"] = cluster.get("status", {}).get("phase")
                 deployment = kube_client.AppsV1Api(api).read_namespaced_deployment("kms", "kms", _request_timeout=5)
@@ -121,8 +152,14 @@ class Runner:
                 view["kube"] = f"unreachable ({type(exc).__name__})"
             pg = entry["postgres"]
             try:
-                conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                                        dbname=pg["database"], connect_timeout=3)
+                conn = psycopg2.connect(
+                    host=pg["host"],
+                    port=pg["port"],
+                    user=pg["user"],
+                    password=pg["password"],
+                    dbname=pg["database"],
+                    connect_timeout=3,
+                )
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_is_in_recovery()")
                     view["postgres"] = "standby" if cur.fetchone()[0] else "primary"
@@ -138,9 +175,11 @@ class Runner:
             result["lb"][instance["name"]] = {name: row.state for name, row in sorted(rows.items())}
             client = LoadClient(instance["frontend_url"], ca_file=state["pki"]["ca_file"])
             status, site, body = client.request("GET", f"/api/v3/secrets/raw/{markers[-1]}")
-            result["through_lb"][instance["name"]] = {"status": status, "site": site,
-                                                      "marker": body.get("secret", {}).get("secretValue")
-                                                      if isinstance(body, dict) else None}
+            result["through_lb"][instance["name"]] = {
+                "status": status,
+                "site": site,
+                "marker": body.get("secret", {}).get("secretValue") if isinstance(body, dict) else None,
+            }
         return result
 
 
@@ -180,10 +219,15 @@ def crash_switchover(runner, steps, results):
     for step in steps:
         markers.append(f"crash-{step}-{target}")
         runner.write_marker(markers[-1])
-        crash = runner.playbook(f"switchover to {target} killed at {step}", "switchover",
-                                *switch_args("switchover", target), kill_at_step=step)
-        rerun = runner.playbook(f"switchover to {target} re-run after {step}", "switchover",
-                                *switch_args("switchover", target))
+        crash = runner.playbook(
+            f"switchover to {target} killed at {step}",
+            "switchover",
+            *switch_args("switchover", target),
+            kill_at_step=step,
+        )
+        rerun = runner.playbook(
+            f"switchover to {target} re-run after {step}", "switchover", *switch_args("switchover", target)
+        )
         got = runner.snapshot(target, markers)
         missing = list(markers)
         want = json.loads(json.dumps(reference[target]))
@@ -197,10 +241,21 @@ def crash_switchover(runner, steps, results):
             view.pop("marker", None)
         marker_through_lb = all(v.pop("marker") == markers[-1] for v in got["through_lb"].values())
         same = got == want and not missing and marker_through_lb
-        results.append({"playbook": "switchover", "step": step, "target": target, "killed": crash[1],
-                        "crash_rc": crash[0], "rerun_rc": rerun[0], "rerun_seconds": rerun[2],
-                        "same_state": same, "missing_markers": missing, "marker_through_lb": marker_through_lb,
-                        **({} if same else {"got": got, "want": want})})
+        results.append(
+            {
+                "playbook": "switchover",
+                "step": step,
+                "target": target,
+                "killed": crash[1],
+                "crash_rc": crash[0],
+                "rerun_rc": rerun[0],
+                "rerun_seconds": rerun[2],
+                "same_state": same,
+                "missing_markers": missing,
+                "marker_through_lb": marker_through_lb,
+                **({} if same else {"got": got, "want": want}),
+            }
+        )
         runner.log(f"switchover {step}: {'OK' if same and rerun[0] == 0 else 'DIFFERENT'}")
         target = "dc1" if target == "dc2" else "dc2"
 
@@ -226,20 +281,36 @@ def crash_failover(runner, steps, results):
             reference = got
             continue
         same = got == reference and not missing and marker_through_lb
-        results.append({"playbook": "failover", "step": step, "target": "dc2", "killed": crash[1],
-                        "crash_rc": crash[0], "rerun_rc": rerun[0], "rerun_seconds": rerun[2], "same_state": same,
-                        "missing_markers": missing, "marker_through_lb": marker_through_lb,
-                        **({} if same else {"got": got, "want": reference})})
+        results.append(
+            {
+                "playbook": "failover",
+                "step": step,
+                "target": "dc2",
+                "killed": crash[1],
+                "crash_rc": crash[0],
+                "rerun_rc": rerun[0],
+                "rerun_seconds": rerun[2],
+                "same_state": same,
+                "missing_markers": missing,
+                "marker_through_lb": marker_through_lb,
+                **({} if same else {"got": got, "want": reference}),
+            }
+        )
         runner.log(f"failover {step}: {'OK' if same and rerun[0] == 0 else 'DIFFERENT'}")
 
 
 def render(results):
-    lines = ["# Crash tests: killed at each step, then re-run", "",
-             "| playbook | killed at step | target | killed mid-run | re-run rc | re-run (s) | same state as an uninterrupted run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Crash tests: killed at each step, then re-run",
+        "",
+        "| playbook | killed at step | target | killed mid-run | re-run rc | re-run (s) | same state as an uninterrupted run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['playbook']} | {r['step']} | {r['target']} | {'yes' if r['killed'] else 'no (finished first)'} "
-                     f"| {r['rerun_rc']} | {r['rerun_seconds']} | {'yes' if r['same_state'] else 'NO'} |")
+        lines.append(
+            f"| {r['playbook']} | {r['step']} | {r['target']} | {'yes' if r['killed'] else 'no (finished first)'} "
+            f"| {r['rerun_rc']} | {r['rerun_seconds']} | {'yes' if r['same_state'] else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

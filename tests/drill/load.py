@@ -4,6 +4,7 @@ Every request is logged (start, end, operation, secret, HTTP status, serving sit
 analysis can tell which acknowledged writes must survive and when the service was down. A write counts as
 acknowledged only on HTTP 200: the KMS stand-in answers 200 after PostgreSQL committed the row (autocommit).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -56,8 +57,15 @@ class LoadClient:
             conn.close()
 
     def record(self, op, name, started, status, site, detail=""):
-        entry = {"t0": started, "t1": time.time(), "op": op, "name": name, "status": status, "site": site,
-                 "ok": status == 200}
+        entry = {
+            "t0": started,
+            "t1": time.time(),
+            "op": op,
+            "name": name,
+            "status": status,
+            "site": site,
+            "ok": status == 200,
+        }
         if detail and status != 200:
             entry["detail"] = str(detail)[:200]
         with self.lock:
@@ -121,6 +129,7 @@ def main(argv=None):
     clients (they reach its KMS directly, not through the global LB)."""
     import argparse  # pylint: disable=import-outside-toplevel
     import signal  # pylint: disable=import-outside-toplevel
+
     parser = argparse.ArgumentParser(prog="python -m tests.drill.load", description=main.__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--ca-file", help="the CA that verifies an https URL")

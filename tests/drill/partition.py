@@ -14,6 +14,7 @@ dc1 accepted from its own clients while cut off and after its return until the f
 start -> first request served by dc2 through the VIP); and what status.yml says of both sites. The lab is left
 running.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,14 @@ import subprocess
 import sys
 import time
 
+# after tests.lab, which puts the collection (.venv/collections) on sys.path
+from ansible_collections.hanzo.kms.plugins.module_utils import operation_decisions  # pylint: disable=wrong-import-order
 from tests.ansible_run import LAB_INVENTORY, ansible_argv
 from tests.drill import analysis, plot
 from tests.drill.load import LoadClient
 from tests.drill.run import Drill, drill_from_args
 from tests.lab import node
 from tests.lab.core import REPO_ROOT
-
-# after tests.lab, which puts the collection (.venv/collections) on sys.path
-from ansible_collections.hanzo.kms.plugins.module_utils import operation_decisions  # pylint: disable=wrong-import-order
 
 SITE = "dc1"
 TARGET = "dc2"
@@ -53,11 +53,31 @@ class PartitionDrill(Drill):
         ingress, over TLS)."""
         kms = self.lab_state().state["sites"][SITE]["kms"]
         self.site_log = self.out_dir / f"{SITE}-local.jsonl"
-        argv = ["ip", "netns", "exec", node.names(self.lab_dir, SITE)["netns"], sys.executable, "-m",
-                "tests.drill.load", "--url", kms["url"], "--ca-file", kms["ca_file"], "--out", str(self.site_log),
-                "--rate", str(rate), "--prefix", f"{SITE}-local"]
-        self.site_client = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env,  # noqa: S603
-                                            start_new_session=True)
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            node.names(self.lab_dir, SITE)["netns"],
+            sys.executable,
+            "-m",
+            "tests.drill.load",
+            "--url",
+            kms["url"],
+            "--ca-file",
+            kms["ca_file"],
+            "--out",
+            str(self.site_log),
+            "--rate",
+            str(rate),
+            "--prefix",
+            f"{SITE}-local",
+        ]
+        self.site_client = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=self.env,  # noqa: S603
+            start_new_session=True,
+        )
         self.log(f"{SITE}'s own clients on: {rate} writes/s + {rate} reads/s to {kms['host']}:{kms['port']}")
 
     def stop_site_client(self):
@@ -76,34 +96,54 @@ class PartitionDrill(Drill):
         """fence.yml, started while dc1 is still cut off: it polls dc1's API and fences dc1 once it answers."""
         label = FENCE_PHASE
         log_path = self.out_dir / f"{len(self.phases) + 1:02d}-fence.log"
-        argv = ansible_argv("ansible-playbook", "-i", LAB_INVENTORY, "playbooks/fence.yml", "-e", f"fence_site={SITE}",
-                            "-e", f"fence_active_site={TARGET}", "-e", f"fence_confirm='FENCE {SITE}'",
-                            "-e", "fence_wait_timeout=600")
+        argv = ansible_argv(
+            "ansible-playbook",
+            "-i",
+            LAB_INVENTORY,
+            "playbooks/fence.yml",
+            "-e",
+            f"fence_site={SITE}",
+            "-e",
+            f"fence_active_site={TARGET}",
+            "-e",
+            f"fence_confirm='FENCE {SITE}'",
+            "-e",
+            "fence_wait_timeout=600",
+        )
         self.log(f"{label}: {' '.join(argv)}")
         out = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=out,  # noqa: S603
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=out,  # noqa: S603
+            stderr=subprocess.STDOUT,
+        )
         return {"label": label, "start": time.time(), "proc": proc, "out": out, "log": log_path}
 
     def finish_fence(self, fence):
         rc = fence["proc"].wait(900)
         fence["out"].close()
-        self.phases.append({"label": fence["label"], "start": fence["start"], "end": time.time(), "rc": rc,
-                            "log": fence["log"].name})
+        self.phases.append(
+            {"label": fence["label"], "start": fence["start"], "end": time.time(), "rc": rc, "log": fence["log"].name}
+        )
         self.log(f"{fence['label']}: rc={rc} (log {fence['log']})")
         if rc != 0:
             raise RuntimeError(f"{fence['label']} failed (rc {rc}); see {fence['log']}")
 
     def failover(self, label):
-        return self.playbook(label, "failover", "-e", f"failover_target_site={TARGET}",
-                             "-e", f"failover_confirm='FAILOVER TO {TARGET}'")
+        return self.playbook(
+            label, "failover", "-e", f"failover_target_site={TARGET}", "-e", f"failover_confirm='FAILOVER TO {TARGET}'"
+        )
 
     def run(self):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.phase("lab up", [sys.executable, "-m", "tests.lab", "up", "--dir", str(self.lab_dir)])
         if self.lab_state().state.get("cnpg", {}).get("mode") != "operator":
-            raise RuntimeError("the partition drill needs the operator-mode lab (HANZO_KMS_LAB_CNPG=operator): in the "
-                               "stand-in lab dc1's KMS, Redis and PostgreSQL run on the host, where no link cut reaches")
+            raise RuntimeError(
+                "the partition drill needs the operator-mode lab (HANZO_KMS_LAB_CNPG=operator): in the "
+                "stand-in lab dc1's KMS, Redis and PostgreSQL run on the host, where no link cut reaches"
+            )
         self.playbook("install", "install")
         self.playbook("backup", "backup")
         url = self.lab_state().state["lb"]["vip_url"]
@@ -136,15 +176,20 @@ class PartitionDrill(Drill):
             return {}
         report = json.loads(found[-1].read_text(encoding="utf-8"))
         markdown = found[-1].with_suffix(".md")
-        return {"findings": operation_decisions.status_findings(report.get("sites") or [], report.get("lb")),
-                "markdown": markdown.read_text(encoding="utf-8") if markdown.is_file() else None}
+        return {
+            "findings": operation_decisions.status_findings(report.get("sites") or [], report.get("lb")),
+            "markdown": markdown.read_text(encoding="utf-8") if markdown.is_file() else None,
+        }
 
     def write_partition_report(self, records, site_records, rows):
         with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
             out.writelines(json.dumps(rec) + "\n" for rec in records)
         by_label = {p["label"]: p for p in self.phases}
-        reports = [item["report"] for item in self.reports() if item["report"].get("operation") == "failover"
-                   and not item["file"].endswith("-latest.json")]
+        reports = [
+            item["report"]
+            for item in self.reports()
+            if item["report"].get("operation") == "failover" and not item["file"].endswith("-latest.json")
+        ]
         cut, plugged = by_label[f"cut {SITE}"], by_label[f"plug {SITE}"]
         failover, fence = by_label[f"failover to {TARGET}"], by_label[FENCE_PHASE]
         acked = analysis.acknowledged_writes(records)
@@ -154,34 +199,54 @@ class PartitionDrill(Drill):
         status = self.status_report()
         fence_step = _step(reports[-1], "fence_old") if len(reports) > 1 else None
         # the step's end, in whole seconds (rounded down): + 1 s so that no write before it counts as after
-        fenced_at = (analysis.iso_seconds(fence_step["finished"]) + 1.0 if fence_step and fence_step.get("finished")
-                     else fence["end"])
+        fenced_at = (
+            analysis.iso_seconds(fence_step["finished"]) + 1.0
+            if fence_step and fence_step.get("finished")
+            else fence["end"]
+        )
         result = {
-            "lab_dir": str(self.lab_dir), "rate_per_second": self.rate, "phases": self.phases,
-            "summaries": [analysis.phase_summary(records, p, target_site=TARGET if "failover" in p["label"] else None)
-                          for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
+            "lab_dir": str(self.lab_dir),
+            "rate_per_second": self.rate,
+            "phases": self.phases,
+            "summaries": [
+                analysis.phase_summary(records, p, target_site=TARGET if "failover" in p["label"] else None)
+                for p in self.phases
+                if p["label"] not in ("lab up", "install", "backup")
+            ],
             "requests": {"total": len(records), "acknowledged_writes": len(acked)},
             "failover": {
-                "rto_seconds_playbook_start_to_first_dc2_success":
-                    round(first["t1"] - failover["start"], 3) if first else None,
+                "rto_seconds_playbook_start_to_first_dc2_success": round(first["t1"] - failover["start"], 3)
+                if first
+                else None,
                 "rto_seconds_cut_to_first_dc2_success": round(first["t1"] - cut["start"], 3) if first else None,
-                "acknowledged_writes_lost": len(lost), "lost": lost[:50],
+                "acknowledged_writes_lost": len(lost),
+                "lost": lost[:50],
                 "report_bound": bound,
-                "lost_before_the_bound": (analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
-                                          if bound.get("since") else None),
+                "lost_before_the_bound": (
+                    analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
+                    if bound.get("since")
+                    else None
+                ),
                 "fence_old_step": _step(reports[0], "fence_old") if reports else None,
             },
-            "fence": {"seconds_from_plug_to_fenced": round(fenced_at - plugged["start"], 3),
-                      "seconds_from_plug_to_fence_run_end": round(fence["end"] - plugged["start"], 3),
-                      "fence_old_step": fence_step},
-            "partition": analysis.partition_summary(records, site_records, SITE, cut["start"], plugged["start"],
-                                                    fenced_at),
+            "fence": {
+                "seconds_from_plug_to_fenced": round(fenced_at - plugged["start"], 3),
+                "seconds_from_plug_to_fence_run_end": round(fence["end"] - plugged["start"], 3),
+                "fence_old_step": fence_step,
+            },
+            "partition": analysis.partition_summary(
+                records, site_records, SITE, cut["start"], plugged["start"], fenced_at
+            ),
             "status_findings": status.get("findings") or [],
             "status_markdown": status.get("markdown"),
         }
         (self.out_dir / "partition.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        plot.timeline(records, [p for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
-                      self.out_dir / "timeline.png", "hanzo.kms partition drill: requests through the global LB")
+        plot.timeline(
+            records,
+            [p for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
+            self.out_dir / "timeline.png",
+            "hanzo.kms partition drill: requests through the global LB",
+        )
         (self.out_dir / "partition.md").write_text(render_markdown(result), encoding="utf-8")
         return result
 
@@ -192,38 +257,52 @@ def _step(report, name):
 
 def render_markdown(result):
     fail, part, fence = result["failover"], result["partition"], result["fence"]
-    lines = ["# Partition drill report", "",
-             f"Load: {result['rate_per_second']} writes/s + as many reads/s through the global LB (VIP); "
-             f"{result['requests']['total']} requests, {result['requests']['acknowledged_writes']} acknowledged "
-             f"writes. dc1's own clients: {part['site_requests']} requests to dc1's KMS directly.", "",
-             "![timeline](timeline.png)", "",
-             "| phase | wall time (s) | writes ok/total | reads ok/total | served by | longest outage (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Partition drill report",
+        "",
+        f"Load: {result['rate_per_second']} writes/s + as many reads/s through the global LB (VIP); "
+        f"{result['requests']['total']} requests, {result['requests']['acknowledged_writes']} acknowledged "
+        f"writes. dc1's own clients: {part['site_requests']} requests to dc1's KMS directly.",
+        "",
+        "![timeline](timeline.png)",
+        "",
+        "| phase | wall time (s) | writes ok/total | reads ok/total | served by | longest outage (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in result["summaries"]:
         w, r = s["counts"]["write"], s["counts"]["read"]
         served = ", ".join(f"{k or '?'} {v}" for k, v in sorted(s["counts"]["sites"].items()))
-        lines.append(f"| {s['label']} | {s['wall_seconds']} | {w['total'] - w['failed']}/{w['total']} | "
-                     f"{r['total'] - r['failed']}/{r['total']} | {served} | {s['longest_outage_seconds']} |")
-    lines += ["", "## Failover with dc1 partitioned", "",
-              f"- RTO, failover playbook start to the first request served by dc2 through the VIP: "
-              f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s); from the cut: "
-              f"{fail['rto_seconds_cut_to_first_dc2_success']} s",
-              f"- acknowledged writes (through the LB) lost: **{fail['acknowledged_writes_lost']}**; the report's "
-              f"PostgreSQL bound: {fail['report_bound'].get('bound_seconds')} s (since "
-              f"{fail['report_bound'].get('since')}); lost writes acknowledged before it: "
-              f"**{len(fail['lost_before_the_bound'] or [])}** (target 0)",
-              f"- fence_old during the failover: {(fail['fence_old_step'] or {}).get('detail', '?')}",
-              f"- requests the LB had dc1 serve after the cut: **{part['served_by_site_through_lb_after_cut']}** "
-              "(target 0)",
-              f"- writes dc1 accepted from its own clients while cut off: **{part['site_accepted_writes_while_cut']}**"
-              " (diverged: not in dc2, never acknowledged through the LB)", "",
-              "## dc1 comes back", "",
-              f"- fence.yml, waiting since the failover: fence_old {(fence['fence_old_step'] or {}).get('detail', '?')}"
-              f"; from the plug to the end of its fence_old step: {fence['seconds_from_plug_to_fenced']} s (to the end "
-              f"of the run: {fence['seconds_from_plug_to_fence_run_end']} s)",
-              f"- writes dc1 accepted from its own clients after its return, before the fence: "
-              f"**{part['site_accepted_writes_after_return']}**", "",
-              "## status.yml afterwards", ""]
+        lines.append(
+            f"| {s['label']} | {s['wall_seconds']} | {w['total'] - w['failed']}/{w['total']} | "
+            f"{r['total'] - r['failed']}/{r['total']} | {served} | {s['longest_outage_seconds']} |"
+        )
+    lines += [
+        "",
+        "## Failover with dc1 partitioned",
+        "",
+        f"- RTO, failover playbook start to the first request served by dc2 through the VIP: "
+        f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s); from the cut: "
+        f"{fail['rto_seconds_cut_to_first_dc2_success']} s",
+        f"- acknowledged writes (through the LB) lost: **{fail['acknowledged_writes_lost']}**; the report's "
+        f"PostgreSQL bound: {fail['report_bound'].get('bound_seconds')} s (since "
+        f"{fail['report_bound'].get('since')}); lost writes acknowledged before it: "
+        f"**{len(fail['lost_before_the_bound'] or [])}** (target 0)",
+        f"- fence_old during the failover: {(fail['fence_old_step'] or {}).get('detail', '?')}",
+        f"- requests the LB had dc1 serve after the cut: **{part['served_by_site_through_lb_after_cut']}** (target 0)",
+        f"- writes dc1 accepted from its own clients while cut off: **{part['site_accepted_writes_while_cut']}**"
+        " (diverged: not in dc2, never acknowledged through the LB)",
+        "",
+        "## dc1 comes back",
+        "",
+        f"- fence.yml, waiting since the failover: fence_old {(fence['fence_old_step'] or {}).get('detail', '?')}"
+        f"; from the plug to the end of its fence_old step: {fence['seconds_from_plug_to_fenced']} s (to the end "
+        f"of the run: {fence['seconds_from_plug_to_fence_run_end']} s)",
+        f"- writes dc1 accepted from its own clients after its return, before the fence: "
+        f"**{part['site_accepted_writes_after_return']}**",
+        "",
+        "## status.yml afterwards",
+        "",
+    ]
     lines += [f"- {finding}" for finding in result["status_findings"]] or ["- (no status report found)"]
     if result.get("status_markdown"):
         lines += ["", "```", result["status_markdown"].strip(), "```"]
@@ -231,12 +310,19 @@ def render_markdown(result):
 
 
 def main(argv=None):
-    drill = drill_from_args(argv, PartitionDrill, "python -m tests.drill.partition", __doc__.splitlines()[0],
-                            REPO_ROOT / ".lab-partition")
+    drill = drill_from_args(
+        argv, PartitionDrill, "python -m tests.drill.partition", __doc__.splitlines()[0], REPO_ROOT / ".lab-partition"
+    )
     result = drill.run()
     print((drill.out_dir / "partition.md").read_text(encoding="utf-8"))
-    return 0 if (result["partition"]["served_by_site_through_lb_after_cut"] == 0
-                 and not result["failover"]["lost_before_the_bound"]) else 1
+    return (
+        0
+        if (
+            result["partition"]["served_by_site_through_lb_after_cut"] == 0
+            and not result["failover"]["lost_before_the_bound"]
+        )
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The drill's timeline: every request as a dot (time, outcome, serving site), the phases as shaded spans."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -17,12 +18,20 @@ def timeline(records, phases, path, title):
     fig, axis = plt.subplots(figsize=(14, 4.5), dpi=110)
     for index, phase in enumerate(phases):
         axis.axvspan(phase["start"] - origin, phase["end"] - origin, color="0.85" if index % 2 else "0.92", zorder=0)
-        axis.text(phase["start"] - origin, 3.45 + 0.3 * (index % 2), phase["label"], fontsize=7, rotation=20, va="bottom")
+        axis.text(
+            phase["start"] - origin, 3.45 + 0.3 * (index % 2), phase["label"], fontsize=7, rotation=20, va="bottom"
+        )
     for site, color in list(SITE_COLORS.items()) + [("", "tab:red")]:
         chosen = [r for r in records if (r["site"] == site if r["ok"] else site == "")]
         if chosen:
-            axis.scatter([r["t0"] - origin for r in chosen], [ROWS[(r["op"], r["ok"])] for r in chosen], s=6,
-                         color=color, label=f"served by {site}" if site else "failed", zorder=2)
+            axis.scatter(
+                [r["t0"] - origin for r in chosen],
+                [ROWS[(r["op"], r["ok"])] for r in chosen],
+                s=6,
+                color=color,
+                label=f"served by {site}" if site else "failed",
+                zorder=2,
+            )
     axis.set_yticks(range(4), ROW_LABELS)
     axis.set_ylim(-0.5, 4.3)
     axis.set_xlabel("seconds since the load started")

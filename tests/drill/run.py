@@ -13,6 +13,7 @@ dc1's kube-apiserver, PostgreSQL, Redis and KMS stand-in processes are killed an
 
 The lab is left running (``make lab-down`` or ``python -m tests.lab down --dir DIR`` stops it); dc1 stays dead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,13 +68,20 @@ class ReplicationSampler:
         taken = time.time()
         positions = {}
         for site in ("dc1", "dc2"):
-            recovery, position = site_db.query(state, site, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
-                                                            "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END")[0]
+            recovery, position = site_db.query(
+                state,
+                site,
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
+                "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END",
+            )[0]
             positions[site] = (recovery, site_db.lsn_bytes(position))
         primary = next(site for site, (recovery, _lsn) in positions.items() if not recovery)
         standby = "dc2" if primary == "dc1" else "dc1"
-        return {"t": taken, "primary": primary,
-                "lag_bytes": max(0, positions[primary][1] - (positions[standby][1] or 0))}
+        return {
+            "t": taken,
+            "primary": primary,
+            "lag_bytes": max(0, positions[primary][1] - (positions[standby][1] or 0)),
+        }
 
     def loop(self):
         while not self.stopping.wait(self.interval):
@@ -112,7 +120,9 @@ class Drill:
         self.log(f"{label}: {' '.join(argv)}")
         start = time.time()
         with open(log_path, "w", encoding="utf-8") as out:
-            result = subprocess.run(argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False)
+            result = subprocess.run(
+                argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False
+            )
         end = time.time()
         self.phases.append({"label": label, "start": start, "end": end, "rc": result.returncode, "log": log_path.name})
         self.log(f"{label}: rc={result.returncode} in {end - start:.1f} s (log {log_path})")
@@ -165,18 +175,36 @@ class Drill:
         self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")
         try:
             time.sleep(self.settle)  # a steady state before the first switch, for the timeline
-            self.playbook("switchover to dc2", "switchover", "-e", "switchover_target_site=dc2",
-                          "-e", "switchover_confirm='SWITCHOVER TO dc2'")
+            self.playbook(
+                "switchover to dc2",
+                "switchover",
+                "-e",
+                "switchover_target_site=dc2",
+                "-e",
+                "switchover_confirm='SWITCHOVER TO dc2'",
+            )
             time.sleep(self.settle)
-            self.playbook("switchover to dc1", "switchover", "-e", "switchover_target_site=dc1",
-                          "-e", "switchover_confirm='SWITCHOVER TO dc1'")
+            self.playbook(
+                "switchover to dc1",
+                "switchover",
+                "-e",
+                "switchover_target_site=dc1",
+                "-e",
+                "switchover_confirm='SWITCHOVER TO dc1'",
+            )
             time.sleep(self.settle)
             self.playbook("backup before loss", "backup")
             time.sleep(self.settle)
             acked_before_loss = len(load.acked)
             self.kill_dc1()
-            self.playbook("failover to dc2", "failover", "-e", "failover_target_site=dc2",
-                          "-e", "failover_confirm='FAILOVER TO dc2'")
+            self.playbook(
+                "failover to dc2",
+                "failover",
+                "-e",
+                "failover_target_site=dc2",
+                "-e",
+                "failover_confirm='FAILOVER TO dc2'",
+            )
             time.sleep(self.settle)
         finally:
             records = load.stop()
@@ -187,9 +215,11 @@ class Drill:
     def replication_before(self, when):
         """The standby's lag at the last sample before ``when``, and the largest lag of the run (bytes)."""
         before = [x for x in self.replication if x["t"] <= when]
-        return {"samples": len(self.replication),
-                "last_before_kill": before[-1] if before else None,
-                "max_lag_bytes": max((x["lag_bytes"] for x in self.replication), default=None)}
+        return {
+            "samples": len(self.replication),
+            "last_before_kill": before[-1] if before else None,
+            "max_lag_bytes": max((x["lag_bytes"] for x in self.replication), default=None),
+        }
 
     def write_report(self, records, rows, acked_before_loss):
         with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
@@ -200,34 +230,58 @@ class Drill:
         kill_time = by_label["kill dc1"]["start"]
         switch_phases = [by_label["switchover to dc2"], by_label["switchover to dc1"]]
         failover = by_label["failover to dc2"]
-        acked_until_switch_end = {n: v for n, v in acked.items()
-                                  if any(r["name"] == n and r["t1"] <= switch_phases[1]["end"] for r in records)}
+        acked_until_switch_end = {
+            n: v
+            for n, v in acked.items()
+            if any(r["name"] == n and r["t1"] <= switch_phases[1]["end"] for r in records)
+        }
         lost = analysis.lost_writes(acked, rows)
         lost_before_kill = [item for item in lost if item[0] in acked_until_switch_end]
         loss_window = [r for r in records if r["op"] == "write" and r["ok"] and r["t1"] <= kill_time]
         first_dc2 = analysis.first_success_after(records, failover["start"], site="dc2")
-        bound = next((item["report"]["data_loss"]["postgres"] for item in reversed(self.reports())
-                      if item["report"].get("operation") == "failover"), {})
-        beyond = (analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
-                  if bound.get("since") else None)
+        bound = next(
+            (
+                item["report"]["data_loss"]["postgres"]
+                for item in reversed(self.reports())
+                if item["report"].get("operation") == "failover"
+            ),
+            {},
+        )
+        beyond = (
+            analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"])) if bound.get("since") else None
+        )
         result = {
             "lab_dir": str(self.lab_dir),
             "rate_per_second": self.rate,
             "phases": self.phases,
-            "summaries": [analysis.phase_summary(records, p, target_site=p["label"].rsplit(" ", 1)[-1]
-                                                 if p["label"].startswith(("switchover", "failover")) else None)
-                          for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
-            "requests": {"total": len(records), "acknowledged_writes": len(acked),
-                         "acknowledged_before_dc1_was_killed": acked_before_loss},
+            "summaries": [
+                analysis.phase_summary(
+                    records,
+                    p,
+                    target_site=p["label"].rsplit(" ", 1)[-1]
+                    if p["label"].startswith(("switchover", "failover"))
+                    else None,
+                )
+                for p in self.phases
+                if p["label"] not in ("lab up", "install", "backup")
+            ],
+            "requests": {
+                "total": len(records),
+                "acknowledged_writes": len(acked),
+                "acknowledged_before_dc1_was_killed": acked_before_loss,
+            },
             "switchover": {"acknowledged_writes_lost": len(lost_before_kill), "lost": lost_before_kill[:50]},
             "replication_before_kill": self.replication_before(kill_time),
             "failover": {
-                "acknowledged_writes_lost": len(lost), "lost": lost[:50],
-                "rto_seconds_playbook_start_to_first_dc2_success":
-                    round(first_dc2["t1"] - failover["start"], 3) if first_dc2 else None,
+                "acknowledged_writes_lost": len(lost),
+                "lost": lost[:50],
+                "rto_seconds_playbook_start_to_first_dc2_success": round(first_dc2["t1"] - failover["start"], 3)
+                if first_dc2
+                else None,
                 "rto_seconds_kill_to_first_dc2_success": round(first_dc2["t1"] - kill_time, 3) if first_dc2 else None,
                 "last_acknowledged_write_before_kill": max((r["t1"] for r in loss_window), default=None),
-                "report_bound_seconds": bound.get("bound_seconds"), "report_bound_since": bound.get("since"),
+                "report_bound_seconds": bound.get("bound_seconds"),
+                "report_bound_since": bound.get("since"),
                 "report_bound_approximate": bound.get("approximate"),
                 "lost_before_the_bound": beyond,
             },
@@ -235,74 +289,113 @@ class Drill:
             "operation_reports": self.reports(),
         }
         (self.out_dir / "drill.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        plot.timeline(records, [p for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
-                      self.out_dir / "timeline.png", "hanzo.kms DR drill: requests through the global LB")
+        plot.timeline(
+            records,
+            [p for p in self.phases if p["label"] not in ("lab up", "install", "backup")],
+            self.out_dir / "timeline.png",
+            "hanzo.kms DR drill: requests through the global LB",
+        )
         (self.out_dir / "drill.md").write_text(render_markdown(result), encoding="utf-8")
         return result
 
 
 def render_markdown(result):
     fail = result["failover"]
-    lines = ["# DR drill report", "",
-             f"Load: {result['rate_per_second']} writes/s + {result['rate_per_second']} reads/s through the global LB; "
-             f"{result['requests']['total']} requests, {result['requests']['acknowledged_writes']} acknowledged writes.",
-             "", "![timeline](timeline.png)", "",
-             "| phase | wall time (s) | writes ok/total | reads ok/total | longest outage (s) | first success on target (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# DR drill report",
+        "",
+        f"Load: {result['rate_per_second']} writes/s + {result['rate_per_second']} reads/s through the global LB; "
+        f"{result['requests']['total']} requests, {result['requests']['acknowledged_writes']} acknowledged writes.",
+        "",
+        "![timeline](timeline.png)",
+        "",
+        "| phase | wall time (s) | writes ok/total | reads ok/total | longest outage (s) | first success on target (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in result["summaries"]:
         w, r = s["counts"]["write"], s["counts"]["read"]
         first = s.get("first_success_on_target_seconds")
-        lines.append(f"| {s['label']} | {s['wall_seconds']} | {w['total'] - w['failed']}/{w['total']} | "
-                     f"{r['total'] - r['failed']}/{r['total']} | {s['longest_outage_seconds']} | "
-                     f"{'' if first is None else first} |")
-    lines += ["", "## Switchover (planned, both sites up)", "",
-              f"Acknowledged writes lost: **{result['switchover']['acknowledged_writes_lost']}** (target 0).", "",
-              f"## Failover (dc1 lost: {LOSS[result.get('lab_mode', 'standin')]})", "",
-              f"- RTO, failover playbook start to the first request served by dc2: "
-              f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s)",
-              f"- from the kill to the first request served by dc2: {fail['rto_seconds_kill_to_first_dc2_success']} s",
-              f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**",
-              f"- the failover report's PostgreSQL bound: {bound_text(fail)}",
-              f"- PostgreSQL standby lag at the last sample before the kill (every 0.5 s): "
-              f"{lag_text(result['replication_before_kill'])}", ""]
+        lines.append(
+            f"| {s['label']} | {s['wall_seconds']} | {w['total'] - w['failed']}/{w['total']} | "
+            f"{r['total'] - r['failed']}/{r['total']} | {s['longest_outage_seconds']} | "
+            f"{'' if first is None else first} |"
+        )
+    lines += [
+        "",
+        "## Switchover (planned, both sites up)",
+        "",
+        f"Acknowledged writes lost: **{result['switchover']['acknowledged_writes_lost']}** (target 0).",
+        "",
+        f"## Failover (dc1 lost: {LOSS[result.get('lab_mode', 'standin')]})",
+        "",
+        f"- RTO, failover playbook start to the first request served by dc2: "
+        f"**{fail['rto_seconds_playbook_start_to_first_dc2_success']} s** (target ≤ 60 s)",
+        f"- from the kill to the first request served by dc2: {fail['rto_seconds_kill_to_first_dc2_success']} s",
+        f"- acknowledged writes lost (RPO): **{fail['acknowledged_writes_lost']}**",
+        f"- the failover report's PostgreSQL bound: {bound_text(fail)}",
+        f"- PostgreSQL standby lag at the last sample before the kill (every 0.5 s): "
+        f"{lag_text(result['replication_before_kill'])}",
+        "",
+    ]
     for item in result["operation_reports"]:
         report = item["report"]
         if report.get("operation") == "failover":
-            lines += [f"Failover report `{item['file']}`:", "", "```json",
-                      json.dumps({k: report[k] for k in report if k in ("data_loss", "data_loss_bound", "redis", "steps")},
-                                 indent=1, default=str)[:4000], "```", ""]
+            lines += [
+                f"Failover report `{item['file']}`:",
+                "",
+                "```json",
+                json.dumps(
+                    {k: report[k] for k in report if k in ("data_loss", "data_loss_bound", "redis", "steps")},
+                    indent=1,
+                    default=str,
+                )[:4000],
+                "```",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
-LOSS = {"operator": "every process of its node at once: control plane, and the pods of the CNPG operator, PostgreSQL, "
-                    "Redis and the KMS stand-in",
-        "standin": "kube-apiserver, PostgreSQL, Redis, KMS stand-in processes killed"}
+LOSS = {
+    "operator": "every process of its node at once: control plane, and the pods of the CNPG operator, PostgreSQL, "
+    "Redis and the KMS stand-in",
+    "standin": "kube-apiserver, PostgreSQL, Redis, KMS stand-in processes killed",
+}
 
 
 def bound_text(fail):
     if fail.get("report_bound_seconds") is None:
         return "unknown (no archived WAL of dc1 found)"
     beyond = fail.get("lost_before_the_bound") or []
-    basis = ("approximate: the old site's newest archived WAL" if fail.get("report_bound_approximate")
-             else "dc2's newest replayed transaction")
-    return (f"{fail['report_bound_seconds']} s (since {fail['report_bound_since']}, {basis}); lost writes "
-            f"acknowledged before it: **{len(beyond)}** (target 0)")
+    basis = (
+        "approximate: the old site's newest archived WAL"
+        if fail.get("report_bound_approximate")
+        else "dc2's newest replayed transaction"
+    )
+    return (
+        f"{fail['report_bound_seconds']} s (since {fail['report_bound_since']}, {basis}); lost writes "
+        f"acknowledged before it: **{len(beyond)}** (target 0)"
+    )
 
 
 def lag_text(replication):
     last = replication.get("last_before_kill")
     if not last:
         return "no sample"
-    return (f"{last['lag_bytes']} bytes of WAL not yet replayed by the standby "
-            f"(largest during the drill: {replication['max_lag_bytes']} bytes, {replication['samples']} samples)")
+    return (
+        f"{last['lag_bytes']} bytes of WAL not yet replayed by the standby "
+        f"(largest during the drill: {replication['max_lag_bytes']} bytes, {replication['samples']} samples)"
+    )
 
 
 def drill_from_args(argv, drill_class, prog, description, default_dir):
     """The drill a command line asks for: ``--dir`` (default $HANZO_KMS_LAB_DIR, else ``default_dir``), ``--out``,
     ``--rate``, ``--settle``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--dir", default=os.environ.get("HANZO_KMS_LAB_DIR", str(default_dir)),
-                        help="lab directory (a fresh one is best: the drill loses dc1)")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("HANZO_KMS_LAB_DIR", str(default_dir)),
+        help="lab directory (a fresh one is best: the drill loses dc1)",
+    )
     parser.add_argument("--out", help="report directory (default <lab dir>-report)")
     parser.add_argument("--rate", type=float, default=10.0, help="writes per second through the LB (and as many reads)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady load between phases")
@@ -314,4 +407,8 @@ def main(argv=None):
     drill = drill_from_args(argv, Drill, "python -m tests.drill", __doc__.splitlines()[0], REPO_ROOT / ".lab-drill")
     result = drill.run()
     print((drill.out_dir / "drill.md").read_text(encoding="utf-8"))
-    return 0 if result["switchover"]["acknowledged_writes_lost"] == 0 and not result["failover"]["lost_before_the_bound"] else 1
+    return (
+        0
+        if result["switchover"]["acknowledged_writes_lost"] == 0 and not result["failover"]["lost_before_the_bound"]
+        else 1
+    )

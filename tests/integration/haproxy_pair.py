@@ -4,6 +4,7 @@ Real HAProxy processes (master-worker, foreground) run the config rendered from 
 (tests/lab/haproxy_render.py); the sites are small real HTTP servers that answer ``GET /api/status`` and tag
 every response with ``X-KMS-Site`` like the lab's KMS stand-in. Everything listens on 127.0.0.1 free ports.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -94,26 +95,44 @@ class Instance:
         self.config = str(self.dir / "haproxy.cfg")
         self.operator_socket = str(self.dir / "operator.sock")
         self.user_socket = str(self.dir / "user.sock")
-        extra = [{"address": self.operator_socket, "level": "operator", "mode": "600"},
-                 {"address": self.user_socket, "level": "user", "mode": "600"}] + list(extra_sockets or [])
-        values = {"socket": self.socket, "admin_port": self.admin_port, "frontend_port": self.frontend_port,
-                  "stats_port": self.stats_port, "state_file": self.state_file}
+        extra = [
+            {"address": self.operator_socket, "level": "operator", "mode": "600"},
+            {"address": self.user_socket, "level": "user", "mode": "600"},
+        ] + list(extra_sockets or [])
+        values = {
+            "socket": self.socket,
+            "admin_port": self.admin_port,
+            "frontend_port": self.frontend_port,
+            "stats_port": self.stats_port,
+            "state_file": self.state_file,
+        }
         self.admin_tls = admin_tls
         if admin_tls:
             cert, key = admin_tls["ca"].leaf(f"{name}-runtime-api", server=True, ips=("127.0.0.1",))
             pem = self.dir / "runtime-api.pem"
             pem.write_bytes(cert + key)
-            values.update(admin_tls_certificate=str(pem), admin_tls_client_ca_file=admin_tls["ca_file"],
-                          admin_tls_socket=str(self.dir / "admin-tls.sock"))
-        self.values = lab_values(values,
-                                 {site.name: ("127.0.0.1", site.port) for site in sites}, active_site=active_site,
-                                 extra_stats_sockets=extra, check_interval="200ms")
+            values.update(
+                admin_tls_certificate=str(pem),
+                admin_tls_client_ca_file=admin_tls["ca_file"],
+                admin_tls_socket=str(self.dir / "admin-tls.sock"),
+            )
+        self.values = lab_values(
+            values,
+            {site.name: ("127.0.0.1", site.port) for site in sites},
+            active_site=active_site,
+            extra_stats_sockets=extra,
+            check_interval="200ms",
+        )
         Path(self.config).write_text(render(self.values), encoding="utf-8")
         subprocess.run(["haproxy", "-c", "-q", "-f", self.config], check=True)
         self.log = open(self.dir / "haproxy.log", "ab")  # pylint: disable=consider-using-with
-        self.proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", self.config],  # pylint: disable=consider-using-with
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["haproxy", "-W", "-db", "-f", self.config],  # pylint: disable=consider-using-with
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(lambda: os.path.exists(self.socket) and self.command("show info"), 10, f"{name} runtime socket")
 
     def as_module_instance(self, transport="socket"):
@@ -123,8 +142,11 @@ class Instance:
         else:
             item["address"] = self.admin_address
             if self.admin_tls:
-                item.update(ca_file=self.admin_tls["ca_file"], client_cert=self.admin_tls["cert_file"],
-                            client_key=self.admin_tls["key_file"])
+                item.update(
+                    ca_file=self.admin_tls["ca_file"],
+                    client_cert=self.admin_tls["cert_file"],
+                    client_key=self.admin_tls["key_file"],
+                )
         return item
 
     def command(self, command, address=None):
@@ -159,8 +181,11 @@ class Instance:
         old = self.command("show info")
         old_pid = [ln for ln in old.splitlines() if ln.startswith("Pid:")][0]
         os.kill(self.proc.pid, signal.SIGUSR2)
-        wait_until(lambda: [ln for ln in self.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
-                   10, f"{self.name} reload")
+        wait_until(
+            lambda: [ln for ln in self.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
+            10,
+            f"{self.name} reload",
+        )
 
     def stop(self):
         if self.proc.poll() is None:
@@ -197,10 +222,13 @@ class Pair:
         self.instances = []
         try:
             for index in range(count):
-                self.instances.append(Instance(f"lb{index + 1}", directory, self.sites, site_names[0],
-                                               admin_tls=admin_tls))
+                self.instances.append(
+                    Instance(f"lb{index + 1}", directory, self.sites, site_names[0], admin_tls=admin_tls)
+                )
             for inst in self.instances:
-                wait_until(lambda inst=inst: inst.states()[site_names[0]][0] == 2, 15, f"{inst.name} to see {site_names[0]} up")
+                wait_until(
+                    lambda inst=inst: inst.states()[site_names[0]][0] == 2, 15, f"{inst.name} to see {site_names[0]} up"
+                )
         except BaseException:
             self.stop()
             raise

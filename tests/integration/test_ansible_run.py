@@ -1,5 +1,6 @@
 """tests/ansible_run.py, the one way tests, drills and benchmarks run Ansible: the result, the recap and the failure
 messages come from real ansible and ansible-playbook runs on localhost (no lab needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,14 @@ def test_output_that_is_not_the_json_document_names_the_problem_with_both_stream
 
 
 def test_a_play_gives_each_task_result_in_order_and_the_stats(tmp_path):
-    run = run_play(tmp_path / "play.yml", [{"name": "first", "ansible.builtin.debug": {"msg": "one"}},
-                                           {"name": "second", "ansible.builtin.set_fact": {"x": 2}, "changed_when": True}],
-                   check_mode=True)
+    run = run_play(
+        tmp_path / "play.yml",
+        [
+            {"name": "first", "ansible.builtin.debug": {"msg": "one"}},
+            {"name": "second", "ansible.builtin.set_fact": {"x": 2}, "changed_when": True},
+        ],
+        check_mode=True,
+    )
     assert [(name, result.get("msg")) for name, result in run.results()] == [("first", "one"), ("second", None)]
     assert (run.stats()["ok"], run.stats()["changed"]) == (2, 1)
 
@@ -44,7 +50,9 @@ def test_the_default_output_recap_is_read_per_host(run_ansible, tmp_path):
 
 def test_the_environment_is_this_checkouts():
     env = ansible_env("/tmp/lab", json_output=True, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
-    assert env["ANSIBLE_CONFIG"].endswith("/ansible.cfg") and env["ANSIBLE_COLLECTIONS_PATH"].endswith("/.venv/collections")
+    assert env["ANSIBLE_CONFIG"].endswith("/ansible.cfg") and env["ANSIBLE_COLLECTIONS_PATH"].endswith(
+        "/.venv/collections"
+    )
     assert (env["HANZO_KMS_LAB_DIR"], env["ANSIBLE_STDOUT_CALLBACK"]) == ("/tmp/lab", JSON_CALLBACK)
     assert env["ANSIBLE_CALLBACKS_ENABLED"] == "ansible.posix.profile_tasks"
     assert ansible_env().get("ANSIBLE_STDOUT_CALLBACK") != JSON_CALLBACK  # operators' output unless asked

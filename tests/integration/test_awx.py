@@ -10,6 +10,7 @@ pass AWX's survey rules, ask exactly the inputs of its playbook (derived from th
 inventory on purpose, and have the confirmation phrase as a required question. The setup playbook must pass its
 syntax check and check its inputs and the surveys before it contacts AWX.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,23 @@ def pins(lines):
 @pytest.fixture(scope="module")
 def build_context(tmp_path_factory):
     context = tmp_path_factory.mktemp("ee") / "context"
-    proc = subprocess.run([str(BIN / "ansible-builder"), "create", "-f", str(EE_FILE), "-c", str(context),
-                           "--output-filename", "Containerfile"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible-builder"),
+            "create",
+            "-f",
+            str(EE_FILE),
+            "-c",
+            str(context),
+            "--output-filename",
+            "Containerfile",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, f"ansible-builder create failed:\n{proc.stdout}\n{proc.stderr}"
     return context
 
@@ -81,13 +96,13 @@ def test_final_image_gets_the_pinned_helm_checked_against_its_checksum(build_con
     """install.yml's redis role runs helm (kubernetes.core.helm): the EE has the official release of the version
     the lab tests with, verified before it is unpacked."""
     containerfile = (build_context / "Containerfile").read_text(encoding="utf-8")
-    final = containerfile[containerfile.index("FROM base AS final"):]
+    final = containerfile[containerfile.index("FROM base AS final") :]
     version = re.search(r"^ARG HELM_VERSION=(v\S+)$", final, re.M).group(1)
     lab_pin = re.search(r"^require helm.sh/helm/v3 (v\S+)$", (REPO_ROOT / "tools/kube/helm/go.mod").read_text(), re.M)
     assert lab_pin and version == lab_pin.group(1)
     for arch in ("AMD64", "ARM64"):
         assert re.search(rf"^ARG HELM_SHA256_{arch}=[0-9a-f]{{64}}$", final, re.M), arch
-    steps = final[final.index("ARG HELM_VERSION"):]
+    steps = final[final.index("ARG HELM_VERSION") :]
     fetch = steps.index("https://get.helm.sh/helm-${HELM_VERSION}-linux-${arch}.tar.gz")
     assert fetch < steps.index("sha256sum -c") < steps.index("tar -xzf") < steps.index("/usr/local/bin/helm")
 
@@ -111,26 +126,45 @@ def test_collection_requirements_match_galaxy_and_the_tested_collections():
     for name, spec in galaxy["dependencies"].items():
         assert entries[name]["version"] == spec, f"{name}: requirements.yml and galaxy.yml disagree"
         # the collection bundled in the venv (what the tests run) satisfies the range
-        manifest = json.loads((Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-                               / "site-packages" / "ansible_collections" / name.replace(".", "/")
-                               / "MANIFEST.json").read_text(encoding="utf-8"))
-        assert Version(manifest["collection_info"]["version"]) in SpecifierSet(spec), (name, manifest["collection_info"]["version"])
+        manifest = json.loads(
+            (
+                Path(sys.prefix)
+                / "lib"
+                / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+                / "site-packages"
+                / "ansible_collections"
+                / name.replace(".", "/")
+                / "MANIFEST.json"
+            ).read_text(encoding="utf-8")
+        )
+        assert Version(manifest["collection_info"]["version"]) in SpecifierSet(spec), (
+            name,
+            manifest["collection_info"]["version"],
+        )
     own = [c for c in entries.values() if c.get("type") == "git"]
     assert len(own) == 1 and own[0]["name"].startswith(galaxy["repository"]), own
 
 
 def test_requirements_ee_and_setup_playbook_pass_ansible_lint(tmp_path):
     lint = [str(BIN / "ansible-lint"), "--profile", "production", "--offline", "--nocolor"]
-    proc = subprocess.run([*lint, "collections/requirements.yml", "execution-environment.yml", "playbooks/awx_setup.yml"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [*lint, "collections/requirements.yml", "execution-environment.yml", "playbooks/awx_setup.yml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # control: the same lint rejects a requirements file that breaks the schema
     (tmp_path / "collections").mkdir()
     (tmp_path / "collections" / "requirements.yml").write_text(
-        "---\ncollections:\n  - nme: kubernetes.core\n", encoding="utf-8")
+        "---\ncollections:\n  - nme: kubernetes.core\n", encoding="utf-8"
+    )
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    bad = subprocess.run([*lint, "collections/requirements.yml"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, check=False)
+    bad = subprocess.run(
+        [*lint, "collections/requirements.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
     assert bad.returncode != 0 and "schema" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
 
@@ -146,17 +180,38 @@ INVENTORY_SETTING = "a setting of the installation: inventory (group_vars), not 
 TUNING = "a timeout or poll interval: inventory, or an extra variable on launch"
 NOT_ASKED = {
     "backup": {
-        **dict.fromkeys(["backup_redis_keep_last", "backup_redis_keep_hourly", "backup_redis_keep_daily",
-                         "backup_redis_keep_weekly", "backup_redis_keep_monthly", "backup_redis_keep_within",
-                         "backup_redis_min_keep", "backup_redis_incomplete_grace", "backup_redis_purge_versions"],
-                        "the retention policy: inventory, so every run (scheduled or not) applies the same one"),
+        **dict.fromkeys(
+            [
+                "backup_redis_keep_last",
+                "backup_redis_keep_hourly",
+                "backup_redis_keep_daily",
+                "backup_redis_keep_weekly",
+                "backup_redis_keep_monthly",
+                "backup_redis_keep_within",
+                "backup_redis_min_keep",
+                "backup_redis_incomplete_grace",
+                "backup_redis_purge_versions",
+            ],
+            "the retention policy: inventory, so every run (scheduled or not) applies the same one",
+        ),
         **dict.fromkeys(["backup_cnpg_target", "backup_redis_prefix"], INVENTORY_SETTING),
-        **dict.fromkeys(["backup_cnpg_wait_timeout", "backup_cnpg_poll_interval", "backup_redis_probe_timeout"], TUNING),
+        **dict.fromkeys(
+            ["backup_cnpg_wait_timeout", "backup_cnpg_poll_interval", "backup_redis_probe_timeout"], TUNING
+        ),
     },
     "restore_test": {
-        **dict.fromkeys(["restore_test_redis_server", "restore_test_redis_method", "restore_test_redis_prefix",
-                         "restore_test_cnpg_cluster", "restore_test_cnpg_instances", "restore_test_cnpg_storage_size",
-                         "restore_test_cnpg_storage_class"], INVENTORY_SETTING),
+        **dict.fromkeys(
+            [
+                "restore_test_redis_server",
+                "restore_test_redis_method",
+                "restore_test_redis_prefix",
+                "restore_test_cnpg_cluster",
+                "restore_test_cnpg_instances",
+                "restore_test_cnpg_storage_size",
+                "restore_test_cnpg_storage_class",
+            ],
+            INVENTORY_SETTING,
+        ),
         **dict.fromkeys(["restore_test_cnpg_wait_timeout", "restore_test_cnpg_poll_interval"], TUNING),
     },
     "failover": {"failover_require_promoted": "set by fence.yml, which the KMS fence returned site template runs"},
@@ -256,16 +311,24 @@ def test_input_derivation_finds_every_kind_of_input_and_nothing_else():
   vars:
     op_passed: "{{ op_item }}"
 """
-    assert playbook_inputs(playbook, "op_") == {"op_literal": 3, "op_asserted": None, "op_defaulted": None,
-                                                "op_when": None, "op_fact_reader": None}
+    assert playbook_inputs(playbook, "op_") == {
+        "op_literal": 3,
+        "op_asserted": None,
+        "op_defaulted": None,
+        "op_when": None,
+        "op_fact_reader": None,
+    }
 
 
 def test_there_is_a_valid_awx_survey_per_operation():
     found = surveys()
     assert sorted(found) == sorted(OPERATIONS)
-    example_sites = sorted(load_yaml(REPO_ROOT / "inventories" / "example" / "group_vars" / f"{group}.yml")["site_name"]
-                           for group in load_yaml(REPO_ROOT / "inventories" / "example" / "hosts.yml")["all"]["children"]
-                           ["kms_sites"]["children"])
+    example_sites = sorted(
+        load_yaml(REPO_ROOT / "inventories" / "example" / "group_vars" / f"{group}.yml")["site_name"]
+        for group in load_yaml(REPO_ROOT / "inventories" / "example" / "hosts.yml")["all"]["children"]["kms_sites"][
+            "children"
+        ]
+    )
     for name, survey in found.items():
         assert survey_errors(survey) == [], name
         assert survey["name"] and survey["description"], name
@@ -281,28 +344,37 @@ def test_there_is_a_valid_awx_survey_per_operation():
 def test_survey_asks_exactly_the_inputs_of_its_playbook(operation):
     survey = surveys()[operation]
     asked = {question["variable"]: question for question in survey["spec"]}
-    inputs = playbook_inputs((REPO_ROOT / "playbooks" / f"{operation}.yml").read_text(encoding="utf-8"),
-                             INPUT_PREFIX.get(operation, f"{operation}_"))
+    inputs = playbook_inputs(
+        (REPO_ROOT / "playbooks" / f"{operation}.yml").read_text(encoding="utf-8"),
+        INPUT_PREFIX.get(operation, f"{operation}_"),
+    )
     not_asked = NOT_ASKED.get(operation, {})
     assert not set(asked) & set(not_asked), f"asked although listed as not asked: {set(asked) & set(not_asked)}"
     assert not set(asked) - set(inputs), f"{operation}.yml has no input {sorted(set(asked) - set(inputs))}"
     missing = set(inputs) - set(asked) - set(not_asked)
     assert not missing, f"inputs of {operation}.yml neither asked nor listed in NOT_ASKED: {sorted(missing)}"
-    assert not set(not_asked) - set(inputs), f"NOT_ASKED lists what {operation}.yml no longer has: {set(not_asked) - set(inputs)}"
+    assert not set(not_asked) - set(inputs), (
+        f"NOT_ASKED lists what {operation}.yml no longer has: {set(not_asked) - set(inputs)}"
+    )
     # the question's type fits the playbook's default (booleans as "true"/"false" choices, read with | bool)
     for variable, question in asked.items():
         default = inputs[variable]
         if isinstance(default, bool):
-            assert question["type"] == "multiplechoice" and sorted(question["choices"].split("\n")) == ["false", "true"], question
+            assert question["type"] == "multiplechoice" and sorted(question["choices"].split("\n")) == [
+                "false",
+                "true",
+            ], question
         elif isinstance(default, int):
             assert question["type"] == "integer", question
         elif isinstance(default, str):
             assert question["type"] in ("text", "textarea", "password", "multiplechoice"), question
 
 
-CONFIRMED_OPERATIONS = [("failover", "FAILOVER TO", "failover_target_site"),
-                        ("switchover", "SWITCHOVER TO", "switchover_target_site"),
-                        ("fence", "FENCE", "fence_site")]
+CONFIRMED_OPERATIONS = [
+    ("failover", "FAILOVER TO", "failover_target_site"),
+    ("switchover", "SWITCHOVER TO", "switchover_target_site"),
+    ("fence", "FENCE", "fence_site"),
+]
 
 
 @pytest.mark.parametrize("operation,phrase,site_variable", CONFIRMED_OPERATIONS)
@@ -339,11 +411,23 @@ SETUP_INPUTS = {
 def run_setup(tmp_path, extra, *options):
     extra_file = tmp_path / "extra.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/example", "playbooks/awx_setup.yml",
-                           "-e", f"@{extra_file}", *options],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-                          env={**__import__("os").environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
-                               "ANSIBLE_NOCOLOR": "1"})
+    return subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "inventories/example",
+            "playbooks/awx_setup.yml",
+            "-e",
+            f"@{extra_file}",
+            *options,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**__import__("os").environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+    )
 
 
 def test_setup_playbook_passes_the_syntax_check(tmp_path):
@@ -361,12 +445,18 @@ def test_setup_playbook_checks_inputs_and_surveys_before_it_contacts_awx(tmp_pat
         assert f"(item={operation})" in out, operation
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"awx_setup_organization": ""}, "Set awx_setup_controller_host"),
-    ({"awx_setup_controller_oauthtoken": "", "awx_setup_controller_username": "admin"}, "awx_setup_controller_password"),
-    ({"awx_setup_sites": ["dc1"]}, 'got ["dc1"]'),
-    ({"awx_setup_sites": ["dc1", "dc1", "dc2"]}, "the sites must be distinct non-empty names"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"awx_setup_organization": ""}, "Set awx_setup_controller_host"),
+        (
+            {"awx_setup_controller_oauthtoken": "", "awx_setup_controller_username": "admin"},
+            "awx_setup_controller_password",
+        ),
+        ({"awx_setup_sites": ["dc1"]}, 'got ["dc1"]'),
+        ({"awx_setup_sites": ["dc1", "dc1", "dc2"]}, "the sites must be distinct non-empty names"),
+    ],
+)
 def test_setup_playbook_refuses_bad_inputs_before_anything_changes(tmp_path, change, message):
     proc = run_setup(tmp_path, {**SETUP_INPUTS, **change})
     out = proc.stdout + proc.stderr

@@ -8,6 +8,7 @@ Redis, leaves none behind and reports (its scratch Cluster runs on the real oper
 external mode it refuses a site's Redis.
 Molecule's `molecule/backup` covers the same path as a scenario; these run in `make test`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,15 @@ SEEDED = {f"itest:key:{i}": str(i) for i in range(150)}
 
 def s3_client(lab):
     s3 = lab["s3"]
-    return boto3.client("s3", endpoint_url=s3["endpoint_url"], region_name=s3["region"],
-                        aws_access_key_id=s3["access_key"], aws_secret_access_key=s3["secret_key"],
-                        verify=s3["ca_file"], config=Config(s3={"addressing_style": "path"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint_url"],
+        region_name=s3["region"],
+        aws_access_key_id=s3["access_key"],
+        aws_secret_access_key=s3["secret_key"],
+        verify=s3["ca_file"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
 def redis_backups(lab, site):
@@ -65,22 +72,41 @@ def installed(lab, lab_dir):
 @pytest.fixture
 def unreachable_inventory(tmp_path, lab_dir):
     """An extra inventory whose host vars (they beat the lab's group_vars) make one site unreachable."""
+
     def make(site):
         path = tmp_path / f"unreachable-{site}.yml"
-        path.write_text(json.dumps({"all": {"hosts": {f"{site}-kube": {
-            "site_kubeconfig": str(tmp_path / "missing-kubeconfig"), "site_redis_port": free_port()}}}}), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "all": {
+                        "hosts": {
+                            f"{site}-kube": {
+                                "site_kubeconfig": str(tmp_path / "missing-kubeconfig"),
+                                "site_redis_port": free_port(),
+                            }
+                        }
+                    }
+                }
+            ),
+            encoding="utf-8",
+        )
         return str(path)
+
     return make
 
 
 def test_check_mode_takes_and_deletes_nothing(installed, lab_dir, kube_clients):  # pylint: disable=redefined-outer-name
-    before = ({site: redis_backups(installed, site) for site in SITES},
-              {site: len(cnpg_backups(kube_clients, site)) for site in SITES})
+    before = (
+        {site: redis_backups(installed, site) for site in SITES},
+        {site: len(cnpg_backups(kube_clients, site)) for site in SITES},
+    )
     proc = run_playbook("playbooks/backup.yml", "--check", lab_dir=lab_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "CHECK MODE" in proc.stdout and "would back up to redis/dc1/" in proc.stdout
-    after = ({site: redis_backups(installed, site) for site in SITES},
-             {site: len(cnpg_backups(kube_clients, site)) for site in SITES})
+    after = (
+        {site: redis_backups(installed, site) for site in SITES},
+        {site: len(cnpg_backups(kube_clients, site)) for site in SITES},
+    )
     assert after == before
 
 
@@ -93,13 +119,16 @@ def test_backup_backs_up_both_sites(installed, lab_dir, kube_clients):  # pylint
         # a new on-demand Backup of the site's Cluster, completed
         new = [b for b in cnpg_backups(kube_clients, site) if b["metadata"]["name"] not in before[site]]
         assert [b["spec"]["cluster"]["name"] for b in new] == [f"kms-pg-{site}"], new
-        assert new[0]["status"]["phase"] == "completed" and new[0]["metadata"]["labels"]["hanzo.kms/backup"] == "on-demand"
+        assert (
+            new[0]["status"]["phase"] == "completed" and new[0]["metadata"]["labels"]["hanzo.kms/backup"] == "on-demand"
+        )
         # the newest Redis backup is complete and holds exactly the keys of the site's Redis
         backups = redis_backups(installed, site)
         newest = max(backups)
         assert backups[newest] == {"dump.rdb", "manifest.json"}
-        manifest = json.loads(s3.get_object(Bucket=installed["s3"]["bucket"],
-                                            Key=f"redis/{site}/{newest}/manifest.json")["Body"].read())
+        manifest = json.loads(
+            s3.get_object(Bucket=installed["s3"]["bucket"], Key=f"redis/{site}/{newest}/manifest.json")["Body"].read()
+        )
         live = lab_redis.client(installed["sites"][site]["redis"]).info("keyspace")
         assert manifest["keys_per_db"] == {name[2:]: db["keys"] for name, db in live.items()}
         assert manifest["source"]["site"] == site
@@ -107,7 +136,9 @@ def test_backup_backs_up_both_sites(installed, lab_dir, kube_clients):  # pylint
 
 
 def test_unreachable_passive_site_is_skipped(installed, lab_dir, unreachable_inventory):
-    proc = run_playbook("playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc2")], lab_dir=lab_dir)
+    proc = run_playbook(
+        "playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc2")], lab_dir=lab_dir
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SKIPPED dc2: Kubernetes API unreachable" in proc.stdout
     assert "SKIPPED dc2: Redis at 127.0.0.1:" in proc.stdout
@@ -115,7 +146,9 @@ def test_unreachable_passive_site_is_skipped(installed, lab_dir, unreachable_inv
 
 
 def test_unreachable_primary_fails_the_job(installed, lab_dir, unreachable_inventory):
-    proc = run_playbook("playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc1")], lab_dir=lab_dir)
+    proc = run_playbook(
+        "playbooks/backup.yml", inventory=["inventories/lab", unreachable_inventory("dc1")], lab_dir=lab_dir
+    )
     assert proc.returncode != 0
     assert "dc1: the primary site's Kubernetes API did not answer" in proc.stdout
     assert "dc1: the active site's Redis at 127.0.0.1:" in proc.stdout
@@ -126,8 +159,14 @@ def test_unreachable_primary_fails_the_job(installed, lab_dir, unreachable_inven
 def test_restore_test_restores_redis_into_a_scratch_redis_and_reports(installed, lab_dir):
     """The Redis part (the scratch Cluster needs the real operator: test_cnpg_operator_real.py runs the whole test,
     recovered rows included; the stand-in neither restores data nor runs pods)."""
-    proc = run_playbook("playbooks/restore_test.yml", "-e", f"kms_report_dir={lab_dir}/reports",
-                        "-e", "restore_test_cnpg_enabled=false", lab_dir=lab_dir)
+    proc = run_playbook(
+        "playbooks/restore_test.yml",
+        "-e",
+        f"kms_report_dir={lab_dir}/reports",
+        "-e",
+        "restore_test_cnpg_enabled=false",
+        lab_dir=lab_dir,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     reports = sorted(Path(lab_dir, "reports").glob("restore-test-*.json"))
     report = json.loads(reports[-1].read_text(encoding="utf-8"))
@@ -146,9 +185,18 @@ def test_restore_test_restores_redis_into_a_scratch_redis_and_reports(installed,
 def test_restore_test_refuses_a_live_redis(installed, lab_dir):
     target = installed["sites"]["dc1"]["redis"]
     keys_before = lab_redis.client(target).dbsize()
-    proc = run_playbook("playbooks/restore_test.yml", "-e", "restore_test_redis_mode=external",
-                        "-e", f"restore_test_redis_host={target['host']}", "-e", f"restore_test_redis_port={target['port']}",
-                        "-e", "restore_test_cnpg_enabled=false", lab_dir=lab_dir)
+    proc = run_playbook(
+        "playbooks/restore_test.yml",
+        "-e",
+        "restore_test_redis_mode=external",
+        "-e",
+        f"restore_test_redis_host={target['host']}",
+        "-e",
+        f"restore_test_redis_port={target['port']}",
+        "-e",
+        "restore_test_cnpg_enabled=false",
+        lab_dir=lab_dir,
+    )
     assert proc.returncode != 0
     assert "not a site's" in proc.stdout
     assert lab_redis.client(target).dbsize() == keys_before

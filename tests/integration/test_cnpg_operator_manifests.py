@@ -14,6 +14,7 @@
 Needs ``make k8s-bins`` and, for the apiserver tests, the lab (``HANZO_KMS_TEST_LAB_DIR``) or a clusters-only lab
 (``python -m tests.lab.kube up --dir D``, then ``HANZO_KMS_KUBE_DEV_DIR=D``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,6 +36,7 @@ WAIT = 60
 NAMESPACE_GONE_WAIT = 120
 
 if os.environ.get("HANZO_KMS_KUBE_DEV_DIR"):
+
     @pytest.fixture(scope="session", name="lab")
     def _dev_lab():
         """Development only: the state of a lab started with ``python -m tests.lab.kube up``."""
@@ -47,16 +49,28 @@ def _build():
     paths = kube.ensure_binaries()
     manifest = kube_build.cached()
     root = kube_build.cache_root()
-    return {"paths": paths, "manifest": manifest,
-            "operator": cnpg_operator.read_manifest(root / manifest["assets"]["manifests"]["operator"]),
-            "plugin": cnpg_operator.read_manifest(root / manifest["assets"]["manifests"]["plugin"])}
+    return {
+        "paths": paths,
+        "manifest": manifest,
+        "operator": cnpg_operator.read_manifest(root / manifest["assets"]["manifests"]["operator"]),
+        "plugin": cnpg_operator.read_manifest(root / manifest["assets"]["manifests"]["plugin"]),
+    }
 
 
 def _module_source(module, version):
     go = kube_build.check_go()
-    return Path(json.loads(subprocess.run([go, "mod", "download", "-json", f"{module}@{version}"], check=True,
-                                          capture_output=True, text=True, cwd=kube_build.TOOLS_DIR,
-                                          env=dict(os.environ, GOTOOLCHAIN="local")).stdout)["Dir"])
+    return Path(
+        json.loads(
+            subprocess.run(
+                [go, "mod", "download", "-json", f"{module}@{version}"],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=kube_build.TOOLS_DIR,
+                env=dict(os.environ, GOTOOLCHAIN="local"),
+            ).stdout
+        )["Dir"]
+    )
 
 
 def _by_key(docs):
@@ -74,8 +88,11 @@ def test_the_operator_manifest_is_cnpg_release_with_if_not_present(build):
 
 
 def test_the_plugin_manifest_is_its_release_without_cert_manager(build):
-    upstream = cnpg_operator.adapt_for_lab(cnpg_operator.read_manifest(
-        _module_source(kube_build.BARMAN_MODULE, kube_build.BARMAN_VERSION) / "manifest.yaml"))
+    upstream = cnpg_operator.adapt_for_lab(
+        cnpg_operator.read_manifest(
+            _module_source(kube_build.BARMAN_MODULE, kube_build.BARMAN_VERSION) / "manifest.yaml"
+        )
+    )
     images = build["manifest"]["images"]
     assert images["plugin"] == f"ghcr.io/cloudnative-pg/plugin-barman-cloud:{kube_build.BARMAN_VERSION}"
     assert images["sidecar"] == f"ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar:{kube_build.BARMAN_VERSION}"
@@ -120,9 +137,14 @@ def _resource_path(api, doc, known):
 
 
 def _dry_run_apply(api, known, doc):
-    status, body = api.request("PATCH", _resource_path(api, doc, known), body=doc,
-                               content_type="application/apply-patch+yaml", timeout=60,
-                               params={"fieldManager": "hanzo-kms-test", "force": "true", "dryRun": "All"})
+    status, body = api.request(
+        "PATCH",
+        _resource_path(api, doc, known),
+        body=doc,
+        content_type="application/apply-patch+yaml",
+        timeout=60,
+        params={"fieldManager": "hanzo-kms-test", "force": "true", "dryRun": "All"},
+    )
     assert status in (200, 201), f"dry-run apply of {doc['kind']} {doc['metadata']['name']}: {status} {body}"
     return body
 
@@ -152,10 +174,11 @@ def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, op
     docs = build["operator"] + build["plugin"]
     assert {d["metadata"].get("namespace") for d in docs} == {None, namespace}
     # what exists before (nothing, unless the operator was installed on this lab, e.g. by the cnpg role)
-    probes = ["/apis/apiextensions.k8s.io/v1/customresourcedefinitions/poolers.postgresql.cnpg.io",
-              "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
-              "cnpg-validating-webhook-configuration",
-              f"/apis/apps/v1/namespaces/{namespace}/deployments/cnpg-controller-manager"]
+    probes = [
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/poolers.postgresql.cnpg.io",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/cnpg-validating-webhook-configuration",
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/cnpg-controller-manager",
+    ]
     before = [dc1_api.get(path)[0] for path in probes]
     known = {}
     echoed = {(d["kind"], d["metadata"]["name"]): _dry_run_apply(dc1_api, known, d) for d in docs}
@@ -168,30 +191,47 @@ def test_the_lab_apiserver_accepts_both_manifests_as_rendered(dc1_api, build, op
     for key in crds:
         spec, sent = echoed[key]["spec"], rendered[key]["spec"]
         assert (spec["group"], spec["names"], spec["scope"]) == (sent["group"], sent["names"], sent["scope"])
-        assert [(v["name"], v["served"], v["storage"], v["schema"]) for v in spec["versions"]] == \
-            [(v["name"], v["served"], v["storage"], v["schema"]) for v in sent["versions"]]
+        assert [(v["name"], v["served"], v["storage"], v["schema"]) for v in spec["versions"]] == [
+            (v["name"], v["served"], v["storage"], v["schema"]) for v in sent["versions"]
+        ]
 
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         (key,) = [k for k in rendered if k[0] == kind]
         assert key[1] == f"cnpg-{'mutating' if kind.startswith('Mutating') else 'validating'}-webhook-configuration"
-        webhooks = [(w["name"], w["clientConfig"]["service"], w["rules"], w["failurePolicy"], w["sideEffects"])
-                    for w in echoed[key]["webhooks"]]
+        webhooks = [
+            (w["name"], w["clientConfig"]["service"], w["rules"], w["failurePolicy"], w["sideEffects"])
+            for w in echoed[key]["webhooks"]
+        ]
         # the apiserver defaults the service port (443) and each rule's scope ("*")
-        assert webhooks == [(w["name"], {"port": 443, **w["clientConfig"]["service"]},
-                             [{"scope": "*", **rule} for rule in w["rules"]], w["failurePolicy"], w["sideEffects"])
-                            for w in rendered[key]["webhooks"]]
+        assert webhooks == [
+            (
+                w["name"],
+                {"port": 443, **w["clientConfig"]["service"]},
+                [{"scope": "*", **rule} for rule in w["rules"]],
+                w["failurePolicy"],
+                w["sideEffects"],
+            )
+            for w in rendered[key]["webhooks"]
+        ]
         assert {w[1]["name"] for w in webhooks} == {"cnpg-webhook-service"}
 
     images = build["manifest"]["images"]
-    expected = {"cnpg-controller-manager": [(images["operator"], "IfNotPresent")],
-                "barman-cloud": [(images["plugin"], "IfNotPresent")]}
-    echoed_images = {name: [(c["image"], c["imagePullPolicy"]) for c in cnpg_operator.containers(body)]
-                     for (kind, name), body in echoed.items() if kind == "Deployment"}
+    expected = {
+        "cnpg-controller-manager": [(images["operator"], "IfNotPresent")],
+        "barman-cloud": [(images["plugin"], "IfNotPresent")],
+    }
+    echoed_images = {
+        name: [(c["image"], c["imagePullPolicy"]) for c in cnpg_operator.containers(body)]
+        for (kind, name), body in echoed.items()
+        if kind == "Deployment"
+    }
     assert echoed_images == expected
     for (kind, name), body in echoed.items():
         if kind == "Deployment":
-            assert body["spec"]["template"]["spec"]["containers"][0]["args"] == \
-                rendered[(kind, name)]["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert (
+                body["spec"]["template"]["spec"]["containers"][0]["args"]
+                == rendered[(kind, name)]["spec"]["template"]["spec"]["containers"][0]["args"]
+            )
 
     # the dry run persisted nothing
     assert [dc1_api.get(path)[0] for path in probes] == before
@@ -243,30 +283,42 @@ def test_the_real_plugin_serves_with_the_lab_tls_secrets(kube_sites, build):  # 
         _write_secret(tmp / "client", client)
         port = free_port()
         # the Deployment's own arguments, with the mount paths under tmp; no leader election outside a pod
-        argv = [str(build["paths"]["barman-cloud-plugin"])] + [
-            a.replace("=/server/", f"={tmp}/server/").replace("=/client/", f"={tmp}/client/")
-            .replace(f"--server-address=:{need['port']}", f"--server-address=127.0.0.1:{port}")
-            for a in args if a != "--leader-elect"] + ["--metrics-bind-address=0", "--health-probe-bind-address=0"]
-        env = dict(os.environ, KUBECONFIG=kube_sites["dc1"]["kubeconfig"],
-                   SIDECAR_IMAGE=build["manifest"]["images"]["sidecar"])
+        argv = (
+            [str(build["paths"]["barman-cloud-plugin"])]
+            + [
+                a.replace("=/server/", f"={tmp}/server/")
+                .replace("=/client/", f"={tmp}/client/")
+                .replace(f"--server-address=:{need['port']}", f"--server-address=127.0.0.1:{port}")
+                for a in args
+                if a != "--leader-elect"
+            ]
+            + ["--metrics-bind-address=0", "--health-probe-bind-address=0"]
+        )
+        env = dict(
+            os.environ, KUBECONFIG=kube_sites["dc1"]["kubeconfig"], SIDECAR_IMAGE=build["manifest"]["images"]["sidecar"]
+        )
         with open(tmp / "plugin.log", "wb") as log:
             # pylint: disable-next=consider-using-with
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
+
             def listening():
                 assert proc.poll() is None, f"the plugin exited: {(tmp / 'plugin.log').read_text()[-2000:]}"
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     return True
+
             wait_until(listening, WAIT, f"the Barman Cloud plugin to listen on {port}")
-            selected, frame = _handshake(port, tmp / "server" / "tls.crt", tmp / "client" / "tls.crt",
-                                         tmp / "client" / "tls.key")
+            selected, frame = _handshake(
+                port, tmp / "server" / "tls.crt", tmp / "client" / "tls.crt", tmp / "client" / "tls.key"
+            )
             assert selected == "h2" and frame[3] == 0x4, (selected, frame)
 
             # another client certificate (same name, same shape) that is not the client Secret's is refused: pinned
             _write_secret(tmp / "other", other_client)
             try:
-                refused = _handshake(port, tmp / "server" / "tls.crt", tmp / "other" / "tls.crt",
-                                     tmp / "other" / "tls.key")
+                refused = _handshake(
+                    port, tmp / "server" / "tls.crt", tmp / "other" / "tls.crt", tmp / "other" / "tls.key"
+                )
             except (ssl.SSLError, OSError) as exc:  # TLS 1.3: the server's alert arrives after the client's Finished
                 refused = exc
             assert not isinstance(refused, tuple) or len(refused[1]) < 9, refused

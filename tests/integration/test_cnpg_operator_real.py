@@ -20,6 +20,7 @@ tainted, hostPath volumes, cluster DNS):
 ``HANZO_KMS_TEST_LAB_DIR`` may name a lab already up in operator mode (it is then reused and left running; the
 failover test loses its dc1 and lb1). Times are printed with ``pytest -s`` (docs/lab.md, "The real operator").
 """
+
 # pytest injects the fixtures defined below as arguments of the same name
 # pylint: disable=redefined-outer-name
 from __future__ import annotations
@@ -37,11 +38,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl, redis_backup_job
+from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup_job
 from tests.ansible_run import recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
-from tests.lab import images, kube, kube_build, lbhost, node, s3 as lab_s3, site_db, stack
+from tests.lab import images, kube, kube_build, lbhost, node, site_db, stack
+from tests.lab import s3 as lab_s3
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
 SITES = ("dc1", "dc2")
@@ -93,8 +96,13 @@ def changed(output):
 
 def kubectl(lab, site, *args, timeout=60):
     binary = kube_build.cache_root() / "bin" / "kubectl"
-    return subprocess.run([str(binary), "--kubeconfig", lab.state["kubeconfig"], "--context", site, *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(binary), "--kubeconfig", lab.state["kubeconfig"], "--context", site, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def get(lab, site, *args):
@@ -105,8 +113,7 @@ def get(lab, site, *args):
 
 def psql(lab, site, sql, database="postgres"):
     pod = f"kms-pg-{site}-1"
-    proc = kubectl(lab, site, "-n", NAMESPACE, "exec", pod, "-c", "postgres", "--", "psql", "-d", database, "-Atc",
-                   sql)
+    proc = kubectl(lab, site, "-n", NAMESPACE, "exec", pod, "-c", "postgres", "--", "psql", "-d", database, "-Atc", sql)
     assert proc.returncode == 0, f"psql on {site}: {proc.stderr}"
     return proc.stdout.strip()
 
@@ -125,24 +132,46 @@ def clusters(operator_installed):
     (the lab is up already), converge (install.yml), idempotence (a second run changing nothing on the real
     operator), verify. One operator lab and one install serve both."""
     lab = operator_installed
-    before = {s: get(lab, s, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls", "barman-cloud-client-tls")
-              for s in SITES}
+    before = {
+        s: get(lab, s, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls", "barman-cloud-client-tls")
+        for s in SITES
+    }
     converge, seconds = molecule_default(lab)  # the inventory waits 300 s for the Clusters in this mode
-    FIGURES["molecule default: install.yml (both Clusters healthy, initial backup, Redis, KMS, LB), its idempotence, "
-            "verify (s)"] = seconds
+    FIGURES[
+        "molecule default: install.yml (both Clusters healthy, initial backup, Redis, KMS, LB), its idempotence, "
+        "verify (s)"
+    ] = seconds
     return {"lab": lab, "first": converge, "secrets_before": before}
 
 
 def molecule_default(lab):
     """``molecule test -s default`` on ``lab``; (the converge action's output, seconds). Must succeed."""
-    env = dict(os.environ, HANZO_KMS_LAB_DIR=str(lab.dir), HANZO_KMS_LAB_CNPG="operator",
-               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        HANZO_KMS_LAB_DIR=str(lab.dir),
+        HANZO_KMS_LAB_CNPG="operator",
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    )
     started = time.monotonic()
     # Molecule skips prepare when its state says a scenario was prepared before (on another lab): start clean.
-    subprocess.run([str(BIN / "molecule"), "reset", "-s", "default"], cwd=REPO_ROOT, env=env, capture_output=True,
-                   check=True, timeout=120)
-    proc = subprocess.run([str(BIN / "molecule"), "test", "-s", "default"], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800, check=False)
+    subprocess.run(
+        [str(BIN / "molecule"), "reset", "-s", "default"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    proc = subprocess.run(
+        [str(BIN / "molecule"), "test", "-s", "default"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     output = molecule_text(proc.stdout)
     assert proc.returncode == 0, f"molecule test -s default failed:\n{output[-10000:]}"
     for action in ("syntax", "prepare", "converge", "idempotence", "verify"):
@@ -161,7 +190,7 @@ def molecule_action(output, action, following):
     start = re.search(rf"\b{action}\]?:? Executing", output)
     end = re.search(rf"\b{following}\]?:? Executing", output)
     assert start and end, f"no {action} action in Molecule's output:\n{output[-4000:]}"
-    return output[start.start():end.start()]
+    return output[start.start() : end.start()]
 
 
 def test_lab_runs_cnpg_as_the_operator(operator_lab):
@@ -186,8 +215,11 @@ def test_operator_and_plugin_run_on_the_real_node(operator_installed):
     for site in SITES:
         pods = get(lab, site, "-n", OPERATOR_NAMESPACE, "pods")["items"]
         # CNPG labels its pods app.kubernetes.io/name=cloudnative-pg, the plugin app=barman-cloud
-        running = {p["metadata"]["labels"].get("app.kubernetes.io/name") or p["metadata"]["labels"].get("app"): p
-                   for p in pods if p["status"].get("phase") == "Running"}
+        running = {
+            p["metadata"]["labels"].get("app.kubernetes.io/name") or p["metadata"]["labels"].get("app"): p
+            for p in pods
+            if p["status"].get("phase") == "Running"
+        }
         assert set(running) >= {"cloudnative-pg", "barman-cloud"}, [p["metadata"]["name"] for p in pods]
         for name, image in (("cloudnative-pg", images["operator"]), ("barman-cloud", images["plugin"])):
             pod = running[name]
@@ -198,6 +230,7 @@ def test_operator_and_plugin_run_on_the_real_node(operator_installed):
 
 def test_plugin_tls_secrets_are_self_signed_pairs(operator_installed):
     from cryptography import x509  # pylint: disable=import-outside-toplevel
+
     for site in SITES:
         for name, usage in (("barman-cloud-server-tls", "serverAuth"), ("barman-cloud-client-tls", "clientAuth")):
             secret = get(operator_installed, site, "-n", OPERATOR_NAMESPACE, "secret", name)
@@ -216,14 +249,23 @@ def test_webhooks_answer_the_apiserver(operator_installed, tmp_path):
     """A valid Cluster passes the real mutating + validating webhooks (dry run: defaulted by the operator), an invalid
     one is rejected by the validating webhook (no admission policy exists in this mode)."""
     lab = operator_installed
-    valid = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
-             "metadata": {"name": "webhook-probe", "namespace": "default"},
-             "spec": {"instances": 1, "storage": {"size": "1Gi"}}}
+    valid = {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": "webhook-probe", "namespace": "default"},
+        "spec": {"instances": 1, "storage": {"size": "1Gi"}},
+    }
     invalid = json.loads(json.dumps(valid))
-    invalid["spec"].update({"externalClusters": [{"name": "a", "connectionParameters": {"host": "a"}},
-                                                 {"name": "b", "connectionParameters": {"host": "b"}}],
-                            "replica": {"primary": "a", "source": "a", "enabled": True},
-                            "bootstrap": {"pg_basebackup": {"source": "a"}}})
+    invalid["spec"].update(
+        {
+            "externalClusters": [
+                {"name": "a", "connectionParameters": {"host": "a"}},
+                {"name": "b", "connectionParameters": {"host": "b"}},
+            ],
+            "replica": {"primary": "a", "source": "a", "enabled": True},
+            "bootstrap": {"pg_basebackup": {"source": "a"}},
+        }
+    )
     for site in SITES:
         for name, doc in (("valid", valid), ("invalid", invalid)):
             (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
@@ -241,20 +283,39 @@ def test_webhooks_answer_the_apiserver(operator_installed, tmp_path):
 def test_cluster_dns_resolves_service_names(clusters):
     lab = clusters["lab"]
     for site in SITES:
-        proc = kubectl(lab, site, "-n", NAMESPACE, "exec", f"kms-pg-{site}-1", "-c", "postgres", "--", "getent",
-                       "hosts", "barman-cloud.cnpg-system.svc")
+        proc = kubectl(
+            lab,
+            site,
+            "-n",
+            NAMESPACE,
+            "exec",
+            f"kms-pg-{site}-1",
+            "-c",
+            "postgres",
+            "--",
+            "getent",
+            "hosts",
+            "barman-cloud.cnpg-system.svc",
+        )
         service = get(lab, site, "-n", OPERATOR_NAMESPACE, "service", "barman-cloud")
         assert proc.returncode == 0 and proc.stdout.split()[0] == service["spec"]["clusterIP"], proc
 
 
 def test_install_converges_and_keeps_the_plugin_secrets(clusters):
-    assert {host for host, count in changed(clusters["first"]).items() if count} == {"dc1-kube", "dc2-kube", "lb1", "lb2"}
+    assert {host for host, count in changed(clusters["first"]).items() if count} == {
+        "dc1-kube",
+        "dc2-kube",
+        "lb1",
+        "lb2",
+    }
     lab = clusters["lab"]
     for site in SITES:  # the plugin's Secrets were created once and kept
-        after = get(lab, site, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls",
-                    "barman-cloud-client-tls")
-        assert ([s["metadata"]["resourceVersion"] for s in after["items"]]
-                == [s["metadata"]["resourceVersion"] for s in clusters["secrets_before"][site]["items"]])
+        after = get(
+            lab, site, "-n", OPERATOR_NAMESPACE, "secrets", "barman-cloud-server-tls", "barman-cloud-client-tls"
+        )
+        assert [s["metadata"]["resourceVersion"] for s in after["items"]] == [
+            s["metadata"]["resourceVersion"] for s in clusters["secrets_before"][site]["items"]
+        ]
 
 
 def test_dc1_primary_is_healthy_on_the_real_node_and_archives_wal(clusters):
@@ -299,13 +360,28 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
     segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
     started = time.monotonic()
     psql(lab, "dc1", "select pg_switch_wal()")  # its own transaction: the commit above is in the switched segment
-    wait_until(lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
-               60, f"WAL segment {segment} in the bucket")
+    wait_until(
+        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
+        60,
+        f"WAL segment {segment} in the bucket",
+    )
     FIGURES["switched WAL segment in the bucket (s)"] = round(time.monotonic() - started, 1)
 
     def replayed():
-        proc = kubectl(lab, "dc2", "-n", NAMESPACE, "exec", "kms-pg-dc2-1", "-c", "postgres", "--", "psql", "-Atc",
-                       f"select count(*) from lab_wal_probe where marker = '{marker}'")
+        proc = kubectl(
+            lab,
+            "dc2",
+            "-n",
+            NAMESPACE,
+            "exec",
+            "kms-pg-dc2-1",
+            "-c",
+            "postgres",
+            "--",
+            "psql",
+            "-Atc",
+            f"select count(*) from lab_wal_probe where marker = '{marker}'",
+        )
         return proc.returncode == 0 and proc.stdout.strip() == "1"
 
     wait_until(replayed, 120, f"dc2 to replay the row written on dc1 ({marker})", interval=1)
@@ -316,8 +392,12 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
 
 # -- install.yml's pods, the backup CronJob, switchover and failover on the real operator ---------------------------
 def lb_client(lab, prefix, rate=5.0):
-    return LoadClient(lab.state["lb"]["vip_url"], rate=rate, prefix=prefix,  # clients use the VIP, over TLS
-                      ca_file=lab.state["pki"]["ca_file"])
+    return LoadClient(
+        lab.state["lb"]["vip_url"],
+        rate=rate,
+        prefix=prefix,  # clients use the VIP, over TLS
+        ca_file=lab.state["pki"]["ca_file"],
+    )
 
 
 def lost_writes(lab, client, site):
@@ -359,13 +439,18 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     job = f"backup-test-{time.time_ns() % 100000}"
     assert kubectl(lab, "dc1", "-n", NAMESPACE, "create", "job", "--from=cronjob/redis-backup", job).returncode == 0
     started = time.monotonic()
-    done = kubectl(lab, "dc1", "-n", NAMESPACE, "wait", "--for=condition=complete", f"job/{job}", "--timeout=240s",
-                   timeout=260)
+    done = kubectl(
+        lab, "dc1", "-n", NAMESPACE, "wait", "--for=condition=complete", f"job/{job}", "--timeout=240s", timeout=260
+    )
     assert done.returncode == 0, kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "--all-containers").stdout
     FIGURES["Redis backup Job from the CronJob (s)"] = round(time.monotonic() - started, 1)
-    container = get(lab, "dc1", "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"][
-        "template"]["spec"]["containers"][0]
-    assert container["command"][1:] == ["-m", redis_backup_job.__name__] and container["image"] == images.BACKUP_TOOLS_IMAGE
+    container = get(lab, "dc1", "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert (
+        container["command"][1:] == ["-m", redis_backup_job.__name__]
+        and container["image"] == images.BACKUP_TOOLS_IMAGE
+    )
     assert {"name": "AWS_CA_BUNDLE", "value": "/etc/hanzo-kms/s3-ca/ca.crt"} in container["env"]  # HTTPS-only store
     result = job_result(kubectl(lab, "dc1", "-n", NAMESPACE, "logs", f"job/{job}", "-c", "backup").stdout)
     key, manifest = result["key"], result["manifest"]
@@ -384,27 +469,49 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     # ... and field for field what hanzo.kms.redis_rdb_backup writes for the same Redis
     source = lab.state["sites"]["dc1"]["redis"]
     password = base64.b64decode(get(lab, "dc1", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
-    args = {"host": source["host"], "port": source["port"], "password": password.decode(), "tls": True,
-            "tls_ca_cert": source["ca_file"], "dest": str(tmp_path / "dump.rdb"), "site": "dc1"}
+    args = {
+        "host": source["host"],
+        "port": source["port"],
+        "password": password.decode(),
+        "tls": True,
+        "tls_ca_cert": source["ca_file"],
+        "dest": str(tmp_path / "dump.rdb"),
+        "site": "dc1",
+    }
     run_module("hanzo.kms.redis_rdb_backup", args, lab_dir=lab.dir, must_succeed=True)
     module_manifest = bl.parse_manifest((tmp_path / "dump.rdb.manifest.json").read_bytes())
 
     def shape(entry):
-        return {name: (shape(value) if isinstance(value, dict) and name in ("source", "verified") else value is None)
-                for name, value in entry.items()}
+        return {
+            name: (shape(value) if isinstance(value, dict) and name in ("source", "verified") else value is None)
+            for name, value in entry.items()
+        }
 
     assert shape(manifest) == shape(module_manifest)
     assert manifest["verified"]["validator_version"] == module_manifest["verified"]["validator_version"]
     assert (manifest["rdb_version"], manifest["source"]["server_version"]) == (
-        module_manifest["rdb_version"], module_manifest["source"]["server_version"])
+        module_manifest["rdb_version"],
+        module_manifest["source"]["server_version"],
+    )
 
     # restore exactly that backup into dc2's (passive) Redis, as the failover would
     password = base64.b64decode(get(lab, "dc2", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
     target = lab.state["sites"]["dc2"]["redis"]
-    args = {"host": target["host"], "port": target["port"], "password": password.decode(), "tls": True,
-            "tls_ca_cert": target["ca_file"], "bucket": s3["bucket"],
-            "key": key, "endpoint_url": s3["endpoint_url"], "region": s3["region"], "access_key": s3["access_key"],
-            "secret_key": s3["secret_key"], "ca_bundle": s3["ca_file"], "mode": "replace"}
+    args = {
+        "host": target["host"],
+        "port": target["port"],
+        "password": password.decode(),
+        "tls": True,
+        "tls_ca_cert": target["ca_file"],
+        "bucket": s3["bucket"],
+        "key": key,
+        "endpoint_url": s3["endpoint_url"],
+        "region": s3["region"],
+        "access_key": s3["access_key"],
+        "secret_key": s3["secret_key"],
+        "ca_bundle": s3["ca_file"],
+        "mode": "replace",
+    }
     result = run_module("hanzo.kms.redis_rdb_restore", args, lab_dir=lab.dir, must_succeed=True).result()
     assert result["changed"] is True and f'"key": "{key}"' in json.dumps(result), result
 
@@ -431,10 +538,17 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     psql(lab, "dc1", f"create table {marker} (n int); insert into {marker} select generate_series(1, 7)", "kms")
     segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
     psql(lab, "dc1", "select pg_switch_wal()")
-    wait_until(lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
-               60, f"WAL segment {segment} in the bucket")
-    wait_until(lambda: psql(lab, "dc2", f"select to_regclass('{marker}') is not null", "kms") == "t", 120,
-               f"dc2 to replay {marker}", interval=1)
+    wait_until(
+        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
+        60,
+        f"WAL segment {segment} in the bucket",
+    )
+    wait_until(
+        lambda: psql(lab, "dc2", f"select to_regclass('{marker}') is not null", "kms") == "t",
+        120,
+        f"dc2 to replay {marker}",
+        interval=1,
+    )
 
     status, seconds = playbook(lab, "playbooks/status.yml")
     FIGURES["status.yml (s)"] = seconds
@@ -451,8 +565,9 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     assert restored["cnpg"]["tables"][f"public.{marker}"] == 7, restored["cnpg"]["tables"]
     assert restored["cnpg"]["system_id"] == restored["cnpg"]["source_system_id"]
     assert all(c["match"] for c in restored["redis"]["counts"]), restored["redis"]
-    assert not any(c["metadata"]["name"] == "kms-pg-restore-test"
-                   for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]), "the scratch Cluster is removed"
+    assert not any(
+        c["metadata"]["name"] == "kms-pg-restore-test" for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]
+    ), "the scratch Cluster is removed"
 
 
 @pytest.fixture(scope="module")
@@ -463,8 +578,14 @@ def switched(clusters):
     client.start()
     try:
         for target in ("dc2", "dc1"):
-            _proc, seconds = playbook(lab, "playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
-                                      "-e", f"switchover_confirm='SWITCHOVER TO {target}'")
+            _proc, seconds = playbook(
+                lab,
+                "playbooks/switchover.yml",
+                "-e",
+                f"switchover_target_site={target}",
+                "-e",
+                f"switchover_confirm='SWITCHOVER TO {target}'",
+            )
             FIGURES[f"switchover to {target} (s)"] = seconds
             steps = {s["name"]: s for s in report(lab, "switchover")["steps"]}
             # the promotion runs from the promote step's start to wait_promotion's end, restore_redis meanwhile
@@ -503,14 +624,22 @@ def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
         # switchover back it has not: dc1's first segment waits for archive_timeout, and the report's bound is then
         # the approximate archive age, tested in tests/unit). A WAL switch on dc1 ships the load's commits.
         psql(lab, "dc1", "select pg_switch_wal()")
-        wait_until(lambda: psql(lab, "dc2", "select pg_last_xact_replay_timestamp() is not null") == "t", 120,
-                   "dc2 to replay a transaction of dc1", interval=1)
+        wait_until(
+            lambda: psql(lab, "dc2", "select pg_last_xact_replay_timestamp() is not null") == "t",
+            120,
+            "dc2 to replay a transaction of dc1",
+            interval=1,
+        )
         killed = node.lose_site(lab.dir, "dc1") + lbhost.lose_host(lab.dir, "lb1")
         lost_at = time.time()
-        proc, seconds = playbook(lab, "playbooks/failover.yml", "-e", "failover_target_site=dc2",
-                                 "-e", "failover_confirm='FAILOVER TO dc2'")
-        wait_until(lambda: any(r["ok"] and r["site"] == "dc2" and r["t0"] > lost_at for r in client.records), 30,
-                   "a request served by dc2")
+        proc, seconds = playbook(
+            lab, "playbooks/failover.yml", "-e", "failover_target_site=dc2", "-e", "failover_confirm='FAILOVER TO dc2'"
+        )
+        wait_until(
+            lambda: any(r["ok"] and r["site"] == "dc2" and r["t0"] > lost_at for r in client.records),
+            30,
+            "a request served by dc2",
+        )
     finally:
         records = client.stop()
     assert killed > 10
@@ -526,7 +655,9 @@ def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
     # from dc2's newest replayed transaction (exec into its instance), not the approximate archive age
     assert bound["approximate"] is False and isinstance(bound["bound_seconds"], int), bound
     lost = lost_writes(lab, client, "dc2")
-    FIGURES["failover: acknowledged writes lost"] = f"{len(lost)} of {len(client.acked)} (bound {bound['bound_seconds']} s)"
+    FIGURES["failover: acknowledged writes lost"] = (
+        f"{len(lost)} of {len(client.acked)} (bound {bound['bound_seconds']} s)"
+    )
     broken = analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
     assert broken == [], f"lost writes acknowledged before {bound['since']}, which the report says were kept: {broken}"
     assert psql(lab, "dc2", "select pg_is_in_recovery()") == "f"

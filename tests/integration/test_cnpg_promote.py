@@ -8,6 +8,7 @@ same module_utils state machine directly over kubernetes clients so they can sto
 Set HANZO_KMS_CNPG_STANDIN_DELAY (seconds per simulated operator step) low, e.g. 0.05, before the lab starts to keep
 the stand-in's simulated delays near zero; ``-s`` prints the module timings of a switchover and a failover.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
 from tests.ansible_run import run_play
 from tests.lab import cnpg_state
 from tests.lab.core import wait_until
-from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
-    kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig)
+from tests.lab.kube_fixtures import kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig  # noqa: F401  pylint: disable=unused-import
 
 try:
     from kubernetes import client
@@ -32,21 +32,37 @@ GROUP, VERSION = "postgresql.cnpg.io", "v1"
 WAIT = 60
 DC1, DC2 = "kms-pg-dc1", "kms-pg-dc2"
 EXTERNAL = [
-    {"name": name, "plugin": {"name": cnpg_state.BARMAN_PLUGIN,
-                              "parameters": {"barmanObjectName": name, "serverName": name}}}
+    {
+        "name": name,
+        "plugin": {"name": cnpg_state.BARMAN_PLUGIN, "parameters": {"barmanObjectName": name, "serverName": name}},
+    }
     for name in (DC1, DC2)
 ]
 PAUSE = "cnpg.io/reconciliationLoop"
 
 
 def pg_cluster(name, replica):
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Cluster", "metadata": {"name": name},
-            "spec": {"instances": 2, "storage": {"size": "1Gi"},
-                     "bootstrap": {"initdb": {"database": "kms", "owner": "kms"}} if name == DC1 else
-                     {"pg_basebackup": {"source": DC1}},
-                     "plugins": [{"name": cnpg_state.BARMAN_PLUGIN, "isWALArchiver": True,
-                                  "parameters": {"barmanObjectName": name, "serverName": name}}],
-                     "externalClusters": EXTERNAL, "replica": replica}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": {
+            "instances": 2,
+            "storage": {"size": "1Gi"},
+            "bootstrap": {"initdb": {"database": "kms", "owner": "kms"}}
+            if name == DC1
+            else {"pg_basebackup": {"source": DC1}},
+            "plugins": [
+                {
+                    "name": cnpg_state.BARMAN_PLUGIN,
+                    "isWALArchiver": True,
+                    "parameters": {"barmanObjectName": name, "serverName": name},
+                }
+            ],
+            "externalClusters": EXTERNAL,
+            "replica": replica,
+        },
+    }
 
 
 def custom(api_client):
@@ -65,6 +81,7 @@ def wait_for(api_client, namespace, name, predicate, what, interval=0.05):
     def check():
         obj = get(api_client, namespace, name)
         return obj if predicate(obj) else None
+
     return wait_until(check, WAIT, f"{namespace}/{name}: {what}", interval=interval)
 
 
@@ -76,13 +93,21 @@ def healthy(obj):
 def create_topology(dc1, dc2, namespace, interval=0.05):
     """kms-pg-dc1 (primary) in dc1 and kms-pg-dc2 (replica) in dc2 created in ``namespace``; returns once both are
     healthy (polled every ``interval`` seconds)."""
-    custom(dc1).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
-                                                pg_cluster(DC1, {"primary": DC1, "source": DC2}))
-    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, namespace, "clusters",
-                                                pg_cluster(DC2, {"primary": DC1, "source": DC1}))
+    custom(dc1).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "clusters", pg_cluster(DC1, {"primary": DC1, "source": DC2})
+    )
+    custom(dc2).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "clusters", pg_cluster(DC2, {"primary": DC1, "source": DC1})
+    )
     wait_for(dc1, namespace, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary", interval)
-    wait_for(dc2, namespace, DC2, lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
-             "healthy replica", interval)
+    wait_for(
+        dc2,
+        namespace,
+        DC2,
+        lambda o: healthy(o) and (o["status"].get("instancesReportedState") or {}),
+        "healthy replica",
+        interval,
+    )
 
 
 @pytest.fixture(name="topology")
@@ -94,17 +119,25 @@ def fixture_topology(kube_clients, kube_namespace):  # noqa: F811  pylint: disab
 
 
 # -- running the module --------------------------------------------------------------------------------------------
-def run_module(tmp_path, kubeconfig_path, namespace, mode, old="dc1", new="dc2", check=False, diff=False,
-               **options):
+def run_module(tmp_path, kubeconfig_path, namespace, mode, old="dc1", new="dc2", check=False, diff=False, **options):
     """Run hanzo.kms.cnpg_promote through ansible-playbook; return the task result."""
     names = {"dc1": DC1, "dc2": DC2}
-    args = {"mode": mode, "kubeconfig": kubeconfig_path, "poll_interval": 0.05,
-            "old_cluster": {"name": names[old], "namespace": namespace, "context": old},
-            "new_cluster": {"name": names[new], "namespace": namespace, "context": new}}
+    args = {
+        "mode": mode,
+        "kubeconfig": kubeconfig_path,
+        "poll_interval": 0.05,
+        "old_cluster": {"name": names[old], "namespace": namespace, "context": old},
+        "new_cluster": {"name": names[new], "namespace": namespace, "context": new},
+    }
     args.update(options)
-    run = run_play(tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml",
-                   [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}], check_mode=check, diff=diff,
-                   name="Promote", timeout=600)
+    run = run_play(
+        tmp_path / f"promote-{mode}-{time.monotonic_ns()}.yml",
+        [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}],
+        check_mode=check,
+        diff=diff,
+        name="Promote",
+        timeout=600,
+    )
     return run.result()
 
 
@@ -166,8 +199,10 @@ def test_check_mode_makes_no_change(topology, tmp_path, kubeconfig):  # noqa: F8
     assert result["diff"]["before"]["old_cluster"]["spec"]["replica"]["primary"] == DC1
     failover = run_module(tmp_path, kubeconfig, ns, "failover", check=True, old_cluster_fencing="fence")
     assert [p["step"] for p in failover["plan"]] == ["fence", "promote"]
-    assert (get(dc1, ns, DC1)["metadata"]["resourceVersion"],
-            get(dc2, ns, DC2)["metadata"]["resourceVersion"]) == versions
+    assert (
+        get(dc1, ns, DC1)["metadata"]["resourceVersion"],
+        get(dc2, ns, DC2)["metadata"]["resourceVersion"],
+    ) == versions
 
 
 def test_token_mismatch_fails_with_phase_reason(topology, tmp_path, kubeconfig):  # noqa: F811
@@ -183,8 +218,9 @@ def test_token_mismatch_fails_with_phase_reason(topology, tmp_path, kubeconfig):
 
 def test_forbidden_and_not_found_messages(topology, tmp_path, kubeconfig):  # noqa: F811
     ns = topology[0]
-    result = run_module(tmp_path, kubeconfig, ns, "switchover",
-                        new_cluster={"name": "nope", "namespace": ns, "context": "dc2"})
+    result = run_module(
+        tmp_path, kubeconfig, ns, "switchover", new_cluster={"name": "nope", "namespace": ns, "context": "dc2"}
+    )
     assert result.get("failed") is True
     assert f"Cluster {ns}/nope" in result["msg"] and "not found" in result["msg"]
 
@@ -233,8 +269,10 @@ def test_failover_refused_when_old_reachable_and_unfenced(topology, tmp_path, ku
     versions = (get(dc1, ns, DC1)["metadata"]["resourceVersion"], get(dc2, ns, DC2)["metadata"]["resourceVersion"])
     result = run_module(tmp_path, kubeconfig, ns, "failover")
     assert result.get("failed") is True and "two writable primaries" in result["msg"]
-    assert (get(dc1, ns, DC1)["metadata"]["resourceVersion"],
-            get(dc2, ns, DC2)["metadata"]["resourceVersion"]) == versions
+    assert (
+        get(dc1, ns, DC1)["metadata"]["resourceVersion"],
+        get(dc2, ns, DC2)["metadata"]["resourceVersion"],
+    ) == versions
 
 
 def test_fencing_then_failover(topology, tmp_path, kubeconfig):  # noqa: F811
@@ -278,15 +316,20 @@ def test_failover_module_time_old_site_fenced(topology, tmp_path, kubeconfig):  
     print(f"\nfailover (dc1 fenced) module timings: {result['timings']}")
 
 
-def test_standalone_form_failover_and_switchover_refused(kube_clients, kube_namespace, tmp_path,  # noqa: F811
-                                                        kubeconfig):  # noqa: F811
+def test_standalone_form_failover_and_switchover_refused(
+    kube_clients,
+    kube_namespace,
+    tmp_path,  # noqa: F811
+    kubeconfig,
+):  # noqa: F811
     ns = kube_namespace
     dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
     primary = pg_cluster(DC1, None)
     del primary["spec"]["replica"]
     custom(dc1).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters", primary)
-    custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "clusters",
-                                                pg_cluster(DC2, {"enabled": True, "source": DC1}))
+    custom(dc2).create_namespaced_custom_object(
+        GROUP, VERSION, ns, "clusters", pg_cluster(DC2, {"enabled": True, "source": DC1})
+    )
     wait_for(dc1, ns, DC1, lambda o: healthy(o) and cnpg.reports_primary(o), "healthy primary")
     wait_for(dc2, ns, DC2, lambda o: healthy(o) and cnpg.is_replica(o), "healthy standalone replica")
 
@@ -297,7 +340,8 @@ def test_standalone_form_failover_and_switchover_refused(kube_clients, kube_name
     assert result.get("failed") is not True, result
     assert [p["patch"] for p in result["plan"]] == [
         {"metadata": {"annotations": {cnpg.HIBERNATION_ANNOTATION: "on"}}},
-        {"spec": {"replica": {"enabled": False}}}]
+        {"spec": {"replica": {"enabled": False}}},
+    ]
     assert any("irreversible" in w for w in result.get("warnings", []))
     assert cnpg.promotion_done(get(dc2, ns, DC2))
 
@@ -309,21 +353,40 @@ def test_per_side_credentials_and_forbidden_message(topology, tmp_path, kube_sit
     rbac = client.RbacAuthorizationV1Api(dc1)
     core = client.CoreV1Api(dc1)
     core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(ns, {"metadata": {"name": "cnpg-read"}, "rules": [
-        {"apiGroups": [GROUP], "resources": ["clusters"], "verbs": ["get", "list", "watch"]}]})
-    rbac.create_namespaced_role_binding(ns, {
-        "metadata": {"name": "cnpg-read"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cnpg-read"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})
+    rbac.create_namespaced_role(
+        ns,
+        {
+            "metadata": {"name": "cnpg-read"},
+            "rules": [{"apiGroups": [GROUP], "resources": ["clusters"], "verbs": ["get", "list", "watch"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        ns,
+        {
+            "metadata": {"name": "cnpg-read"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cnpg-read"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
+        },
+    )
     token = core.create_namespaced_service_account_token(
-        "reader", ns, {"spec": {"audiences": [], "expirationSeconds": 600}}).status.token
+        "reader", ns, {"spec": {"audiences": [], "expirationSeconds": 600}}
+    ).status.token
     site = kube_sites["dc1"]
     version = get(dc1, ns, DC1)["metadata"]["resourceVersion"]
-    result = run_module(tmp_path, site["kubeconfig"], ns, "switchover",
-                        old_cluster={"name": DC1, "namespace": ns, "host": site["server"], "api_key": token,
-                                     "ca_cert": site["pki"]["ca"]},
-                        new_cluster={"name": DC2, "namespace": ns,
-                                     "kubeconfig": kube_sites["dc2"]["kubeconfig"], "context": "dc2"})
+    result = run_module(
+        tmp_path,
+        site["kubeconfig"],
+        ns,
+        "switchover",
+        old_cluster={
+            "name": DC1,
+            "namespace": ns,
+            "host": site["server"],
+            "api_key": token,
+            "ca_cert": site["pki"]["ca"],
+        },
+        new_cluster={"name": DC2, "namespace": ns, "kubeconfig": kube_sites["dc2"]["kubeconfig"], "context": "dc2"},
+    )
     assert result.get("failed") is True
     assert f"Cluster {ns}/{DC1}" in result["msg"] and "forbidden" in result["msg"]
     assert "'patch' permission on clusters.postgresql.cnpg.io" in result["msg"]

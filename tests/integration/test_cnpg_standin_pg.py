@@ -8,6 +8,7 @@ against the WAL (pg_waldump finds the shutdown checkpoint at the token's REDO lo
 /api/status following the writable database. The module ends with dc1 primary again (dc1 re-cloned after the failover),
 so later tests find the lab as it started.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,21 +45,54 @@ def cluster_body(site, primary_site):
     name = NAMES[site]
     other = "dc2" if site == "dc1" else "dc1"
     barman = cnpg_state.BARMAN_PLUGIN
-    bootstrap = ({"initdb": {"database": "kms", "owner": "kms", "secret": {"name": "kms-pg-app"}}}
-                 if site == primary_site else
-                 {"recovery": {"source": NAMES[primary_site], "database": "kms", "owner": "kms",
-                               "secret": {"name": "kms-pg-app"}}})
+    bootstrap = (
+        {"initdb": {"database": "kms", "owner": "kms", "secret": {"name": "kms-pg-app"}}}
+        if site == primary_site
+        else {
+            "recovery": {
+                "source": NAMES[primary_site],
+                "database": "kms",
+                "owner": "kms",
+                "secret": {"name": "kms-pg-app"},
+            }
+        }
+    )
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Cluster",
-        "metadata": {"name": name, "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/part-of": "hanzo-kms", "hanzo.kms/site": site}},
-        "spec": {"instances": 3, "storage": {"size": "1Gi"}, "bootstrap": bootstrap,
-                 "replica": {"self": name, "primary": NAMES[primary_site],
-                             "source": NAMES[other] if site == primary_site else NAMES[primary_site]},
-                 "plugins": [{"name": barman, "isWALArchiver": True,
-                              "parameters": {"barmanObjectName": f"{name}-store", "serverName": name}}],
-                 "externalClusters": [{"name": NAMES[s], "plugin": {"name": barman, "parameters": {
-                     "barmanObjectName": f"{NAMES[s]}-store", "serverName": NAMES[s]}}} for s in ("dc1", "dc2")]}}
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Cluster",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/part-of": "hanzo-kms", "hanzo.kms/site": site},
+        },
+        "spec": {
+            "instances": 3,
+            "storage": {"size": "1Gi"},
+            "bootstrap": bootstrap,
+            "replica": {
+                "self": name,
+                "primary": NAMES[primary_site],
+                "source": NAMES[other] if site == primary_site else NAMES[primary_site],
+            },
+            "plugins": [
+                {
+                    "name": barman,
+                    "isWALArchiver": True,
+                    "parameters": {"barmanObjectName": f"{name}-store", "serverName": name},
+                }
+            ],
+            "externalClusters": [
+                {
+                    "name": NAMES[s],
+                    "plugin": {
+                        "name": barman,
+                        "parameters": {"barmanObjectName": f"{NAMES[s]}-store", "serverName": NAMES[s]},
+                    },
+                }
+                for s in ("dc1", "dc2")
+            ],
+        },
+    }
 
 
 def custom(api_client):
@@ -70,8 +104,9 @@ def get(clients, site):
 
 
 def patch(clients, site, body):
-    return custom(clients[site]).patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "clusters", NAMES[site],
-                                                                body)
+    return custom(clients[site]).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "clusters", NAMES[site], body
+    )
 
 
 def pg(lab_dir, site, sql, dbname="kms"):
@@ -89,16 +124,23 @@ def kms_status(lab, site):
 
 def run_module(tmp_path, kubeconfig_path, mode, old, new, **options):
     """hanzo.kms.cnpg_promote through ansible-playbook (JSON callback); returns the task result."""
-    args = {"mode": mode, "kubeconfig": kubeconfig_path, "poll_interval": 0.1,
-            "old_cluster": {"name": NAMES[old], "namespace": NAMESPACE, "context": old},
-            "new_cluster": {"name": NAMES[new], "namespace": NAMESPACE, "context": new}}
+    args = {
+        "mode": mode,
+        "kubeconfig": kubeconfig_path,
+        "poll_interval": 0.1,
+        "old_cluster": {"name": NAMES[old], "namespace": NAMESPACE, "context": old},
+        "new_cluster": {"name": NAMES[new], "namespace": NAMESPACE, "context": new},
+    }
     args.update(options)
-    run = run_play(tmp_path / f"promote-{mode}-{uuid.uuid4().hex[:6]}.yml",
-                   [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}], name="Promote", timeout=600)
+    run = run_play(
+        tmp_path / f"promote-{mode}-{uuid.uuid4().hex[:6]}.yml",
+        [{"name": "Run cnpg_promote", "hanzo.kms.cnpg_promote": args}],
+        name="Promote",
+        timeout=600,
+    )
     result = run.result()
     assert result.get("failed") is not True, result
-    print(f"\ncnpg_promote {mode} {old}->{new}: {run.seconds:.1f}s wall, "
-          f"module timings {result.get('timings')}")
+    print(f"\ncnpg_promote {mode} {old}->{new}: {run.seconds:.1f}s wall, module timings {result.get('timings')}")
     return result
 
 
@@ -113,8 +155,9 @@ def fixture_clusters(lab_handle, kube_clients):  # noqa: F811  pylint: disable=r
             if exc.status != 409:
                 raise
         try:
-            custom(kube_clients[site]).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "clusters",
-                                                                       cluster_body(site, "dc1"))
+            custom(kube_clients[site]).create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "clusters", cluster_body(site, "dc1")
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -138,8 +181,21 @@ def ids(lab_dir, site):
 def wal_record_at(lab_dir, site, lsn, wal_file):
     """pg_waldump's description of the WAL record starting at ``lsn`` in ``site``'s pg_wal (as root or postgres)."""
     entry = postgres.site_entry(lab_dir, site)
-    proc = subprocess.run([str(postgres.bindir() / "pg_waldump"), "-p", str(Path(entry["data_dir"]) / "pg_wal"),
-                           "-s", lsn, "-n", "1", wal_file], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            str(postgres.bindir() / "pg_waldump"),
+            "-p",
+            str(Path(entry["data_dir"]) / "pg_wal"),
+            "-s",
+            lsn,
+            "-n",
+            "1",
+            wal_file,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc.stdout + proc.stderr
 
 
@@ -153,8 +209,11 @@ def check_switched(lab, lab_dir, clients, primary, standby, rows):
     system_id = pg(lab_dir, primary, "SELECT system_identifier::text FROM pg_control_system()")[0][0]
     status = get(clients, primary)["status"]
     assert status["timelineID"] == timeline and status["systemID"] == system_id
-    wait_until(lambda: kms_status(lab, primary) == 200 and kms_status(lab, standby) == 503, WAIT,
-               f"the KMS stand-ins to follow: {primary} 200, {standby} 503")
+    wait_until(
+        lambda: kms_status(lab, primary) == 200 and kms_status(lab, standby) == 503,
+        WAIT,
+        f"the KMS stand-ins to follow: {primary} 200, {standby} 503",
+    )
     return rows | new_rows, timeline
 
 
@@ -172,8 +231,7 @@ def check_token(lab_dir, token, old, new, timeline):
     print(f"\ndemotion token of {old}: {content}")
 
 
-def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, tmp_path,
-                                                   kubeconfig):  # noqa: F811  pylint: disable=redefined-outer-name
+def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, tmp_path, kubeconfig):  # noqa: F811  pylint: disable=redefined-outer-name
     lab_dir = lab_handle.dir
     rows = write_rows(lab_dir, "dc1", 1, 200)
     timeline = get(clusters, "dc2")["status"]["timelineID"]
@@ -183,8 +241,11 @@ def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, t
     check_token(lab_dir, result["token"], "dc1", "dc2", timeline)
     rows, new_timeline = check_switched(lab, lab_dir, clusters, "dc2", "dc1", rows)
     assert new_timeline == timeline + 1 == result["after"]["new_cluster"]["timeline"]
-    wait_until(lambda: get(clusters, "dc1")["status"]["timelineID"] == new_timeline, WAIT,
-               "dc1's Cluster to report the timeline it follows")
+    wait_until(
+        lambda: get(clusters, "dc1")["status"]["timelineID"] == new_timeline,
+        WAIT,
+        "dc1's Cluster to report the timeline it follows",
+    )
 
     back = run_module(tmp_path, kubeconfig, "switchover", "dc2", "dc1")
     assert back["steps"] == ["demote", "record_token", "promote"] and back["token"] != result["token"]
@@ -193,14 +254,16 @@ def test_switchover_and_back_move_the_real_database(clusters, lab, lab_handle, t
     assert final_timeline == new_timeline + 1
 
 
-def test_failover_after_dc1_postgres_is_killed(clusters, lab, lab_handle, tmp_path,
-                                               kubeconfig):  # noqa: F811  pylint: disable=redefined-outer-name
+def test_failover_after_dc1_postgres_is_killed(clusters, lab, lab_handle, tmp_path, kubeconfig):  # noqa: F811  pylint: disable=redefined-outer-name
     lab_dir = lab_handle.dir
     rows = write_rows(lab_dir, "dc1", 100_000, 100)
     # the rows are on dc2 before dc1 dies, so none may be missing (asynchronous streaming loses only unsent WAL)
     lsn = pg(lab_dir, "dc1", "SELECT pg_current_wal_lsn()")[0][0]
-    wait_until(lambda: pg(lab_dir, "dc2", f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'")[0][0], WAIT,
-               "dc2 to replay dc1's last write")
+    wait_until(
+        lambda: pg(lab_dir, "dc2", f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'")[0][0],
+        WAIT,
+        "dc2 to replay dc1's last write",
+    )
     timeline = get(clusters, "dc2")["status"]["timelineID"]
     lab_handle.load()  # the stand-in restarted PostgreSQL: its pid changed
     os.killpg(lab_handle.process("dc1-postgres")["pid"], signal.SIGKILL)
@@ -210,17 +273,31 @@ def test_failover_after_dc1_postgres_is_killed(clusters, lab, lab_handle, tmp_pa
     assert not in_recovery(lab_dir, "dc2") and ids(lab_dir, "dc2") >= rows
     new_timeline = int(pg(lab_dir, "dc2", "SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0][:8], 16)
     assert new_timeline > timeline and get(clusters, "dc2")["status"]["timelineID"] == new_timeline
-    wait_until(lambda: kms_status(lab, "dc2") == 200 and kms_status(lab, "dc1") != 200, WAIT,
-               "dc2's KMS stand-in to become ready, dc1's not")
+    wait_until(
+        lambda: kms_status(lab, "dc2") == 200 and kms_status(lab, "dc1") != 200,
+        WAIT,
+        "dc2's KMS stand-in to become ready, dc1's not",
+    )
 
     # Rejoin as CNPG requires after a failover: dc1's Cluster is re-created as a replica of dc2, and its bootstrap
     # re-clones dc1's PostgreSQL from dc2; then a switchover with a token makes dc1 the primary again.
     custom(clusters["dc1"]).delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "clusters", NAMES["dc1"])
-    wait_until(lambda: not [c for c in custom(clusters["dc1"]).list_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, "clusters")["items"] if c["metadata"]["name"] == NAMES["dc1"]], WAIT,
-        "dc1's Cluster to be deleted")
-    custom(clusters["dc1"]).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "clusters",
-                                                            cluster_body("dc1", "dc2"))
+    wait_until(
+        lambda: (
+            not [
+                c
+                for c in custom(clusters["dc1"]).list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "clusters")[
+                    "items"
+                ]
+                if c["metadata"]["name"] == NAMES["dc1"]
+            ]
+        ),
+        WAIT,
+        "dc1's Cluster to be deleted",
+    )
+    custom(clusters["dc1"]).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "clusters", cluster_body("dc1", "dc2")
+    )
     wait_until(lambda: cnpg.condition_true(get(clusters, "dc1"), "Ready"), WAIT, "dc1's new replica Cluster")
     assert in_recovery(lab_dir, "dc1") and ids(lab_dir, "dc1") >= rows
     back = run_module(tmp_path, kubeconfig, "switchover", "dc2", "dc1")
@@ -235,6 +312,9 @@ def test_fencing_stops_the_real_instance(clusters, lab_handle):
     wait_until(lambda: not postgres.is_running(entry), WAIT, "fencing to stop dc2's PostgreSQL")
     rows = write_rows(lab_dir, "dc1", 200_000, 10)
     patch(clusters, "dc2", {"metadata": {"annotations": {cnpg.FENCE_ANNOTATION: None}}})
-    wait_until(lambda: postgres.is_running(entry) and ids(lab_dir, "dc2") >= rows, WAIT,
-               "unfencing to start dc2's PostgreSQL, which catches up with dc1")
+    wait_until(
+        lambda: postgres.is_running(entry) and ids(lab_dir, "dc2") >= rows,
+        WAIT,
+        "unfencing to start dc2's PostgreSQL, which catches up with dc1",
+    )
     assert in_recovery(lab_dir, "dc2")

@@ -5,6 +5,7 @@ sites (``dc1``, ``dc2``) that tag responses with ``X-KMS-Site``; requests go thr
 Most cases run the real module through ``ansible localhost -m hanzo.kms.haproxy_backend``; the drain cases call
 module_utils directly because they need to act while the switch is in progress.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 
 from ansible_collections.hanzo.kms.plugins.module_utils import haproxy as hx  # noqa: E402  pylint: disable=wrong-import-position
 
-pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)"
+)
 
 SITES = {"dc1": ["dc1"], "dc2": ["dc2"]}
 READY, MAINT = "ready", "maint"
@@ -47,8 +50,12 @@ def lbs(pair):
     for site in pair.sites:
         site.healthy = True
     for inst in pair.instances:
-        for command in ("set server kms/dc1 state ready", "set server kms/dc2 state maint",
-                        "set server kms/dc1 weight 1", "set server kms/dc2 weight 1"):
+        for command in (
+            "set server kms/dc1 state ready",
+            "set server kms/dc2 state maint",
+            "set server kms/dc1 weight 1",
+            "set server kms/dc2 weight 1",
+        ):
             assert inst.command(command).strip() == ""
     for inst in pair.instances:
         wait_until(lambda inst=inst: get(inst.frontend_url) == (200, "dc1"), 10, f"{inst.name} to serve dc1")
@@ -118,8 +125,11 @@ def test_check_mode_changes_nothing(lbs):
 
 
 def test_weights_and_explicit_states(lbs):
-    args = {"backend": BACKEND, "instances": module_instances(lbs),
-            "servers": [{"name": "dc1", "state": "drain", "weight": 7}, {"name": "dc2", "state": "ready", "weight": 3}]}
+    args = {
+        "backend": BACKEND,
+        "instances": module_instances(lbs),
+        "servers": [{"name": "dc1", "state": "drain", "weight": 7}, {"name": "dc2", "state": "ready", "weight": 3}],
+    }
     result = run_module(args)
     assert not result.get("failed"), result.get("msg")
     expect_all(lbs, "drain", READY)
@@ -130,8 +140,12 @@ def test_weights_and_explicit_states(lbs):
 
 
 def test_unknown_server_fails_without_change(lbs):
-    args = {"backend": BACKEND, "active_site": "dc2", "sites": {"dc1": ["dc1"], "dc2": ["dc3"]},
-            "instances": module_instances(lbs)}
+    args = {
+        "backend": BACKEND,
+        "active_site": "dc2",
+        "sites": {"dc1": ["dc1"], "dc2": ["dc3"]},
+        "instances": module_instances(lbs),
+    }
     result = run_module(args)
     assert result["failed"] is True
     assert "no server 'dc3' in backend 'kms'" in result["msg"] and "nothing was changed" in result["msg"]
@@ -166,7 +180,9 @@ def test_unreachable_instance_without_quorum(lbs, tmp_path):
     instances[1] = {"name": "lb2", "socket": str(tmp_path / "gone.sock")}
     result = run_module({"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": instances})
     assert result["failed"] is True
-    assert "quorum not met: 1 of 2" in result["msg"] and "lb2" in result["msg"] and "nothing was changed" in result["msg"]
+    assert (
+        "quorum not met: 1 of 2" in result["msg"] and "lb2" in result["msg"] and "nothing was changed" in result["msg"]
+    )
     assert result["unreachable_instances"] == ["lb2"]
     expect_all(lbs, READY, MAINT)
     assert landing(lbs) == {"dc1"}
@@ -176,8 +192,9 @@ def test_unreachable_instance_with_quorum(lbs):
     closed_port = free_port()
     instances = module_instances(lbs)
     instances[1] = {"name": "lb2", "address": f"127.0.0.1:{closed_port}"}
-    result = run_module({"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": instances,
-                         "min_instances": 1})
+    result = run_module(
+        {"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": instances, "min_instances": 1}
+    )
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and result["unreachable_instances"] == ["lb2"]
     assert any("lb2 was not switched" in warning for warning in result.get("warnings", []))
@@ -187,8 +204,15 @@ def test_unreachable_instance_with_quorum(lbs):
 
 def test_unhealthy_new_site_rolls_back(lbs):
     lbs.site("dc2").healthy = False
-    result = run_module({"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": module_instances(lbs),
-                         "healthy_timeout": 3})
+    result = run_module(
+        {
+            "backend": BACKEND,
+            "active_site": "dc2",
+            "sites": SITES,
+            "instances": module_instances(lbs),
+            "healthy_timeout": 3,
+        }
+    )
     assert result["failed"] is True
     assert "did not pass their health checks" in result["msg"] and "kms/dc2" in result["msg"]
     assert result["rolled_back"] is True
@@ -242,8 +266,9 @@ def test_drain_with_live_connection(lbs):
 
     def run():
         try:
-            outcome["result"] = hx.switch(core_instances(lbs), BACKEND, hx.desired_from_sites("dc2", SITES),
-                                          drain=True, drain_timeout=60)
+            outcome["result"] = hx.switch(
+                core_instances(lbs), BACKEND, hx.desired_from_sites("dc2", SITES), drain=True, drain_timeout=60
+            )
         except hx.HAProxyError as exc:  # pragma: no cover - reported below
             outcome["error"] = exc
 
@@ -260,8 +285,11 @@ def test_drain_with_live_connection(lbs):
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result["waited"] > 0 and result["drain_timed_out"] is False
-    assert result["instances"][0]["executed"] == ["set server kms/dc2 state ready", "set server kms/dc1 state drain",
-                                                  "set server kms/dc1 state maint"]
+    assert result["instances"][0]["executed"] == [
+        "set server kms/dc2 state ready",
+        "set server kms/dc1 state drain",
+        "set server kms/dc1 state maint",
+    ]
     expect_all(lbs, MAINT, READY)
 
 
@@ -281,8 +309,14 @@ def test_drain_timeout_with_shutdown_sessions(lbs):
     lb1 = lbs.instances[0]
     live = LiveRequest(lb1.frontend_url)
     wait_until(lambda: scur(lb1, "dc1") == 1, 10, "the live session on lb1 dc1")
-    result = hx.switch(core_instances(lbs), BACKEND, hx.desired_from_sites("dc2", SITES), drain=True, drain_timeout=0.5,
-                       shutdown_sessions=True)
+    result = hx.switch(
+        core_instances(lbs),
+        BACKEND,
+        hx.desired_from_sites("dc2", SITES),
+        drain=True,
+        drain_timeout=0.5,
+        shutdown_sessions=True,
+    )
     assert result["drain_timed_out"] is True
     assert "shutdown sessions server kms/dc1" in result["instances"][0]["executed"]
     expect_all(lbs, MAINT, READY)
@@ -305,19 +339,33 @@ def test_role_render_validate_reload_keeps_switch(lbs, tmp_path):
     """The global_lb role (no systemd: manage_service false + reload command) re-renders lb1's config, saves the
     runtime state and reloads; the switch survives and a second run changes nothing."""
     lb1 = lbs.instances[0]
-    switched = run_module({"backend": BACKEND, "active_site": "dc2", "sites": SITES,
-                           "instances": [{"name": "lb1", "socket": lb1.socket}]})  # no state_file: the role saves it
+    switched = run_module(
+        {"backend": BACKEND, "active_site": "dc2", "sites": SITES, "instances": [{"name": "lb1", "socket": lb1.socket}]}
+    )  # no state_file: the role saves it
     assert switched["changed"] is True
     Path(lb1.state_file).unlink(missing_ok=True)
-    values = dict(lb1.values, global_lb_manage_package=False, global_lb_manage_service=False,
-                  global_lb_reload_command=f"kill -USR2 {lb1.proc.pid}", global_lb_config_path=lb1.config,
-                  global_lb_maxconn=2048)
+    values = dict(
+        lb1.values,
+        global_lb_manage_package=False,
+        global_lb_manage_service=False,
+        global_lb_reload_command=f"kill -USR2 {lb1.proc.pid}",
+        global_lb_config_path=lb1.config,
+        global_lb_maxconn=2048,
+    )
     (tmp_path / "vars.json").write_text(json.dumps(values))
     old_pid = [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0]
 
     def play(*extra):
-        run = ansible_run.run_play(tmp_path / "play.yml", [], "-e", f"@{tmp_path / 'vars.json'}", *extra, name="Global LB",
-                                   play={"roles": [{"role": "hanzo.kms.global_lb"}]}, timeout=300)
+        run = ansible_run.run_play(
+            tmp_path / "play.yml",
+            [],
+            "-e",
+            f"@{tmp_path / 'vars.json'}",
+            *extra,
+            name="Global LB",
+            play={"roles": [{"role": "hanzo.kms.global_lb"}]},
+            timeout=300,
+        )
         assert run.returncode == 0, json.dumps(run.report, indent=1)[-4000:]
         return run.stats()
 
@@ -325,8 +373,11 @@ def test_role_render_validate_reload_keeps_switch(lbs, tmp_path):
     assert first["changed"] == 2  # template and reload command (saving the state changes nothing in HAProxy)
     assert "maxconn 2048" in Path(lb1.config).read_text()
     assert "kms 1 dc1" in Path(lb1.state_file).read_text()
-    wait_until(lambda: [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
-               10, "lb1 reloaded")
+    wait_until(
+        lambda: [ln for ln in lb1.command("show info").splitlines() if ln.startswith("Pid:")][0] != old_pid,
+        10,
+        "lb1 reloaded",
+    )
     assert admin_states(lbs)["lb1"] == {"dc1": MAINT, "dc2": READY}
     assert get(lb1.frontend_url) == (200, "dc2")
     second = play()
@@ -345,19 +396,50 @@ def test_role_template_renders_valid_configs(tmp_path, tls_mode):
     from tests.lab.haproxy_render import render  # pylint: disable=import-outside-toplevel
 
     cert = tmp_path / "kms.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kms.example",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "crt.pem"), "-days", "2"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kms.example",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "crt.pem"),
+            "-days",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     cert.write_text((tmp_path / "crt.pem").read_text() + (tmp_path / "key.pem").read_text())
-    text = render({
-        "global_lb_tls_mode": tls_mode, "global_lb_tls_certificate": str(cert), "global_lb_chroot": "",
-        "global_lb_server_state_file": str(tmp_path / "server-state"), "global_lb_admin_socket": str(tmp_path / "admin.sock"),
-        "global_lb_admin_address": "127.0.0.1:9999", "global_lb_redirect_bind_addresses": ["*:80"],
-        "global_lb_public_host": "kms.example",
-        "global_lb_sites": [
-            {"name": "dc1", "address": "10.1.0.10", "port": 443, "tls": True, "ca_file": str(tmp_path / "crt.pem")},
-            {"name": "dc2", "address": "10.2.0.10", "port": 443, "tls": True, "ca_file": str(tmp_path / "crt.pem"),
-             "initial_state": "maint"}]})
+    text = render(
+        {
+            "global_lb_tls_mode": tls_mode,
+            "global_lb_tls_certificate": str(cert),
+            "global_lb_chroot": "",
+            "global_lb_server_state_file": str(tmp_path / "server-state"),
+            "global_lb_admin_socket": str(tmp_path / "admin.sock"),
+            "global_lb_admin_address": "127.0.0.1:9999",
+            "global_lb_redirect_bind_addresses": ["*:80"],
+            "global_lb_public_host": "kms.example",
+            "global_lb_sites": [
+                {"name": "dc1", "address": "10.1.0.10", "port": 443, "tls": True, "ca_file": str(tmp_path / "crt.pem")},
+                {
+                    "name": "dc2",
+                    "address": "10.2.0.10",
+                    "port": 443,
+                    "tls": True,
+                    "ca_file": str(tmp_path / "crt.pem"),
+                    "initial_state": "maint",
+                },
+            ],
+        }
+    )
     config = tmp_path / "haproxy.cfg"
     config.write_text(text)
     check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False)
@@ -377,11 +459,21 @@ def lab_instances(lab, transport="socket"):
     """The lab pair's instances by unix socket, or (``tls``) as the site switch reaches them from the control node:
     the Runtime API over TLS with the control node's client certificate."""
     if transport == "socket":
-        return [{"name": inst["name"], "socket": inst["socket"], "state_file": inst["state_file"]}
-                for inst in lab["lb"]["instances"]]
+        return [
+            {"name": inst["name"], "socket": inst["socket"], "state_file": inst["state_file"]}
+            for inst in lab["lb"]["instances"]
+        ]
     files = lab["lb"]["admin_tls"]
-    return [{"name": inst["name"], "address": inst["admin_address"], "ca_file": files["ca_file"],
-             "client_cert": files["cert_file"], "client_key": files["key_file"]} for inst in lab["lb"]["instances"]]
+    return [
+        {
+            "name": inst["name"],
+            "address": inst["admin_address"],
+            "ca_file": files["ca_file"],
+            "client_cert": files["cert_file"],
+            "client_key": files["key_file"],
+        }
+        for inst in lab["lb"]["instances"]
+    ]
 
 
 def lab_sites(lab):
@@ -390,16 +482,26 @@ def lab_sites(lab):
 
 def lab_landing(lab):
     tls = lab_haproxy.frontend_context(lab)
-    return {get(inst["frontend_url"], "/api/status", tls=tls)[1] for inst in lab["lb"]["instances"]
-            for _request in range(3)}
+    return {
+        get(inst["frontend_url"], "/api/status", tls=tls)[1] for inst in lab["lb"]["instances"] for _request in range(3)
+    }
 
 
 def test_lab_check_mode_plans_switch(lab):
-    result = run_module({"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab),
-                         "instances": lab_instances(lab, "tls")}, check=True, diff=True)
+    result = run_module(
+        {
+            "backend": lab["lb"]["backend"],
+            "active_site": "dc2",
+            "sites": lab_sites(lab),
+            "instances": lab_instances(lab, "tls"),
+        },
+        check=True,
+        diff=True,
+    )
     assert result["changed"] is True
     assert [inst["commands"] for inst in result["instances"]] == [
-        ["set server kms/dc2 state ready", "set server kms/dc1 state maint"]] * 2
+        ["set server kms/dc2 state ready", "set server kms/dc1 state maint"]
+    ] * 2
     assert lab_landing(lab) == {"dc1"}
 
 
@@ -408,8 +510,9 @@ def test_lab_runtime_api_over_tls_refuses_a_client_without_its_certificate(lab):
     did not sign the server's) an instance is unreachable, and a switch that needs every instance changes nothing."""
     instances = lab_instances(lab, "tls")
     del instances[1]["client_cert"], instances[1]["client_key"]
-    result = run_module({"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab),
-                         "instances": instances})
+    result = run_module(
+        {"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab), "instances": instances}
+    )
     assert result["failed"] is True and "quorum not met" in result["msg"] and "nothing was changed" in result["msg"]
     assert "CERTIFICATE_REQUIRED" in result["instances"][1]["error"], result["instances"][1]
     wrong_ca = lab_instances(lab, "tls")
@@ -435,14 +538,27 @@ def test_lab_haproxy_info_reads_the_runtime_api_over_tls_with_the_client_certifi
 
 
 def test_lab_switch_to_unpromoted_site_rolls_back(lab):
-    result = run_module({"backend": lab["lb"]["backend"], "active_site": "dc2", "sites": lab_sites(lab),
-                         "instances": lab_instances(lab), "healthy_timeout": 5})
+    result = run_module(
+        {
+            "backend": lab["lb"]["backend"],
+            "active_site": "dc2",
+            "sites": lab_sites(lab),
+            "instances": lab_instances(lab),
+            "healthy_timeout": 5,
+        }
+    )
     assert result["failed"] is True and result["rolled_back"] is True
     assert "did not pass their health checks" in result["msg"] and "503" in result["msg"]
     for inst in lab["lb"]["instances"]:
         states = hx.RuntimeClient(inst["socket"]).servers_state(lab["lb"]["backend"])
         assert {server.name: server.state for server in states.values()} == {"dc1": READY, "dc2": MAINT}
     assert lab_landing(lab) == {"dc1"}
-    again = run_module({"backend": lab["lb"]["backend"], "active_site": "dc1", "sites": lab_sites(lab),
-                        "instances": lab_instances(lab)})
+    again = run_module(
+        {
+            "backend": lab["lb"]["backend"],
+            "active_site": "dc1",
+            "sites": lab_sites(lab),
+            "instances": lab_instances(lab),
+        }
+    )
     assert again["changed"] is False

@@ -6,6 +6,7 @@ modules must refuse such names with a clear error before anything is sent, and t
 Runs the real modules against a real HAProxy 2.6 pair (tests/integration/haproxy_pair.py, the global_lb role's
 configuration).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -17,7 +18,9 @@ from tests.integration.haproxy_pair import BACKEND, fixture_pair, get  # noqa: F
 from tests.integration.test_haproxy_backend import SITES, admin_states, module_instances
 from tests.lab.core import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)"
+)
 
 INJECTIONS = [
     f"{BACKEND};set server {BACKEND}/dc1 state maint",
@@ -61,8 +64,10 @@ def test_haproxy_info_refuses_injected_backend(lbs, backend):
 
 @pytest.mark.parametrize("backend", INJECTIONS, ids=["semicolon", "newline", "spaces"])
 def test_haproxy_backend_refuses_injected_backend(lbs, backend):
-    result = run("hanzo.kms.haproxy_backend", {"backend": backend, "active_site": "dc1", "sites": SITES,
-                                               "instances": module_instances(lbs)})
+    result = run(
+        "hanzo.kms.haproxy_backend",
+        {"backend": backend, "active_site": "dc1", "sites": SITES, "instances": module_instances(lbs)},
+    )
     unchanged(lbs)
     assert result.get("failed") is True, result
     assert "invalid HAProxy backend name" in result["msg"] and "nothing was sent" in result["msg"], result["msg"]
@@ -70,11 +75,19 @@ def test_haproxy_backend_refuses_injected_backend(lbs, backend):
 
 @pytest.mark.parametrize("server", ["dc1;set server kms/dc1 state maint", "dc1\nshow info", "dc 1"])
 def test_haproxy_backend_refuses_injected_server(lbs, server):
-    by_site = run("hanzo.kms.haproxy_backend", {"backend": BACKEND, "active_site": "dc2",
-                                                "sites": {"dc1": [server], "dc2": ["dc2"]},
-                                                "instances": module_instances(lbs)})
-    explicit = run("hanzo.kms.haproxy_backend", {"backend": BACKEND, "servers": [{"name": server, "state": "maint"}],
-                                                 "instances": module_instances(lbs)})
+    by_site = run(
+        "hanzo.kms.haproxy_backend",
+        {
+            "backend": BACKEND,
+            "active_site": "dc2",
+            "sites": {"dc1": [server], "dc2": ["dc2"]},
+            "instances": module_instances(lbs),
+        },
+    )
+    explicit = run(
+        "hanzo.kms.haproxy_backend",
+        {"backend": BACKEND, "servers": [{"name": server, "state": "maint"}], "instances": module_instances(lbs)},
+    )
     unchanged(lbs)
     for result in (by_site, explicit):
         assert result.get("failed") is True, result

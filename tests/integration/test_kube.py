@@ -4,6 +4,7 @@ Needs the lab up with its clusters (make k8s-bins, then the ``lab`` fixture / ma
 the lab CLI integrates the clusters: ``python -m tests.lab.kube up --dir D`` then run pytest with
 ``HANZO_KMS_KUBE_DEV_DIR=D``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,7 @@ import yaml
 from tests.lab import cnpg_state
 from tests.lab.core import wait_until
 from tests.lab.kube_build import KUBE_VERSION
-from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
-    kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig, kubectl)
+from tests.lab.kube_fixtures import kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig, kubectl  # noqa: F401  pylint: disable=unused-import
 
 try:
     from kubernetes import client
@@ -30,13 +30,24 @@ except ImportError:  # pragma: no cover
 GROUP, VERSION = "postgresql.cnpg.io", "v1"
 WAIT = 60
 EXTERNAL = [
-    {"name": "kms-pg-dc1", "plugin": {"name": cnpg_state.BARMAN_PLUGIN,
-                                      "parameters": {"barmanObjectName": "kms-pg-dc1", "serverName": "kms-pg-dc1"}}},
-    {"name": "kms-pg-dc2", "plugin": {"name": cnpg_state.BARMAN_PLUGIN,
-                                      "parameters": {"barmanObjectName": "kms-pg-dc2", "serverName": "kms-pg-dc2"}}},
+    {
+        "name": "kms-pg-dc1",
+        "plugin": {
+            "name": cnpg_state.BARMAN_PLUGIN,
+            "parameters": {"barmanObjectName": "kms-pg-dc1", "serverName": "kms-pg-dc1"},
+        },
+    },
+    {
+        "name": "kms-pg-dc2",
+        "plugin": {
+            "name": cnpg_state.BARMAN_PLUGIN,
+            "parameters": {"barmanObjectName": "kms-pg-dc2", "serverName": "kms-pg-dc2"},
+        },
+    },
 ]
 
 if os.environ.get("HANZO_KMS_KUBE_DEV_DIR"):
+
     @pytest.fixture(scope="session", name="lab")
     def _dev_lab():
         """Development only: the state of a lab started with ``python -m tests.lab.kube up``."""
@@ -44,12 +55,22 @@ if os.environ.get("HANZO_KMS_KUBE_DEV_DIR"):
 
 
 def pg_cluster(name, primary, source, **extra):
-    spec = {"instances": 3, "storage": {"size": "1Gi"},
-            "bootstrap": {"initdb": {"database": "kms", "owner": "kms"}} if primary == name else
-            {"pg_basebackup": {"source": source}},
-            "plugins": [{"name": cnpg_state.BARMAN_PLUGIN, "isWALArchiver": True,
-                         "parameters": {"barmanObjectName": name, "serverName": name}}],
-            "externalClusters": EXTERNAL, "replica": {"primary": primary, "source": source}}
+    spec = {
+        "instances": 3,
+        "storage": {"size": "1Gi"},
+        "bootstrap": {"initdb": {"database": "kms", "owner": "kms"}}
+        if primary == name
+        else {"pg_basebackup": {"source": source}},
+        "plugins": [
+            {
+                "name": cnpg_state.BARMAN_PLUGIN,
+                "isWALArchiver": True,
+                "parameters": {"barmanObjectName": name, "serverName": name},
+            }
+        ],
+        "externalClusters": EXTERNAL,
+        "replica": {"primary": primary, "source": source},
+    }
     spec.update(extra)
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Cluster", "metadata": {"name": name}, "spec": spec}
 
@@ -66,6 +87,7 @@ def wait_status(api_client, namespace, name, predicate, what, plural="clusters")
     def check():
         obj = custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         return obj if predicate(obj.get("status") or {}) else None
+
     return wait_until(check, WAIT, what, interval=0.05)
 
 
@@ -121,12 +143,27 @@ def test_deployment_with_pod_anti_affinity_becomes_available(kube_clients, kube_
     api_client = kube_clients[site]
     labels = {"app": "kms"}
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kms", "labels": labels},
-        "spec": {"replicas": 3, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "kms", "image": "registry.invalid/kms:1"}],
-                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                         {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}]}}}}}}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "kms", "labels": labels},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [{"name": "kms", "image": "registry.invalid/kms:1"}],
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
+                            ]
+                        }
+                    },
+                },
+            },
+        },
+    }
     client.AppsV1Api(api_client).create_namespaced_deployment(kube_namespace, deployment)
 
     def available():
@@ -145,15 +182,21 @@ def test_deployment_with_pod_anti_affinity_becomes_available(kube_clients, kube_
 def test_cnpg_crds_installed(kube_clients, site):
     api = client.ApiextensionsV1Api(kube_clients[site])
     names = {crd.metadata.name for crd in api.list_custom_resource_definition().items}
-    assert {"clusters.postgresql.cnpg.io", "backups.postgresql.cnpg.io", "scheduledbackups.postgresql.cnpg.io",
-            "objectstores.barmancloud.cnpg.io"} <= names
+    assert {
+        "clusters.postgresql.cnpg.io",
+        "backups.postgresql.cnpg.io",
+        "scheduledbackups.postgresql.cnpg.io",
+        "objectstores.barmancloud.cnpg.io",
+    } <= names
 
 
 def test_switchover_with_tokens_by_kubectl_patch(kube_clients, kubectl, kube_namespace):
     ns = kube_namespace
     dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
-    for site, manifest in (("dc1", pg_cluster("kms-pg-dc1", "kms-pg-dc1", "kms-pg-dc2")),
-                           ("dc2", pg_cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1"))):
+    for site, manifest in (
+        ("dc1", pg_cluster("kms-pg-dc1", "kms-pg-dc1", "kms-pg-dc2")),
+        ("dc2", pg_cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1")),
+    ):
         kubectl("--context", site, "-n", ns, "create", "-f", "-", input_text=json.dumps(manifest))
     status1 = wait_status(dc1, ns, "kms-pg-dc1", healthy, "dc1 cluster healthy")["status"]
     status2 = wait_status(dc2, ns, "kms-pg-dc2", healthy, "dc2 replica cluster healthy")["status"]
@@ -162,40 +205,90 @@ def test_switchover_with_tokens_by_kubectl_patch(kube_clients, kubectl, kube_nam
     assert status1["systemID"] == status2["systemID"]
 
     # 1. demote dc1
-    kubectl("--context", "dc1", "-n", ns, "patch", "cluster", "kms-pg-dc1", "--type", "merge",
-            "-p", json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": None}}}))
-    done = wait_status(dc1, ns, "kms-pg-dc1", lambda s: s.get("demotionToken")
-                       and condition(s, "ReplicaClusterSwitch").get("status") == "True"
-                       and not s.get("switchReplicaClusterStatus", {}).get("inProgress"),
-                       "dc1 demotion token")
+    kubectl(
+        "--context",
+        "dc1",
+        "-n",
+        ns,
+        "patch",
+        "cluster",
+        "kms-pg-dc1",
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": None}}}),
+    )
+    done = wait_status(
+        dc1,
+        ns,
+        "kms-pg-dc1",
+        lambda s: (
+            s.get("demotionToken")
+            and condition(s, "ReplicaClusterSwitch").get("status") == "True"
+            and not s.get("switchReplicaClusterStatus", {}).get("inProgress")
+        ),
+        "dc1 demotion token",
+    )
     status1 = done["status"]
     assert condition(status1, "ReplicaClusterSwitch")["message"] == "Completed the Replica cluster transition"
     assert status1["instancesReportedState"][status1["currentPrimary"]]["isPrimary"] is False
     assert "cnpg.io/fencedInstances" not in (done["metadata"].get("annotations") or {})
-    token = kubectl("--context", "dc1", "-n", ns, "get", "cluster", "kms-pg-dc1",
-                    "-o", "jsonpath={.status.demotionToken}").stdout
+    token = kubectl(
+        "--context", "dc1", "-n", ns, "get", "cluster", "kms-pg-dc1", "-o", "jsonpath={.status.demotionToken}"
+    ).stdout
     content = json.loads(base64.b64decode(token))
     assert sorted(content) == sorted(cnpg_state.TOKEN_KEYS) and all(content.values())
 
     # 2. a token on a replica is refused with CNPG's wording
-    refused = kubectl("--context", "dc1", "-n", ns, "patch", "cluster", "kms-pg-dc1", "--type", "merge",
-                      "-p", json.dumps({"spec": {"replica": {"promotionToken": token}}}), check=False)
+    refused = kubectl(
+        "--context",
+        "dc1",
+        "-n",
+        ns,
+        "patch",
+        "cluster",
+        "kms-pg-dc1",
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"replica": {"promotionToken": token}}}),
+        check=False,
+    )
     assert refused.returncode != 0
     assert "promotionToken is only allowed for primary clusters" in refused.stderr
 
     # 3. promote dc2 with primary and token in one patch
-    kubectl("--context", "dc2", "-n", ns, "patch", "cluster", "kms-pg-dc2", "--type", "merge",
-            "-p", json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": token}}}))
-    promoted = wait_status(dc2, ns, "kms-pg-dc2", lambda s: s.get("lastPromotionToken") == token and healthy(s),
-                           "dc2 promotion")["status"]
+    kubectl(
+        "--context",
+        "dc2",
+        "-n",
+        ns,
+        "patch",
+        "cluster",
+        "kms-pg-dc2",
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": token}}}),
+    )
+    promoted = wait_status(
+        dc2, ns, "kms-pg-dc2", lambda s: s.get("lastPromotionToken") == token and healthy(s), "dc2 promotion"
+    )["status"]
     assert promoted["instancesReportedState"][promoted["currentPrimary"]]["isPrimary"] is True
     assert promoted["timelineID"] > status2["timelineID"]
     assert "demotionToken" not in promoted
 
     # 4. a backup on the new primary runs and completes
-    backup = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "after-promotion"},
-              "spec": {"cluster": {"name": "kms-pg-dc2"}, "method": "plugin",
-                       "pluginConfiguration": {"name": cnpg_state.BARMAN_PLUGIN}}}
+    backup = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Backup",
+        "metadata": {"name": "after-promotion"},
+        "spec": {
+            "cluster": {"name": "kms-pg-dc2"},
+            "method": "plugin",
+            "pluginConfiguration": {"name": cnpg_state.BARMAN_PLUGIN},
+        },
+    }
     custom(dc2).create_namespaced_custom_object(GROUP, VERSION, ns, "backups", backup)
     seen = set()
 
@@ -211,14 +304,34 @@ def test_switchover_with_tokens_by_kubectl_patch(kube_clients, kubectl, kube_nam
 def test_promotion_with_wrong_token_is_unrecoverable(kube_clients, kubectl, kube_namespace):
     ns = kube_namespace
     dc2 = kube_clients["dc2"]
-    kubectl("--context", "dc2", "-n", ns, "create", "-f", "-",
-            input_text=json.dumps(pg_cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1")))
+    kubectl(
+        "--context",
+        "dc2",
+        "-n",
+        ns,
+        "create",
+        "-f",
+        "-",
+        input_text=json.dumps(pg_cluster("kms-pg-dc2", "kms-pg-dc1", "kms-pg-dc1")),
+    )
     wait_status(dc2, ns, "kms-pg-dc2", healthy, "dc2 replica cluster healthy")
     foreign = cnpg_state.make_token("7000000000000000001", 1, 0x3000028, 1_800_000_000)
-    kubectl("--context", "dc2", "-n", ns, "patch", "cluster", "kms-pg-dc2", "--type", "merge",
-            "-p", json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": foreign}}}))
-    status = wait_status(dc2, ns, "kms-pg-dc2", lambda s: s.get("phase") == cnpg_state.PHASE_UNRECOVERABLE,
-                         "unrecoverable phase")["status"]
+    kubectl(
+        "--context",
+        "dc2",
+        "-n",
+        ns,
+        "patch",
+        "cluster",
+        "kms-pg-dc2",
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"replica": {"primary": "kms-pg-dc2", "promotionToken": foreign}}}),
+    )
+    status = wait_status(
+        dc2, ns, "kms-pg-dc2", lambda s: s.get("phase") == cnpg_state.PHASE_UNRECOVERABLE, "unrecoverable phase"
+    )["status"]
     assert status["phaseReason"] == cnpg_state.TOKEN_MISMATCH_REASON
     assert status["instancesReportedState"][status["currentPrimary"]]["isPrimary"] is False
 
@@ -227,25 +340,45 @@ def test_strict_field_validation_rejects_unknown_fields(kube_dc1, kubectl, kube_
     manifest = pg_cluster("kms-pg-dc1", "kms-pg-dc1", "kms-pg-dc2")
     manifest["spec"]["replicaa"] = {"primary": "x"}
     with pytest.raises(ApiException) as err:
-        custom(kube_dc1).create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "clusters", manifest,
-                                                         field_validation="Strict")
+        custom(kube_dc1).create_namespaced_custom_object(
+            GROUP, VERSION, kube_namespace, "clusters", manifest, field_validation="Strict"
+        )
     assert err.value.status in (400, 422)
     assert 'unknown field "spec.replicaa"' in json.loads(err.value.body)["message"]
-    proc = kubectl("--context", "dc1", "-n", kube_namespace, "create", "--validate=strict", "-f", "-",
-                   input_text=json.dumps(manifest), check=False)
+    proc = kubectl(
+        "--context",
+        "dc1",
+        "-n",
+        kube_namespace,
+        "create",
+        "--validate=strict",
+        "-f",
+        "-",
+        input_text=json.dumps(manifest),
+        check=False,
+    )
     assert proc.returncode != 0 and "unknown field" in proc.stderr
 
 
-@pytest.mark.parametrize("replica, message", [
-    ({"primary": "kms-pg-dc1", "source": "kms-pg-dc2", "enabled": True},
-     "replica mode enabled is not compatible with the primary field"),
-    ({"primary": "kms-pg-dc1", "source": "nowhere"}, "External cluster nowhere not found"),
-    ({"primary": "elsewhere", "source": "kms-pg-dc1"}, "External cluster elsewhere not found"),
-    ({"primary": "kms-pg-dc2", "source": "kms-pg-dc2", "promotionToken": "eyJhIjoiYiJ9"},
-     "promotionToken is only allowed for primary clusters"),
-    ({"primary": "kms-pg-dc1", "source": "kms-pg-dc2", "promotionToken": "eyJhIjoiYiJ9", "minApplyDelay": "1h"},
-     "minApplyDelay cannot be applied with a promotion token"),
-])
+@pytest.mark.parametrize(
+    "replica, message",
+    [
+        (
+            {"primary": "kms-pg-dc1", "source": "kms-pg-dc2", "enabled": True},
+            "replica mode enabled is not compatible with the primary field",
+        ),
+        ({"primary": "kms-pg-dc1", "source": "nowhere"}, "External cluster nowhere not found"),
+        ({"primary": "elsewhere", "source": "kms-pg-dc1"}, "External cluster elsewhere not found"),
+        (
+            {"primary": "kms-pg-dc2", "source": "kms-pg-dc2", "promotionToken": "eyJhIjoiYiJ9"},
+            "promotionToken is only allowed for primary clusters",
+        ),
+        (
+            {"primary": "kms-pg-dc1", "source": "kms-pg-dc2", "promotionToken": "eyJhIjoiYiJ9", "minApplyDelay": "1h"},
+            "minApplyDelay cannot be applied with a promotion token",
+        ),
+    ],
+)
 def test_admission_policies_reject_what_cnpg_rejects(kube_dc1, kube_namespace, replica, message):
     manifest = pg_cluster("kms-pg-dc1", "kms-pg-dc1", "kms-pg-dc2")
     manifest["spec"]["replica"] = replica
@@ -258,44 +391,77 @@ def test_admission_policies_reject_what_cnpg_rejects(kube_dc1, kube_namespace, r
 def test_role_change_refused_while_switch_in_progress(kube_dc1, kube_namespace):
     ns = kube_namespace
     api = custom(kube_dc1)
-    manifest = pg_cluster("paused", "paused", "kms-pg-dc2",
-                          externalClusters=EXTERNAL + [{"name": "paused"}])
+    manifest = pg_cluster("paused", "paused", "kms-pg-dc2", externalClusters=EXTERNAL + [{"name": "paused"}])
     manifest["metadata"]["annotations"] = {"cnpg.io/reconciliationLoop": "disabled"}  # the stand-in leaves it alone
     api.create_namespaced_custom_object(GROUP, VERSION, ns, "clusters", manifest)
-    api.patch_namespaced_custom_object_status(GROUP, VERSION, ns, "clusters", "paused",
-                                              {"status": {"switchReplicaClusterStatus": {"inProgress": True}}})
+    api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, "clusters", "paused", {"status": {"switchReplicaClusterStatus": {"inProgress": True}}}
+    )
     with pytest.raises(ApiException) as err:
-        api.patch_namespaced_custom_object(GROUP, VERSION, ns, "clusters", "paused",
-                                           {"spec": {"replica": {"primary": "kms-pg-dc2"}}})
-    assert "cannot modify the field while there is an ongoing operation to enable the replica cluster" in \
-        json.loads(err.value.body)["message"]
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "clusters", "paused", {"spec": {"replica": {"primary": "kms-pg-dc2"}}}
+        )
+    assert (
+        "cannot modify the field while there is an ongoing operation to enable the replica cluster"
+        in json.loads(err.value.body)["message"]
+    )
     # other changes stay allowed
     api.patch_namespaced_custom_object(GROUP, VERSION, ns, "clusters", "paused", {"spec": {"instances": 2}})
 
 
 def test_objectstore_and_scheduled_backup_api(kube_dc2, kube_namespace):
     api = custom(kube_dc2)
-    store = {"apiVersion": "barmancloud.cnpg.io/v1", "kind": "ObjectStore", "metadata": {"name": "kms-pg-dc2"},
-             "spec": {"retentionPolicy": "30d",
-                      "configuration": {"destinationPath": "s3://kms-pg/dc2/", "endpointURL": "http://127.0.0.1:1",
-                                        "s3Credentials": {
-                                            "accessKeyId": {"name": "kms-pg-s3", "key": "ACCESS_KEY_ID"},
-                                            "secretAccessKey": {"name": "kms-pg-s3", "key": "ACCESS_SECRET_KEY"}}}}}
+    store = {
+        "apiVersion": "barmancloud.cnpg.io/v1",
+        "kind": "ObjectStore",
+        "metadata": {"name": "kms-pg-dc2"},
+        "spec": {
+            "retentionPolicy": "30d",
+            "configuration": {
+                "destinationPath": "s3://kms-pg/dc2/",
+                "endpointURL": "http://127.0.0.1:1",
+                "s3Credentials": {
+                    "accessKeyId": {"name": "kms-pg-s3", "key": "ACCESS_KEY_ID"},
+                    "secretAccessKey": {"name": "kms-pg-s3", "key": "ACCESS_SECRET_KEY"},
+                },
+            },
+        },
+    }
     api.create_namespaced_custom_object("barmancloud.cnpg.io", "v1", kube_namespace, "objectstores", store)
-    scheduled = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ScheduledBackup", "metadata": {"name": "daily"},
-                 "spec": {"schedule": "0 0 0 * * *", "cluster": {"name": "kms-pg-dc2"}, "method": "plugin",
-                          "pluginConfiguration": {"name": cnpg_state.BARMAN_PLUGIN}}}
+    scheduled = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ScheduledBackup",
+        "metadata": {"name": "daily"},
+        "spec": {
+            "schedule": "0 0 0 * * *",
+            "cluster": {"name": "kms-pg-dc2"},
+            "method": "plugin",
+            "pluginConfiguration": {"name": cnpg_state.BARMAN_PLUGIN},
+        },
+    }
     api.create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "scheduledbackups", scheduled)
     with pytest.raises(ApiException) as err:  # CEL in the CRD: spec.cluster is immutable
-        api.patch_namespaced_custom_object(GROUP, VERSION, kube_namespace, "scheduledbackups", "daily",
-                                           {"spec": {"cluster": {"name": f"other-{uuid.uuid4().hex[:4]}"}}})
+        api.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            kube_namespace,
+            "scheduledbackups",
+            "daily",
+            {"spec": {"cluster": {"name": f"other-{uuid.uuid4().hex[:4]}"}}},
+        )
     assert err.value.status == 422
 
 
 def test_helm_is_built(kubeconfig):
     import subprocess  # pylint: disable=import-outside-toplevel
+
     from tests.lab import kube  # pylint: disable=import-outside-toplevel
 
-    out = subprocess.run([str(kube.ensure_binaries()["helm"]), "version", "--short"], capture_output=True, text=True,
-                         check=True, env=dict(os.environ, KUBECONFIG=kubeconfig, HOME=str(Path(kubeconfig).parent)))
+    out = subprocess.run(
+        [str(kube.ensure_binaries()["helm"]), "version", "--short"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, KUBECONFIG=kubeconfig, HOME=str(Path(kubeconfig).parent)),
+    )
     assert out.stdout.startswith("v3.")

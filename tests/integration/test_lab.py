@@ -1,4 +1,5 @@
 """The lab's services are real and behave: each one is exercised through its own protocol."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error, check_bucket, s3_client
 
+from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error, check_bucket, s3_client
 from tests.lab import haproxy, postgres, redis, s3, stack
 from tests.lab.core import Lab, wait_until
 from tests.lab.kms import http_status
@@ -58,9 +59,16 @@ def test_s3_serves_https_only_and_verifies_with_the_lab_ca_alone(lab):
         assert exc.code == 400
     else:
         raise AssertionError("the lab's S3 answered plain HTTP")
-    params = dict(endpoint_url=entry["endpoint_url"], region=entry["region"], access_key=entry["access_key"],
-                  secret_key=entry["secret_key"], session_token=None, ca_bundle=None, validate_certs=True,
-                  addressing_style="path")
+    params = dict(
+        endpoint_url=entry["endpoint_url"],
+        region=entry["region"],
+        access_key=entry["access_key"],
+        secret_key=entry["secret_key"],
+        session_token=None,
+        ca_bundle=None,
+        validate_certs=True,
+        addressing_style="path",
+    )
     with pytest.raises(S3Error) as unverified:
         check_bucket(s3_client(params, retries={"max_attempts": 1}), entry["bucket"])
     assert unverified.value.kind == "tls" and "set ca_bundle" in str(unverified.value)
@@ -96,8 +104,11 @@ def test_a_write_on_dc1_appears_on_the_dc2_standby(lab):
     marker = secrets.token_hex(8)
     postgres.query(dc1, "CREATE TABLE IF NOT EXISTS lab_replication_probe (marker text)")
     postgres.query(dc1, f"INSERT INTO lab_replication_probe VALUES ('{marker}')")
-    wait_until(lambda: postgres.query(dc2, f"SELECT 1 FROM lab_replication_probe WHERE marker = '{marker}'"), 10,
-               "the row written on dc1 to reach dc2")
+    wait_until(
+        lambda: postgres.query(dc2, f"SELECT 1 FROM lab_replication_probe WHERE marker = '{marker}'"),
+        10,
+        "the row written on dc1 to reach dc2",
+    )
     try:
         postgres.query(dc2, "INSERT INTO lab_replication_probe VALUES ('must-fail')")
     except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -117,14 +128,18 @@ def test_kms_stand_in_status_follows_its_database(lab):
 def test_haproxy_sends_traffic_to_dc1_and_stores_secrets_there(lab):
     for instance in lab["lb"]["instances"]:
         name, value = f"probe-{secrets.token_hex(4)}", secrets.token_hex(8)
-        request = urllib.request.Request(f"{instance['frontend_url']}/api/v3/secrets/raw/{name}",
-                                         data=json.dumps({"secretValue": value}).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{instance['frontend_url']}/api/v3/secrets/raw/{name}",
+            data=json.dumps({"secretValue": value}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         tls = haproxy.frontend_context(lab)
         with urllib.request.urlopen(request, timeout=5, context=tls) as resp:
             assert resp.status == 200 and resp.headers["X-KMS-Site"] == "dc1"
-        with urllib.request.urlopen(f"{instance['frontend_url']}/api/v3/secrets/raw/{name}", timeout=5,
-                                    context=tls) as resp:
+        with urllib.request.urlopen(
+            f"{instance['frontend_url']}/api/v3/secrets/raw/{name}", timeout=5, context=tls
+        ) as resp:
             assert json.loads(resp.read())["secret"]["secretValue"] == value
         rows = postgres.query(lab["sites"]["dc1"]["postgres"], f"SELECT value FROM kms_secrets WHERE name = '{name}'")
         assert rows == [(value,)]

@@ -3,6 +3,7 @@
 This uses a second, private lab without the Kubernetes clusters (their lifecycle is covered in test_kube.py),
 so that it can kill processes without disturbing the session's lab.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ A private lab without the Kubernetes clusters (the LB hosts, the KMS stand-ins b
 in seconds): the LB hosts are network namespaces with their own addresses on the lab network, Ansible's SSH
 reaches them with the lab's key and checks their host keys, and losing the VIP holder moves the VIP to the other.
 """
+
 # pytest injects the fixtures defined below as arguments of the same name
 # pylint: disable=redefined-outer-name
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import RuntimeClient
-
 from tests.lab import haproxy, lbhost, node, stack
 from tests.lab.core import NETNS_RUN_DIR, Lab, wait_until
 
@@ -60,8 +60,11 @@ def named_netns(name):
 def status_through(state, url):
     """(HTTP status, site that answered) of GET /api/status over verified TLS, or (0, error)."""
     try:
-        with urllib.request.urlopen(f"{url}/api/status", timeout=2,  # noqa: S310 (the lab's own URL)
-                                    context=haproxy.frontend_context(state)) as resp:
+        with urllib.request.urlopen(
+            f"{url}/api/status",
+            timeout=2,  # noqa: S310 (the lab's own URL)
+            context=haproxy.frontend_context(state),
+        ) as resp:
             return resp.status, resp.headers.get("X-KMS-Served-By")
     except OSError as exc:
         return 0, str(exc)
@@ -90,8 +93,9 @@ def test_the_frontends_serve_tls_of_the_lab_ca_and_redirect_plain_http(lab):
     assert vip.startswith("https://") and status_through(state, vip) == (200, "dc1")
     stranger = urllib.parse.urlsplit(vip)
     with pytest.raises(ssl.SSLCertVerificationError):
-        http.client.HTTPSConnection(stranger.hostname, stranger.port, timeout=5,
-                                    context=ssl.create_default_context()).request("GET", "/api/status")
+        http.client.HTTPSConnection(
+            stranger.hostname, stranger.port, timeout=5, context=ssl.create_default_context()
+        ).request("GET", "/api/status")
     for instance in state["lb"]["instances"]:
         conn = http.client.HTTPConnection(instance["host"], haproxy.REDIRECT_PORT, timeout=5)
         conn.request("GET", "/api/status")
@@ -117,8 +121,11 @@ def test_the_lbs_verify_each_site_s_certificate_against_the_public_host(lab):
     assert "changed" in runtime.execute(f"set server kms/dc2 addr {lb1['host']} port {haproxy.FRONTEND_PORT}")
     runtime.setter("set server kms/dc2 state ready")
     try:
-        wait_until(lambda: runtime.server_stats("kms")["dc2"]["check_status"].startswith("L6"), 15,
-                   "lb2's check of a server with a certificate for another name to fail its TLS handshake")
+        wait_until(
+            lambda: runtime.server_stats("kms")["dc2"]["check_status"].startswith("L6"),
+            15,
+            "lb2's check of a server with a certificate for another name to fail its TLS handshake",
+        )
         stats = runtime.server_stats("kms")["dc2"]
         assert stats["status"] == "DOWN" and int(stats["stot"]) == 0, stats
         assert {status_through(state, lb2["frontend_url"]) for _request in range(5)} == {(200, "dc1")}
@@ -144,9 +151,14 @@ def test_the_vip_moves_to_lb2_when_lb1_is_lost(lab):
     assert status_through(state, state["lb"]["vip_url"]) == (200, "dc1")
     started = time.monotonic()
     lbhost.lose_host(lab.dir, "lb1")
-    wait_until(lambda: status_through(state, state["lb"]["vip_url"]) == (200, "dc1"), 30,
-               "the VIP to answer again after lb1 was lost")
+    wait_until(
+        lambda: status_through(state, state["lb"]["vip_url"]) == (200, "dc1"),
+        30,
+        "the VIP to answer again after lb1 was lost",
+    )
     print(f"\nVIP answered through lb2 {time.monotonic() - started:.1f} s after lb1 was powered off")
     # lb1's dead interface still carries the address, unplugged: only lb2 holds it on the network
     assert "lb2" in lbhost.vip_holders(state["lb_hosts"])
-    assert status_through(state, next(i for i in state["lb"]["instances"] if i["name"] == "lb1")["frontend_url"])[0] == 0
+    assert (
+        status_through(state, next(i for i in state["lb"]["instances"] if i["name"] == "lb1")["frontend_url"])[0] == 0
+    )

@@ -5,6 +5,7 @@ haproxy_info against the lab's real S3 and HAProxy.
 The failover itself loses dc1 for good, so it runs in Molecule (molecule/failover), not on the shared session lab.
 Each playbook's wall time is printed (pytest -s).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,7 +43,8 @@ def installed(lab, lab_dir):
 
 def cluster(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer-name
     return client.CustomObjectsApi(kube_clients[site]).get_namespaced_custom_object(
-        "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}")
+        "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}"
+    )
 
 
 def replicas(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer-name
@@ -51,8 +53,11 @@ def replicas(kube_clients, site):  # noqa: F811  pylint: disable=redefined-outer
 
 def get(state, url):
     try:
-        with urllib.request.urlopen(url, timeout=5,  # noqa: S310 - the lab's own URL
-                                    context=lab_haproxy.frontend_context(state)) as resp:
+        with urllib.request.urlopen(
+            url,
+            timeout=5,  # noqa: S310 - the lab's own URL
+            context=lab_haproxy.frontend_context(state),
+        ) as resp:
             return resp.status, resp.headers.get("X-KMS-Site"), json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("X-KMS-Site"), {}
@@ -70,8 +75,17 @@ def test_status_shows_both_sites_and_the_lb(installed, lab_dir):
 
 
 def test_wrong_confirmation_changes_nothing(installed, lab_dir, kube_clients):  # noqa: F811  pylint: disable=redefined-outer-name
-    proc = run(["playbooks/switchover.yml", "-e", "switchover_target_site=dc2",
-                "-e", "switchover_confirm='SWITCHOVER TO DC2'"], lab_dir, "switchover.yml, wrong phrase")
+    proc = run(
+        [
+            "playbooks/switchover.yml",
+            "-e",
+            "switchover_target_site=dc2",
+            "-e",
+            "switchover_confirm='SWITCHOVER TO DC2'",
+        ],
+        lab_dir,
+        "switchover.yml, wrong phrase",
+    )
     assert proc.returncode != 0
     assert "the confirmation must be exactly 'SWITCHOVER TO dc2'" in proc.stdout
     assert cluster(kube_clients, "dc1")["spec"]["replica"]["primary"] == "kms-pg-dc1"
@@ -82,8 +96,11 @@ def test_wrong_confirmation_changes_nothing(installed, lab_dir, kube_clients):  
 
 
 def test_unknown_target_site_is_refused(installed, lab_dir):
-    proc = run(["playbooks/failover.yml", "-e", "failover_target_site=dc9", "-e", "failover_confirm=x"], lab_dir,
-               "failover.yml, unknown site")
+    proc = run(
+        ["playbooks/failover.yml", "-e", "failover_target_site=dc9", "-e", "failover_confirm=x"],
+        lab_dir,
+        "failover.yml, unknown site",
+    )
     assert proc.returncode != 0 and "Set failover_target_site" in proc.stdout
 
 
@@ -96,12 +113,25 @@ def test_site_data_info_reads_the_barman_layout(installed, lab_dir):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     redis_entry = installed["sites"]["dc1"]["redis"]
     try:
-        proc = run_module("hanzo.kms.site_data_info", {
-            "site": "itest-site", "bucket": bucket, "endpoint_url": installed["s3"]["endpoint_url"],
-            "access_key": installed["s3"]["access_key"], "secret_key": installed["s3"]["secret_key"],
-            "addressing_style": "path", "ca_bundle": installed["s3"]["ca_file"], "host": redis_entry["host"],
-            "port": redis_entry["port"], "password": redis_entry["password"], "tls": True,
-            "tls_ca_cert": redis_entry["ca_file"]}, lab_dir=lab_dir, timeout=300)
+        proc = run_module(
+            "hanzo.kms.site_data_info",
+            {
+                "site": "itest-site",
+                "bucket": bucket,
+                "endpoint_url": installed["s3"]["endpoint_url"],
+                "access_key": installed["s3"]["access_key"],
+                "secret_key": installed["s3"]["secret_key"],
+                "addressing_style": "path",
+                "ca_bundle": installed["s3"]["ca_file"],
+                "host": redis_entry["host"],
+                "port": redis_entry["port"],
+                "password": redis_entry["password"],
+                "tls": True,
+                "tls_ca_cert": redis_entry["ca_file"],
+            },
+            lab_dir=lab_dir,
+            timeout=300,
+        )
     finally:
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]})
     assert proc.returncode == 0, proc.tail()
@@ -117,8 +147,17 @@ def test_switchover_there_and_back(installed, lab_dir, kube_clients):  # noqa: F
     marker = f"itest:marker:{datetime.datetime.now().timestamp()}"
     lab_redis.client(installed["sites"]["dc1"]["redis"]).set(marker, "from-dc1")
     for target, old in (("dc2", "dc1"), ("dc1", "dc2")):
-        proc = run(["playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
-                    "-e", f"switchover_confirm='SWITCHOVER TO {target}'"], lab_dir, f"switchover.yml to {target}")
+        proc = run(
+            [
+                "playbooks/switchover.yml",
+                "-e",
+                f"switchover_target_site={target}",
+                "-e",
+                f"switchover_confirm='SWITCHOVER TO {target}'",
+            ],
+            lab_dir,
+            f"switchover.yml to {target}",
+        )
         assert proc.returncode == 0, proc.stdout[-8000:]
         new_cluster, old_cluster = cluster(kube_clients, target), cluster(kube_clients, old)
         assert new_cluster["spec"]["replica"]["primary"] == f"kms-pg-{target}"
@@ -138,9 +177,20 @@ def test_switchover_there_and_back(installed, lab_dir, kube_clients):  # noqa: F
         assert report["data_loss"]["postgres"]["bound_seconds"] == 0
         # a re-run completes nothing new and reports every step done or skipped
         if target == "dc2":
-            again = run(["playbooks/switchover.yml", "-e", "switchover_target_site=dc2",
-                         "-e", "switchover_confirm='SWITCHOVER TO dc2'"], lab_dir, "switchover.yml to dc2, again")
+            again = run(
+                [
+                    "playbooks/switchover.yml",
+                    "-e",
+                    "switchover_target_site=dc2",
+                    "-e",
+                    "switchover_confirm='SWITCHOVER TO dc2'",
+                ],
+                lab_dir,
+                "switchover.yml to dc2, again",
+            )
             assert again.returncode == 0, again.stdout[-8000:]
-            assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap(again.stdout).values()), again.stdout[-4000:]
+            assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap(again.stdout).values()), again.stdout[
+                -4000:
+            ]
             rerun = json.loads((Path(lab_dir) / "reports" / "switchover-latest.json").read_text())
             assert {s["name"]: s["result"] for s in rerun["steps"]}["restore_redis"] == "skipped"

@@ -10,6 +10,7 @@
   script see each other's Lease the same way;
 - backup.yml while a "failover" holds the lock fails at once with the holder in the message and changes nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,18 @@ def run_module(args, lab_dir, check=False):
 
 
 def sites_arg(kube_sites, namespace, **overrides):
-    return [dict({"name": s, "namespace": namespace, "kubeconfig": kube_sites[s]["kubeconfig"],
-                  "context": kube_sites[s]["context"]}, **overrides.get(s, {})) for s in SITES]
+    return [
+        dict(
+            {
+                "name": s,
+                "namespace": namespace,
+                "kubeconfig": kube_sites[s]["kubeconfig"],
+                "context": kube_sites[s]["context"],
+            },
+            **overrides.get(s, {}),
+        )
+        for s in SITES
+    ]
 
 
 def lease(kube_clients, site, namespace):
@@ -74,17 +85,26 @@ def put_lease(kube_clients, site, namespace, owner, operation, renewed, ttl):
     except client.exceptions.ApiException as exc:
         if exc.status != 404:
             raise
-    api.create_namespaced_lease(namespace, ol.lease_body(ol.LEASE_NAME, namespace, None, owner, operation, ttl, renewed))
+    api.create_namespaced_lease(
+        namespace, ol.lease_body(ol.LEASE_NAME, namespace, None, owner, operation, ttl, renewed)
+    )
 
 
 @pytest.fixture(scope="module")
 def lock_script(lab_dir, tmp_path_factory):
     """The CronJob's lock script as the redis role renders it (role defaults, ansible's template module)."""
     dest = tmp_path_factory.mktemp("oplock") / "operation-lock.sh"
-    ansible_run.run_module("ansible.builtin.template",
-                           {"src": "roles/redis/templates/operation-lock.sh.j2", "dest": str(dest), "mode": "0755"},
-                           "-e", "@roles/redis/defaults/main.yml", "-e", "redis_site=dc1", lab_dir=lab_dir, timeout=120,
-                           must_succeed=True)
+    ansible_run.run_module(
+        "ansible.builtin.template",
+        {"src": "roles/redis/templates/operation-lock.sh.j2", "dest": str(dest), "mode": "0755"},
+        "-e",
+        "@roles/redis/defaults/main.yml",
+        "-e",
+        "redis_site=dc1",
+        lab_dir=lab_dir,
+        timeout=120,
+        must_succeed=True,
+    )
     return dest
 
 
@@ -93,11 +113,18 @@ def run_script(lock_script, kube_sites):
     kubectl = str(lab_kube.ensure_binaries()["kubectl"])
 
     def run(command, namespace, owner, site="dc1"):
-        env = dict(os.environ, KUBECONFIG=kube_sites[site]["kubeconfig"], KUBECTL=kubectl,
-                   KUBECTL_CONTEXT=kube_sites[site]["context"], LOCK_NAMESPACE=namespace, LOCK_OWNER=owner,
-                   LOCK_TTL="1800")
-        return subprocess.run(["/bin/sh", str(lock_script), command], env=env, capture_output=True, text=True,
-                              timeout=120, check=False)
+        env = dict(
+            os.environ,
+            KUBECONFIG=kube_sites[site]["kubeconfig"],
+            KUBECTL=kubectl,
+            KUBECTL_CONTEXT=kube_sites[site]["context"],
+            LOCK_NAMESPACE=namespace,
+            LOCK_OWNER=owner,
+            LOCK_TTL="1800",
+        )
+        return subprocess.run(
+            ["/bin/sh", str(lock_script), command], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
 
     return run
 
@@ -133,8 +160,12 @@ def kms_namespace(kube_clients):
     for site in created:
         client.CoreV1Api(kube_clients[site]).delete_namespace("kms")
     for site in created:
-        wait_until(lambda site=site: namespace_gone(kube_clients, site, "kms"), 120, f"namespace kms of {site} deleted",
-                   interval=0.5)
+        wait_until(
+            lambda site=site: namespace_gone(kube_clients, site, "kms"),
+            120,
+            f"namespace kms of {site} deleted",
+            interval=0.5,
+        )
 
 
 # -- the defect: two operations at once both ran ------------------------------------------------------------------
@@ -161,7 +192,9 @@ def test_two_backups_started_together_only_one_runs(lab, lab_dir, kms_namespace,
     codes = sorted(proc.returncode for proc in results)
     assert codes[0] == 0 and codes[1] != 0, [p.stdout[-3000:] for p in results]
     loser = next(p for p in results if p.returncode != 0)
-    assert "The operation lock is held by 'backup/" in loser.stdout and " since 20" in loser.stdout, loser.stdout[-3000:]
+    assert "The operation lock is held by 'backup/" in loser.stdout and " since 20" in loser.stdout, loser.stdout[
+        -3000:
+    ]
     new = backups() - before
     assert {key.split("/")[1] for key in new} == {"dc1", "dc2"} and len(new) == 2, new  # one backup per site
     assert all(holder(kube_clients, site, kms_namespace) is None for site in SITES)  # released at the end
@@ -201,8 +234,9 @@ def test_second_run_is_refused_with_holder_and_since(lab_dir, kube_sites, kube_c
 def test_expired_lease_is_taken_over(lab_dir, kube_sites, kube_clients, kube_namespace):
     for site in SITES:
         put_lease(kube_clients, site, kube_namespace, "failover/crashed@gone", "failover", time.time() - 7300, 7200)
-    rc, result = run_module({"operation": "backup", "run_id": "r2", "sites": sites_arg(kube_sites, kube_namespace)},
-                            lab_dir)
+    rc, result = run_module(
+        {"operation": "backup", "run_id": "r2", "sites": sites_arg(kube_sites, kube_namespace)}, lab_dir
+    )
     assert rc == 0, result
     assert [(s["action"], s["holder"]) for s in result["sites"]] == [("taken_expired", "failover/crashed@gone")] * 2
     assert holder(kube_clients, "dc2", kube_namespace) == result["owner"]
@@ -216,8 +250,9 @@ def test_break_needs_the_exact_confirmation(lab_dir, kube_sites, kube_clients, k
     rc, wrong = run_module({"operation": "failover", "sites": sites, "break_lock": "BREAK LOCK switchover"}, lab_dir)
     assert rc != 0 and "must be exactly 'BREAK LOCK switchover/dead@ops1'" in wrong["msg"]
     assert holder(kube_clients, "dc1", kube_namespace) == "switchover/dead@ops1"
-    rc, broke = run_module({"operation": "failover", "sites": sites,
-                           "break_lock": "BREAK LOCK switchover/dead@ops1"}, lab_dir)
+    rc, broke = run_module(
+        {"operation": "failover", "sites": sites, "break_lock": "BREAK LOCK switchover/dead@ops1"}, lab_dir
+    )
     assert rc == 0 and [s["action"] for s in broke["sites"]] == ["broken", "broken"], broke
     assert [holder(kube_clients, s, kube_namespace) for s in SITES] == [broke["owner"]] * 2
 
@@ -241,15 +276,17 @@ def test_failover_with_dc1_apiserver_stopped_takes_dc2(lab, lab_dir, kube_sites,
         rc, backup = run_module({"operation": "backup", "sites": sites, "request_timeout": 2}, lab_dir)
         assert rc != 0 and "dc1 (" in backup["msg"] and "did not answer" in backup["msg"], backup
         assert holder(kube_clients, "dc2", kube_namespace) is None  # nothing kept in dc2
-        rc, failover = run_module({"operation": "failover", "sites": sites, "allow_unreachable": True,
-                                  "request_timeout": 2}, lab_dir)
+        rc, failover = run_module(
+            {"operation": "failover", "sites": sites, "allow_unreachable": True, "request_timeout": 2}, lab_dir
+        )
         assert rc == 0, failover
         assert failover["acquired_sites"] == ["dc2"] and failover["unreachable_sites"] == ["dc1"]
         assert "site dc1: the Kubernetes API did not answer" in " ".join(failover["output"].split())
         assert holder(kube_clients, "dc2", kube_namespace) == failover["owner"]
         # a second failover is refused by dc2's Lease although dc1 cannot be read
-        rc, second = run_module({"operation": "failover", "sites": sites, "allow_unreachable": True,
-                                "request_timeout": 2}, lab_dir)
+        rc, second = run_module(
+            {"operation": "failover", "sites": sites, "allow_unreachable": True, "request_timeout": 2}, lab_dir
+        )
         assert rc != 0 and f"held by '{failover['owner']}' (failover)" in second["msg"] and "site dc2" in second["msg"]
     finally:
         os.kill(apiserver["pid"], signal.SIGCONT)
@@ -263,9 +300,15 @@ def test_racing_acquirers_exactly_one_wins(kube_sites, kube_namespace):
     outcomes = [None] * count
 
     def racer(index):
-        stores = {site: ol.KubeLease(config.new_client_from_config(config_file=kube_sites[site]["kubeconfig"],
-                                                                   context=kube_sites[site]["context"]),
-                                     kube_namespace) for site in SITES}
+        stores = {
+            site: ol.KubeLease(
+                config.new_client_from_config(
+                    config_file=kube_sites[site]["kubeconfig"], context=kube_sites[site]["context"]
+                ),
+                kube_namespace,
+            )
+            for site in SITES
+        }
         lock = ol.OperationLock(stores, f"racer/{index}@test", operation="racer", ttl=600)
         barrier.wait()
         try:
@@ -288,7 +331,8 @@ def test_racing_acquirers_exactly_one_wins(kube_sites, kube_namespace):
 
 # -- the CronJob's kubectl script ----------------------------------------------------------------------------------
 def test_cronjob_script_refused_while_a_playbook_holds_the_lock(
-        lab_dir, kube_sites, kube_clients, kube_namespace, run_script):
+    lab_dir, kube_sites, kube_clients, kube_namespace, run_script
+):
     sites = sites_arg(kube_sites, kube_namespace)
     job = f"redis-backup/redis-backup-{uuid.uuid4().hex[:6]}@dc1"
     rc, held = run_module({"operation": "failover", "run_id": "r3", "sites": sites}, lab_dir)
@@ -325,14 +369,17 @@ def test_cronjob_script_refused_while_a_playbook_holds_the_lock(
 
 
 def test_cronjob_script_takes_an_expired_lock_and_loses_a_broken_one(
-        lab_dir, kube_sites, kube_clients, kube_namespace, run_script):
+    lab_dir, kube_sites, kube_clients, kube_namespace, run_script
+):
     put_lease(kube_clients, "dc1", kube_namespace, "failover/crashed@gone", "failover", time.time() - 7300, 7200)
     job = "redis-backup/redis-backup-29000000@dc1"
     taken = run_script("acquire", kube_namespace, job)
     assert taken.returncode == 0 and "take_expired by" in taken.stdout, taken.stderr
     # a failover breaks the Job's lock (e.g. the Job hangs): the Job must not mark its backup complete
-    rc, broke = run_module({"operation": "failover", "sites": sites_arg(kube_sites, kube_namespace),
-                           "break_lock": f"BREAK LOCK {job}"}, lab_dir)
+    rc, broke = run_module(
+        {"operation": "failover", "sites": sites_arg(kube_sites, kube_namespace), "break_lock": f"BREAK LOCK {job}"},
+        lab_dir,
+    )
     assert rc == 0 and broke["sites"][0]["action"] == "broken"
     lost = run_script("check", kube_namespace, job)
     assert lost.returncode == 3 and "refusing to mark the backup complete" in lost.stderr

@@ -5,6 +5,7 @@ answer the host, reach each other through a Service (kube-proxy), reach the lab'
 go through the apiserver, which verifies the kubelet's certificate. The last test starts a private lab, kills its
 ``up`` midway, recovers it with the next ``up`` and checks that ``down`` leaves nothing behind.
 """
+
 # pytest injects the fixtures imported below as arguments of the same name
 # pylint: disable=redefined-outer-name
 from __future__ import annotations
@@ -26,13 +27,11 @@ import pytest
 
 from tests.lab import images, kube, node, stack
 from tests.lab.core import REPO_ROOT, Lab, LabError, pid_alive, wait_until
-from tests.lab.kube_fixtures import (  # noqa: F401  pylint: disable=unused-import
-    kube_clients, kube_namespace, kube_sites, kubeconfig, kubectl)
+from tests.lab.kube_fixtures import kube_clients, kube_namespace, kube_sites, kubeconfig, kubectl  # noqa: F401  pylint: disable=unused-import
 
 SITES = ("dc1", "dc2")
 BUSYBOX = images.busybox_recipe().name
-ON_REAL_NODE = {"nodeSelector": {node.REAL_LABEL: "true"},
-                "tolerations": [dict(node.REAL_TAINT, operator="Equal")]}
+ON_REAL_NODE = {"nodeSelector": {node.REAL_LABEL: "true"}, "tolerations": [dict(node.REAL_TAINT, operator="Equal")]}
 
 
 def api(entry):
@@ -64,28 +63,49 @@ def create(entry, namespace, obj):
 
 
 def shell_pod(name, script, labels=None):
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {"app": name}},
-            "spec": dict(ON_REAL_NODE, terminationGracePeriodSeconds=0, dnsPolicy="Default",
-                         containers=[{"name": "main", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
-                                      "command": ["/bin/sh", "-c", script]}])}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {"app": name}},
+        "spec": dict(
+            ON_REAL_NODE,
+            terminationGracePeriodSeconds=0,
+            dnsPolicy="Default",
+            containers=[
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", script],
+                }
+            ],
+        ),
+    }
 
 
 def web_deployment(name):
     script = f"mkdir -p /www && echo {name} > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www"
     template = shell_pod(name, script)
     template["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}]
-    template["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080},
-                                                           "periodSeconds": 1}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": template["metadata"], "spec": template["spec"]}}}
+    template["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
 
 
 def deployment_pod(entry, namespace, name):
     def available():
         status, body = api(entry).get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"app={name}"})
-        pods = [p for p in body.get("items", []) if status == 200 and p["status"].get("phase") == "Running"
-                and is_ready(p)]
+        pods = [
+            p for p in body.get("items", []) if status == 200 and p["status"].get("phase") == "Running" and is_ready(p)
+        ]
         return pods[0] if pods else None
 
     try:
@@ -119,8 +139,9 @@ def test_real_node_is_ready_beside_kwok_nodes(kube_sites, site):
     assert all(n["metadata"]["annotations"][kube.KWOK_ANNOTATION] == "fake" for n in fakes)
     # the real node's lease is kubelet's, not kwok's (kubelet retries its creation ~10 s after registering)
     path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{entry['node']['name']}"
-    lease = wait_until(lambda: api(entry).get(path)[1] if api(entry).get(path)[0] == 200 else None, 30,
-                       f"{site} real node's lease")
+    lease = wait_until(
+        lambda: api(entry).get(path)[1] if api(entry).get(path)[0] == 200 else None, 30, f"{site} real node's lease"
+    )
     assert lease["spec"]["holderIdentity"] == entry["node"]["name"]
 
 
@@ -155,9 +176,16 @@ def test_deployment_pod_runs_on_the_real_node_and_answers_the_host(kube_sites, k
 def test_service_cluster_ip_is_reachable_from_another_pod(kube_sites, kube_namespace, kubectl, site):
     entry = kube_sites[site]
     create(entry, kube_namespace, web_deployment("web"))
-    service = create(entry, kube_namespace, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    service = create(
+        entry,
+        kube_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
     cluster_ip = service["spec"]["clusterIP"]
     assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(entry["service_cidr"])
     deployment_pod(entry, kube_namespace, "web")
@@ -165,11 +193,18 @@ def test_service_cluster_ip_is_reachable_from_another_pod(kube_sites, kube_names
     node.wait_pod_running(api(entry), kube_namespace, "client", ready=False)
     run = site_kubectl(kubectl, site, kube_namespace)
     # kube-proxy syncs its rules a moment after the endpoints appear
-    wait_until(lambda: run("exec", "client", "--", "timeout", "3", "wget", "-q", "-O", "-", f"http://{cluster_ip}/",
-                           check=False).stdout.strip() == "web", 30, f"{site} Service {cluster_ip} to answer a pod")
+    wait_until(
+        lambda: (
+            run(
+                "exec", "client", "--", "timeout", "3", "wget", "-q", "-O", "-", f"http://{cluster_ip}/", check=False
+            ).stdout.strip()
+            == "web"
+        ),
+        30,
+        f"{site} Service {cluster_ip} to answer a pod",
+    )
     # in-cluster clients (the operators next) reach the apiserver at the `kubernetes` Service's first address
-    proc = run("exec", "client", "--", "nc", "-w", "3", entry["service_ip"], "443", check=False,
-               input_text="")
+    proc = run("exec", "client", "--", "nc", "-w", "3", entry["service_ip"], "443", check=False, input_text="")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -230,8 +265,10 @@ def test_sites_have_separate_network_namespaces(lab_handle, kube_sites):
     for site in SITES:
         pid = lab.process(f"{site}-kube-proxy")["pid"]
         inodes.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
-        assert os.stat(f"/proc/{lab.process(f'{site}-kubelet')['pid']}/ns/net").st_ino == \
-            os.stat(f"/proc/{pid}/ns/net").st_ino
+        assert (
+            os.stat(f"/proc/{lab.process(f'{site}-kubelet')['pid']}/ns/net").st_ino
+            == os.stat(f"/proc/{pid}/ns/net").st_ino
+        )
     assert len(inodes) == 3  # host, dc1, dc2
     cidrs = [ipaddress.ip_network(kube_sites[s]["net"]["pod_cidr"]) for s in SITES]
     assert not cidrs[0].overlaps(cidrs[1])
@@ -239,8 +276,12 @@ def test_sites_have_separate_network_namespaces(lab_handle, kube_sites):
     host_rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     assert "KUBE-SERVICES" not in host_rules
     for site in SITES:
-        rules = subprocess.run(["ip", "netns", "exec", kube_sites[site]["net"]["netns"], "iptables-save"],
-                               capture_output=True, text=True, check=True).stdout
+        rules = subprocess.run(
+            ["ip", "netns", "exec", kube_sites[site]["net"]["netns"], "iptables-save"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "KUBE-SERVICES" in rules and kube_sites[site]["service_ip"] in rules
 
 
@@ -256,8 +297,15 @@ def test_a_killed_up_is_recovered_and_down_leaves_nothing():  # pylint: disable=
     before = _host_snapshot()
     lab_dir = Path(tempfile.mkdtemp(prefix="hanzo-kms-lab-nodes-"))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with subprocess.Popen([sys.executable, "-m", "tests.lab", "up", "--dir", str(lab_dir)], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True) as killed:
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.lab", "up", "--dir", str(lab_dir)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as killed:
+
         def kubelet_started():
             state = json.loads((lab_dir / "state.json").read_text(encoding="utf-8"))
             return any(p["name"] == "dc1-kubelet" for p in state["processes"])

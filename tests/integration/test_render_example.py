@@ -14,6 +14,7 @@ made here (-e); everything else is the inventory's. Then:
 - the lab's kube-apiserver (v1.34, the CNPG and Barman Cloud CRDs installed) accepts every rendered object in a
   server-side dry run with strict field validation (the one test here that needs the lab).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,36 @@ def openssl(*args):
 def fixture_pems(tmp_path_factory):
     """A CA that signed the sites' ingress certificates, and the LB's own certificate with its key (one PEM)."""
     out = tmp_path_factory.mktemp("pems")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ingress test CA", "-days", "2",
-            "-keyout", str(out / "ca-key.pem"), "-out", str(out / "ingress-ca.pem"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kms.example.net", "-days", "2",
-            "-keyout", str(out / "kms-key.pem"), "-out", str(out / "kms-crt.pem"))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=ingress test CA",
+        "-days",
+        "2",
+        "-keyout",
+        str(out / "ca-key.pem"),
+        "-out",
+        str(out / "ingress-ca.pem"),
+    )
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kms.example.net",
+        "-days",
+        "2",
+        "-keyout",
+        str(out / "kms-key.pem"),
+        "-out",
+        str(out / "kms-crt.pem"),
+    )
     (out / "kms.pem").write_text((out / "kms-crt.pem").read_text() + (out / "kms-key.pem").read_text())
     return out
 
@@ -59,18 +86,25 @@ def render(tmp_path, pems, **extra):
     (collections / "kms").symlink_to(REPO)  # this checkout, whatever .venv/collections points at
     out = tmp_path / "out"
     out.mkdir()
-    user, group = (subprocess.run(["id", flag], capture_output=True, text=True, check=True).stdout.strip()
-                   for flag in ("-un", "-gn"))
+    user, group = (
+        subprocess.run(["id", flag], capture_output=True, text=True, check=True).stdout.strip()
+        for flag in ("-un", "-gn")
+    )
     extra_vars = {
         "render_dir": str(out),
         # the control node stands for every host; nothing is installed or started
-        "ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": sys.executable,
-        "global_lb_manage_package": False, "global_lb_manage_service": False,
+        "ansible_connection": "local",
+        "ansible_become": False,
+        "ansible_python_interpreter": sys.executable,
+        "global_lb_manage_package": False,
+        "global_lb_manage_service": False,
         "global_lb_config_path": f"{out}/{{{{ inventory_hostname }}}}-haproxy.cfg",
-        "global_lb_config_owner": user, "global_lb_config_group": group,
+        "global_lb_config_owner": user,
+        "global_lb_config_group": group,
         "global_lb_server_state_file": f"{out}/{{{{ inventory_hostname }}}}/server-state",
         "global_lb_admin_socket": f"{out}/{{{{ inventory_hostname }}}}/admin.sock",
-        "global_lb_keepalived_manage_package": False, "global_lb_keepalived_manage_service": False,
+        "global_lb_keepalived_manage_package": False,
+        "global_lb_keepalived_manage_service": False,
         "global_lb_keepalived_config_path": f"{out}/{{{{ inventory_hostname }}}}-keepalived.conf",
         # the files the example inventory names on the LB hosts
         "site_ingress_ca_file": str(pems / "ingress-ca.pem"),
@@ -81,8 +115,9 @@ def render(tmp_path, pems, **extra):
     extra_vars.update(extra)
     (tmp_path / "extra.json").write_text(json.dumps(extra_vars))
     env = ansible_env(ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}{os.pathsep}{COLLECTIONS_PATH}")
-    proc = run_playbook(PLAYBOOK, "-e", f"@{tmp_path / 'extra.json'}", inventory="inventories/example", env=env,
-                        timeout=600)
+    proc = run_playbook(
+        PLAYBOOK, "-e", f"@{tmp_path / 'extra.json'}", inventory="inventories/example", env=env, timeout=600
+    )
     return proc, out
 
 
@@ -128,12 +163,19 @@ def test_keepalived_accepts_the_rendered_configuration_and_the_pair_agrees_on_th
     seen = {}
     for host in LB_HOSTS:
         config = rendered / f"{host}-keepalived.conf"
-        check = subprocess.run(["keepalived", "--config-test", f"--use-file={config}"], capture_output=True, text=True,
-                               check=False)
+        check = subprocess.run(
+            ["keepalived", "--config-test", f"--use-file={config}"], capture_output=True, text=True, check=False
+        )
         assert check.returncode == 0, check.stderr
         text = config.read_text()
-        seen[host] = {key: one(pattern, text.splitlines()) for key, pattern in (
-            ("vip", r"^\s+(\S+) dev eth0$"), ("router id", r"virtual_router_id (\d+)"), ("priority", r"priority (\d+)"))}
+        seen[host] = {
+            key: one(pattern, text.splitlines())
+            for key, pattern in (
+                ("vip", r"^\s+(\S+) dev eth0$"),
+                ("router id", r"virtual_router_id (\d+)"),
+                ("priority", r"priority (\d+)"),
+            )
+        }
         assert 'script "/bin/pidof haproxy"' in text  # the holder gives the VIP up when its HAProxy stops
     assert seen[LB_HOSTS[0]]["vip"] == seen[LB_HOSTS[1]]["vip"] == "192.0.2.10/24"
     assert seen[LB_HOSTS[0]]["router id"] == seen[LB_HOSTS[1]]["router id"]
@@ -142,11 +184,13 @@ def test_keepalived_accepts_the_rendered_configuration_and_the_pair_agrees_on_th
 
 def test_the_ingress_of_every_site_matches_the_host_haproxy_sends(rendered):
     lines = backend_lines((rendered / f"{LB_HOSTS[0]}-haproxy.cfg").read_text())
-    sent = {"Host header": one(r"^http-request set-header Host (\S+)$", lines),
-            "health check Host": one(r"^http-check send hdr Host (\S+)$", lines),
-            "SNI": one(r" sni str\(([^)]+)\)", lines),
-            "health check SNI": one(r" check-sni (\S+)", lines),
-            "verified name": one(r" verifyhost (\S+)", lines)}
+    sent = {
+        "Host header": one(r"^http-request set-header Host (\S+)$", lines),
+        "health check Host": one(r"^http-check send hdr Host (\S+)$", lines),
+        "SNI": one(r" sni str\(([^)]+)\)", lines),
+        "health check SNI": one(r" check-sni (\S+)", lines),
+        "verified name": one(r" verifyhost (\S+)", lines),
+    }
     assert len(set(sent.values())) == 1, sent
     # the switch's check reads which site answered from the LB (the KMS names none)
     assert "http-response set-header X-KMS-Served-By %[srv_name]" in lines
@@ -162,7 +206,16 @@ def test_every_rendered_kubernetes_object_is_named(rendered):
     for site in SITES:
         objects = yaml.safe_load((rendered / f"{site}.yml").read_text())
         manifests = objects["cnpg"] + objects["redis"]["objects"] + objects["kms"]
-        kinds = {"ObjectStore", "Cluster", "CronJob", "Secret", "Deployment", "Service", "Ingress", "PodDisruptionBudget"}
+        kinds = {
+            "ObjectStore",
+            "Cluster",
+            "CronJob",
+            "Secret",
+            "Deployment",
+            "Service",
+            "Ingress",
+            "PodDisruptionBudget",
+        }
         assert {o["kind"] for o in manifests} >= kinds
         for obj in manifests:
             assert obj["apiVersion"] and obj["metadata"]["name"] and obj["metadata"]["namespace"] == "kms", obj
@@ -176,8 +229,14 @@ def test_pods_verify_the_object_store_and_redis_with_their_cas(rendered):
         for store in (o for o in objects["cnpg"] if o["kind"] == "ObjectStore"):
             assert store["spec"]["configuration"]["endpointCA"] == {"name": "kms-object-store-ca", "key": "ca.crt"}
         values = objects["redis"]["values"]
-        assert values["tls"] == {"enabled": True, "authClients": False, "existingSecret": "redis-tls",
-                                 "certFilename": "tls.crt", "certKeyFilename": "tls.key", "certCAFilename": "ca.crt"}
+        assert values["tls"] == {
+            "enabled": True,
+            "authClients": False,
+            "existingSecret": "redis-tls",
+            "certFilename": "tls.crt",
+            "certKeyFilename": "tls.key",
+            "certCAFilename": "ca.crt",
+        }
         job = next(o for o in objects["redis"]["objects"] if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]
         pod = job["template"]["spec"]
         backup = pod["containers"][0]
@@ -188,8 +247,9 @@ def test_pods_verify_the_object_store_and_redis_with_their_cas(rendered):
         assert secrets_mounted == {"kms-object-store-ca", "redis-tls"}
         kms = next(o for o in objects["kms"] if o["kind"] == "Deployment")["spec"]["template"]["spec"]
         assert {"name": "NODE_EXTRA_CA_CERTS", "value": "/etc/hanzo-kms/redis-ca/ca.crt"} in kms["containers"][0]["env"]
-        assert kms["volumes"] == [{"name": "redis-ca", "secret": {"secretName": "redis-tls",
-                                                                  "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+        assert kms["volumes"] == [
+            {"name": "redis-ca", "secret": {"secretName": "redis-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+        ]
         secret = next(o for o in objects["kms"] if o["kind"] == "Secret")
         assert secret["stringData"]["REDIS_URL"].startswith("rediss://"), "the KMS connects to Redis with TLS"
 
@@ -208,9 +268,20 @@ def test_the_apiserver_accepts_every_rendered_object(rendered, kubectl):  # noqa
         # the dry run needs the namespace (install.yml creates it)
         kubectl("--context", site, "create", "namespace", namespace)
         try:
-            proc = kubectl("--context", site, "apply", "--server-side", "--dry-run=server", "--validate=strict",
-                           "--force-conflicts", "--field-manager=hanzo-kms-render-test", "-f", "-",
-                           input_text=yaml.safe_dump_all(manifests), check=False)
+            proc = kubectl(
+                "--context",
+                site,
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--validate=strict",
+                "--force-conflicts",
+                "--field-manager=hanzo-kms-render-test",
+                "-f",
+                "-",
+                input_text=yaml.safe_dump_all(manifests),
+                check=False,
+            )
         finally:
             kubectl("--context", site, "delete", "namespace", namespace, "--wait=false")
         assert proc.returncode == 0, proc.stderr

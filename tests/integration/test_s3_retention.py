@@ -6,6 +6,7 @@ DeleteObjects with per-key errors in a 200 response (AccessDenied), its 1000-key
 -> AccessDenied per key). Most cases call module_utils directly; ``test_module_*`` run the real module through
 ``ansible localhost -m hanzo.kms.s3_retention``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -39,11 +40,18 @@ FLOORS = {"newest complete backup", "most recently written complete backup"}
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+
 @pytest.fixture(scope="module")
 def conn(lab):
     s3 = lab["s3"]
-    return dict(endpoint_url=s3["endpoint_url"], region=s3["region"], access_key=s3["access_key"],
-                secret_key=s3["secret_key"], addressing_style="path", ca_bundle=s3["ca_file"])
+    return dict(
+        endpoint_url=s3["endpoint_url"],
+        region=s3["region"],
+        access_key=s3["access_key"],
+        secret_key=s3["secret_key"],
+        addressing_style="path",
+        ca_bundle=s3["ca_file"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def client(conn):
 
 @pytest.fixture
 def bucket(client):
-    name = "ret-%s" % uuid.uuid4().hex[:12]
+    name = f"ret-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     yield name
     # SeaweedFS gives every bucket its own volumes; a lab reused across runs runs out of them unless buckets go.
@@ -64,8 +72,10 @@ def drop_bucket(client, name):
     for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
         entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
         if entries:
-            client.delete_objects(Bucket=name, Delete=dict(Quiet=True, Objects=[
-                dict(Key=e["Key"], VersionId=e["VersionId"]) for e in entries]))
+            client.delete_objects(
+                Bucket=name,
+                Delete=dict(Quiet=True, Objects=[dict(Key=e["Key"], VersionId=e["VersionId"]) for e in entries]),
+            )
     client.delete_bucket(Bucket=name)
 
 
@@ -83,12 +93,12 @@ def write_backups(client, bucket, prefix, site, times, complete=True):
     written after every other one, so it is also the most recently written (LastModified has one-second resolution
     and a concurrent write of an older manifest could land a second later, making that backup a kept floor)."""
     folder = "/".join(p for p in (prefix, site) if p)
-    put_many(client, bucket, ["%s/%s/dump.rdb" % (folder, ts(t)) for t in times], b"REDIS0011")
+    put_many(client, bucket, [f"{folder}/{ts(t)}/dump.rdb" for t in times], b"REDIS0011")
     if complete:
         newest = max(times)
         manifest = json.dumps({"timestamp": "x"}).encode()
-        put_many(client, bucket, ["%s/%s/manifest.json" % (folder, ts(t)) for t in times if t != newest], manifest)
-        client.put_object(Bucket=bucket, Key="%s/%s/manifest.json" % (folder, ts(newest)), Body=manifest)
+        put_many(client, bucket, [f"{folder}/{ts(t)}/manifest.json" for t in times if t != newest], manifest)
+        client.put_object(Bucket=bucket, Key=f"{folder}/{ts(newest)}/manifest.json", Body=manifest)
 
 
 def wait_for_next_server_second(client, bucket, versions=False):
@@ -122,17 +132,29 @@ def all_versions(client, bucket, prefix=""):
 
 
 def params(bucket, **kw):
-    p = dict(bucket=bucket, prefix="redis", group_depth=1, time_source="key", min_keep=1, incomplete_grace="1d",
-             delete_incomplete=True, purge_versions=False, concurrency=8)
+    p = dict(
+        bucket=bucket,
+        prefix="redis",
+        group_depth=1,
+        time_source="key",
+        min_keep=1,
+        incomplete_grace="1d",
+        delete_incomplete=True,
+        purge_versions=False,
+        concurrency=8,
+    )
     p.update(kw)
     return p
 
 
 def kept_names(result, group=None):
-    return sorted(b["name"] for b in result["backups"] if b["action"] == "keep" and (group is None or b["group"] == group))
+    return sorted(
+        b["name"] for b in result["backups"] if b["action"] == "keep" and (group is None or b["group"] == group)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ semantics
+
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_generated_history_matches_policy_and_check_mode_is_exact(client, bucket, seed):
@@ -145,20 +167,38 @@ def test_generated_history_matches_policy_and_check_mode_is_exact(client, bucket
             times.add(end - datetime.timedelta(minutes=rng.randrange(0, 200 * 24 * 60)))
         histories[site] = sorted(times, reverse=True)
         write_backups(client, bucket, "redis", site, histories[site])
-    policy = dict(keep_last=rng.randint(0, 3), keep_daily=rng.randint(0, 7), keep_weekly=rng.randint(1, 5),
-                  keep_monthly=rng.choice([-1, 0, 3]), keep_within=rng.choice([None, "10d", "1m"]))
+    policy = dict(
+        keep_last=rng.randint(0, 3),
+        keep_daily=rng.randint(0, 7),
+        keep_weekly=rng.randint(1, 5),
+        keep_monthly=rng.choice([-1, 0, 3]),
+        keep_within=rng.choice([None, "10d", "1m"]),
+    )
     p = params(bucket, **policy)
     before = all_keys(client, bucket)
     plan = run_retention(client, p, check_mode=True)
     assert all_keys(client, bucket) == before, "check mode deleted something"
     assert plan["api_calls"] == {"ListObjectsV2": 1}
     for site, times in histories.items():
-        reasons = apply_policy(times, Policy(last=policy["keep_last"], daily=policy["keep_daily"], weekly=policy["keep_weekly"],
-                                             monthly=policy["keep_monthly"], within=policy["keep_within"]),
-                               datetime.datetime.now(UTC))
+        reasons = apply_policy(
+            times,
+            Policy(
+                last=policy["keep_last"],
+                daily=policy["keep_daily"],
+                weekly=policy["keep_weekly"],
+                monthly=policy["keep_monthly"],
+                within=policy["keep_within"],
+            ),
+            datetime.datetime.now(UTC),
+        )
         want = sorted(ts(t) for t, r in zip(times, reasons) if r)
-        by_rules = sorted(b["name"] for b in plan["backups"] if b["group"] == site and set(b["reasons"]) - FLOORS
-                          and not any(r.startswith("min_keep") for r in b["reasons"]))
+        by_rules = sorted(
+            b["name"]
+            for b in plan["backups"]
+            if b["group"] == site
+            and set(b["reasons"]) - FLOORS
+            and not any(r.startswith("min_keep") for r in b["reasons"])
+        )
         assert by_rules == want
         floors_only = set(kept_names(plan, site)) - set(want)
         assert len(floors_only) <= 1  # at most the most recently written one (all were written within seconds)
@@ -175,9 +215,9 @@ def test_floors_hold_under_clock_skew_and_future_timestamps(client, bucket):
     now = datetime.datetime.now(UTC)
     normal = [now - datetime.timedelta(days=d) for d in range(1, 8)]
     write_backups(client, bucket, "redis", "dc1", normal)
-    future = now + datetime.timedelta(days=400)          # a host clock far ahead
+    future = now + datetime.timedelta(days=400)  # a host clock far ahead
     write_backups(client, bucket, "redis", "dc1", [future])
-    behind = now - datetime.timedelta(days=3 * 365)      # the last backup written, by a host clock years behind
+    behind = now - datetime.timedelta(days=3 * 365)  # the last backup written, by a host clock years behind
     wait_for_next_server_second(client, bucket)
     write_backups(client, bucket, "redis", "dc1", [behind])
     result = run_retention(client, params(bucket, keep_within="2d", min_keep=3))
@@ -205,7 +245,7 @@ def test_unrecognised_keys_are_never_deleted_and_incomplete_respect_grace(client
     now = datetime.datetime.now(UTC)
     old = [now - datetime.timedelta(days=d) for d in range(2, 6)]
     write_backups(client, bucket, "redis", "dc1", old)
-    stray = ["redis/README.md", "redis/dc1/latest/dump.rdb", "redis/dc1/notes.txt", "other/dc1/%s/dump.rdb" % ts(old[-1])]
+    stray = ["redis/README.md", "redis/dc1/latest/dump.rdb", "redis/dc1/notes.txt", f"other/dc1/{ts(old[-1])}/dump.rdb"]
     put_many(client, bucket, stray)
     # in progress (written now, no manifest yet): kept by the grace period although its name is old
     write_backups(client, bucket, "redis", "dc1", [now - datetime.timedelta(days=30)], complete=False)
@@ -218,7 +258,9 @@ def test_unrecognised_keys_are_never_deleted_and_incomplete_respect_grace(client
     # with no grace the abandoned incomplete backup goes
     result = run_retention(client, params(bucket, keep_last=1, incomplete_grace=""))
     assert [b["action"] for b in result["backups"] if not b["complete"]] == ["delete"]
-    assert sorted(all_keys(client, bucket)) == sorted(stray + ["redis/dc1/%s/%s" % (ts(old[0]), n) for n in ("dump.rdb", "manifest.json")])
+    assert sorted(all_keys(client, bucket)) == sorted(
+        stray + [f"redis/dc1/{ts(old[0])}/{n}" for n in ("dump.rdb", "manifest.json")]
+    )
 
 
 def test_empty_bucket_and_explicit_whole_bucket(client, bucket):
@@ -257,20 +299,25 @@ def seed_shared_bucket(client, bucket):
     recognised, obsolete, stray = [], [], ["redis/README.md", "README.md", "redis-old/dc1/dump.rdb"]
     for site in ("dc1", "dc10"):
         for when in (old, new):  # written oldest first: LastModified and manifest times agree with the names
-            base = "redis/%s/%s/" % (site, ts(when))
+            base = f"redis/{site}/{ts(when)}/"
             client.put_object(Bucket=bucket, Key=base + "dump.rdb", Body=b"REDIS0011")
-            client.put_object(Bucket=bucket, Key=base + "manifest.json",
-                              Body=json.dumps({"timestamp": when.isoformat(), "object": "dump.rdb"}).encode())
-        recognised += ["redis/%s/%s/%s" % (site, ts(when), n) for when in (old, new) for n in ("dump.rdb", "manifest.json")]
-        obsolete += ["redis/%s/%s/%s" % (site, ts(old), n) for n in ("dump.rdb", "manifest.json")]
-        client.put_object(Bucket=bucket, Key="redis/%s/%s/dump.rdb" % (site, ts(incomplete)), Body=b"REDIS0011")
-        recognised.append("redis/%s/%s/dump.rdb" % (site, ts(incomplete)))
-        obsolete.append("redis/%s/%s/dump.rdb" % (site, ts(incomplete)))
-        stray += ["redis/%s/%s/manifest.json" % (site, ts(orphan)),
-                  "redis/%s/%s/notes.txt" % (site, ts(orphan - datetime.timedelta(days=1))),
-                  "redis/%s/latest/dump.rdb" % site,
-                  "redis/%s/%s/notes.txt" % (site, ts(old)),
-                  "redis/%s/%s/copy/dump.rdb" % (site, ts(old))]
+            client.put_object(
+                Bucket=bucket,
+                Key=base + "manifest.json",
+                Body=json.dumps({"timestamp": when.isoformat(), "object": "dump.rdb"}).encode(),
+            )
+        recognised += [f"redis/{site}/{ts(when)}/{n}" for when in (old, new) for n in ("dump.rdb", "manifest.json")]
+        obsolete += [f"redis/{site}/{ts(old)}/{n}" for n in ("dump.rdb", "manifest.json")]
+        client.put_object(Bucket=bucket, Key=f"redis/{site}/{ts(incomplete)}/dump.rdb", Body=b"REDIS0011")
+        recognised.append(f"redis/{site}/{ts(incomplete)}/dump.rdb")
+        obsolete.append(f"redis/{site}/{ts(incomplete)}/dump.rdb")
+        stray += [
+            f"redis/{site}/{ts(orphan)}/manifest.json",
+            f"redis/{site}/{ts(orphan - datetime.timedelta(days=1))}/notes.txt",
+            f"redis/{site}/latest/dump.rdb",
+            f"redis/{site}/{ts(old)}/notes.txt",
+            f"redis/{site}/{ts(old)}/copy/dump.rdb",
+        ]
     put_many(client, bucket, stray[:3])
     for key in stray[3:]:
         body = json.dumps({"timestamp": orphan.isoformat()}).encode() if key.endswith("manifest.json") else b"x"
@@ -290,8 +337,15 @@ def test_shared_bucket_only_recognised_backups_are_deleted(client, bucket, layou
     prefix, whole_bucket, depth, redis_matches = layout
     before, recognised, obsolete = seed_shared_bucket(client, bucket)
     expected_deleted = obsolete if redis_matches else []
-    p = params(bucket, prefix=prefix, whole_bucket=whole_bucket, group_depth=depth, time_source=time_source,
-               keep_last=1, incomplete_grace="")
+    p = params(
+        bucket,
+        prefix=prefix,
+        whole_bucket=whole_bucket,
+        group_depth=depth,
+        time_source=time_source,
+        keep_last=1,
+        incomplete_grace="",
+    )
     result = run_retention(client, p, check_mode=check)
     assert not result["failed"] and not result["errors"]
     planned = sorted(b["prefix"] for b in result["backups"] if b["action"] == "delete")
@@ -318,8 +372,9 @@ def test_shared_bucket_only_recognised_backups_are_deleted(client, bucket, layou
 def test_site_prefix_never_matches_a_longer_site_name(client, bucket, time_source, prefix):
     """``redis/dc1`` is a directory boundary: the backups of ``dc10`` are neither listed nor deleted."""
     before, _recognised, obsolete = seed_shared_bucket(client, bucket)
-    result = run_retention(client, params(bucket, prefix=prefix, group_depth=0, time_source=time_source, keep_last=1,
-                                          incomplete_grace=""))
+    result = run_retention(
+        client, params(bucket, prefix=prefix, group_depth=0, time_source=time_source, keep_last=1, incomplete_grace="")
+    )
     assert all(b["prefix"].startswith("redis/dc1/") for b in result["backups"])
     assert all(k.startswith("redis/dc1/") for k in result["unrecognised"])
     after = all_keys(client, bucket)
@@ -342,9 +397,9 @@ def test_manifest_and_last_modified_time_sources(client, bucket):
     for i, name in reversed(list(enumerate(["alpha", "beta", "gamma"]))):
         if name == "alpha":  # written last, in a later server second: its LastModified is the newest for certain
             wait_for_next_server_second(client, bucket)
-        client.put_object(Bucket=bucket, Key="redis/dc1/%s/data.bin" % name, Body=b"x")
+        client.put_object(Bucket=bucket, Key=f"redis/dc1/{name}/data.bin", Body=b"x")
         body = json.dumps({"timestamp": (now - datetime.timedelta(days=10 * i)).isoformat()}).encode()
-        client.put_object(Bucket=bucket, Key="redis/dc1/%s/manifest.json" % name, Body=body)
+        client.put_object(Bucket=bucket, Key=f"redis/dc1/{name}/manifest.json", Body=body)
     client.put_object(Bucket=bucket, Key="redis/dc1/delta/data.bin", Body=b"x")  # not a name of the layout
     layout = dict(name_pattern="alpha|beta|gamma", data_files=["*.bin"])
     plan = run_retention(client, params(bucket, time_source="manifest", keep_last=2, **layout), check_mode=True)
@@ -365,7 +420,7 @@ def test_complete_backups_of_a_site_for_restore(client, bucket):
     write_backups(client, bucket, "redis", "dc2", times)
     found = complete_backups(client, bucket, "redis", "dc1")
     assert [b["time"] for b in found] == times[1:]
-    assert found[0]["prefix"] == "redis/dc1/%s/" % ts(times[1])
+    assert found[0]["prefix"] == f"redis/dc1/{ts(times[1])}/"
     assert found[0]["keys"] == [found[0]["prefix"] + "dump.rdb", found[0]["prefix"] + "manifest.json"]
     assert (found[0]["rdb_key"], found[0]["manifest_key"]) == tuple(found[0]["keys"])
     assert complete_backups(client, bucket, "redis/dc1") == found  # the site as the prefix's last component
@@ -373,6 +428,7 @@ def test_complete_backups_of_a_site_for_restore(client, bucket):
 
 
 # ------------------------------------------------------------------------------------------------ errors
+
 
 def test_missing_bucket_and_bad_credentials_give_clear_errors(conn, client):
     with pytest.raises(S3Error, match="bucket 'no-such-bucket-here' does not exist") as err:
@@ -402,6 +458,7 @@ def test_empty_policy_is_refused(client, bucket):
 
 # ------------------------------------------------------------------------------------------------ batches
 
+
 def test_batches_of_1000_and_manifest_first(client, bucket):
     """1500 backups x 2 objects: ceil(3000/1000) lists; ceil(2998/1000) deletes; every data key is sent only in a
     request after the one that deleted its manifest."""
@@ -427,10 +484,11 @@ def test_batches_of_1000_and_manifest_first(client, bucket):
     for key, i in first_request.items():
         if key.endswith("/dump.rdb"):
             assert first_request[key.rsplit("/", 1)[0] + "/manifest.json"] < i
-    assert all_keys(client, bucket) == ["redis/dc1/%s/%s" % (ts(times[-1]), n) for n in ("dump.rdb", "manifest.json")]
+    assert all_keys(client, bucket) == [f"redis/dc1/{ts(times[-1])}/{n}" for n in ("dump.rdb", "manifest.json")]
 
 
 # ------------------------------------------------------------------------------------------------ versioning, lock
+
 
 def test_versioned_bucket_purge(client, bucket):
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
@@ -441,7 +499,7 @@ def test_versioned_bucket_purge(client, bucket):
     # Without purge: only delete markers are added, the data stays as noncurrent versions.
     plain = run_retention(client, params(bucket, keep_last=4))
     assert plain["summary"]["deleted"] == 2 and plain["summary"]["versioned"] is False
-    old_prefixes = ["redis/dc1/%s/" % ts(t) for t in times[4:]]
+    old_prefixes = [f"redis/dc1/{ts(t)}/" for t in times[4:]]
     leftover = [v for v in all_versions(client, bucket) if any(v[0].startswith(p) for p in old_prefixes)]
     assert len(leftover) == 2 * 2 * 2 + 2 * 2  # 2 backups x 2 keys x 2 versions + 1 marker per key
     # With purge: old leftovers are purged too, and removed backups lose every version and marker.
@@ -449,7 +507,7 @@ def test_versioned_bucket_purge(client, bucket):
     assert purged["summary"]["versioned"] is True and not purged["errors"]
     assert sorted(b["prefix"] for b in purged["purged"]) == sorted(old_prefixes)
     assert purged["summary"]["deleted"] == 2 and purged["api_calls"]["ListObjectVersions"] == 1
-    keep_prefixes = ["redis/dc1/%s/" % ts(t) for t in times[:2]]
+    keep_prefixes = [f"redis/dc1/{ts(t)}/" for t in times[:2]]
     versions = all_versions(client, bucket)
     assert versions and all(any(v[0].startswith(p) for p in keep_prefixes) for v in versions)
     assert len(versions) == 2 * 2 * 2  # kept backups keep their noncurrent versions
@@ -458,12 +516,12 @@ def test_versioned_bucket_purge(client, bucket):
 def bucket_with_held_manifest(client, days):
     """A new Object Lock bucket with ``days`` daily redis/dc1 backups, the oldest one's manifest under a legal hold;
     returns (bucket, backup times newest first, the held manifest's key)."""
-    name = "lock-%s" % uuid.uuid4().hex[:12]
+    name = f"lock-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     now = datetime.datetime.now(UTC)
     times = [now - datetime.timedelta(days=d) for d in range(days)]
     write_backups(client, name, "redis", "dc1", times)
-    held = "redis/dc1/%s/manifest.json" % ts(times[-1])
+    held = f"redis/dc1/{ts(times[-1])}/manifest.json"
     client.put_object_legal_hold(Bucket=name, Key=held, LegalHold={"Status": "ON"})
     return name, times, held
 
@@ -473,13 +531,16 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
     try:
         result = run_retention(client, params(name, keep_last=2, purge_versions=True))
         assert result["failed"] and "per-key error" in result["msg"] and "object-locked" in result["msg"]
-        assert [(e["key"], e["code"], e.get("locked")) for e in result["errors"]] == [(locked_manifest, "AccessDenied", "legal hold")]
+        assert [(e["key"], e["code"], e.get("locked")) for e in result["errors"]] == [
+            (locked_manifest, "AccessDenied", "legal hold")
+        ]
         by_name = dict((b["name"], b["action"]) for b in result["backups"])
         assert by_name[ts(times[-1])] == "delete_failed"
         assert [by_name[ts(t)] for t in times[2:4]] == ["delete", "delete"]
         # the locked backup is untouched (its data was never sent), the others are gone
         assert all_keys(client, name) == sorted(
-            ["redis/dc1/%s/%s" % (ts(t), n) for t in times[:2] + times[-1:] for n in ("dump.rdb", "manifest.json")])
+            [f"redis/dc1/{ts(t)}/{n}" for t in times[:2] + times[-1:] for n in ("dump.rdb", "manifest.json")]
+        )
     finally:
         client.put_object_legal_hold(Bucket=name, Key=locked_manifest, LegalHold={"Status": "OFF"})
     # SeaweedFS bumps the LastModified that ListObjectVersions reports when a legal hold changes, so the released
@@ -494,6 +555,7 @@ def test_per_key_error_fails_and_keeps_data_of_locked_manifest(client):
 
 
 # ------------------------------------------------------------------------------------------------ the real module
+
 
 def run_module(args, check=False, diff=False, module="hanzo.kms.s3_retention"):
     return ansible_run.run_module(module, args, check_mode=check, diff=diff, timeout=300).result()
@@ -537,10 +599,13 @@ def test_module_errors(conn, client, bucket):
     assert res["failed"] and "one of the following is required" in res["msg"]
     # layout and scope errors come before any request: nothing is listed or deleted
     put_many(client, bucket, CNPG_KEYS)
-    for args, problem in [(dict(), "selects the whole bucket"), (dict(prefix="/"), "selects the whole bucket"),
-                          (dict(prefix="redis", whole_bucket=True), "applies to an empty prefix only"),
-                          (dict(prefix="redis", data_files=[]), "data_files must name at least one"),
-                          (dict(prefix="redis", name_pattern="("), "not a valid regular expression")]:
+    for args, problem in [
+        (dict(), "selects the whole bucket"),
+        (dict(prefix="/"), "selects the whole bucket"),
+        (dict(prefix="redis", whole_bucket=True), "applies to an empty prefix only"),
+        (dict(prefix="redis", data_files=[]), "data_files must name at least one"),
+        (dict(prefix="redis", name_pattern="("), "not a valid regular expression"),
+    ]:
         res = run_module(dict(conn, bucket=bucket, keep_last=1, **args))
         assert res["failed"] and problem in res["msg"] and "api_calls" not in res, res
     assert all_keys(client, bucket) == sorted(CNPG_KEYS)

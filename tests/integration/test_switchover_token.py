@@ -14,6 +14,7 @@ The lab's dc1 keeps running (killing its kube-apiserver would leave kwok's pods 
 the real inventory it is a demoted replica of dc2 - the state after a switchover - and the switchover back to dc1
 restores the lab for the next tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,23 +39,37 @@ BLOCK_MESSAGE = "lab test: promotions of kms-pg-dc2 are refused"
 
 
 def switchover(target, lab_dir, inventory=LAB_INVENTORY):
-    proc = run_playbook("playbooks/switchover.yml", "-e", f"switchover_target_site={target}",
-                        "-e", f"switchover_confirm='SWITCHOVER TO {target}'", inventory=inventory, lab_dir=lab_dir)
+    proc = run_playbook(
+        "playbooks/switchover.yml",
+        "-e",
+        f"switchover_target_site={target}",
+        "-e",
+        f"switchover_confirm='SWITCHOVER TO {target}'",
+        inventory=inventory,
+        lab_dir=lab_dir,
+    )
     print(f"\nswitchover.yml to {target}: rc {proc.returncode} in {proc.seconds:.1f}s")
     return proc
 
 
 def cluster(api_client, site):
     return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}")
+        "postgresql.cnpg.io", "v1", "kms", "clusters", f"kms-pg-{site}"
+    )
 
 
 def promotion_refused(api_client):
     """Whether dc2's API refuses a promotion of kms-pg-dc2 (dry run: nothing is changed)."""
     try:
         client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
-            "postgresql.cnpg.io", "v1", "kms", "clusters", "kms-pg-dc2",
-            {"spec": {"replica": {"primary": "kms-pg-dc2"}}}, dry_run="All")
+            "postgresql.cnpg.io",
+            "v1",
+            "kms",
+            "clusters",
+            "kms-pg-dc2",
+            {"spec": {"replica": {"primary": "kms-pg-dc2"}}},
+            dry_run="All",
+        )
     except ApiException as exc:
         return BLOCK_MESSAGE in (exc.body or "")
     return False
@@ -62,19 +77,43 @@ def promotion_refused(api_client):
 
 def block_promotion(api_client):
     api = client.AdmissionregistrationV1Api(api_client)
-    api.create_validating_admission_policy({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": BLOCK},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": ["postgresql.cnpg.io"], "apiVersions": ["v1"],
-                                                         "operations": ["UPDATE"], "resources": ["clusters"]}]},
-                 "validations": [{"expression": "object.metadata.name != 'kms-pg-dc2' || !has(object.spec.replica) "
-                                                "|| !has(object.spec.replica.primary) "
-                                                "|| object.spec.replica.primary != 'kms-pg-dc2'",
-                                  "message": BLOCK_MESSAGE, "reason": "Forbidden"}]}})
-    api.create_validating_admission_policy_binding({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": BLOCK}, "spec": {"policyName": BLOCK, "validationActions": ["Deny"]}})
+    api.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": BLOCK},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["postgresql.cnpg.io"],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["clusters"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "object.metadata.name != 'kms-pg-dc2' || !has(object.spec.replica) "
+                        "|| !has(object.spec.replica.primary) "
+                        "|| object.spec.replica.primary != 'kms-pg-dc2'",
+                        "message": BLOCK_MESSAGE,
+                        "reason": "Forbidden",
+                    }
+                ],
+            },
+        }
+    )
+    api.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": BLOCK},
+            "spec": {"policyName": BLOCK, "validationActions": ["Deny"]},
+        }
+    )
     wait_until(lambda: promotion_refused(api_client), 30, "dc2's API to refuse promotions")
 
 
@@ -114,7 +153,8 @@ def installed(lab, lab_dir):
 
 
 def test_switchover_finishes_with_the_recorded_token_after_the_old_site_is_lost(  # noqa: F811
-        installed, lab_dir, kube_clients, tmp_path):  # pylint: disable=redefined-outer-name
+    installed, lab_dir, kube_clients, tmp_path
+):  # pylint: disable=redefined-outer-name
     dc1, dc2 = kube_clients["dc1"], kube_clients["dc2"]
     assert cluster(dc1, "dc1")["spec"]["replica"]["primary"] == "kms-pg-dc1", "the test starts with dc1 primary"
 
@@ -153,4 +193,6 @@ def test_switchover_finishes_with_the_recorded_token_after_the_old_site_is_lost(
     assert cluster(dc1, "dc1")["spec"]["replica"]["primary"] == "kms-pg-dc2"
     back = switchover("dc1", lab_dir)
     assert back.returncode == 0, back.stdout[-8000:]
-    assert cluster(dc1, "dc1")["status"]["lastPromotionToken"] == cluster(dc1, "dc1")["spec"]["replica"]["promotionToken"]
+    assert (
+        cluster(dc1, "dc1")["status"]["lastPromotionToken"] == cluster(dc1, "dc1")["spec"]["replica"]["promotionToken"]
+    )

@@ -2,6 +2,7 @@
 ``lose-site --dir DIR HOST`` powers a site or an LB host off (every process of its namespace and containers at once;
 an LB host's link is unplugged too); ``cut``/``plug --dir DIR HOST`` unplugs / plugs a site's or LB host's link to
 the lab network (a partition: everything keeps running)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description="The hanzo.kms lab of real servers.")
     parser.add_argument("command", choices=("up", "down", "status", "kill", "lose-site", "cut", "plug"))
     parser.add_argument("--dir", help="lab directory (default: $HANZO_KMS_LAB_DIR or .lab in the checkout)")
-    parser.add_argument("names", nargs="*", help="kill: process names from the state file, e.g. dc1-kube-apiserver; "
-                                                 "lose-site, cut, plug: one host, e.g. dc1 or lb1")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help="kill: process names from the state file, e.g. dc1-kube-apiserver; "
+        "lose-site, cut, plug: one host, e.g. dc1 or lb1",
+    )
     args = parser.parse_intermixed_args(argv)
     lab = Lab(args.dir)
     try:

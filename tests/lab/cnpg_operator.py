@@ -13,6 +13,7 @@ Then, for the lab only (:func:`adapt_for_lab`): every container gets ``imagePull
 pulled here; the images are built and imported under the upstream names) and the plugin's cert-manager objects are
 left out: tests/lab/cnpg_plugin_tls.py makes the two TLS Secrets that cert-manager would have issued.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,10 @@ import yaml
 try:  # the lab package; kube_build also runs as a plain script
     from tests.lab.core import LabError
 except ImportError:  # pragma: no cover
+
     class LabError(Exception):
         """A lab problem with a message meant for the operator."""
+
 
 OPERATOR_MANIFEST = "cnpg-operator.yaml"
 PLUGIN_MANIFEST = "barman-cloud-plugin.yaml"
@@ -52,8 +55,9 @@ def load_docs(text):
 
 
 def dump_docs(docs):
-    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
-                         explicit_start=True)
+    return yaml.dump_all(
+        docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096, explicit_start=True
+    )
 
 
 def read_manifest(path):
@@ -116,8 +120,10 @@ def operator_image(cnpg_dir):
     text = Path(cnpg_dir, "pkg", "versions", "versions.go").read_text(encoding="utf-8")
     match = re.search(r'^\s*DefaultOperatorImageName\s*=\s*"([^"]+)"', text, re.M)
     if not match:
-        raise LabError(f"no DefaultOperatorImageName in {cnpg_dir}/pkg/versions/versions.go: cannot name the "
-                       "operator image of the CNPG release")
+        raise LabError(
+            f"no DefaultOperatorImageName in {cnpg_dir}/pkg/versions/versions.go: cannot name the "
+            "operator image of the CNPG release"
+        )
     return match.group(1)
 
 
@@ -128,16 +134,23 @@ def plugin_images(kustomization, version):
     ``…-testing:<branch>`` otherwise; the committed kustomization holds the latter.
     """
     image = next((i for i in kustomization.get("images") or [] if i.get("name") == PLUGIN_IMAGE_NAME), None)
-    generator = next((g for g in kustomization.get("secretGenerator") or [] if g.get("name") == PLUGIN_SIDECAR_SECRET),
-                     None)
-    sidecar = next((lit.split("=", 1)[1] for lit in (generator or {}).get("literals") or []
-                    if lit.startswith("SIDECAR_IMAGE=")), None)
+    generator = next(
+        (g for g in kustomization.get("secretGenerator") or [] if g.get("name") == PLUGIN_SIDECAR_SECRET), None
+    )
+    sidecar = next(
+        (lit.split("=", 1)[1] for lit in (generator or {}).get("literals") or [] if lit.startswith("SIDECAR_IMAGE=")),
+        None,
+    )
     if not image or not image.get("newName") or not sidecar:
-        raise LabError(f"the plugin's kubernetes/kustomization.yaml no longer names the image {PLUGIN_IMAGE_NAME!r} "
-                       f"and the SIDECAR_IMAGE of Secret {PLUGIN_SIDECAR_SECRET!r}: update tests/lab/cnpg_operator.py")
+        raise LabError(
+            f"the plugin's kubernetes/kustomization.yaml no longer names the image {PLUGIN_IMAGE_NAME!r} "
+            f"and the SIDECAR_IMAGE of Secret {PLUGIN_SIDECAR_SECRET!r}: update tests/lab/cnpg_operator.py"
+        )
     sidecar_name = re.sub(r"(@.*|:[^/:]*)$", "", sidecar)
-    return (f"{image['newName'].removesuffix(TESTING_SUFFIX)}:{version}",
-            f"{sidecar_name.removesuffix(TESTING_SUFFIX)}:{version}")
+    return (
+        f"{image['newName'].removesuffix(TESTING_SUFFIX)}:{version}",
+        f"{sidecar_name.removesuffix(TESTING_SUFFIX)}:{version}",
+    )
 
 
 def _writable_copy(src, dst):
@@ -152,8 +165,10 @@ def _writable_copy(src, dst):
 def _kustomize(kustomize, args, cwd):
     proc = subprocess.run([str(kustomize), *args], cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise LabError(f"kustomize {' '.join(args)} in {cwd} failed ({proc.returncode}): "
-                       f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+        raise LabError(
+            f"kustomize {' '.join(args)} in {cwd} failed ({proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-1500:]}"
+        )
     return proc.stdout
 
 
@@ -177,8 +192,11 @@ def render_plugin(kustomize, plugin_dir, version):
         kustomization = yaml.load((overlay / "kustomization.yaml").read_text(encoding="utf-8"), Loader=_Loader)
         image, sidecar = plugin_images(kustomization, version)
         _kustomize(kustomize, ["edit", "set", "image", f"{PLUGIN_IMAGE_NAME}={image}"], overlay)
-        _kustomize(kustomize, ["edit", "set", "secret", PLUGIN_SIDECAR_SECRET,
-                               f"--from-literal=SIDECAR_IMAGE={sidecar}"], overlay)
+        _kustomize(
+            kustomize,
+            ["edit", "set", "secret", PLUGIN_SIDECAR_SECRET, f"--from-literal=SIDECAR_IMAGE={sidecar}"],
+            overlay,
+        )
         docs = load_docs(_kustomize(kustomize, ["build", str(overlay)], tmp))
     return docs, image, sidecar
 
@@ -206,8 +224,9 @@ def render(kustomize, cnpg_dir, plugin_dir, plugin_version, out_dir, crd_dir, la
     out_dir.mkdir(parents=True, exist_ok=True)
     for file_name, docs in ((OPERATOR_MANIFEST, operator_docs), (PLUGIN_MANIFEST, plugin_docs)):
         (out_dir / file_name).write_text(dump_docs(adapt_for_lab(docs)), encoding="utf-8")
-    return {"images": {"operator": image, "plugin": plugin_image, "sidecar": sidecar_image},
-            "manifests": {"operator": f"{out_dir.name}/{OPERATOR_MANIFEST}",
-                          "plugin": f"{out_dir.name}/{PLUGIN_MANIFEST}"},
-            "crds_available": _write_crds(operator_docs + plugin_docs, Path(crd_dir), lab_crds),
-            "crds": sorted(lab_crds)}
+    return {
+        "images": {"operator": image, "plugin": plugin_image, "sidecar": sidecar_image},
+        "manifests": {"operator": f"{out_dir.name}/{OPERATOR_MANIFEST}", "plugin": f"{out_dir.name}/{PLUGIN_MANIFEST}"},
+        "crds_available": _write_crds(operator_docs + plugin_docs, Path(crd_dir), lab_crds),
+        "crds": sorted(lab_crds),
+    }

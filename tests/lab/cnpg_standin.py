@@ -15,6 +15,7 @@ status-only (simulated), as before.
     python -m tests.lab.cnpg_standin --kubeconfig FILE --context dc1 [--ready-file PATH]
         [--site dc1] [--lab-dir DIR] [--pg-namespace kms]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,7 @@ class PostgresInstance(cnpg_state.Instance):
     def _upstream(source):
         if not source.startswith(CLUSTER_PREFIX):
             raise cnpg_state.InstanceError(f"replica source {source!r} is not a lab Cluster ({CLUSTER_PREFIX}<site>)")
-        return source[len(CLUSTER_PREFIX):]
+        return source[len(CLUSTER_PREFIX) :]
 
     def demote(self, source):
         upstream = self._upstream(source)
@@ -180,8 +181,14 @@ class StandIn:
                 for item in listing.get("items", []):
                     self.events.put((plural, item["metadata"]["namespace"], item["metadata"]["name"]))
                 rv = listing["metadata"]["resourceVersion"]
-                for event in watch.Watch().stream(self.api.list_cluster_custom_object, GROUP, VERSION, plural,
-                                                  resource_version=rv, timeout_seconds=300):
+                for event in watch.Watch().stream(
+                    self.api.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    plural,
+                    resource_version=rv,
+                    timeout_seconds=300,
+                ):
                     obj = event["object"]
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self.events.put((plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
@@ -213,8 +220,9 @@ class StandIn:
         if plural == "backups-of":
             backups = self.api.list_namespaced_custom_object(GROUP, VERSION, namespace, "backups")
             for item in backups.get("items", []):
-                if (item.get("spec", {}).get("cluster") or {}).get("name") == name and \
-                        (item.get("status") or {}).get("phase") in (None, "", "pending"):
+                if (item.get("spec", {}).get("cluster") or {}).get("name") == name and (item.get("status") or {}).get(
+                    "phase"
+                ) in (None, "", "pending"):
                     self.events.put(("backups", namespace, item["metadata"]["name"]))
             return None
         obj = self._get(plural, namespace, name)
@@ -231,8 +239,9 @@ class StandIn:
             cluster = self._get("clusters", namespace, cluster_name) if cluster_name else None
             result = cnpg_state.reconcile_backup(obj, cluster, mem, now, self.delays)
         if result.annotations:  # fencing/unfencing comes before the status that reports it, as in CNPG
-            self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name,
-                                                    {"metadata": {"annotations": result.annotations}})
+            self.api.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"metadata": {"annotations": result.annotations}}
+            )
         patch = cnpg_state.merge_patch(obj.get("status") or {}, result.status)
         if patch:
             self.api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch})
@@ -278,7 +287,9 @@ def main(argv=None):
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--context")
     parser.add_argument("--ready-file")
-    parser.add_argument("--site", help="the site whose PostgreSQL the Cluster kms-pg-<site> drives (default: --context)")
+    parser.add_argument(
+        "--site", help="the site whose PostgreSQL the Cluster kms-pg-<site> drives (default: --context)"
+    )
     parser.add_argument("--lab-dir", help="lab dir with state.json (default: the kubeconfig's nearest parent with one)")
     parser.add_argument("--pg-namespace", default=PG_NAMESPACE, help="namespace of the lab's kms-pg-<site> Clusters")
     args = parser.parse_args(argv)
@@ -286,10 +297,17 @@ def main(argv=None):
     api_client = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
     site = args.site or args.context
     lab_dir = args.lab_dir or find_lab_dir(args.kubeconfig)
-    standin = StandIn(api_client, cnpg_state.Delays.from_env(), site=site, lab_dir=lab_dir,
-                      pg_namespace=args.pg_namespace)
-    LOG.info("site %s: Cluster %s/%s%s drives the PostgreSQL of lab %s", site, args.pg_namespace, CLUSTER_PREFIX,
-             site, lab_dir or "(none: status only)")
+    standin = StandIn(
+        api_client, cnpg_state.Delays.from_env(), site=site, lab_dir=lab_dir, pg_namespace=args.pg_namespace
+    )
+    LOG.info(
+        "site %s: Cluster %s/%s%s drives the PostgreSQL of lab %s",
+        site,
+        args.pg_namespace,
+        CLUSTER_PREFIX,
+        site,
+        lab_dir or "(none: status only)",
+    )
 
     def stop(_signum, _frame):
         standin.stopping.set()

@@ -23,6 +23,7 @@ Two modes per Cluster:
   promotion token's LSN ``delays.replay`` seconds after the token appears, unless the annotation
   ``lab.hanzo.kms/replayed-lsn`` pins the replayed LSN (lower = wait for ever, higher = fatal mismatch).
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,8 +52,14 @@ COND_ARCHIVING = "ContinuousArchiving"
 FENCE_ANNOTATION = "cnpg.io/fencedInstances"
 HIBERNATION_ANNOTATION = "cnpg.io/hibernation"
 REPLAYED_LSN_ANNOTATION = "lab.hanzo.kms/replayed-lsn"
-TOKEN_KEYS = ("latestCheckpointTimelineID", "redoWalFile", "databaseSystemIdentifier",
-              "latestCheckpointREDOLocation", "timeOfLatestCheckpoint", "operatorVersion")
+TOKEN_KEYS = (
+    "latestCheckpointTimelineID",
+    "redoWalFile",
+    "databaseSystemIdentifier",
+    "latestCheckpointREDOLocation",
+    "timeOfLatestCheckpoint",
+    "operatorVersion",
+)
 TOKEN_MISMATCH_REASON = "Promotion token content is not correct for current instance"
 
 BACKUP_RUNNING = "running"
@@ -64,6 +71,7 @@ BARMAN_PLUGIN = "barman-cloud.cloudnative-pg.io"
 @dataclasses.dataclass(frozen=True)
 class Delays:
     """Simulated durations in seconds: one operator step, WAL replay catch-up, a base backup."""
+
     step: float = 1.0
     replay: float = 1.0
     backup: float = 1.0
@@ -72,8 +80,11 @@ class Delays:
     def from_env(cls, env=None):
         env = os.environ if env is None else env
         step = float(env.get("HANZO_KMS_CNPG_STANDIN_DELAY", "0.5"))
-        return cls(step=step, replay=float(env.get("HANZO_KMS_CNPG_STANDIN_REPLAY_DELAY", step)),
-                   backup=float(env.get("HANZO_KMS_CNPG_STANDIN_BACKUP_DELAY", step)))
+        return cls(
+            step=step,
+            replay=float(env.get("HANZO_KMS_CNPG_STANDIN_REPLAY_DELAY", step)),
+            backup=float(env.get("HANZO_KMS_CNPG_STANDIN_BACKUP_DELAY", step)),
+        )
 
 
 @dataclasses.dataclass
@@ -94,6 +105,7 @@ class InstanceError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Observation:
     """What the real instance says about itself."""
+
     in_recovery: bool
     system_id: str
     timeline: int
@@ -192,8 +204,9 @@ def make_token(system_identifier, timeline, lsn, now, operator_version=OPERATOR_
         "redoWalFile": wal_file(timeline, lsn),
         "databaseSystemIdentifier": str(system_identifier),
         "latestCheckpointREDOLocation": format_lsn(lsn),
-        "timeOfLatestCheckpoint": datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-        .strftime("%a %d %b %Y %I:%M:%S %p UTC"),
+        "timeOfLatestCheckpoint": datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime(
+            "%a %d %b %Y %I:%M:%S %p UTC"
+        ),
         "operatorVersion": operator_version,
     }
     return base64.b64encode(json.dumps(content).encode()).decode()
@@ -255,6 +268,7 @@ def token_from_controldata(controldata, operator_version=OPERATOR_VERSION):
 @dataclasses.dataclass(frozen=True)
 class TokenCheck:
     """Why a promotion token cannot be used now: ``retryable`` = wait, else fatal."""
+
     retryable: bool
     message: str
 
@@ -265,8 +279,10 @@ def check_token(content, controldata):
     checkpoint), else a TokenCheck."""
     current_system = controldata.get(CD_SYSTEM_ID, "")
     if content["databaseSystemIdentifier"] != current_system:
-        return TokenCheck(False, f"mismatching system identifiers, current:{current_system} "
-                                 f"wanted:{content['databaseSystemIdentifier']}")
+        return TokenCheck(
+            False,
+            f"mismatching system identifiers, current:{current_system} wanted:{content['databaseSystemIdentifier']}",
+        )
     try:
         current_tl = int(controldata.get(CD_TIMELINE, ""))
         replayed = parse_lsn(controldata.get(CD_REDO, ""))
@@ -276,15 +292,21 @@ def check_token(content, controldata):
     if token_tl > current_tl:
         return TokenCheck(True, f"requested timeline not reached, current:{current_tl} wanted:{token_tl}")
     if token_tl < current_tl:
-        return TokenCheck(False, f"requested timeline is older than current one, current:{current_tl} "
-                                 f"wanted:{token_tl}")
+        return TokenCheck(
+            False, f"requested timeline is older than current one, current:{current_tl} wanted:{token_tl}"
+        )
     token_lsn = parse_lsn(content["latestCheckpointREDOLocation"])
     if token_lsn < replayed:
-        return TokenCheck(False, f"promotion token LSN ({format_lsn(token_lsn)}) is older than the last replay LSN "
-                                 f"({format_lsn(replayed)})")
+        return TokenCheck(
+            False,
+            f"promotion token LSN ({format_lsn(token_lsn)}) is older than the last replay LSN ({format_lsn(replayed)})",
+        )
     if replayed < token_lsn:
-        return TokenCheck(True, f"waiting for promotion token LSN ({format_lsn(token_lsn)}) to be replayed "
-                                f"(the last replayed LSN is {format_lsn(replayed)})")
+        return TokenCheck(
+            True,
+            f"waiting for promotion token LSN ({format_lsn(token_lsn)}) to be replayed "
+            f"(the last replayed LSN is {format_lsn(replayed)})",
+        )
     return None
 
 
@@ -370,9 +392,14 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
         if left > 0:
             return Result(status, annotations, left)
         if instance is not None:
-            source = ((spec.get("replica") or {}).get("source") or
-                      next((m.get("source") for m in (spec.get("bootstrap") or {}).values()
-                            if isinstance(m, dict) and m.get("source")), ""))
+            source = (spec.get("replica") or {}).get("source") or next(
+                (
+                    m.get("source")
+                    for m in (spec.get("bootstrap") or {}).values()
+                    if isinstance(m, dict) and m.get("source")
+                ),
+                "",
+            )
             try:
                 if replica:
                     instance.bootstrap_replica(source)
@@ -387,8 +414,7 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
         status["currentPrimaryTimestamp"] = timestamp(now)
         status["systemID"] = observed.system_id if observed else system_id(obj)
         status["timelineID"] = observed.timeline if observed else 1
-        status["instancesReportedState"] = {pods[0]: {"isPrimary": not replica,
-                                                      "timeLineID": status["timelineID"]}}
+        status["instancesReportedState"] = {pods[0]: {"isPrimary": not replica, "timeLineID": status["timelineID"]}}
         if instances > 1:
             status["instanceNames"] = pods[:1]
             status["readyInstances"] = 1
@@ -421,8 +447,15 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
             reported[pod]["isPrimary"] = False
 
     if _wal_archiver(spec):
-        set_condition(conditions, COND_ARCHIVING, "True", "ContinuousArchivingSuccess",
-                      "Continuous archiving is working", now, gen)
+        set_condition(
+            conditions,
+            COND_ARCHIVING,
+            "True",
+            "ContinuousArchivingSuccess",
+            "Continuous archiving is working",
+            now,
+            gen,
+        )
 
     switch = status.setdefault("switchReplicaClusterStatus", {})
     in_progress = bool(switch.get("inProgress"))
@@ -438,12 +471,33 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
             mem.pop("controldata", None)
             switch["inProgress"] = True
             annotations[FENCE_ANNOTATION] = '["*"]'
-            set_condition(conditions, COND_DESIGNATED, "False", "ReplicaClusterAfterPrimary",
-                          "Enabled Designated Primary Transition", now, gen)
-            set_condition(conditions, COND_FENCING, "True", "ReplicaClusterFencing",
-                          "Fenced all the instances for the Replica cluster transition", now, gen)
-            set_condition(conditions, COND_SWITCH, "False", "ReplicaClusterSwitchStarted",
-                          "Starting the Replica cluster transition", now, gen)
+            set_condition(
+                conditions,
+                COND_DESIGNATED,
+                "False",
+                "ReplicaClusterAfterPrimary",
+                "Enabled Designated Primary Transition",
+                now,
+                gen,
+            )
+            set_condition(
+                conditions,
+                COND_FENCING,
+                "True",
+                "ReplicaClusterFencing",
+                "Fenced all the instances for the Replica cluster transition",
+                now,
+                gen,
+            )
+            set_condition(
+                conditions,
+                COND_SWITCH,
+                "False",
+                "ReplicaClusterSwitchStarted",
+                "Starting the Replica cluster transition",
+                now,
+                gen,
+            )
             ready(False, status.get("phase") or PHASE_HEALTHY)
             return Result(status, annotations, delays.step)
         left = wait("demote", delays.step)
@@ -459,8 +513,15 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
                     status["phaseReason"] = f"demoting the primary instance: {exc}"
                     return Result(status, annotations, 1.0)
             reported[primary]["isPrimary"] = False
-            set_condition(conditions, COND_DESIGNATED, "True", "TransitionCompleted",
-                          "The designated primary transition is completed", now, gen)
+            set_condition(
+                conditions,
+                COND_DESIGNATED,
+                "True",
+                "TransitionCompleted",
+                "The designated primary transition is completed",
+                now,
+                gen,
+            )
             return Result(status, annotations, delays.step)
         # shutdown checkpoint archived: write the demotion token, unfence, done
         if instance is not None:
@@ -479,10 +540,24 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
             mem["demoted_lsn"] = lsn
         annotations[FENCE_ANNOTATION] = None
         switch["inProgress"] = False
-        set_condition(conditions, COND_FENCING, "False", "ReplicaClusterUnfenced",
-                      "Unfenced the instances after the Replica cluster transition", now, gen)
-        set_condition(conditions, COND_SWITCH, "True", "ReplicaClusterSwitchCompleted",
-                      "Completed the Replica cluster transition", now, gen)
+        set_condition(
+            conditions,
+            COND_FENCING,
+            "False",
+            "ReplicaClusterUnfenced",
+            "Unfenced the instances after the Replica cluster transition",
+            now,
+            gen,
+        )
+        set_condition(
+            conditions,
+            COND_SWITCH,
+            "True",
+            "ReplicaClusterSwitchCompleted",
+            "Completed the Replica cluster transition",
+            now,
+            gen,
+        )
         ready(True, PHASE_HEALTHY)
         return Result(status, annotations, steady_requeue)
 
@@ -513,9 +588,12 @@ def reconcile_cluster(obj, mem, now, delays, instance=None):
                 ready(False, PHASE_UNRECOVERABLE, TOKEN_MISMATCH_REASON)
                 return Result(status, annotations, None)
             if replayed < token_lsn or (token_tl > timeline and not caught_up):
-                ready(False, PHASE_PROMOTING,
-                      f"waiting for promotion token LSN {format_lsn(token_lsn)} to be replayed "
-                      f"(replayed LSN {format_lsn(replayed)})")
+                ready(
+                    False,
+                    PHASE_PROMOTING,
+                    f"waiting for promotion token LSN {format_lsn(token_lsn)} to be replayed "
+                    f"(replayed LSN {format_lsn(replayed)})",
+                )
                 left = wait(("replay", token), delays.replay)
                 return Result(status, annotations, left if left > 0 else max(delays.step, 1.0))
             timeline = max(timeline, token_tl)
@@ -649,20 +727,29 @@ def reconcile_backup(backup, cluster, mem, now, delays):
             server = (plugin.get("parameters") or {}).get("serverName") or server
     if phase != BACKUP_RUNNING:
         mem["started"] = now
-        status.update(phase=BACKUP_RUNNING, startedAt=rfc3339(now), backupName=backup["metadata"]["name"],
-                      serverName=server, online=True, instanceID={"podName": primary},
-                      beginLSN=format_lsn(simulated_lsn(now)),
-                      beginWal=wal_file(int(cstatus.get("timelineID", 1)), simulated_lsn(now)))
+        status.update(
+            phase=BACKUP_RUNNING,
+            startedAt=rfc3339(now),
+            backupName=backup["metadata"]["name"],
+            serverName=server,
+            online=True,
+            instanceID={"podName": primary},
+            beginLSN=format_lsn(simulated_lsn(now)),
+            beginWal=wal_file(int(cstatus.get("timelineID", 1)), simulated_lsn(now)),
+        )
         status.pop("error", None)
         return Result(status, {}, delays.backup)
     left = mem.setdefault("started", now) + delays.backup - now
     if left > 0:
         return Result(status, {}, left)
     end = simulated_lsn(now)
-    status.update(phase=BACKUP_COMPLETED, stoppedAt=rfc3339(now),
-                  backupId=datetime.datetime.fromtimestamp(mem["started"], datetime.timezone.utc)
-                  .strftime("%Y%m%dT%H%M%S"),
-                  endLSN=format_lsn(end), endWal=wal_file(int(cstatus.get("timelineID", 1)), end))
+    status.update(
+        phase=BACKUP_COMPLETED,
+        stoppedAt=rfc3339(now),
+        backupId=datetime.datetime.fromtimestamp(mem["started"], datetime.timezone.utc).strftime("%Y%m%dT%H%M%S"),
+        endLSN=format_lsn(end),
+        endWal=wal_file(int(cstatus.get("timelineID", 1)), end),
+    )
     return Result(status, {}, None)
 
 

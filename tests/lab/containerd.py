@@ -11,6 +11,7 @@ a local image (nothing is ever pulled) and ``restrict_oom_score_adj`` is on (thi
 ``stop`` kills every task first, then containerd, then unmounts whatever containerd mounted under the directory
 (overlay snapshots, task rootfs, shm), so the directory can be removed and no mount is left behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,18 +35,18 @@ def config_text(directory, sandbox_image=SANDBOX_IMAGE, cni_conf_dir=None):
     site's real node use the same one)."""
     directory = Path(directory)
     return f'''version = 2
-root = "{directory / 'root'}"
-state = "{directory / 'state'}"
+root = "{directory / "root"}"
+state = "{directory / "state"}"
 # plugins this lab never uses (they only slow the start down or want host paths)
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
-  address = "{directory / 'containerd.sock'}"
+  address = "{directory / "containerd.sock"}"
 [ttrpc]
-  address = "{directory / 'containerd.sock.ttrpc'}"
+  address = "{directory / "containerd.sock.ttrpc"}"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{directory / 'opt'}"
+  path = "{directory / "opt"}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
   # this machine cannot lower oom_score_adj (kubelet asks -998 for sandboxes): runc fails without it
@@ -56,13 +57,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni_conf_dir or directory / 'cni'}"
+    conf_dir = "{cni_conf_dir or directory / "cni"}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{directory / 'runc'}"
+        Root = "{directory / "runc"}"
 '''
 
 
@@ -98,8 +99,9 @@ class LocalContainerd:
         with the output when it fails and ``check`` is set."""
         argv = self._run_argv(image, args, f"t-{uuid.uuid4().hex[:12]}", **options)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"{' '.join(argv[5:])} did not finish within {timeout}s") from exc
         if check and proc.returncode != 0:
@@ -131,17 +133,23 @@ def start(directory, sandbox_image=SANDBOX_IMAGE, timeout=30):
     config = directory / "config.toml"
     config.write_text(config_text(directory, sandbox_image), encoding="utf-8")
     with open(directory / "containerd.log", "ab") as log:
-        proc = subprocess.Popen([containerd, "--config", str(config)],  # pylint: disable=consider-using-with
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [containerd, "--config", str(config)],  # pylint: disable=consider-using-with
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     local = LocalContainerd(directory, proc.pid, ctr, proc)
 
     def ready():
         if proc.poll() is not None:
             tail = (directory / "containerd.log").read_text(encoding="utf-8", errors="replace")[-2000:]
             raise LabError(f"containerd exited with {proc.returncode} at start:\n{tail}")
-        return subprocess.run([ctr, "--address", local.address, "version"], capture_output=True,
-                              check=False).returncode == 0
+        return (
+            subprocess.run([ctr, "--address", local.address, "version"], capture_output=True, check=False).returncode
+            == 0
+        )
 
     try:
         wait_until(ready, timeout, f"containerd on {local.address}")
@@ -158,8 +166,11 @@ def stop(local, timeout=20):
         os.kill(local.pid, signal.SIGTERM)
         process = local.process
         try:
-            wait_until(lambda: (process.poll() is not None) if process else not pid_alive(local.pid), timeout,
-                       "containerd to stop")
+            wait_until(
+                lambda: (process.poll() is not None) if process else not pid_alive(local.pid),
+                timeout,
+                "containerd to stop",
+            )
         except LabError:
             os.kill(local.pid, signal.SIGKILL)
             if process:

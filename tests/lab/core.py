@@ -3,6 +3,7 @@
 The lab starts real servers on 127.0.0.1. Each process is recorded in the state file with its pid and the
 executable it was started from, so ``down`` stops exactly what ``up`` started and never a recycled pid.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -156,9 +157,11 @@ def merge_state(base, ours, theirs):
         base_by_name = {r["name"]: r for r in base} if _named_records(base) else {}
         theirs_by_name = {r["name"]: r for r in theirs}
         ours_names = {r["name"] for r in ours}
-        merged = [merge_state(base_by_name.get(r["name"], _MISSING), r, theirs_by_name.get(r["name"], _MISSING))
-                  for r in ours if not (r["name"] in base_by_name and r["name"] not in theirs_by_name
-                                        and r == base_by_name[r["name"]])]
+        merged = [
+            merge_state(base_by_name.get(r["name"], _MISSING), r, theirs_by_name.get(r["name"], _MISSING))
+            for r in ours
+            if not (r["name"] in base_by_name and r["name"] not in theirs_by_name and r == base_by_name[r["name"]])
+        ]
         merged += [r for r in theirs if r["name"] not in ours_names and r["name"] not in base_by_name]
         return merged
     return ours
@@ -187,10 +190,14 @@ class Lab:
             self.state = json.loads(self.state_path.read_text(encoding="utf-8"))
             self._base = copy.deepcopy(self.state)
         except (OSError, ValueError) as exc:
-            raise LabError(f"state file {self.state_path} is unreadable ({exc}); run 'make lab-down' to clear it") from exc
+            raise LabError(
+                f"state file {self.state_path} is unreadable ({exc}); run 'make lab-down' to clear it"
+            ) from exc
         if self.state.get("version") != STATE_VERSION:
-            raise LabError(f"state file {self.state_path} has version {self.state.get('version')!r}, "
-                           f"expected {STATE_VERSION}; run 'make lab-down' to clear it")
+            raise LabError(
+                f"state file {self.state_path} has version {self.state.get('version')!r}, "
+                f"expected {STATE_VERSION}; run 'make lab-down' to clear it"
+            )
         return self.state
 
     @contextlib.contextmanager
@@ -265,13 +272,25 @@ class Lab:
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(  # pylint: disable=consider-using-with,subprocess-popen-preexec-fn
-                    [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=full_env, cwd=cwd, start_new_session=True, **kwargs)
+                    [str(a) for a in argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=full_env,
+                    cwd=cwd,
+                    start_new_session=True,
+                    **kwargs,
+                )
         finally:
             if netns_fd is not None:
                 os.close(netns_fd)
-        record = {"name": name, "pid": proc.pid, "exe": pid_exe(proc.pid) or str(argv[0]),
-                  "stop_signal": stop_signal, "log": str(log_path)}
+        record = {
+            "name": name,
+            "pid": proc.pid,
+            "exe": pid_exe(proc.pid) or str(argv[0]),
+            "stop_signal": stop_signal,
+            "log": str(log_path),
+        }
         if netns:
             record["netns"] = netns
         self.state.setdefault("processes", []).append(record)

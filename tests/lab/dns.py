@@ -11,6 +11,7 @@ answered: the lab has no upstream resolver, and pods reach S3 by IP.
     dns = dns.start(lab, site, net, kubeconfig, coredns_binary, spawn)   # before kubelet starts
     dns.wait_ready(lab, site, dns_entry)                                 # once the apiserver serves Services
 """
+
 from __future__ import annotations
 
 import os
@@ -25,18 +26,20 @@ START_TIMEOUT = float(os.environ.get("HANZO_KMS_DNS_START_TIMEOUT", "60"))
 
 
 def corefile(node_ip, kubeconfig, context):
-    return (f".:53 {{\n"
-            f"    bind {node_ip}\n"
-            f"    errors\n"
-            f"    ready 127.0.0.1:8181\n"
-            f"    health 127.0.0.1:8080\n"
-            f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n"
-            f"        kubeconfig {kubeconfig} {context}\n"
-            f"        pods insecure\n"
-            f"        fallthrough in-addr.arpa ip6.arpa\n"
-            f"    }}\n"
-            f"    cache 5\n"
-            f"}}\n")
+    return (
+        f".:53 {{\n"
+        f"    bind {node_ip}\n"
+        f"    errors\n"
+        f"    ready 127.0.0.1:8181\n"
+        f"    health 127.0.0.1:8080\n"
+        f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n"
+        f"        kubeconfig {kubeconfig} {context}\n"
+        f"        pods insecure\n"
+        f"        fallthrough in-addr.arpa ip6.arpa\n"
+        f"    }}\n"
+        f"    cache 5\n"
+        f"}}\n"
+    )
 
 
 def start(lab, site, net, kubeconfig, context, binary, spawn):
@@ -68,10 +71,10 @@ def query_a(server, name, port=53, timeout=2.0):
     found = []
     for _answer in range(answers):
         offset = _skip_name(data, offset)
-        rtype, _rclass, _ttl, length = struct.unpack(">HHIH", data[offset:offset + 10])
+        rtype, _rclass, _ttl, length = struct.unpack(">HHIH", data[offset : offset + 10])
         offset += 10
         if rtype == 1 and length == 4:
-            found.append(socket.inet_ntoa(data[offset:offset + 4]))
+            found.append(socket.inet_ntoa(data[offset : offset + 4]))
         offset += length
     return found
 
@@ -97,7 +100,11 @@ def wait_ready(lab, site, entry, service_ip):
         except OSError:
             return False
 
-    lab.wait_process(entry["process"], answers, START_TIMEOUT,
-                     f"{site} CoreDNS at {entry['server']}:53 to resolve {name} to {service_ip}")
+    lab.wait_process(
+        entry["process"],
+        answers,
+        START_TIMEOUT,
+        f"{site} CoreDNS at {entry['server']}:53 to resolve {name} to {service_ip}",
+    )
     if service_ip not in query_a(entry["server"], name, entry["port"]):
         raise LabError(f"{site} CoreDNS does not resolve {name}")

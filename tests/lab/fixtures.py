@@ -2,6 +2,7 @@
 
 Set HANZO_KMS_TEST_LAB_DIR to run the tests against a lab that is already up (it is then left running).
 """
+
 from __future__ import annotations
 
 import os

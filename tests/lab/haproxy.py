@@ -7,16 +7,17 @@ port 80 redirects to it, as the example inventory's production frontend does) an
 active; dc2's server starts in maintenance, because failover between data centers is a human decision, never
 HAProxy's (a ``backup`` server would fail over by itself).
 """
+
 from __future__ import annotations
 
 import ssl
 import subprocess
 
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import HAProxyError, RuntimeClient, tls_context
-
 from tests.lab import pki
 from tests.lab.core import LabError, require_binary
-from tests.lab.haproxy_render import lab_values, render as render_role_template
+from tests.lab.haproxy_render import lab_values
+from tests.lab.haproxy_render import render as render_role_template
 
 INSTANCES = ("lb1", "lb2")
 BACKEND = "kms"
@@ -60,8 +61,11 @@ def _admin_tls(lab, ca, hosts):
         pki.write(directory, {f"{name}-frontend.pem": cert + key})
     cert, key = ca.leaf("hanzo-kms-control-node")
     paths = pki.write(directory, {"control-node.crt": cert, "control-node.key": key})
-    return {"ca_file": lab.state["pki"]["ca_file"], "cert_file": str(paths["control-node.crt"]),
-            "key_file": str(paths["control-node.key"])}
+    return {
+        "ca_file": lab.state["pki"]["ca_file"],
+        "cert_file": str(paths["control-node.crt"]),
+        "key_file": str(paths["control-node.key"]),
+    }
 
 
 def describe(row):
@@ -90,18 +94,27 @@ def up(lab, sites, hosts, ca, wait_for_site="dc1"):
         cfg_dir = lab.path("lb", name, "x").parent
         address = hosts[name]
         # the frontend on every address of the host: its own and the VIP when it holds it (tests/lab/lbhost.py)
-        instance = {"name": name, "host": address, "bind": f"*:{FRONTEND_PORT}", "redirect_bind": f"*:{REDIRECT_PORT}",
-                    "frontend_tls_certificate": str(lab.path("pki", f"{name}-frontend.pem")),
-                    "socket": str(cfg_dir / "admin.sock"),
-                    "admin_port": ADMIN_PORT, "frontend_port": FRONTEND_PORT, "stats_port": STATS_PORT,
-                    "state_file": str(cfg_dir / "server-state"), "config": str(cfg_dir / "haproxy.cfg"),
-                    "admin_tls_socket": str(cfg_dir / "admin-tls.sock"),
-                    "admin_tls_certificate": str(lab.path("pki", f"{name}-runtime-api.pem")),
-                    "admin_tls_client_ca_file": admin_tls["ca_file"]}
+        instance = {
+            "name": name,
+            "host": address,
+            "bind": f"*:{FRONTEND_PORT}",
+            "redirect_bind": f"*:{REDIRECT_PORT}",
+            "frontend_tls_certificate": str(lab.path("pki", f"{name}-frontend.pem")),
+            "socket": str(cfg_dir / "admin.sock"),
+            "admin_port": ADMIN_PORT,
+            "frontend_port": FRONTEND_PORT,
+            "stats_port": STATS_PORT,
+            "state_file": str(cfg_dir / "server-state"),
+            "config": str(cfg_dir / "haproxy.cfg"),
+            "admin_tls_socket": str(cfg_dir / "admin-tls.sock"),
+            "admin_tls_certificate": str(lab.path("pki", f"{name}-runtime-api.pem")),
+            "admin_tls_client_ca_file": admin_tls["ca_file"],
+        }
         with open(instance["config"], "w", encoding="utf-8") as cfg:
             cfg.write(render(instance, sites, PUBLIC_HOST))
-        check = subprocess.run([binary, "-c", "-q", "-f", instance["config"]], capture_output=True, text=True,
-                               check=False)
+        check = subprocess.run(
+            [binary, "-c", "-q", "-f", instance["config"]], capture_output=True, text=True, check=False
+        )
         if check.returncode != 0:
             raise LabError(f"haproxy -c rejected {instance['config']}: {check.stderr.strip() or check.stdout.strip()}")
         # -W: master-worker, so a reload (SIGUSR2 to the master) keeps the pid the lab recorded; -db: foreground.
@@ -112,18 +125,34 @@ def up(lab, sites, hosts, ca, wait_for_site="dc1"):
         instances.append(instance)
     for instance in instances:
         if wait_for_site is None:
-            lab.wait_process(f"{instance['name']}-haproxy", lambda inst=instance: _answers(inst["socket"]), 30,
-                             f"{instance['name']}'s Runtime API to answer")
+            lab.wait_process(
+                f"{instance['name']}-haproxy",
+                lambda inst=instance: _answers(inst["socket"]),
+                30,
+                f"{instance['name']}'s Runtime API to answer",
+            )
         else:
-            lab.wait_process(f"{instance['name']}-haproxy",
-                             lambda inst=instance: describe(servers_state(inst["socket"])[wait_for_site]) == "UP",
-                             30, f"{instance['name']} to see {wait_for_site}'s KMS healthy")
+            lab.wait_process(
+                f"{instance['name']}-haproxy",
+                lambda inst=instance: describe(servers_state(inst["socket"])[wait_for_site]) == "UP",
+                30,
+                f"{instance['name']} to see {wait_for_site}'s KMS healthy",
+            )
     tls = client_tls({"admin_tls": admin_tls})
     for instance in instances:  # the control node's way in, as the site switch takes it
-        lab.wait_process(f"{instance['name']}-haproxy", lambda inst=instance: _answers(inst["admin_address"], tls),
-                         30, f"{instance['name']}'s Runtime API to answer over TLS")
-    return {"backend": BACKEND, "servers": {site: site for site in sites}, "instances": instances,
-            "public_host": PUBLIC_HOST, "admin_tls": admin_tls}
+        lab.wait_process(
+            f"{instance['name']}-haproxy",
+            lambda inst=instance: _answers(inst["admin_address"], tls),
+            30,
+            f"{instance['name']}'s Runtime API to answer over TLS",
+        )
+    return {
+        "backend": BACKEND,
+        "servers": {site: site for site in sites},
+        "instances": instances,
+        "public_host": PUBLIC_HOST,
+        "admin_tls": admin_tls,
+    }
 
 
 def _answers(address, tls=None):

@@ -5,6 +5,7 @@
 ``ansible.builtin.template`` (trim_blocks on, lstrip_blocks off). ``lab_values(...)`` gives the overrides the lab's
 HAProxy pair needs, ``lab_keepalived_values(...)`` those of its keepalived pair.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,10 +30,16 @@ def render(overrides=None, template="haproxy.cfg.j2"):
     unknown = sorted(key for key in (overrides or {}) if key not in values or not key.startswith("global_lb_"))
     if unknown:
         raise ValueError(f"not global_lb role variables: {', '.join(unknown)}")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE_DIR / "templates")), trim_blocks=True,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROLE_DIR / "templates")),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["hanzo.kms.global_lb_servers"] = servers  # the role's filter (plugins/filter/global_lb.py)
-    values.setdefault("ansible_managed", f"Rendered from roles/global_lb/templates/{template} by tests/lab/haproxy_render.py")
+    values.setdefault(
+        "ansible_managed", f"Rendered from roles/global_lb/templates/{template} by tests/lab/haproxy_render.py"
+    )
     return env.get_template(template).render(**values)
 
 
@@ -78,10 +85,17 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
         "global_lb_check_rise": 1,
         "global_lb_public_host": public_host,
         "global_lb_sites": [
-            dict({"name": name, "address": site[0], "port": site[1],
-                  "initial_state": "ready" if name == active_site else "maint"},
-                 **({"tls": True, "ca_file": site[2]} if len(site) > 2 else {}))
-            for name, site in sites.items()],
+            dict(
+                {
+                    "name": name,
+                    "address": site[0],
+                    "port": site[1],
+                    "initial_state": "ready" if name == active_site else "maint",
+                },
+                **({"tls": True, "ca_file": site[2]} if len(site) > 2 else {}),
+            )
+            for name, site in sites.items()
+        ],
         "global_lb_prometheus_bind": f"{host}:{instance['stats_port']}",
         "global_lb_stats_uri": "/stats",
     }
@@ -90,5 +104,9 @@ def lab_values(instance, sites, active_site="dc1", extra_stats_sockets=None, che
 def lab_keepalived_values(vip, priority, haproxy_pid, interface="eth0"):
     """Overrides for one lab LB host's keepalived: ``vip`` (address/prefix), its ``priority``, and its HAProxy master's
     pid for the check (the LB hosts share the machine's pid space, so ``pidof haproxy`` would see the other's)."""
-    return {"global_lb_vip_address": vip, "global_lb_vip_interface": interface, "global_lb_vrrp_priority": priority,
-            "global_lb_vrrp_check_script": f"/bin/kill -0 {haproxy_pid}"}
+    return {
+        "global_lb_vip_address": vip,
+        "global_lb_vip_interface": interface,
+        "global_lb_vrrp_priority": priority,
+        "global_lb_vrrp_check_script": f"/bin/kill -0 {haproxy_pid}",
+    }

@@ -18,6 +18,7 @@ chroot with every version pinned; Go binaries come from ``make k8s-bins`` (:func
 :func:`lab_recipes` lists every image the lab's pods use (docs/lab.md, "Images"); ``python -m tests.lab.images
 build [--import-into SOCKET]`` builds them and prints the time each took.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,13 @@ KEEP_ARCHIVES = 2  # archives kept per image name: the current one and the one b
 BUSYBOX = "/bin/busybox"
 DEBIAN_SUITE = "bookworm"
 # Files mmdebstrap leaves out of every Debian-based image (documentation only; copyright files stay).
-DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
-                 "/usr/share/lintian/*")
+DPKG_EXCLUDES = (
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+)
 DPKG_INCLUDES = ("/usr/share/doc/*/copyright",)
 # How long the Debian package lists that decide whether a cached image is current are trusted before apt-get update
 INDEX_MAX_AGE = float(os.environ.get("HANZO_KMS_IMAGE_INDEX_MAX_AGE", 3600))
@@ -50,7 +56,8 @@ INDEX_MAX_AGE = float(os.environ.get("HANZO_KMS_IMAGE_INDEX_MAX_AGE", 3600))
 
 def cache_dir():
     base = os.environ.get("HANZO_KMS_IMAGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hanzo-kms", "images")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hanzo-kms", "images"
+    )
     return Path(base)
 
 
@@ -89,8 +96,13 @@ class Recipe:
     def key(self):
         """The hash of everything known before building (with a Debian base: the package versions come on top,
         see :func:`archive_key`)."""
-        config = {"entrypoint": self.entrypoint, "cmd": self.cmd, "user": self.user, "env": self.env,
-                  "workdir": self.workdir}
+        config = {
+            "entrypoint": self.entrypoint,
+            "cmd": self.cmd,
+            "user": self.user,
+            "env": self.env,
+            "workdir": self.workdir,
+        }
         spec = {"format": FORMAT_VERSION, "name": self.name, "inputs": self.inputs, "config": config}
         if self.debian:
             spec["debian"] = dataclasses.asdict(self.debian)
@@ -158,8 +170,10 @@ def cached_archive(recipe, log=print, index=None):
     index = index or debian_index()
     changed = stale_packages(record["packages"], index.candidates(record["sources"], sorted(record["packages"])))
     if changed:
-        log(f"image {recipe.name}: Debian has other versions of {', '.join(changed[:8])}"
-            f"{' ...' if len(changed) > 8 else ''}: rebuilding")
+        log(
+            f"image {recipe.name}: Debian has other versions of {', '.join(changed[:8])}"
+            f"{' ...' if len(changed) > 8 else ''}: rebuilding"
+        )
         return None
     return target
 
@@ -196,8 +210,10 @@ def ensure_built(recipe, log=print, index=None):
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError(f"building the root filesystem of {recipe.name} failed: {exc}") from exc
         # one layer, no history of the scratch paths
-        _run([umoci, "repack", "--no-history", "--refresh-bundle", "--image", ref, str(bundle)],
-             f"{recipe.name}: umoci repack")
+        _run(
+            [umoci, "repack", "--no-history", "--refresh-bundle", "--image", ref, str(bundle)],
+            f"{recipe.name}: umoci repack",
+        )
         config = [umoci, "config", "--no-history", "--image", ref, "--config.workingdir", recipe.workdir or "/"]
         config += ["--clear=config.entrypoint", "--clear=config.cmd", "--clear=config.env"]
         for arg in recipe.entrypoint:
@@ -225,8 +241,11 @@ def prune(recipe, keep=KEEP_ARCHIVES):
     """Delete all but the ``keep`` newest archives (and Debian records) of ``recipe``'s image name."""
     for suffix in (r"\.tar", r"\.debian\.json"):
         pattern = re.compile(rf"{re.escape(recipe.slug())}-[0-9a-f]{{16}}{suffix}")
-        files = sorted((f for f in cache_dir().iterdir() if pattern.fullmatch(f.name)),
-                       key=lambda f: f.stat().st_mtime, reverse=True)
+        files = sorted(
+            (f for f in cache_dir().iterdir() if pattern.fullmatch(f.name)),
+            key=lambda f: f.stat().st_mtime,
+            reverse=True,
+        )
         for old in files[keep:]:
             old.unlink(missing_ok=True)
 
@@ -239,8 +258,15 @@ def _debootstrap(recipe, rootfs):
         raise LabError(f"building {recipe.name} needs root (mmdebstrap --mode=root builds its Debian root filesystem)")
     mmdebstrap = require_binary("mmdebstrap", "mmdebstrap")
     debian = recipe.debian
-    argv = [mmdebstrap, "--mode=root", "--variant=minbase", "--format=directory", "--dpkgopt=force-unsafe-io",
-            "--aptopt=Acquire::Languages \"none\"", "--include=" + ",".join(debian.packages)]
+    argv = [
+        mmdebstrap,
+        "--mode=root",
+        "--variant=minbase",
+        "--format=directory",
+        "--dpkgopt=force-unsafe-io",
+        '--aptopt=Acquire::Languages "none"',
+        "--include=" + ",".join(debian.packages),
+    ]
     argv += [f"--dpkgopt=path-exclude={path}" for path in DPKG_EXCLUDES + debian.excludes]
     argv += [f"--dpkgopt=path-include={path}" for path in DPKG_INCLUDES]
     argv += [f"--essential-hook={hook}" for hook in debian.essential_hooks]
@@ -248,8 +274,10 @@ def _debootstrap(recipe, rootfs):
     # mmdebstrap wants an empty target: umoci's unpack left an empty rootfs directory
     argv += [debian.suite, str(rootfs)]
     _run(argv, f"{recipe.name}: mmdebstrap {debian.suite} with {' '.join(debian.packages)}", stdin=subprocess.DEVNULL)
-    out = _run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${Package}\\t${Version}\\n"],
-               f"{recipe.name}: listing the installed Debian packages")
+    out = _run(
+        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${Package}\\t${Version}\\n"],
+        f"{recipe.name}: listing the installed Debian packages",
+    )
     packages = dict(line.split("\t", 1) for line in out.splitlines() if line.strip())
     sources = ""
     for path in [rootfs / "etc/apt/sources.list", *sorted((rootfs / "etc/apt/sources.list.d").glob("*"))]:
@@ -296,9 +324,22 @@ class DebianIndex:
             return False
 
     def _apt_options(self, root):
-        return ["-o", f"Dir::Etc::SourceList={root}/sources.list", "-o", f"Dir::Etc::SourceParts={root}/sources.d",
-                "-o", f"Dir::State={root}/state", "-o", f"Dir::State::status={root}/status",
-                "-o", f"Dir::Cache={root}/cache", "-o", "Acquire::Languages=none", "-o", "Debug::NoLocking=1"]
+        return [
+            "-o",
+            f"Dir::Etc::SourceList={root}/sources.list",
+            "-o",
+            f"Dir::Etc::SourceParts={root}/sources.d",
+            "-o",
+            f"Dir::State={root}/state",
+            "-o",
+            f"Dir::State::status={root}/status",
+            "-o",
+            f"Dir::Cache={root}/cache",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "Debug::NoLocking=1",
+        ]
 
     def candidates(self, sources, packages):
         root = cache_dir() / "apt-index" / hashlib.sha256(sources.encode()).hexdigest()[:12]
@@ -307,19 +348,31 @@ class DebianIndex:
                 (root / sub).mkdir(parents=True, exist_ok=True)
             (root / "sources.list").write_text(sources, encoding="utf-8")
             (root / "status").touch()
-            proc = subprocess.run(["apt-get", *self._apt_options(root), "-q", "update"], capture_output=True,
-                                  text=True, check=False, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                ["apt-get", *self._apt_options(root), "-q", "update"],
+                capture_output=True,
+                text=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
             if proc.returncode != 0 or re.search(r"^(E:|W: Failed to fetch)", proc.stdout + proc.stderr, re.M):
                 if not any((root / "state/lists").glob("*Packages*")):
-                    raise LabError("cannot read the Debian package lists to check the cached images (apt-get update "
-                                   f"failed):\n{(proc.stderr or proc.stdout).strip()[-1500:]}")
-                self.log("warning: the Debian archive could not be reached; checking cached images against the "
-                         "package lists of the last run")
+                    raise LabError(
+                        "cannot read the Debian package lists to check the cached images (apt-get update "
+                        f"failed):\n{(proc.stderr or proc.stdout).strip()[-1500:]}"
+                    )
+                self.log(
+                    "warning: the Debian archive could not be reached; checking cached images against the "
+                    "package lists of the last run"
+                )
             else:
                 (root / "updated").touch()
             self.refreshed.add(root)
-        out = _run(["apt-cache", *self._apt_options(root), "policy", *packages], "reading Debian candidate versions",
-                   stdin=subprocess.DEVNULL)
+        out = _run(
+            ["apt-cache", *self._apt_options(root), "policy", *packages],
+            "reading Debian candidate versions",
+            stdin=subprocess.DEVNULL,
+        )
         return parse_apt_policy(out)
 
 
@@ -362,11 +415,16 @@ class Containerd:
     def delete_tasks(self):
         """Kill and delete every task, then every container (best effort: used on the way down)."""
         for kind in ("tasks", "containers"):
-            found = subprocess.run(self.ctr_argv(kind, "list", "--quiet"), capture_output=True, text=True,
-                                   check=False).stdout.split()
+            found = subprocess.run(
+                self.ctr_argv(kind, "list", "--quiet"), capture_output=True, text=True, check=False
+            ).stdout.split()
             if found:
-                subprocess.run(self.ctr_argv(kind, "delete", *(["--force"] if kind == "tasks" else []), *found),
-                               capture_output=True, text=True, check=False)
+                subprocess.run(
+                    self.ctr_argv(kind, "delete", *(["--force"] if kind == "tasks" else []), *found),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
 
     def image_digests(self):
         """{name: digest of its manifest} of the images this containerd holds."""
@@ -393,8 +451,10 @@ def import_into(containerd, archives):
     for name, path in archives.items():
         if present.get(name) == archive_digest(path):
             continue
-        _run(containerd.ctr_argv("images", "import", "--base-name", name.rsplit(":", 1)[0], str(path)),
-             f"importing {name} into {containerd.address}")
+        _run(
+            containerd.ctr_argv("images", "import", "--base-name", name.rsplit(":", 1)[0], str(path)),
+            f"importing {name} into {containerd.address}",
+        )
         imported.append(name)
     missing = set(archives) - containerd.image_names()
     if missing:
@@ -408,8 +468,9 @@ def _busybox_inputs():
         raise LabError(f"{BUSYBOX} is missing: install the Debian package busybox-static (make setup)")
     with open(BUSYBOX, "rb") as handle:
         if b"/ld-linux" in handle.read(8192):  # an ELF interpreter: Debian's dynamic busybox, useless in an image
-            raise LabError(f"{BUSYBOX} is dynamically linked: install the Debian package busybox-static instead of "
-                           "busybox")
+            raise LabError(
+                f"{BUSYBOX} is dynamically linked: install the Debian package busybox-static instead of busybox"
+            )
     return {"busybox": file_digest(BUSYBOX), "revision": 1}
 
 
@@ -419,8 +480,9 @@ def _fill_busybox(rootfs, applets=True):
     for name in ("tmp", "etc", "proc", "sys", "dev", "var/run"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
     os.chmod(rootfs / "tmp", 0o1777)
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-                                           encoding="ascii")
+    (rootfs / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", encoding="ascii"
+    )
     (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n", encoding="ascii")
     if applets:
         out = _run([BUSYBOX, "--list"], "listing busybox applets")
@@ -432,14 +494,19 @@ def _fill_busybox(rootfs, applets=True):
 
 def pause_recipe():
     """The pod sandbox image (containerd's ``sandbox_image``): sleeps until killed."""
-    return Recipe(name="docker.io/hanzo-kms-lab/pause:1", fill=lambda root: _fill_busybox(root, applets=False),
-                  inputs=_busybox_inputs(), entrypoint=("/bin/busybox", "sleep", "2147483647"))
+    return Recipe(
+        name="docker.io/hanzo-kms-lab/pause:1",
+        fill=lambda root: _fill_busybox(root, applets=False),
+        inputs=_busybox_inputs(),
+        entrypoint=("/bin/busybox", "sleep", "2147483647"),
+    )
 
 
 def busybox_recipe():
     """A shell with the usual tools, for probe pods and init containers of the lab."""
-    return Recipe(name="docker.io/hanzo-kms-lab/busybox:1", fill=_fill_busybox, inputs=_busybox_inputs(),
-                  entrypoint=("/bin/sh",))
+    return Recipe(
+        name="docker.io/hanzo-kms-lab/busybox:1", fill=_fill_busybox, inputs=_busybox_inputs(), entrypoint=("/bin/sh",)
+    )
 
 
 # -- the lab's images (issue 15) -------------------------------------------------------------------------------------
@@ -447,7 +514,9 @@ LAB_REGISTRY = "docker.io/hanzo-kms-lab"
 POSTGRES_IMAGE = f"{LAB_REGISTRY}/postgresql:15-bookworm"  # Debian's postgresql-15, shaped as CNPG expects
 REDIS_IMAGE = f"{LAB_REGISTRY}/redis:7.0-bookworm"  # Debian's redis-server, for tests/lab/charts/redis
 KMS_STANDIN_IMAGE = f"{LAB_REGISTRY}/kms-standin:1"  # tests/lab/kms_standin.py: NOT the KMS
-BACKUP_TOOLS_IMAGE = f"{LAB_REGISTRY}/redis-backup-tools:2"  # the collection's backup job, kubectl (the Redis backup CronJob)
+BACKUP_TOOLS_IMAGE = (
+    f"{LAB_REGISTRY}/redis-backup-tools:2"  # the collection's backup job, kubectl (the Redis backup CronJob)
+)
 # The names the CNPG 1.30.0 release manifest and the Barman Cloud plugin v0.14.0 module's manifest.yaml reference;
 # the manifests the lab renders from the modules (kube_build, manifest.json "images") take precedence.
 UPSTREAM_IMAGES = {
@@ -474,10 +543,13 @@ BACKUP_JOB_PACKAGES = ("boto3", "anycrc")
 def lab_binary(name):
     """A Go binary of ``make k8s-bins`` (kubectl, cnpg-manager, barman-cloud-plugin) for an image."""
     from tests.lab import kube_build  # pylint: disable=import-outside-toplevel
+
     path = kube_build.cache_root() / "bin" / name
     if not path.is_file():
-        raise LabError(f"{path} is missing: build the lab's binaries with `make k8s-bins` (the images take kubectl, "
-                       "the CNPG operator and the Barman Cloud plugin from there)")
+        raise LabError(
+            f"{path} is missing: build the lab's binaries with `make k8s-bins` (the images take kubectl, "
+            "the CNPG operator and the Barman Cloud plugin from there)"
+        )
     return path
 
 
@@ -485,17 +557,25 @@ def operator_image_names(manifest_path=None):
     """{"operator", "plugin", "sidecar"} -> the image names the lab's CNPG and plugin manifests reference: from the
     k8s cache's manifest.json ``images`` (keys or names mentioning sidecar / barman / cnpg), else upstream's."""
     from tests.lab import kube_build  # pylint: disable=import-outside-toplevel
+
     names = dict(UPSTREAM_IMAGES)
     try:
-        images = json.loads(Path(manifest_path or kube_build.cache_root() / "manifest.json")
-                            .read_text(encoding="utf-8")).get("images") or {}
+        images = (
+            json.loads(
+                Path(manifest_path or kube_build.cache_root() / "manifest.json").read_text(encoding="utf-8")
+            ).get("images")
+            or {}
+        )
     except (OSError, ValueError):
         images = {}
     if isinstance(images, list):
         images = {name: name for name in images}
     taken = set()
-    for role, words in (("sidecar", ("sidecar",)), ("plugin", ("barman", "plugin")),
-                        ("operator", ("cloudnative-pg", "cnpg", "operator"))):
+    for role, words in (
+        ("sidecar", ("sidecar",)),
+        ("plugin", ("barman", "plugin")),
+        ("operator", ("cloudnative-pg", "cnpg", "operator")),
+    ):
         if isinstance(images.get(role), str):
             names[role] = images[role]
             taken.add(role)
@@ -520,12 +600,15 @@ def requirement_pins(text):
 
 def _sidecar_pins():
     from tests.lab import kube_build  # pylint: disable=import-outside-toplevel
+
     go = kube_build.check_go()
     modcache = _run([go, "env", "GOMODCACHE"], "go env GOMODCACHE", env=dict(os.environ, GOTOOLCHAIN="local")).strip()
     path = Path(modcache) / f"{kube_build.BARMAN_MODULE}@{kube_build.BARMAN_VERSION}" / SIDECAR_REQUIREMENTS
     if not path.is_file():
-        raise LabError(f"{path} is missing: `make k8s-bins` downloads the Barman Cloud plugin module "
-                       f"{kube_build.BARMAN_VERSION}, whose {SIDECAR_REQUIREMENTS} pins the sidecar's barman-cloud")
+        raise LabError(
+            f"{path} is missing: `make k8s-bins` downloads the Barman Cloud plugin module "
+            f"{kube_build.BARMAN_VERSION}, whose {SIDECAR_REQUIREMENTS} pins the sidecar's barman-cloud"
+        )
     pins = requirement_pins(path.read_text(encoding="utf-8"))
     if "barman" not in pins:
         raise LabError(f"{path} pins no barman version")
@@ -539,16 +622,18 @@ def _pip_hook(venv, requirement, pins, system_site_packages=False):
     requirements = (requirement,) if isinstance(requirement, str) else requirement
     constraints = "\n".join(f"{name}=={version}" for name, version in sorted(pins.items()))
     site = " --system-site-packages" if system_site_packages else ""
-    return (f'set -e; chroot "$1" python3 -m venv{site} {venv}; '
-            f'printf "%s\\n" {shlex_quote(constraints)} > "$1/tmp/pins.txt"; '
-            'cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/pip-ca.crt"; '
-            # a clean environment: the host's CA variables name files the chroot does not have; proxies pass
-            'env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp PIP_CERT=/tmp/pip-ca.crt '
-            'PIP_DISABLE_PIP_VERSION_CHECK=1 ${HTTPS_PROXY:+HTTPS_PROXY="$HTTPS_PROXY"} '
-            '${https_proxy:+https_proxy="$https_proxy"} ${NO_PROXY:+NO_PROXY="$NO_PROXY"} '
-            '${no_proxy:+no_proxy="$no_proxy"} '
-            f'chroot "$1" {venv}/bin/pip install -q --no-cache-dir --only-binary=:all: -c /tmp/pins.txt '
-            f'{" ".join(shlex_quote(r) for r in requirements)}; rm -f "$1/tmp/pins.txt" "$1/tmp/pip-ca.crt"')
+    return (
+        f'set -e; chroot "$1" python3 -m venv{site} {venv}; '
+        f'printf "%s\\n" {shlex_quote(constraints)} > "$1/tmp/pins.txt"; '
+        'cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/pip-ca.crt"; '
+        # a clean environment: the host's CA variables name files the chroot does not have; proxies pass
+        "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp PIP_CERT=/tmp/pip-ca.crt "
+        'PIP_DISABLE_PIP_VERSION_CHECK=1 ${HTTPS_PROXY:+HTTPS_PROXY="$HTTPS_PROXY"} '
+        '${https_proxy:+https_proxy="$https_proxy"} ${NO_PROXY:+NO_PROXY="$NO_PROXY"} '
+        '${no_proxy:+no_proxy="$no_proxy"} '
+        f'chroot "$1" {venv}/bin/pip install -q --no-cache-dir --only-binary=:all: -c /tmp/pins.txt '
+        f'{" ".join(shlex_quote(r) for r in requirements)}; rm -f "$1/tmp/pins.txt" "$1/tmp/pip-ca.crt"'
+    )
 
 
 def shlex_quote(text):
@@ -557,18 +642,24 @@ def shlex_quote(text):
 
 def _write_users(rootfs, users, groups):
     (rootfs / "etc").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc/passwd").write_text("".join(f"{n}:x:{u}:{g}:{n}:{h}:{s}\n" for n, u, g, h, s in users),
-                                       encoding="ascii")
+    (rootfs / "etc/passwd").write_text(
+        "".join(f"{n}:x:{u}:{g}:{n}:{h}:{s}\n" for n, u, g, h, s in users), encoding="ascii"
+    )
     (rootfs / "etc/group").write_text("".join(f"{n}:x:{g}:\n" for n, g in groups), encoding="ascii")
 
 
 def _fill_static(rootfs, files, symlinks=()):
     """A root filesystem for a static Go binary, laid out like distroless/static: root, nobody and nonroot (65532)
     users, /tmp, /home/nonroot. ``files``: (source, path in the image, uid, gid, mode)."""
-    _write_users(rootfs, [("root", 0, 0, "/root", "/sbin/nologin"),
-                          ("nobody", 65534, 65534, "/nonexistent", "/sbin/nologin"),
-                          ("nonroot", NONROOT_UID, NONROOT_UID, "/home/nonroot", "/sbin/nologin")],
-                 [("root", 0), ("nobody", 65534), ("nonroot", NONROOT_UID)])
+    _write_users(
+        rootfs,
+        [
+            ("root", 0, 0, "/root", "/sbin/nologin"),
+            ("nobody", 65534, 65534, "/nonexistent", "/sbin/nologin"),
+            ("nonroot", NONROOT_UID, NONROOT_UID, "/home/nonroot", "/sbin/nologin"),
+        ],
+        [("root", 0), ("nobody", 65534), ("nonroot", NONROOT_UID)],
+    )
     for name in ("tmp", "home/nonroot", "root", "proc", "sys", "dev"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
     os.chmod(rootfs / "tmp", 0o1777)
@@ -596,37 +687,64 @@ def postgres_recipe():
     the 470) is left out, and PostgreSQL disables JIT when its provider library is absent."""
     debian = Debian(
         packages=("postgresql-15", "locales"),
-        excludes=("/usr/lib/*/libLLVM-14.so*", "/usr/lib/*/libz3.so*", "/usr/lib/postgresql/15/lib/llvmjit*",
-                  "/usr/lib/postgresql/15/lib/bitcode/*"),
+        excludes=(
+            "/usr/lib/*/libLLVM-14.so*",
+            "/usr/lib/*/libz3.so*",
+            "/usr/lib/postgresql/15/lib/llvmjit*",
+            "/usr/lib/postgresql/15/lib/bitcode/*",
+        ),
         # no "main" cluster from postgresql-common's postinst: CNPG runs initdb itself
-        essential_hooks=('mkdir -p "$1/etc/postgresql-common/createcluster.d" && '
-                         'echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.d/lab.conf"',),
-        hooks=('set -e; old=$(chroot "$1" id -u postgres); chroot "$1" usermod -u 26 postgres; '
-               'find "$1" -xdev -uid "$old" -exec chown -h 26 {} +',
-               'chroot "$1" localedef -i en_US -c -f UTF-8 en_US.UTF-8'))
-    return Recipe(name=POSTGRES_IMAGE, fill=lambda root: None, inputs={"revision": 2}, debian=debian,
-                  user=str(POSTGRES_UID),
-                  env=("PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                       "LANG=en_US.utf8", "PGDATA=/var/lib/postgresql/data/pgdata"))
+        essential_hooks=(
+            'mkdir -p "$1/etc/postgresql-common/createcluster.d" && '
+            'echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.d/lab.conf"',
+        ),
+        hooks=(
+            'set -e; old=$(chroot "$1" id -u postgres); chroot "$1" usermod -u 26 postgres; '
+            'find "$1" -xdev -uid "$old" -exec chown -h 26 {} +',
+            'chroot "$1" localedef -i en_US -c -f UTF-8 en_US.UTF-8',
+        ),
+    )
+    return Recipe(
+        name=POSTGRES_IMAGE,
+        fill=lambda root: None,
+        inputs={"revision": 2},
+        debian=debian,
+        user=str(POSTGRES_UID),
+        env=(
+            "PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG=en_US.utf8",
+            "PGDATA=/var/lib/postgresql/data/pgdata",
+        ),
+    )
 
 
 def redis_recipe():
     """Debian's Redis 7.0 for the lab's Redis chart (``redis-server <conf>`` as UID 1001, probes with ``sh`` and
     ``redis-cli``); also has what the backup CronJob's fetch-rdb container runs (``redis-cli --rdb``, ``head``)."""
-    return Recipe(name=REDIS_IMAGE, fill=lambda root: None, inputs={"revision": 1},
-                  debian=Debian(packages=("redis-server",)), user=str(REDIS_UID), env=(PATH_ENV,),
-                  cmd=("redis-server",))
+    return Recipe(
+        name=REDIS_IMAGE,
+        fill=lambda root: None,
+        inputs={"revision": 1},
+        debian=Debian(packages=("redis-server",)),
+        user=str(REDIS_UID),
+        env=(PATH_ENV,),
+        cmd=("redis-server",),
+    )
 
 
 def kms_standin_recipe():
     """The KMS STAND-IN (tests/lab/kms_standin.py: /api/status on $HOST:$PORT, DB_CONNECTION_URI, REDIS_URL,
     KMS_SITE) on Debian's Python with psycopg2 and redis-py."""
     source = Path(__file__).resolve().parent / "kms_standin.py"
-    return Recipe(name=KMS_STANDIN_IMAGE, inputs={"revision": 1, "kms_standin.py": file_digest(source)},
-                  fill=lambda root: _copy_files(root, [(source, "/app/kms_standin.py", 0, 0, 0o644)]),
-                  debian=Debian(packages=("python3", "python3-psycopg2", "python3-redis")),
-                  user=f"{NONROOT_UID}:{NONROOT_UID}", env=(PATH_ENV, "PYTHONUNBUFFERED=1"),
-                  entrypoint=("python3", "/app/kms_standin.py"))
+    return Recipe(
+        name=KMS_STANDIN_IMAGE,
+        inputs={"revision": 1, "kms_standin.py": file_digest(source)},
+        fill=lambda root: _copy_files(root, [(source, "/app/kms_standin.py", 0, 0, 0o644)]),
+        debian=Debian(packages=("python3", "python3-psycopg2", "python3-redis")),
+        user=f"{NONROOT_UID}:{NONROOT_UID}",
+        env=(PATH_ENV, "PYTHONUNBUFFERED=1"),
+        entrypoint=("python3", "/app/kms_standin.py"),
+    )
 
 
 def collection_files(root=None):
@@ -636,7 +754,7 @@ def collection_files(root=None):
     root = Path(root or REPO_ROOT)
     package = f"{COLLECTIONS_PATH}/ansible_collections/hanzo/kms/plugins/module_utils"
     files = [(path, f"{package}/{path.name}") for path in sorted((root / "plugins/module_utils").glob("*.py"))]
-    levels = package[len(COLLECTIONS_PATH) + 1:].split("/")
+    levels = package[len(COLLECTIONS_PATH) + 1 :].split("/")
     inits = [f"{COLLECTIONS_PATH}/{'/'.join(levels[:depth])}/__init__.py" for depth in range(1, len(levels) + 1)]
     return files, inits
 
@@ -658,21 +776,38 @@ def backup_tools_recipe():
     kubectl = lab_binary("kubectl")
     files, inits = collection_files()
     requirements, pins = backup_job_pins()
-    debian = Debian(packages=("python3", "python3-venv", "ca-certificates"),
-                    hooks=(_pip_hook(BACKUP_JOB_VENV, requirements, pins),))
+    debian = Debian(
+        packages=("python3", "python3-venv", "ca-certificates"), hooks=(_pip_hook(BACKUP_JOB_VENV, requirements, pins),)
+    )
 
     def fill(root):
-        _copy_files(root, [(kubectl, "/usr/local/bin/kubectl", 0, 0, 0o755)]
-                    + [(source, path, 0, 0, 0o644) for source, path in files])
+        _copy_files(
+            root,
+            [(kubectl, "/usr/local/bin/kubectl", 0, 0, 0o755)]
+            + [(source, path, 0, 0, 0o644) for source, path in files],
+        )
         for init in inits:
             (root / init.lstrip("/")).touch(mode=0o644)
 
-    inputs = {"revision": 2, "kubectl": file_digest(kubectl), "requirements": requirements,
-              "module_utils": {path: file_digest(source) for source, path in files}}
-    return Recipe(name=BACKUP_TOOLS_IMAGE, inputs=inputs, fill=fill, debian=debian, user=str(REDIS_UID),
-                  env=(f"PATH={BACKUP_JOB_VENV}/bin:{PATH_ENV[len('PATH='):]}", f"PYTHONPATH={COLLECTIONS_PATH}",
-                       "PYTHONUNBUFFERED=1"),
-                  entrypoint=("/bin/sh",))
+    inputs = {
+        "revision": 2,
+        "kubectl": file_digest(kubectl),
+        "requirements": requirements,
+        "module_utils": {path: file_digest(source) for source, path in files},
+    }
+    return Recipe(
+        name=BACKUP_TOOLS_IMAGE,
+        inputs=inputs,
+        fill=fill,
+        debian=debian,
+        user=str(REDIS_UID),
+        env=(
+            f"PATH={BACKUP_JOB_VENV}/bin:{PATH_ENV[len('PATH=') :]}",
+            f"PYTHONPATH={COLLECTIONS_PATH}",
+            "PYTHONUNBUFFERED=1",
+        ),
+        entrypoint=("/bin/sh",),
+    )
 
 
 def operator_recipe(name=None):
@@ -680,21 +815,33 @@ def operator_recipe(name=None):
     /manager, working dir / (the bootstrap-controller init container runs ``/manager bootstrap /controller/manager``
     as the Cluster's postgres UID and copies ``manager`` relative to /), user 65532."""
     binary = lab_binary("cnpg-manager")
-    return Recipe(name=name or operator_image_names()["operator"],
-                  inputs={"revision": 1, "cnpg-manager": file_digest(binary)},
-                  fill=lambda root: _fill_static(
-                      root, [(binary, f"/operator/manager_{GOARCH}", NONROOT_UID, NONROOT_UID, 0o755)],
-                      symlinks=[("/manager", f"operator/manager_{GOARCH}")]),
-                  user=f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=("/manager",), workdir="/", env=(PATH_ENV,))
+    return Recipe(
+        name=name or operator_image_names()["operator"],
+        inputs={"revision": 1, "cnpg-manager": file_digest(binary)},
+        fill=lambda root: _fill_static(
+            root,
+            [(binary, f"/operator/manager_{GOARCH}", NONROOT_UID, NONROOT_UID, 0o755)],
+            symlinks=[("/manager", f"operator/manager_{GOARCH}")],
+        ),
+        user=f"{NONROOT_UID}:{NONROOT_UID}",
+        entrypoint=("/manager",),
+        workdir="/",
+        env=(PATH_ENV,),
+    )
 
 
 def plugin_recipe(name=None):
     """The Barman Cloud plugin (Dockerfile.plugin: /manager, user 65532; the Deployment runs it as 10001)."""
     binary = lab_binary("barman-cloud-plugin")
-    return Recipe(name=name or operator_image_names()["plugin"],
-                  inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
-                  fill=lambda root: _fill_static(root, [(binary, "/manager", 0, 0, 0o755)]),
-                  user=f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=("/manager",), workdir="/", env=(PATH_ENV,))
+    return Recipe(
+        name=name or operator_image_names()["plugin"],
+        inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
+        fill=lambda root: _fill_static(root, [(binary, "/manager", 0, 0, 0o755)]),
+        user=f"{NONROOT_UID}:{NONROOT_UID}",
+        entrypoint=("/manager",),
+        workdir="/",
+        env=(PATH_ENV,),
+    )
 
 
 def sidecar_recipe(name=None):
@@ -704,21 +851,36 @@ def sidecar_recipe(name=None):
     pins = _sidecar_pins()
     requirement = f"{BARMAN_REQUIREMENT}=={pins.pop('barman')}"
     pins.pop("psycopg2", None)  # Debian's python3-psycopg2 (the venv sees the system's site-packages)
-    debian = Debian(packages=("python3", "python3-venv", "python3-psycopg2", "ca-certificates"),
-                    hooks=(_pip_hook("/venv", requirement, pins, system_site_packages=True),))
-    return Recipe(name=name or operator_image_names()["sidecar"],
-                  inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
-                  fill=lambda root: _copy_files(root, [(binary, "/manager", 0, 0, 0o755)]), debian=debian,
-                  user=f"{POSTGRES_UID}:{POSTGRES_UID}", entrypoint=("/manager",), workdir="/",
-                  env=("PATH=/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",))
+    debian = Debian(
+        packages=("python3", "python3-venv", "python3-psycopg2", "ca-certificates"),
+        hooks=(_pip_hook("/venv", requirement, pins, system_site_packages=True),),
+    )
+    return Recipe(
+        name=name or operator_image_names()["sidecar"],
+        inputs={"revision": 1, "barman-cloud-plugin": file_digest(binary)},
+        fill=lambda root: _copy_files(root, [(binary, "/manager", 0, 0, 0o755)]),
+        debian=debian,
+        user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+        entrypoint=("/manager",),
+        workdir="/",
+        env=("PATH=/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
+    )
 
 
 def lab_recipes():
     """Every image the lab's pods use."""
     names = operator_image_names()
-    return [pause_recipe(), busybox_recipe(), postgres_recipe(), redis_recipe(), kms_standin_recipe(),
-            backup_tools_recipe(), operator_recipe(names["operator"]), plugin_recipe(names["plugin"]),
-            sidecar_recipe(names["sidecar"])]
+    return [
+        pause_recipe(),
+        busybox_recipe(),
+        postgres_recipe(),
+        redis_recipe(),
+        kms_standin_recipe(),
+        backup_tools_recipe(),
+        operator_recipe(names["operator"]),
+        plugin_recipe(names["plugin"]),
+        sidecar_recipe(names["sidecar"]),
+    ]
 
 
 def build(recipes, containerd=None, log=print):
@@ -736,8 +898,10 @@ def build(recipes, containerd=None, log=print):
 def main(argv=None):
     import argparse  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.images",
-                                     description="Build the lab's container images (cached by their inputs).")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.lab.images", description="Build the lab's container images (cached by their inputs)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("build", help="build (or reuse) every image and print the time each took")
     cmd.add_argument("--import-into", metavar="SOCKET", help="also import them into the containerd at SOCKET")

@@ -1,4 +1,5 @@
 """Lab component that runs the KMS stand-in (tests/lab/kms_standin.py) for one site."""
+
 from __future__ import annotations
 
 import ssl
@@ -28,13 +29,20 @@ def up(lab, site, postgres, redis_entry, host="127.0.0.1", tls=None):
     as the site's ingress does (``cert_file``, ``key_file``, ``ca_file``: tests/lab/pki.issue_server's, and the lab
     CA that verifies it)."""
     port = lab.free_port()
-    dsn = (f"postgresql://{postgres['user']}:{quote(postgres['password'])}@{postgres['host']}:{postgres['port']}/"
-           f"{postgres['database']}")
+    dsn = (
+        f"postgresql://{postgres['user']}:{quote(postgres['password'])}@{postgres['host']}:{postgres['port']}/"
+        f"{postgres['database']}"
+    )
     scheme = "rediss" if redis_entry.get("ca_file") else "redis"
-    env = {"DB_CONNECTION_URI": dsn,
-           "REDIS_URL": f"{scheme}://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
-           "HOST": host, "PORT": str(port), "SITE_URL": f"http://{host}:{port}", "KMS_SITE": site,
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        "DB_CONNECTION_URI": dsn,
+        "REDIS_URL": f"{scheme}://default:{quote(redis_entry['password'])}@{redis_entry['host']}:{redis_entry['port']}",
+        "HOST": host,
+        "PORT": str(port),
+        "SITE_URL": f"http://{host}:{port}",
+        "KMS_SITE": site,
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     if redis_entry.get("ca_file"):
         env["NODE_EXTRA_CA_CERTS"] = redis_entry["ca_file"]
     if tls:
@@ -45,9 +53,12 @@ def up(lab, site, postgres, redis_entry, host="127.0.0.1", tls=None):
     if tls:
         entry["ca_file"] = tls["ca_file"]
     # Any HTTP answer means it serves; 503 is the expected answer of the passive site (read-only database).
-    lab.wait_process(name, lambda: http_status(entry["url"] + "/api/status", ca_file=tls and tls["ca_file"])[0]
-                     in (200, 503), 20,
-                     f"{name} to answer HTTP on port {port}")
+    lab.wait_process(
+        name,
+        lambda: http_status(entry["url"] + "/api/status", ca_file=tls and tls["ca_file"])[0] in (200, 503),
+        20,
+        f"{name} to answer HTTP on port {port}",
+    )
     return entry
 
 

@@ -16,6 +16,7 @@ balancer's verification of a site is real. The KMS container itself serves plain
 
 Run: ``python -m tests.lab.kms_standin`` with the environment above and KMS_SITE=<site>.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,11 @@ class Backend:
 
     def __init__(self, dsn, redis_url):
         self.dsn = dsn
-        tls = {"ssl_ca_certs": os.environ["NODE_EXTRA_CA_CERTS"]} if (
-            redis_url.startswith("rediss://") and os.environ.get("NODE_EXTRA_CA_CERTS")) else {}
+        tls = (
+            {"ssl_ca_certs": os.environ["NODE_EXTRA_CA_CERTS"]}
+            if (redis_url.startswith("rediss://") and os.environ.get("NODE_EXTRA_CA_CERTS"))
+            else {}
+        )
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1, **tls)
         self.local = threading.local()
         self.schema_ready = False
@@ -122,11 +126,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # pylint: disable=invalid-name
         if self.path == "/api/status":
             problems = self.backend.status()
-            body = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "site": self.site,
-                    "message": "Ok" if not problems else "; ".join(problems), "redisConfigured": True}
+            body = {
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "site": self.site,
+                "message": "Ok" if not problems else "; ".join(problems),
+                "redisConfigured": True,
+            }
             self.reply(200 if not problems else 503, body)
         elif self.path.startswith(SECRET_PREFIX):
-            self.read_secret(self.path[len(SECRET_PREFIX):])
+            self.read_secret(self.path[len(SECRET_PREFIX) :])
         else:
             self.reply(404, {"message": "not found"})
 
@@ -134,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.path.startswith(SECRET_PREFIX):
             self.reply(404, {"message": "not found"})
             return
-        name = self.path[len(SECRET_PREFIX):]
+        name = self.path[len(SECRET_PREFIX) :]
         try:
             length = int(self.headers.get("Content-Length", "0"))
             value = json.loads(self.rfile.read(length) or b"{}")["secretValue"]

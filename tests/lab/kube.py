@@ -14,6 +14,7 @@ Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here dow
     problems = kube.check(lab, entry)   # [] when healthy
     kube.write_merged_kubeconfig(lab, {"dc1": e1, "dc2": e2})   # <lab dir>/kubeconfig, contexts dc1/dc2
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.lab import dns as site_dns, kube_build, node, pki
+from tests.lab import dns as site_dns
+from tests.lab import kube_build, node, pki
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -58,8 +60,11 @@ def ensure_binaries():
     root = kube_build.cache_root()
     if not kube_build.cached(root):
         missing = [n for n in kube_build.BINARIES if not (root / "bin" / n).is_file()]
-        why = (f"missing {', '.join(missing)}" if missing else
-               "built from other inputs than tools/kube/*/ and tests/lab/cnpg_operator.py")
+        why = (
+            f"missing {', '.join(missing)}"
+            if missing
+            else "built from other inputs than tools/kube/*/ and tests/lab/cnpg_operator.py"
+        )
         raise LabError(f"the Kubernetes binaries in {root} are not usable ({why}): run make k8s-bins")
     paths = {name: root / "bin" / name for name in kube_build.BINARIES}
     paths["crds"] = root / "crds"
@@ -80,22 +85,37 @@ def _pki(directory, server_ips=(), node_name=None, node_ip=None):
 
     ca = pki.new_ca("hanzo-kms-lab-ca")
     sa_key = ec.generate_private_key(ec.SECP256R1())
-    files = {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "sa.key": pki.key_pem(sa_key),
-             "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo)}
+    files = {
+        "ca.crt": ca.cert_pem,
+        "ca.key": ca.key_pem,
+        "sa.key": pki.key_pem(sa_key),
+        "sa.pub": sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    }
     files["apiserver.crt"], files["apiserver.key"] = ca.leaf(
-        "kube-apiserver", server=True, dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                            "kubernetes.default.svc.cluster.local"),
-        ips=("127.0.0.1", *server_ips))
+        "kube-apiserver",
+        server=True,
+        dns=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ips=("127.0.0.1", *server_ips),
+    )
     files["admin.crt"], files["admin.key"] = ca.leaf("hanzo-kms-lab-admin", orgs=("system:masters",))
     if node_name:
         files["kubelet.crt"], files["kubelet.key"] = ca.leaf(node_name, server=True, dns=(node_name,), ips=(node_ip,))
-        files["kubelet-client.crt"], files["kubelet-client.key"] = ca.leaf(f"system:node:{node_name}",
-                                                                           orgs=("system:nodes",))
+        files["kubelet-client.crt"], files["kubelet-client.key"] = ca.leaf(
+            f"system:node:{node_name}", orgs=("system:nodes",)
+        )
         files["kube-proxy.crt"], files["kube-proxy.key"] = ca.leaf("system:kube-proxy")
         # the apiserver's identity towards kubelets (logs, exec): kubelet asks the apiserver to authorize it
         files["apiserver-kubelet-client.crt"], files["apiserver-kubelet-client.key"] = ca.leaf(
-            "kube-apiserver-kubelet-client", orgs=("system:masters",))
+            "kube-apiserver-kubelet-client", orgs=("system:masters",)
+        )
     return pki.write(directory, files)
 
 
@@ -118,8 +138,9 @@ class Api:
         if params:
             url += "?" + urllib.parse.urlencode(params)
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+        req = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": content_type, "Accept": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, context=self.context, timeout=timeout) as resp:
                 raw = resp.read()
@@ -138,20 +159,28 @@ class Api:
     def apply(self, obj):
         """Server-side apply of one object (create or update)."""
         path = _object_path(obj)
-        status, body = self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
-                                    params={"fieldManager": FIELD_MANAGER, "force": "true"}, timeout=30)
+        status, body = self.request(
+            "PATCH",
+            path,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            timeout=30,
+        )
         if status >= 300:
             raise LabError(f"applying {obj['kind']} {obj['metadata']['name']} failed ({status}): {_message(body)}")
         return body
 
 
-_PLURALS = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions", False),
-            "ValidatingAdmissionPolicy": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
-            "ValidatingAdmissionPolicyBinding": ("admissionregistration.k8s.io/v1",
-                                                 "validatingadmissionpolicybindings", False),
-            "Node": ("v1", "nodes", False), "Namespace": ("v1", "namespaces", False),
-            "StorageClass": ("storage.k8s.io/v1", "storageclasses", False),
-            "PersistentVolume": ("v1", "persistentvolumes", False)}
+_PLURALS = {
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    "ValidatingAdmissionPolicy": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
+    "ValidatingAdmissionPolicyBinding": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", False),
+    "Node": ("v1", "nodes", False),
+    "Namespace": ("v1", "namespaces", False),
+    "StorageClass": ("storage.k8s.io/v1", "storageclasses", False),
+    "PersistentVolume": ("v1", "persistentvolumes", False),
+}
 
 
 def _object_path(obj):
@@ -178,12 +207,18 @@ def kubeconfig_dict(entries):
     for entry in entries:
         site = entry["context"]
         pki = entry["pki"]
-        config["clusters"].append({"name": site, "cluster": {"server": entry["server"],
-                                                             "certificate-authority-data": _b64(pki["ca"])}})
-        config["users"].append({"name": f"{site}-admin", "user": {"client-certificate-data": _b64(pki["admin_cert"]),
-                                                                  "client-key-data": _b64(pki["admin_key"])}})
-        config["contexts"].append({"name": site, "context": {"cluster": site, "user": f"{site}-admin",
-                                                             "namespace": "default"}})
+        config["clusters"].append(
+            {"name": site, "cluster": {"server": entry["server"], "certificate-authority-data": _b64(pki["ca"])}}
+        )
+        config["users"].append(
+            {
+                "name": f"{site}-admin",
+                "user": {"client-certificate-data": _b64(pki["admin_cert"]), "client-key-data": _b64(pki["admin_key"])},
+            }
+        )
+        config["contexts"].append(
+            {"name": site, "context": {"cluster": site, "user": f"{site}-admin", "namespace": "default"}}
+        )
     config["current-context"] = entries[0]["context"] if entries else ""
     return config
 
@@ -220,16 +255,33 @@ def _node(site, index, taint=False):
     tolerate it land on the fake nodes (operator mode: everything else runs on the real node)."""
     name = f"{site}-node-{index + 1}"
     zone = ZONES[index % len(ZONES)]
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                    "kubernetes.io/arch": "amd64", "type": "kwok",
-                                    "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": site}},
-            "spec": {"taints": [KWOK_TAINT]} if taint else {},
-            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                       "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                       "nodeInfo": {"architecture": "amd64", "kubeletVersion": "fake", "kubeProxyVersion": "fake",
-                                    "operatingSystem": "linux"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "topology.kubernetes.io/zone": zone,
+                "topology.kubernetes.io/region": site,
+            },
+        },
+        "spec": {"taints": [KWOK_TAINT]} if taint else {},
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+                "operatingSystem": "linux",
+            },
+        },
+    }
 
 
 def _nodes_ready(api):
@@ -257,22 +309,33 @@ def _crds_established(api, names):
 
 def _policies_enforced(api):
     """True once the admission policies reject a forbidden Cluster (dry run)."""
-    probe = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
-             "metadata": {"name": "lab-policy-probe", "namespace": "default"},
-             "spec": {"instances": 1, "storage": {"size": "1Gi"},
-                      "externalClusters": [{"name": "a"}, {"name": "b"}],
-                      "replica": {"primary": "a", "source": "a", "enabled": True}}}
-    status, body = api.request("POST", "/apis/postgresql.cnpg.io/v1/namespaces/default/clusters", body=probe,
-                               params={"dryRun": "All"})
+    probe = {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": "lab-policy-probe", "namespace": "default"},
+        "spec": {
+            "instances": 1,
+            "storage": {"size": "1Gi"},
+            "externalClusters": [{"name": "a"}, {"name": "b"}],
+            "replica": {"primary": "a", "source": "a", "enabled": True},
+        },
+    }
+    status, body = api.request(
+        "POST", "/apis/postgresql.cnpg.io/v1/namespaces/default/clusters", body=probe, params={"dryRun": "All"}
+    )
     return status in (400, 403, 422) and "not compatible with the primary field" in _message(body)
 
 
 def _component_kubeconfig(path, server, ca, cert, key, user):
     """A kubeconfig for one component identity (kubelet, kube-proxy): a client certificate of the site's CA."""
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "default",
-              "clusters": [{"name": "default", "cluster": {"server": server, "certificate-authority": str(ca)}}],
-              "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
-              "contexts": [{"name": "default", "context": {"cluster": "default", "user": user}}]}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "default",
+        "clusters": [{"name": "default", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": "default", "context": {"cluster": "default", "user": user}}],
+    }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     os.chmod(path, 0o600)
     return path
@@ -284,11 +347,16 @@ def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
     the lab dir: ``lab down`` removes them with the dir, nothing lives elsewhere on the host. Owned by PostgreSQL's
     UID, and writable by all: a hostPath volume gets no ``fsGroup`` ownership (a CSI volume would), and whichever
     claim binds it, PostgreSQL's (UID 26) or Redis's (UID 1001), must write to it. Returns the PV names."""
-    api.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-               "metadata": {"name": STORAGE_CLASS,
-                            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-               "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
-               "reclaimPolicy": "Retain"})
+    api.apply(
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain",
+        }
+    )
     names = []
     for number in range(1, count + 1):
         path = Path(kube_dir).parent / "volumes" / f"pv-{number}"
@@ -296,22 +364,48 @@ def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
         os.chown(path, POSTGRES_UID, POSTGRES_UID)
         path.chmod(0o777)
         name = f"{node_name}-pv-{number}"
-        api.apply({"apiVersion": "v1", "kind": "PersistentVolume",
-                   "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
-                   "spec": {"capacity": {"storage": VOLUME_SIZE}, "accessModes": ["ReadWriteOnce"],
-                            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
-                            "volumeMode": "Filesystem", "hostPath": {"path": str(path), "type": "Directory"},
-                            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}]}}}})
+        api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+                "spec": {
+                    "capacity": {"storage": VOLUME_SIZE},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "volumeMode": "Filesystem",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
         names.append(name)
     return names
 
 
 def kubectl_runner(bins, kubeconfig):
     """A function running the built kubectl against ``kubeconfig``; returns the CompletedProcess."""
+
     def run(*args, timeout=60):
-        return subprocess.run([str(bins["kubectl"]), "--kubeconfig", str(kubeconfig), *args], capture_output=True,
-                              text=True, check=False, timeout=timeout)
+        return subprocess.run(
+            [str(bins["kubectl"]), "--kubeconfig", str(kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
     return run
 
 
@@ -347,31 +441,57 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
     service_cidr = f"10.{cidr_octet}.0.0/16"
     service_ip = f"10.{cidr_octet}.0.1"  # the `kubernetes` Service: what in-cluster clients (operators) dial
     node_name = f"{site}-real"
-    pki = _pki(kube_dir / "pki", server_ips=(net["node_ip"], service_ip), node_name=node_name,
-               node_ip=net["node_ip"])
+    pki = _pki(kube_dir / "pki", server_ips=(net["node_ip"], service_ip), node_name=node_name, node_ip=net["node_ip"])
     token = secrets.token_hex(16)
     tokens = kube_dir / "pki" / "tokens.csv"
     tokens.write_text(f'{token},hanzo-kms-lab-admin,hanzo-kms-lab-admin,"system:masters"\n', encoding="utf-8")
     os.chmod(tokens, 0o600)
     # Everything listens inside the site's own network namespace: fixed ports cannot collide with anything.
-    ports = {"etcd_client": 2379, "etcd_peer": 2380, "apiserver": 6443, "controller_manager": 10257,
-             "scheduler": 10259, "kwok": 10247, "kubelet": node.KUBELET_PORT}
+    ports = {
+        "etcd_client": 2379,
+        "etcd_peer": 2380,
+        "apiserver": 6443,
+        "controller_manager": 10257,
+        "scheduler": 10259,
+        "kwok": 10247,
+        "kubelet": node.KUBELET_PORT,
+    }
     server = f"https://{net['node_ip']}:{ports['apiserver']}"
-    entry = {"context": site, "server": server, "token": token, "ports": ports, "dir": str(kube_dir),
-             "version": kube_build.KUBE_VERSION, "net": net, "service_cidr": service_cidr, "service_ip": service_ip,
-             "node": {"name": node_name, "ip": net["node_ip"], "pod_cidr": net["pod_cidr"]},
-             "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
-             "processes": [], "cnpg": cnpg}
+    entry = {
+        "context": site,
+        "server": server,
+        "token": token,
+        "ports": ports,
+        "dir": str(kube_dir),
+        "version": kube_build.KUBE_VERSION,
+        "net": net,
+        "service_cidr": service_cidr,
+        "service_ip": service_ip,
+        "node": {"name": node_name, "ip": net["node_ip"], "pod_cidr": net["pod_cidr"]},
+        "pki": {"ca": str(pki["ca.crt"]), "admin_cert": str(pki["admin.crt"]), "admin_key": str(pki["admin.key"])},
+        "processes": [],
+        "cnpg": cnpg,
+    }
     if s3:
         entry["s3_endpoint"] = f"https://{net['host_ip']}:{s3['ports']['s3']}"
     kubeconfig = _write_kubeconfig(kube_dir / "kubeconfig", [entry])
     entry["kubeconfig"] = str(kubeconfig)
-    pki["kubelet.kubeconfig"] = _component_kubeconfig(kube_dir / "pki" / "kubelet.kubeconfig", server, pki["ca.crt"],
-                                                      pki["kubelet-client.crt"], pki["kubelet-client.key"],
-                                                      f"system:node:{node_name}")
-    pki["kube-proxy.kubeconfig"] = _component_kubeconfig(kube_dir / "pki" / "kube-proxy.kubeconfig", server,
-                                                         pki["ca.crt"], pki["kube-proxy.crt"], pki["kube-proxy.key"],
-                                                         "system:kube-proxy")
+    pki["kubelet.kubeconfig"] = _component_kubeconfig(
+        kube_dir / "pki" / "kubelet.kubeconfig",
+        server,
+        pki["ca.crt"],
+        pki["kubelet-client.crt"],
+        pki["kubelet-client.key"],
+        f"system:node:{node_name}",
+    )
+    pki["kube-proxy.kubeconfig"] = _component_kubeconfig(
+        kube_dir / "pki" / "kube-proxy.kubeconfig",
+        server,
+        pki["ca.crt"],
+        pki["kube-proxy.crt"],
+        pki["kube-proxy.key"],
+        "system:kube-proxy",
+    )
 
     def spawn(component, argv, netns=net["netns"], **kwargs):
         name = f"{site}-{component}"
@@ -383,33 +503,59 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
     entry["containerd"] = node.containerd_start(lab, site, net, spawn)
     etcd_url = f"http://127.0.0.1:{ports['etcd_client']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-    etcd = spawn("etcd", [bins["etcd"], f"--name={site}", f"--data-dir={kube_dir / 'etcd'}",
-                          f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-                          f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-                          f"--initial-cluster={site}={peer_url}", "--unsafe-no-fsync",
-                          "--quota-backend-bytes=2147483648", "--log-level=warn"])
+    etcd = spawn(
+        "etcd",
+        [
+            bins["etcd"],
+            f"--name={site}",
+            f"--data-dir={kube_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster={site}={peer_url}",
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=2147483648",
+            "--log-level=warn",
+        ],
+    )
 
-    apiserver = spawn("kube-apiserver", [
-        bins["kube-apiserver"], f"--etcd-servers={etcd_url}",
-        f"--bind-address={net['node_ip']}", f"--advertise-address={net['node_ip']}",
-        f"--secure-port={ports['apiserver']}",
-        f"--tls-cert-file={pki['apiserver.crt']}", f"--tls-private-key-file={pki['apiserver.key']}",
-        f"--client-ca-file={pki['ca.crt']}", f"--requestheader-client-ca-file={pki['ca.crt']}",
-        f"--token-auth-file={tokens}",
-        "--authorization-mode=Node,RBAC",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={pki['sa.pub']}", f"--service-account-signing-key-file={pki['sa.key']}",
-        f"--service-cluster-ip-range={service_cidr}", "--allow-privileged=true",
-        # logs/exec/port-forward: the apiserver verifies the kubelet's serving certificate and presents its own
-        f"--kubelet-certificate-authority={pki['ca.crt']}",
-        f"--kubelet-client-certificate={pki['apiserver-kubelet-client.crt']}",
-        f"--kubelet-client-key={pki['apiserver-kubelet-client.key']}",
-        "--kubelet-preferred-address-types=InternalIP",
-        "--profiling=false", f"--cert-dir={kube_dir / 'pki'}"])
+    apiserver = spawn(
+        "kube-apiserver",
+        [
+            bins["kube-apiserver"],
+            f"--etcd-servers={etcd_url}",
+            f"--bind-address={net['node_ip']}",
+            f"--advertise-address={net['node_ip']}",
+            f"--secure-port={ports['apiserver']}",
+            f"--tls-cert-file={pki['apiserver.crt']}",
+            f"--tls-private-key-file={pki['apiserver.key']}",
+            f"--client-ca-file={pki['ca.crt']}",
+            f"--requestheader-client-ca-file={pki['ca.crt']}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki['sa.pub']}",
+            f"--service-account-signing-key-file={pki['sa.key']}",
+            f"--service-cluster-ip-range={service_cidr}",
+            "--allow-privileged=true",
+            # logs/exec/port-forward: the apiserver verifies the kubelet's serving certificate and presents its own
+            f"--kubelet-certificate-authority={pki['ca.crt']}",
+            f"--kubelet-client-certificate={pki['apiserver-kubelet-client.crt']}",
+            f"--kubelet-client-key={pki['apiserver-kubelet-client.key']}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+            f"--cert-dir={kube_dir / 'pki'}",
+        ],
+    )
     api = Api(server, pki["ca.crt"], pki["admin.crt"], pki["admin.key"])
     # etcd's health is implied by /readyz (its etcd check); the host cannot reach etcd inside the namespace
-    lab.wait_process(apiserver, lambda: api.get("/readyz", timeout=2)[0] == 200, START_TIMEOUT,
-                     f"{site} kube-apiserver /readyz at {server}")
+    lab.wait_process(
+        apiserver,
+        lambda: api.get("/readyz", timeout=2)[0] == 200,
+        START_TIMEOUT,
+        f"{site} kube-apiserver /readyz at {server}",
+    )
     mark("apiserver")
     if not lab.process_alive(lab.process(etcd)):
         raise LabError(f"{site} etcd exited; log {lab.process(etcd)['log']}:\n{lab.log_tail(etcd)}")
@@ -421,27 +567,68 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
     importing = importer.submit(node.import_images, entry["containerd"], operator_archives) if operator else None
     if operator:  # cluster DNS before kubelet, so that the first pods already get it (see tests/lab/dns.py)
         entry["dns"] = site_dns.start(lab, site, net, str(kubeconfig), site, bins["coredns"], spawn)
-    entry["node"].update(node.kubelet_start(site, net, entry, pki, bins, spawn, tainted=not operator,
-                                            cluster_dns=entry["dns"]["server"] if operator else None))
+    entry["node"].update(
+        node.kubelet_start(
+            site,
+            net,
+            entry,
+            pki,
+            bins,
+            spawn,
+            tainted=not operator,
+            cluster_dns=entry["dns"]["server"] if operator else None,
+        )
+    )
 
     admin_kc = str(kubeconfig)
-    spawn("kube-controller-manager", [
-        bins["kube-controller-manager"], f"--kubeconfig={admin_kc}", f"--authentication-kubeconfig={admin_kc}",
-        f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
-        f"--secure-port={ports['controller_manager']}", f"--service-account-private-key-file={pki['sa.key']}",
-        f"--root-ca-file={pki['ca.crt']}", f"--cluster-signing-cert-file={pki['ca.crt']}",
-        f"--cluster-signing-key-file={pki['ca.key']}", f"--service-cluster-ip-range={service_cidr}",
-        "--use-service-account-credentials=false", "--profiling=false", "--concurrent-deployment-syncs=5"])
-    spawn("kube-scheduler", [
-        bins["kube-scheduler"], f"--kubeconfig={admin_kc}", f"--authentication-kubeconfig={admin_kc}",
-        f"--authorization-kubeconfig={admin_kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
-        f"--secure-port={ports['scheduler']}", "--profiling=false"])
+    spawn(
+        "kube-controller-manager",
+        [
+            bins["kube-controller-manager"],
+            f"--kubeconfig={admin_kc}",
+            f"--authentication-kubeconfig={admin_kc}",
+            f"--authorization-kubeconfig={admin_kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['controller_manager']}",
+            f"--service-account-private-key-file={pki['sa.key']}",
+            f"--root-ca-file={pki['ca.crt']}",
+            f"--cluster-signing-cert-file={pki['ca.crt']}",
+            f"--cluster-signing-key-file={pki['ca.key']}",
+            f"--service-cluster-ip-range={service_cidr}",
+            "--use-service-account-credentials=false",
+            "--profiling=false",
+            "--concurrent-deployment-syncs=5",
+        ],
+    )
+    spawn(
+        "kube-scheduler",
+        [
+            bins["kube-scheduler"],
+            f"--kubeconfig={admin_kc}",
+            f"--authentication-kubeconfig={admin_kc}",
+            f"--authorization-kubeconfig={admin_kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['scheduler']}",
+            "--profiling=false",
+        ],
+    )
     # kwok fakes only the nodes annotated as its own (_node): the real node and its pods are kubelet's
-    spawn("kwok", [
-        bins["kwok"], f"--kubeconfig={admin_kc}", f"--config={_kwok_config(kube_dir, bins['kwok_stages'])}",
-        "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-        f"--cidr=10.{200 + index}.0.0/16", "--node-ip=10.255.0.1",
-        f"--server-address=127.0.0.1:{ports['kwok']}", "--node-lease-duration-seconds=40"])
+    spawn(
+        "kwok",
+        [
+            bins["kwok"],
+            f"--kubeconfig={admin_kc}",
+            f"--config={_kwok_config(kube_dir, bins['kwok_stages'])}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+            f"--cidr=10.{200 + index}.0.0/16",
+            "--node-ip=10.255.0.1",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+            "--node-lease-duration-seconds=40",
+        ],
+    )
 
     # CRDs (server-side apply: the Cluster CRD is larger than client-side apply's annotation budget) and policies.
     crd_names = []
@@ -472,22 +659,46 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
         ready_file = kube_dir / "cnpg-standin.ready"
         ready_file.unlink(missing_ok=True)
         # on the host: it drives the lab's PostgreSQL on the host's loopback
-        standin = spawn("cnpg-standin", [sys.executable, "-m", "tests.lab.cnpg_standin", "--kubeconfig", admin_kc,
-                                         "--context", site, "--ready-file", ready_file],
-                        netns=None, cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT)})
+        standin = spawn(
+            "cnpg-standin",
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.cnpg_standin",
+                "--kubeconfig",
+                admin_kc,
+                "--context",
+                site,
+                "--ready-file",
+                ready_file,
+            ],
+            netns=None,
+            cwd=str(REPO_ROOT),
+            env={"PYTHONPATH": str(REPO_ROOT)},
+        )
         lab.wait_process(standin, ready_file.exists, START_TIMEOUT, f"{site} CNPG stand-in to watch")
-    lab.wait_process(f"{site}-kwok", lambda: len(set(_nodes_ready(api)) - {node_name}) >= NODES_PER_SITE,
-                     START_TIMEOUT, f"{site} kwok nodes Ready")
+    lab.wait_process(
+        f"{site}-kwok",
+        lambda: len(set(_nodes_ready(api)) - {node_name}) >= NODES_PER_SITE,
+        START_TIMEOUT,
+        f"{site} kwok nodes Ready",
+    )
     mark("nodes_ready")
-    lab.wait_process(f"{site}-kubelet", lambda: node.node_ready(api, node_name), START_TIMEOUT,
-                     f"{site} real node {node_name} Ready")
+    lab.wait_process(
+        f"{site}-kubelet", lambda: node.node_ready(api, node_name), START_TIMEOUT, f"{site} real node {node_name} Ready"
+    )
     mark("real_node_ready")
     for component in ("containerd", "kube-proxy"):
         if not lab.process_alive(lab.process(f"{site}-{component}")):
-            raise LabError(f"{site}-{component} exited; log {lab.process(f'{site}-{component}')['log']}:\n"
-                           f"{lab.log_tail(f'{site}-{component}')}")
-    timings["probe_pod_running"] = round(timings["real_node_ready"] + node.run_probe(
-        api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint")), 1)
+            raise LabError(
+                f"{site}-{component} exited; log {lab.process(f'{site}-{component}')['log']}:\n"
+                f"{lab.log_tail(f'{site}-{component}')}"
+            )
+    timings["probe_pod_running"] = round(
+        timings["real_node_ready"]
+        + node.run_probe(api, kubectl_runner(bins, kubeconfig), entry, entry.get("s3_endpoint")),
+        1,
+    )
     mark("probe_pod_checked")
     entry["nodes"] = sorted(_nodes_ready(api))
     entry["start_seconds"] = timings
@@ -543,6 +754,7 @@ def check(lab, entry):
 
 def _dev_main():  # pragma: no cover - developer driver until the lab CLI calls up()/check()
     import argparse  # pylint: disable=import-outside-toplevel
+
     from tests.lab.core import Lab  # pylint: disable=import-outside-toplevel
 
     parser = argparse.ArgumentParser(description="start/stop only the Kubernetes part of the lab (development)")

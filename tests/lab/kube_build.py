@@ -15,6 +15,7 @@ that module only. ``manifest.json`` records each module's fingerprint.
 
     python -m tests.lab.kube_build [--force] [--jobs N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,20 +77,27 @@ BINARIES = [name for bins in BUILDS.values() for name in bins]
 LEGACY_MODULES = ("kubernetes", "etcd", "kwok", "helm")
 
 # The CRDs the lab installs at start (tests/lab/kube.py); taken from the rendered manifests, which hold them all.
-LAB_CRDS = ["clusters.postgresql.cnpg.io", "backups.postgresql.cnpg.io", "scheduledbackups.postgresql.cnpg.io",
-            "objectstores.barmancloud.cnpg.io"]
+LAB_CRDS = [
+    "clusters.postgresql.cnpg.io",
+    "backups.postgresql.cnpg.io",
+    "scheduledbackups.postgresql.cnpg.io",
+    "objectstores.barmancloud.cnpg.io",
+]
 MANIFESTS_DIR = "manifests"
 
-KWOK_STAGES = ["kustomize/stage/node/fast/node-initialize.yaml",
-               "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-               "kustomize/stage/pod/fast/pod-ready.yaml",
-               "kustomize/stage/pod/fast/pod-complete.yaml",
-               "kustomize/stage/pod/fast/pod-delete.yaml"]
+KWOK_STAGES = [
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+]
 
 
 def cache_root():
     base = os.environ.get("HANZO_KMS_K8S_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hanzo-kms", "k8s")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hanzo-kms", "k8s"
+    )
     return Path(base) / KUBE_VERSION
 
 
@@ -107,8 +115,10 @@ def versions():
     for module_dir, module, pin in pins:
         required = _required_version(module_dir, module)
         if required != pin:
-            raise LabError(f"tools/kube/{module_dir}/go.mod requires {module} {required} but tests/lab/kube_build.py "
-                           f"pins {pin}: change both (go mod edit -require={module}@VERSION && go mod tidy)")
+            raise LabError(
+                f"tools/kube/{module_dir}/go.mod requires {module} {required} but tests/lab/kube_build.py "
+                f"pins {pin}: change both (go mod edit -require={module}@VERSION && go mod tidy)"
+            )
     return {
         "kubernetes": KUBE_VERSION,
         "etcd": _required_version("etcd", "go.etcd.io/etcd/server/v3"),
@@ -132,8 +142,7 @@ def module_version(module_dir, ver):
 def cnpg_ldflags(version, commit="none", date="unknown"):
     """CNPG's version stamps (its Makefile / .goreleaser.yml): ``manager version`` then reports the release."""
     pkg = f"{CNPG_MODULE}/pkg/versions"
-    return (f"-s -w -X {pkg}.buildVersion={version.lstrip('v')} -X {pkg}.buildCommit={commit} "
-            f"-X {pkg}.buildDate={date}")
+    return f"-s -w -X {pkg}.buildVersion={version.lstrip('v')} -X {pkg}.buildCommit={commit} -X {pkg}.buildDate={date}"
 
 
 def ldflags(module_dir, ver, origin=None):
@@ -163,8 +172,12 @@ def _file_digest(digest, module_dir):
 def module_fingerprint(module_dir, ver=None):
     """Hash of everything one module's binaries are built from: its wrapper module files, binaries, flags."""
     ver = ver or versions()
-    recipe = {"module": module_dir, "binaries": BUILDS[module_dir], "ldflags": ldflags(module_dir, ver),
-              "flags": BUILD_FLAGS}
+    recipe = {
+        "module": module_dir,
+        "binaries": BUILDS[module_dir],
+        "ldflags": ldflags(module_dir, ver),
+        "flags": BUILD_FLAGS,
+    }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     _file_digest(digest, module_dir)
     return digest.hexdigest()
@@ -172,8 +185,14 @@ def module_fingerprint(module_dir, ver=None):
 
 def assets_fingerprint(ver, kustomize_fingerprint):
     """Hash of what the manifests, CRDs and kwok stages are made from (the render code included)."""
-    inputs = {"cnpg": ver["cloudnative-pg"], "plugin": ver["plugin-barman-cloud"], "kwok": ver["kwok"],
-              "kustomize": kustomize_fingerprint, "crds": LAB_CRDS, "kwok_stages": KWOK_STAGES}
+    inputs = {
+        "cnpg": ver["cloudnative-pg"],
+        "plugin": ver["plugin-barman-cloud"],
+        "kwok": ver["kwok"],
+        "kustomize": kustomize_fingerprint,
+        "crds": LAB_CRDS,
+        "kwok_stages": KWOK_STAGES,
+    }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
     digest.update(Path(cnpg_operator.__file__).read_bytes())
     return digest.hexdigest()
@@ -232,9 +251,11 @@ def _write_manifest(root, manifest):
 
 
 def _asset_paths(root):
-    return ([root / MANIFESTS_DIR / name for name in (cnpg_operator.OPERATOR_MANIFEST, cnpg_operator.PLUGIN_MANIFEST)]
-            + [root / "crds" / f"{name}.yaml" for name in LAB_CRDS]
-            + [root / "kwok-stages" / Path(rel).name for rel in KWOK_STAGES])
+    return (
+        [root / MANIFESTS_DIR / name for name in (cnpg_operator.OPERATOR_MANIFEST, cnpg_operator.PLUGIN_MANIFEST)]
+        + [root / "crds" / f"{name}.yaml" for name in LAB_CRDS]
+        + [root / "kwok-stages" / Path(rel).name for rel in KWOK_STAGES]
+    )
 
 
 def _existing_binaries(root):
@@ -267,14 +288,19 @@ def _go_env(jobs):
 def check_go():
     go = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
     if not go:
-        raise LabError("the Go toolchain is required to build the lab's Kubernetes binaries (make k8s-bins) but 'go' "
-                       f"is not on PATH: install Go >= {MIN_GO[0]}.{MIN_GO[1]} (https://go.dev/dl/) and retry")
-    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False,
-                         env=dict(os.environ, GOTOOLCHAIN="local")).stdout.strip()
+        raise LabError(
+            "the Go toolchain is required to build the lab's Kubernetes binaries (make k8s-bins) but 'go' "
+            f"is not on PATH: install Go >= {MIN_GO[0]}.{MIN_GO[1]} (https://go.dev/dl/) and retry"
+        )
+    out = subprocess.run(
+        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=dict(os.environ, GOTOOLCHAIN="local")
+    ).stdout.strip()
     match = re.match(r"go(\d+)\.(\d+)", out)
     if not match or (int(match.group(1)), int(match.group(2))) < MIN_GO:
-        raise LabError(f"{go} reports {out or 'no version'}; building the lab's binaries (CloudNativePG "
-                       f"{CNPG_VERSION}, Kubernetes {KUBE_VERSION}) needs Go >= {MIN_GO[0]}.{MIN_GO[1]}")
+        raise LabError(
+            f"{go} reports {out or 'no version'}; building the lab's binaries (CloudNativePG "
+            f"{CNPG_VERSION}, Kubernetes {KUBE_VERSION}) needs Go >= {MIN_GO[0]}.{MIN_GO[1]}"
+        )
     return go
 
 
@@ -283,19 +309,25 @@ def _run(argv, cwd, env, what):
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         hint = ""
-        if re.search(r"dial tcp|no such host|connection refused|i/o timeout|proxyconnect|403 Forbidden|"
-                     r"verifying module|GOPROXY|could not resolve", tail):
+        if re.search(
+            r"dial tcp|no such host|connection refused|i/o timeout|proxyconnect|403 Forbidden|"
+            r"verifying module|GOPROXY|could not resolve",
+            tail,
+        ):
             proxy = env.get("GOPROXY") or "https://proxy.golang.org,direct"
-            hint = (f"\nthe Go module proxy ({proxy}) looks unreachable: make k8s-bins needs it, or a module cache "
-                    "that already holds the pinned modules (then set GOPROXY=off)")
+            hint = (
+                f"\nthe Go module proxy ({proxy}) looks unreachable: make k8s-bins needs it, or a module cache "
+                "that already holds the pinned modules (then set GOPROXY=off)"
+            )
         raise LabError(f"{what} failed ({' '.join(argv)} in {cwd}):\n{tail}{hint}")
     return proc.stdout
 
 
 def _module_download(go, env, module, version):
     """``go mod download -json`` of one module version: Dir (its source) and Info (the proxy's .info file)."""
-    out = _run([go, "mod", "download", "-json", f"{module}@{version}"], TOOLS_DIR, env,
-               f"downloading {module}@{version}")
+    out = _run(
+        [go, "mod", "download", "-json", f"{module}@{version}"], TOOLS_DIR, env, f"downloading {module}@{version}"
+    )
     info = json.loads(out)
     if info.get("Error"):
         raise LabError(f"downloading {module}@{version}: {info['Error']}")
@@ -320,8 +352,12 @@ def kube_ldflags(version):
     major, minor = version.lstrip("v").split(".")[:2]
     flags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        flags += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor={major}", f"-X {pkg}.gitMinor={minor}",
-                  f"-X {pkg}.gitTreeState=clean"]
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
     return " ".join(flags)
 
 
@@ -358,9 +394,14 @@ def _render_assets(go, env, root, ver, log):
     shutil.rmtree(stage, ignore_errors=True)
     log("rendering the CNPG operator and Barman Cloud plugin manifests with kustomize ...")
     rendered = cnpg_operator.render(
-        root / "bin" / "kustomize", _module_dir(go, env, CNPG_MODULE, CNPG_VERSION),
-        _module_dir(go, env, BARMAN_MODULE, BARMAN_VERSION), BARMAN_VERSION,
-        stage / MANIFESTS_DIR, stage / "crds", LAB_CRDS)
+        root / "bin" / "kustomize",
+        _module_dir(go, env, CNPG_MODULE, CNPG_VERSION),
+        _module_dir(go, env, BARMAN_MODULE, BARMAN_VERSION),
+        BARMAN_VERSION,
+        stage / MANIFESTS_DIR,
+        stage / "crds",
+        LAB_CRDS,
+    )
     (stage / "kwok-stages").mkdir(parents=True)
     kwok_src = _module_dir(go, env, "sigs.k8s.io/kwok", ver["kwok"])
     for rel in KWOK_STAGES:
@@ -383,48 +424,73 @@ def build(force=False, jobs=2, log=print):
                 return manifest
         go = check_go()
         env = _go_env(jobs)
-        go_version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False,
-                                    env=env).stdout.strip()
+        go_version = subprocess.run(
+            [go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=env
+        ).stdout.strip()
         ver = versions()
         current = fingerprints(ver)
         previous = {} if force else (_read_manifest(root) or {})
         recorded = recorded_fingerprints(previous, ver)
-        modules = {m: dict(previous.get("modules", {}).get(m) or {"fingerprint": fp, "adopted": "legacy cache"})
-                   for m, fp in recorded.items() if m in BUILDS}
+        modules = {
+            m: dict(previous.get("modules", {}).get(m) or {"fingerprint": fp, "adopted": "legacy cache"})
+            for m, fp in recorded.items()
+            if m in BUILDS
+        }
         bin_dir = root / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
         for leftover in bin_dir.glob(".*.partial"):  # a killed build
             leftover.unlink()
         todo = stale_modules(recorded, current["modules"], BUILDS, _existing_binaries(root))
-        log(f"k8s binaries in {root}: building {', '.join(todo) or 'nothing'}"
-            f"{'; reusing ' + ', '.join(m for m in BUILDS if m not in todo) if len(todo) < len(BUILDS) else ''}")
+        log(
+            f"k8s binaries in {root}: building {', '.join(todo) or 'nothing'}"
+            f"{'; reusing ' + ', '.join(m for m in BUILDS if m not in todo) if len(todo) < len(BUILDS) else ''}"
+        )
         started = time.monotonic()
 
         def save(**extra):
             # the legacy fingerprint only while the legacy modules are current (older checkouts trust it)
             legacy = all((modules.get(m) or {}).get("fingerprint") == current["modules"][m] for m in LEGACY_MODULES)
-            _write_manifest(root, {"fingerprint": _legacy_fingerprint(ver) if legacy else None, "versions": ver,
-                                   "go": go_version, "modules": modules, **extra})
+            _write_manifest(
+                root,
+                {
+                    "fingerprint": _legacy_fingerprint(ver) if legacy else None,
+                    "versions": ver,
+                    "go": go_version,
+                    "modules": modules,
+                    **extra,
+                },
+            )
 
         for module_dir in todo:
             t0 = time.monotonic()
             modules.pop(module_dir, None)
             save()  # this module is not current until it is built
             _build_module(go, env, module_dir, ver, bin_dir, log)
-            modules[module_dir] = {"fingerprint": current["modules"][module_dir],
-                                   "version": module_version(module_dir, ver), "binaries": sorted(BUILDS[module_dir]),
-                                   "seconds": round(time.monotonic() - t0, 1), "go": go_version,
-                                   "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            modules[module_dir] = {
+                "fingerprint": current["modules"][module_dir],
+                "version": module_version(module_dir, ver),
+                "binaries": sorted(BUILDS[module_dir]),
+                "seconds": round(time.monotonic() - t0, 1),
+                "go": go_version,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             save()  # progress survives a killed build
         assets = previous.get("assets") or {}
-        if (force or assets.get("fingerprint") != current["assets"]
-                or not all(path.is_file() for path in _asset_paths(root))):
+        if (
+            force
+            or assets.get("fingerprint") != current["assets"]
+            or not all(path.is_file() for path in _asset_paths(root))
+        ):
             save()  # no assets while they are swapped
             assets = {"fingerprint": current["assets"], **_render_assets(go, env, root, ver, log)}
         build_seconds = round(time.monotonic() - started, 1)
-        save(assets=assets, images=assets["images"], built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             build_seconds=build_seconds,
-             module_seconds={m: e["seconds"] for m, e in modules.items() if "seconds" in e})
+        save(
+            assets=assets,
+            images=assets["images"],
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            build_seconds=build_seconds,
+            module_seconds={m: e["seconds"] for m, e in modules.items() if "seconds" in e},
+        )
         manifest = _read_manifest(root)
     log(f"k8s binaries ready in {root} ({manifest['build_seconds']}s)")
     return manifest
@@ -433,8 +499,12 @@ def build(force=False, jobs=2, log=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("HANZO_KMS_GO_JOBS", "2")),
-                        help="go build -p (parallel compile jobs; memory grows with it)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=int(os.environ.get("HANZO_KMS_GO_JOBS", "2")),
+        help="go build -p (parallel compile jobs; memory grows with it)",
+    )
     parser.add_argument("--print-dir", action="store_true", help="print the cache dir and exit")
     args = parser.parse_args(argv)
     if args.print_dir:

@@ -10,6 +10,7 @@ Built on the lead's session fixture ``lab`` (the state dict). Register with
 - ``kube_namespace``: a fresh namespace (same name) in both clusters, deleted afterwards
 - ``kubectl``: a function running the built kubectl against the merged kubeconfig
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,10 @@ SITES = ("dc1", "dc2")
 def kube_sites(lab):
     missing = [s for s in SITES if "kube" not in lab.get("sites", {}).get(s, {})]
     if missing:
-        pytest.fail(f"the lab has no Kubernetes cluster for {', '.join(missing)} (was it started with "
-                    "HANZO_KMS_LAB_WITHOUT_KUBE=1, or is make k8s-bins missing?)")
+        pytest.fail(
+            f"the lab has no Kubernetes cluster for {', '.join(missing)} (was it started with "
+            "HANZO_KMS_LAB_WITHOUT_KUBE=1, or is make k8s-bins missing?)"
+        )
     return {s: lab["sites"][s]["kube"] for s in SITES}
 
 
@@ -47,8 +50,10 @@ def kubeconfig(lab, kube_sites):
 def kube_clients(kube_sites):
     from kubernetes import config  # pylint: disable=import-outside-toplevel
 
-    return {site: config.new_client_from_config(config_file=entry["kubeconfig"], context=entry["context"])
-            for site, entry in kube_sites.items()}
+    return {
+        site: config.new_client_from_config(config_file=entry["kubeconfig"], context=entry["context"])
+        for site, entry in kube_sites.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +85,14 @@ def kubectl(kubeconfig):
     binary = str(kube.ensure_binaries()["kubectl"])
 
     def run(*args, check=True, input_text=None):
-        proc = subprocess.run([binary, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True,
-                              input=input_text, check=False, timeout=120)
+        proc = subprocess.run(
+            [binary, "--kubeconfig", kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            input=input_text,
+            check=False,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc

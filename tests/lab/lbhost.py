@@ -13,6 +13,7 @@
 The namespaces share the machine's file system and pids (a network namespace only), so the lab's paths and recorded
 pids mean the same thing on an LB host as on the control node.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from tests.lab.core import LabError, require_binary, wait_until
 from tests.lab.haproxy_render import lab_keepalived_values, render
 
 HOSTS = node.LB_HOSTS
-VIP_HOST = 20                                      # the VIP: .20 of the lab network
+VIP_HOST = 20  # the VIP: .20 of the lab network
 VRRP_PRIORITIES = {"lb1": 150, "lb2": 100}
 SSH_PORT = 22
 SSHD = "/usr/sbin/sshd"
@@ -48,9 +49,11 @@ def _openssh_keypair():
     """(private key in OpenSSH format, public key line) of a new Ed25519 key."""
     from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
     from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
+
     key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public.decode("ascii")
 
@@ -72,27 +75,37 @@ def ssh_up(lab, net):
         pki.write(directory, {f"{host}_host_ed25519_key": host_key})
         known_hosts.append(f"{net[host]} {host_public}\n")
         config = directory / f"{host}_sshd_config"
-        config.write_text("\n".join([
-            f"ListenAddress {net[host]}:{SSH_PORT}",
-            f"HostKey {directory / f'{host}_host_ed25519_key'}",
-            f"AuthorizedKeysFile {directory / 'authorized_keys'}",
-            f"PidFile {directory / f'{host}_sshd.pid'}",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            # the key files are 0600 in a 0700 dir, but a lab dir may sit under /tmp, whose mode StrictModes refuses
-            "StrictModes no",
-            "Subsystem sftp internal-sftp",
-            "LogLevel INFO",
-            ""]), encoding="ascii")
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {net[host]}:{SSH_PORT}",
+                    f"HostKey {directory / f'{host}_host_ed25519_key'}",
+                    f"AuthorizedKeysFile {directory / 'authorized_keys'}",
+                    f"PidFile {directory / f'{host}_sshd.pid'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    # the key files are 0600 in a 0700 dir, but a lab dir may sit under /tmp, whose mode StrictModes refuses
+                    "StrictModes no",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel INFO",
+                    "",
+                ]
+            ),
+            encoding="ascii",
+        )
         lab.spawn(f"{host}-sshd", [SSHD, "-D", "-e", "-f", config], netns=net["netns"][host])
     (directory / "known_hosts").write_text("".join(known_hosts), encoding="ascii")
     for host in HOSTS:
         address = (net[host], SSH_PORT)
         lab.wait_process(f"{host}-sshd", lambda a=address: _banner(a), 15, f"{host}'s sshd to answer on {address}")
-    return {"user": "root", "private_key": str(directory / "id_ed25519"),
-            "known_hosts": str(directory / "known_hosts"), "port": SSH_PORT}
+    return {
+        "user": "root",
+        "private_key": str(directory / "id_ed25519"),
+        "known_hosts": str(directory / "known_hosts"),
+        "port": SSH_PORT,
+    }
 
 
 def _banner(address):
@@ -114,9 +127,23 @@ def check_ssh(state, host):
 def ssh_argv(state, host, *command):
     """An ``ssh`` command line that runs ``command`` on an LB host as Ansible reaches it (key, verified host key)."""
     ssh = state["ssh"]
-    return ["ssh", "-i", ssh["private_key"], "-o", f"UserKnownHostsFile={ssh['known_hosts']}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-p", str(ssh["port"]), f"{ssh['user']}@{state['lb_hosts'][host]}", *command]
+    return [
+        "ssh",
+        "-i",
+        ssh["private_key"],
+        "-o",
+        f"UserKnownHostsFile={ssh['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(ssh["port"]),
+        f"{ssh['user']}@{state['lb_hosts'][host]}",
+        *command,
+    ]
 
 
 # -- the VIP ----------------------------------------------------------------------------------------------------------
@@ -130,16 +157,33 @@ def vip_up(lab, hosts, lb):
         directory = lab.path("lb", host, "x").parent
         haproxy_pid = lab.process(f"{host}-haproxy")["pid"]
         config = directory / "keepalived.conf"
-        config.write_text(render(lab_keepalived_values(hosts["vip"], VRRP_PRIORITIES[host], haproxy_pid),
-                                 template="keepalived.conf.j2"), encoding="utf-8")
-        check = subprocess.run([binary, "--config-test", f"--use-file={config}"], capture_output=True, text=True,
-                               check=False)
+        config.write_text(
+            render(
+                lab_keepalived_values(hosts["vip"], VRRP_PRIORITIES[host], haproxy_pid), template="keepalived.conf.j2"
+            ),
+            encoding="utf-8",
+        )
+        check = subprocess.run(
+            [binary, "--config-test", f"--use-file={config}"], capture_output=True, text=True, check=False
+        )
         if check.returncode != 0:
             raise LabError(f"keepalived --config-test rejected {config}: {check.stderr.strip()}")
         # -n: the parent stays in the foreground (its pid is the one recorded, SIGHUP reloads); -P: VRRP only
-        lab.spawn(f"{host}-keepalived", [binary, "-n", "-l", "-D", "-G", "-P", f"--use-file={config}",
-                                         f"--pid={directory / 'keepalived.pid'}", f"--vrrp_pid={directory / 'vrrp.pid'}"],
-                  netns=hosts["netns"][host])
+        lab.spawn(
+            f"{host}-keepalived",
+            [
+                binary,
+                "-n",
+                "-l",
+                "-D",
+                "-G",
+                "-P",
+                f"--use-file={config}",
+                f"--pid={directory / 'keepalived.pid'}",
+                f"--vrrp_pid={directory / 'vrrp.pid'}",
+            ],
+            netns=hosts["netns"][host],
+        )
         entries[host] = {"config": str(config), "priority": VRRP_PRIORITIES[host]}
     wait_until(lambda: len(vip_holders(hosts)) == 1, 20, "one LB host to hold the VIP")
     return entries
@@ -150,8 +194,12 @@ def vip_holders(hosts):
     address = hosts["vip"].split("/")[0]
     holders = []
     for host in HOSTS:
-        proc = subprocess.run(["ip", "-n", hosts["netns"][host], "-4", "-o", "addr", "show", "dev", "eth0"],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["ip", "-n", hosts["netns"][host], "-4", "-o", "addr", "show", "dev", "eth0"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if f" {address}/" in proc.stdout:
             holders.append(host)
     return holders

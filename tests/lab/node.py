@@ -20,6 +20,7 @@ Per site:
 Nothing here touches the host's iptables; ``teardown`` removes what ``up`` made, found from the lab dir alone
 (processes, containers, mounts, namespaces, veths, the bridge), so it also recovers a killed ``up``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -43,16 +44,16 @@ import yaml
 from tests.lab import containerd, images
 from tests.lab.core import NETNS_RUN_DIR, LabError, mounts_under, pid_alive, require_binary, unmount_under, wait_until
 
-SITE_NET = ipaddress.ip_network("10.250.0.0/16")   # a /24 per lab (slot), of which the lab network is the first /26
+SITE_NET = ipaddress.ip_network("10.250.0.0/16")  # a /24 per lab (slot), of which the lab network is the first /26
 LAB_NET_PREFIX = 26
-FIRST_NODE_HOST = 2                                 # the sites' nodes: .2, .3 (the host is .1)
-FIRST_LB_HOST = 10                                  # the LB hosts: .10, .11
+FIRST_NODE_HOST = 2  # the sites' nodes: .2, .3 (the host is .1)
+FIRST_LB_HOST = 10  # the LB hosts: .10, .11
 LB_HOSTS = ("lb1", "lb2")
-LAB_HOSTS = ("dc1", "dc2", *LB_HOSTS)               # every namespace a lab makes
-POD_NET = ipaddress.ip_network("10.244.0.0/16")    # a /23 per lab, a /24 per site
+LAB_HOSTS = ("dc1", "dc2", *LB_HOSTS)  # every namespace a lab makes
+POD_NET = ipaddress.ip_network("10.244.0.0/16")  # a /23 per lab, a /24 per site
 SLOTS = 128
-CNI_RESULTS_DIR = "/var/lib/cni/results"            # libcni's cache (not configurable in containerd 1.6)
-CONTAINER_LOG_LINKS = "/var/log/containers"         # kubelet's legacy log symlinks (hard-coded in kubelet)
+CNI_RESULTS_DIR = "/var/lib/cni/results"  # libcni's cache (not configurable in containerd 1.6)
+CONTAINER_LOG_LINKS = "/var/log/containers"  # kubelet's legacy log symlinks (hard-coded in kubelet)
 KUBELET_DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"  # kubelet's device-plugin socket (hard-coded too)
 REAL_LABEL = "node-role.hanzo.kms/real"
 # Until every workload of the collection has a real image, only pods that tolerate this taint land on the real node
@@ -63,8 +64,16 @@ KUBELET_PORT = 10250
 START_TIMEOUT = float(os.environ.get("HANZO_KMS_NODE_START_TIMEOUT", "90"))
 POD_TIMEOUT = float(os.environ.get("HANZO_KMS_POD_TIMEOUT", "60"))
 PROBE_NAMESPACE = "hanzo-kms-lab"
-FATAL_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
-                 "CreateContainerError", "CreateContainerConfigError", "RunContainerError"}
+FATAL_WAITING = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+    "RunContainerError",
+}
 
 
 # -- names and addresses ---------------------------------------------------------------------------------------------
@@ -92,13 +101,20 @@ def addresses(slot, index):
     its pods' /24."""
     link = lab_network(slot)
     pods = list(POD_NET.subnets(new_prefix=24))[2 * slot + index]
-    return {"link": str(link), "prefix": LAB_NET_PREFIX, "host_ip": str(link[1]),
-            "node_ip": str(link[FIRST_NODE_HOST + index]), "pod_cidr": str(pods), "pod_gateway": str(pods[1])}
+    return {
+        "link": str(link),
+        "prefix": LAB_NET_PREFIX,
+        "host_ip": str(link[1]),
+        "node_ip": str(link[FIRST_NODE_HOST + index]),
+        "pod_cidr": str(pods),
+        "pod_gateway": str(pods[1]),
+    }
 
 
 def _run(argv, what, check=True, timeout=60, **kwargs):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, timeout=timeout,
-                          **kwargs)
+    proc = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, check=False, timeout=timeout, **kwargs
+    )
     if check and proc.returncode != 0:
         raise LabError(f"{what} failed: {' '.join(str(a) for a in argv)}: {(proc.stderr or proc.stdout).strip()}")
     return proc
@@ -175,9 +191,11 @@ def bridge_up(lab):
         bridge = bridge_name(lab.dir)
         if not link_exists(bridge):
             link = lab_network(slot)
-            for argv in (["ip", "link", "add", bridge, "type", "bridge"],
-                         ["ip", "addr", "add", f"{link[1]}/{LAB_NET_PREFIX}", "dev", bridge],
-                         ["ip", "link", "set", bridge, "up"]):
+            for argv in (
+                ["ip", "link", "add", bridge, "type", "bridge"],
+                ["ip", "addr", "add", f"{link[1]}/{LAB_NET_PREFIX}", "dev", bridge],
+                ["ip", "link", "set", bridge, "up"],
+            ):
                 _run(argv, "setting up the lab network")
     return slot, bridge
 
@@ -190,14 +208,16 @@ def host_up(lab, host, address):
     net.update(slot=slot, bridge=bridge, host_ip=str(lab_network(slot)[1]), address=address)
     _delete_network(net["netns"], net["veth"])  # what a killed run left behind
     netns, veth = net["netns"], net["veth"]
-    for argv in (["ip", "netns", "add", netns],
-                 ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
-                 ["ip", "link", "set", veth, "master", bridge],
-                 ["ip", "link", "set", veth, "up"],
-                 ["ip", "-n", netns, "link", "set", "lo", "up"],
-                 ["ip", "-n", netns, "addr", "add", f"{address}/{LAB_NET_PREFIX}", "dev", "eth0"],
-                 ["ip", "-n", netns, "link", "set", "eth0", "up"],
-                 ["ip", "-n", netns, "route", "add", "default", "via", net["host_ip"]]):
+    for argv in (
+        ["ip", "netns", "add", netns],
+        ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
+        ["ip", "link", "set", veth, "master", bridge],
+        ["ip", "link", "set", veth, "up"],
+        ["ip", "-n", netns, "link", "set", "lo", "up"],
+        ["ip", "-n", netns, "addr", "add", f"{address}/{LAB_NET_PREFIX}", "dev", "eth0"],
+        ["ip", "-n", netns, "link", "set", "eth0", "up"],
+        ["ip", "-n", netns, "route", "add", "default", "via", net["host_ip"]],
+    ):
         _run(argv, f"setting up the {host} network namespace")
     return net
 
@@ -209,10 +229,11 @@ def network_up(lab, site, index):
     net = host_up(lab, site, wanted["node_ip"])
     net.update(wanted)
     for argv in (
-            # the host reaches pod IPs through the node (tests and the probe call pods by IP)
-            ["ip", "route", "add", net["pod_cidr"], "via", net["node_ip"], "dev", net["bridge"]],
-            # the namespace routes between its pods' bridge and eth0 (the host's own forwarding stays off)
-            ["ip", "netns", "exec", net["netns"], "sysctl", "-qw", "net.ipv4.ip_forward=1"]):
+        # the host reaches pod IPs through the node (tests and the probe call pods by IP)
+        ["ip", "route", "add", net["pod_cidr"], "via", net["node_ip"], "dev", net["bridge"]],
+        # the namespace routes between its pods' bridge and eth0 (the host's own forwarding stays off)
+        ["ip", "netns", "exec", net["netns"], "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ):
         _run(argv, f"setting up the {site} network namespace")
     return net
 
@@ -233,12 +254,26 @@ def _delete_network(netns, veth):
 def _containerd_config(directory, net, sandbox_image):
     cni_dir = directory / "cni"
     cni_dir.mkdir(parents=True, exist_ok=True)
-    conflist = {"cniVersion": "1.0.0", "name": net["cni_network"], "plugins": [
-        {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
-         "hairpinMode": True,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": net["pod_cidr"], "gateway": net["pod_gateway"]}]],
-                  "dataDir": str(directory / "ipam")}},
-        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": net["cni_network"],
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "isDefaultGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": net["pod_cidr"], "gateway": net["pod_gateway"]}]],
+                    "dataDir": str(directory / "ipam"),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
     (cni_dir / "10-lab.conflist").write_text(json.dumps(conflist, indent=2) + "\n", encoding="utf-8")
     config = containerd.config_text(directory, sandbox_image, cni_dir)
     path = directory / "config.toml"
@@ -256,10 +291,18 @@ def operator_images(log=print):
     pods' bootstrap container), the Barman Cloud plugin and its sidecar, the PostgreSQL operand, and what install.yml
     deploys beside the database: Redis (the lab's chart), the KMS stand-in and the Redis backup CronJob's tools."""
     pinned = images.operator_image_names()
-    return images.ensure_all([images.operator_recipe(pinned["operator"]), images.plugin_recipe(pinned["plugin"]),
-                              images.sidecar_recipe(pinned["sidecar"]), images.postgres_recipe(),
-                              images.redis_recipe(), images.kms_standin_recipe(), images.backup_tools_recipe()],
-                             log=log)
+    return images.ensure_all(
+        [
+            images.operator_recipe(pinned["operator"]),
+            images.plugin_recipe(pinned["plugin"]),
+            images.sidecar_recipe(pinned["sidecar"]),
+            images.postgres_recipe(),
+            images.redis_recipe(),
+            images.kms_standin_recipe(),
+            images.backup_tools_recipe(),
+        ],
+        log=log,
+    )
 
 
 def import_images(entry, archives):
@@ -286,8 +329,13 @@ def containerd_start(lab, site, net, spawn):
     directory = lab.path(site, "containerd", "x").parent
     config = _containerd_config(directory, net, images.pause_recipe().name)
     spawn("containerd", [require_binary("containerd", "containerd"), "--config", config], netns=net["netns"])
-    return {"dir": str(directory), "address": str(directory / "containerd.sock"), "config": str(config),
-            "ctr": require_binary("ctr", "containerd"), "runc_root": str(directory / "runc")}
+    return {
+        "dir": str(directory),
+        "address": str(directory / "containerd.sock"),
+        "config": str(config),
+        "ctr": require_binary("ctr", "containerd"),
+        "runc_root": str(directory / "runc"),
+    }
 
 
 def containerd_ready(lab, site, entry, archives):
@@ -312,44 +360,81 @@ def kubelet_start(site, net, kube_entry, pki, bins, spawn, tainted=True, cluster
     directory.mkdir(parents=True, exist_ok=True)
     node_name = kube_entry["node"]["name"]
     kubelet_config = {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": net["node_ip"], "port": KUBELET_PORT, "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-        "tlsCertFile": str(pki["kubelet.crt"]), "tlsPrivateKeyFile": str(pki["kubelet.key"]),
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": net["node_ip"],
+        "port": KUBELET_PORT,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "tlsCertFile": str(pki["kubelet.crt"]),
+        "tlsPrivateKeyFile": str(pki["kubelet.key"]),
         # the apiserver authenticates with its kubelet client certificate; other callers are reviewed by it
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(pki["ca.crt"])}},
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(pki["ca.crt"])},
+        },
         "authorization": {"mode": "Webhook"},
         "containerRuntimeEndpoint": f"unix://{kube_entry['containerd']['address']}",
         # this machine: cgroup v1 with no systemd delegation, and a process that cannot set up QoS cgroups
-        "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [], "failSwapOn": False,
+        "cgroupDriver": "cgroupfs",
+        "cgroupsPerQOS": False,
+        "enforceNodeAllocatable": [],
+        "failSwapOn": False,
         "resolvConf": "",  # no upstream resolver: only the cluster domain resolves (and only with cluster_dns)
         "clusterDomain": "cluster.local",
         **({"clusterDNS": [cluster_dns]} if cluster_dns else {}),
         "podLogsDir": str(directory / "pod-logs"),
         # images cannot be pulled again once garbage-collected, and a shared disk must not evict the lab's pods
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                         "nodefs.inodesFree": "1%"},
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "1Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
         "registerWithTaints": [REAL_TAINT] if tainted else [],
-        "serializeImagePulls": False, "maxPods": 110,
-        "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "10s",
+        "serializeImagePulls": False,
+        "maxPods": 110,
+        "nodeStatusReportFrequency": "10s",
+        "nodeStatusUpdateFrequency": "10s",
         "shutdownGracePeriod": "0s",
     }
     kubelet_yaml = directory / "kubelet.yaml"
     kubelet_yaml.write_text(yaml.safe_dump(kubelet_config), encoding="utf-8")
-    labels = {REAL_LABEL: "true", "topology.kubernetes.io/zone": REAL_ZONE, "topology.kubernetes.io/region": site,
-              "type": "real"}
-    spawn("kubelet", [bins["kubelet"], f"--config={kubelet_yaml}", f"--kubeconfig={pki['kubelet.kubeconfig']}",
-                      f"--root-dir={directory / 'kubelet'}", f"--cert-dir={directory / 'kubelet' / 'pki'}",
-                      f"--hostname-override={node_name}", f"--node-ip={net['node_ip']}",
-                      "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()), "--v=1"],
-          netns=net["netns"])
+    labels = {
+        REAL_LABEL: "true",
+        "topology.kubernetes.io/zone": REAL_ZONE,
+        "topology.kubernetes.io/region": site,
+        "type": "real",
+    }
+    spawn(
+        "kubelet",
+        [
+            bins["kubelet"],
+            f"--config={kubelet_yaml}",
+            f"--kubeconfig={pki['kubelet.kubeconfig']}",
+            f"--root-dir={directory / 'kubelet'}",
+            f"--cert-dir={directory / 'kubelet' / 'pki'}",
+            f"--hostname-override={node_name}",
+            f"--node-ip={net['node_ip']}",
+            "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
+            "--v=1",
+        ],
+        netns=net["netns"],
+    )
     proxy_config = {
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
         "clientConnection": {"kubeconfig": str(pki["kube-proxy.kubeconfig"])},
-        "hostnameOverride": node_name, "clusterCIDR": net["pod_cidr"],
-        "bindAddress": net["node_ip"], "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        "hostnameOverride": node_name,
+        "clusterCIDR": net["pod_cidr"],
+        "bindAddress": net["node_ip"],
+        "healthzBindAddress": "127.0.0.1:10256",
+        "metricsBindAddress": "127.0.0.1:10249",
         "nodePortAddresses": ["primary"],
         # nf_conntrack_max is machine-wide and read-only in a network namespace: leave it as it is
         "conntrack": {"maxPerCore": 0, "min": 0},
@@ -377,19 +462,26 @@ def pod_report(api, namespace, name):
     if status != 200:
         return f"pod {namespace}/{name}: {status} {pod}"
     st = pod.get("status", {})
-    lines.append(f"pod {namespace}/{name} on {pod['spec'].get('nodeName') or '(unscheduled)'}: phase "
-                 f"{st.get('phase')}, IP {st.get('podIP') or '-'}")
+    lines.append(
+        f"pod {namespace}/{name} on {pod['spec'].get('nodeName') or '(unscheduled)'}: phase "
+        f"{st.get('phase')}, IP {st.get('podIP') or '-'}"
+    )
     for cond in st.get("conditions", []):
         if cond.get("status") != "True":
-            lines.append(f"  condition {cond['type']}={cond['status']} {cond.get('reason', '')} "
-                         f"{cond.get('message', '')}".rstrip())
+            lines.append(
+                f"  condition {cond['type']}={cond['status']} {cond.get('reason', '')} "
+                f"{cond.get('message', '')}".rstrip()
+            )
     for cstatus in st.get("initContainerStatuses", []) + st.get("containerStatuses", []):
         state = cstatus.get("state", {})
         for kind, detail in state.items():
-            lines.append(f"  container {cstatus['name']}: {kind} {detail.get('reason', '')} "
-                         f"{detail.get('message', '')} (restarts {cstatus.get('restartCount', 0)})".rstrip())
-    _status, events = api.get(f"/api/v1/namespaces/{namespace}/events",
-                              params={"fieldSelector": f"involvedObject.name={name}"})
+            lines.append(
+                f"  container {cstatus['name']}: {kind} {detail.get('reason', '')} "
+                f"{detail.get('message', '')} (restarts {cstatus.get('restartCount', 0)})".rstrip()
+            )
+    _status, events = api.get(
+        f"/api/v1/namespaces/{namespace}/events", params={"fieldSelector": f"involvedObject.name={name}"}
+    )
     lines.append("  events:")
     for event in (events or {}).get("items", [])[-15:] if isinstance(events, dict) else []:
         lines.append(f"    {event.get('type')} {event.get('reason')}: {event.get('message', '').strip()}")
@@ -407,6 +499,7 @@ def pod_report(api, namespace, name):
 
 def wait_pod_running(api, namespace, name, timeout=POD_TIMEOUT, ready=True):
     """Wait until the pod runs (and is Ready); LabError with events and logs when it fails or hangs."""
+
     def check():
         status, pod = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
         if status != 200:
@@ -424,8 +517,9 @@ def wait_pod_running(api, namespace, name, timeout=POD_TIMEOUT, ready=True):
         return None
 
     try:
-        return wait_until(check, timeout, f"pod {namespace}/{name} to be Running{' and Ready' if ready else ''}",
-                          interval=0.2)
+        return wait_until(
+            check, timeout, f"pod {namespace}/{name} to be Running{' and Ready' if ready else ''}", interval=0.2
+        )
     except LabError as exc:
         if "is in" in str(exc) or "ended" in str(exc):
             raise
@@ -434,19 +528,32 @@ def wait_pod_running(api, namespace, name, timeout=POD_TIMEOUT, ready=True):
 
 def probe_pod_manifest(node_name, name="probe"):
     """A busybox pod on the real node that serves HTTP on 8080 and says so in its log."""
-    script = ("mkdir -p /www && echo hanzo-kms-probe > /www/index.html && echo probe serving on 8080 && "
-              "exec httpd -f -v -p 8080 -h /www")
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "hanzo-kms-lab-probe"}},
-            "spec": {"nodeName": node_name, "automountServiceAccountToken": False, "dnsPolicy": "Default",
-                     "tolerations": [dict(REAL_TAINT, operator="Equal")],
-                     "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "probe", "image": images.busybox_recipe().name,
-                                     "imagePullPolicy": "IfNotPresent",
-                                     "command": ["/bin/sh", "-c", script],
-                                     "ports": [{"containerPort": 8080}],
-                                     "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
-                                                        "periodSeconds": 1}}]}}
+    script = (
+        "mkdir -p /www && echo hanzo-kms-probe > /www/index.html && echo probe serving on 8080 && "
+        "exec httpd -f -v -p 8080 -h /www"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "hanzo-kms-lab-probe"}},
+        "spec": {
+            "nodeName": node_name,
+            "automountServiceAccountToken": False,
+            "dnsPolicy": "Default",
+            "tolerations": [dict(REAL_TAINT, operator="Equal")],
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": images.busybox_recipe().name,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", script],
+                    "ports": [{"containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                }
+            ],
+        },
+    }
 
 
 def run_probe(api, kubectl, kube_entry, s3_endpoint):
@@ -484,12 +591,14 @@ def run_probe(api, kubectl, kube_entry, s3_endpoint):
     # connection only: busybox's TLS client cannot talk to the store (the pods that use S3 verify it with the lab CA,
     # tests/integration/test_real_nodes.py).
     s3_address = urllib.parse.urlsplit(s3_endpoint) if s3_endpoint else None
-    command = (["nc", "-w", "5", s3_address.hostname, str(s3_address.port)] if s3_address else ["true"])
+    command = ["nc", "-w", "5", s3_address.hostname, str(s3_address.port)] if s3_address else ["true"]
     proc = kubectl("exec", "-n", PROBE_NAMESPACE, "probe", "--", *command)
     if proc.returncode != 0:
         what = f"reach S3 at {s3_endpoint}" if s3_endpoint else "run a command"
-        raise LabError(f"{site}: the probe pod cannot {what} (kubectl exec, exit {proc.returncode}): "
-                       f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise LabError(
+            f"{site}: the probe pod cannot {what} (kubectl exec, exit {proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
     api.request("DELETE", f"{path}/probe", body={"gracePeriodSeconds": 0})
     return running
 
@@ -541,8 +650,10 @@ def _lab_pids(lab_dir, site="*"):
     if inodes:
         for entry in Path("/proc").iterdir():
             with contextlib.suppress(OSError):
-                if entry.name.isdigit() and (os.stat(entry / "ns" / "net").st_dev,
-                                             os.stat(entry / "ns" / "net").st_ino) in inodes:
+                if (
+                    entry.name.isdigit()
+                    and (os.stat(entry / "ns" / "net").st_dev, os.stat(entry / "ns" / "net").st_ino) in inodes
+                ):
                     found.add(int(entry.name))
     return sorted(pid for pid in found - _ancestors() if pid_alive(pid))
 
@@ -662,8 +773,13 @@ def _remove_kubelet_host_paths():
     with contextlib.suppress(OSError):
         if socket_path.is_socket():
             socket_path.unlink()
-    for directory in (KUBELET_DEVICE_PLUGINS, os.path.dirname(KUBELET_DEVICE_PLUGINS), CONTAINER_LOG_LINKS,
-                      CNI_RESULTS_DIR, os.path.dirname(CNI_RESULTS_DIR)):
+    for directory in (
+        KUBELET_DEVICE_PLUGINS,
+        os.path.dirname(KUBELET_DEVICE_PLUGINS),
+        CONTAINER_LOG_LINKS,
+        CNI_RESULTS_DIR,
+        os.path.dirname(CNI_RESULTS_DIR),
+    ):
         with contextlib.suppress(OSError):
             os.rmdir(directory)  # only when empty
 

@@ -10,6 +10,7 @@ restarted this way is started with ``pg_ctl`` (detached); its new postmaster pid
 state (``processes[<site>-postgres]``, under ``state.lock``), so ``down`` still stops it: re-read the state
 (``Lab.load()``) before using that pid. ``sites.<site>.postgres.role`` / ``upstream`` follow the changes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,10 @@ PG_MAJOR = "15"
 def bindir():
     path = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
     if not (path / "postgres").exists():
-        raise LabError(f"PostgreSQL {PG_MAJOR} server not found in {path}: install the Debian package "
-                       f"'postgresql-{PG_MAJOR}' (make setup does this)")
+        raise LabError(
+            f"PostgreSQL {PG_MAJOR} server not found in {path}: install the Debian package "
+            f"'postgresql-{PG_MAJOR}' (make setup does this)"
+        )
     return path
 
 
@@ -60,15 +63,18 @@ def _exec(argv, user, env=None):
         entry = pwd.getpwnam(user)
         kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=full_env, check=False,
-                          cwd="/", **kwargs)
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, env=full_env, check=False, cwd="/", **kwargs
+    )
 
 
 def _run(argv, user, env=None):
     result = _exec(argv, user, env)
     if result.returncode != 0:
-        raise LabError(f"{' '.join(str(a) for a in argv[:2])} failed ({result.returncode}): "
-                       f"{result.stderr.strip() or result.stdout.strip()}")
+        raise LabError(
+            f"{' '.join(str(a) for a in argv[:2])} failed ({result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
     return result.stdout
 
 
@@ -77,8 +83,14 @@ def connect(entry, superuser=False, dbname=None):
 
     user = entry["superuser"] if superuser else entry["user"]
     password = entry["superuser_password"] if superuser else entry["password"]
-    return psycopg2.connect(host=entry["host"], port=entry["port"], user=user, password=password,
-                            dbname=dbname or entry["database"], connect_timeout=3)
+    return psycopg2.connect(
+        host=entry["host"],
+        port=entry["port"],
+        user=user,
+        password=password,
+        dbname=dbname or entry["database"],
+        connect_timeout=3,
+    )
 
 
 def query(entry, sql, superuser=False, dbname=None):
@@ -94,8 +106,9 @@ def query(entry, sql, superuser=False, dbname=None):
 
 def _start(lab, site, data_dir, sock_dir, port, user):
     name = f"{site}-postgres"
-    lab.spawn(name, [bindir() / "postgres", "-D", data_dir, "-p", port, "-k", sock_dir], user=user,
-              stop_signal="SIGINT")  # SIGINT = fast shutdown: clean, without waiting for clients
+    lab.spawn(
+        name, [bindir() / "postgres", "-D", data_dir, "-p", port, "-k", sock_dir], user=user, stop_signal="SIGINT"
+    )  # SIGINT = fast shutdown: clean, without waiting for clients
     return name
 
 
@@ -105,28 +118,57 @@ def up_primary(lab, site):
     site_dir.mkdir(parents=True, exist_ok=True)
     data_dir, sock_dir = site_dir / "data", site_dir / "sock"
     sock_dir.mkdir(exist_ok=True)
-    entry = {"host": "127.0.0.1", "port": lab.free_port(), "database": "kms", "user": "kms",
-             "password": secrets.token_hex(16), "superuser": "postgres", "superuser_password": secrets.token_hex(16),
-             "data_dir": str(data_dir), "socket_dir": str(sock_dir), "role": "primary"}
+    entry = {
+        "host": "127.0.0.1",
+        "port": lab.free_port(),
+        "database": "kms",
+        "user": "kms",
+        "password": secrets.token_hex(16),
+        "superuser": "postgres",
+        "superuser_password": secrets.token_hex(16),
+        "data_dir": str(data_dir),
+        "socket_dir": str(sock_dir),
+        "role": "primary",
+    }
     pwfile = site_dir / "pwfile"
     pwfile.write_text(entry["superuser_password"] + "\n", encoding="utf-8")
     _own(site_dir, user)
-    _run([bindir() / "initdb", "-D", data_dir, "-U", "postgres", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
-          "--auth-local=trust", "--auth-host=scram-sha-256"], user)
+    _run(
+        [
+            bindir() / "initdb",
+            "-D",
+            data_dir,
+            "-U",
+            "postgres",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ],
+        user,
+    )
     pwfile.unlink()
     with open(data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
-        conf.write("\n# hanzo.kms lab\nlisten_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\n"
-                   "max_replication_slots = 10\nwal_keep_size = '256MB'\nhot_standby = on\n"
-                   "shared_buffers = '64MB'\nlog_min_messages = warning\n"
-                   # a standby whose upstream was promoted reconnects and follows the new timeline quickly
-                   "wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n"
-                   # lets pg_rewind resynchronise a diverged old primary
-                   "wal_log_hints = on\n")
+        conf.write(
+            "\n# hanzo.kms lab\nlisten_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\n"
+            "max_replication_slots = 10\nwal_keep_size = '256MB'\nhot_standby = on\n"
+            "shared_buffers = '64MB'\nlog_min_messages = warning\n"
+            # a standby whose upstream was promoted reconnects and follows the new timeline quickly
+            "wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n"
+            # lets pg_rewind resynchronise a diverged old primary
+            "wal_log_hints = on\n"
+        )
     with open(data_dir / "pg_hba.conf", "a", encoding="utf-8") as hba:
         hba.write("host replication postgres 127.0.0.1/32 scram-sha-256\n")
     name = _start(lab, site, data_dir, sock_dir, entry["port"], user)
-    lab.wait_process(name, lambda: query(entry, "SELECT 1", superuser=True, dbname="postgres"), 30,
-                     f"{name} to accept connections on port {entry['port']}")
+    lab.wait_process(
+        name,
+        lambda: query(entry, "SELECT 1", superuser=True, dbname="postgres"),
+        30,
+        f"{name} to accept connections on port {entry['port']}",
+    )
     query(entry, f"CREATE ROLE kms LOGIN PASSWORD '{entry['password']}'", superuser=True, dbname="postgres")
     query(entry, "CREATE DATABASE kms OWNER kms", superuser=True, dbname="postgres")
     return entry
@@ -140,14 +182,36 @@ def up_standby(lab, site, primary):
     sock_dir.mkdir(exist_ok=True)
     _own(site_dir, user)
     entry = dict(primary, port=lab.free_port(), data_dir=str(data_dir), socket_dir=str(sock_dir), role="standby")
-    _run([bindir() / "pg_basebackup", "-h", primary["host"], "-p", primary["port"], "-U", primary["superuser"],
-          "-D", data_dir, "-R", "-X", "stream", "-c", "fast", "--no-password"], user,
-         env={"PGPASSWORD": primary["superuser_password"]})
+    _run(
+        [
+            bindir() / "pg_basebackup",
+            "-h",
+            primary["host"],
+            "-p",
+            primary["port"],
+            "-U",
+            primary["superuser"],
+            "-D",
+            data_dir,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-password",
+        ],
+        user,
+        env={"PGPASSWORD": primary["superuser_password"]},
+    )
     name = _start(lab, site, data_dir, sock_dir, entry["port"], user)
 
     def streaming():
-        rows = query(entry, "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)",
-                     superuser=True, dbname="postgres")
+        rows = query(
+            entry,
+            "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)",
+            superuser=True,
+            dbname="postgres",
+        )
         return rows[0] == (True, "streaming")
 
     lab.wait_process(name, streaming, 30, f"{name} to stream from the primary on port {primary['port']}")
@@ -204,8 +268,9 @@ def is_running(entry):
 def stop(entry, mode="fast", timeout=60):
     """Shut down (fast = clean: the shutdown checkpoint is written and sent to the standbys); no-op when stopped."""
     if is_running(entry):
-        _run([bindir() / "pg_ctl", "stop", "-D", entry["data_dir"], "-m", mode, "-w", "-t", str(timeout)],
-             _server_user())
+        _run(
+            [bindir() / "pg_ctl", "stop", "-D", entry["data_dir"], "-m", mode, "-w", "-t", str(timeout)], _server_user()
+        )
 
 
 def start(lab_dir, site, timeout=60):
@@ -216,8 +281,19 @@ def start(lab_dir, site, timeout=60):
     log = Lab(lab_dir).path("logs", f"{name}.log")
     log.touch()
     _own(log, user)
-    argv = [bindir() / "pg_ctl", "start", "-D", entry["data_dir"], "-w", "-t", str(timeout), "-l", log,
-            "-o", f"-p {entry['port']} -k {entry['socket_dir']}"]
+    argv = [
+        bindir() / "pg_ctl",
+        "start",
+        "-D",
+        entry["data_dir"],
+        "-w",
+        "-t",
+        str(timeout),
+        "-l",
+        log,
+        "-o",
+        f"-p {entry['port']} -k {entry['socket_dir']}",
+    ]
     deadline = time.monotonic() + START_ATTEMPTS_SECONDS
     while True:  # after a SIGKILL of the postmaster its children may hold the shared memory for a moment
         result = _exec(argv, user)
@@ -225,8 +301,10 @@ def start(lab_dir, site, timeout=60):
             break
         if time.monotonic() > deadline:
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-10:])
-            raise LabError(f"pg_ctl start of {name} failed ({result.returncode}): "
-                           f"{result.stderr.strip() or result.stdout.strip()}\n{tail}")
+            raise LabError(
+                f"pg_ctl start of {name} failed ({result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}\n{tail}"
+            )
         time.sleep(0.5)
     pid = int((Path(entry["data_dir"]) / "postmaster.pid").read_text(encoding="utf-8").split()[0])
     standby = (Path(entry["data_dir"]) / "standby.signal").exists()
@@ -235,9 +313,15 @@ def start(lab_dir, site, timeout=60):
             proc = lab.process(name)
             proc.update(pid=pid, exe=pid_exe(pid) or proc["exe"])
         except LabError:
-            lab.state.setdefault("processes", []).append({
-                "name": name, "pid": pid, "exe": pid_exe(pid) or str(bindir() / "postgres"),
-                "stop_signal": "SIGINT", "log": str(log)})
+            lab.state.setdefault("processes", []).append(
+                {
+                    "name": name,
+                    "pid": pid,
+                    "exe": pid_exe(pid) or str(bindir() / "postgres"),
+                    "stop_signal": "SIGINT",
+                    "log": str(log),
+                }
+            )
         lab.state["sites"][site]["postgres"]["role"] = "standby" if standby else "primary"
     return pid
 
@@ -252,12 +336,15 @@ def configure_standby(entry, upstream, application_name):
     """standby.signal + primary_conninfo to ``upstream``, following its newest timeline (the server is stopped)."""
     user = _server_user()
     data = Path(entry["data_dir"])
-    conninfo = (f"host={upstream['host']} port={upstream['port']} user={upstream['superuser']} "
-                f"password={upstream['superuser_password']} application_name={application_name}")
+    conninfo = (
+        f"host={upstream['host']} port={upstream['port']} user={upstream['superuser']} "
+        f"password={upstream['superuser_password']} application_name={application_name}"
+    )
     auto = data / "postgresql.auto.conf"
     replaced = ("primary_conninfo", "primary_slot_name", "recovery_target_timeline")
-    keep = [line for line in auto.read_text(encoding="utf-8").splitlines()
-            if line.split("=", 1)[0].strip() not in replaced]
+    keep = [
+        line for line in auto.read_text(encoding="utf-8").splitlines() if line.split("=", 1)[0].strip() not in replaced
+    ]
     keep += ["primary_conninfo = '" + conninfo.replace("'", "''") + "'", "recovery_target_timeline = 'latest'"]
     auto.write_text("\n".join(keep) + "\n", encoding="utf-8")
     (data / "standby.signal").touch()
@@ -322,9 +409,26 @@ def reclone(lab_dir, site, upstream_site, timeout=60):
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(mode=0o700)
     _own(data, user)
-    _run([bindir() / "pg_basebackup", "-h", upstream["host"], "-p", upstream["port"], "-U", upstream["superuser"],
-          "-D", data, "-X", "stream", "-c", "fast", "--no-password"], user,
-         env={"PGPASSWORD": upstream["superuser_password"]})
+    _run(
+        [
+            bindir() / "pg_basebackup",
+            "-h",
+            upstream["host"],
+            "-p",
+            upstream["port"],
+            "-U",
+            upstream["superuser"],
+            "-D",
+            data,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-password",
+        ],
+        user,
+        env={"PGPASSWORD": upstream["superuser_password"]},
+    )
     configure_standby(entry, upstream, site)
     start(lab_dir, site, timeout)
     with locked_state(lab_dir) as lab:

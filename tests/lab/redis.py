@@ -5,6 +5,7 @@ FLUSHALL/FLUSHDB disabled. The backup and restore modules must work against exac
 only (``up(..., tls=...)``, as the chart's ``tls.enabled``), with a certificate of the lab CA: clients verify it with
 ``entry["ca_file"]``.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -17,8 +18,14 @@ def client(entry, **kwargs):
 
     if entry.get("ca_file"):
         kwargs.update(ssl=True, ssl_ca_certs=entry["ca_file"])
-    return redis.Redis(host=entry["host"], port=entry["port"], password=entry.get("password"),
-                       socket_timeout=5, socket_connect_timeout=2, **kwargs)
+    return redis.Redis(
+        host=entry["host"],
+        port=entry["port"],
+        password=entry.get("password"),
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        **kwargs,
+    )
 
 
 def up(lab, site, tls=None):
@@ -29,14 +36,49 @@ def up(lab, site, tls=None):
     entry = {"host": "127.0.0.1", "port": port, "password": secrets.token_hex(16), "data_dir": str(data_dir)}
     listen = ["--port", port]
     if tls:
-        listen = ["--port", "0", "--tls-port", port, "--tls-cert-file", tls["cert_file"], "--tls-key-file",
-                  tls["key_file"], "--tls-ca-cert-file", tls["ca_file"], "--tls-auth-clients", "no"]
+        listen = [
+            "--port",
+            "0",
+            "--tls-port",
+            port,
+            "--tls-cert-file",
+            tls["cert_file"],
+            "--tls-key-file",
+            tls["key_file"],
+            "--tls-ca-cert-file",
+            tls["ca_file"],
+            "--tls-auth-clients",
+            "no",
+        ]
         entry["ca_file"] = tls["ca_file"]
-    argv = [require_binary("redis-server", "redis-server"), "--bind", "127.0.0.1", *listen,
-            "--requirepass", entry["password"], "--dir", data_dir, "--daemonize", "no",
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-            "--rename-command", "FLUSHALL", "", "--rename-command", "FLUSHDB", ""]
+    argv = [
+        require_binary("redis-server", "redis-server"),
+        "--bind",
+        "127.0.0.1",
+        *listen,
+        "--requirepass",
+        entry["password"],
+        "--dir",
+        data_dir,
+        "--daemonize",
+        "no",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--protected-mode",
+        "yes",
+        "--rename-command",
+        "FLUSHALL",
+        "",
+        "--rename-command",
+        "FLUSHDB",
+        "",
+    ]
     name = f"{site}-redis"
     lab.spawn(name, argv)
     lab.wait_process(name, lambda: client(entry).ping(), 20, f"{name} to answer PING on port {port}")

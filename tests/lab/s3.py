@@ -1,6 +1,7 @@
 """S3 store: SeaweedFS (``weed server -s3``) with an identity file of access keys and one backup bucket, served over
 HTTPS only, with a certificate of the lab's service CA (tests/lab/pki.py): every client verifies it with
 ``entry["ca_file"]``, as production's private-CA object stores require (issue 16)."""
+
 from __future__ import annotations
 
 import json
@@ -29,44 +30,81 @@ def client(entry):
     from botocore.config import Config  # pylint: disable=import-outside-toplevel
 
     return boto3.client(
-        "s3", endpoint_url=entry["endpoint_url"], region_name=entry["region"], verify=entry["ca_file"],
-        aws_access_key_id=entry["access_key"], aws_secret_access_key=entry["secret_key"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                      connect_timeout=2, read_timeout=10))
+        "s3",
+        endpoint_url=entry["endpoint_url"],
+        region_name=entry["region"],
+        verify=entry["ca_file"],
+        aws_access_key_id=entry["access_key"],
+        aws_secret_access_key=entry["secret_key"],
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=2,
+            read_timeout=10,
+        ),
+    )
 
 
 def up(lab, ca, host_ips=()):
     """Start SeaweedFS; ``host_ips``: the host-side addresses pods reach it at (its certificate names them)."""
     data_dir = lab.path("s3", "data")
     data_dir.mkdir(parents=True, exist_ok=True)
-    entry = {"endpoint_url": None, "region": REGION, "bucket": BUCKET,
-             "access_key": "lab" + secrets.token_hex(6), "secret_key": secrets.token_hex(20)}
-    identity = {"identities": [{"name": "kms-lab", "credentials": [
-        {"accessKey": entry["access_key"], "secretKey": entry["secret_key"]}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    entry = {
+        "endpoint_url": None,
+        "region": REGION,
+        "bucket": BUCKET,
+        "access_key": "lab" + secrets.token_hex(6),
+        "secret_key": secrets.token_hex(20),
+    }
+    identity = {
+        "identities": [
+            {
+                "name": "kms-lab",
+                "credentials": [{"accessKey": entry["access_key"], "secretKey": entry["secret_key"]}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
     identity_path = lab.path("s3", "identity.json")
     identity_path.write_text(json.dumps(identity), encoding="utf-8")
     identity_path.chmod(0o600)
     tls = pki.issue_server(lab, ca, "s3", dns=("localhost",), ips=("127.0.0.1", *host_ips))
     services = ("master", "volume", "filer", "s3", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
     ports = {name: lab.free_port() for name in services}
-    argv = [_weed(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            # the S3 gateway alone listens on every address: pods reach it from the sites' network namespaces at
-            # the host side of their veth (state sites.<site>.kube.s3_endpoint); the host keeps 127.0.0.1
-            "-s3.ip.bind=0.0.0.0",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
-            "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={ports['filer']}",
-            "-s3", f"-s3.port={ports['s3']}", f"-s3.config={identity_path}",
-            # gRPC ports default to the HTTP port + 10000, which nothing reserves: another lab or service on the
-            # machine can hold them, and the volume server then loses its master (PutObject InternalError).
-            f"-master.port.grpc={ports['master_grpc']}", f"-volume.port.grpc={ports['volume_grpc']}",
-            f"-filer.port.grpc={ports['filer_grpc']}", f"-s3.port.grpc={ports['s3_grpc']}",
-            # Side services that listen on fixed default ports otherwise (two labs, or a helper, would collide).
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false",  # the lab must not phone home
-            # HTTPS only on the S3 port (a plain-HTTP request gets 400)
-            f"-s3.cert.file={tls['cert_file']}", f"-s3.key.file={tls['key_file']}"]
+    argv = [
+        _weed(),
+        "server",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        # the S3 gateway alone listens on every address: pods reach it from the sites' network namespaces at
+        # the host side of their veth (state sites.<site>.kube.s3_endpoint); the host keeps 127.0.0.1
+        "-s3.ip.bind=0.0.0.0",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        "-volume.max=0",
+        "-master.volumeSizeLimitMB=64",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={identity_path}",
+        # gRPC ports default to the HTTP port + 10000, which nothing reserves: another lab or service on the
+        # machine can hold them, and the volume server then loses its master (PutObject InternalError).
+        f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port.grpc={ports['volume_grpc']}",
+        f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-s3.port.grpc={ports['s3_grpc']}",
+        # Side services that listen on fixed default ports otherwise (two labs, or a helper, would collide).
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",  # the lab must not phone home
+        # HTTPS only on the S3 port (a plain-HTTP request gets 400)
+        f"-s3.cert.file={tls['cert_file']}",
+        f"-s3.key.file={tls['key_file']}",
+    ]
     # SSE-S3 key: the install sets the bucket's default encryption (AES256), which SeaweedFS refuses to apply
     # (PutObject InternalError) unless it has a key.
     # SIGKILL to stop: on SIGTERM it waits 20 s for its own filer's subscribers to give up, and the lab's store is

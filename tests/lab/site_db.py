@@ -5,6 +5,7 @@ Stand-in mode: the site's host PostgreSQL (``state.sites.<site>.postgres``). Ope
 application user of the Secret ``kms-pg-app`` that roles/cnpg writes; CNPG's default ``pg_hba`` accepts it with
 SCRAM. Nothing is cached: after a failover or a restart the pod IP may change.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,13 @@ def entry(state, site):
     if status != 200:
         raise LabError(f"{site}: Secret {APP_SECRET} cannot be read ({status})")
     data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
-    return {"host": pod["status"]["podIP"], "port": 5432, "user": data["username"], "password": data["password"],
-            "database": "kms"}
+    return {
+        "host": pod["status"]["podIP"],
+        "port": 5432,
+        "user": data["username"],
+        "password": data["password"],
+        "database": "kms",
+    }
 
 
 def query(state, site, sql):

@@ -9,6 +9,7 @@ public host name on the node's address and forwarding to the KMS Service's node 
 answers 503 while the KMS has no ready pod. It routes every Host (a real ingress matches the Ingress's hosts) and
 reads no Ingress object: the kms role's Ingress stays unused in operator mode.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -57,9 +58,21 @@ def up(lab, site, node_ip, netns, ca, public_host, node_port):
     name = f"{site}-ingress"
     lab.spawn(name, [binary, "-W", "-db", "-f", str(config)], netns=netns)
     ca_file = lab.state["pki"]["ca_file"]
-    entry = {"host": node_ip, "port": PORT, "url": f"https://{node_ip}:{PORT}", "ca_file": ca_file,
-             "node_port": node_port, "stand_in": True, "in_pod": True, "ingress": "stand-in"}
+    entry = {
+        "host": node_ip,
+        "port": PORT,
+        "url": f"https://{node_ip}:{PORT}",
+        "ca_file": ca_file,
+        "node_port": node_port,
+        "stand_in": True,
+        "in_pod": True,
+        "ingress": "stand-in",
+    }
     # any answer over verified TLS: 503 until install.yml's KMS pods are ready behind it
-    lab.wait_process(name, lambda: http_status(entry["url"] + "/api/status", ca_file=ca_file)[0] != 0, 20,
-                     f"{name} to answer HTTPS on {node_ip}:{PORT}")
+    lab.wait_process(
+        name,
+        lambda: http_status(entry["url"] + "/api/status", ca_file=ca_file)[0] != 0,
+        20,
+        f"{name} to answer HTTPS on {node_ip}:{PORT}",
+    )
     return entry

@@ -1,4 +1,5 @@
 """Bring the whole lab up, check it, take it down. Shared by the CLI and the pytest fixtures."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -75,8 +76,10 @@ def status(lab):
             problems = _kube().check(lab, entry["kube"])
             healthy_detail = entry["kube"]["server"]
             if "node" in entry["kube"]:
-                healthy_detail += (f"; real node {entry['kube']['node']['name']} Ready "
-                                   f"(containerd, kubelet, kube-proxy running in {entry['kube']['net']['netns']})")
+                healthy_detail += (
+                    f"; real node {entry['kube']['node']['name']} Ready "
+                    f"(containerd, kubelet, kube-proxy running in {entry['kube']['net']['netns']})"
+                )
             rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or healthy_detail))
         elif _kube() is not None:
             rows.append((f"{site} kubernetes", *missing))
@@ -88,8 +91,7 @@ def status(lab):
     if "lb" not in state:
         rows.append(("haproxy", *missing))
     for instance in state.get("lb", {}).get("instances", []):
-        rows.append((f"{instance['name']} haproxy",
-                     *haproxy.check_instance(instance, require_serving=standin)))
+        rows.append((f"{instance['name']} haproxy", *haproxy.check_instance(instance, require_serving=standin)))
     for proc in state.get("processes", []):
         if not lab.process_alive(proc):
             rows.append((f"process {proc['name']}", False, f"pid {proc['pid']} is not running (log {proc['log']})"))
@@ -129,8 +131,10 @@ def _reusable(lab, mode, log):
     except (KeyError, LabError):
         pass
     dead = [p["name"] for p in lab.state.get("processes", []) if not lab.process_alive(p)]
-    log(f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
-        "stopping what remains and starting afresh")
+    log(
+        f"lab state in {lab.dir} is left from an interrupted or broken run (dead: {', '.join(dead) or 'none'}); "
+        "stopping what remains and starting afresh"
+    )
     return False
 
 
@@ -138,18 +142,23 @@ def _up_host_services(lab, sites, ca):
     """Stand-in mode: Redis, PostgreSQL (dc2 streams from dc1) and the KMS stand-in as host processes, and the HAProxy
     pair in front of the stand-ins (kwok runs no pods, so the collection's objects have nothing behind them)."""
     for site in SITES:
-        sites[site]["redis"] = redis.up(lab, site, tls=dict(sites[site]["redis_tls"], ca_file=lab.state["pki"]["ca_file"]))
+        sites[site]["redis"] = redis.up(
+            lab, site, tls=dict(sites[site]["redis_tls"], ca_file=lab.state["pki"]["ca_file"])
+        )
     sites["dc1"]["postgres"] = postgres.up_primary(lab, "dc1")
     sites["dc2"]["postgres"] = postgres.up_standby(lab, "dc2", sites["dc1"]["postgres"])
     gateway = lab.state["lb_hosts"]["gateway"]
     for site in SITES:  # on the LB network's gateway: the LB hosts reach the host's services there
         # TLS as the site's ingress serves it: a certificate for the public host name the LBs verify
-        tls = dict(pki.issue_server(lab, ca, f"kms-{site}", dns=(haproxy.PUBLIC_HOST,), ips=(gateway,)),
-                   ca_file=lab.state["pki"]["ca_file"])
+        tls = dict(
+            pki.issue_server(lab, ca, f"kms-{site}", dns=(haproxy.PUBLIC_HOST,), ips=(gateway,)),
+            ca_file=lab.state["pki"]["ca_file"],
+        )
         sites[site]["kms"] = kms.up(lab, site, sites[site]["postgres"], sites[site]["redis"], host=gateway, tls=tls)
     lab.save()
-    lab.state["lb"] = haproxy.up(lab, {site: _kms_address(sites[site]["kms"]) for site in SITES},
-                                 lab.state["lb_hosts"], ca)
+    lab.state["lb"] = haproxy.up(
+        lab, {site: _kms_address(sites[site]["kms"]) for site in SITES}, lab.state["lb_hosts"], ca
+    )
     _vip_up(lab)
 
 
@@ -172,10 +181,15 @@ def _pod_service_addresses(lab, sites, ca):
     stand-in (TLS for the public host name, tests/lab/site_ingress.py) in front of the KMS Service's node port."""
     for site in SITES:
         net = sites[site]["kube"]["net"]
-        sites[site]["redis"] = {"host": net["node_ip"], "port": REDIS_NODE_PORT, "in_pod": True,
-                                "ca_file": lab.state["pki"]["ca_file"]}
-        sites[site]["kms"] = site_ingress.up(lab, site, net["node_ip"], net["netns"], ca, haproxy.PUBLIC_HOST,
-                                             KMS_NODE_PORT)
+        sites[site]["redis"] = {
+            "host": net["node_ip"],
+            "port": REDIS_NODE_PORT,
+            "in_pod": True,
+            "ca_file": lab.state["pki"]["ca_file"],
+        }
+        sites[site]["kms"] = site_ingress.up(
+            lab, site, net["node_ip"], net["netns"], ca, haproxy.PUBLIC_HOST, KMS_NODE_PORT
+        )
 
 
 def up(lab, log=print):
@@ -194,8 +208,7 @@ def up(lab, log=print):
     lab.dir.mkdir(parents=True, exist_ok=True)
     lab.dir.chmod(0o755)  # PostgreSQL runs as 'postgres' and must reach its data dir below this one
     (lab.dir / MARKER).touch()
-    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {},
-                 "cnpg": {"mode": mode}}
+    lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {}, "cnpg": {"mode": mode}}
     lab.save()
     try:
         kube = _kube()
@@ -209,8 +222,10 @@ def up(lab, log=print):
         for index, site in enumerate(SITES):
             # the site's Redis: a host process (stand-in mode) or the chart's pod behind a node port (operator mode)
             ips = ("127.0.0.1", links[index]["node_ip"]) if links[index] else ("127.0.0.1",)
-            sites[site] = {"role": "active" if index == 0 else "passive",
-                           "redis_tls": pki.issue_server(lab, service_ca, f"redis-{site}", REDIS_TLS_NAMES, ips)}
+            sites[site] = {
+                "role": "active" if index == 0 else "passive",
+                "redis_tls": pki.issue_server(lab, service_ca, f"redis-{site}", REDIS_TLS_NAMES, ips),
+            }
         if mode == "standin":
             _up_host_services(lab, sites, service_ca)
         if kube is not None:

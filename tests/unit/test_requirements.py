@@ -1,5 +1,6 @@
 """requirements.txt lists exactly the libraries the plugins import (the host that runs the modules needs them and
 nothing else); tests/integration/test_requirements.py shows they are enough."""
+
 from __future__ import annotations
 
 import ast
@@ -42,9 +43,11 @@ def requirement_names(path):
 
 
 def test_third_party_imports_are_found_in_every_import_form(tmp_path):
-    (tmp_path / "a.py").write_text("import os\nimport boto3.session\nfrom botocore import exceptions\n"
-                                   "from . import sibling\nfrom ansible.module_utils.basic import AnsibleModule\n"
-                                   "def late():\n    import anycrc\n")
+    (tmp_path / "a.py").write_text(
+        "import os\nimport boto3.session\nfrom botocore import exceptions\n"
+        "from . import sibling\nfrom ansible.module_utils.basic import AnsibleModule\n"
+        "def late():\n    import anycrc\n"
+    )
     assert third_party_imports(tmp_path) == {"boto3": ["a.py"], "botocore": ["a.py"], "anycrc": ["a.py"]}
 
 

@@ -2,6 +2,7 @@
 
 The rendering itself (kustomize on the pinned modules) is proven in tests/integration/test_cnpg_operator_manifests.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,30 +18,75 @@ from tests.lab.core import LabError
 
 # The plugin's objects as its v0.14.0 kubernetes/ kustomization renders them (trimmed to what matters here).
 PLUGIN_DOCS = [
-    {"apiVersion": "v1", "kind": "Service",
-     "metadata": {"name": "barman-cloud", "namespace": "cnpg-system",
-                  "labels": {"app": "barman-cloud", "cnpg.io/pluginName": "barman-cloud.cloudnative-pg.io"},
-                  "annotations": {"cnpg.io/pluginClientSecret": "barman-cloud-client-tls",
-                                  "cnpg.io/pluginServerSecret": "barman-cloud-server-tls",
-                                  "cnpg.io/pluginPort": "9090"}},
-     "spec": {"ports": [{"port": 9090}], "selector": {"app": "barman-cloud"}}},
-    {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "barman-cloud", "namespace": "cnpg-system"},
-     "spec": {"template": {"spec": {
-         "containers": [{"name": "barman-cloud", "image": "ghcr.io/cloudnative-pg/plugin-barman-cloud:v0.14.0",
-                         "args": ["operator", "--server-cert=/server/tls.crt", "--client-cert=/client/tls.crt"]}],
-         "volumes": [{"name": "server", "secret": {"secretName": "barman-cloud-server-tls"}},
-                     {"name": "client", "secret": {"secretName": "barman-cloud-client-tls"}}]}}}},
-    {"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "selfsigned-issuer"},
-     "spec": {"selfSigned": {}}},
-    {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "barman-cloud-server"},
-     "spec": {"secretName": "barman-cloud-server-tls", "dnsNames": ["barman-cloud"]}},
+    {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "barman-cloud",
+            "namespace": "cnpg-system",
+            "labels": {"app": "barman-cloud", "cnpg.io/pluginName": "barman-cloud.cloudnative-pg.io"},
+            "annotations": {
+                "cnpg.io/pluginClientSecret": "barman-cloud-client-tls",
+                "cnpg.io/pluginServerSecret": "barman-cloud-server-tls",
+                "cnpg.io/pluginPort": "9090",
+            },
+        },
+        "spec": {"ports": [{"port": 9090}], "selector": {"app": "barman-cloud"}},
+    },
+    {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "barman-cloud", "namespace": "cnpg-system"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "barman-cloud",
+                            "image": "ghcr.io/cloudnative-pg/plugin-barman-cloud:v0.14.0",
+                            "args": ["operator", "--server-cert=/server/tls.crt", "--client-cert=/client/tls.crt"],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "server", "secret": {"secretName": "barman-cloud-server-tls"}},
+                        {"name": "client", "secret": {"secretName": "barman-cloud-client-tls"}},
+                    ],
+                }
+            }
+        },
+    },
+    {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Issuer",
+        "metadata": {"name": "selfsigned-issuer"},
+        "spec": {"selfSigned": {}},
+    },
+    {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "barman-cloud-server"},
+        "spec": {"secretName": "barman-cloud-server-tls", "dnsNames": ["barman-cloud"]},
+    },
 ]
 OPERATOR_DEPLOYMENT = {
-    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "cnpg-controller-manager"},
-    "spec": {"template": {"spec": {
-        "initContainers": [{"name": "init", "image": "ghcr.io/cloudnative-pg/cloudnative-pg:1.30.0"}],
-        "containers": [{"name": "manager", "image": "ghcr.io/cloudnative-pg/cloudnative-pg:1.30.0",
-                        "imagePullPolicy": "Always"}]}}}}
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "cnpg-controller-manager"},
+    "spec": {
+        "template": {
+            "spec": {
+                "initContainers": [{"name": "init", "image": "ghcr.io/cloudnative-pg/cloudnative-pg:1.30.0"}],
+                "containers": [
+                    {
+                        "name": "manager",
+                        "image": "ghcr.io/cloudnative-pg/cloudnative-pg:1.30.0",
+                        "imagePullPolicy": "Always",
+                    }
+                ],
+            }
+        }
+    },
+}
 
 
 def test_every_container_gets_if_not_present_and_cert_manager_objects_are_left_out():
@@ -55,21 +101,40 @@ def test_every_container_gets_if_not_present_and_cert_manager_objects_are_left_o
 
 
 def test_cronjob_containers_are_found_too():
-    cronjob = {"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": {
-        "containers": [{"name": "backup", "image": "tools:1"}]}}}}}}
-    assert cnpg_operator.adapt_for_lab([cronjob])[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"][
-        "containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    cronjob = {
+        "kind": "CronJob",
+        "spec": {
+            "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "backup", "image": "tools:1"}]}}}}
+        },
+    }
+    assert (
+        cnpg_operator.adapt_for_lab([cronjob])[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+            "imagePullPolicy"
+        ]
+        == "IfNotPresent"
+    )
 
 
 def test_the_plugin_release_images_come_from_its_kustomization_names():
     kustomization = {
-        "images": [{"name": "plugin-barman-cloud", "newName": "ghcr.io/cloudnative-pg/plugin-barman-cloud-testing",
-                    "newTag": "main"}],
-        "secretGenerator": [{"name": "plugin-barman-cloud", "literals": [
-            "SIDECAR_IMAGE=ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar-testing:main"]}]}
+        "images": [
+            {
+                "name": "plugin-barman-cloud",
+                "newName": "ghcr.io/cloudnative-pg/plugin-barman-cloud-testing",
+                "newTag": "main",
+            }
+        ],
+        "secretGenerator": [
+            {
+                "name": "plugin-barman-cloud",
+                "literals": ["SIDECAR_IMAGE=ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar-testing:main"],
+            }
+        ],
+    }
     assert cnpg_operator.plugin_images(kustomization, "v0.14.0") == (
         "ghcr.io/cloudnative-pg/plugin-barman-cloud:v0.14.0",
-        "ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar:v0.14.0")
+        "ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar:v0.14.0",
+    )
     with pytest.raises(LabError, match="no longer names the image"):
         cnpg_operator.plugin_images({"images": []}, "v0.14.0")
 
@@ -91,8 +156,10 @@ def _cert(secret, key="tls.crt"):
 
 def test_plugin_tls_secrets_have_the_names_sans_and_usages_cnpg_and_the_plugin_expect():
     server, client = cnpg_plugin_tls.plugin_tls_secrets(PLUGIN_DOCS)
-    assert (server["metadata"]["name"], client["metadata"]["name"]) == ("barman-cloud-server-tls",
-                                                                        "barman-cloud-client-tls")
+    assert (server["metadata"]["name"], client["metadata"]["name"]) == (
+        "barman-cloud-server-tls",
+        "barman-cloud-client-tls",
+    )
     assert {server["metadata"]["namespace"], client["metadata"]["namespace"]} == {"cnpg-system"}
     assert {server["type"], client["type"]} == {"kubernetes.io/tls"}
     for secret, usage in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (client, ExtendedKeyUsageOID.CLIENT_AUTH)):
@@ -108,9 +175,12 @@ def test_plugin_tls_secrets_have_the_names_sans_and_usages_cnpg_and_the_plugin_e
         assert base64.b64decode(secret["data"]["tls.crt"]).count(b"BEGIN CERTIFICATE") == 1
     sans = _cert(server).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     # CNPG dials <service>.<namespace>.svc:<pluginPort> with ServerName = the Service name
-    assert sans.get_values_for_type(x509.DNSName)[:4] == ["barman-cloud", "barman-cloud.cnpg-system",
-                                                          "barman-cloud.cnpg-system.svc",
-                                                          "barman-cloud.cnpg-system.svc.cluster.local"]
+    assert sans.get_values_for_type(x509.DNSName)[:4] == [
+        "barman-cloud",
+        "barman-cloud.cnpg-system",
+        "barman-cloud.cnpg-system.svc",
+        "barman-cloud.cnpg-system.svc.cluster.local",
+    ]
     assert _cert(client).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "barman-cloud-client"
 
 
@@ -122,8 +192,17 @@ def test_a_server_name_annotation_becomes_the_first_san():
 
 
 def test_secrets_that_the_deployment_does_not_mount_are_a_clear_error():
-    deployment = {**PLUGIN_DOCS[1], "spec": {"template": {"spec": {"containers": [], "volumes": [
-        {"name": "server", "secret": {"secretName": "other-server-tls"}}]}}}}
+    deployment = {
+        **PLUGIN_DOCS[1],
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [],
+                    "volumes": [{"name": "server", "secret": {"secretName": "other-server-tls"}}],
+                }
+            }
+        },
+    }
     with pytest.raises(LabError, match="mounts no Secret barman-cloud-client-tls, barman-cloud-server-tls"):
         cnpg_plugin_tls.plugin_tls_requirements([PLUGIN_DOCS[0], deployment])
     service = {**PLUGIN_DOCS[0], "metadata": {**PLUGIN_DOCS[0]["metadata"], "annotations": {}}}

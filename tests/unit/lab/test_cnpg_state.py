@@ -1,4 +1,5 @@
 """Unit tests of the CNPG operator stand-in's pure state machine (tests/lab/cnpg_state.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -15,10 +16,16 @@ EXTERNAL = [{"name": "kms-pg-dc1"}, {"name": "kms-pg-dc2"}]
 
 
 def cluster(name, primary, source, **replica):
-    return {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
-            "metadata": {"name": name, "namespace": "kms", "uid": f"uid-{name}", "generation": 1},
-            "spec": {"instances": 3, "externalClusters": copy.deepcopy(EXTERNAL),
-                     "replica": dict(primary=primary, source=source, **replica)}}
+    return {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": name, "namespace": "kms", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "instances": 3,
+            "externalClusters": copy.deepcopy(EXTERNAL),
+            "replica": dict(primary=primary, source=source, **replica),
+        },
+    }
 
 
 class World:
@@ -89,8 +96,14 @@ def test_token_round_trip_has_six_keys():
     assert cs.parse_token(token) == content
 
 
-@pytest.mark.parametrize("token", ["not base64!", base64.b64encode(b"[1]").decode(),
-                                   base64.b64encode(json.dumps({"operatorVersion": "1.30.0"}).encode()).decode()])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64!",
+        base64.b64encode(b"[1]").decode(),
+        base64.b64encode(json.dumps({"operatorVersion": "1.30.0"}).encode()).decode(),
+    ],
+)
 def test_parse_token_rejects_bad_tokens(token):
     with pytest.raises(cs.TokenError):
         cs.parse_token(token)
@@ -281,9 +294,14 @@ def test_switch_back_and_forth():
 
 def test_backup_running_then_completed():
     dc1 = _switchover()[0]
-    backup = {"metadata": {"name": "b1", "namespace": "kms"},
-              "spec": {"cluster": {"name": "kms-pg-dc1"}, "method": "plugin",
-                       "pluginConfiguration": {"name": cs.BARMAN_PLUGIN}}}
+    backup = {
+        "metadata": {"name": "b1", "namespace": "kms"},
+        "spec": {
+            "cluster": {"name": "kms-pg-dc1"},
+            "method": "plugin",
+            "pluginConfiguration": {"name": cs.BARMAN_PLUGIN},
+        },
+    }
     mem = {}
     result = cs.reconcile_backup(backup, dc1.obj, mem, 1000.0, SLOW)
     assert result.status["phase"] == "running"
@@ -307,14 +325,18 @@ def test_backup_of_unknown_cluster_fails():
 
 def test_merge_patch():
     assert cs.merge_patch({"a": 1}, {"a": 1}) is None
-    assert cs.merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": 1}, "e": [1]}) == \
-        {"a": None, "b": {"d": None}, "e": [1]}
+    assert cs.merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": 1}, "e": [1]}) == {
+        "a": None,
+        "b": {"d": None},
+        "e": [1],
+    }
 
 
 def test_delays_from_env():
     assert cs.Delays.from_env({"HANZO_KMS_CNPG_STANDIN_DELAY": "0"}) == cs.Delays(0.0, 0.0, 0.0)
-    assert cs.Delays.from_env({"HANZO_KMS_CNPG_STANDIN_DELAY": "2", "HANZO_KMS_CNPG_STANDIN_BACKUP_DELAY": "5"}) \
-        == cs.Delays(2.0, 2.0, 5.0)
+    assert cs.Delays.from_env(
+        {"HANZO_KMS_CNPG_STANDIN_DELAY": "2", "HANZO_KMS_CNPG_STANDIN_BACKUP_DELAY": "5"}
+    ) == cs.Delays(2.0, 2.0, 5.0)
 
 
 # -- the real instance path (the lab's own Clusters): pg_controldata, token checks, a fake Instance ----------------
@@ -336,8 +358,14 @@ Minimum recovery ending location:     0/0
 
 def controldata(system="7713577261947878576", timeline=1, redo="0/303DED8"):
     parsed = cs.parse_controldata(CONTROLDATA)
-    parsed.update({cs.CD_SYSTEM_ID: system, cs.CD_TIMELINE: str(timeline), cs.CD_REDO: redo,
-                   "Latest checkpoint's REDO WAL file": cs.wal_file(timeline, cs.parse_lsn(redo))})
+    parsed.update(
+        {
+            cs.CD_SYSTEM_ID: system,
+            cs.CD_TIMELINE: str(timeline),
+            cs.CD_REDO: redo,
+            "Latest checkpoint's REDO WAL file": cs.wal_file(timeline, cs.parse_lsn(redo)),
+        }
+    )
     return parsed
 
 
@@ -354,9 +382,14 @@ def test_token_from_controldata_has_cnpg_keys_and_real_values():
     token = cs.token_from_controldata(cs.parse_controldata(CONTROLDATA))
     content = json.loads(base64.b64decode(token))
     assert list(content) == list(cs.TOKEN_KEYS)
-    assert content == {"latestCheckpointTimelineID": "1", "redoWalFile": "000000010000000000000003",
-                       "databaseSystemIdentifier": "7713577261947878576", "latestCheckpointREDOLocation": "0/303DED8",
-                       "timeOfLatestCheckpoint": "Sun Nov 29 13:00:02 2026", "operatorVersion": cs.OPERATOR_VERSION}
+    assert content == {
+        "latestCheckpointTimelineID": "1",
+        "redoWalFile": "000000010000000000000003",
+        "databaseSystemIdentifier": "7713577261947878576",
+        "latestCheckpointREDOLocation": "0/303DED8",
+        "timeOfLatestCheckpoint": "Sun Nov 29 13:00:02 2026",
+        "operatorVersion": cs.OPERATOR_VERSION,
+    }
     assert cs.parse_token(token) == content
 
 
@@ -365,14 +398,17 @@ def test_token_from_incomplete_controldata_is_refused():
         cs.token_from_controldata(cs.parse_controldata(CONTROLDATA.replace("REDO location", "REDO place")))
 
 
-@pytest.mark.parametrize("instance, retryable, words", [
-    (controldata(), None, None),
-    (controldata(system="1"), False, "mismatching system identifiers"),
-    (controldata(timeline=0), True, "requested timeline not reached"),
-    (controldata(timeline=2), False, "requested timeline is older"),
-    (controldata(redo="0/3000000"), True, "waiting for promotion token LSN (0/303DED8)"),
-    (controldata(redo="0/4000000"), False, "is older than the last replay LSN"),
-])
+@pytest.mark.parametrize(
+    "instance, retryable, words",
+    [
+        (controldata(), None, None),
+        (controldata(system="1"), False, "mismatching system identifiers"),
+        (controldata(timeline=0), True, "requested timeline not reached"),
+        (controldata(timeline=2), False, "requested timeline is older"),
+        (controldata(redo="0/3000000"), True, "waiting for promotion token LSN (0/303DED8)"),
+        (controldata(redo="0/4000000"), False, "is older than the last replay LSN"),
+    ],
+)
 def test_check_token_follows_cnpg(instance, retryable, words):
     content = cs.parse_token(cs.token_from_controldata(cs.parse_controldata(CONTROLDATA)))
     problem = cs.check_token(content, instance)
@@ -516,8 +552,10 @@ def test_real_promotion_with_a_foreign_token_is_unrecoverable():
     dc2.patch_replica(primary="kms-pg-dc2", promotionToken=bad)
     assert dc2.step().requeue is None
     assert dc2.status["phase"] == cs.PHASE_UNRECOVERABLE
-    assert dc2.status["phaseReason"].startswith(cs.TOKEN_MISMATCH_REASON) and "system identifiers" in \
-        dc2.status["phaseReason"]
+    assert (
+        dc2.status["phaseReason"].startswith(cs.TOKEN_MISMATCH_REASON)
+        and "system identifiers" in dc2.status["phaseReason"]
+    )
     assert ("promote",) not in dc2.instance.calls
 
 

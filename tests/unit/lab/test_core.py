@@ -1,4 +1,5 @@
 """Pure logic of the lab plumbing: waiting, ports, state-file handling."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,18 @@ def test_an_unreadable_state_file_is_refused_with_advice(tmp_path):
         Lab(tmp_path).load()
 
 
-@pytest.mark.parametrize("admin_state, op_state, expected", [
-    (0, 2, "UP"), (0, 0, "DOWN"), (0x01, 2, "MAINT"), (0x05, 0, "MAINT"), (0x04, 2, "UP"), (0x08, 2, "DRAIN"), (0x20, 2, "MAINT")])
+@pytest.mark.parametrize(
+    "admin_state, op_state, expected",
+    [
+        (0, 2, "UP"),
+        (0, 0, "DOWN"),
+        (0x01, 2, "MAINT"),
+        (0x05, 0, "MAINT"),
+        (0x04, 2, "UP"),
+        (0x08, 2, "DRAIN"),
+        (0x20, 2, "MAINT"),
+    ],
+)
 def test_haproxy_server_state_words(admin_state, op_state, expected):
     row = ServerState("kms", "dc1", op_state, admin_state, 1, 1, 0)
     assert haproxy.describe(row) == expected
@@ -77,8 +88,11 @@ def test_a_missing_server_binary_names_the_debian_package(monkeypatch):
 
 def test_save_keeps_what_another_process_changed_since_this_one_read_the_state(tmp_path):
     first = Lab(tmp_path)
-    first.state = {"version": 1, "processes": [{"name": "dc1-postgres", "pid": 10}, {"name": "s3", "pid": 11}],
-                   "sites": {"dc1": {"postgres": {"role": "primary"}}}}
+    first.state = {
+        "version": 1,
+        "processes": [{"name": "dc1-postgres", "pid": 10}, {"name": "s3", "pid": 11}],
+        "sites": {"dc1": {"postgres": {"role": "primary"}}},
+    }
     first.save()
     stale = Lab(tmp_path)
     stale.load()
@@ -94,7 +108,10 @@ def test_save_keeps_what_another_process_changed_since_this_one_read_the_state(t
     again = Lab(tmp_path)
     again.load()
     assert [(p["name"], p["pid"]) for p in again.state["processes"]] == [
-        ("dc1-postgres", 20), ("s3", 11), ("scratch-redis", 30)]
+        ("dc1-postgres", 20),
+        ("s3", 11),
+        ("scratch-redis", 30),
+    ]
     assert again.state["sites"]["dc1"]["postgres"]["role"] == "standby"
     assert stale.state == again.state
 
@@ -102,8 +119,12 @@ def test_save_keeps_what_another_process_changed_since_this_one_read_the_state(t
 def test_merge_state_lets_this_process_change_and_delete_its_own_values():
     base = {"a": 1, "b": {"c": 2}, "gone": 3, "processes": [{"name": "x", "pid": 1}, {"name": "y", "pid": 2}]}
     ours = {"a": 5, "b": {"c": 2}, "processes": [{"name": "x", "pid": 1}]}
-    theirs = {"a": 1, "b": {"c": 7}, "gone": 3, "new": 8,
-              "processes": [{"name": "x", "pid": 9}, {"name": "y", "pid": 2}, {"name": "z", "pid": 4}]}
+    theirs = {
+        "a": 1,
+        "b": {"c": 7},
+        "gone": 3,
+        "new": 8,
+        "processes": [{"name": "x", "pid": 9}, {"name": "y", "pid": 2}, {"name": "z", "pid": 4}],
+    }
     merged = merge_state(base, ours, theirs)
-    assert merged == {"a": 5, "b": {"c": 7}, "new": 8,
-                      "processes": [{"name": "x", "pid": 9}, {"name": "z", "pid": 4}]}
+    assert merged == {"a": 5, "b": {"c": 7}, "new": 8, "processes": [{"name": "x", "pid": 9}, {"name": "z", "pid": 4}]}

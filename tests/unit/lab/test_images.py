@@ -1,4 +1,5 @@
 """The image cache's keys and checks (tests/lab/images.py): every input changes the key, a warm cache is reused."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,9 @@ from tests.lab.core import LabError
 
 
 def recipe(**changes):
-    base = images.Recipe(name="docker.io/hanzo-kms-lab/unit:1", fill=lambda root: None, inputs={"revision": 1},
-                         entrypoint=("/bin/true",))
+    base = images.Recipe(
+        name="docker.io/hanzo-kms-lab/unit:1", fill=lambda root: None, inputs={"revision": 1}, entrypoint=("/bin/true",)
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -32,11 +34,21 @@ def cache_fixture(tmp_path, monkeypatch):
 
 def test_key_is_stable_and_covers_every_input():
     assert recipe().key() == recipe().key()
-    variants = [recipe(inputs={"revision": 2}), recipe(inputs={"revision": 1, "binary": "ab12"}),
-                recipe(entrypoint=("/bin/false",)), recipe(cmd=("x",)), recipe(user="26"), recipe(env=("A=1",)),
-                recipe(workdir="/srv"), recipe(name="docker.io/hanzo-kms-lab/unit:2"), debian_recipe(),
-                debian_recipe(hooks=("true",)), debian_recipe(essential_hooks=("true",)),
-                debian_recipe(suite="trixie"), recipe(debian=images.Debian(packages=("redis-tools",)))]
+    variants = [
+        recipe(inputs={"revision": 2}),
+        recipe(inputs={"revision": 1, "binary": "ab12"}),
+        recipe(entrypoint=("/bin/false",)),
+        recipe(cmd=("x",)),
+        recipe(user="26"),
+        recipe(env=("A=1",)),
+        recipe(workdir="/srv"),
+        recipe(name="docker.io/hanzo-kms-lab/unit:2"),
+        debian_recipe(),
+        debian_recipe(hooks=("true",)),
+        debian_recipe(essential_hooks=("true",)),
+        debian_recipe(suite="trixie"),
+        recipe(debian=images.Debian(packages=("redis-tools",))),
+    ]
     keys = {variant.key() for variant in variants} | {recipe().key()}
     assert len(keys) == len(variants) + 1
 
@@ -66,34 +78,57 @@ def test_stale_packages():
 
 
 def test_parse_apt_policy():
-    text = ("redis-server:\n  Installed: (none)\n  Candidate: 5:7.0.15-1~deb12u5\n  Version table:\n"
-            "     5:7.0.15-1~deb12u5 500\n        500 http://mirror bookworm-security/main amd64 Packages\n"
-            "libc6:amd64:\n  Installed: (none)\n  Candidate: 2.36-9+deb12u10\n"
-            "gone:\n  Installed: (none)\n  Candidate: (none)\n")
+    text = (
+        "redis-server:\n  Installed: (none)\n  Candidate: 5:7.0.15-1~deb12u5\n  Version table:\n"
+        "     5:7.0.15-1~deb12u5 500\n        500 http://mirror bookworm-security/main amd64 Packages\n"
+        "libc6:amd64:\n  Installed: (none)\n  Candidate: 2.36-9+deb12u10\n"
+        "gone:\n  Installed: (none)\n  Candidate: (none)\n"
+    )
     assert images.parse_apt_policy(text) == {"redis-server": "5:7.0.15-1~deb12u5", "libc6": "2.36-9+deb12u10"}
 
 
 def test_requirement_pins_of_a_pip_compile_output():
-    text = ("#\n#    pip-compile --generate-hashes\n#\nbarman==3.19.1 \\\n    --hash=sha256:00ff \\\n"
-            "    # via -r sidecar-requirements.in\nPython_Dateutil==2.9.0.post0 \\\n    --hash=sha256:11\n"
-            "typing-extensions==4.16.0 ; python_version < '3.12'\n")
-    assert images.requirement_pins(text) == {"barman": "3.19.1", "python-dateutil": "2.9.0.post0",
-                                             "typing-extensions": "4.16.0"}
+    text = (
+        "#\n#    pip-compile --generate-hashes\n#\nbarman==3.19.1 \\\n    --hash=sha256:00ff \\\n"
+        "    # via -r sidecar-requirements.in\nPython_Dateutil==2.9.0.post0 \\\n    --hash=sha256:11\n"
+        "typing-extensions==4.16.0 ; python_version < '3.12'\n"
+    )
+    assert images.requirement_pins(text) == {
+        "barman": "3.19.1",
+        "python-dateutil": "2.9.0.post0",
+        "typing-extensions": "4.16.0",
+    }
 
 
 def test_operator_image_names_follow_the_rendered_manifests(tmp_path):
     manifest = tmp_path / "manifest.json"
     assert images.operator_image_names(manifest) == images.UPSTREAM_IMAGES
-    manifest.write_text(json.dumps({"images": {"operator": "lab/cnpg:1", "plugin": "lab/barman:1",
-                                               "sidecar": "lab/barman-sidecar:1"}}), encoding="utf-8")
-    assert images.operator_image_names(manifest) == {"operator": "lab/cnpg:1", "plugin": "lab/barman:1",
-                                                     "sidecar": "lab/barman-sidecar:1"}
-    manifest.write_text(json.dumps({"images": {"cnpg-operator": "a/cloudnative-pg:1",
-                                               "barman-cloud-sidecar": "a/plugin-barman-cloud-sidecar:1",
-                                               "barman-cloud-plugin": "a/plugin-barman-cloud:1"}}), encoding="utf-8")
-    assert images.operator_image_names(manifest) == {"operator": "a/cloudnative-pg:1",
-                                                     "plugin": "a/plugin-barman-cloud:1",
-                                                     "sidecar": "a/plugin-barman-cloud-sidecar:1"}
+    manifest.write_text(
+        json.dumps({"images": {"operator": "lab/cnpg:1", "plugin": "lab/barman:1", "sidecar": "lab/barman-sidecar:1"}}),
+        encoding="utf-8",
+    )
+    assert images.operator_image_names(manifest) == {
+        "operator": "lab/cnpg:1",
+        "plugin": "lab/barman:1",
+        "sidecar": "lab/barman-sidecar:1",
+    }
+    manifest.write_text(
+        json.dumps(
+            {
+                "images": {
+                    "cnpg-operator": "a/cloudnative-pg:1",
+                    "barman-cloud-sidecar": "a/plugin-barman-cloud-sidecar:1",
+                    "barman-cloud-plugin": "a/plugin-barman-cloud:1",
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert images.operator_image_names(manifest) == {
+        "operator": "a/cloudnative-pg:1",
+        "plugin": "a/plugin-barman-cloud:1",
+        "sidecar": "a/plugin-barman-cloud-sidecar:1",
+    }
 
 
 def test_missing_go_binary_names_make_k8s_bins(tmp_path, monkeypatch):
@@ -106,8 +141,11 @@ def collection_tree(root):
     (root / "plugins/module_utils").mkdir(parents=True)
     (root / "plugins/module_utils/first.py").write_text("VALUE = 1\n", encoding="utf-8")
     (root / "plugins/module_utils/second.py").write_text(
-        "from ansible_collections.hanzo.kms.plugins.module_utils.first import VALUE\n", encoding="utf-8")
-    (root / "requirements.txt").write_text("kubernetes==1.0  # not the job's\nboto3==1.2.3\nanycrc==4.5\n", encoding="utf-8")
+        "from ansible_collections.hanzo.kms.plugins.module_utils.first import VALUE\n", encoding="utf-8"
+    )
+    (root / "requirements.txt").write_text(
+        "kubernetes==1.0  # not the job's\nboto3==1.2.3\nanycrc==4.5\n", encoding="utf-8"
+    )
     (root / "constraints.txt").write_text("boto3==1.2.3\nbotocore==1.9.9\nanycrc==4.5\n", encoding="utf-8")
 
 
@@ -125,9 +163,19 @@ def test_backup_tools_image_has_the_collections_module_utils_importable(tmp_path
         shutil.copyfile(source, rootfs / path.lstrip("/"))
     for init in inits:
         (rootfs / init.lstrip("/")).touch()
-    proc = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                           "from ansible_collections.hanzo.kms.plugins.module_utils import second; print(second.VALUE)",
-                           str(rootfs / "usr/share/ansible/collections")], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from ansible_collections.hanzo.kms.plugins.module_utils import second; print(second.VALUE)",
+            str(rootfs / "usr/share/ansible/collections"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.stdout.strip() == "1", proc.stderr
     requirements, pins = images.backup_job_pins(tmp_path / "repo")
     assert requirements == ("boto3==1.2.3", "anycrc==4.5") and pins["botocore"] == "1.9.9"
@@ -164,7 +212,8 @@ def test_debian_image_is_reused_until_debian_offers_another_version(cache):
     cache.mkdir(parents=True)
     images.archive_path(deb, installed).write_bytes(b"layout")
     (cache / f"{deb.slug()}-{deb.key()}.debian.json").write_text(
-        json.dumps({"packages": installed, "sources": "deb lab bookworm main\n"}), encoding="utf-8")
+        json.dumps({"packages": installed, "sources": "deb lab bookworm main\n"}), encoding="utf-8"
+    )
     assert images.cached_archive(deb, index=FixedIndex(installed)) == images.archive_path(deb, installed)
     messages = []
     newer = dict(installed, libc6="2.36-9+deb12u11")
@@ -179,8 +228,10 @@ def test_warm_cache_is_reused_and_a_changed_input_rebuilds(cache, tmp_path):
     payload.write_text("one", encoding="ascii")
 
     def make():
-        return recipe(inputs={"payload": images.file_digest(payload)},
-                      fill=lambda root: shutil.copyfile(payload, root / "payload"))
+        return recipe(
+            inputs={"payload": images.file_digest(payload)},
+            fill=lambda root: shutil.copyfile(payload, root / "payload"),
+        )
 
     first, built = images.ensure_built(make(), log=lambda msg: None)
     assert built and first.parent == cache

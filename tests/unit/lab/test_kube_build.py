@@ -1,4 +1,5 @@
 """Setup errors of make k8s-bins (tests/lab/kube_build.py) and the lab's check for built binaries."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ def test_unreachable_module_proxy_is_a_clear_setup_error(monkeypatch, tmp_path):
     monkeypatch.setenv("GOSUMDB", "off")
     env = kube_build._go_env(1)  # pylint: disable=protected-access
     with pytest.raises(LabError, match="module proxy .* looks unreachable"):
-        kube_build._run([go, "mod", "download", "sigs.k8s.io/kwok@v0.7.0"], tmp_path, env,  # pylint: disable=protected-access
-                        "module download")
+        kube_build._run(
+            [go, "mod", "download", "sigs.k8s.io/kwok@v0.7.0"],
+            tmp_path,
+            env,  # pylint: disable=protected-access
+            "module download",
+        )
 
 
 def test_lab_refuses_to_start_without_a_build(monkeypatch, tmp_path):
@@ -43,8 +48,10 @@ def test_versions_are_pinned_in_the_wrapper_modules():
 
 
 # -- the per-module cache ---------------------------------------------------------------------------------------------
-BINS = {"kubernetes": {"kubectl": "k8s.io/kubernetes/cmd/kubectl", "kubelet": "k8s.io/kubernetes/cmd/kubelet"},
-        "cnpg": {"cnpg-manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"}}
+BINS = {
+    "kubernetes": {"kubectl": "k8s.io/kubernetes/cmd/kubectl", "kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+    "cnpg": {"cnpg-manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"},
+}
 
 
 def test_a_current_module_is_reused_and_only_a_changed_one_is_rebuilt():
@@ -55,13 +62,15 @@ def test_a_current_module_is_reused_and_only_a_changed_one_is_rebuilt():
 
 
 def test_a_new_module_is_built_without_rebuilding_the_others():
-    assert kube_build.stale_modules({"kubernetes": "k1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS,
-                                    {"kubectl", "kubelet"}) == ["cnpg"]
+    assert kube_build.stale_modules(
+        {"kubernetes": "k1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS, {"kubectl", "kubelet"}
+    ) == ["cnpg"]
 
 
 def test_a_missing_binary_rebuilds_its_module():
-    assert kube_build.stale_modules({"kubernetes": "k1", "cnpg": "c1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS,
-                                    {"kubectl", "cnpg-manager"}) == ["kubernetes"]
+    assert kube_build.stale_modules(
+        {"kubernetes": "k1", "cnpg": "c1"}, {"kubernetes": "k1", "cnpg": "c1"}, BINS, {"kubectl", "cnpg-manager"}
+    ) == ["kubernetes"]
 
 
 def test_module_fingerprints_follow_their_own_inputs_only():
@@ -81,8 +90,9 @@ def test_a_cache_written_by_the_previous_kube_build_is_adopted_module_by_module(
     legacy = kube_build._legacy_fingerprint(ver)  # pylint: disable=protected-access
     recorded = kube_build.recorded_fingerprints({"fingerprint": legacy}, ver)
     assert sorted(recorded) == sorted(kube_build.LEGACY_MODULES)
-    assert kube_build.stale_modules(recorded, kube_build.fingerprints(ver)["modules"], kube_build.BUILDS,
-                                    set(kube_build.BINARIES)) == ["kustomize", "cnpg", "barman-cloud", "coredns"]
+    assert kube_build.stale_modules(
+        recorded, kube_build.fingerprints(ver)["modules"], kube_build.BUILDS, set(kube_build.BINARIES)
+    ) == ["kustomize", "cnpg", "barman-cloud", "coredns"]
     assert not kube_build.recorded_fingerprints({"fingerprint": "something else"}, ver)
 
 
@@ -99,8 +109,10 @@ def test_cached_accepts_a_complete_current_cache_and_names_nothing_else(monkeypa
     monkeypatch.setenv("HANZO_KMS_K8S_CACHE", str(tmp_path))
     root = kube_build.cache_root()
     prints = kube_build.fingerprints()
-    manifest = {"modules": {m: {"fingerprint": fp} for m, fp in prints["modules"].items()},
-                "assets": {"fingerprint": prints["assets"]}}
+    manifest = {
+        "modules": {m: {"fingerprint": fp} for m, fp in prints["modules"].items()},
+        "assets": {"fingerprint": prints["assets"]},
+    }
     _fake_cache(root, manifest)
     assert kube_build.cached(root) == manifest
     assert kube.ensure_binaries()["manifests"] == root / "manifests"
@@ -116,8 +128,16 @@ def test_cached_accepts_a_complete_current_cache_and_names_nothing_else(monkeypa
 
 def test_cnpg_reports_its_release_version_commit_and_date(tmp_path):
     info = tmp_path / "v1.30.0.info"
-    info.write_text(json.dumps({"Version": "v1.30.0", "Time": "2026-06-29T16:35:18Z",
-                                "Origin": {"Hash": "4b5e244a7d031f67e025c83c1555e7726ecbbfa1"}}), encoding="utf-8")
+    info.write_text(
+        json.dumps(
+            {
+                "Version": "v1.30.0",
+                "Time": "2026-06-29T16:35:18Z",
+                "Origin": {"Hash": "4b5e244a7d031f67e025c83c1555e7726ecbbfa1"},
+            }
+        ),
+        encoding="utf-8",
+    )
     origin = kube_build.module_origin({"Info": str(info)})
     assert origin == {"commit": "4b5e244", "date": "2026-06-29"}
     flags = kube_build.ldflags("cnpg", kube_build.versions(), origin)

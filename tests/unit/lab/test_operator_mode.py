@@ -1,4 +1,5 @@
 """Unit tests of the lab's operator-mode helpers: the CNPG mode switch, the kwok taint, CoreDNS's configuration."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,8 @@ def test_an_unknown_cnpg_mode_is_a_clear_error(monkeypatch):
 def test_kwok_nodes_carry_kwoks_taint_only_in_operator_mode():
     assert "taints" not in kube._node("dc1", 0)["spec"]  # pylint: disable=protected-access
     assert kube._node("dc1", 0, taint=True)["spec"]["taints"] == [  # pylint: disable=protected-access
-        {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
+        {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+    ]
 
 
 def test_corefile_serves_the_cluster_domain_from_the_sites_apiserver_on_the_node_ip():
@@ -34,10 +36,13 @@ def test_corefile_serves_the_cluster_domain_from_the_sites_apiserver_on_the_node
     assert "forward" not in text  # no upstream resolver in the lab
 
 
-@pytest.mark.parametrize(("data", "offset", "end"), [
-    (b"\x07example\x03com\x00rest", 0, 13),   # labels up to the root
-    (b"\xc0\x0cxx", 0, 2),                      # a compression pointer
-    (b"\x03www\xc0\x0c", 0, 6),                 # labels, then a pointer
-])
+@pytest.mark.parametrize(
+    ("data", "offset", "end"),
+    [
+        (b"\x07example\x03com\x00rest", 0, 13),  # labels up to the root
+        (b"\xc0\x0cxx", 0, 2),  # a compression pointer
+        (b"\x03www\xc0\x0c", 0, 6),  # labels, then a pointer
+    ],
+)
 def test_dns_names_are_skipped_whole(data, offset, end):
     assert dns._skip_name(data, offset) == end  # pylint: disable=protected-access

@@ -1,5 +1,6 @@
 """The in-process action plugins (plugins/plugin_utils/in_process.py): on the control node they do the module's work
 in the controller's process with the module's argument spec; elsewhere, or with become, the module runs."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,17 @@ def action(cls, args, transport="local", become=False, check_mode=False):
 
 
 def report_args(tmp_path, **extra):
-    return dict({"dir": str(tmp_path), "name": "run1", "operation": "failover", "step": "preflight", "result": "ok",
-                 "detail": "go"}, **extra)
+    return dict(
+        {
+            "dir": str(tmp_path),
+            "name": "run1",
+            "operation": "failover",
+            "step": "preflight",
+            "result": "ok",
+            "detail": "go",
+        },
+        **extra,
+    )
 
 
 def test_on_the_control_node_the_report_is_written_in_process(tmp_path):
@@ -45,7 +55,8 @@ def test_on_another_host_or_with_become_the_module_runs(tmp_path, transport, bec
     result = plugin.run(task_vars={"x": 1})
     assert result["ran"] == "module"
     plugin._execute_module.assert_called_once_with(  # pylint: disable=protected-access
-        module_name="hanzo.kms.operation_report", module_args=args, task_vars={"x": 1})
+        module_name="hanzo.kms.operation_report", module_args=args, task_vars={"x": 1}
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -55,12 +66,15 @@ def test_check_mode_renders_and_writes_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"bogus": 1}, "Unsupported parameters for (hanzo.kms.operation_report) module: bogus"),
-    ({"name": None}, "missing parameter(s) required by 'dir': name"),
-    ({"result": "great"}, "value of result must be one of"),
-    ({"mode": "0999"}, "mode must be an octal number such as '0600', not '0999'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"bogus": 1}, "Unsupported parameters for (hanzo.kms.operation_report) module: bogus"),
+        ({"name": None}, "missing parameter(s) required by 'dir': name"),
+        ({"result": "great"}, "value of result must be one of"),
+        ({"mode": "0999"}, "mode must be an octal number such as '0600', not '0999'"),
+    ],
+)
 def test_bad_arguments_fail_with_the_modules_words_and_write_nothing(tmp_path, extra, message):
     args = {k: v for k, v in report_args(tmp_path, **extra).items() if v is not None}
     result = action(ReportAction, args).run(task_vars={})
@@ -79,7 +93,9 @@ def test_the_preflight_refusal_fails_with_the_decision_and_its_warnings():
 
 def test_the_preflight_warnings_are_shown_as_ansible_warnings(monkeypatch):
     decision = {"ok": True, "refusals": [], "warnings_found": ["the old site dc1 is unreachable"], "changed": False}
-    monkeypatch.setattr("ansible_collections.hanzo.kms.plugins.action.switch_preflight.run_preflight",
-                        lambda params, check_mode: dict(decision))
+    monkeypatch.setattr(
+        "ansible_collections.hanzo.kms.plugins.action.switch_preflight.run_preflight",
+        lambda params, check_mode: dict(decision),
+    )
     result = action(PreflightAction, {"mode": "failover", "target_site": "dc2", "sites": []}).run(task_vars={})
     assert not result.get("failed") and result["warnings"] == ["the old site dc1 is unreachable"]

@@ -1,4 +1,5 @@
 """hanzo.kms.hmac_sha256: the KMS Deployment's checksum/secret annotation (issue 14 item 8)."""
+
 from __future__ import annotations
 
 import hashlib

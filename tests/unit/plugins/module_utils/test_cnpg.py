@@ -4,6 +4,7 @@ Most runs drive :class:`Promoter` against an in-memory pair of Clusters whose st
 CNPG stand-in state machine (tests/lab/cnpg_state.py, zero delays), one operator reconcile per read; the real API
 path is covered by tests/integration/test_cnpg_promote.py. A fake clock makes timeouts instant.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,9 +35,16 @@ class SimCluster:
 
     def __init__(self, name, replica, side, instances=2, annotations=None):
         self.name, self.namespace, self.side = name, "kms", side
-        self.obj = {"metadata": {"name": name, "namespace": "kms", "uid": name, "generation": 1,
-                                 "annotations": dict(annotations or {})},
-                    "spec": {"instances": instances, "externalClusters": EXTERNAL, "replica": replica}}
+        self.obj = {
+            "metadata": {
+                "name": name,
+                "namespace": "kms",
+                "uid": name,
+                "generation": 1,
+                "annotations": dict(annotations or {}),
+            },
+            "spec": {"instances": instances, "externalClusters": EXTERNAL, "replica": replica},
+        }
         self.mem = {}
         self.paused = False
         self.patches = []
@@ -90,29 +98,35 @@ def promoter(old, new, mode="switchover", **kwargs):
 
 
 # -- pure helpers --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("replica, expected", [
-    (None, False),
-    ({"source": "x"}, True),
-    ({"enabled": True, "source": "x"}, True),
-    ({"enabled": False, "source": "x"}, False),
-    ({"primary": "c", "source": "x"}, False),
-    ({"primary": "d", "source": "x"}, True),
-    ({"primary": "me", "self": "me", "source": "x"}, False),
-])
+@pytest.mark.parametrize(
+    "replica, expected",
+    [
+        (None, False),
+        ({"source": "x"}, True),
+        ({"enabled": True, "source": "x"}, True),
+        ({"enabled": False, "source": "x"}, False),
+        ({"primary": "c", "source": "x"}, False),
+        ({"primary": "d", "source": "x"}, True),
+        ({"primary": "me", "self": "me", "source": "x"}, False),
+    ],
+)
 def test_is_replica(replica, expected):
     obj = {"metadata": {"name": "c"}, "spec": {"replica": replica} if replica else {}}
     assert cnpg.is_replica(obj) is expected
 
 
-@pytest.mark.parametrize("annotations, names, expected", [
-    ({}, [], "none"),
-    ({cnpg.FENCE_ANNOTATION: '["*"]'}, [], "fenced"),
-    ({cnpg.FENCE_ANNOTATION: '["a-1","a-2"]'}, ["a-1", "a-2"], "fenced"),
-    ({cnpg.FENCE_ANNOTATION: '["a-1"]'}, ["a-1", "a-2"], "partial"),
-    ({cnpg.FENCE_ANNOTATION: "garbage"}, [], "partial"),
-    ({cnpg.HIBERNATION_ANNOTATION: "on"}, [], "hibernated"),
-    ({cnpg.HIBERNATION_ANNOTATION: "off"}, [], "none"),
-])
+@pytest.mark.parametrize(
+    "annotations, names, expected",
+    [
+        ({}, [], "none"),
+        ({cnpg.FENCE_ANNOTATION: '["*"]'}, [], "fenced"),
+        ({cnpg.FENCE_ANNOTATION: '["a-1","a-2"]'}, ["a-1", "a-2"], "fenced"),
+        ({cnpg.FENCE_ANNOTATION: '["a-1"]'}, ["a-1", "a-2"], "partial"),
+        ({cnpg.FENCE_ANNOTATION: "garbage"}, [], "partial"),
+        ({cnpg.HIBERNATION_ANNOTATION: "on"}, [], "hibernated"),
+        ({cnpg.HIBERNATION_ANNOTATION: "off"}, [], "none"),
+    ],
+)
 def test_fencing_state(annotations, names, expected):
     obj = {"metadata": {"name": "a", "annotations": annotations}, "status": {"instanceNames": names}}
     assert cnpg.fencing_state(obj) == expected
@@ -265,8 +279,9 @@ def test_switchover_conflict_retried():
 
 def test_forbidden_not_retried_and_message_names_permission():
     target = type("T", (), {"label": "Cluster kms/pg-dc1 (old side, https://x)", "namespace": "kms", "side": "old"})()
-    err = cnpg.api_error(403, 'clusters.postgresql.cnpg.io "pg-dc1" is forbidden: User "u" cannot patch resource',
-                         "patch", target)
+    err = cnpg.api_error(
+        403, 'clusters.postgresql.cnpg.io "pg-dc1" is forbidden: User "u" cannot patch resource', "patch", target
+    )
     assert "Cluster kms/pg-dc1" in err.msg and "'patch' permission on clusters.postgresql.cnpg.io" in err.msg
     err404 = cnpg.api_error(404, "not found", "get", target)
     assert "not found" in err404.msg and "name and namespace" in err404.msg
@@ -330,6 +345,7 @@ def demoted_then_promotion_refused():
         if "spec" in body:
             raise cnpg.ApiError("patch refused (422): promotion blocked", status=422)
         return real_patch(body)
+
     new.patch = patch
     with pytest.raises(cnpg.ApiError):
         promoter(old, new).run()
@@ -414,8 +430,9 @@ def test_failover_refused_when_old_answers_unfenced():
     assert new.patches == [] and old.patches == []
 
 
-@pytest.mark.parametrize("method, annotation", [("fence", cnpg.FENCE_ANNOTATION),
-                                                ("hibernate", cnpg.HIBERNATION_ANNOTATION)])
+@pytest.mark.parametrize(
+    "method, annotation", [("fence", cnpg.FENCE_ANNOTATION), ("hibernate", cnpg.HIBERNATION_ANNOTATION)]
+)
 def test_failover_fences_first(method, annotation):
     old, new = pair()
     check = promoter(old, new, mode="failover", fencing=method, check_mode=True).run()

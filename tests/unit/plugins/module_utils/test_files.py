@@ -1,4 +1,5 @@
 """files.replace_file: the old content or the new one, never a part, and no temporary file left behind."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Kubernetes client settings (module_utils/kube.py): what an unreachable data center costs each call."""
+
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils import kube

@@ -4,6 +4,7 @@ In-memory Leases that behave like the API server's optimistic concurrency (creat
 with a stale resourceVersion fail with a conflict); the real servers are in tests/integration/test_oplock.py. Also
 checks that the CronJob's kubectl script and the redis role use the same Lease constants as the module.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,12 @@ import pytest
 import yaml
 
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_lock as ol
-from ansible_collections.hanzo.kms.plugins.module_utils.times import MICROTIME_FORMAT, epoch_text, format_epoch, parse_epoch
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (
+    MICROTIME_FORMAT,
+    epoch_text,
+    format_epoch,
+    parse_epoch,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 NOW = 1_796_000_000.0
@@ -66,10 +72,21 @@ class MemLease:
 
 
 def held(holder, since=NOW - 60, ttl=3600, operation="failover", version="7"):
-    return {"metadata": {"name": ol.LEASE_NAME, "namespace": "kms", "resourceVersion": version,
-                         "annotations": {ol.OPERATION_ANNOTATION: operation}},
-            "spec": {"holderIdentity": holder, "acquireTime": micro(since),
-                     "renewTime": micro(since), "leaseDurationSeconds": ttl, "leaseTransitions": 2}}
+    return {
+        "metadata": {
+            "name": ol.LEASE_NAME,
+            "namespace": "kms",
+            "resourceVersion": version,
+            "annotations": {ol.OPERATION_ANNOTATION: operation},
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "acquireTime": micro(since),
+            "renewTime": micro(since),
+            "leaseDurationSeconds": ttl,
+            "leaseTransitions": 2,
+        },
+    }
 
 
 def lock(sites, owner="backup/run1@ops", **kwargs):
@@ -78,18 +95,21 @@ def lock(sites, owner="backup/run1@ops", **kwargs):
 
 
 # -- decide --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lease, owner, breaking, expected", [
-    (None, "me", "", "create"),
-    (held(""), "me", "", "take"),
-    (held("me"), "me", "", "renew"),
-    (held("other", since=NOW - 7200, ttl=3600), "me", "", "take_expired"),
-    (held("other", since=NOW - 3600, ttl=3600), "me", "", "take_expired"),  # expiry is inclusive
-    (held("other"), "me", "", "refuse"),
-    (held("other"), "me", "BREAK LOCK other", "break"),
-    (held("other"), "me", "BREAK LOCK someone", "refuse_break"),
-    (held("other"), "me", "break lock other", "refuse_break"),
-    (held("other", ttl=None), "me", "", "refuse"),  # no duration: never expires by itself
-])
+@pytest.mark.parametrize(
+    "lease, owner, breaking, expected",
+    [
+        (None, "me", "", "create"),
+        (held(""), "me", "", "take"),
+        (held("me"), "me", "", "renew"),
+        (held("other", since=NOW - 7200, ttl=3600), "me", "", "take_expired"),
+        (held("other", since=NOW - 3600, ttl=3600), "me", "", "take_expired"),  # expiry is inclusive
+        (held("other"), "me", "", "refuse"),
+        (held("other"), "me", "BREAK LOCK other", "break"),
+        (held("other"), "me", "BREAK LOCK someone", "refuse_break"),
+        (held("other"), "me", "break lock other", "refuse_break"),
+        (held("other", ttl=None), "me", "", "refuse"),  # no duration: never expires by itself
+    ],
+)
 def test_decide(lease, owner, breaking, expected):
     assert ol.decide(ol.lease_view(lease), owner, NOW, breaking) == expected
 
@@ -125,7 +145,7 @@ def test_acquire_takes_every_site_in_name_order():
     sites = {}
     for name in ("dc2", "dc1"):
         store = MemLease()
-        store.before_write = (lambda n=name: order.append(n))
+        store.before_write = lambda n=name: order.append(n)
         sites[name] = store
     result = lock(sites).acquire()
     assert order == ["dc1", "dc2"]

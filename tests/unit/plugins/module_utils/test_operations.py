@@ -13,11 +13,9 @@ import sys
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg, site_data, times
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_decisions as decisions
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_reports as reports
-from ansible_collections.hanzo.kms.plugins.module_utils import site_data
-from ansible_collections.hanzo.kms.plugins.module_utils import times
 from ansible_collections.hanzo.kms.plugins.module_utils.haproxy import parse_servers_state
 
 NOW = datetime.datetime(2026, 11, 29, 13, 0, 0, tzinfo=datetime.timezone.utc)

@@ -1,4 +1,5 @@
 """How s3_client verifies TLS: ca_bundle, then AWS_CA_BUNDLE, then the system store; never off unless asked."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@
 The client here only records what it is given: S3 itself is exercised by tests/integration/test_redis_rdb.py against
 the lab's SeaweedFS. What these tests pin is our own bookkeeping.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ class RecordingClient:
         self.put = None
 
     def create_multipart_upload(self, **_kwargs):
-        return {'UploadId': 'u1'}
+        return {"UploadId": "u1"}
 
     def upload_part(self, PartNumber, Body, **_kwargs):  # noqa: N803 pylint: disable=invalid-name
         with self.lock:
@@ -39,13 +40,13 @@ class RecordingClient:
             self.most_running = max(self.most_running, self.running)
         try:
             self.parts[PartNumber] = bytes(Body)
-            return {'ETag': f'e{PartNumber}'}
+            return {"ETag": f"e{PartNumber}"}
         finally:
             with self.lock:
                 self.running -= 1
 
     def complete_multipart_upload(self, MultipartUpload, **_kwargs):  # noqa: N803 pylint: disable=invalid-name
-        self.completed = MultipartUpload['Parts']
+        self.completed = MultipartUpload["Parts"]
 
     def abort_multipart_upload(self, **_kwargs):
         self.aborted = True
@@ -54,28 +55,28 @@ class RecordingClient:
         self.put = bytes(Body)
 
 
-@pytest.mark.parametrize('concurrency', [1, 3])
+@pytest.mark.parametrize("concurrency", [1, 3])
 def test_parts_are_cut_at_part_size_and_reassemble(concurrency):
     data = os.urandom(17 * MIB + 123)
     client = RecordingClient()
-    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=concurrency)
+    upload = s3_upload.S3StreamUpload(client, "b", "k", part_size=5 * MIB, concurrency=concurrency)
     view = memoryview(data)
     for offset in range(0, len(data), 700_001):  # chunks that straddle part boundaries
-        upload.write(view[offset:offset + 700_001])
+        upload.write(view[offset : offset + 700_001])
     upload.close()
     assert [len(client.parts[n]) for n in sorted(client.parts)] == [5 * MIB, 5 * MIB, 5 * MIB, 2 * MIB + 123]
-    assert b''.join(client.parts[n] for n in sorted(client.parts)) == data
-    assert [p['PartNumber'] for p in client.completed] == [1, 2, 3, 4]
+    assert b"".join(client.parts[n] for n in sorted(client.parts)) == data
+    assert [p["PartNumber"] for p in client.completed] == [1, 2, 3, 4]
     assert client.most_running <= concurrency
     assert upload.size == len(data)
 
 
 def test_small_object_is_one_put():
     client = RecordingClient()
-    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
-    upload.write(b'REDIS0011tiny')
+    upload = s3_upload.S3StreamUpload(client, "b", "k", part_size=5 * MIB)
+    upload.write(b"REDIS0011tiny")
     upload.close()
-    assert client.put == b'REDIS0011tiny' and not client.parts
+    assert client.put == b"REDIS0011tiny" and not client.parts
 
 
 def test_writer_waits_for_a_free_upload_slot():
@@ -90,7 +91,7 @@ def test_writer_waits_for_a_free_upload_slot():
             return super().upload_part(PartNumber=PartNumber, Body=Body, **kwargs)
 
     client = SlowClient()
-    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB, concurrency=1)
+    upload = s3_upload.S3StreamUpload(client, "b", "k", part_size=5 * MIB, concurrency=1)
     writer = threading.Thread(target=lambda: upload.write(bytes(15 * MIB)))
     writer.start()
     assert started.wait(30)
@@ -107,10 +108,10 @@ def test_writer_waits_for_a_free_upload_slot():
 
 
 def test_more_parts_than_s3_allows_fails_with_a_clear_message(monkeypatch):
-    monkeypatch.setattr(s3_upload, 'MAX_PARTS', 2)
+    monkeypatch.setattr(s3_upload, "MAX_PARTS", 2)
     client = RecordingClient()
-    upload = s3_upload.S3StreamUpload(client, 'b', 'k', part_size=5 * MIB)
-    with pytest.raises(S3Error, match='larger than 2 parts of 5 MiB.*raise part_size'):
+    upload = s3_upload.S3StreamUpload(client, "b", "k", part_size=5 * MIB)
+    with pytest.raises(S3Error, match="larger than 2 parts of 5 MiB.*raise part_size"):
         upload.write(bytes(15 * MIB))
     upload.abort()
     assert client.aborted

@@ -1,5 +1,6 @@
 """hanzo.kms.site_data_info's Kubernetes part (module_utils/site_status.py) with a fake reader, and the exec exit
 status of module_utils/kube.py."""
+
 from __future__ import annotations
 
 import base64
@@ -12,11 +13,25 @@ import urllib3
 
 from ansible_collections.hanzo.kms.plugins.module_utils import kube, site_status
 
-PARAMS = {"site": "dc2", "inventory_role": "passive", "namespace": "kms", "cluster_name": "kms-pg-dc2",
-          "object_store_name": "kms-pg-dc2-store", "kms_name": "kms", "read_replay": True,
-          "redis_secret_name": "redis-auth", "redis_secret_key": "redis-password", "probe_redis": True,
-          "host": "10.0.0.5", "port": 30379, "password": None, "kubeconfig": "/k/dc2", "context": "dc2",
-          "tls": True, "tls_ca_cert": "/ca/redis.crt"}
+PARAMS = {
+    "site": "dc2",
+    "inventory_role": "passive",
+    "namespace": "kms",
+    "cluster_name": "kms-pg-dc2",
+    "object_store_name": "kms-pg-dc2-store",
+    "kms_name": "kms",
+    "read_replay": True,
+    "redis_secret_name": "redis-auth",
+    "redis_secret_key": "redis-password",
+    "probe_redis": True,
+    "host": "10.0.0.5",
+    "port": 30379,
+    "password": None,
+    "kubeconfig": "/k/dc2",
+    "context": "dc2",
+    "tls": True,
+    "tls_ca_cert": "/ca/redis.crt",
+}
 CLUSTER = {"metadata": {"name": "kms-pg-dc2"}, "status": {"currentPrimary": "kms-pg-dc2-1"}}
 
 
@@ -28,12 +43,20 @@ class FakeReader:
     """Answers from ``objects``; a missing key is a 404; ``down`` makes every call fail like a dead API server."""
 
     def __init__(self, objects=None, down=False, exec_result=(0, "2026-12-02T15:14:31Z\n", "")):
-        self.objects = objects if objects is not None else {
-            "cluster": CLUSTER,
-            "deployment": {"spec": {"replicas": 0}, "status": {"conditions": [{"type": "Available", "status": "True"}]}},
-            "backups": [{"spec": {"cluster": {"name": "kms-pg-dc2"}}}, {"spec": {"cluster": {"name": "other"}}}],
-            "object_store": {"spec": {"configuration": {"destinationPath": "s3://b/cnpg/dc2/"}}},
-            "secret": {"redis-password": base64.b64encode(b"s3cret").decode()}}
+        self.objects = (
+            objects
+            if objects is not None
+            else {
+                "cluster": CLUSTER,
+                "deployment": {
+                    "spec": {"replicas": 0},
+                    "status": {"conditions": [{"type": "Available", "status": "True"}]},
+                },
+                "backups": [{"spec": {"cluster": {"name": "kms-pg-dc2"}}}, {"spec": {"cluster": {"name": "other"}}}],
+                "object_store": {"spec": {"configuration": {"destinationPath": "s3://b/cnpg/dc2/"}}},
+                "secret": {"redis-password": base64.b64encode(b"s3cret").decode()},
+            }
+        )
         self.down = down
         self.exec_result = exec_result
         self.calls = []
@@ -74,6 +97,7 @@ def collect(seen):
     def run(params):
         seen.append(params)
         return {"site": params["site"], "cnpg": {}, "redis": {"server": None}}
+
     return run
 
 
@@ -89,10 +113,18 @@ def test_a_reachable_replica_site_is_read_in_one_pass():
     # the ObjectStore's path is listed and the Secret's password probes Redis (and reaches the access)
     assert seen[0]["cnpg_destination_path"] == "s3://b/cnpg/dc2/" and seen[0]["password"] == "s3cret"
     assert seen[0]["probe_redis"] is True
-    assert access == {"site": "dc2", "context": "dc2", "namespace": "kms",
-                      "cluster_name": "kms-pg-dc2", "kms_name": "kms", "redis_host": "10.0.0.5",
-                      "redis_port": 30379, "redis_password": "s3cret", "redis_tls": True,
-                      "redis_tls_ca_cert": "/ca/redis.crt"}  # how the failover reaches the same Redis
+    assert access == {
+        "site": "dc2",
+        "context": "dc2",
+        "namespace": "kms",
+        "cluster_name": "kms-pg-dc2",
+        "kms_name": "kms",
+        "redis_host": "10.0.0.5",
+        "redis_port": 30379,
+        "redis_password": "s3cret",
+        "redis_tls": True,
+        "redis_tls_ca_cert": "/ca/redis.crt",
+    }  # how the failover reaches the same Redis
     assert status["data"]["site"] == "dc2" and status["inventory_role"] == "passive"
 
 
@@ -115,19 +147,24 @@ def test_a_missing_cluster_is_reachable_and_says_not_found():
 
 
 def test_no_client_configured_is_reported_as_unreachable():
-    status, _access = site_status.gather(dict(PARAMS, reader_error="no kubeconfig"), None, collect([]),
-                                         connect_check=redis_up)
+    status, _access = site_status.gather(
+        dict(PARAMS, reader_error="no kubeconfig"), None, collect([]), connect_check=redis_up
+    )
     assert not status["kube_reachable"] and status["kube_error"] == "no kubeconfig"
 
 
-@pytest.mark.parametrize("exec_result, read_replay, want", [
-    ((0, "\n", ""), True, ""),                           # nothing replayed since the instance started
-    ((1, "", "psql: error"), True, ""),                  # the query failed
-    ((0, "2026-12-02T15:14:31Z", ""), False, ""),         # not asked (pods that do not run)
-])
+@pytest.mark.parametrize(
+    "exec_result, read_replay, want",
+    [
+        ((0, "\n", ""), True, ""),  # nothing replayed since the instance started
+        ((1, "", "psql: error"), True, ""),  # the query failed
+        ((0, "2026-12-02T15:14:31Z", ""), False, ""),  # not asked (pods that do not run)
+    ],
+)
 def test_the_replayed_commit_is_empty_unless_read(exec_result, read_replay, want):
-    status, _access = site_status.gather(dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result),
-                                         collect([]), connect_check=redis_up)
+    status, _access = site_status.gather(
+        dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result), collect([]), connect_check=redis_up
+    )
     assert status["replayed_commit_time"] == want
 
 
@@ -190,14 +227,25 @@ def test_without_a_redis_host_redis_is_not_probed():
     assert seen[0]["probe_redis"] is False and "secret" not in reader.calls
 
 
-@pytest.mark.parametrize("channel, code", [
-    (json.dumps({"metadata": {}, "status": "Success"}), 0),
-    (json.dumps({"status": "Failure", "reason": "NonZeroExitCode",
-                 "details": {"causes": [{"reason": "ExitCode", "message": "2"}]}}), 2),
-    (json.dumps({"status": "Failure", "message": "container not found"}), -1),
-    ("", -1),
-    ("not json", -1),
-])
+@pytest.mark.parametrize(
+    "channel, code",
+    [
+        (json.dumps({"metadata": {}, "status": "Success"}), 0),
+        (
+            json.dumps(
+                {
+                    "status": "Failure",
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": "2"}]},
+                }
+            ),
+            2,
+        ),
+        (json.dumps({"status": "Failure", "message": "container not found"}), -1),
+        ("", -1),
+        ("not json", -1),
+    ],
+)
 def test_exec_exit_status_from_the_error_channel(channel, code):
     assert kube.exit_status(channel) == code
 
@@ -205,6 +253,7 @@ def test_exec_exit_status_from_the_error_channel(channel, code):
 def test_a_connection_error_is_described_in_one_short_line():
     pool = urllib3.HTTPSConnectionPool("10.250.40.2", 6443)
     inner = urllib3.exceptions.NewConnectionError(
-        pool, "Failed to establish a new connection: [Errno 111] Connection refused")
+        pool, "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
     exc = urllib3.exceptions.MaxRetryError(pool, "/apis/x", inner)
     assert site_status.describe_error(exc) == "cannot connect to 10.250.40.2:6443: [Errno 111] Connection refused"

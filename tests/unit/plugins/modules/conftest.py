@@ -8,6 +8,7 @@ fail_json, which raise instead of printing and exiting; ``run_module.instance`` 
 problem. ``args_with(**changes)`` is the test file's ``ARGS`` changed; ``collaborators(module, name=mock, ...)`` puts
 stand-ins for what the module calls in its namespace and can assert that none was called.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,6 @@ from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
-
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
@@ -25,7 +25,7 @@ class ModuleReturned(SystemExit):
     sys.exit(), so that a module's ``except Exception`` around its exit_json does not catch it."""
 
     def __init__(self, failed, result, instance):
-        super().__init__(result.get('msg', ''))
+        super().__init__(result.get("msg", ""))
         self.failed = failed
         self.result = result
         self.instance = instance
@@ -38,8 +38,12 @@ class ModuleRunner:
         self.instance = None
 
     def __call__(self, module, args, check_mode=False, diff=False):
-        name = module.__name__.rsplit('.', maxsplit=1)[-1]
-        internal = {'_ansible_module_name': f'hanzo.kms.{name}', '_ansible_check_mode': check_mode, '_ansible_diff': diff}
+        name = module.__name__.rsplit(".", maxsplit=1)[-1]
+        internal = {
+            "_ansible_module_name": f"hanzo.kms.{name}",
+            "_ansible_check_mode": check_mode,
+            "_ansible_diff": diff,
+        }
         self.instance = None
         with patch_module_args(dict(args, **internal)):
             try:
@@ -47,13 +51,13 @@ class ModuleRunner:
             except ModuleReturned as returned:
                 self.instance = returned.instance
                 return returned.failed, returned.result
-        pytest.fail(f'{name}.main() returned without calling exit_json or fail_json')
+        pytest.fail(f"{name}.main() returned without calling exit_json or fail_json")
         return None  # not reached: pytest.fail raises
 
     def refused(self, module, args, message):
         """Run ``module`` on ``args``; it must fail with ``message`` in its msg. Returns the result."""
         failed, result = self(module, args)
-        assert failed and message in result['msg'], result
+        assert failed and message in result["msg"], result
         return result
 
 
@@ -65,8 +69,8 @@ def run_module(monkeypatch):
     def fail_json(self, msg, **kwargs):
         raise ModuleReturned(True, dict(kwargs, msg=msg, failed=True), self)
 
-    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
     return ModuleRunner()
 
 
@@ -76,9 +80,9 @@ def fake_s3_client(monkeypatch):
     every call made on it (no request is sent), with boto3 reported present. Returns the factory mock."""
 
     def install(module):
-        mock = MagicMock(return_value=MagicMock(name='s3-client'))
-        monkeypatch.setattr(module, 's3_client', mock)
-        monkeypatch.setattr(module, 'HAS_BOTO3', True)
+        mock = MagicMock(return_value=MagicMock(name="s3-client"))
+        monkeypatch.setattr(module, "s3_client", mock)
+        monkeypatch.setattr(module, "HAS_BOTO3", True)
         return mock
 
     return install
@@ -135,7 +139,7 @@ def module_kwargs():
             raise _Constructed()
 
         with pytest.MonkeyPatch.context() as patch, pytest.raises(_Constructed):
-            patch.setattr(module, 'AnsibleModule', fake_module)
+            patch.setattr(module, "AnsibleModule", fake_module)
             module.main()
         return seen
 
@@ -143,15 +147,15 @@ def module_kwargs():
 
 
 # Option names that smell of a secret (ansible-core's own heuristic only looks for "pass").
-SECRET_LIKE = re.compile(r'pass|secret|token|auth|credential|private|api_?key|access_?key|(^|_)key$', re.IGNORECASE)
+SECRET_LIKE = re.compile(r"pass|secret|token|auth|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE)
 
 
-def _walk(spec, path=''):
+def _walk(spec, path=""):
     for name, option in spec.items():
-        dotted = f'{path}{name}'
+        dotted = f"{path}{name}"
         yield dotted, name, option
-        if option.get('options'):
-            yield from _walk(option['options'], f'{dotted}.')
+        if option.get("options"):
+            yield from _walk(option["options"], f"{dotted}.")
 
 
 @pytest.fixture
@@ -165,17 +169,17 @@ def unprotected_secrets():
         not_secret = dict(not_secret or {})
         offenders = []
         for dotted, name, option in _walk(spec):
-            names = [name] + list(option.get('aliases') or [])
+            names = [name] + list(option.get("aliases") or [])
             if not any(SECRET_LIKE.search(n) for n in names):
                 continue
             if dotted in not_secret:
-                assert option.get('no_log') is not True, f'{dotted} is exempted as not secret but is no_log'
+                assert option.get("no_log") is not True, f"{dotted} is exempted as not secret but is no_log"
                 not_secret.pop(dotted)
                 continue
-            if option.get('no_log') is True or option.get('type') == 'path':
+            if option.get("no_log") is True or option.get("type") == "path":
                 continue
             offenders.append(dotted)
-        assert not not_secret, f'stale not-secret exemptions (no such secret-like option): {sorted(not_secret)}'
+        assert not not_secret, f"stale not-secret exemptions (no such secret-like option): {sorted(not_secret)}"
         return offenders
 
     return check

@@ -1,4 +1,5 @@
 """Every module has its argument-handling tests here, and the shared checks of conftest.py can fail."""
+
 from __future__ import annotations
 
 import ast
@@ -26,20 +27,30 @@ def test_the_secret_check_finds_unprotected_secrets_also_in_suboptions_and_alias
         "login": {"type": "str", "aliases": ["aws_secret_access_key"]},
         "client_key": {"type": "str"},
         "key_file": {"type": "path"},
-        "sites": {"type": "list", "elements": "dict", "options": {"secret_key": {"type": "str"},
-                                                                  "name": {"type": "str"}}},
+        "sites": {
+            "type": "list",
+            "elements": "dict",
+            "options": {"secret_key": {"type": "str"}, "name": {"type": "str"}},
+        },
         "session_token": {"type": "str", "no_log": True},
         "bucket": {"type": "str"},
     }
     assert unprotected_secrets(spec) == ["password", "api_token", "login", "client_key", "sites.secret_key"]
     assert unprotected_secrets(spec, not_secret={"client_key": "an object key"}) == [
-        "password", "api_token", "login", "sites.secret_key"]
+        "password",
+        "api_token",
+        "login",
+        "sites.secret_key",
+    ]
 
 
-@pytest.mark.parametrize("not_secret, message", [
-    ({"bucket": "not secret-like at all"}, "stale not-secret exemptions"),
-    ({"session_token": "but it is no_log"}, "session_token is exempted as not secret but is no_log"),
-])
+@pytest.mark.parametrize(
+    "not_secret, message",
+    [
+        ({"bucket": "not secret-like at all"}, "stale not-secret exemptions"),
+        ({"session_token": "but it is no_log"}, "session_token is exempted as not secret but is no_log"),
+    ],
+)
 def test_the_secret_check_refuses_stale_exemptions(unprotected_secrets, not_secret, message):
     with pytest.raises(AssertionError, match=message):
         unprotected_secrets({"bucket": {"type": "str"}, "session_token": {"type": "str", "no_log": True}}, not_secret)
@@ -48,7 +59,9 @@ def test_the_secret_check_refuses_stale_exemptions(unprotected_secrets, not_secr
 def test_run_module_reports_a_module_that_returns_without_exiting(run_module):
     silent = types.ModuleType("ansible_collections.hanzo.kms.plugins.modules.silent")
     silent.main = lambda: None
-    with pytest.raises(pytest.fail.Exception, match=r"silent\.main\(\) returned without calling exit_json or fail_json"):
+    with pytest.raises(
+        pytest.fail.Exception, match=r"silent\.main\(\) returned without calling exit_json or fail_json"
+    ):
         run_module(silent, {})
 
 
@@ -103,8 +116,11 @@ def _action_groups():
 
 def _doc_fragments(name):
     tree = ast.parse((MODULES / f"{name}.py").read_text())
-    text = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                and [target.id for target in node.targets] == ["DOCUMENTATION"])
+    text = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [target.id for target in node.targets] == ["DOCUMENTATION"]
+    )
     documentation = yaml.safe_load(text)
     return documentation.get("extends_documentation_fragment", [])
 

@@ -1,4 +1,5 @@
 """hanzo.kms.operation_lock: argument handling, checked before any Kubernetes client is built or any Lease read."""
+
 from __future__ import annotations
 
 import re
@@ -27,29 +28,48 @@ def work(collaborators):
     return mocks
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(sites=None), "missing required arguments: sites"),
-    (dict(operation=None), "one of the following is required: owner, operation"),
-    (dict(state="locked"), "value of state must be one of: acquired, released, got: locked"),
-    (dict(sites=[{"namespace": "kms"}]), "missing required arguments: name found in sites"),
-    (dict(sites=[{"name": "dc1", "site": "dc1"}]), "Unsupported parameters for (hanzo.kms.operation_lock) module: sites.site."),
-    (dict(ttl="2h"), "argument 'ttl' is of type str and we were unable to convert to int"),
-    (dict(allow_unreachable="perhaps"), "argument 'allow_unreachable' is of type str and we were unable to convert to bool"),
-    (dict(request_timeout="ten"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
-])
-def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(run_module, args_with, work, changes, message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(sites=None), "missing required arguments: sites"),
+        (dict(operation=None), "one of the following is required: owner, operation"),
+        (dict(state="locked"), "value of state must be one of: acquired, released, got: locked"),
+        (dict(sites=[{"namespace": "kms"}]), "missing required arguments: name found in sites"),
+        (
+            dict(sites=[{"name": "dc1", "site": "dc1"}]),
+            "Unsupported parameters for (hanzo.kms.operation_lock) module: sites.site.",
+        ),
+        (dict(ttl="2h"), "argument 'ttl' is of type str and we were unable to convert to int"),
+        (
+            dict(allow_unreachable="perhaps"),
+            "argument 'allow_unreachable' is of type str and we were unable to convert to bool",
+        ),
+        (dict(request_timeout="ten"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(
+    run_module, args_with, work, changes, message
+):
     run_module.refused(module, args_with(**changes), message)
     work.assert_untouched()
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(ttl=0), "ttl must be greater than 0, got 0"),
-    (dict(ttl=-60), "ttl must be greater than 0, got -60"),
-    (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
-    (dict(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]), "sites must name each site once, got ['dc1', 'dc1']"),
-    (dict(sites=[]), "sites must name each site once, got []"),
-])
-def test_values_the_spec_cannot_express_are_refused_before_any_client_is_built(run_module, args_with, work, changes, message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(ttl=0), "ttl must be greater than 0, got 0"),
+        (dict(ttl=-60), "ttl must be greater than 0, got -60"),
+        (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+        (
+            dict(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]),
+            "sites must name each site once, got ['dc1', 'dc1']",
+        ),
+        (dict(sites=[]), "sites must name each site once, got []"),
+    ],
+)
+def test_values_the_spec_cannot_express_are_refused_before_any_client_is_built(
+    run_module, args_with, work, changes, message
+):
     failed, result = run_module(module, args_with(**changes))
     assert failed and result["msg"] == message, result
     work.assert_untouched("api_client", "OperationLock")
@@ -61,27 +81,45 @@ def test_defaults_reach_the_lock(run_module, work):
     assert [call.args[1]["name"] for call in work.api_client.call_args_list] == ["dc1", "dc2"]
     assert all(call.args[1]["namespace"] == "kms" for call in work.api_client.call_args_list)
     assert [call.args for call in work.KubeLease.call_args_list] == [("client-dc1", "kms"), ("client-dc2", "kms")]
-    assert all(call.kwargs == {"name": "hanzo-kms-operation-lock", "request_timeout": 10}
-               for call in work.KubeLease.call_args_list)
+    assert all(
+        call.kwargs == {"name": "hanzo-kms-operation-lock", "request_timeout": 10}
+        for call in work.KubeLease.call_args_list
+    )
     stores, owner = work.OperationLock.call_args.args
     assert stores == {"dc1": "lease-client-dc1", "dc2": "lease-client-dc2"}
     assert re.fullmatch(r"switchover/run-7@\S+", owner), owner
     assert work.OperationLock.call_args.kwargs == {
-        "operation": "switchover", "ttl": 7200, "name": "hanzo-kms-operation-lock", "break_confirmation": "",
-        "allow_unreachable": False, "check_mode": False}
+        "operation": "switchover",
+        "ttl": 7200,
+        "name": "hanzo-kms-operation-lock",
+        "break_confirmation": "",
+        "allow_unreachable": False,
+        "check_mode": False,
+    }
     work.OperationLock.return_value.acquire.assert_called_once_with()
     work.OperationLock.return_value.release.assert_not_called()
 
 
 def test_a_given_owner_names_the_operation_and_released_releases(run_module, work):
-    args = {"owner": "failover/20250101T000000Z-ab12@ctl", "state": "released", "ttl": "600", "lease_name": "lock2",
-            "sites": [{"name": "dc1", "namespace": "kms2"}], "allow_unreachable": "yes"}
+    args = {
+        "owner": "failover/20250101T000000Z-ab12@ctl",
+        "state": "released",
+        "ttl": "600",
+        "lease_name": "lock2",
+        "sites": [{"name": "dc1", "namespace": "kms2"}],
+        "allow_unreachable": "yes",
+    }
     failed, result = run_module(module, args, check_mode=True)
     assert not failed and result["state"] == "released", result
     assert work.OperationLock.call_args.args[1] == "failover/20250101T000000Z-ab12@ctl"
     assert work.OperationLock.call_args.kwargs == {
-        "operation": "failover", "ttl": 600, "name": "lock2", "break_confirmation": "", "allow_unreachable": True,
-        "check_mode": True}
+        "operation": "failover",
+        "ttl": 600,
+        "name": "lock2",
+        "break_confirmation": "",
+        "allow_unreachable": True,
+        "check_mode": True,
+    }
     assert work.KubeLease.call_args.args == ("client-dc1", "kms2")
     work.OperationLock.return_value.release.assert_called_once_with()
     work.OperationLock.return_value.acquire.assert_not_called()

@@ -1,4 +1,5 @@
 """hanzo.kms.redis_rdb_backup: argument handling, checked before Redis or S3 is contacted."""
+
 from __future__ import annotations
 
 from unittest.mock import MagicMock
@@ -7,8 +8,15 @@ import pytest
 
 from ansible_collections.hanzo.kms.plugins.modules import redis_rdb_backup as module
 
-ARGS = {"host": "10.0.0.11", "password": "redis-secret", "bucket": "kms-backups", "site": "dc1",
-        "endpoint_url": "https://s3.example.com", "access_key": "AKIAEXAMPLE", "secret_key": "s3-secret"}
+ARGS = {
+    "host": "10.0.0.11",
+    "password": "redis-secret",
+    "bucket": "kms-backups",
+    "site": "dc1",
+    "endpoint_url": "https://s3.example.com",
+    "access_key": "AKIAEXAMPLE",
+    "secret_key": "s3-secret",
+}
 
 
 @pytest.fixture
@@ -24,21 +32,32 @@ def work(collaborators, monkeypatch):
     return mocks
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(bucket=None), "one of the following is required: bucket, dest"),
-    (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
-    (dict(tls="maybe"), "argument 'tls' is of type str and we were unable to convert to bool"),
-    (dict(connect_timeout="10s"), "argument 'connect_timeout' is of type str and we were unable to convert to float"),
-    (dict(part_size="big"), "argument 'part_size' is of type str and we were unable to convert to int"),
-    (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
-    (dict(validate_certs="perhaps"), "argument 'validate_certs' is of type str and we were unable to convert to bool"),
-    (dict(key="dump.rdb"), "Unsupported parameters for (hanzo.kms.redis_rdb_backup) module: key."),
-    (dict(part_size=4), "part_size must be at least 5 (MiB), the S3 minimum"),
-    (dict(upload_concurrency=0), "upload_concurrency must be at least 1"),
-    (dict(timeout=0), "timeout must be greater than 0, got 0"),
-    (dict(connect_timeout=-1), "connect_timeout must be greater than 0, got -1"),
-])
-def test_bad_arguments_fail_naming_the_problem_before_redis_or_s3_is_contacted(run_module, args_with, work, changes, message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(bucket=None), "one of the following is required: bucket, dest"),
+        (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
+        (dict(tls="maybe"), "argument 'tls' is of type str and we were unable to convert to bool"),
+        (
+            dict(connect_timeout="10s"),
+            "argument 'connect_timeout' is of type str and we were unable to convert to float",
+        ),
+        (dict(part_size="big"), "argument 'part_size' is of type str and we were unable to convert to int"),
+        (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
+        (
+            dict(validate_certs="perhaps"),
+            "argument 'validate_certs' is of type str and we were unable to convert to bool",
+        ),
+        (dict(key="dump.rdb"), "Unsupported parameters for (hanzo.kms.redis_rdb_backup) module: key."),
+        (dict(part_size=4), "part_size must be at least 5 (MiB), the S3 minimum"),
+        (dict(upload_concurrency=0), "upload_concurrency must be at least 1"),
+        (dict(timeout=0), "timeout must be greater than 0, got 0"),
+        (dict(connect_timeout=-1), "connect_timeout must be greater than 0, got -1"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_problem_before_redis_or_s3_is_contacted(
+    run_module, args_with, work, changes, message
+):
     run_module.refused(module, args_with(**changes), message)
     work.assert_untouched()
 
@@ -62,15 +81,51 @@ def test_defaults_reach_the_backup(run_module, work):
     assert not failed and result == {"changed": True, "sha256": "00"}, result
     (params,), kwargs = work.run_backup.call_args
     assert kwargs["check_mode"] is False
-    assert {key: params[key] for key in ("host", "port", "password", "tls", "tls_validate_certs", "connect_timeout",
-                                         "bucket", "prefix", "site", "dest", "part_size", "upload_concurrency",
-                                         "verify_structure", "analyze", "timeout")} == {
-        "host": "10.0.0.11", "port": 6379, "password": "redis-secret", "tls": False, "tls_validate_certs": True,
-        "connect_timeout": 10.0, "bucket": "kms-backups", "prefix": "", "site": "dc1", "dest": None, "part_size": 5,
-        "upload_concurrency": 1, "verify_structure": True, "analyze": False, "timeout": 3600.0}
-    assert {key: params[key] for key in ("region", "validate_certs", "addressing_style", "access_key", "secret_key")} == {
-        "region": "us-east-1", "validate_certs": True, "addressing_style": "auto", "access_key": "AKIAEXAMPLE",
-        "secret_key": "s3-secret"}
+    assert {
+        key: params[key]
+        for key in (
+            "host",
+            "port",
+            "password",
+            "tls",
+            "tls_validate_certs",
+            "connect_timeout",
+            "bucket",
+            "prefix",
+            "site",
+            "dest",
+            "part_size",
+            "upload_concurrency",
+            "verify_structure",
+            "analyze",
+            "timeout",
+        )
+    } == {
+        "host": "10.0.0.11",
+        "port": 6379,
+        "password": "redis-secret",
+        "tls": False,
+        "tls_validate_certs": True,
+        "connect_timeout": 10.0,
+        "bucket": "kms-backups",
+        "prefix": "",
+        "site": "dc1",
+        "dest": None,
+        "part_size": 5,
+        "upload_concurrency": 1,
+        "verify_structure": True,
+        "analyze": False,
+        "timeout": 3600.0,
+    }
+    assert {
+        key: params[key] for key in ("region", "validate_certs", "addressing_style", "access_key", "secret_key")
+    } == {
+        "region": "us-east-1",
+        "validate_certs": True,
+        "addressing_style": "auto",
+        "access_key": "AKIAEXAMPLE",
+        "secret_key": "s3-secret",
+    }
     # the S3 client is built only when the backup asks for it, from the same validated parameters
     work.s3_client.assert_not_called()
     assert kwargs["s3_client_factory"]() == "s3-client"
@@ -78,8 +133,16 @@ def test_defaults_reach_the_backup(run_module, work):
 
 
 def test_aliases_types_and_check_mode(run_module, args_with, work):
-    args = args_with(access_key=None, secret_key=None, aws_access_key_id="AKIA2", aws_secret_access_key="s3-secret-2",
-                     port="6380", part_size="8", analyze="yes", timeout=60)
+    args = args_with(
+        access_key=None,
+        secret_key=None,
+        aws_access_key_id="AKIA2",
+        aws_secret_access_key="s3-secret-2",
+        port="6380",
+        part_size="8",
+        analyze="yes",
+        timeout=60,
+    )
     failed, dummy = run_module(module, args, check_mode=True)
     assert not failed
     (params,), kwargs = work.run_backup.call_args

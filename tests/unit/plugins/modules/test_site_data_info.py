@@ -1,4 +1,5 @@
 """hanzo.kms.site_data_info: argument handling, checked before the object store, Redis or Kubernetes is read."""
+
 from __future__ import annotations
 
 from unittest.mock import MagicMock
@@ -7,8 +8,14 @@ import pytest
 
 from ansible_collections.hanzo.kms.plugins.modules import site_data_info as module
 
-ARGS = {"site": "dc1", "bucket": "kms-backups", "host": "10.0.0.11", "password": "redis-secret",
-        "access_key": "AKIAEXAMPLE", "secret_key": "s3-secret"}
+ARGS = {
+    "site": "dc1",
+    "bucket": "kms-backups",
+    "host": "10.0.0.11",
+    "password": "redis-secret",
+    "access_key": "AKIAEXAMPLE",
+    "secret_key": "s3-secret",
+}
 DATA = {"site": "dc1", "now": "2025-01-01T00:00:00Z", "cnpg": {}, "redis": {}}
 
 
@@ -29,19 +36,22 @@ def work(collaborators, monkeypatch):
     return mocks
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(site=None), "missing required arguments: site"),
-    (dict(bucket=None), "missing required arguments: bucket"),
-    (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
-    (dict(probe_redis="perhaps"), "argument 'probe_redis' is of type str and we were unable to convert to bool"),
-    (dict(read_replay="perhaps"), "argument 'read_replay' is of type str and we were unable to convert to bool"),
-    (dict(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
-    (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
-    (dict(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
-    (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
-    # only kubeconfig and context select the cluster: kubernetes.core's other auth options are not options here
-    (dict(api_key="token"), "Unsupported parameters for (hanzo.kms.site_data_info) module: api_key."),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(site=None), "missing required arguments: site"),
+        (dict(bucket=None), "missing required arguments: bucket"),
+        (dict(port="redis"), "argument 'port' is of type str and we were unable to convert to int"),
+        (dict(probe_redis="perhaps"), "argument 'probe_redis' is of type str and we were unable to convert to bool"),
+        (dict(read_replay="perhaps"), "argument 'read_replay' is of type str and we were unable to convert to bool"),
+        (dict(request_timeout="10s"), "argument 'request_timeout' is of type str and we were unable to convert to int"),
+        (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+        (dict(connect_timeout=0), "connect_timeout must be greater than 0, got 0"),
+        (dict(addressing_style="dns"), "value of addressing_style must be one of: auto, path, virtual, got: dns"),
+        # only kubeconfig and context select the cluster: kubernetes.core's other auth options are not options here
+        (dict(api_key="token"), "Unsupported parameters for (hanzo.kms.site_data_info) module: api_key."),
+    ],
+)
 def test_bad_arguments_fail_naming_the_problem_before_anything_is_read(run_module, args_with, work, changes, message):
     run_module.refused(module, args_with(**changes), message)
     work.assert_untouched()
@@ -69,11 +79,34 @@ def test_without_cluster_name_only_the_data_is_collected_with_the_defaults(run_m
     work.s3_client.assert_called_once_with(work.collect_site_data.call_args.args[0])
     params, client = work.collect_site_data.call_args.args
     assert client == "s3-client"
-    assert {key: params[key] for key in ("site", "bucket", "host", "port", "password", "cnpg_prefix", "redis_prefix",
-                                         "cnpg_destination_path", "cnpg_server_name", "probe_redis", "region")} == {
-        "site": "dc1", "bucket": "kms-backups", "host": "10.0.0.11", "port": 6379, "password": "redis-secret",
-        "cnpg_prefix": "cnpg", "redis_prefix": "redis", "cnpg_destination_path": None, "cnpg_server_name": None,
-        "probe_redis": True, "region": "us-east-1"}
+    assert {
+        key: params[key]
+        for key in (
+            "site",
+            "bucket",
+            "host",
+            "port",
+            "password",
+            "cnpg_prefix",
+            "redis_prefix",
+            "cnpg_destination_path",
+            "cnpg_server_name",
+            "probe_redis",
+            "region",
+        )
+    } == {
+        "site": "dc1",
+        "bucket": "kms-backups",
+        "host": "10.0.0.11",
+        "port": 6379,
+        "password": "redis-secret",
+        "cnpg_prefix": "cnpg",
+        "redis_prefix": "redis",
+        "cnpg_destination_path": None,
+        "cnpg_server_name": None,
+        "probe_redis": True,
+        "region": "us-east-1",
+    }
     work.assert_untouched("missing", "api_client", "KubeReader", "gather")
 
 
@@ -88,11 +121,30 @@ def test_with_cluster_name_the_status_is_gathered_with_the_defaults(run_module, 
     work.KubeReader.assert_called_once_with("kube-client", 10)
     params, reader, collect = work.gather.call_args.args
     assert reader == "kube-reader"
-    assert {key: params[key] for key in ("cluster_name", "object_store_name", "reader_error", "namespace", "kms_name",
-                                         "read_replay", "redis_secret_name", "redis_secret_key", "inventory_role")} == {
-        "cluster_name": "kms-pg-dc1", "object_store_name": "kms-pg-dc1-store", "reader_error": None, "namespace": "kms",
-        "kms_name": "kms", "read_replay": True, "redis_secret_name": "redis-auth", "redis_secret_key": "redis-password",
-        "inventory_role": ""}
+    assert {
+        key: params[key]
+        for key in (
+            "cluster_name",
+            "object_store_name",
+            "reader_error",
+            "namespace",
+            "kms_name",
+            "read_replay",
+            "redis_secret_name",
+            "redis_secret_key",
+            "inventory_role",
+        )
+    } == {
+        "cluster_name": "kms-pg-dc1",
+        "object_store_name": "kms-pg-dc1-store",
+        "reader_error": None,
+        "namespace": "kms",
+        "kms_name": "kms",
+        "read_replay": True,
+        "redis_secret_name": "redis-auth",
+        "redis_secret_key": "redis-password",
+        "inventory_role": "",
+    }
     work.collect_site_data.assert_not_called()
     collect({"site": "dc1"})
     work.collect_site_data.assert_called_once_with({"site": "dc1"}, "s3-client")
@@ -115,8 +167,10 @@ def test_an_unusable_kubeconfig_is_a_finding_not_a_failure(run_module, work):
     assert params["reader_error"] == "Kubernetes client not configured: /etc/kms/dc9.kubeconfig"
 
 
-NOT_SECRET = {"redis_secret_name": "the name of the Kubernetes Secret holding the Redis password, not the password",
-              "redis_secret_key": "the key of that Secret's data, not the password"}
+NOT_SECRET = {
+    "redis_secret_name": "the name of the Kubernetes Secret holding the Redis password, not the password",
+    "redis_secret_key": "the key of that Secret's data, not the password",
+}
 
 
 def test_credentials_are_no_log_and_secret_names_are_not(module_kwargs, unprotected_secrets):

@@ -1,5 +1,6 @@
 """hanzo.kms.switch_preflight, the module (its action plugin is tested in tests/unit/plugins/action): argument
 handling, checked before the decision is made."""
+
 from __future__ import annotations
 
 from unittest.mock import MagicMock
@@ -22,17 +23,31 @@ def run_preflight(monkeypatch):
     return mock
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(mode=None), "missing required arguments: mode"),
-    (dict(mode="takeover"), "value of mode must be one of: failover, switchover, got: takeover"),
-    (dict(target_site=None), "missing required arguments: target_site"),
-    (dict(sites=None), "missing required arguments: sites"),
-    (dict(sites=["dc1", "dc2"]), "Elements value for option 'sites' is of type str and we were unable to convert to dict"),
-    (dict(require_promoted="perhaps"), "argument 'require_promoted' is of type str and we were unable to convert to bool"),
-    (dict(fail_on_refusal="perhaps"), "argument 'fail_on_refusal' is of type str and we were unable to convert to bool"),
-    (dict(force=True), "Unsupported parameters for (hanzo.kms.switch_preflight) module: force."),
-])
-def test_bad_arguments_fail_naming_the_problem_before_the_decision(run_module, args_with, run_preflight, changes, message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(mode=None), "missing required arguments: mode"),
+        (dict(mode="takeover"), "value of mode must be one of: failover, switchover, got: takeover"),
+        (dict(target_site=None), "missing required arguments: target_site"),
+        (dict(sites=None), "missing required arguments: sites"),
+        (
+            dict(sites=["dc1", "dc2"]),
+            "Elements value for option 'sites' is of type str and we were unable to convert to dict",
+        ),
+        (
+            dict(require_promoted="perhaps"),
+            "argument 'require_promoted' is of type str and we were unable to convert to bool",
+        ),
+        (
+            dict(fail_on_refusal="perhaps"),
+            "argument 'fail_on_refusal' is of type str and we were unable to convert to bool",
+        ),
+        (dict(force=True), "Unsupported parameters for (hanzo.kms.switch_preflight) module: force."),
+    ],
+)
+def test_bad_arguments_fail_naming_the_problem_before_the_decision(
+    run_module, args_with, run_preflight, changes, message
+):
     run_module.refused(module, args_with(**changes), message)
     run_preflight.assert_not_called()
 
@@ -48,13 +63,19 @@ def test_defaults_reach_the_decision(run_module, run_preflight):
     assert not failed and result == DECISION, result
     params, check_mode = run_preflight.call_args.args
     assert check_mode is False
-    assert params == {"mode": "switchover", "target_site": "dc2", "sites": SITES, "require_promoted": False,
-                      "fail_on_refusal": True}
+    assert params == {
+        "mode": "switchover",
+        "target_site": "dc2",
+        "sites": SITES,
+        "require_promoted": False,
+        "fail_on_refusal": True,
+    }
 
 
 def test_types_are_converted_and_check_mode_is_passed_on(run_module, args_with, run_preflight):
-    failed, dummy = run_module(module, args_with(require_promoted="yes", fail_on_refusal="0", target_site=2),
-                               check_mode=True)
+    failed, dummy = run_module(
+        module, args_with(require_promoted="yes", fail_on_refusal="0", target_site=2), check_mode=True
+    )
     assert not failed
     params, check_mode = run_preflight.call_args.args
     assert check_mode is True
@@ -62,8 +83,12 @@ def test_types_are_converted_and_check_mode_is_passed_on(run_module, args_with, 
 
 
 def test_a_refusal_fails_with_the_decision(run_module, run_preflight):
-    run_preflight.side_effect = ModuleFailure("refusing the switchover to dc2: dc1 is unreachable", ok=False,
-                                              refusals=["dc1 is unreachable"], warnings_found=["lag unknown"])
+    run_preflight.side_effect = ModuleFailure(
+        "refusing the switchover to dc2: dc1 is unreachable",
+        ok=False,
+        refusals=["dc1 is unreachable"],
+        warnings_found=["lag unknown"],
+    )
     failed, result = run_module(module, ARGS)
     assert failed and result["msg"] == "refusing the switchover to dc2: dc1 is unreachable", result
     assert result["ok"] is False and result["refusals"] == ["dc1 is unreachable"]
