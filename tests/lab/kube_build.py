@@ -1,8 +1,9 @@
 """Build the lab's Kubernetes binaries from the Go module proxy (``make k8s-bins``).
 
 Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-controller-manager, kube-scheduler,
-kubectl, kubelet and kube-proxy (through the wrapper module ``tools/kube/kubernetes``, which replaces every staging
-module with its published ``v0.Y.Z`` twin), etcd, kwok, helm, the CloudNativePG operator (``cnpg-manager``), the
+kubectl, kubelet, kube-proxy and helm (through the wrapper module ``tools/kube/kubernetes``, which replaces every
+staging module with its published ``v0.Y.Z`` twin; helm's k8s.io libraries are the same minor release, so it compiles
+against Kubernetes' and shares their build cache), etcd, kwok, the CloudNativePG operator (``cnpg-manager``), the
 Barman Cloud plugin (``barman-cloud-plugin``) and kustomize (one wrapper module each, so their dependencies never
 raise Kubernetes'). Then renders the CNPG operator and plugin manifests from the pinned modules' ``config/`` with the
 built kustomize (tests/lab/cnpg_operator.py), takes the lab's CRDs from those manifests and kwok's default stages
@@ -62,10 +63,11 @@ BUILDS = {
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
         "kubelet": "k8s.io/kubernetes/cmd/kubelet",
         "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+        # helm's k8s.io libraries are Kubernetes' minor release: built against the same ones, most of it is cached
+        "helm": "helm.sh/helm/v3/cmd/helm",
     },
     "etcd": {"etcd": "go.etcd.io/etcd/server/v3"},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
-    "helm": {"helm": "helm.sh/helm/v3/cmd/helm"},
     "kustomize": {"kustomize": KUSTOMIZE_MODULE},
     "cnpg": {"cnpg-manager": f"{CNPG_MODULE}/cmd/manager"},
     "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
@@ -73,8 +75,6 @@ BUILDS = {
     "coredns": {"coredns": "example.invalid/hanzo-kms/corednsbin"},
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
-# The modules the cache held before it was per module (see _legacy_fingerprint).
-LEGACY_MODULES = ("kubernetes", "etcd", "kwok", "helm")
 
 # The CRDs the lab installs at start (tests/lab/kube.py); taken from the rendered manifests, which hold them all.
 LAB_CRDS = [
@@ -123,7 +123,7 @@ def versions():
         "kubernetes": KUBE_VERSION,
         "etcd": _required_version("etcd", "go.etcd.io/etcd/server/v3"),
         "kwok": _required_version("kwok", "sigs.k8s.io/kwok"),
-        "helm": _required_version("helm", "helm.sh/helm/v3"),
+        "helm": _required_version("kubernetes", "helm.sh/helm/v3"),
         "cloudnative-pg": CNPG_VERSION,
         "plugin-barman-cloud": BARMAN_VERSION,
         "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
@@ -149,9 +149,8 @@ def ldflags(module_dir, ver, origin=None):
     """-ldflags of a module's binaries. ``origin``: commit and date of the CNPG module (its proxy .info file); the
     fingerprint uses placeholders, since they follow from the pinned version."""
     if module_dir == "kubernetes":
-        return kube_ldflags(KUBE_VERSION)
-    if module_dir == "helm":
-        return f"-s -w -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
+        # one set for every binary of the module: the linker ignores -X of a package a binary does not link
+        return f"{kube_ldflags(KUBE_VERSION)} -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
     if module_dir == "kwok":
         return f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={ver['kwok'].lstrip('v')}"
     if module_dir == "cnpg":
@@ -205,28 +204,9 @@ def fingerprints(ver=None):
     return {"modules": modules, "assets": assets_fingerprint(ver, modules["kustomize"])}
 
 
-def _legacy_fingerprint(ver=None):
-    """The whole-cache fingerprint kube_build wrote before the cache was per module.
-
-    Written as ``fingerprint`` into manifest.json, so checkouts still running that older kube_build reuse this cache
-    instead of rebuilding (and deleting) it, and read back so a cache that older code built is adopted module by
-    module rather than relinked. Drop it once no branch predates the per-module cache.
-    """
-    ver = ver or versions()
-    legacy = {key: ver[key] for key in ("kubernetes", "etcd", "kwok", "helm", "cloudnative-pg", "plugin-barman-cloud")}
-    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
-    for module_dir in sorted(LEGACY_MODULES):
-        _file_digest(digest, module_dir)
-    return digest.hexdigest()
-
-
-def recorded_fingerprints(manifest, ver=None):
+def recorded_fingerprints(manifest):
     """{module dir: fingerprint} a cache manifest says its binaries were built from."""
-    if "modules" in manifest:
-        return {m: entry.get("fingerprint") for m, entry in manifest["modules"].items()}
-    if manifest.get("fingerprint") and manifest["fingerprint"] == _legacy_fingerprint(ver):
-        return {m: module_fingerprint(m, ver) for m in LEGACY_MODULES}
-    return {}
+    return {m: (entry or {}).get("fingerprint") for m, entry in (manifest.get("modules") or {}).items()}
 
 
 def stale_modules(recorded, current, binaries, existing):
@@ -430,12 +410,8 @@ def build(force=False, jobs=2, log=print):
         ver = versions()
         current = fingerprints(ver)
         previous = {} if force else (_read_manifest(root) or {})
-        recorded = recorded_fingerprints(previous, ver)
-        modules = {
-            m: dict(previous.get("modules", {}).get(m) or {"fingerprint": fp, "adopted": "legacy cache"})
-            for m, fp in recorded.items()
-            if m in BUILDS
-        }
+        recorded = recorded_fingerprints(previous)
+        modules = {m: dict(previous["modules"][m] or {}) for m in recorded if m in BUILDS}
         bin_dir = root / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
         for leftover in bin_dir.glob(".*.partial"):  # a killed build
@@ -448,12 +424,9 @@ def build(force=False, jobs=2, log=print):
         started = time.monotonic()
 
         def save(**extra):
-            # the legacy fingerprint only while the legacy modules are current (older checkouts trust it)
-            legacy = all((modules.get(m) or {}).get("fingerprint") == current["modules"][m] for m in LEGACY_MODULES)
             _write_manifest(
                 root,
                 {
-                    "fingerprint": _legacy_fingerprint(ver) if legacy else None,
                     "versions": ver,
                     "go": go_version,
                     "modules": modules,

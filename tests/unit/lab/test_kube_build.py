@@ -85,17 +85,6 @@ def test_module_fingerprints_follow_their_own_inputs_only():
     assert kube_build.module_fingerprint("kubernetes", moved) == prints["kubernetes"]
 
 
-def test_a_cache_written_by_the_previous_kube_build_is_adopted_module_by_module():
-    ver = kube_build.versions()
-    legacy = kube_build._legacy_fingerprint(ver)  # pylint: disable=protected-access
-    recorded = kube_build.recorded_fingerprints({"fingerprint": legacy}, ver)
-    assert sorted(recorded) == sorted(kube_build.LEGACY_MODULES)
-    assert kube_build.stale_modules(
-        recorded, kube_build.fingerprints(ver)["modules"], kube_build.BUILDS, set(kube_build.BINARIES)
-    ) == ["kustomize", "cnpg", "barman-cloud", "coredns"]
-    assert not kube_build.recorded_fingerprints({"fingerprint": "something else"}, ver)
-
-
 def _fake_cache(root, manifest):
     """A cache dir whose files exist (empty) as a build leaves them; ``manifest`` as manifest.json."""
     assets = kube_build._asset_paths(root)  # pylint: disable=protected-access
