@@ -179,6 +179,7 @@ def start(server, password, port=0, tmpdir=None, timeout=30.0, run=None):
     if port and port_in_use(port):
         raise ScratchRedisError(f"port {port} on {HOST} is in use: choose another port, or 0 for a free one")
     tmpdir = tmpdir or tempfile.gettempdir()
+    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
     path = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=tmpdir)  # 0700
     try:
         port = port or free_port()

@@ -107,6 +107,14 @@ def test_a_fixed_free_port_is_used(started):
     assert started(port=port)["port"] == port and listening(port)
 
 
+def test_a_missing_tmpdir_is_created(tmp_path):
+    server = scratch_redis.start(REDIS_SERVER, PASSWORD, tmpdir=str(tmp_path / "new" / "tmp"), run=run)
+    try:
+        assert os.path.dirname(server["path"]) == str(tmp_path / "new" / "tmp") and listening(server["port"])
+    finally:
+        scratch_redis.stop(server["path"])
+
+
 @pytest.mark.parametrize(
     "server, message",
     [
