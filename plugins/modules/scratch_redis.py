@@ -30,7 +30,8 @@ attributes:
     support: none
     description: No diff is produced.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux (C(/proc) identifies the scratch server's process).
 options:
   state:
