@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 
+from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, RespConnection
 
 DIR_PREFIX = "hanzo-kms-restore-test-"
@@ -85,26 +86,9 @@ def server_pid(path):
     return pid if os.path.realpath(cwd) == os.path.realpath(path) else None
 
 
-def process_alive(pid):
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        return True
-
-
 def _wait_gone(pid, timeout):
     deadline = time.monotonic() + timeout
-    while process_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL_INTERVAL)

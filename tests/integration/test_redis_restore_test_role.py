@@ -9,8 +9,6 @@ playbooks/restore_test.yml through the role: tests/integration/test_backup.py.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,10 +17,10 @@ import uuid
 import pytest
 
 # pylint: disable=redefined-outer-name
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, scratch_redis
-from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client
+from ansible_collections.hanzo.kms.plugins.module_utils import scratch_redis
+from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
 from tests.ansible_run import run_play
+from tests.integration.test_s3_backup_info import put_backup, take_backup, utcnow
 from tests.integration.test_s3_retention import bucket, client, conn  # noqa: F401  pylint: disable=unused-import
 from tests.lab import redis as lab_redis
 from tests.lab.core import free_port
@@ -35,38 +33,6 @@ def redis_entry(lab_handle):
     entry = lab_redis.up(lab_handle, f"restore-role-{uuid.uuid4().hex[:6]}")
     lab_redis.client(entry).mset(SEEDED)
     return entry
-
-
-def take_backup(conn, bucket_name, entry, site):
-    return redis_backup.run_backup(
-        dict(
-            conn,
-            host=entry["host"],
-            port=entry["port"],
-            password=entry["password"],
-            bucket=bucket_name,
-            prefix="redis",
-            site=site,
-        ),
-        s3_client_factory=lambda: s3_client(conn),
-    )
-
-
-def put_broken_backup(client, bucket_name, site):
-    """A complete backup (manifest with the object's size and SHA-256) whose dump.rdb is not an RDB."""
-    when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    rdb = b"NOT AN RDB" * 10
-    rdb_key, manifest_key = bl.backup_keys("redis", site, when)
-    client.put_object(Bucket=bucket_name, Key=rdb_key, Body=rdb)
-    manifest = bl.build_manifest(
-        timestamp=when,
-        size=len(rdb),
-        sha256=hashlib.sha256(rdb).hexdigest(),
-        rdb_version=11,
-        keys_per_db=None,
-        source={"site": site},
-    )
-    client.put_object(Bucket=bucket_name, Key=manifest_key, Body=bl.encode_manifest(manifest))
 
 
 def run_command(argv):
@@ -82,7 +48,7 @@ def scratch_processes(tmp_dir):
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if (cwd == str(tmp_dir) or cwd.startswith(f"{tmp_dir}/")) and scratch_redis.process_alive(int(pid)):
+        if (cwd == str(tmp_dir) or cwd.startswith(f"{tmp_dir}/")) and pid_alive(int(pid)):
             found.append(int(pid))
     return found
 
@@ -131,12 +97,13 @@ def test_the_role_restores_into_a_scratch_redis_after_stopping_a_leftover(tmp_pa
     ]
     assert result["target"].startswith("local 127.0.0.1:") and "left-behind" not in run.stdout
     # the leftover was stopped first, and the run's own scratch Redis afterwards
-    assert not scratch_redis.process_alive(leftover["pid"])
+    assert not pid_alive(leftover["pid"])
     assert scratch_processes(scratch) == [] and os.listdir(scratch) == []
 
 
 def test_a_failed_restore_is_recorded_and_leaves_no_scratch_redis(tmp_path, conn, client, bucket):
-    put_broken_backup(client, bucket, "dc2")
+    # complete (the manifest has the object's size and SHA-256), but its dump.rdb is not an RDB
+    put_backup(client, bucket, "dc2", utcnow(), rdb=b"NOT AN RDB" * 10)
     run = run_role(tmp_path, conn, bucket, "dc2")
     assert run.returncode == 0, run.tail()
     result = role_result(run)

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from ansible_collections.hanzo.kms.plugins.module_utils import scratch_redis
+from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, RespConnection
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -58,7 +59,7 @@ def test_a_started_scratch_redis_answers_only_with_its_password_and_stops_withou
         RespConnection({"host": server["host"], "port": server["port"], "password": "wrong"})
     assert scratch_redis.stop(server["path"]) == {"pid": server["pid"], "removed": True}
     assert not os.path.exists(server["path"]) and not listening(server["port"])
-    assert not scratch_redis.process_alive(server["pid"])
+    assert not pid_alive(server["pid"])
     # stopping again is a no-op
     assert scratch_redis.stop(server["path"]) == {"pid": None, "removed": False}
 
