@@ -53,24 +53,19 @@ def put_backup(s3, bucket_name, site, when, rdb=RDB, manifest=True, manifest_siz
     return bl.backup_prefix("redis", site, when)
 
 
+def take_backup(conn, bucket_name, entry, site):
+    """A real backup of the lab Redis ``entry`` under redis/<site>/ (the code of hanzo.kms.redis_rdb_backup)."""
+    params = dict(conn, host=entry["host"], port=entry["port"], password=entry["password"], bucket=bucket_name)
+    return redis_backup.run_backup(dict(params, prefix="redis", site=site), s3_client_factory=lambda: s3_client(conn))
+
+
 def utcnow():
     return datetime.datetime.now(UTC).replace(microsecond=0)
 
 
 def test_complete_incomplete_and_newest_per_site(conn, client, bucket, redis_entry):
     start = utcnow()
-    taken = redis_backup.run_backup(
-        dict(
-            conn,
-            host=redis_entry["host"],
-            port=redis_entry["port"],
-            password=redis_entry["password"],
-            bucket=bucket,
-            prefix="redis",
-            site="dc1",
-        ),
-        s3_client_factory=lambda: s3_client(conn),
-    )
+    taken = take_backup(conn, bucket, redis_entry, "dc1")
     taken_prefix = taken["key"].rsplit("/", 1)[0] + "/"
     older = put_backup(client, bucket, "dc1", start - datetime.timedelta(days=1))
     # newer than the real backup but without its manifest: in progress or abandoned

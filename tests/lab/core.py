@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
+
 
 def _lab_port_range():
     """Ports the lab hands out: from 10000 up to where the kernel's ephemeral range starts."""
@@ -102,21 +104,6 @@ def free_port(taken=None):
                 taken.add(port)
             return port
     raise LabError(f"could not find a free loopback port in {low}-{high}")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def pid_exe(pid):
