@@ -48,6 +48,7 @@ CNPG_VERSION = "v1.30.0"
 BARMAN_MODULE = "github.com/cloudnative-pg/plugin-barman-cloud"
 BARMAN_VERSION = "v0.14.0"
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 COREDNS_MODULE = "github.com/coredns/coredns"
 MIN_GO = (1, 26)  # CNPG 1.30 and the plugin 0.14 need go >= 1.26.4; Kubernetes 1.34 alone needed 1.24
 # Flags of every build besides -p (which only changes parallelism): part of each module's fingerprint.
@@ -71,6 +72,8 @@ BUILDS = {
     "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
     # the wrapper's own main package: CoreDNS with the cluster-DNS plugins only (tools/kube/coredns/main.go)
     "coredns": {"coredns": "example.invalid/hanzo-kms/corednsbin"},
+    # promtool checks and unit-tests the roles' alert rules (tests/integration/test_alerts.py)
+    "prometheus": {"promtool": f"{PROMETHEUS_MODULE}/cmd/promtool"},
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
 # The modules the cache held before it was per module (see _legacy_fingerprint).
@@ -128,6 +131,7 @@ def versions():
         "plugin-barman-cloud": BARMAN_VERSION,
         "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
         "coredns": _required_version("coredns", COREDNS_MODULE),
+        "prometheus": _required_version("prometheus", PROMETHEUS_MODULE),
     }
 
 
@@ -157,6 +161,8 @@ def ldflags(module_dir, ver, origin=None):
     if module_dir == "cnpg":
         origin = origin or {"commit": "{commit}", "date": "{date}"}
         return cnpg_ldflags(ver["cloudnative-pg"], origin["commit"], origin["date"])
+    if module_dir == "prometheus":
+        return f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release(ver['prometheus'])}"
     # the plugin's version is a constant in its source; kustomize reads its own from the Go build info
     return "-s -w"
 
@@ -346,6 +352,13 @@ def module_origin(download_info):
         info = {}
     commit = ((info.get("Origin") or download_info.get("Origin") or {}).get("Hash") or "")[:7]
     return {"commit": commit or "none", "date": (info.get("Time") or "")[:10] or "unknown"}
+
+
+def prometheus_release(module_version):
+    """Prometheus' release of its Go module version: v0.316.0 is Prometheus 3.16.0 (v0.X.Y with X = 100 * major +
+    minor, the scheme of its Go tags since 3.0)."""
+    major, minor = divmod(int(module_version.lstrip("v").split(".")[1]), 100)
+    return f"{major}.{minor}.{module_version.split('.')[2]}"
 
 
 def kube_ldflags(version):
