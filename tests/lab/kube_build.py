@@ -3,8 +3,8 @@
 Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-controller-manager, kube-scheduler,
 kubectl, kubelet and kube-proxy (through the wrapper module ``tools/kube/kubernetes``, which replaces every staging
 module with its published ``v0.Y.Z`` twin), etcd, kwok, helm, the CloudNativePG operator (``cnpg-manager``), the
-Barman Cloud plugin (``barman-cloud-plugin``) and kustomize (one wrapper module each, so their dependencies never
-raise Kubernetes'). Then renders the CNPG operator and plugin manifests from the pinned modules' ``config/`` with the
+Barman Cloud plugin (``barman-cloud-plugin``), kustomize and promtool (one wrapper module each, so their dependencies
+never raise Kubernetes'; promtool checks the alert rules). Then renders the CNPG operator and plugin manifests from the pinned modules' ``config/`` with the
 built kustomize (tests/lab/cnpg_operator.py), takes the lab's CRDs from those manifests and kwok's default stages
 from its module.
 
