@@ -57,7 +57,7 @@ def _field(text, field, lowest, highest, names, schedule):
     values = set()
     star = False
     for item in text.split(","):
-        body, _, step_text = item.partition("/")
+        body, step_text = (item.split("/", 1) + [""])[:2]
         step = 1
         if step_text:
             if not step_text.isdigit() or int(step_text) == 0:
@@ -67,7 +67,7 @@ def _field(text, field, lowest, highest, names, schedule):
             start, end = lowest, highest
             star = star or step == 1
         elif "-" in body:
-            low, _, high = body.partition("-")
+            low, high = body.split("-", 1)
             start = _value(low, names, field, schedule)
             end = _value(high, names, field, schedule)
         else:

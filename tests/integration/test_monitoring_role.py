@@ -149,7 +149,7 @@ def run_role(tmp_path, kubeconfig, check_mode=False, **role_vars):
 
 
 def failure(run):
-    return json.dumps([result for _, result in run.results() if result.get("failed")])
+    return json.dumps([result for name, result in run.results() if name and result.get("failed")])
 
 
 def test_rules_without_the_crd_fail_naming_it(apiserver, tmp_path):
