@@ -197,3 +197,14 @@ def test_dashboard_expressions_parse(promtool, rendered, tmp_path):
         path.write_text(yaml.safe_dump(rules))
         code, output = run_promtool(promtool, "check", "rules", path)
         assert code != 0, output
+
+
+def test_example_inventory_rules(promtool, tmp_path):
+    """inventories/example (production-shaped, rules and dashboard enabled, RPO 15m) renders rules promtool accepts."""
+    run = run_playbook(PLAYBOOK, "-e", f"render_dir={tmp_path}", inventory="inventories/example", timeout=600)
+    assert run.returncode == 0, run.tail()
+    for site in SITES:
+        code, output = run_promtool(promtool, "check", "rules", tmp_path / f"{site}-rules.yml")
+        assert code == 0, output
+        rules = yaml.safe_load((tmp_path / f"{site}-rules.yml").read_text())["groups"][0]["rules"]
+        assert rules[0]["expr"].endswith('value="ready"} > 0)') and ") > 900 and on" in rules[0]["expr"]
