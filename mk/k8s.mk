@@ -1,7 +1,8 @@
 # Kubernetes binaries for the lab (issues 3, 15): kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-# kubelet, kube-proxy, etcd, kwok, helm, kustomize, the CNPG operator and the Barman Cloud plugin, built from the Go
-# module proxy into ~/.cache/hanzo-kms/k8s/<version>/ (per module, reused when current), plus the CNPG operator and
-# plugin manifests rendered with kustomize from the pinned modules (the lab's CRDs come from them) and kwok's stages.
+# kubelet, kube-proxy, etcd, kwok, helm, kustomize, the CNPG operator, the Barman Cloud plugin and promtool (the alert
+# rules' checker), built from the Go module proxy into ~/.cache/hanzo-kms/k8s/<version>/ (per module, reused when
+# current), plus the CNPG operator and plugin manifests rendered with kustomize from the pinned modules (the lab's CRDs
+# come from them) and kwok's stages.
 # See docs/lab.md.
 K8S_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 K8S_GO_JOBS ?= 2

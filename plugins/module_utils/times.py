@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import re
 
 UTC = datetime.timezone.utc
 # Backup keys (<prefix>/<site>/<timestamp>/...) and report names use this form.
@@ -152,3 +153,43 @@ def human_age(seconds):
     if seconds < 86400:
         return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+# Units of a duration as operators write them: Prometheus/Go (``1h30m``, ``90s``, ``2d``, ``1w``) and PostgreSQL's
+# ``min`` (``archive_timeout = 5min``).
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1}
+_DURATION_PART = re.compile(r"(\d+)(min|w|d|h|m|s)")
+# Prometheus' units, largest first (its duration format: 1d2h, every unit at most once, in this order).
+_PROMETHEUS_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def parse_duration(value):
+    """Whole seconds of a duration: a number of seconds (int or digits) or text of ``<n><unit>`` parts with units w, d,
+    h, m (or min) and s (``15m``, ``1h30m``, ``5min``); ValueError naming the value otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip().replace(" ", "")
+    if text.isdigit():
+        return int(text)
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + unit for n, unit in parts) != text:
+        raise ValueError(
+            f"invalid duration {value!r}: use seconds or <number><unit> parts with units w, d, h, m (or min), s, "
+            "e.g. 15m or 1h30m"
+        )
+    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in parts)
+
+
+def prometheus_duration(seconds):
+    """A Prometheus duration of whole seconds, largest units first: 900 -> ``15m``, 87300 -> ``1d15m``, 0 -> ``0s``."""
+    seconds = int(seconds)
+    parts = []
+    for unit, size in _PROMETHEUS_UNITS:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

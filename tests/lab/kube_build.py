@@ -4,8 +4,9 @@ Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-con
 kubectl, kubelet, kube-proxy and helm (through the wrapper module ``tools/kube/kubernetes``, which replaces every
 staging module with its published ``v0.Y.Z`` twin; helm's k8s.io libraries are the same minor release, so it compiles
 against Kubernetes' and shares their build cache), etcd, kwok, the CloudNativePG operator (``cnpg-manager``), the
-Barman Cloud plugin (``barman-cloud-plugin``) and kustomize (one wrapper module each, so their dependencies never
-raise Kubernetes'). Then renders the CNPG operator and plugin manifests from the pinned modules' ``config/`` with the
+Barman Cloud plugin (``barman-cloud-plugin``), kustomize and promtool (one wrapper module each, so their dependencies
+never raise Kubernetes'; promtool checks the alert rules). Then renders the CNPG operator and plugin manifests from the
+pinned modules' ``config/`` with the
 built kustomize (tests/lab/cnpg_operator.py), takes the lab's CRDs from those manifests and kwok's default stages
 from its module.
 
@@ -49,6 +50,7 @@ CNPG_VERSION = "v1.30.0"
 BARMAN_MODULE = "github.com/cloudnative-pg/plugin-barman-cloud"
 BARMAN_VERSION = "v0.14.0"
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 COREDNS_MODULE = "github.com/coredns/coredns"
 MIN_GO = (1, 26)  # CNPG 1.30 and the plugin 0.14 need go >= 1.26.4; Kubernetes 1.34 alone needed 1.24
 # Flags of every build besides -p (which only changes parallelism): part of each module's fingerprint.
@@ -73,6 +75,8 @@ BUILDS = {
     "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
     # the wrapper's own main package: CoreDNS with the cluster-DNS plugins only (tools/kube/coredns/main.go)
     "coredns": {"coredns": "example.invalid/hanzo-kms/corednsbin"},
+    # promtool checks and unit-tests the roles' alert rules (tests/integration/test_alerts.py)
+    "prometheus": {"promtool": f"{PROMETHEUS_MODULE}/cmd/promtool"},
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
 
@@ -128,6 +132,7 @@ def versions():
         "plugin-barman-cloud": BARMAN_VERSION,
         "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
         "coredns": _required_version("coredns", COREDNS_MODULE),
+        "prometheus": _required_version("prometheus", PROMETHEUS_MODULE),
     }
 
 
@@ -156,6 +161,8 @@ def ldflags(module_dir, ver, origin=None):
     if module_dir == "cnpg":
         origin = origin or {"commit": "{commit}", "date": "{date}"}
         return cnpg_ldflags(ver["cloudnative-pg"], origin["commit"], origin["date"])
+    if module_dir == "prometheus":
+        return f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release(ver['prometheus'])}"
     # the plugin's version is a constant in its source; kustomize reads its own from the Go build info
     return "-s -w"
 
@@ -326,6 +333,13 @@ def module_origin(download_info):
         info = {}
     commit = ((info.get("Origin") or download_info.get("Origin") or {}).get("Hash") or "")[:7]
     return {"commit": commit or "none", "date": (info.get("Time") or "")[:10] or "unknown"}
+
+
+def prometheus_release(module_version):
+    """Prometheus' release of its Go module version: v0.316.0 is Prometheus 3.16.0 (v0.X.Y with X = 100 * major +
+    minor, the scheme of its Go tags since 3.0)."""
+    major, minor = divmod(int(module_version.lstrip("v").split(".")[1]), 100)
+    return f"{major}.{minor}.{module_version.split('.')[2]}"
 
 
 def kube_ldflags(version):

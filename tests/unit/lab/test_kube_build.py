@@ -138,3 +138,10 @@ def test_a_cnpg_pin_that_differs_from_its_wrapper_module_is_a_clear_error(monkey
     monkeypatch.setattr(kube_build, "CNPG_VERSION", "v1.29.9")
     with pytest.raises(LabError, match=r"tools/kube/cnpg/go.mod requires .* v1.30.0 but .* pins v1.29.9"):
         kube_build.versions()
+
+
+def test_prometheus_release_of_its_go_module_version():
+    assert kube_build.prometheus_release("v0.316.0") == "3.16.0"
+    assert kube_build.prometheus_release("v0.300.1") == "3.0.1"
+    assert kube_build.versions()["prometheus"] == "v0.316.0"
+    assert "version.Version=3.16.0" in kube_build.ldflags("prometheus", kube_build.versions())
