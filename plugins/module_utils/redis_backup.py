@@ -256,11 +256,11 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
     if bucket:
         client = s3_client_factory()
     if check_mode:
-        client = redis_client.connect(params, timeout=30.0)
+        conn = redis_client.connect(params, timeout=30.0)
         try:
-            info = server_info(client)
+            info = server_info(conn)
         finally:
-            client.close()
+            conn.close()
         if client is not None:
             from ansible_collections.hanzo.kms.plugins.module_utils import s3 as s3_utils  # pylint: disable=import-outside-toplevel
 

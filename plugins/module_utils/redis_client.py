@@ -78,21 +78,21 @@ def _server_text(exc):
 
 def map_error(exc, where, connecting=False):
     """The collection's error for a redis-py exception (or an OSError / RecursionError from under it); ``connecting``:
-    raised while the connection was made (a refused or timed-out connect says "cannot connect")."""
+    raised while the connection was made (a refused or timed-out connect says "cannot connect"). Needs redis-py."""
     cause = exc.__context__
     if isinstance(exc, RecursionError):
         return RedisError(f"reply from Redis at {where} is nested too deeply; not a Redis server?")
-    if HAS_REDIS and isinstance(exc, redis.AuthenticationError):
+    if isinstance(exc, redis.AuthenticationError):
         if getattr(exc, "status_code", None) == "NOAUTH":
             return RedisError(f"Redis at {where} requires a password: {_server_text(exc)}")
         return RedisError(f"Redis at {where} rejected the credentials: {_server_text(exc)}")
-    if HAS_REDIS and isinstance(exc, (redis.ResponseError, redis.exceptions.BusyLoadingError)):
+    if isinstance(exc, (redis.ResponseError, redis.exceptions.BusyLoadingError)):
         return ReplyError(_server_text(exc))
     if isinstance(cause, ssl.SSLCertVerificationError):
         return RedisError(f"TLS verification of Redis at {where} failed: {cause.verify_message}")
     if isinstance(cause, ssl.SSLError):
         return RedisError(f"TLS handshake with Redis at {where} failed: {cause}")
-    if HAS_REDIS and isinstance(exc, redis.TimeoutError) or isinstance(exc, socket.timeout):
+    if isinstance(exc, (redis.TimeoutError, socket.timeout)):
         if connecting and "connecting" in str(exc):
             return RedisError(f"cannot connect to Redis at {where}: timed out")
         return RedisError(f"timed out waiting for Redis at {where}")
@@ -139,13 +139,18 @@ class Client:
             single_connection_client=True,
         )
         if params.get("tls"):
-            options.update(connection_class=_TlsConnection, tls_context=tls_context(params))
+            options.update(connection_class=_TlsConnection, context=tls_context(params))
         pool = redis.ConnectionPool(**{k: v for k, v in options.items() if k != "single_connection_client"})
         try:
             self.redis = redis.Redis(connection_pool=pool, single_connection_client=True)
         except (redis.RedisError, OSError, RecursionError) as exc:
             pool.disconnect()
-            raise map_error(exc, self.where, connecting=True) from None
+            error = map_error(exc, self.where, connecting=True)
+            if not params.get("tls") and ("closed" in str(error) or isinstance(exc.__context__, ConnectionResetError)):
+                raise RedisError(
+                    f"{error} (a TLS-only port drops a plain connection: set tls if it serves TLS)"
+                ) from None
+            raise error from None
 
     def __getattr__(self, name):
         if name.startswith("_") or name == "redis":
@@ -169,12 +174,12 @@ if HAS_REDIS:
         """redis-py's TLS connection with the collection's context (``tls_context``): redis-py's own adds the system
         trust store to a given CA, which would widen what ``tls_ca_cert`` trusts."""
 
-        def __init__(self, tls_context=None, **kwargs):  # pylint: disable=redefined-outer-name
+        def __init__(self, context=None, **kwargs):
             super().__init__(**kwargs)
-            self.tls_context = tls_context
+            self.context = context
 
         def _wrap_socket_with_ssl(self, sock):
-            return self.tls_context.wrap_socket(sock, server_hostname=self.host)
+            return self.context.wrap_socket(sock, server_hostname=self.host)
 
 
 def connect(params, timeout=None):

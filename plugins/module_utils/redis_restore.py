@@ -325,6 +325,12 @@ _RESTORE_HEAD = b"*6\r\n$7\r\nRESTORE\r\n$"
 _RESTORE_TAIL = b"$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n"
 
 
+def dump_payload(buf, rec, version_bytes, crc):
+    """The RESTORE payload of a record (what DUMP returns): type byte, value, RDB version, CRC64 of those."""
+    body = buf[rec.start : rec.start + 1] + buf[rec.vpos : rec.end] + version_bytes
+    return body + _U64.pack(crc(body))
+
+
 def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, progress=None):
     """RESTORE every key in [start, stop) of the RDB (stop None = to EOF). Returns a stats dict.
 
@@ -356,8 +362,7 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
             out_size += len(cmd)
             pending += 1
             current_db = rdb_db
-        body = buf[rec.start : rec.start + 1] + buf[rec.vpos : rec.end] + version_bytes
-        payload = body + _U64.pack(crc(body))
+        payload = dump_payload(buf, rec, version_bytes, crc)
         key = rec.key
         ttl = b"%d" % (expire if expire is not None and expire > 0 else 0)
         cmd = b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
