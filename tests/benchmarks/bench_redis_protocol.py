@@ -11,9 +11,9 @@ Usage (no lab needed: it starts its own redis-server):
   with the same payloads and the same 1 MiB batches (``execute(raise_on_error=False)``). Both on a connection of
   ``redis_client``; the target is flushed between runs; ``--repeat`` rounds in alternating order, medians, the
   process's CPU seconds next to the wall time.
-* SYNC: ``redis_backup.fetch_rdb`` (a streamed RDB, bounded memory) against redis-py reading the reply to ``SYNC``
-  with ``read_response()``, with the source's disk-based full sync (``$<size>`` framing) and its diskless one (an
-  EOF mark); each in a forked child, whose peak RSS is reported.
+* SYNC: ``redis_backup.fetch_rdb`` (a streamed RDB, bounded memory) against redis-py sending the same REPLCONFs and
+  reading the reply to ``SYNC`` with ``read_response()``, with the source's disk-based full sync (``$<size>``
+  framing) and its diskless one (an EOF mark); each in a forked child, whose peak RSS is reported.
 
 Figures are ratios against the hand-written path in the same run; nothing is asserted.
 """
@@ -142,12 +142,16 @@ def sync_hand_written(params):
     return {"seconds": round(time.monotonic() - start, 3), "bytes": size}
 
 
-def sync_redis_py(params):
-    """redis-py has no SYNC reader: the reply is read as one RESP value, the whole RDB in memory."""
+def sync_redis_py(params, replconf):
+    """redis-py has no SYNC reader: the reply is read as one RESP value (the whole RDB in memory), after fetch_rdb's
+    REPLCONFs (``replconf``) or without them; the diskless transfer's EOF-mark framing is no RESP value at all."""
     client = redis_client.connect(params, timeout=600)
     try:
-        connection = client.redis.connection
         start = time.monotonic()
+        if replconf:
+            client.execute_command("REPLCONF", "capa", "eof")
+            client.execute_command("REPLCONF", "rdb-only", "1")
+        connection = client.redis.connection
         connection.send_command("SYNC")
         reply = connection.read_response()
         return {"seconds": round(time.monotonic() - start, 3), "bytes": len(reply)}
@@ -199,11 +203,14 @@ def main():
         print("\nSYNC (RDB fetch), each in a child process:")
         for mode in ("no", "yes"):
             source.command("CONFIG", "SET", "repl-diskless-sync", mode)
-            ours = in_child(lambda: sync_hand_written(source.params()))
-            theirs = in_child(lambda: sync_redis_py(source.params()))
             print(f"  repl-diskless-sync {mode}:")
-            print(f"    hand-written (fetch_rdb)   {json.dumps(ours)}")
-            print(f"    redis-py read_response()   {json.dumps(theirs)}")
+            print(
+                f"    hand-written (fetch_rdb)          {json.dumps(in_child(lambda: sync_hand_written(source.params())))}"
+            )
+            for replconf in (True, False):
+                label = "redis-py, fetch_rdb's REPLCONFs" if replconf else "redis-py, plain SYNC"
+                result = in_child(lambda: sync_redis_py(source.params(), replconf))  # noqa: B023
+                print(f"    {label:33s} {json.dumps(result)}")
         print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     finally:
         source.stop()
