@@ -636,45 +636,29 @@ def test_modules_through_ansible(servers, s3):
 # --------------------------------------------------------------------------------------------------------------
 # TLS
 # --------------------------------------------------------------------------------------------------------------
-def _make_certs(directory):
-    def run(*argv):
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
+def _make_certs(directory, clients=False):
+    """A CA and a server certificate it signed (127.0.0.1, localhost); with ``clients`` also a client certificate it
+    signed and a self-signed "stranger" one. {file name: path}."""
 
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    def run(words):
+        subprocess.run(["openssl", *words.split()], check=True, capture_output=True, cwd=directory)
+
+    def self_signed(name):
+        run(f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key -out {name}.crt")
+
+    def signed_by_ca(name, extra=""):
+        run(f"req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr")
+        run(f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 {extra} -out {name}.crt")
+
     Path(directory, "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    )
-    return {name: str(Path(directory, name)) for name in ("ca.crt", "server.crt", "server.key")}
+    self_signed("ca")
+    signed_by_ca("server", "-extfile ext.cnf")
+    names = ["ca", "server"]
+    if clients:
+        signed_by_ca("client")
+        self_signed("stranger")
+        names += ["client", "stranger"]
+    return {f"{name}.{kind}": str(Path(directory, f"{name}.{kind}")) for name in names for kind in ("crt", "key")}
 
 
 def start_tls_redis(lab_handle, forget_processes, certs, prefix, *extra):
@@ -747,38 +731,13 @@ def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes)
 
 def test_tls_options_keep_their_meaning(lab_handle, tmp_path, forget_processes):
     """redis_client's TLS: the client certificate is presented, the given CA alone, tls_validate_certs=false."""
-    certs = _make_certs(tmp_path)
-
-    def openssl(*argv):
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=tmp_path)
-
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client", "-keyout", "client.key", "-out", "client.csr"
-    )
-    openssl(
-        "x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "2", "-out", "client.crt"
-    )
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=x",
-        "-keyout",
-        "s.key",
-        "-out",
-        "s.crt",
-    )
+    certs = _make_certs(tmp_path, clients=True)
     # "optional": a client without a certificate gets in, a presented certificate must be signed by the server's CA
     port, password, _tls_client = start_tls_redis(
         lab_handle, forget_processes, certs, "rdb-mtls", "--tls-auth-clients", "optional"
     )
     base = {"host": "localhost", "port": port, "password": password, "tls": True, "tls_ca_cert": certs["ca.crt"]}
-    ours = {"tls_cert": str(tmp_path / "client.crt"), "tls_key": str(tmp_path / "client.key")}
+    ours = {"tls_cert": certs["client.crt"], "tls_key": certs["client.key"]}
     for params in (dict(base, **ours), dict(base, tls_ca_cert=None, tls_validate_certs=False), base):
         conn = redis_client.connect(params, timeout=5)
         try:
@@ -787,7 +746,7 @@ def test_tls_options_keep_their_meaning(lab_handle, tmp_path, forget_processes):
             conn.close()
     with pytest.raises(redis_client.RedisError, match=f"TLS verification of Redis at localhost:{port} failed: "):
         redis_client.connect(dict(base, tls_ca_cert=None), timeout=5)
-    stranger = {"tls_cert": str(tmp_path / "s.crt"), "tls_key": str(tmp_path / "s.key")}
+    stranger = {"tls_cert": certs["stranger.crt"], "tls_key": certs["stranger.key"]}
     with pytest.raises(redis_client.RedisError, match=f"Redis at localhost:{port}"):
         redis_client.connect(dict(base, **stranger), timeout=5).ping()  # the server refuses the certificate
 
