@@ -129,18 +129,17 @@ class Client:
         options = dict(
             host=params.get("host") or "127.0.0.1",
             port=int(params.get("port") or 6379),
-            username=params.get("username") or None,
+            username=(params.get("username") or None) if params.get("password") else None,  # AUTH needs the password
             password=params.get("password") or None,
             socket_connect_timeout=float(params.get("connect_timeout") or 10.0),
             socket_timeout=timeout,
             protocol=2,  # redis-py's default RESP3 starts with HELLO, which Redis < 6 does not know
             retry=Retry(NoBackoff(), 0),
             driver_info=None,  # no CLIENT SETINFO: a user limited to SYNC or RESTORE would log a NOPERM each time
-            single_connection_client=True,
         )
         if params.get("tls"):
             options.update(connection_class=_TlsConnection, context=tls_context(params))
-        pool = redis.ConnectionPool(**{k: v for k, v in options.items() if k != "single_connection_client"})
+        pool = redis.ConnectionPool(**options)
         try:
             self.redis = redis.Redis(connection_pool=pool, single_connection_client=True)
         except (redis.RedisError, OSError, RecursionError) as exc:
