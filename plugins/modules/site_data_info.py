@@ -136,7 +136,7 @@ notes:
     C(create) on C(pods/exec) in O(namespace).
 requirements:
   - boto3
-  - redis (redis-py), with O(probe_redis) and O(host)
+  - redis (redis-py), with O(probe_redis)
   - kubernetes >= 24.2.0 (Python library), with O(cluster_name)
 seealso:
   - module: hanzo.kms.redis_rdb_backup
@@ -313,7 +313,7 @@ def main():
         module.fail_json(msg=problem)
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
-    if params["probe_redis"] and params["host"] and not HAS_REDIS:
+    if params["probe_redis"] and not HAS_REDIS:
         module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     problem = missing() if params["cluster_name"] else None
     if problem:
