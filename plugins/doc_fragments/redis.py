@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:  # pylint: disable=too-few-public-methods
-    # Redis connection options, matching REDIS_CONNECTION_SPEC in plugins/module_utils/redis_resp.py.
+    # Redis connection options, matching REDIS_CONNECTION_SPEC in plugins/module_utils/redis_client.py.
     DOCUMENTATION = r"""
 options:
   host:

@@ -4,7 +4,8 @@
 """Consistent Redis backups over the replication protocol (what ``redis-cli --rdb`` does), streamed to a local
 file and/or S3 (multipart, bounded memory) while computing SHA-256 and checking the RDB CRC64.
 
-Plain Python (standard library + boto3 for S3); the RESP client is ``redis_resp``, the multipart upload ``s3_upload``.
+Plain Python (redis-py, boto3 for S3): the connection is ``redis_client``'s, the SYNC stream is read by ``redis_resp``,
+the multipart upload is ``s3_upload``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout, names, redis_rdb, redis_verify
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
-    RedisError,
-    ReplyError,
-    RespConnection,
-    server_info,
+from ansible_collections.hanzo.kms.plugins.module_utils import (
+    backup_layout,
+    names,
+    redis_client,
+    redis_rdb,
+    redis_verify,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import RedisError, ReplyError, server_info
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RespConnection
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow
 
 CHUNK = 256 * 1024  # RDB transfer reads
@@ -86,21 +89,22 @@ def fetch_rdb(params, sink, timeout=3600.0):
 
     Returns (bytes transferred, server info dict). Raises RedisError.
     """
-    conn = RespConnection(params, timeout=60.0)
+    client = redis_client.connect(params, timeout=60.0)
     info = {}
     announced = None
     try:
-        info = server_info(conn)
+        info = server_info(client)
         try:
-            conn.command("REPLCONF", "capa", "eof")
+            client.execute_command("REPLCONF", "capa", "eof")
         except ReplyError:
             pass
-        announced = announce_replica_version(conn, info)
+        announced = announce_replica_version(client, info)
         rdb_only = True
         try:
-            conn.command("REPLCONF", "rdb-only", "1")
+            client.execute_command("REPLCONF", "rdb-only", "1")
         except ReplyError:
             rdb_only = False  # Redis < 7.0: the command stream follows; the connection is closed after the RDB
+        conn = RespConnection.on(client)  # redis-py has no reader for the SYNC stream
         conn.settimeout(timeout)
         conn.send(b"SYNC\r\n")
         while True:
@@ -164,10 +168,10 @@ def fetch_rdb(params, sink, timeout=3600.0):
             ) from None
         raise
     finally:
-        conn.close()
+        client.close()
 
 
-def announce_replica_version(conn, info):
+def announce_replica_version(client, info):
     """Tell a Valkey primary our "replica version" (its own) so it writes its native RDB version.
 
     Valkey 9 picks the RDB version for a replica from the version the replica announces with ``REPLCONF version``:
@@ -179,7 +183,7 @@ def announce_replica_version(conn, info):
     if info.get("server") != "valkey" or not info.get("version"):
         return None
     try:
-        conn.command("REPLCONF", "version", info["version"])
+        client.execute_command("REPLCONF", "version", info["version"])
     except ReplyError:
         return None
     return info["version"]
@@ -252,7 +256,7 @@ def run_backup(params, s3_client_factory=None, check_mode=False, now=None, befor
     if bucket:
         client = s3_client_factory()
     if check_mode:
-        conn = RespConnection(params, timeout=30.0)
+        conn = redis_client.connect(params, timeout=30.0)
         try:
             info = server_info(conn)
         finally:

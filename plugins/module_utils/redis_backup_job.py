@@ -10,7 +10,7 @@ The role's template (roles/redis/templates/backup-cronjob.yml.j2) sets the envir
 Prints the result as one JSON line; on failure a message on stderr and exit status 1 (2 for bad settings, before
 anything is contacted). With ``LOCK_SCRIPT`` (the operation lock's script, which an init container ran with
 ``acquire``) the lock is checked before the manifest marks the backup complete and released at the end.
-Plain Python: needs boto3 (and anycrc for a fast CRC64), not Ansible.
+Plain Python: needs redis-py and boto3 (and anycrc for a fast CRC64), not Ansible.
 """
 
 from __future__ import annotations

@@ -1,54 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A small blocking RESP2 client (TLS, AUTH, pipelined replies) and the INFO helpers, shared by the backup, the
-restore and the site probes. Plain Python (standard library only).
+"""The hand-written RESP code, for what redis-py cannot do or does slower (docs/benchmarks.md): reading the SYNC
+stream of a backup (keep-alive newlines, an RDB of any size framed by ``$<size>`` or an EOF mark, never held in memory)
+and the replies of pipelined RESTOREs. It runs on the socket of a connection made by ``redis_client`` (one way to
+connect: TLS, AUTH, timeouts and the error messages live there). Plain Python (standard library only).
 """
 
 from __future__ import annotations
 
 import socket
-import ssl
 
-REDIS_CONNECTION_SPEC = dict(
-    host=dict(type="str", default="127.0.0.1"),
-    port=dict(type="int", default=6379),
-    username=dict(type="str"),
-    password=dict(type="str", no_log=True),
-    tls=dict(type="bool", default=False),
-    tls_ca_cert=dict(type="path"),
-    tls_cert=dict(type="path"),
-    tls_key=dict(type="path", no_log=False),
-    tls_validate_certs=dict(type="bool", default=True),
-    connect_timeout=dict(type="float", default=10.0),
-)
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import RedisError
 
 REPLY_CHUNK = 64 * 1024  # command reply reads
-
-
-class RedisError(Exception):
-    """A Redis connection or protocol failure with a message meant for the user."""
-
-
-class ReplyError(RedisError):
-    """The server answered a command with an error reply."""
-
-
-def redis_connection_spec():
-    return {k: dict(v) for k, v in REDIS_CONNECTION_SPEC.items()}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# RESP client
-# --------------------------------------------------------------------------------------------------------------
-MAX_REPLY_DEPTH = 32  # Redis replies nest a few levels (e.g. XINFO, CLIENT TRACKINGINFO); anything deeper is hostile
-
-
-class _ArrayHeader:  # pylint: disable=too-few-public-methods
-    __slots__ = ("size",)
-
-    def __init__(self, size):
-        self.size = size
 
 
 def encode_command(args):
@@ -63,59 +28,18 @@ def encode_command(args):
 
 
 class RespConnection:
-    """One blocking connection speaking RESP2, with optional TLS and AUTH."""
+    """RESP2 on a connected socket: raw sends, buffered reads, single-line replies of pipelined commands."""
 
-    def __init__(self, params, timeout=None):
-        self.host = params.get("host") or "127.0.0.1"
-        self.port = int(params.get("port") or 6379)
-        self.where = f"{self.host}:{self.port}"
+    def __init__(self, sock, where):
+        self.sock = sock
+        self.where = where
         self._buf = bytearray()
         self._chunk = None
-        connect_timeout = float(params.get("connect_timeout") or 10.0)
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
-        except OSError as exc:
-            raise RedisError(f"cannot connect to Redis at {self.where}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if params.get("tls"):
-            try:
-                ctx = ssl.create_default_context(cafile=params.get("tls_ca_cert") or None)
-                if not params.get("tls_validate_certs", True):
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                if params.get("tls_cert"):
-                    ctx.load_cert_chain(params["tls_cert"], params.get("tls_key") or None)
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
-            except (ssl.SSLError, OSError) as exc:
-                sock.close()
-                raise RedisError(f"TLS handshake with Redis at {self.where} failed: {exc}") from None
-        sock.settimeout(timeout)
-        self.sock = sock
-        password = params.get("password")
-        if password:
-            args = ["AUTH", params["username"], password] if params.get("username") else ["AUTH", password]
-            try:
-                self.command(*args)
-            except ReplyError as exc:
-                self.close()
-                raise RedisError(f"Redis at {self.where} rejected the credentials: {exc}") from None
 
     @classmethod
-    def over(cls, sock, where):
-        """A connection on a socket that is already connected (no TLS handshake, no AUTH), e.g. one end of a pair."""
-        conn = cls.__new__(cls)
-        conn.host = conn.port = None
-        conn.where = where
-        conn._buf = bytearray()
-        conn._chunk = None
-        conn.sock = sock
-        return conn
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+    def on(cls, client):
+        """The stream on the socket of a ``redis_client.Client`` (which stays its owner: close the client)."""
+        return cls(client.socket(), client.where)
 
     def settimeout(self, timeout):
         self.sock.settimeout(timeout)
@@ -190,104 +114,3 @@ class RespConnection:
                 del self._buf[: idx + 1]
                 return line[:-1] if line.endswith(b"\r") else line
             self._fill()
-
-    def read_exact(self, size):
-        while len(self._buf) < size:
-            self._fill()
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
-
-    def read_reply(self):
-        """One reply. Iterative (an explicit stack), so a hostile server's deeply nested arrays give a RedisError past
-        MAX_REPLY_DEPTH levels instead of a RecursionError."""
-        stack = []  # [items, expected count] per open array
-        while True:
-            value = self._read_element()
-            if isinstance(value, _ArrayHeader):
-                if value.size > 0:
-                    if len(stack) >= MAX_REPLY_DEPTH:
-                        raise RedisError(
-                            f"reply from Redis at {self.where} is nested more than {MAX_REPLY_DEPTH} "
-                            "arrays deep; not a Redis server?"
-                        )
-                    stack.append(([], value.size))
-                    continue
-                value = []
-            while stack:
-                items, size = stack[-1]
-                items.append(value)
-                if len(items) < size:
-                    break
-                stack.pop()
-                value = items
-            else:
-                return value
-
-    def _read_element(self):
-        """A scalar reply, or an _ArrayHeader for an array of size >= 0 (None for a null array)."""
-        line = self.readline()
-        if not line:
-            raise RedisError(f"empty reply line from Redis at {self.where}")
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode("utf-8", "replace")
-        if kind == b"-":
-            return ReplyError(rest.decode("utf-8", "replace"))
-        try:
-            if kind == b":":
-                return int(rest)
-            if kind == b"$":
-                size = int(rest)
-                if size < 0:
-                    return None
-                return self.read_exact(size + 2)[:-2]
-            if kind == b"*":
-                size = int(rest)
-                return None if size < 0 else _ArrayHeader(size)
-        except ValueError:
-            pass
-        raise RedisError(f"unexpected reply {line[:60]!r} from Redis at {self.where}")
-
-    def command(self, *args):
-        self.send(encode_command(args))
-        reply = self.read_reply()
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
-
-
-def parse_info(text):
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    info = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        key, value = line.split(":", 1)
-        info[key] = value
-    return info
-
-
-def parse_keyspace(info):
-    """{'0': {'keys': n, 'expires': n}} from INFO keyspace fields."""
-    out = {}
-    for key, value in info.items():
-        if key.startswith("db") and key[2:].isdigit():
-            fields = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
-            out[key[2:]] = {"keys": int(fields.get("keys", 0)), "expires": int(fields.get("expires", 0))}
-    return out
-
-
-def server_info(conn):
-    info = parse_info(conn.command("INFO", "server"))
-    info.update(parse_info(conn.command("INFO", "keyspace")))
-    flavour = "valkey" if info.get("valkey_version") or info.get("server_name") == "valkey" else "redis"
-    version = info.get("valkey_version") if flavour == "valkey" else info.get("redis_version")
-    return {
-        "server": flavour,
-        "version": version,
-        "redis_version": info.get("redis_version"),
-        "keyspace": parse_keyspace(info),
-        "info": info,
-    }

@@ -18,6 +18,7 @@ version against the target server's, and a full structural pass. Methods:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -35,20 +36,20 @@ import time
 
 from ansible_collections.hanzo.kms.plugins.module_utils import (
     backup_layout,
+    redis_client,
     redis_rdb,
     redis_restore_stream,
     redis_verify,
 )
 from ansible_collections.hanzo.kms.plugins.module_utils.backup_layout import MANIFEST_NAME, RDB_NAME
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import rdb_loadable, rdb_version_for
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import (
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import (
     RedisError,
     ReplyError,
-    RespConnection,
-    encode_command,
-    parse_info,
+    config_get,
     server_info,
 )
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RespConnection, encode_command
 from ansible_collections.hanzo.kms.plugins.module_utils.times import utcnow_compact
 
 RdbError = redis_rdb.RdbError
@@ -215,81 +216,68 @@ def verify_source(path, manifest, sha256, recorded_check_ok=False):
 # --------------------------------------------------------------------------------------------------------------
 # Target helpers
 # --------------------------------------------------------------------------------------------------------------
-def _target_dbs(conn):
-    info = parse_info(conn.command("INFO", "keyspace"))
-    return sorted(int(k[2:]) for k in info if k.startswith("db") and k[2:].isdigit())
-
-
 def target_keyspace(conn):
-    info = parse_info(conn.command("INFO", "keyspace"))
-    out = {}
-    for key, value in info.items():
-        if key.startswith("db") and key[2:].isdigit():
-            fields = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
-            out[key[2:]] = int(fields.get("keys", 0))
-    return out
+    """{db: key count} of the target (``conn``: a redis_client.Client or a Target)."""
+    return {db: counts["keys"] for db, counts in redis_client.keyspace(conn.info("keyspace")).items()}
 
 
 def clear_target(conn, batch=1000):
     """Delete every key of every db: FLUSHALL when allowed, else SCAN + UNLINK (FLUSHALL disabled, as Bitnami does)."""
     try:
-        conn.command("FLUSHALL")
+        conn.flushall()
         return "flushall"
     except ReplyError:
         pass
-    for db in _target_dbs(conn):
-        conn.command("SELECT", db)
-        cursor = b"0"
+    for db in sorted(int(name) for name in target_keyspace(conn)):
+        conn.execute_command("SELECT", db)  # one connection (redis-py retries nothing here): the db stays selected
+        cursor = 0
         while True:
-            cursor, keys = conn.command("SCAN", cursor, "COUNT", batch)
+            cursor, keys = conn.scan(cursor, count=batch)
             if keys:
-                conn.command("UNLINK", *keys)
-            if cursor in (b"0", 0, "0"):
+                conn.unlink(*keys)
+            if not cursor:
                 break
         # keys written between SCAN passes (or missed by rehashing) are swept until the db is empty
-        while conn.command("DBSIZE"):
-            cursor, keys = conn.command("SCAN", 0, "COUNT", batch)
+        while conn.dbsize():
+            cursor, keys = conn.scan(0, count=batch)
             if keys:
-                conn.command("UNLINK", *keys)
-    conn.command("SELECT", 0)
+                conn.unlink(*keys)
+    conn.execute_command("SELECT", 0)
     return "scan_unlink"
 
 
 def _functions_supported(conn):
     try:
-        conn.command("FUNCTION", "LIST")
+        conn.function_list()
         return True
     except ReplyError:
         return False
 
 
-def _config_get(conn, name):
-    """A config value as str, None when the server does not know ``name``."""
-    reply = conn.command("CONFIG", "GET", name)
-    if isinstance(reply, list) and len(reply) >= 2:
-        value = reply[1]
-        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-    return None
-
-
 class Target:
     """Commands to the target that survive a dropped connection: on a connection failure (or ``-LOADING`` while the
     target loads an RDB) the command is retried on a fresh connection until ``retry_for`` seconds have passed. Only
-    for idempotent commands (INFO, CONFIG, REPLICAOF)."""
+    for idempotent commands (INFO, CONFIG, REPLICAOF). Its methods are redis_client.Client's (redis-py's):
+    ``target.info("replication")``, ``target.config_set(name, value)``; ``run`` takes another ``retry_for``."""
 
     def __init__(self, params, conn=None, retry_for=60.0):
         self.params = params
         self.conn = conn
         self.retry_for = retry_for
 
-    def command(self, *args, retry_for=None):
+    def __getattr__(self, name):
+        if name.startswith("_") or name in ("params", "conn", "retry_for"):
+            raise AttributeError(name)
+        return functools.partial(self.run, name)
+
+    def run(self, method, *args, retry_for=None):
         deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
         delay = 0.05
         while True:
             try:
                 if self.conn is None:
-                    self.conn = RespConnection(self.params, timeout=60.0)
-                return self.conn.command(*args)
+                    self.conn = redis_client.connect(self.params, timeout=60.0)
+                return getattr(self.conn, method)(*args)
             except ReplyError as exc:
                 if not str(exc).startswith("LOADING") or time.monotonic() + delay > deadline:
                     raise
@@ -310,9 +298,9 @@ def enable_sanitize(conn):
     """``CONFIG SET sanitize-dump-payload yes`` (deep checks of every payload the target loads). Returns the previous
     value (None: the server has no such setting, Redis < 6.2)."""
     try:
-        previous = _config_get(conn, "sanitize-dump-payload")
+        previous = config_get(conn, "sanitize-dump-payload")
         if previous is not None and previous != "yes":
-            conn.command("CONFIG", "SET", "sanitize-dump-payload", "yes")
+            conn.config_set("sanitize-dump-payload", "yes")
     except ReplyError as exc:
         raise RestoreError(
             f"cannot turn on sanitize-dump-payload on the target ({exc}); the restore user needs "
@@ -325,7 +313,7 @@ def enable_sanitize(conn):
 def put_back_config(target, name, value, failures):
     """CONFIG SET name value through ``target`` (a Target: fresh connections on failure); failures are collected."""
     try:
-        target.command("CONFIG", "SET", name, value)
+        target.config_set(name, value)
     except RedisError as exc:
         failures.append(f"CONFIG SET {name} back failed: {exc}")
 
@@ -335,6 +323,12 @@ def put_back_config(target, name, value, failures):
 # --------------------------------------------------------------------------------------------------------------
 _RESTORE_HEAD = b"*6\r\n$7\r\nRESTORE\r\n$"
 _RESTORE_TAIL = b"$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n"
+
+
+def dump_payload(buf, rec, version_bytes, crc):
+    """The RESTORE payload of a record (what DUMP returns): type byte, value, RDB version, CRC64 of those."""
+    body = buf[rec.start : rec.start + 1] + buf[rec.vpos : rec.end] + version_bytes
+    return body + _U64.pack(crc(body))
 
 
 def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, progress=None):
@@ -368,8 +362,7 @@ def _restore_range(conn, rdb, start, stop, db, now_ms, batch_bytes=1 << 20, prog
             out_size += len(cmd)
             pending += 1
             current_db = rdb_db
-        body = buf[rec.start : rec.start + 1] + buf[rec.vpos : rec.end] + version_bytes
-        payload = body + _U64.pack(crc(body))
+        payload = dump_payload(buf, rec, version_bytes, crc)
         key = rec.key
         ttl = b"%d" % (expire if expire is not None and expire > 0 else 0)
         cmd = b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
@@ -444,17 +437,18 @@ def method_restore(params, rdb, now_ms):
     total = {"restored": {}, "expired": {}, "errors": []}
     if len(ranges) == 1:
         progress = {"confirmed": 0}
-        conn = None
+        client = None
         try:
-            conn = RespConnection(params, timeout=600.0)
+            client = redis_client.connect(params, timeout=600.0)
+            conn = RespConnection.on(client)
             _merge_counts(
                 total, _restore_range(conn, rdb, ranges[0][0], ranges[0][1], ranges[0][2], now_ms, progress=progress)
             )
         except (RedisError, OSError) as exc:
             raise PartialRestore(str(exc), progress["confirmed"]) from None
         finally:
-            if conn is not None:
-                conn.close()
+            if client is not None:
+                client.close()
         return total
     children = []
     for start, stop, db in ranges:
@@ -465,9 +459,9 @@ def method_restore(params, rdb, now_ms):
             progress = {"confirmed": 0}
             try:
                 os.close(read_fd)
-                conn = RespConnection(params, timeout=600.0)
-                part = _restore_range(conn, rdb, start, stop, db, now_ms, progress=progress)
-                conn.close()
+                client = redis_client.connect(params, timeout=600.0)
+                part = _restore_range(RespConnection.on(client), rdb, start, stop, db, now_ms, progress=progress)
+                client.close()
                 data = json.dumps(
                     {
                         "restored": part["restored"],
@@ -513,12 +507,12 @@ def restore_functions(conn, rdb, mode):
     if payload is None:
         if mode == "replace":
             try:
-                if conn.command("FUNCTION", "LIST"):
-                    conn.command("FUNCTION", "FLUSH")
+                if conn.function_list():
+                    conn.function_flush()
             except ReplyError:
                 pass
         return 0
-    conn.command("FUNCTION", "RESTORE", payload, "FLUSH" if mode == "replace" else "REPLACE")
+    conn.function_restore(payload, "FLUSH" if mode == "replace" else "REPLACE")
     return len(rdb.summary.functions)
 
 
@@ -824,7 +818,7 @@ def _read_command(client, buf, deadline):
 
 
 def _replication_state(conn):
-    info = parse_info(conn.command("INFO", "replication"))
+    info = conn.info("replication")
     return {
         "role": info.get("role"),
         "master_host": info.get("master_host"),
@@ -874,7 +868,7 @@ def leftover_state(conn):
     the settings to put back (see method_replication)."""
     state = _replication_state(conn)
     try:
-        masterauth = _config_get(conn, "masterauth")
+        masterauth = config_get(conn, "masterauth")
     except ReplyError:
         return None, state
     return _decode_marker(masterauth), state
@@ -898,12 +892,12 @@ def repair_leftover(params, conn, check_mode):
     target = Target(params, conn)
     failures = []
     if report["following_listener"]:
-        target.command("REPLICAOF", "NO", "ONE", retry_for=float(params.get("timeout") or 3600))
+        target.run("replicaof", "NO", "ONE", retry_for=float(params.get("timeout") or 3600))
     _put_back_settings(target, record, failures)
     put_back_config(target, "masterauth", record.get("masterauth") or "", failures)
     if report["following_listener"] and record.get("master"):
         host, port = record["master"]
-        target.command("REPLICAOF", host, port)
+        target.replicaof(host, port)
     if failures:
         raise RestoreError(
             "could not repair what an interrupted restore left on the target: " + "; ".join(failures),
@@ -963,8 +957,8 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     token = secrets.token_urlsafe(24)
     try:
         allowed = target_addresses(params)
-        tls_context = listener_tls_context(params) if _config_get(conn, "tls-replication") == "yes" else None
-        previous_auth = _config_get(conn, "masterauth")
+        tls_context = listener_tls_context(params) if config_get(conn, "tls-replication") == "yes" else None
+        previous_auth = config_get(conn, "masterauth")
         listener = ReplicationListener(
             rdb_path,
             listen_host,
@@ -992,19 +986,19 @@ def method_replication(params, conn, rdb_path, timeout, previous, sanitize_previ
     failure = None
     attached = False  # REPLICAOF sent (its reply may be lost with the connection, so "sent" counts)
     try:
-        target.command("CONFIG", "SET", "masterauth", listener.password)
+        target.config_set("masterauth", listener.password)
         attached = True
-        target.command("REPLICAOF", announce, listener.port)
+        target.replicaof(announce, listener.port)
         deadline = time.monotonic() + timeout
         while True:
-            info = parse_info(target.command("INFO", "replication"))
-            persistence = parse_info(target.command("INFO", "persistence"))
+            info = target.info("replication")
+            persistence = target.info("persistence")
             if listener.error is not None:
                 _raise_listener_error(listener.error)
             if (
                 info.get("master_link_status") == "up"
-                and persistence.get("loading") == "0"
-                and info.get("master_sync_in_progress") == "0"
+                and persistence.get("loading") == 0
+                and info.get("master_sync_in_progress") == 0
                 and listener.done.is_set()
             ):
                 break
@@ -1081,7 +1075,7 @@ def _detach(target, record, attached=True):
     problems = []
     try:
         if attached:
-            target.command("REPLICAOF", "NO", "ONE")
+            target.replicaof("NO", "ONE")
     except RedisError as exc:
         problems.append(f"REPLICAOF NO ONE failed: {exc}")
     _put_back_settings(target, record, problems)
@@ -1089,7 +1083,7 @@ def _detach(target, record, attached=True):
         put_back_config(target, "masterauth", record.get("masterauth") or "", problems)
     if not problems and record.get("master") and attached:
         try:
-            target.command("REPLICAOF", *record["master"])
+            target.replicaof(*record["master"])
         except RedisError as exc:
             problems.append(f"REPLICAOF {record['master'][0]} {record['master'][1]} failed: {exc}")
     try:
@@ -1194,7 +1188,7 @@ def _copy_atomic(src, dest):
 def _wait_loaded(conn, timeout):
     """Wait while the target loads an RDB (it refuses most commands with -LOADING meanwhile)."""
     deadline = time.monotonic() + timeout
-    while parse_info(conn.command("INFO", "persistence")).get("loading") == "1":
+    while conn.info("persistence").get("loading") == 1:
         if time.monotonic() > deadline:
             raise RestoreError(
                 f"the target is still loading a dataset after {timeout:.0f}s; the target was not changed",
@@ -1319,7 +1313,7 @@ def run_restore(params, s3_client_factory=None, check_mode=False):
             result["duration"] = round(time.monotonic() - started, 3)
             return result
 
-        conn = RespConnection(params, timeout=600.0)
+        conn = redis_client.connect(params, timeout=600.0)
         try:
             _wait_loaded(conn, float(params.get("timeout") or 3600))
             info = server_info(conn)
@@ -1439,7 +1433,7 @@ def _replicate_stream(params, conn, stream, timeout, previous, sanitize_previous
 
     def serve(payload=None, path=None, disk_load=None):
         # method_replication closes the connection it was given: a second attempt gets a fresh one
-        target = RespConnection(params, timeout=60.0) if state.get("served") else conn
+        target = redis_client.connect(params, timeout=60.0) if state.get("served") else conn
         state["served"] = True
         result, state["target_state"] = method_replication(
             params, target, path, timeout, previous, sanitize_previous, payload=payload, disk_load=disk_load

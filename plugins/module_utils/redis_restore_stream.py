@@ -22,8 +22,8 @@ import queue
 import socket
 import threading
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_rdb, redis_verify
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, ReplyError, RespConnection
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_client, redis_rdb, redis_verify
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import RedisError, ReplyError, config_get
 
 CHUNK = 1024 * 1024  # S3 read size
 PREFETCH = 8  # chunks read ahead of the sender (bounded memory: PREFETCH x CHUNK)
@@ -243,21 +243,13 @@ def open_s3_stream(client, params, resolve_s3_source, load_manifest):
 # --------------------------------------------------------------------------------------------------------------
 # The target's repl-diskless-load
 # --------------------------------------------------------------------------------------------------------------
-def _config_get(conn, name):
-    reply = conn.command("CONFIG", "GET", name)
-    if isinstance(reply, list) and len(reply) >= 2:
-        value = reply[1]
-        return value.decode() if isinstance(value, bytes) else str(value)
-    return None
-
-
 def prepare_disk_load(params):
     """Make the target load a full sync from disk. Returns (previous value, whether it was changed); previous is None
     when CONFIG GET/SET is unavailable (renamed or denied): then the overlapped transfer is not safe."""
-    conn = RespConnection(params, timeout=60.0)
+    client = redis_client.connect(params, timeout=60.0)
     try:
         try:
-            before = _config_get(conn, "repl-diskless-load")
+            before = config_get(client, "repl-diskless-load")
         except ReplyError:
             return None, False
         if before is None:
@@ -265,12 +257,12 @@ def prepare_disk_load(params):
         if before == "disabled":
             return before, False
         try:
-            conn.command("CONFIG", "SET", "repl-diskless-load", "disabled")
+            client.config_set("repl-diskless-load", "disabled")
         except ReplyError:
             return None, False
         return before, True
     finally:
-        conn.close()
+        client.close()
 
 
 def put_back_disk_load(params, before):
@@ -278,17 +270,17 @@ def put_back_disk_load(params, before):
     last = None
     for _attempt in range(3):
         try:
-            conn = RespConnection(params, timeout=60.0)
+            client = redis_client.connect(params, timeout=60.0)
         except RedisError as exc:
             last = exc
             continue
         try:
-            conn.command("CONFIG", "SET", "repl-diskless-load", before)
+            client.config_set("repl-diskless-load", before)
             return
         except RedisError as exc:
             last = exc
         finally:
-            conn.close()
+            client.close()
     raise RedisError(f"could not put repl-diskless-load back to {before!r}: {last}")
 
 

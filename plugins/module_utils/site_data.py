@@ -19,14 +19,14 @@ from ansible_collections.hanzo.kms.plugins.module_utils.times import format_time
 
 def redis_probe(params):
     """Role, version and key count of a Redis server, or raise ``RedisError``."""
-    from ansible_collections.hanzo.kms.plugins.module_utils import redis_resp  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hanzo.kms.plugins.module_utils import redis_client  # pylint: disable=import-outside-toplevel
 
-    conn = redis_resp.RespConnection(params, timeout=float(params.get("connect_timeout") or 10.0))
+    client = redis_client.connect(params, timeout=float(params.get("connect_timeout") or 10.0))
     try:
-        info = redis_resp.server_info(conn)
-        replication = redis_resp.parse_info(conn.command("INFO", "replication"))
+        info = redis_client.server_info(client)
+        replication = client.info("replication")
     finally:
-        conn.close()
+        client.close()
     return {
         "role": replication.get("role"),
         "server": info["server"],
@@ -40,9 +40,9 @@ def redis_probe(params):
 def collect_site_data(params, s3_client, now=None):
     """Backups of one site in the object store and its Redis server; every part reports its own error."""
     # pylint: disable=import-outside-toplevel
-    # Here, not at the top: hanzo.kms.haproxy_info imports this file and needs neither boto3 nor the RESP client.
+    # Here, not at the top: hanzo.kms.haproxy_info imports this file and needs neither boto3 nor redis-py.
     from ansible_collections.hanzo.kms.plugins.module_utils import s3_retention
-    from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
+    from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import RedisError
     from ansible_collections.hanzo.kms.plugins.module_utils.s3 import S3Error
     from ansible_collections.hanzo.kms.plugins.module_utils.s3_backup_info import complete_backups
 

@@ -103,6 +103,7 @@ notes:
   - With C(repl-diskless-sync yes) (the Redis 7 default) the server waits C(repl-diskless-sync-delay) seconds
     (default 5) before it starts the transfer.
 requirements:
+  - redis (redis-py, the Redis client)
   - boto3 (for S3)
   - anycrc (optional, a fast C CRC64; without it the CRC check is much slower)
 seealso:
@@ -237,8 +238,13 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
 from ansible_collections.hanzo.kms.plugins.module_utils.names import InvalidName
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_backup import run_backup
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import (
+    HAS_REDIS,
+    REDIS_IMPORT_ERROR,
+    RedisError,
+    redis_connection_spec,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
@@ -268,6 +274,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     if params["bucket"] and not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
     if params["part_size"] < 5:

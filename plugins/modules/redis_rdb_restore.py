@@ -215,6 +215,7 @@ notes:
   - If the target uses C(masteruser) (ACL users for replication), it stays as it is; the target then sends
     C(AUTH <masteruser> <one-time password>) and the listener checks the password only.
 requirements:
+  - redis (redis-py, the Redis client)
   - boto3 (for S3)
   - anycrc (optional, a fast C CRC64; without it verification is much slower)
 seealso:
@@ -434,8 +435,13 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import (
+    HAS_REDIS,
+    REDIS_IMPORT_ERROR,
+    RedisError,
+    redis_connection_spec,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_rdb import RdbError, crc64_is_fast
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, redis_connection_spec
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError, run_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
@@ -486,6 +492,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     if params["bucket"] and not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
     if params["connections"] < 1:

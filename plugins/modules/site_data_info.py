@@ -136,6 +136,7 @@ notes:
     C(create) on C(pods/exec) in O(namespace).
 requirements:
   - boto3
+  - redis (redis-py), with O(probe_redis)
   - kubernetes >= 24.2.0 (Python library), with O(cluster_name)
 seealso:
   - module: hanzo.kms.redis_rdb_backup
@@ -253,7 +254,11 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import api_client, missing
 from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_positive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import redis_connection_spec
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import (
+    HAS_REDIS,
+    REDIS_IMPORT_ERROR,
+    redis_connection_spec,
+)
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import (
     BOTO3_IMPORT_ERROR,
     HAS_BOTO3,
@@ -308,6 +313,8 @@ def main():
         module.fail_json(msg=problem)
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if params["probe_redis"] and not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     problem = missing() if params["cluster_name"] else None
     if problem:
         module.fail_json(msg=problem[0], exception=problem[1])

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_rdb, redis_resp, redis_restore  # noqa: E402
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_client, redis_rdb, redis_restore  # noqa: E402
 from ansible_collections.hanzo.kms.plugins.module_utils.s3 import s3_client  # noqa: E402
 from tests.ansible_run import local_args, run_ansible  # noqa: E402
 from tests.lab.core import free_port  # noqa: E402
@@ -113,14 +113,14 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                conn = redis_resp.RespConnection(self.params(), timeout=5)
+                conn = redis_client.connect(self.params(), timeout=5)
                 try:
-                    info = redis_resp.parse_info(conn.command("INFO", "persistence"))
+                    info = conn.info("persistence")
                 finally:
                     conn.close()
-                if info.get("loading") == "0":
+                if info.get("loading") == 0:
                     return time.monotonic() - self.started
-            except (redis_resp.RedisError, OSError):
+            except (redis_client.RedisError, OSError):
                 pass
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
@@ -129,9 +129,9 @@ class Server:
             time.sleep(0.005)
 
     def command(self, *args):
-        conn = redis_resp.RespConnection(self.params(), timeout=600)
+        conn = redis_client.connect(self.params(), timeout=600)
         try:
-            return conn.command(*args)
+            return conn.execute_command(*args)
         finally:
             conn.close()
 
@@ -255,9 +255,7 @@ def main():
         src.wait_loaded()
         fill(src, args.keys)
         keys = int(src.command("DBSIZE"))
-        print(
-            f"source: {keys} keys, redis-server {redis_resp.parse_info(src.command('INFO', 'server'))['redis_version']}"
-        )
+        print(f"source: {keys} keys, redis-server {src.command('INFO', 'server')['redis_version']}")
 
         # ---- backup -------------------------------------------------------------------------------------------
         prefix = f"bench-{uuid.uuid4().hex[:8]}"

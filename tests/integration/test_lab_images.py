@@ -209,14 +209,15 @@ def test_backup_tools_run_the_collections_backup_job(tasks, tmp_path):
         images.BACKUP_TOOLS_IMAGE,
         "id -u; kubectl version --client; date --version | head -1; "
         "date -u -d @0 +%Y-%m-%dT%H:%M:%SZ; mktemp; command -v grep; "
-        "python3 -c 'import anycrc, boto3; print(\"boto3\", boto3.__version__)'",
+        'python3 -c \'import anycrc, boto3, redis; print("boto3", boto3.__version__); print("redis", redis.__version__)\'',
     )
     lines = out.splitlines()
     assert lines[0] == "1001"
     assert "Client Version: v1.34.2" in lines
     assert "GNU coreutils" in out and "1970-01-01T00:00:00Z" in lines
     requirements, _pins = images.backup_job_pins()
-    assert f"boto3 {requirements[0].split('==')[1]}" in lines
+    pinned = dict(requirement.split("==") for requirement in requirements)
+    assert f"boto3 {pinned['boto3']}" in lines and f"redis {pinned['redis']}" in lines
 
     # The CronJob's backup container: the collection's redis_backup_job with the settings the role's template sets
     # (the object store Secret's AWS_* variables, AWS_ENDPOINT_URL included), against the Redis image and the lab's

@@ -10,6 +10,7 @@ with the same settings; S3 is the lab's SeaweedFS.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import subprocess
 import time
@@ -21,8 +22,8 @@ import pytest
 from ansible_collections.hanzo.kms.plugins.module_utils import (
     backup_layout,
     redis_backup,
+    redis_client,
     redis_rdb,
-    redis_resp,
     redis_restore,
     s3_backup_info,
     times,
@@ -301,7 +302,7 @@ def test_backup_check_mode_takes_no_snapshot(servers, s3):
 
 def test_backup_bad_password_is_clear(servers, tmp_path):
     params = conn_params(servers["src"], password="wrong", dest=str(tmp_path / "x.rdb"))
-    with pytest.raises(redis_resp.RedisError, match="rejected the credentials"):
+    with pytest.raises(redis_client.RedisError, match="rejected the credentials"):
         redis_backup.run_backup(params)
     assert not list(tmp_path.iterdir())
 
@@ -635,45 +636,29 @@ def test_modules_through_ansible(servers, s3):
 # --------------------------------------------------------------------------------------------------------------
 # TLS
 # --------------------------------------------------------------------------------------------------------------
-def _make_certs(directory):
-    def run(*argv):
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
+def _make_certs(directory, clients=False):
+    """A CA and a server certificate it signed (127.0.0.1, localhost); with ``clients`` also a client certificate it
+    signed and a self-signed "stranger" one. {file name: path}."""
 
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    def run(words):
+        subprocess.run(["openssl", *words.split()], check=True, capture_output=True, cwd=directory)
+
+    def self_signed(name):
+        run(f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key -out {name}.crt")
+
+    def signed_by_ca(name, extra=""):
+        run(f"req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr")
+        run(f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 {extra} -out {name}.crt")
+
     Path(directory, "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    )
-    return {name: str(Path(directory, name)) for name in ("ca.crt", "server.crt", "server.key")}
+    self_signed("ca")
+    signed_by_ca("server", "-extfile ext.cnf")
+    names = ["ca", "server"]
+    if clients:
+        signed_by_ca("client")
+        self_signed("stranger")
+        names += ["client", "stranger"]
+    return {f"{name}.{kind}": str(Path(directory, f"{name}.{kind}")) for name in names for kind in ("crt", "key")}
 
 
 def start_tls_redis(lab_handle, forget_processes, certs, prefix, *extra):
@@ -732,15 +717,78 @@ def test_tls_backup_and_restore(lab_handle, servers, tmp_path, forget_processes)
     dump = tmp_path / "dump.rdb"
     result = redis_backup.run_backup(dict(tls_params, dest=str(dump), analyze=True))
     assert result["keys_per_db"] == {"0": 1}
-    with pytest.raises(redis_resp.RedisError, match="TLS|closed|failed"):
+    # the plain connection's AUTH ends the TLS server's handshake: the error says what to check
+    with pytest.raises(redis_client.RedisError, match=f"Redis at 127.0.0.1:{port}.*set tls if it serves TLS"):
         redis_backup.run_backup(dict(client_entry, dest=str(tmp_path / "plain.rdb"), connect_timeout=2.0, timeout=5.0))
-    with pytest.raises(redis_resp.RedisError, match="TLS"):
+    with pytest.raises(redis_client.RedisError, match=f"TLS verification of Redis at 127.0.0.1:{port} failed: "):
         redis_backup.run_backup(dict(tls_params, tls_ca_cert=None, dest=str(tmp_path / "untrusted.rdb")))
     tls_client().delete("over-tls")
     tls_client().set("other", "1")
     restored = redis_restore.run_restore(dict(tls_params, src=str(dump), method="restore"))
     assert restored["keys_restored"] == {"0": 1}
     assert tls_client().get("over-tls") == b"yes" and tls_client().exists("other") == 0
+
+
+def test_tls_options_keep_their_meaning(lab_handle, tmp_path, forget_processes):
+    """redis_client's TLS: the client certificate is presented, the given CA alone, tls_validate_certs=false."""
+    certs = _make_certs(tmp_path, clients=True)
+    # "optional": a client without a certificate gets in, a presented certificate must be signed by the server's CA
+    port, password, _tls_client = start_tls_redis(
+        lab_handle, forget_processes, certs, "rdb-mtls", "--tls-auth-clients", "optional"
+    )
+    base = {"host": "localhost", "port": port, "password": password, "tls": True, "tls_ca_cert": certs["ca.crt"]}
+    ours = {"tls_cert": certs["client.crt"], "tls_key": certs["client.key"]}
+    for params in (dict(base, **ours), dict(base, tls_ca_cert=None, tls_validate_certs=False), base):
+        conn = redis_client.connect(params, timeout=5)
+        try:
+            assert conn.ping() is True
+        finally:
+            conn.close()
+    with pytest.raises(redis_client.RedisError, match=f"TLS verification of Redis at localhost:{port} failed: "):
+        redis_client.connect(dict(base, tls_ca_cert=None), timeout=5)
+    stranger = {"tls_cert": certs["stranger.crt"], "tls_key": certs["stranger.key"]}
+    with pytest.raises(redis_client.RedisError, match=f"Redis at localhost:{port}"):
+        redis_client.connect(dict(base, **stranger), timeout=5).ping()  # the server refuses the certificate
+
+
+def test_connection_errors_name_the_server_and_the_cause(lab_handle, servers):
+    src = servers["src"]
+    where = f"127.0.0.1:{src['port']}"
+    free = lab_handle.free_port()
+    cases = [
+        ({"port": free}, f"cannot connect to Redis at 127.0.0.1:{free}: Connection refused"),
+        (conn_params(src, password="wrong"), f"Redis at {where} rejected the credentials: WRONGPASS"),
+        (conn_params(src, username="nobody"), f"Redis at {where} rejected the credentials: WRONGPASS"),
+    ]
+    for params, message in cases:
+        with pytest.raises(redis_client.RedisError, match=message):
+            redis_client.connect(dict(params, host="127.0.0.1"), timeout=5)
+    with pytest.raises(redis_client.RedisError, match=f"Redis at {where} requires a password: NOAUTH"):
+        redis_client.connect(conn_params(src, password=None), timeout=5).info("server")
+    # an ACL user: AUTH with its name; a command it may not run is the server's own error reply
+    user = f"probe-{uuid.uuid4().hex[:6]}"
+    client(src).acl_setuser(user, enabled=True, passwords=[f"+{user}-pw"], commands=["+ping", "+info"])
+    limited = redis_client.connect(conn_params(src, username=user, password=f"{user}-pw"), timeout=5)
+    try:
+        assert redis_client.server_info(limited)["version"].startswith("7.0")
+        with pytest.raises(redis_client.ReplyError, match="^NOPERM"):
+            redis_client.config_get(limited, "maxmemory")
+    finally:
+        limited.close()
+        client(src).acl_deluser(user)
+
+
+def test_a_server_that_stops_answering_is_a_timeout_naming_it():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        conn = redis_client.connect({"host": "127.0.0.1", "port": port}, timeout=0.5)
+        try:
+            with pytest.raises(redis_client.RedisError, match=f"^timed out waiting for Redis at 127.0.0.1:{port}$"):
+                conn.ping()
+        finally:
+            conn.close()
 
 
 # --------------------------------------------------------------------------------------------------------------

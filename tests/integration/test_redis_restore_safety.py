@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_resp, redis_restore
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup, redis_client, redis_restore
 from ansible_collections.hanzo.kms.plugins.module_utils.redis_restore import RestoreError
 from tests import ansible_run
 from tests.integration.test_redis_rdb import (  # pylint: disable=unused-import
@@ -452,7 +452,7 @@ def hostile_server():
 
 def test_nested_reply_from_hostile_server_is_a_clean_error(dumps):
     path, _expected = dumps["small"]
-    with hostile_server() as port, pytest.raises((RestoreError, redis_resp.RedisError), match="nested"):
+    with hostile_server() as port, pytest.raises((RestoreError, redis_client.RedisError), match="nested"):
         redis_restore.run_restore({"host": "127.0.0.1", "port": port, "src": path, "method": "restore"})
 
 

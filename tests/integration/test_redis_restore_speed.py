@@ -218,12 +218,12 @@ def test_target_without_repl_diskless_load_verifies_before_sending(servers, s3, 
     expected = snapshot(src)
     prefix, _backup_result = _backup(src, s3)
     _prepare_target(dst, "swapdb")
-    real = redis_restore_stream._config_get  # pylint: disable=protected-access
+    real = redis_restore_stream.config_get
 
     def config_get(conn, name):
         return None if name == "repl-diskless-load" else real(conn, name)
 
-    monkeypatch.setattr(redis_restore_stream, "_config_get", config_get)
+    monkeypatch.setattr(redis_restore_stream, "config_get", config_get)
     result = base.restore_from_s3(dst, s3, prefix, method="replication")
     assert result["replication"]["transfer"] == "verify_then_send"
     assert result["replication"]["repl_diskless_load"] is None

@@ -537,7 +537,7 @@ SIDECAR_REQUIREMENTS = "containers/sidecar-requirements.txt"
 # installs it, and a venv with the run-time libraries of redis_backup_job (requirements.txt's pins).
 COLLECTIONS_PATH = "/usr/share/ansible/collections"
 BACKUP_JOB_VENV = "/opt/hanzo-kms"
-BACKUP_JOB_PACKAGES = ("boto3", "anycrc")
+BACKUP_JOB_PACKAGES = ("redis", "boto3", "anycrc")
 
 
 def lab_binary(name):
@@ -760,7 +760,7 @@ def collection_files(root=None):
 
 
 def backup_job_pins(root=None):
-    """(requirements, pins) of the backup job's venv: boto3 and anycrc as requirements.txt pins them, every
+    """(requirements, pins) of the backup job's venv: redis-py, boto3 and anycrc as requirements.txt pins them, every
     dependency constrained by constraints.txt (the versions the collection is tested with)."""
     root = Path(root or REPO_ROOT)
     required = requirement_pins((root / "requirements.txt").read_text(encoding="utf-8"))
@@ -771,7 +771,7 @@ def backup_job_pins(root=None):
 def backup_tools_recipe():
     """The Redis backup CronJob's image: the collection's ``module_utils`` (the job runs
     ``python3 -m ansible_collections.hanzo.kms.plugins.module_utils.redis_backup_job``, PYTHONPATH as in the
-    collection's execution environment) in a venv with boto3 and anycrc, and what the operation lock's script needs
+    collection's execution environment) in a venv with redis-py, boto3 and anycrc, and what the operation lock's script needs
     (``/bin/sh``, GNU ``date``, kubectl, static: the take-lock container copies it for the backup container)."""
     kubectl = lab_binary("kubectl")
     files, inits = collection_files()

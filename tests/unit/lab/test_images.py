@@ -144,7 +144,7 @@ def collection_tree(root):
         "from ansible_collections.hanzo.kms.plugins.module_utils.first import VALUE\n", encoding="utf-8"
     )
     (root / "requirements.txt").write_text(
-        "kubernetes==1.0  # not the job's\nboto3==1.2.3\nanycrc==4.5\n", encoding="utf-8"
+        "kubernetes==1.0  # not the job's\nredis==7.8.9\nboto3==1.2.3\nanycrc==4.5\n", encoding="utf-8"
     )
     (root / "constraints.txt").write_text("boto3==1.2.3\nbotocore==1.9.9\nanycrc==4.5\n", encoding="utf-8")
 
@@ -178,7 +178,7 @@ def test_backup_tools_image_has_the_collections_module_utils_importable(tmp_path
     )
     assert proc.stdout.strip() == "1", proc.stderr
     requirements, pins = images.backup_job_pins(tmp_path / "repo")
-    assert requirements == ("boto3==1.2.3", "anycrc==4.5") and pins["botocore"] == "1.9.9"
+    assert requirements == ("redis==7.8.9", "boto3==1.2.3", "anycrc==4.5") and pins["botocore"] == "1.9.9"
 
 
 def test_backup_tools_image_key_follows_the_collections_code(tmp_path, monkeypatch):

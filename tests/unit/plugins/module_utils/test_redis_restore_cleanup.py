@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 from ansible_collections.hanzo.kms.plugins.module_utils import redis_restore
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError
+from ansible_collections.hanzo.kms.plugins.module_utils.redis_client import RedisError
 
 LISTENER = "127.0.0.2:40001"
 
 
 class FakeTarget:
-    """Answers INFO replication from ``state``; the commands named in ``failing`` raise a connection error."""
+    """A Target (redis-py's methods) answering INFO replication from ``state``; the commands named in ``failing``
+    raise a connection error. ``calls`` records each command as its words."""
 
     retry_for = 1.0
 
@@ -20,17 +21,26 @@ class FakeTarget:
         self.failing = set(failing)
         self.calls = []
 
-    def command(self, *args):
+    def _command(self, *args):
         self.calls.append(args)
         if args[0] in self.failing:
             raise RedisError("connection to Redis at x failed while sending: [Errno 32] Broken pipe")
-        if args[0] == "INFO":
-            return "\r\n".join(f"{k}:{v}" for k, v in self.state.items() if v is not None)
-        if args == ("REPLICAOF", "NO", "ONE"):
+
+    def info(self, section):
+        self._command("INFO", section)
+        return {k: v for k, v in self.state.items() if v is not None}
+
+    def config_set(self, name, value):
+        self._command("CONFIG", "SET", name, value)
+        return True
+
+    def replicaof(self, *args):
+        self._command("REPLICAOF", *args)
+        if args == ("NO", "ONE"):
             self.state.update(role="master", master_host=None, master_port=None)
-        elif args[0] == "REPLICAOF":
-            self.state.update(role="slave", master_host=args[1], master_port=args[2])
-        return "OK"
+        else:
+            self.state.update(role="slave", master_host=args[0], master_port=args[1])
+        return b"OK"
 
 
 def record(master=None):

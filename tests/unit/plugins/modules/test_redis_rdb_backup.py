@@ -161,3 +161,11 @@ def test_secret_values_are_masked(run_module, args_with, work):
     failed, dummy = run_module(module, args_with(session_token="s3-session"))
     assert not failed
     assert {"redis-secret", "AKIAEXAMPLE", "s3-secret", "s3-session"} <= run_module.instance.no_log_values
+
+
+def test_without_redis_py_the_module_fails_before_anything_is_contacted(run_module, args_with, work, monkeypatch):
+    monkeypatch.setattr(module, "HAS_REDIS", False)
+    for args in (ARGS, args_with(bucket=None, dest="/var/backups/redis")):
+        failed, result = run_module(module, args)
+        assert failed and result["msg"].startswith("Failed to import the required Python library (redis)"), result
+    work.assert_untouched()

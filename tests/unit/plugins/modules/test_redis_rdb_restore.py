@@ -171,3 +171,10 @@ def test_secret_values_are_masked_and_the_object_key_is_not(run_module, args_wit
     masked = run_module.instance.no_log_values
     assert {"redis-secret", "AKIAEXAMPLE", "s3-secret", "s3-session"} <= masked
     assert "redis/dc1/dump.rdb" not in masked
+
+
+def test_without_redis_py_the_module_fails_before_anything_is_touched(run_module, work, monkeypatch):
+    monkeypatch.setattr(module, "HAS_REDIS", False)
+    failed, result = run_module(module, ARGS)
+    assert failed and result["msg"].startswith("Failed to import the required Python library (redis)"), result
+    work.assert_untouched()

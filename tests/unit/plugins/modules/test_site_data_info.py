@@ -184,3 +184,12 @@ def test_secret_values_are_masked(run_module, args_with, work):
     assert not failed
     masked = run_module.instance.no_log_values
     assert {"redis-secret", "AKIAEXAMPLE", "s3-secret", "s3-session"} <= masked and "redis-auth-dc1" not in masked
+
+
+def test_without_redis_py_only_a_redis_probe_fails(run_module, args_with, work, monkeypatch):
+    monkeypatch.setattr(module, "HAS_REDIS", False)
+    failed, result = run_module(module, ARGS)
+    assert failed and result["msg"].startswith("Failed to import the required Python library (redis)"), result
+    work.assert_untouched()
+    failed, dummy = run_module(module, args_with(probe_redis=False))
+    assert not failed, "without probe_redis redis-py is not needed"
