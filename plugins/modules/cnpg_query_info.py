@@ -22,14 +22,8 @@ description:
 author:
   - Hanzo KMS platform team (@hanzoai)
 extends_documentation_fragment:
+  - hanzo.kms.info_module
   - kubernetes.core.k8s_auth_options
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: No diff is produced.
 options:
   cluster_name:
     description:

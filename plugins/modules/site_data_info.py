@@ -28,15 +28,9 @@ description:
 author:
   - Hanzo KMS platform team (@hanzoai)
 extends_documentation_fragment:
+  - hanzo.kms.info_module
   - hanzo.kms.redis
   - hanzo.kms.s3
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: No diff is produced.
 options:
   site:
     description:
