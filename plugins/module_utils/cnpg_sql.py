@@ -205,11 +205,14 @@ class Instance:
     """A read-only psycopg2 session on a Cluster's primary instance (``with Instance(...) as conn``).
 
     ``reader`` provides ``pod(namespace, name)`` and ``secret_data(namespace, name)`` (site_status.KubeReader);
+    ``timeout`` bounds each API request and the connection, ``statement_timeout`` (seconds) each statement;
     ``ca_cert`` (PEM) replaces the Cluster's CA (a test of the verification); ``password`` the Secret's."""
 
     def __init__(self, api, reader, cluster, namespace, database=None, credentials="auto", timeout=10, **overrides):
         self.api, self.reader, self.cluster, self.namespace = api, reader, cluster, namespace
-        self.database, self.credentials, self.timeout, self.overrides = database, credentials, timeout, overrides
+        self.database, self.credentials, self.timeout = database, credentials, timeout
+        self.statement_timeout = overrides.pop("statement_timeout", None)
+        self.overrides = overrides
         self.listener, self.conn, self.user, self._ca_dir = None, None, None, None
         self.target = connection_target(cluster, namespace)
 
@@ -256,6 +259,9 @@ class Instance:
                 gssencmode="disable",
                 connect_timeout=max(2, int(self.timeout)),
                 application_name="hanzo.kms",
+                options=f"-c statement_timeout={int(self.statement_timeout * 1000)}"
+                if self.statement_timeout
+                else None,
             )
         except psycopg2.Error as exc:
             self._cleanup()

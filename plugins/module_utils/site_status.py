@@ -90,7 +90,9 @@ class KubeReader:
         # pylint: disable=import-outside-toplevel
         from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_sql import Instance, replication_state
 
-        with Instance(self.api, self, cluster, namespace, credentials="app", timeout=self.timeout) as conn:
+        with Instance(
+            self.api, self, cluster, namespace, credentials="app", timeout=self.timeout, statement_timeout=self.timeout
+        ) as conn:
             return replication_state(conn)
 
     def exec(self, namespace, pod, container, command):
