@@ -124,7 +124,7 @@ def secret_value(data, key, secret):
 
 # -- the port-forward ----------------------------------------------------------------------------------------------
 def _pump(one, other):
-    """Copy bytes both ways until either side closes."""
+    """Copy bytes both ways until either side closes (the caller closes both)."""
     sockets = [one, other]
     try:
         while True:
@@ -136,12 +136,14 @@ def _pump(one, other):
                 (other if sock is one else one).sendall(data)
     except OSError:
         return
-    finally:
-        for sock in sockets:
-            try:
-                sock.close()
-            except OSError:
-                pass
+
+
+def _close(*sockets):
+    for sock in sockets:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 class PortForwardListener:
@@ -182,22 +184,22 @@ class PortForwardListener:
                 forward = self._forward()
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self.errors.append(f"port-forward to {self.namespace}/{self.pod}:{self.port} refused: {exc}")
-                conn.close()
+                _close(conn)
                 continue
             remote = forward.socket(self.port)
             threading.Thread(target=self._bridge, args=(conn, remote, forward), daemon=True).start()
 
     def _bridge(self, conn, remote, forward):
         _pump(conn, remote)
+        # kubernetes' proxy sets the port's error before it closes the port: recorded here before libpq sees the
+        # connection closed, so the caller finds it
         error = forward.error(self.port)
         if error:
             self.errors.append(f"port-forward to {self.namespace}/{self.pod}:{self.port}: {error.strip()}")
+        _close(conn, remote)
 
     def close(self):
-        try:
-            self.listener.close()
-        except OSError:
-            pass
+        _close(self.listener)
 
 
 # -- the connection ------------------------------------------------------------------------------------------------

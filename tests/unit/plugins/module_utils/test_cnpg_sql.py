@@ -155,3 +155,18 @@ def test_a_refused_port_forward_is_recorded_and_the_connection_closed():
     finally:
         listener.close()
     assert listener.errors == ["port-forward to kms/kms-pg-dc1-1:5432 refused: Handshake status 404 Not Found"]
+
+
+def test_the_kubelet_s_error_is_recorded_before_the_client_sees_the_connection_closed():
+    forward = SocketPairForward(error="failed to connect to localhost:5432 inside namespace: connection refused\n")
+    listener = Listener([forward])
+    try:
+        with socket.create_connection(listener.address, timeout=5) as client:
+            forward.far.close()  # what kubernetes' proxy does after it set the port's error
+            assert client.recv(10) == b""
+            assert listener.errors == [
+                "port-forward to kms/kms-pg-dc1-1:5432: failed to connect to localhost:5432 inside namespace: "
+                "connection refused"
+            ]
+    finally:
+        listener.close()
