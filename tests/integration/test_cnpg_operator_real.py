@@ -396,7 +396,8 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
 def test_sql_through_a_port_forward_verifies_tls_and_names_what_failed(clusters):
     """cnpg_query_info reads dc2's designated primary from the control node (port-forward, TLS verified against
     kms-pg-dc2-ca, the application owner's login) in check mode; a wrong password, a CA that did not sign the server
-    certificate and a missing Cluster each fail naming the problem; the session refuses writes."""
+    certificate, a pod without PostgreSQL and a missing Cluster each fail naming the problem; the session refuses
+    writes."""
     lab = clusters["lab"]
     auth = {"kubeconfig": lab.state["kubeconfig"], "namespace": NAMESPACE}
     args = dict(auth, context="dc2", cluster_name="kms-pg-dc2", database="kms", read=["replication", "row_counts"])
@@ -425,6 +426,12 @@ def test_sql_through_a_port_forward_verifies_tls_and_names_what_failed(clusters)
                 pass
         assert str(failed.value).startswith(error), str(failed.value)
         assert "not-the-password" not in str(failed.value)
+    # a pod where nothing listens on 5432 (Redis's): the kubelet's refusal, not libpq's "server closed the connection"
+    no_postgres = dict(dc1, status=dict(dc1["status"], currentPrimary="redis-master-0"))
+    with pytest.raises(cnpg_sql.SqlError) as failed:
+        with cnpg_sql.Instance(readers["dc1"].api, readers["dc1"], no_postgres, NAMESPACE):
+            pass
+    assert re.match(r"port-forward to kms/redis-master-0:5432: .*connection refused", str(failed.value)), failed.value
     with cnpg_sql.Instance(readers["dc1"].api, readers["dc1"], dc1, NAMESPACE, database="kms") as conn:
         assert cnpg_sql.replication_state(conn)["in_recovery"] is False
         with pytest.raises(pg_errors.ReadOnlySqlTransaction):
