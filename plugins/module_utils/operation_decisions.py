@@ -32,7 +32,14 @@ from ansible_collections.hanzo.kms.plugins.module_utils.cnpg import (
     reports_primary,
     summarize,
 )
-from ansible_collections.hanzo.kms.plugins.module_utils.times import UTC, age_seconds, format_time, parse_time, utcnow
+from ansible_collections.hanzo.kms.plugins.module_utils.times import (
+    UTC,
+    age_seconds,
+    format_time,
+    human_age,
+    parse_time,
+    utcnow,
+)
 
 # barman-cloud layout under an ObjectStore's destinationPath: <server>/wals/<16 hex>/<24 hex WAL>[.partial][.gz...],
 # history files directly in wals/, base backups as <server>/base/<backup id>/backup.info (+ data).
@@ -176,6 +183,48 @@ def newest_k8s_backup(backups, now):
     return out
 
 
+def _whole(seconds):
+    return None if seconds is None else max(0, int(seconds))
+
+
+def sql_view(sql):
+    """What an instance's SQL says (``status["sql"]``: ``{"error"}`` or ``{"state": <cnpg_sql.REPLICATION_QUERY
+    row>}``), normalized: the archiver (pg_stat_archiver; ``failing`` when the newest attempt failed) and the replay
+    (a replica's LSNs and the age of its newest replayed commit). None when not read. Ages are the server's own
+    ``now()`` minus its times: no clock of the control node involved."""
+    if not sql:
+        return None
+    if sql.get("error"):
+        return {"error": sql["error"]}
+    state = sql.get("state") or {}
+    failed_count = int(state.get("failed_count") or 0)
+    last_failed = _whole(state.get("last_failed_age_seconds"))
+    last_archived = _whole(state.get("last_archived_age_seconds"))
+    return {
+        "error": None,
+        "in_recovery": bool(state.get("in_recovery")),
+        "archiver": {
+            "last_wal": state.get("last_archived_wal"),
+            "time": state.get("last_archived_time"),
+            "age_seconds": last_archived,
+            "archived_count": int(state.get("archived_count") or 0),
+            "failed_count": failed_count,
+            "last_failed_wal": state.get("last_failed_wal"),
+            "last_failed_time": state.get("last_failed_time"),
+            "last_failed_age_seconds": last_failed,
+            "failing": last_failed is not None and (last_archived is None or last_failed < last_archived),
+        },
+        "replay": {
+            "current_lsn": state.get("current_lsn"),
+            "receive_lsn": state.get("receive_lsn"),
+            "replay_lsn": state.get("replay_lsn"),
+            "gap_bytes": state.get("replay_gap_bytes"),
+            "commit_time": state.get("replay_time"),
+            "lag_seconds": _whole(state.get("replay_lag_seconds")),
+        },
+    }
+
+
 def site_summary(status, now=None):
     """The normalized view of one site status (see the module docstring) used by preflight and reports."""
     now = now or utcnow()
@@ -213,6 +262,7 @@ def site_summary(status, now=None):
         "redis_backup_count": (redis.get("backups") or {}).get("count", 0),
         "redis_error": redis.get("error"),
         "redis_backup_error": (redis.get("backups") or {}).get("error"),
+        "sql": sql_view(status.get("sql")),
     }
 
 
@@ -537,6 +587,13 @@ def status_findings(summaries, lb=None):
             found.append(
                 f"Site {s['site']} is UNREACHABLE ({s['kube_error'] or 'no answer'}); its column shows what "
                 "the object store knows."
+            )
+        archiver = ((s.get("sql") or {}).get("archiver")) or {}
+        if archiver.get("failing"):
+            found.append(
+                f"WAL archiving FAILS in {s['site']}: the newest attempt, {archiver['last_failed_wal']} "
+                f"{human_age(archiver['last_failed_age_seconds'])} ago, failed ({archiver['failed_count']} failures "
+                "since the statistics were reset); the WAL written since is not in the object store."
             )
     if len({tuple(v) for v in serving.values()}) > 1:
         routes = "; ".join(f"{k} -> {', '.join(v) or 'nothing'}" for k, v in serving.items())

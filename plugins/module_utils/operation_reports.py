@@ -67,9 +67,11 @@ def status_rows(summaries, lb=None):
     )
     row("Replication", lambda s: s["replication"])
     row("Newest replayed transaction", _replayed_cell)
+    row("Replay (SQL)", _sql_replay_cell)
     row("Fencing", lambda s: s["cluster"]["fencing"] if s["cluster"] else "unknown")
     row("WAL archiving (condition)", lambda s: (s["cluster"]["archiving"] or "-") if s["cluster"] else "unknown")
     row("Newest archived WAL", lambda s: _age_cell(s["wal_archive"], "name"))
+    row("WAL archiver (SQL)", _sql_archiver_cell)
     row(
         "Newest base backup",
         lambda s: (
@@ -109,6 +111,42 @@ def _replayed_cell(summary):
     if summary["replayed_commit"]:
         return f"{human_age(summary['replayed_commit']['age_seconds'])} ago ({summary['replayed_commit']['time']})"
     return "none read (not read, or nothing replayed since the instance started)"
+
+
+def _sql_unread(summary):
+    """The cell of a site whose SQL was not read, or None when it was."""
+    sql = summary.get("sql")
+    if sql is None:
+        return "not read"
+    return f"UNREADABLE: {sql['error']}" if sql["error"] else None
+
+
+def _sql_replay_cell(summary):
+    """A replica's replay position and how old its newest replayed commit is (pg_last_xact_replay_timestamp)."""
+    unread = _sql_unread(summary)
+    if unread:
+        return unread
+    sql, replay = summary["sql"], summary["sql"]["replay"]
+    if not sql["in_recovery"]:
+        return f"- (not in recovery, WAL at {replay['current_lsn']})"
+    lag = f"lag {human_age(replay['lag_seconds'])}" if replay["lag_seconds"] is not None else "nothing replayed yet"
+    received = f", received {replay['receive_lsn']}" if replay["receive_lsn"] else ""
+    return f"in recovery, replayed {replay['replay_lsn'] or '-'}{received}, {lag}"
+
+
+def _sql_archiver_cell(summary):
+    """pg_stat_archiver: the newest archived WAL, its age and the failures."""
+    unread = _sql_unread(summary)
+    if unread:
+        return unread
+    archiver = summary["sql"]["archiver"]
+    newest = (
+        f"{archiver['last_wal']} {human_age(archiver['age_seconds'])} ago" if archiver["last_wal"] else "none archived"
+    )
+    failures = f"{archiver['failed_count']} failed"
+    if archiver["last_failed_wal"]:
+        failures += f", last {archiver['last_failed_wal']} {human_age(archiver['last_failed_age_seconds'])} ago"
+    return f"{newest}; {failures}{' (FAILING)' if archiver['failing'] else ''}"
 
 
 def _lb_cell(inst, site):

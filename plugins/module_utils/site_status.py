@@ -5,7 +5,8 @@
 tolerating a site whose Kubernetes API does not answer. No Ansible import.
 
 ``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the newest
-transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the KMS Deployment,
+transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the instance's
+replication state over SQL (cnpg_sql.py: pg_stat_archiver, replay LSN and lag), the KMS Deployment,
 the Cluster's Backups, the site's ObjectStore (its destinationPath), the Redis password from its Secret, then the
 object store and Redis (``site_data.collect_site_data``). Meanwhile a TCP connection to Redis is tried: a site cut off
 by a partition drops packets, so its API server and its Redis each cost their whole connect timeout, once in parallel.
@@ -21,6 +22,7 @@ import base64
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_sql import SqlError
 from ansible_collections.hanzo.kms.plugins.module_utils.kube import request_timeout
 
 CNPG_GROUP, CNPG_VERSION = "postgresql.cnpg.io", "v1"
@@ -76,8 +78,22 @@ class KubeReader:
     def deployment(self, namespace, name):
         return self._call(self.apps.read_namespaced_deployment, name, namespace)
 
+    def pod(self, namespace, name):
+        return self._call(self.core.read_namespaced_pod, name, namespace)
+
     def secret_data(self, namespace, name):
         return self._call(self.core.read_namespaced_secret, name, namespace).get("data") or {}
+
+    def replication_state(self, namespace, cluster):
+        """cnpg_sql.REPLICATION_QUERY's row from the Cluster's primary instance, as its application owner (the
+        statistics need no privilege); raises cnpg_sql.SqlError."""
+        # pylint: disable=import-outside-toplevel
+        from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_sql import Instance, replication_state
+
+        with Instance(
+            self.api, self, cluster, namespace, credentials="app", timeout=self.timeout, statement_timeout=self.timeout
+        ) as conn:
+            return replication_state(conn)
 
     def exec(self, namespace, pod, container, command):
         from ansible_collections.hanzo.kms.plugins.module_utils.kube import pod_exec  # pylint: disable=import-outside-toplevel
@@ -123,6 +139,17 @@ def read_replay(reader, namespace, cluster):
     return out.strip() if code == 0 else ""
 
 
+def read_sql(reader, namespace, cluster):
+    """``{"error": None, "state": <replication state>}`` of the Cluster's primary instance, or ``{"error": why}``:
+    a site whose SQL cannot be reached shows why, its status does not fail."""
+    try:
+        return {"error": None, "state": reader.replication_state(namespace, cluster)}
+    except SqlError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        return {"error": describe_error(exc)}
+
+
 def redis_connect_error(host, port, timeout):
     """None when a TCP connection to Redis is made within ``timeout`` seconds, else why not."""
     try:
@@ -135,7 +162,7 @@ def redis_connect_error(host, port, timeout):
 def gather(params, reader, collect_data, connect_check=redis_connect_error):
     """(status, access) of one site. ``reader`` is a KubeReader (or None when the client could not even be
     configured: ``reader_error`` says why); ``collect_data(params_with_redis)`` lists the object store and probes
-    Redis. params: site, inventory_role, namespace, cluster_name, object_store_name, kms_name, read_replay,
+    Redis. params: site, inventory_role, namespace, cluster_name, object_store_name, kms_name, read_replay, read_sql,
     redis_secret_name, redis_secret_key, probe_redis, host, port, password (Redis; empty = from the Secret),
     kubeconfig, context, reader_error, connect_timeout. ``connect_check(host, port, timeout)`` tries Redis while the
     Kubernetes reads run; when it fails, Redis is not probed and its error is the finding."""
@@ -189,6 +216,7 @@ def _read_kube(params, reader, probe_redis):
         "cluster_error": None,
         "kms": None,
         "replayed_commit_time": "",
+        "sql": None,
         "backups": [],
         "data": None,
     }
@@ -212,6 +240,8 @@ def _read_kube(params, reader, probe_redis):
     if status["kube_reachable"]:
         if cluster and params.get("read_replay", True):
             status["replayed_commit_time"] = read_replay(reader, namespace, cluster)
+        if cluster and params.get("read_sql", True):
+            status["sql"] = read_sql(reader, namespace, cluster)
         try:
             status["kms"] = kms_view(reader.deployment(namespace, params["kms_name"]))
         except Exception:  # pylint: disable=broad-exception-caught

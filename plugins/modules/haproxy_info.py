@@ -17,13 +17,8 @@ description:
   - Changes are made with M(hanzo.kms.haproxy_backend).
 author:
   - Hanzo KMS platform team (@hanzoai)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: No diff is produced.
+extends_documentation_fragment:
+  - hanzo.kms.info_module
 options:
   backend:
     description:

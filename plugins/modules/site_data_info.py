@@ -28,15 +28,9 @@ description:
 author:
   - Hanzo KMS platform team (@hanzoai)
 extends_documentation_fragment:
+  - hanzo.kms.info_module
   - hanzo.kms.redis
   - hanzo.kms.s3
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: No diff is produced.
 options:
   site:
     description:
@@ -110,6 +104,16 @@ options:
         where the instance pods do not really run.
     type: bool
     default: true
+  read_sql:
+    description:
+      - Read the replication state of the Cluster's primary instance over SQL (with O(cluster_name)), with psycopg2
+        through a Kubernetes port-forward to the instance pod, TLS verified against the Cluster's CA
+        (C(<cluster_name>-ca)) with the name C(<cluster_name>-rw.<namespace>.svc), as the application owner of the
+        Cluster's bootstrap Secret, in a read-only session. Returned in RV(status) as C(sql).
+      - A site whose SQL cannot be reached reports the error there; the task does not fail. Set V(false) where the
+        instance pods do not really run.
+    type: bool
+    default: true
   redis_secret_name:
     description:
       - Secret holding the Redis password, read when O(password) is empty and O(host) is given.
@@ -133,11 +137,13 @@ options:
 notes:
   - The listing costs one C(ListObjectsV2) request per 1000 objects under the site's WAL archive path.
   - The Kubernetes part needs C(get) on the Cluster, ObjectStore, Deployment and Secret, C(list) on Backups and
-    C(create) on C(pods/exec) in O(namespace).
+    C(create) on C(pods/exec) in O(namespace); O(read_sql) needs C(get) on the instance pod and C(create) on
+    C(pods/portforward).
 requirements:
   - boto3
   - redis (redis-py), with O(probe_redis)
   - kubernetes >= 24.2.0 (Python library), with O(cluster_name)
+  - psycopg2 (Python library), with O(read_sql)
 seealso:
   - module: hanzo.kms.redis_rdb_backup
   - module: hanzo.kms.switch_preflight
@@ -236,7 +242,12 @@ status:
     - 'The site status the operations playbooks use (plugins/module_utils/operation_decisions.py): C(site),
       C(inventory_role), C(kube_reachable), C(kube_error), C(cluster) (the Cluster object or null), C(cluster_error),
       C(kms) (C(replicas), C(ready_replicas), C(available); null when unknown), C(replayed_commit_time) (UTC, empty
-      when not read), C(backups) (the Cluster''s Backup objects) and C(data) (the object store and Redis part above).'
+      when not read), C(sql) (null when not read, else C(error) or C(state), the instance''s C(pg_stat_archiver) and
+      replay figures: C(in_recovery), C(current_lsn), C(receive_lsn), C(replay_lsn), C(replay_gap_bytes),
+      C(replay_time), C(replay_lag_seconds), C(archived_count), C(last_archived_wal), C(last_archived_time),
+      C(last_archived_age_seconds), C(failed_count), C(last_failed_wal), C(last_failed_time),
+      C(last_failed_age_seconds)), C(backups) (the Cluster''s Backup objects) and C(data) (the object store and Redis
+      part above).'
   returned: with O(cluster_name)
   type: dict
 access:
@@ -288,6 +299,7 @@ def argument_spec():
         object_store_name=dict(type="str"),
         kms_name=dict(type="str", default="kms"),
         read_replay=dict(type="bool", default=True),
+        read_sql=dict(type="bool", default=True),
         redis_secret_name=dict(type="str", default="redis-auth"),
         redis_secret_key=dict(type="str", default="redis-password", no_log=False),
         inventory_role=dict(type="str", default=""),

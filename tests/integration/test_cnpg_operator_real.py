@@ -37,9 +37,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from psycopg2 import errors as pg_errors
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl
-from ansible_collections.hanzo.kms.plugins.module_utils import redis_backup_job
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg_sql, redis_backup_job, site_status
+from ansible_collections.hanzo.kms.plugins.module_utils import kube as kube_client
 from tests.ansible_run import recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
@@ -391,6 +393,51 @@ def test_dc2_replica_bootstraps_from_the_object_store_and_replays_wal(clusters):
 
 
 # -- install.yml's pods, the backup CronJob, switchover and failover on the real operator ---------------------------
+def test_sql_through_a_port_forward_verifies_tls_and_names_what_failed(clusters):
+    """cnpg_query_info reads dc2's designated primary from the control node (port-forward, TLS verified against
+    kms-pg-dc2-ca, the application owner's login) in check mode; a wrong password, a CA that did not sign the server
+    certificate, a pod without PostgreSQL and a missing Cluster each fail naming the problem; the session refuses
+    writes."""
+    lab = clusters["lab"]
+    auth = {"kubeconfig": lab.state["kubeconfig"], "namespace": NAMESPACE}
+    args = dict(auth, context="dc2", cluster_name="kms-pg-dc2", database="kms", read=["replication", "row_counts"])
+    run = run_module("hanzo.kms.cnpg_query_info", args, lab_dir=lab.dir, check_mode=True, must_succeed=True)
+    result = run.result()
+    FIGURES["cnpg_query_info on dc2 (s)"] = round(run.seconds, 1)
+    assert result["changed"] is False and result["pod"] == "kms-pg-dc2-1" and result["user"] == "kms"
+    assert result["tls_name"] == "kms-pg-dc2-rw.kms.svc"
+    assert result["replication"]["in_recovery"] is True and result["replication"]["replay_lsn"]
+    assert "public.kms_secrets" in result["tables"]
+    missing = run_module(
+        "hanzo.kms.cnpg_query_info", dict(args, cluster_name="kms-pg-nope"), lab_dir=lab.dir, must_succeed=False
+    ).result()
+    assert missing["failed"] and missing["msg"] == "cnpg_query_info: Cluster kms/kms-pg-nope not found", missing
+
+    readers = {site: site_status.KubeReader(kube_client.api_client({}, dict(auth, context=site))) for site in SITES}
+    dc1 = readers["dc1"].cluster(NAMESPACE, "kms-pg-dc1")
+    dc2_ca = cnpg_sql.secret_value(readers["dc2"].secret_data(NAMESPACE, "kms-pg-dc2-ca"), "ca.crt", "kms-pg-dc2-ca")
+    where = "at kms/kms-pg-dc1-1 (kms-pg-dc1-rw.kms.svc) as kms: "
+    for override, error in (
+        ({"password": "not-the-password"}, f"authentication failed {where}"),
+        ({"ca_cert": dc2_ca}, f"TLS verification failed {where}"),
+    ):
+        with pytest.raises(cnpg_sql.SqlError) as failed:
+            with cnpg_sql.Instance(readers["dc1"].api, readers["dc1"], dc1, NAMESPACE, **override):
+                pass
+        assert str(failed.value).startswith(error), str(failed.value)
+        assert "not-the-password" not in str(failed.value)
+    # a pod where nothing listens on 5432 (Redis's): the kubelet's refusal, not libpq's "server closed the connection"
+    no_postgres = dict(dc1, status=dict(dc1["status"], currentPrimary="redis-master-0"))
+    with pytest.raises(cnpg_sql.SqlError) as failed:
+        with cnpg_sql.Instance(readers["dc1"].api, readers["dc1"], no_postgres, NAMESPACE):
+            pass
+    assert re.match(r"port-forward to kms/redis-master-0:5432: .*connection refused", str(failed.value)), failed.value
+    with cnpg_sql.Instance(readers["dc1"].api, readers["dc1"], dc1, NAMESPACE, database="kms") as conn:
+        assert cnpg_sql.replication_state(conn)["in_recovery"] is False
+        with pytest.raises(pg_errors.ReadOnlySqlTransaction):
+            cnpg_sql.fetch(conn, "CREATE TABLE written_by_a_status_read (n int)")
+
+
 def lb_client(lab, prefix, rate=5.0):
     return LoadClient(
         lab.state["lb"]["vip_url"],
@@ -516,6 +563,18 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     assert result["changed"] is True and f'"key": "{key}"' in json.dumps(result), result
 
 
+# the "WAL archiver (SQL)" row: per site "<wal> <age> ago; <n> failed" (groups wal0, age0, failed0 for dc1, ...1 for dc2)
+ARCHIVER_ROW = r"\| WAL archiver \(SQL\) \| " + r" \| ".join(
+    rf"(?P<wal{i}>[0-9A-F]{{24}}\S*) (?P<age{i}>(?:\d+[dhms] ?)+) ago; (?P<failed{i}>\d+) failed" for i in (0, 1)
+)
+
+
+def seconds_of(age):
+    """Seconds of a human_age text such as ``3m 05s``."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", age))
+
+
 def newest_report(lab, prefix):
     newest = max((lab.dir / "reports").glob(f"{prefix}-*.json"), key=lambda path: path.stat().st_mtime)
     return json.loads(newest.read_text(encoding="utf-8"))
@@ -535,6 +594,7 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
         assert entry["redis_backup"]["ok"], entry["redis_backup"]
 
     marker = f"restore_probe_{time.time_ns() % 10**9}"
+    marker_written = time.time()
     psql(lab, "dc1", f"create table {marker} (n int); insert into {marker} select generate_series(1, 7)", "kms")
     segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
     psql(lab, "dc1", "select pg_switch_wal()")
@@ -551,11 +611,26 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     )
 
     status, seconds = playbook(lab, "playbooks/status.yml")
+    status_done = time.time()
     FIGURES["status.yml (s)"] = seconds
     assert "| CNPG role | primary | replica |" in status.stdout
     replayed = re.search(r"\| Newest replayed transaction \| - \(primary\) \| (\S+) ago", status.stdout)
     assert replayed, status.stdout[-3000:]
     assert "- Active site (from the Clusters): dc1." in status.stdout
+    # read over SQL: dc1's archiver has just archived the marker's segment, without a failure; dc2 is in recovery
+    # and its newest replayed commit is the marker's or a later one
+    archiver = re.search(ARCHIVER_ROW, status.stdout)
+    assert archiver, status.stdout[-3000:]
+    assert archiver["wal0"] >= segment and archiver["failed0"] == "0" and archiver["failed1"] == "0"
+    assert seconds_of(archiver["age0"]) <= status_done - marker_written + 2
+    replay = re.search(
+        r"\| Replay \(SQL\) \| - \(not in recovery, WAL at [0-9A-F]+/[0-9A-F]+\) \| in recovery, replayed "
+        r"[0-9A-F]+/[0-9A-F]+(?:, received [0-9A-F]+/[0-9A-F]+)?, lag (?P<lag>(?:\d+[dhms] ?)+) \|",
+        status.stdout,
+    )
+    assert replay, status.stdout[-3000:]
+    FIGURES["dc2 replay lag in status.yml (s)"] = seconds_of(replay["lag"])
+    assert seconds_of(replay["lag"]) <= status_done - marker_written + 2
 
     _proc, seconds = playbook(lab, "playbooks/restore_test.yml")
     FIGURES["restore_test.yml: Redis + scratch Cluster recovered from the object store (s)"] = seconds

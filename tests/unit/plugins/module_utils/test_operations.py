@@ -469,6 +469,94 @@ def test_status_shows_the_replica_s_newest_replayed_commit_and_no_timeline_yet()
     assert dict((row[0], row[1]) for row in unread)["Newest replayed transaction"].startswith("none read")
 
 
+PRIMARY_SQL = {
+    "in_recovery": False,
+    "now": "2026-11-29T13:00:00Z",
+    "current_lsn": "0/7000110",
+    "receive_lsn": None,
+    "replay_lsn": None,
+    "replay_gap_bytes": None,
+    "replay_time": None,
+    "replay_lag_seconds": None,
+    "archived_count": 6,
+    "last_archived_wal": "000000010000000000000006",
+    "last_archived_time": "2026-11-29T12:59:18Z",
+    "last_archived_age_seconds": 42.3,
+    "failed_count": 0,
+    "last_failed_wal": None,
+    "last_failed_time": None,
+    "last_failed_age_seconds": None,
+}
+REPLICA_SQL = dict(
+    PRIMARY_SQL,
+    in_recovery=True,
+    current_lsn=None,
+    receive_lsn="0/7000000",
+    replay_lsn="0/6000060",
+    replay_gap_bytes=16777120,
+    replay_time="2026-11-29T12:59:55Z",
+    replay_lag_seconds=5.9,
+)
+
+
+def sql_rows(*statuses):
+    return {row[0]: row[1:] for row in reports.status_rows([decisions.site_summary(s, NOW) for s in statuses])}
+
+
+def test_status_shows_the_archiver_and_the_replay_read_over_sql():
+    rows = sql_rows(
+        dict(site("dc1"), sql={"error": None, "state": PRIMARY_SQL}),
+        dict(site("dc2"), sql={"error": None, "state": REPLICA_SQL}),
+    )
+    assert rows["WAL archiver (SQL)"] == [
+        "000000010000000000000006 42s ago; 0 failed",
+        "000000010000000000000006 42s ago; 0 failed",
+    ]
+    assert rows["Replay (SQL)"] == [
+        "- (not in recovery, WAL at 0/7000110)",
+        "in recovery, replayed 0/6000060, received 0/7000000, lag 5s",
+    ]
+
+
+def test_a_replica_that_replayed_nothing_and_sql_unread_or_unreadable():
+    idle = dict(
+        REPLICA_SQL,
+        replay_time=None,
+        replay_lag_seconds=None,
+        receive_lsn=None,
+        last_archived_wal=None,
+        last_archived_age_seconds=None,
+    )
+    rows = sql_rows(
+        dict(site("dc2"), sql={"error": None, "state": idle}),
+        dict(site("dc2"), sql={"error": "TLS verification failed at kms/kms-pg-dc2-1: ..."}),
+        site("dc2"),
+    )
+    assert rows["Replay (SQL)"] == [
+        "in recovery, replayed 0/6000060, nothing replayed yet",
+        "UNREADABLE: TLS verification failed at kms/kms-pg-dc2-1: ...",
+        "not read",
+    ]
+    assert rows["WAL archiver (SQL)"][0] == "none archived; 0 failed"
+
+
+@pytest.mark.parametrize(
+    "failed_age, failing",
+    [(10.0, True), (90.0, False)],  # the newest attempt failed / a failure before the newest success
+)
+def test_wal_archiving_fails_when_its_newest_attempt_failed(failed_age, failing):
+    state = dict(
+        PRIMARY_SQL, failed_count=3, last_failed_wal="000000010000000000000007", last_failed_age_seconds=failed_age
+    )
+    summary = decisions.site_summary(dict(site("dc1"), sql={"error": None, "state": state}), NOW)
+    assert summary["sql"]["archiver"]["failing"] is failing
+    cell = sql_rows(dict(site("dc1"), sql={"error": None, "state": state}))["WAL archiver (SQL)"][0]
+    assert cell.startswith("000000010000000000000006 42s ago; 3 failed, last 000000010000000000000007 ")
+    assert cell.endswith(" (FAILING)") is failing
+    found = " ".join(decisions.status_findings([summary]))
+    assert ("WAL archiving FAILS in dc1: the newest attempt, 000000010000000000000007" in found) is failing
+
+
 def test_status_findings_split_brain_and_unreachable():
     sums = [
         decisions.site_summary(site("dc1", "dc1"), NOW),

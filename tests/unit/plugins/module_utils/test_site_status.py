@@ -11,7 +11,7 @@ import threading
 import pytest
 import urllib3
 
-from ansible_collections.hanzo.kms.plugins.module_utils import kube, site_status
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg_sql, kube, site_status
 
 PARAMS = {
     "site": "dc2",
@@ -33,6 +33,7 @@ PARAMS = {
     "tls_ca_cert": "/ca/redis.crt",
 }
 CLUSTER = {"metadata": {"name": "kms-pg-dc2"}, "status": {"currentPrimary": "kms-pg-dc2-1"}}
+REPLICATION = {"in_recovery": True, "replay_lsn": "0/5000060", "replay_lag_seconds": 3.5}
 
 
 class Refused(Exception):
@@ -87,6 +88,13 @@ class FakeReader:
     def exec(self, namespace, pod, container, command):
         self.calls.append(("exec", pod, container, command[-1]))
         return self.exec_result
+
+    def replication_state(self, namespace, cluster):
+        self.calls.append(("sql", cluster["metadata"]["name"]))
+        state = self.objects.get("sql", REPLICATION)
+        if isinstance(state, Exception):
+            raise state
+        return state
 
 
 def redis_up(host, port, timeout):
@@ -166,6 +174,38 @@ def test_the_replayed_commit_is_empty_unless_read(exec_result, read_replay, want
         dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result), collect([]), connect_check=redis_up
     )
     assert status["replayed_commit_time"] == want
+
+
+def test_the_instance_s_replication_state_is_read_over_sql():
+    reader = FakeReader()
+    status, _access = site_status.gather(dict(PARAMS), reader, collect([]), connect_check=redis_up)
+    assert status["sql"] == {"error": None, "state": REPLICATION}
+    assert ("sql", "kms-pg-dc2") in reader.calls
+
+
+@pytest.mark.parametrize(
+    "failure, error",
+    [
+        (
+            cnpg_sql.SqlError("authentication failed at kms/kms-pg-dc2-1: ..."),
+            "authentication failed at kms/kms-pg-dc2-1: ...",
+        ),
+        (Refused("connection refused"), "connection refused"),
+    ],
+)
+def test_sql_that_cannot_be_reached_is_the_finding_not_a_failure(failure, error):
+    objects = dict(FakeReader().objects, sql=failure)
+    status, _access = site_status.gather(dict(PARAMS), FakeReader(objects=objects), collect([]), connect_check=redis_up)
+    assert status["sql"] == {"error": error}
+    assert status["kms"] is not None, "the other reads go on"
+
+
+def test_sql_is_not_read_when_disabled_nor_without_a_cluster():
+    reader = FakeReader()
+    status, _access = site_status.gather(dict(PARAMS, read_sql=False), reader, collect([]), connect_check=redis_up)
+    assert status["sql"] is None and not [c for c in reader.calls if c[0] == "sql"]
+    status, _access = site_status.gather(dict(PARAMS), FakeReader(objects={}), collect([]), connect_check=redis_up)
+    assert status["sql"] is None
 
 
 def test_a_given_password_is_used_and_no_secret_is_read():
