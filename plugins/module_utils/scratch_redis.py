@@ -19,8 +19,8 @@ import socket
 import tempfile
 import time
 
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_client
 from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, RespConnection
 
 DIR_PREFIX = "hanzo-kms-restore-test-"
 CONFIG_NAME = "redis.conf"
@@ -143,15 +143,17 @@ def log_tail(path):
 
 def _answers(port, password):
     try:
-        conn = RespConnection({"host": HOST, "port": port, "password": password, "connect_timeout": 1}, timeout=5)
-    except RedisError:
+        client = redis_client.connect(
+            {"host": HOST, "port": port, "password": password, "connect_timeout": 1}, timeout=5
+        )
+    except redis_client.RedisError:
         return False
     try:
-        return conn.command("PING") in (b"PONG", "PONG")
-    except (RedisError, OSError):
+        return client.ping() is True
+    except redis_client.RedisError:
         return False
     finally:
-        conn.close()
+        client.close()
 
 
 def start(server, password, port=0, tmpdir=None, timeout=30.0, run=None):

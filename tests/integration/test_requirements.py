@@ -55,7 +55,9 @@ def missing_modules(python, names):
 
 def test_the_venv_has_requirements_txt_and_nothing_of_ansible_or_the_lab(requirements_venv):
     assert (
-        missing_modules(requirements_venv, ["redis", "boto3", "botocore", "kubernetes", "urllib3", "anycrc", "psycopg2"])
+        missing_modules(
+            requirements_venv, ["redis", "boto3", "botocore", "kubernetes", "urllib3", "anycrc", "psycopg2"]
+        )
         == []
     )
     assert missing_modules(requirements_venv, ["ansible", "pytest"]) == ["ansible", "pytest"]

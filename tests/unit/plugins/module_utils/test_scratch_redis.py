@@ -11,9 +11,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.hanzo.kms.plugins.module_utils import scratch_redis
+from ansible_collections.hanzo.kms.plugins.module_utils import redis_client, scratch_redis
 from ansible_collections.hanzo.kms.plugins.module_utils.processes import pid_alive
-from ansible_collections.hanzo.kms.plugins.module_utils.redis_resp import RedisError, RespConnection
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make setup installs it)")
@@ -49,14 +48,14 @@ def test_a_started_scratch_redis_answers_only_with_its_password_and_stops_withou
     assert os.path.dirname(server["path"]) == str(tmp_path)
     assert os.path.basename(server["path"]).startswith(scratch_redis.DIR_PREFIX)
     assert os.stat(server["path"]).st_mode & 0o777 == 0o700
-    conn = RespConnection({"host": server["host"], "port": server["port"], "password": PASSWORD})
+    client = redis_client.connect({"host": server["host"], "port": server["port"], "password": PASSWORD})
     try:
-        assert conn.command("CONFIG", "GET", "save") == [b"save", b""]
-        assert conn.command("CONFIG", "GET", "bind") == [b"bind", b"127.0.0.1"]
+        assert redis_client.config_get(client, "save") == ""
+        assert redis_client.config_get(client, "bind") == "127.0.0.1"
     finally:
-        conn.close()
-    with pytest.raises(RedisError, match="rejected the credentials"):
-        RespConnection({"host": server["host"], "port": server["port"], "password": "wrong"})
+        client.close()
+    with pytest.raises(redis_client.RedisError, match="rejected the credentials"):
+        redis_client.connect({"host": server["host"], "port": server["port"], "password": "wrong"})
     assert scratch_redis.stop(server["path"]) == {"pid": server["pid"], "removed": True}
     assert not os.path.exists(server["path"]) and not listening(server["port"])
     assert not pid_alive(server["pid"])
