@@ -730,14 +730,17 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
             return
 
         # 4. wait for the promotion
+        self._wait_promotion(token, "the token")
+
+    def _wait_promotion(self, token, which):
+        """Wait until the new Cluster reports the promotion with ``token`` done (``promotion_done``)."""
         self._timed(
             "wait_promotion",
             self._wait,
             "new",
             "promotion",
             lambda o: promotion_done(o, token),
-            "lastPromotionToken to equal the token, the designated primary to report isPrimary, phase "
-            f"'{PHASE_HEALTHY}' and Ready=True",
+            f"lastPromotionToken to equal {which}, the designated primary to report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True",
         )
 
     def _switchover_without_old(self, new):
@@ -759,14 +762,7 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
                 )
             self.result.update(token=token, token_source="new_cluster_spec")
             if not promotion_done(new, token):
-                self._timed(
-                    "wait_promotion",
-                    self._wait,
-                    "new",
-                    "promotion",
-                    lambda o: promotion_done(o, token),
-                    f"lastPromotionToken to equal the token, phase '{PHASE_HEALTHY}' and Ready=True",
-                )
+                self._wait_promotion(token, "the token")
             return
         token, info, problem = recorded_token(new)
         if token is None:
@@ -794,15 +790,7 @@ class Promoter:  # pylint: disable=too-many-instance-attributes
         self._timed("promote", self._patch, "new", "promote", promote_patch(new, new_self, token))
         if self.check_mode:
             return
-        self._timed(
-            "wait_promotion",
-            self._wait,
-            "new",
-            "promotion",
-            lambda o: promotion_done(o, token),
-            "lastPromotionToken to equal the recorded token (its LSN replayed), the designated primary to "
-            f"report isPrimary, phase '{PHASE_HEALTHY}' and Ready=True",
-        )
+        self._wait_promotion(token, "the recorded token (its LSN replayed)")
 
     # -- failover --------------------------------------------------------------------------------------------------
     def _failover(self):  # pylint: disable=too-many-branches

@@ -817,7 +817,8 @@ def _expected(states, backend, desired):
     return expected
 
 
-def _all_healthy(instances, backend, servers):
+def _pending(instances, backend, servers, problem):
+    """``(done, detail)``: done when ``problem(row)`` finds nothing in any listed server's stats row."""
     pending = []
     for inst in instances:
         names = servers.get(inst.name)
@@ -825,24 +826,28 @@ def _all_healthy(instances, backend, servers):
             continue
         rows = inst.client.server_stats(backend)
         for name in names:
-            healthy, detail = _health(rows.get(name, {}))
-            if not healthy:
+            detail = problem(rows.get(name, {}))
+            if detail:
                 pending.append(f"{inst.name} {backend}/{name} {detail}")
     return not pending, "; ".join(pending)
 
 
+def _unhealthy(row):
+    healthy, detail = _health(row)
+    return None if healthy else detail
+
+
+def _sessions(row):
+    scur = int(row.get("scur") or 0)
+    return f"has {scur} session(s)" if scur else None
+
+
+def _all_healthy(instances, backend, servers):
+    return _pending(instances, backend, servers, _unhealthy)
+
+
 def _all_drained(instances, backend, servers):
-    pending = []
-    for inst in instances:
-        names = servers.get(inst.name)
-        if not names:
-            continue
-        rows = inst.client.server_stats(backend)
-        for name in names:
-            scur = int(rows.get(name, {}).get("scur") or 0)
-            if scur:
-                pending.append(f"{inst.name} {backend}/{name} has {scur} session(s)")
-    return not pending, "; ".join(pending)
+    return _pending(instances, backend, servers, _sessions)
 
 
 def _rollback(instances, backend, persist):

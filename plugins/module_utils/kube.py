@@ -4,8 +4,7 @@
 """Kubernetes clients for the collection's modules, configured by kubernetes.core's own auth code.
 
 ``api_client`` builds one ``kubernetes.client.ApiClient`` per cluster from kubernetes.core's auth options
-(``AUTH_ARG_SPEC``: kubeconfig, context, host, api_key, ...), without API discovery; ``pod_exec`` runs a command in a
-container through the API server (what ``kubectl exec`` does) and returns its exit status and output.
+(``AUTH_ARG_SPEC``: kubeconfig, context, host, api_key, ...), without API discovery.
 """
 
 from __future__ import annotations
@@ -73,51 +72,3 @@ def api_client(params, overrides=None):
     for header, value in headers.items():
         k8s_client._set_header(api, header, value)  # pylint: disable=protected-access
     return api
-
-
-def exit_status(error_channel):
-    """The exit code from an exec's error channel (a v1 Status: Success, or Failure with reason NonZeroExitCode and
-    the code in details.causes); -1 when the command could not run."""
-    if not error_channel:
-        return -1
-    try:
-        status = json.loads(error_channel)
-    except ValueError:
-        return -1
-    if status.get("status") == "Success":
-        return 0
-    for cause in (status.get("details") or {}).get("causes") or []:
-        if cause.get("reason") == "ExitCode":
-            try:
-                return int(cause.get("message"))
-            except (TypeError, ValueError):
-                return -1
-    return -1
-
-
-def pod_exec(api, namespace, pod, container, command, timeout=20):
-    """Run ``command`` (argv) in ``pod``'s ``container``; returns (exit code, stdout, stderr). Raises the kubernetes
-    client's exceptions when the API refuses (no pod, no pods/exec permission)."""
-    # pylint: disable=import-outside-toplevel
-    import kubernetes as k8s
-    from kubernetes.stream import stream
-
-    core = k8s.client.CoreV1Api(api)
-    resp = stream(
-        core.connect_get_namespaced_pod_exec,
-        pod,
-        namespace,
-        container=container,
-        command=list(command),
-        stderr=True,
-        stdin=False,
-        stdout=True,
-        tty=False,
-        _preload_content=False,
-        _request_timeout=timeout,
-    )
-    try:
-        resp.run_forever(timeout=timeout)  # buffers every channel until the command ends
-        return exit_status(resp.read_channel(3)), resp.read_stdout() or "", resp.read_stderr() or ""  # 3: errors
-    finally:
-        resp.close()

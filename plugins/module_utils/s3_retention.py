@@ -478,59 +478,55 @@ def _server_time(response):
     return parse_http_date(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
 
 
+def _pages(client, operation, what, bucket, prefix, stats):
+    """The response pages of a listing (boto3's paginator, 1000 keys a page), each counted in ``stats``."""
+    pages = client.get_paginator(operation).paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+    pages = iter(pages)
+    while True:
+        with wrap_errors(what, bucket=bucket, endpoint_url=endpoint_of(client)):
+            page = next(pages, None)
+        if page is None:
+            return
+        stats.add(STAT_NAMES[operation])
+        yield page
+
+
+STAT_NAMES = {"list_objects_v2": "ListObjectsV2", "list_object_versions": "ListObjectVersions"}
+
+
+def _versioned(by_key, key):
+    if key not in by_key:
+        by_key[key] = S3Object(key, 0, None, versions=[], current=False)
+    return by_key[key]
+
+
 def list_objects(client, bucket, prefix, versions=False, stats=None):
     """List every object under ``prefix``: (list of ``S3Object``, server time from the first response's Date
     header or None). ``versions=True`` uses ListObjectVersions and records every version and delete marker."""
     stats = stats or Stats()
-    endpoint = endpoint_of(client)
     server_time = None
-    objects = []
     if not versions:
-        kwargs = dict(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
-        while True:
-            with wrap_errors("list objects", bucket=bucket, endpoint_url=endpoint):
-                resp = client.list_objects_v2(**kwargs)
-            stats.add("ListObjectsV2")
-            if server_time is None:
-                server_time = _server_time(resp)
-            for item in resp.get("Contents", ()):
+        objects = []
+        for page in _pages(client, "list_objects_v2", "list objects", bucket, prefix, stats):
+            server_time = server_time or _server_time(page)
+            for item in page.get("Contents", ()):
                 objects.append(S3Object(item["Key"], item.get("Size", 0), as_utc(item["LastModified"])))
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
-                break
-            kwargs["ContinuationToken"] = token
         return objects, server_time
     by_key = collections.OrderedDict()
-    kwargs = dict(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
-    while True:
-        with wrap_errors("list object versions", bucket=bucket, endpoint_url=endpoint):
-            resp = client.list_object_versions(**kwargs)
-        stats.add("ListObjectVersions")
-        if server_time is None:
-            server_time = _server_time(resp)
-        for item in resp.get("Versions", ()):
-            obj = by_key.get(item["Key"])
-            if obj is None:
-                obj = by_key[item["Key"]] = S3Object(item["Key"], 0, None, versions=[], current=False)
+    for page in _pages(client, "list_object_versions", "list object versions", bucket, prefix, stats):
+        server_time = server_time or _server_time(page)
+        for item in page.get("Versions", ()):
+            obj = _versioned(by_key, item["Key"])
             obj.versions.append((item.get("VersionId") or "null", False))
             if item.get("IsLatest"):
                 obj.current = True
                 obj.size = item.get("Size", 0)
                 obj.last_modified = as_utc(item["LastModified"])
-        for item in resp.get("DeleteMarkers", ()):
-            obj = by_key.get(item["Key"])
-            if obj is None:
-                obj = by_key[item["Key"]] = S3Object(item["Key"], 0, None, versions=[], current=False)
+        for item in page.get("DeleteMarkers", ()):
+            obj = _versioned(by_key, item["Key"])
             obj.versions.append((item.get("VersionId") or "null", True))
             if obj.last_modified is None or not obj.current:
                 obj.last_modified = as_utc(item.get("LastModified"))
-        if not resp.get("IsTruncated"):
-            break
-        kwargs["KeyMarker"] = resp.get("NextKeyMarker")
-        if resp.get("NextVersionIdMarker"):
-            kwargs["VersionIdMarker"] = resp["NextVersionIdMarker"]
-        else:
-            kwargs.pop("VersionIdMarker", None)
     return list(by_key.values()), server_time
 
 

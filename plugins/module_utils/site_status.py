@@ -4,9 +4,9 @@
 """One site's status in one pass (``hanzo.kms.site_data_info`` with ``cluster_name``, the ``site_status`` role),
 tolerating a site whose Kubernetes API does not answer. No Ansible import.
 
-``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the newest
-transaction its instance has replayed (an exec into the instance, the failover's data-loss bound), the instance's
-replication state over SQL (cnpg_sql.py: pg_stat_archiver, replay LSN and lag), the KMS Deployment,
+``gather`` reads, in order: the CNPG Cluster (its answer decides whether the site is reachable), the instance's
+replication state over SQL (cnpg_sql.py: pg_stat_archiver, replay LSN and lag, and the commit time of the newest
+replayed transaction: the failover's data-loss bound), the KMS Deployment,
 the Cluster's Backups, the site's ObjectStore (its destinationPath), the Redis password from its Secret, then the
 object store and Redis (``site_data.collect_site_data``). Meanwhile a TCP connection to Redis is tried: a site cut off
 by a partition drops packets, so its API server and its Redis each cost their whole connect timeout, once in parallel.
@@ -29,7 +29,6 @@ CNPG_GROUP, CNPG_VERSION = "postgresql.cnpg.io", "v1"
 BARMAN_GROUP, BARMAN_VERSION = "barmancloud.cnpg.io", "v1"
 # The commit time of the newest transaction the server has replayed (UTC, whole seconds); empty on a server that
 # replayed nothing since it started. Read as the postgres user over the instance's local socket.
-REPLAY_QUERY = "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 
 class NotFound(Exception):
@@ -95,11 +94,6 @@ class KubeReader:
         ) as conn:
             return replication_state(conn)
 
-    def exec(self, namespace, pod, container, command):
-        from ansible_collections.hanzo.kms.plugins.module_utils.kube import pod_exec  # pylint: disable=import-outside-toplevel
-
-        return pod_exec(self.api, namespace, pod, container, command, timeout=self.timeout * 2)
-
 
 def describe_error(exc):
     """One line for a failed read: the API's status and reason, or the innermost connection error (urllib3 wraps
@@ -126,19 +120,6 @@ def kms_view(deployment):
     }
 
 
-def read_replay(reader, namespace, cluster):
-    """The replayed-commit time the Cluster's current primary instance reports, or '' (not running, no exec
-    permission, nothing replayed since it started). The caller uses it only for a replica."""
-    pod = (cluster.get("status") or {}).get("currentPrimary")
-    if not pod:
-        return ""
-    try:
-        code, out, _err = reader.exec(namespace, pod, "postgres", ["psql", "-XAtc", REPLAY_QUERY])
-    except Exception:  # pylint: disable=broad-exception-caught
-        return ""  # the bound then falls back to the archive age, marked approximate
-    return out.strip() if code == 0 else ""
-
-
 def read_sql(reader, namespace, cluster):
     """``{"error": None, "state": <replication state>}`` of the Cluster's primary instance, or ``{"error": why}``:
     a site whose SQL cannot be reached shows why, its status does not fail."""
@@ -162,7 +143,7 @@ def redis_connect_error(host, port, timeout):
 def gather(params, reader, collect_data, connect_check=redis_connect_error):
     """(status, access) of one site. ``reader`` is a KubeReader (or None when the client could not even be
     configured: ``reader_error`` says why); ``collect_data(params_with_redis)`` lists the object store and probes
-    Redis. params: site, inventory_role, namespace, cluster_name, object_store_name, kms_name, read_replay, read_sql,
+    Redis. params: site, inventory_role, namespace, cluster_name, object_store_name, kms_name, read_sql,
     redis_secret_name, redis_secret_key, probe_redis, host, port, password (Redis; empty = from the Secret),
     kubeconfig, context, reader_error, connect_timeout. ``connect_check(host, port, timeout)`` tries Redis while the
     Kubernetes reads run; when it fails, Redis is not probed and its error is the finding."""
@@ -238,10 +219,10 @@ def _read_kube(params, reader, probe_redis):
 
     destination, password = "", params.get("password") or ""
     if status["kube_reachable"]:
-        if cluster and params.get("read_replay", True):
-            status["replayed_commit_time"] = read_replay(reader, namespace, cluster)
         if cluster and params.get("read_sql", True):
             status["sql"] = read_sql(reader, namespace, cluster)
+            # the failover's data-loss bound; empty when not in recovery, nothing replayed since the start, or no SQL
+            status["replayed_commit_time"] = (status["sql"].get("state") or {}).get("replay_time") or ""
         try:
             status["kms"] = kms_view(reader.deployment(namespace, params["kms_name"]))
         except Exception:  # pylint: disable=broad-exception-caught

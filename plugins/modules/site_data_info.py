@@ -18,9 +18,9 @@ description:
     the newest base backup with their age (from the objects' C(LastModified): when they reached the object store)."
   - "Redis: the newest complete backup (one with C(manifest.json)) under O(redis_prefix)/O(site) in the layout of
     M(hanzo.kms.redis_rdb_backup), and, with O(probe_redis), the server's role, version and key count."
-  - "Kubernetes (with O(cluster_name)): the CNPG Cluster (its answer decides whether the site's API is reachable), the
-    commit time of the newest transaction its instance has replayed (an exec of C(psql) in the instance's
-    C(postgres) container, with O(read_replay); the failover's data-loss bound), the KMS Deployment, the Cluster's
+  - "Kubernetes (with O(cluster_name)): the CNPG Cluster (its answer decides whether the site's API is reachable), with
+    O(read_sql) its instance's replication state, among it the commit time of the newest transaction it has replayed
+    (the failover's data-loss bound), the KMS Deployment, the Cluster's
     Backups, the ObjectStore O(object_store_name) (its C(destinationPath) is listed), and the Redis password from the
     Secret O(redis_secret_name) when O(password) is empty. Returned as RV(status) and RV(access)."
   - Every part reports its own error instead of failing the task, so an unreachable API server or Redis, or a missing
@@ -98,18 +98,13 @@ options:
       - The KMS Deployment.
     type: str
     default: kms
-  read_replay:
-    description:
-      - Ask the Cluster's instance for the newest transaction it has replayed (needs C(pods/exec)). Set V(false)
-        where the instance pods do not really run.
-    type: bool
-    default: true
   read_sql:
     description:
       - Read the replication state of the Cluster's primary instance over SQL (with O(cluster_name)), with psycopg2
         through a Kubernetes port-forward to the instance pod, TLS verified against the Cluster's CA
         (C(<cluster_name>-ca)) with the name C(<cluster_name>-rw.<namespace>.svc), as the application owner of the
-        Cluster's bootstrap Secret, in a read-only session. Returned in RV(status) as C(sql).
+        Cluster's bootstrap Secret, in a read-only session. Returned in RV(status) as C(sql); its replayed commit
+        time also as C(replayed_commit_time).
       - A site whose SQL cannot be reached reports the error there; the task does not fail. Set V(false) where the
         instance pods do not really run.
     type: bool
@@ -131,13 +126,13 @@ options:
     default: ''
   request_timeout:
     description:
-      - Seconds to wait for each Kubernetes API request (an exec gets twice as long).
+      - Seconds to wait for each Kubernetes API request and SQL statement.
     type: int
     default: 10
 notes:
   - The listing costs one C(ListObjectsV2) request per 1000 objects under the site's WAL archive path.
-  - The Kubernetes part needs C(get) on the Cluster, ObjectStore, Deployment and Secret, C(list) on Backups and
-    C(create) on C(pods/exec) in O(namespace); O(read_sql) needs C(get) on the instance pod and C(create) on
+  - The Kubernetes part needs C(get) on the Cluster, ObjectStore, Deployment and Secret, C(list) on Backups in
+    O(namespace); O(read_sql) needs C(get) on the instance pod and C(create) on
     C(pods/portforward).
 requirements:
   - boto3
@@ -298,7 +293,6 @@ def argument_spec():
         namespace=dict(type="str", default="kms"),
         object_store_name=dict(type="str"),
         kms_name=dict(type="str", default="kms"),
-        read_replay=dict(type="bool", default=True),
         read_sql=dict(type="bool", default=True),
         redis_secret_name=dict(type="str", default="redis-auth"),
         redis_secret_key=dict(type="str", default="redis-password", no_log=False),

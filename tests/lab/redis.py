@@ -28,6 +28,34 @@ def client(entry, **kwargs):
     )
 
 
+# What the Bitnami chart configures: AOF fsynced every second, no RDB snapshots, no eviction, FLUSHALL/FLUSHDB disabled
+BITNAMI_SETTINGS = [
+    "--daemonize",
+    "no",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--save",
+    "",
+    "--maxmemory-policy",
+    "noeviction",
+    "--protected-mode",
+    "yes",
+    "--rename-command",
+    "FLUSHALL",
+    "",
+    "--rename-command",
+    "FLUSHDB",
+    "",
+]
+
+
+def server_argv(exe, data_dir, password, listen):
+    """A loopback redis-server (or valkey-server) ``exe`` with the Bitnami settings; ``listen``: its port options."""
+    return [exe, "--bind", "127.0.0.1", *listen, "--requirepass", password, "--dir", data_dir, *BITNAMI_SETTINGS]
+
+
 def up(lab, site, tls=None):
     """``tls``: ``{"cert_file", "key_file", "ca_file"}`` to serve TLS only on the port (no plain-text listener)."""
     data_dir = lab.path("redis", site, "data")
@@ -51,34 +79,7 @@ def up(lab, site, tls=None):
             "no",
         ]
         entry["ca_file"] = tls["ca_file"]
-    argv = [
-        require_binary("redis-server", "redis-server"),
-        "--bind",
-        "127.0.0.1",
-        *listen,
-        "--requirepass",
-        entry["password"],
-        "--dir",
-        data_dir,
-        "--daemonize",
-        "no",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        "--protected-mode",
-        "yes",
-        "--rename-command",
-        "FLUSHALL",
-        "",
-        "--rename-command",
-        "FLUSHDB",
-        "",
-    ]
+    argv = server_argv(require_binary("redis-server", "redis-server"), data_dir, entry["password"], listen)
     name = f"{site}-redis"
     lab.spawn(name, argv)
     lab.wait_process(name, lambda: client(entry).ping(), 20, f"{name} to answer PING on port {port}")

@@ -11,7 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 
 from ansible_collections.hanzo.kms.plugins.module_utils import (
     backup_layout as bl,
@@ -366,29 +368,33 @@ def test_restore_refuses_a_malformed_manifest_before_anything(tmp_path):
     assert err.value.result == {"target_state": "unchanged"}
 
 
-class ListingClient:  # pylint: disable=too-few-public-methods
-    """ListObjectsV2 over a fixed set of keys."""
-
-    class meta:  # pylint: disable=invalid-name,too-few-public-methods
-        endpoint_url = "http://s3.invalid"
-
-    def __init__(self, keys):
-        self.keys = keys
-
-    def list_objects_v2(self, Bucket, Prefix, **_kwargs):  # pylint: disable=invalid-name
-        return {
-            "Contents": [
-                {"Key": k, "Size": 1, "LastModified": WHEN} for k in sorted(self.keys) if k.startswith(Prefix)
-            ],
-            "IsTruncated": False,
-        }
+def listing_client(keys, prefixes):
+    """A botocore S3 client whose ListObjectsV2 answers, once per prefix in ``prefixes`` (in call order), with the
+    ``keys`` under it: the pagination and error handling are botocore's own."""
+    client = boto3.client(
+        "s3",
+        endpoint_url="http://s3.invalid",
+        region_name="us-east-1",
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key="s3-secret",
+    )
+    stubber = Stubber(client)
+    for prefix in prefixes:
+        contents = [{"Key": k, "Size": 1, "LastModified": WHEN} for k in sorted(keys) if k.startswith(prefix)]
+        stubber.add_response(
+            "list_objects_v2",
+            {"Contents": contents, "IsTruncated": False},
+            {"Bucket": "b", "Prefix": prefix, "MaxKeys": 1000},
+        )
+    stubber.activate()
+    return client
 
 
 def test_restore_picks_the_newest_complete_backup_of_the_site():
     newer = WHEN + datetime.timedelta(hours=1)
     keys = list(backup_objects()) + [bl.backup_keys("redis", "dc1", newer)[0]]  # the newer one has no manifest
     keys += list(backup_objects(site="dc2", when=newer))
-    client = ListingClient(keys)
+    client = listing_client(keys, ["redis/dc1/", "redis/dc3/"])
     assert redis_restore.resolve_s3_source(
         client, {"bucket": "b", "prefix": "/redis/", "site": "dc1"}
     ) == bl.backup_keys("redis", "dc1", WHEN)

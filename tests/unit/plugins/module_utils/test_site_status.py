@@ -20,7 +20,6 @@ PARAMS = {
     "cluster_name": "kms-pg-dc2",
     "object_store_name": "kms-pg-dc2-store",
     "kms_name": "kms",
-    "read_replay": True,
     "redis_secret_name": "redis-auth",
     "redis_secret_key": "redis-password",
     "probe_redis": True,
@@ -33,7 +32,12 @@ PARAMS = {
     "tls_ca_cert": "/ca/redis.crt",
 }
 CLUSTER = {"metadata": {"name": "kms-pg-dc2"}, "status": {"currentPrimary": "kms-pg-dc2-1"}}
-REPLICATION = {"in_recovery": True, "replay_lsn": "0/5000060", "replay_lag_seconds": 3.5}
+REPLICATION = {
+    "in_recovery": True,
+    "replay_lsn": "0/5000060",
+    "replay_lag_seconds": 3.5,
+    "replay_time": "2026-12-02T15:14:31Z",
+}
 
 
 class Refused(Exception):
@@ -43,7 +47,7 @@ class Refused(Exception):
 class FakeReader:
     """Answers from ``objects``; a missing key is a 404; ``down`` makes every call fail like a dead API server."""
 
-    def __init__(self, objects=None, down=False, exec_result=(0, "2026-12-02T15:14:31Z\n", "")):
+    def __init__(self, objects=None, down=False):
         self.objects = (
             objects
             if objects is not None
@@ -59,7 +63,6 @@ class FakeReader:
             }
         )
         self.down = down
-        self.exec_result = exec_result
         self.calls = []
 
     def _get(self, what):
@@ -84,10 +87,6 @@ class FakeReader:
 
     def secret_data(self, namespace, name):
         return self._get("secret")
-
-    def exec(self, namespace, pod, container, command):
-        self.calls.append(("exec", pod, container, command[-1]))
-        return self.exec_result
 
     def replication_state(self, namespace, cluster):
         self.calls.append(("sql", cluster["metadata"]["name"]))
@@ -115,7 +114,7 @@ def test_a_reachable_replica_site_is_read_in_one_pass():
     status, access = site_status.gather(dict(PARAMS), reader, collect(seen), connect_check=redis_up)
     assert status["kube_reachable"] and status["kube_error"] is None and status["cluster"] == CLUSTER
     assert status["replayed_commit_time"] == "2026-12-02T15:14:31Z"
-    assert ("exec", "kms-pg-dc2-1", "postgres", site_status.REPLAY_QUERY) in reader.calls
+    assert ("sql", "kms-pg-dc2") in reader.calls
     assert status["kms"] == {"replicas": 0, "ready_replicas": 0, "available": True}
     assert [b["spec"]["cluster"]["name"] for b in status["backups"]] == ["kms-pg-dc2"]
     # the ObjectStore's path is listed and the Secret's password probes Redis (and reaches the access)
@@ -162,18 +161,19 @@ def test_no_client_configured_is_reported_as_unreachable():
 
 
 @pytest.mark.parametrize(
-    "exec_result, read_replay, want",
+    "sql, read_sql",
     [
-        ((0, "\n", ""), True, ""),  # nothing replayed since the instance started
-        ((1, "", "psql: error"), True, ""),  # the query failed
-        ((0, "2026-12-02T15:14:31Z", ""), False, ""),  # not asked (pods that do not run)
+        (dict(REPLICATION, replay_time=None), True),  # nothing replayed since the instance started, or a primary
+        (cnpg_sql.SqlError("authentication failed at kms/kms-pg-dc2-1"), True),  # the SQL could not be read
+        (REPLICATION, False),  # not asked (pods that do not run)
     ],
 )
-def test_the_replayed_commit_is_empty_unless_read(exec_result, read_replay, want):
+def test_the_replayed_commit_is_empty_unless_read(sql, read_sql):
+    objects = dict(FakeReader().objects, sql=sql)
     status, _access = site_status.gather(
-        dict(PARAMS, read_replay=read_replay), FakeReader(exec_result=exec_result), collect([]), connect_check=redis_up
+        dict(PARAMS, read_sql=read_sql), FakeReader(objects=objects), collect([]), connect_check=redis_up
     )
-    assert status["replayed_commit_time"] == want
+    assert status["replayed_commit_time"] == ""
 
 
 def test_the_instance_s_replication_state_is_read_over_sql():
@@ -265,29 +265,6 @@ def test_without_a_redis_host_redis_is_not_probed():
     reader = FakeReader()
     site_status.gather(dict(PARAMS, host=""), reader, collect(seen), connect_check=redis_up)
     assert seen[0]["probe_redis"] is False and "secret" not in reader.calls
-
-
-@pytest.mark.parametrize(
-    "channel, code",
-    [
-        (json.dumps({"metadata": {}, "status": "Success"}), 0),
-        (
-            json.dumps(
-                {
-                    "status": "Failure",
-                    "reason": "NonZeroExitCode",
-                    "details": {"causes": [{"reason": "ExitCode", "message": "2"}]},
-                }
-            ),
-            2,
-        ),
-        (json.dumps({"status": "Failure", "message": "container not found"}), -1),
-        ("", -1),
-        ("not json", -1),
-    ],
-)
-def test_exec_exit_status_from_the_error_channel(channel, code):
-    assert kube.exit_status(channel) == code
 
 
 def test_a_connection_error_is_described_in_one_short_line():
