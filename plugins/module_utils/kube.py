@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import traceback
 
 K8S_CORE_IMPORT_ERROR = None

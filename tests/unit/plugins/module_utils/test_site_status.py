@@ -1,17 +1,15 @@
-"""hanzo.kms.site_data_info's Kubernetes part (module_utils/site_status.py) with a fake reader, and the exec exit
-status of module_utils/kube.py."""
+"""hanzo.kms.site_data_info's Kubernetes part (module_utils/site_status.py) with a fake reader."""
 
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import threading
 
 import pytest
 import urllib3
 
-from ansible_collections.hanzo.kms.plugins.module_utils import cnpg_sql, kube, site_status
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg_sql, site_status
 
 PARAMS = {
     "site": "dc2",
