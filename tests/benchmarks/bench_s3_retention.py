@@ -60,8 +60,9 @@ def s5(s3, *args, stdin=None):
         AWS_ACCESS_KEY_ID=s3["access_key"],
         AWS_SECRET_ACCESS_KEY=s3["secret_key"],
         AWS_REGION=s3["region"],
-        SSL_CERT_FILE=s3["ca_file"],
-    )  # s5cmd is Go: its CA file variable
+        SSL_CERT_FILE=s3["ca_file"],  # s5cmd is Go: its CA file variable
+        AWS_CA_BUNDLE=s3["ca_file"],  # ... unless the AWS SDK's own is set, which it prefers
+    )
     argv = [str(S5CMD), "--endpoint-url", s3["endpoint_url"], *args]
     return subprocess.run(argv, env=env, check=True, capture_output=True, text=True, input=stdin)
 
