@@ -12,7 +12,7 @@ A *site read* is what ``kubernetes.core.k8s_info`` returned for one site's Clust
 API server (``failed``/``msg``):
 
     {"site": "dc1", "inventory_role": "active"|"passive", "cluster_name": "kms-pg-dc1",
-     "read": {"failed": bool, "msg": str, "resources": [<Cluster>]} | None (not read)}
+     "read": {"resources": [<Cluster>]} | {"msg": str} (no answer) | {"skipped": true} or None (not read)}
 
 No I/O and no Ansible import: the filter hanzo.kms.site_roles wraps ``decide``.
 """
@@ -32,9 +32,10 @@ class SiteRoleError(ValueError):
 def _site_state(entry):
     """(reachable, error, cluster summary or None) of one site read."""
     read = entry.get("read")
-    if read is None:
+    if not read or read.get("skipped"):
         return False, "not read", None
-    if read.get("failed"):
+    # failed_when: false keeps the task going and sets failed to false: a read without resources did not answer
+    if read.get("failed") or "resources" not in read:
         return False, str(read.get("msg") or "the Kubernetes API did not answer"), None
     resources = read.get("resources") or []
     return True, None, summarize(resources[0]) if resources else None

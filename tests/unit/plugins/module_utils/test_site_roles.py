@@ -78,6 +78,15 @@ def test_nothing_answers_the_inventory_decides():
     assert set(result["unreachable"]) == {"dc1", "dc2"}
 
 
+def test_a_read_kept_going_by_failed_when_is_unreachable_and_a_skipped_one_not_read():
+    kept_going = {"site": "dc1", "inventory_role": "active", "cluster_name": "kms-pg-dc1"}
+    kept_going["read"] = {"failed": False, "failed_when_result": False, "msg": "Max retries exceeded"}
+    skipped = {"site": "dc2", "inventory_role": "passive", "cluster_name": "kms-pg-dc2", "read": {"skipped": True}}
+    result = decide([kept_going, skipped])
+    assert result["unreachable"] == {"dc1": "Max retries exceeded", "dc2": "not read"}
+    assert result["source"] == "inventory"
+
+
 @pytest.mark.parametrize(
     ("sites", "message"),
     [
