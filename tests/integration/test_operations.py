@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,6 +74,7 @@ SITE_KINDS = (
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 )
 # What the API server, the controllers or an operation's bookkeeping write, not the roles: dropped before comparing.
+CREDENTIALS_IN_URL = re.compile(r"://([^:/@]+):[^@]*@")
 VOLATILE_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "ownerReferences")
 VOLATILE_ANNOTATIONS = (
     "deployment.kubernetes.io/revision",
@@ -104,7 +106,8 @@ def normalized(obj):
         # site's own credentials and certificates, which no role change touches: compared by their keys
         data = obj.get("data") or {}
         if obj["metadata"]["name"] == "kms-secrets":
-            obj["data"] = {k: base64.b64decode(v).decode() for k, v in data.items()}
+            # the URLs' passwords are each site's own database and Redis credentials
+            obj["data"] = {k: CREDENTIALS_IN_URL.sub(r"://\1:@", base64.b64decode(v).decode()) for k, v in data.items()}
         else:
             obj["data"] = sorted(data)
     elif obj["kind"] == "Service":
