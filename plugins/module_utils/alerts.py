@@ -283,7 +283,7 @@ ALERTS = (
         "HAProxy (global_lb_prometheus_bind)",
         "Global LB sends traffic to a site other than the active one",
         "LB {{{{ $labels.instance }}}} sends traffic to site {{{{ $labels.server }}}}; the active site is "
-        "{active_site}. Switch with the failover playbooks, or update site_role and re-run install.yml after one.",
+        "{active_site}. Switch with the failover playbooks (which also update these rules).",
     ),
     Alert(
         "KmsPassiveSiteServes",
@@ -295,8 +295,8 @@ ALERTS = (
         "kube-state-metrics",
         "The KMS of passive site {site} is serving",
         "Deployment {{{{ $labels.deployment }}}} of passive site {site} has available replicas that its Service and "
-        "Ingress send requests to. Scale it to 0 (fence.yml), or update site_role and re-run install.yml after a "
-        "failover.",
+        "Ingress send requests to. Scale it to 0 (fence.yml), or give the sites the objects of their roles "
+        "(site_objects.yml) if it is the active site now.",
     ),
 )
 ALERT_NAMES = tuple(alert.name for alert in ALERTS)

@@ -57,9 +57,10 @@ def _port(value, what):
 
 
 def site_server(site):
-    """The server entry of one site from its variables (a mapping with ``site_name``, ``site_role``,
-    ``site_ingress_host`` and optional ``site_ingress_address``, ``site_ingress_port``, ``site_ingress_tls`` (default
-    true) and ``site_ingress_ca_file``). The passive sites' servers start in maintenance."""
+    """The server entry of one site from its variables (a mapping with ``site_name``, ``site_role`` (or the
+    decided ``site_role_now``), ``site_ingress_host`` and optional ``site_ingress_address``, ``site_ingress_port``,
+    ``site_ingress_tls`` (default true) and ``site_ingress_ca_file``). The passive sites' servers start in
+    maintenance."""
     name = site.get("site_name") or ""
     where = f"site {name or '(no site_name)'}"
     if not name:
@@ -85,7 +86,8 @@ def site_server(site):
         "port": _port(site.get("site_ingress_port", 443 if tls else 80), f"{where}: site_ingress_port"),
         "tls": tls,
         "ca_file": ca_file if tls else "",
-        "initial_state": "ready" if site.get("site_role") == "active" else "maint",
+        # site_role_now (install.yml's decision from the Clusters) wins over a site_role a failover made stale
+        "initial_state": "ready" if (site.get("site_role_now") or site.get("site_role")) == "active" else "maint",
     }
 
 

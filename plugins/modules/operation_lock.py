@@ -59,8 +59,8 @@ options:
     type: str
   operation:
     description:
-      - What runs under the lock (C(failover), C(switchover), C(backup), C(restore_test)); recorded on the Lease and
-        part of the default O(owner). Required when O(owner) is not given.
+      - What runs under the lock (C(failover), C(switchover), C(site_objects), C(backup), C(restore_test)); recorded
+        on the Lease and part of the default O(owner). Required when O(owner) is not given.
     type: str
   run_id:
     description:

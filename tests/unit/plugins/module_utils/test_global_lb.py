@@ -37,6 +37,9 @@ def test_a_site_becomes_a_verified_server_and_a_passive_one_starts_in_maintenanc
     }
     passive = site_server(dict(SITE, site_name="dc2", site_role="passive", site_ingress_address=""))
     assert passive["initial_state"] == "maint" and passive["address"] == "kms-dc1.example.net"
+    # after a failover the decided role wins over the inventory's stale one
+    assert site_server(dict(SITE, site_role_now="passive"))["initial_state"] == "maint"
+    assert site_server(dict(SITE, site_role="passive", site_role_now="active"))["initial_state"] == "ready"
 
 
 def test_plain_http_sites_need_no_ca_and_default_to_port_80():
