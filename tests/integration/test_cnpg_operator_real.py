@@ -13,7 +13,8 @@ tainted, hostPath volumes, cluster DNS):
 3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``; ``backup.yml``,
    ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted) run;
 4. ``hanzo.kms.cnpg_promote`` itself: its dry runs and refusals change nothing; a run killed after its demotion
-   patch and a run stopped after its promotion patch are finished by a re-run (to dc2 and back);
+   patch and a run that timed out while the old Cluster's operator did not reconcile are finished by a re-run (to dc2
+   and back);
 5. ``switchover.yml`` to dc2 and back loses no acknowledged write (clients use the VIP); ``failover.yml`` after dc1
    and lb1 (the VIP holder) are powered off (``node.lose_site``, ``lbhost.lose_host``) switches lb2 alone (the
    failover's quorum), names lb1 in its report, serves from dc2 through the VIP, and what it lost is within the bound
@@ -43,7 +44,7 @@ import yaml
 from psycopg2 import errors as pg_errors
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl
-from ansible_collections.hanzo.kms.plugins.module_utils import cnpg, cnpg_sql, redis_backup_job, site_status, times
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg, cnpg_sql, redis_backup_job, site_status
 from ansible_collections.hanzo.kms.plugins.module_utils import kube as kube_client
 from tests.ansible_run import ansible_argv, ansible_env, local_args, recap, run_module, run_playbook
 from tests.drill import analysis
@@ -652,6 +653,7 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
 # (the playbooks' switches below run it further; the stand-in keeps only what the real operator cannot be made to do
 # on demand: tests/integration/test_cnpg_promote.py)
 PRIMARY, REPLICA = "kms-pg-dc1", "kms-pg-dc2"
+RECONCILIATION = "cnpg.io/reconciliationLoop"
 PROMOTE_TIMEOUT = 300
 
 
@@ -689,12 +691,6 @@ def merge_patch(lab, site, body):
         lab, site, "-n", NAMESPACE, "patch", "cluster", f"kms-pg-{site}", "--type", "merge", "-p", json.dumps(body)
     )
     assert proc.returncode == 0, proc.stderr
-
-
-def demoted_cluster(lab, site):
-    """The site's Cluster once its demotion is done (a token published), else None."""
-    obj = cluster(lab, site)
-    return obj if cnpg.demotion_done(obj)[0] else None
 
 
 def healthy_replica(lab, site):
@@ -775,9 +771,8 @@ def test_cnpg_promote_refusals_and_dry_runs_change_nothing_on_the_real_operator(
 
 def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clusters):
     """To dc2: the module is killed once its demotion patch is on dc1 (the control node died); a re-run records
-    dc1's demotion token and promotes dc2 with it. Back to dc1: a run stopped after its promotion patch (the state is
-    set by hand: demoted dc2, its token recorded on dc1 and dc1 promoted with it); a re-run patches nothing and waits
-    for CloudNativePG to finish the promotion."""
+    dc1's demotion token and promotes dc2 with it. Back to dc1: the module times out while dc2's operator does not
+    reconcile; a re-run finishes the same way."""
     lab = clusters["lab"]
     started = time.monotonic()
     killed = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -818,20 +813,28 @@ def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clus
         time.monotonic() - started, 1
     )
 
+    # Back to dc1 while dc2's operator does not reconcile (CloudNativePG's reconciliationLoop annotation): the operator
+    # publishes the demotion token, so the module times out waiting for it, naming it; a re-run finishes.
     started = time.monotonic()
-    merge_patch(lab, "dc2", cnpg.demote_patch(cluster(lab, "dc2"), PRIMARY))
-    demoted = wait_until(lambda: demoted_cluster(lab, "dc2"), PROMOTE_TIMEOUT, "dc2's demotion token", interval=0.5)
-    token = cnpg.demotion_done(demoted)[1]
-    assert "promotionToken" not in demoted["spec"]["replica"], "the demotion patch removed dc2's consumed token"
-    merge_patch(lab, "dc1", cnpg.record_token_patch(token, REPLICA, times.format_epoch(time.time())))
-    merge_patch(lab, "dc1", cnpg.promote_patch(cluster(lab, "dc1"), PRIMARY, token))
+    merge_patch(lab, "dc2", {"metadata": {"annotations": {RECONCILIATION: "disabled"}}})
+    try:
+        timed_out = promote(lab, "switchover", old="dc2", new="dc1", demotion_timeout=20)
+    finally:
+        merge_patch(lab, "dc2", {"metadata": {"annotations": {RECONCILIATION: None}}})
+    assert timed_out.get("failed") is True, timed_out
+    assert "timed out after 20s waiting for the demotion token" in timed_out["msg"], timed_out["msg"]
+    assert timed_out["steps"] == ["demote"] and timed_out["last_status"]["spec_replica"]["primary"] == PRIMARY
     back = promote(lab, "switchover", old="dc2", new="dc1", promotion_timeout=PROMOTE_TIMEOUT)
     assert back.get("failed") is not True, back
-    assert back["steps"] == [] and back["token"] == token, back
-    assert cnpg.promotion_done(cluster(lab, "dc1"), token)
-    assert cluster(lab, "dc2")["spec"]["replica"]["primary"] == PRIMARY
+    assert back["steps"] == ["record_token", "promote"], back["steps"]
+    demoted = cluster(lab, "dc2")
+    assert back["token"] == demoted["status"]["demotionToken"]
+    assert "promotionToken" not in demoted["spec"]["replica"], "the demotion patch removed dc2's consumed token"
+    assert cnpg.promotion_done(cluster(lab, "dc1"), back["token"])
     wait_until(lambda: healthy_replica(lab, "dc2"), PROMOTE_TIMEOUT, "dc2 a healthy replica of dc1 again", interval=1)
-    FIGURES["back to dc1 after a run stopped at its promotion patch (s)"] = round(time.monotonic() - started, 1)
+    FIGURES["back to dc1: timed out with dc2's operator paused, re-run until dc1 is primary (s)"] = round(
+        time.monotonic() - started, 1
+    )
 
 
 @pytest.fixture(scope="module")
