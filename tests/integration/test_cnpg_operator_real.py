@@ -775,9 +775,11 @@ def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clus
     reconcile; a re-run finishes the same way."""
     lab = clusters["lab"]
     started = time.monotonic()
+    output = tempfile.TemporaryFile(mode="w+")  # pylint: disable=consider-using-with
     killed = subprocess.Popen(  # pylint: disable=consider-using-with
         ansible_argv(
             "ansible",
+            "localhost",
             *local_args(),
             "-m",
             "hanzo.kms.cnpg_promote",
@@ -786,13 +788,13 @@ def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clus
         ),
         cwd=REPO_ROOT,
         env=ansible_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         wait_until(
-            lambda: cluster(lab, "dc1")["spec"]["replica"]["primary"] == REPLICA,
+            lambda: cluster(lab, "dc1")["spec"]["replica"]["primary"] == REPLICA or killed.poll() is not None,
             120,
             "the module's demotion patch on dc1",
             interval=0.1,
@@ -800,6 +802,12 @@ def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clus
     finally:
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait(timeout=30)
+        output.seek(0)
+        ran = output.read()
+        output.close()
+    assert cluster(lab, "dc1")["spec"]["replica"]["primary"] == REPLICA, (
+        f"no demotion patch; the module said:\n{ran[-3000:]}"
+    )
     assert cnpg.recorded_token(cluster(lab, "dc2"))[1] is None, "killed before it recorded a token"
 
     resumed = promote(lab, "switchover", promotion_timeout=PROMOTE_TIMEOUT)
