@@ -482,8 +482,9 @@ def _pages(client, operation, what, bucket, prefix, stats):
     """The response pages of a listing (boto3's paginator, 1000 keys a page), each counted in ``stats``."""
     pages = client.get_paginator(operation).paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
     pages = iter(pages)
+    endpoint = endpoint_of(client)
     while True:
-        with wrap_errors(what, bucket=bucket, endpoint_url=endpoint_of(client)):
+        with wrap_errors(what, bucket=bucket, endpoint_url=endpoint):
             page = next(pages, None)
         if page is None:
             return
@@ -501,8 +502,8 @@ def _versioned(by_key, key):
 
 
 def list_objects(client, bucket, prefix, versions=False, stats=None):
-    """List every object under ``prefix``: (list of ``S3Object``, server time from the first response's Date
-    header or None). ``versions=True`` uses ListObjectVersions and records every version and delete marker."""
+    """List every object under ``prefix``: (list of ``S3Object``, server time from the Date header of the first
+    response that has one, or None). ``versions=True`` uses ListObjectVersions and records every version and delete marker."""
     stats = stats or Stats()
     server_time = None
     if not versions:

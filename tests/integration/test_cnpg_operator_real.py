@@ -12,7 +12,10 @@ tainted, hostPath volumes, cluster DNS):
    Redis (the lab chart) and the KMS stand-in in pods, and the global LB in front of them (node ports);
 3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``; ``backup.yml``,
    ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted) run;
-4. ``switchover.yml`` to dc2 and back loses no acknowledged write (clients use the VIP); ``failover.yml`` after dc1
+4. ``hanzo.kms.cnpg_promote`` itself: its dry runs and refusals change nothing; a run killed after its demotion
+   patch and a run that timed out while the old Cluster's operator did not reconcile are finished by a re-run (to dc2
+   and back);
+5. ``switchover.yml`` to dc2 and back loses no acknowledged write (clients use the VIP); ``failover.yml`` after dc1
    and lb1 (the VIP holder) are powered off (``node.lose_site``, ``lbhost.lose_host``) switches lb2 alone (the
    failover's quorum), names lb1 in its report, serves from dc2 through the VIP, and what it lost is within the bound
    its report states.
@@ -29,6 +32,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,9 +44,9 @@ import yaml
 from psycopg2 import errors as pg_errors
 
 from ansible_collections.hanzo.kms.plugins.module_utils import backup_layout as bl
-from ansible_collections.hanzo.kms.plugins.module_utils import cnpg_sql, redis_backup_job, site_status
+from ansible_collections.hanzo.kms.plugins.module_utils import cnpg, cnpg_sql, redis_backup_job, site_status
 from ansible_collections.hanzo.kms.plugins.module_utils import kube as kube_client
-from tests.ansible_run import recap, run_module, run_playbook
+from tests.ansible_run import ansible_argv, ansible_env, local_args, recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
 from tests.lab import images, kube, kube_build, lbhost, node, site_db, stack
@@ -643,6 +647,202 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     assert not any(
         c["metadata"]["name"] == "kms-pg-restore-test" for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]
     ), "the scratch Cluster is removed"
+
+
+# -- hanzo.kms.cnpg_promote on the real operator: its refusals, dry runs and interrupted runs ------------------------
+# (the playbooks' switches below run it further; the stand-in keeps only what the real operator cannot be made to do
+# on demand: tests/integration/test_cnpg_promote.py)
+PRIMARY, REPLICA = "kms-pg-dc1", "kms-pg-dc2"
+RECONCILIATION = "cnpg.io/reconciliationLoop"
+PROMOTE_TIMEOUT = 300
+
+
+def promote_args(lab, mode, old="dc1", new="dc2", **options):
+    """cnpg_promote's arguments for the lab's two Clusters (``old`` and ``new`` are sites)."""
+    args = {
+        "mode": mode,
+        "kubeconfig": lab.state["kubeconfig"],
+        "poll_interval": 0.5,
+        "old_cluster": {"name": f"kms-pg-{old}", "namespace": NAMESPACE, "context": old},
+        "new_cluster": {"name": f"kms-pg-{new}", "namespace": NAMESPACE, "context": new},
+    }
+    args.update(options)
+    return args
+
+
+def promote(lab, mode, old="dc1", new="dc2", check=False, diff=False, **options):
+    """hanzo.kms.cnpg_promote ad hoc on the control node; its result."""
+    run = run_module(
+        "hanzo.kms.cnpg_promote",
+        promote_args(lab, mode, old, new, **options),
+        check_mode=check,
+        diff=diff,
+        timeout=PROMOTE_TIMEOUT + 60,
+    )
+    return run.result()
+
+
+def cluster(lab, site):
+    return get(lab, site, "-n", NAMESPACE, "cluster", f"kms-pg-{site}")
+
+
+def merge_patch(lab, site, body):
+    proc = kubectl(
+        lab, site, "-n", NAMESPACE, "patch", "cluster", f"kms-pg-{site}", "--type", "merge", "-p", json.dumps(body)
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def healthy_replica(lab, site):
+    """The site's Cluster is a healthy replica and its instance is in recovery."""
+    obj = cluster(lab, site)
+    if not cnpg.is_replica(obj) or (obj.get("status") or {}).get("phase") != cnpg.PHASE_HEALTHY:
+        return False
+    return psql(lab, site, "select pg_is_in_recovery()") == "t"
+
+
+def wanted(obj):
+    """What cnpg_promote may change on a Cluster: its spec and annotations (the operator rewrites status)."""
+    return obj["metadata"]["generation"], obj["metadata"].get("annotations"), obj["spec"]
+
+
+def test_cnpg_promote_refusals_and_dry_runs_change_nothing_on_the_real_operator(clusters):
+    """Check mode plans both modes' patches, a failover with dc1 reachable and unfenced is refused, a missing
+    Cluster and a ServiceAccount that may only read Clusters are named: no Cluster changes."""
+    lab = clusters["lab"]
+    before = {site: wanted(cluster(lab, site)) for site in SITES}
+
+    dry = promote(lab, "switchover", check=True, diff=True)
+    assert dry["changed"] is True, dry
+    assert [(p["step"], p["cluster"]) for p in dry["plan"]] == [("demote", "old"), ("promote", "new")]
+    assert dry["plan"][0]["patch"] == {"spec": {"replica": {"primary": REPLICA}}}
+    assert dry["diff"]["before"]["old_cluster"]["spec"]["replica"]["primary"] == PRIMARY
+    assert dry["diff"]["after"]["old_cluster"]["spec"]["replica"]["primary"] == REPLICA
+    assert dry["before"]["old_cluster"]["role"] == "primary" and dry["before"]["new_cluster"]["role"] == "replica"
+    dry_failover = promote(lab, "failover", check=True, old_cluster_fencing="fence")
+    assert [p["step"] for p in dry_failover["plan"]] == ["fence", "promote"], dry_failover
+
+    refused = promote(lab, "failover")
+    assert refused.get("failed") is True and "two writable primaries" in refused["msg"], refused
+
+    missing = promote(lab, "switchover", new_cluster={"name": "nope", "namespace": NAMESPACE, "context": "dc2"})
+    assert missing.get("failed") is True
+    assert f"Cluster {NAMESPACE}/nope" in missing["msg"] and "not found" in missing["msg"], missing["msg"]
+
+    # dc1's side with its own host, token and CA: a ServiceAccount that may read Clusters but not patch them
+    for args in (
+        ("create", "serviceaccount", "promote-reader"),
+        ("create", "role", "promote-reader", "--verb=get,list,watch", "--resource=clusters.postgresql.cnpg.io"),
+        (
+            "create",
+            "rolebinding",
+            "promote-reader",
+            "--role=promote-reader",
+            f"--serviceaccount={NAMESPACE}:promote-reader",
+        ),
+    ):
+        proc = kubectl(lab, "dc1", "-n", NAMESPACE, *args)
+        assert proc.returncode == 0, proc.stderr
+    try:
+        proc = kubectl(lab, "dc1", "-n", NAMESPACE, "create", "token", "promote-reader", "--duration=10m")
+        assert proc.returncode == 0, proc.stderr
+        site = lab.state["sites"]["dc1"]["kube"]
+        forbidden = promote(
+            lab,
+            "switchover",
+            old_cluster={
+                "name": PRIMARY,
+                "namespace": NAMESPACE,
+                "host": site["server"],
+                "api_key": proc.stdout.strip(),
+                "ca_cert": site["pki"]["ca"],
+            },
+        )
+    finally:
+        for kind in ("rolebinding", "role", "serviceaccount"):
+            kubectl(lab, "dc1", "-n", NAMESPACE, "delete", kind, "promote-reader")
+    assert forbidden.get("failed") is True
+    assert f"Cluster {NAMESPACE}/{PRIMARY}" in forbidden["msg"] and "forbidden" in forbidden["msg"], forbidden["msg"]
+    assert "'patch' permission on clusters.postgresql.cnpg.io" in forbidden["msg"]
+    assert forbidden["before"]["old_cluster"]["role"] == "primary"  # it read dc1 with the same credentials
+
+    assert {site: wanted(cluster(lab, site)) for site in SITES} == before
+
+
+def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clusters):
+    """To dc2: the module is killed once its demotion patch is on dc1 (the control node died); a re-run records
+    dc1's demotion token and promotes dc2 with it. Back to dc1: the module times out while dc2's operator does not
+    reconcile; a re-run finishes the same way."""
+    lab = clusters["lab"]
+    started = time.monotonic()
+    output = tempfile.TemporaryFile(mode="w+")  # pylint: disable=consider-using-with
+    killed = subprocess.Popen(  # pylint: disable=consider-using-with
+        ansible_argv(
+            "ansible",
+            "localhost",
+            *local_args(),
+            "-m",
+            "hanzo.kms.cnpg_promote",
+            "-a",
+            json.dumps(promote_args(lab, "switchover", promotion_timeout=PROMOTE_TIMEOUT)),
+        ),
+        cwd=REPO_ROOT,
+        env=ansible_env(),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: cluster(lab, "dc1")["spec"]["replica"]["primary"] == REPLICA or killed.poll() is not None,
+            120,
+            "the module's demotion patch on dc1",
+            interval=0.1,
+        )
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+        output.seek(0)
+        ran = output.read()
+        output.close()
+    assert cluster(lab, "dc1")["spec"]["replica"]["primary"] == REPLICA, (
+        f"no demotion patch; the module said:\n{ran[-3000:]}"
+    )
+    assert cnpg.recorded_token(cluster(lab, "dc2"))[1] is None, "killed before it recorded a token"
+
+    resumed = promote(lab, "switchover", promotion_timeout=PROMOTE_TIMEOUT)
+    assert resumed.get("failed") is not True, resumed
+    assert resumed["steps"] == ["record_token", "promote"], resumed["steps"]
+    assert resumed["token"] == cluster(lab, "dc1")["status"]["demotionToken"]
+    assert resumed["data_loss_possible"] is False
+    assert resumed["after"]["new_cluster"]["timeline"] == resumed["before"]["new_cluster"]["timeline"] + 1
+    assert cnpg.promotion_done(cluster(lab, "dc2"), resumed["token"])
+    FIGURES["cnpg_promote killed after its demotion patch, re-run until dc2 is primary (s)"] = round(
+        time.monotonic() - started, 1
+    )
+
+    # Back to dc1 while dc2's operator does not reconcile (CloudNativePG's reconciliationLoop annotation): the operator
+    # publishes the demotion token, so the module times out waiting for it, naming it; a re-run finishes.
+    started = time.monotonic()
+    merge_patch(lab, "dc2", {"metadata": {"annotations": {RECONCILIATION: "disabled"}}})
+    try:
+        timed_out = promote(lab, "switchover", old="dc2", new="dc1", demotion_timeout=20)
+    finally:
+        merge_patch(lab, "dc2", {"metadata": {"annotations": {RECONCILIATION: None}}})
+    assert timed_out.get("failed") is True, timed_out
+    assert "timed out after 20s waiting for the demotion token" in timed_out["msg"], timed_out["msg"]
+    assert timed_out["steps"] == ["demote"] and timed_out["last_status"]["spec_replica"]["primary"] == PRIMARY
+    back = promote(lab, "switchover", old="dc2", new="dc1", promotion_timeout=PROMOTE_TIMEOUT)
+    assert back.get("failed") is not True, back
+    assert back["steps"] == ["record_token", "promote"], back["steps"]
+    demoted = cluster(lab, "dc2")
+    assert back["token"] == demoted["status"]["demotionToken"]
+    assert "promotionToken" not in demoted["spec"]["replica"], "the demotion patch removed dc2's consumed token"
+    assert cnpg.promotion_done(cluster(lab, "dc1"), back["token"])
+    wait_until(lambda: healthy_replica(lab, "dc2"), PROMOTE_TIMEOUT, "dc2 a healthy replica of dc1 again", interval=1)
+    FIGURES["back to dc1: timed out with dc2's operator paused, re-run until dc1 is primary (s)"] = round(
+        time.monotonic() - started, 1
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Lab component: cluster DNS for a site (operator mode), CoreDNS built from the Go proxy (tools/kube/coredns).
+"""Lab component: cluster DNS for a site (operator mode), CoreDNS built from the Go proxy (tools/kube/coredns-promtool).
 
 CNPG needs it: the operator dials a CNPG-I plugin at ``<service>.<namespace>.svc:<port>`` (internal/controller/
 plugin_controller.go), so without DNS every Cluster that uses the Barman Cloud plugin stays in "Cluster cannot proceed

@@ -3,9 +3,11 @@
 Builds, with the local Go toolchain, pinned versions of kube-apiserver, kube-controller-manager, kube-scheduler,
 kubectl, kubelet, kube-proxy and helm (through the wrapper module ``tools/kube/kubernetes``, which replaces every
 staging module with its published ``v0.Y.Z`` twin; helm's k8s.io libraries are the same minor release, so it compiles
-against Kubernetes' and shares their build cache), etcd, kwok, the CloudNativePG operator (``cnpg-manager``), the
-Barman Cloud plugin (``barman-cloud-plugin``), kustomize and promtool (one wrapper module each, so their dependencies
-never raise Kubernetes'; promtool checks the alert rules). Then renders the CNPG operator and plugin manifests from the
+against Kubernetes' and shares their build cache), etcd, kustomize, the CloudNativePG operator (``cnpg-manager``), the
+Barman Cloud plugin (``barman-cloud-plugin``) and kwok (one module: both are controllers on the same Kubernetes 0.36
+libraries), CoreDNS and promtool (one module: the same Kubernetes 0.37 client and Prometheus libraries; promtool checks
+the alert rules); each group a wrapper module of its own, so its dependencies never raise Kubernetes' or the
+operator's. Then renders the CNPG operator and plugin manifests from the
 pinned modules' ``config/`` with the
 built kustomize (tests/lab/cnpg_operator.py), takes the lab's CRDs from those manifests and kwok's default stages
 from its module.
@@ -50,6 +52,7 @@ CNPG_VERSION = "v1.30.0"
 BARMAN_MODULE = "github.com/cloudnative-pg/plugin-barman-cloud"
 BARMAN_VERSION = "v0.14.0"
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
+KWOK_MODULE = "sigs.k8s.io/kwok"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 COREDNS_MODULE = "github.com/coredns/coredns"
 MIN_GO = (1, 26)  # CNPG 1.30 and the plugin 0.14 need go >= 1.26.4; Kubernetes 1.34 alone needed 1.24
@@ -69,14 +72,16 @@ BUILDS = {
         "helm": "helm.sh/helm/v3/cmd/helm",
     },
     "etcd": {"etcd": "go.etcd.io/etcd/server/v3"},
-    "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
     "kustomize": {"kustomize": KUSTOMIZE_MODULE},
     "cnpg": {"cnpg-manager": f"{CNPG_MODULE}/cmd/manager"},
-    "barman-cloud": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager"},
-    # the wrapper's own main package: CoreDNS with the cluster-DNS plugins only (tools/kube/coredns/main.go)
-    "coredns": {"coredns": "example.invalid/hanzo-kms/corednsbin"},
+    # two controllers on the same Kubernetes 0.36 libraries: one module compiles client-go and controller-runtime once
+    "barman-cloud-kwok": {"barman-cloud-plugin": f"{BARMAN_MODULE}/cmd/manager", "kwok": f"{KWOK_MODULE}/cmd/kwok"},
+    # the wrapper's own main package: CoreDNS with the cluster-DNS plugins only (tools/kube/coredns-promtool/main.go);
     # promtool checks and unit-tests the roles' alert rules (tests/integration/test_alerts.py)
-    "prometheus": {"promtool": f"{PROMETHEUS_MODULE}/cmd/promtool"},
+    "coredns-promtool": {
+        "coredns": "example.invalid/hanzo-kms/corednspromtoolbin",
+        "promtool": f"{PROMETHEUS_MODULE}/cmd/promtool",
+    },
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
 
@@ -115,7 +120,7 @@ def _required_version(module_dir, module):
 
 def versions():
     """The pinned version of each component; the CNPG and plugin pins must be the ones their wrapper modules require."""
-    pins = (("cnpg", CNPG_MODULE, CNPG_VERSION), ("barman-cloud", BARMAN_MODULE, BARMAN_VERSION))
+    pins = (("cnpg", CNPG_MODULE, CNPG_VERSION), ("barman-cloud-kwok", BARMAN_MODULE, BARMAN_VERSION))
     for module_dir, module, pin in pins:
         required = _required_version(module_dir, module)
         if required != pin:
@@ -126,18 +131,18 @@ def versions():
     return {
         "kubernetes": KUBE_VERSION,
         "etcd": _required_version("etcd", "go.etcd.io/etcd/server/v3"),
-        "kwok": _required_version("kwok", "sigs.k8s.io/kwok"),
+        "kwok": _required_version("barman-cloud-kwok", KWOK_MODULE),
         "helm": _required_version("kubernetes", "helm.sh/helm/v3"),
         "cloudnative-pg": CNPG_VERSION,
         "plugin-barman-cloud": BARMAN_VERSION,
         "kustomize": _required_version("kustomize", KUSTOMIZE_MODULE),
-        "coredns": _required_version("coredns", COREDNS_MODULE),
-        "prometheus": _required_version("prometheus", PROMETHEUS_MODULE),
+        "coredns": _required_version("coredns-promtool", COREDNS_MODULE),
+        "prometheus": _required_version("coredns-promtool", PROMETHEUS_MODULE),
     }
 
 
 # versions() key of a module dir, where it is not the dir's name
-_VERSION_KEYS = {"cnpg": "cloudnative-pg", "barman-cloud": "plugin-barman-cloud"}
+_VERSION_KEYS = {"cnpg": "cloudnative-pg", "barman-cloud-kwok": "plugin-barman-cloud", "coredns-promtool": "prometheus"}
 
 
 def module_version(module_dir, ver):
@@ -156,14 +161,15 @@ def ldflags(module_dir, ver, origin=None):
     if module_dir == "kubernetes":
         # one set for every binary of the module: the linker ignores -X of a package a binary does not link
         return f"{kube_ldflags(KUBE_VERSION)} -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
-    if module_dir == "kwok":
-        return f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={ver['kwok'].lstrip('v')}"
+    if module_dir == "barman-cloud-kwok":
+        # the plugin's version is a constant in its source
+        return f"-s -w -X {KWOK_MODULE}/pkg/consts.Version={ver['kwok'].lstrip('v')}"
     if module_dir == "cnpg":
         origin = origin or {"commit": "{commit}", "date": "{date}"}
         return cnpg_ldflags(ver["cloudnative-pg"], origin["commit"], origin["date"])
-    if module_dir == "prometheus":
+    if module_dir == "coredns-promtool":
         return f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release(ver['prometheus'])}"
-    # the plugin's version is a constant in its source; kustomize reads its own from the Go build info
+    # kustomize reads its own version from the Go build info
     return "-s -w"
 
 
@@ -397,7 +403,7 @@ def _render_assets(go, env, root, ver, log):
         LAB_CRDS,
     )
     (stage / "kwok-stages").mkdir(parents=True)
-    kwok_src = _module_dir(go, env, "sigs.k8s.io/kwok", ver["kwok"])
+    kwok_src = _module_dir(go, env, KWOK_MODULE, ver["kwok"])
     for rel in KWOK_STAGES:
         shutil.copyfile(kwok_src / rel, stage / "kwok-stages" / Path(rel).name)
     for folder in (MANIFESTS_DIR, "crds", "kwok-stages"):

@@ -144,4 +144,4 @@ def test_prometheus_release_of_its_go_module_version():
     assert kube_build.prometheus_release("v0.316.0") == "3.16.0"
     assert kube_build.prometheus_release("v0.300.1") == "3.0.1"
     assert kube_build.versions()["prometheus"] == "v0.316.0"
-    assert "version.Version=3.16.0" in kube_build.ldflags("prometheus", kube_build.versions())
+    assert "version.Version=3.16.0" in kube_build.ldflags("coredns-promtool", kube_build.versions())

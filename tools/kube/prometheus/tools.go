@@ -1,8 +1,0 @@
-//go:build tools
-
-// Package tools pins promtool.
-package tools
-
-import (
-	_ "github.com/prometheus/prometheus/cmd/promtool"
-)
