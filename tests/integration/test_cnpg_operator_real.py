@@ -987,19 +987,16 @@ def switchover(lab, target):
     )
 
 
-def after_switch(lab, marker):
-    """What the tests below check after a switchover: both Clusters, both KMS Deployments' replicas, the report, the
-    marker key in each site's Redis, both sites' objects and their first base Backups."""
+def after_switch(lab, target, marker):
+    """What the tests below check after a switchover to ``target``: both Clusters, both KMS Deployments' replicas,
+    the report, the marker key in the target's Redis, both sites' objects and the target's first base Backup."""
     return {
         "clusters": {site: cluster(lab, site) for site in SITES},
         "replicas": {site: get(lab, site, "-n", NAMESPACE, "deployment", "kms")["spec"]["replicas"] for site in SITES},
         "report": report(lab, "switchover"),
-        "marker": {site: site_redis(lab, site).get(marker) for site in SITES},
+        "marker": site_redis(lab, target).get(marker),
         "objects": all_site_objects(lab),
-        "first_backup": {
-            site: get(lab, site, "-n", NAMESPACE, "backup", f"kms-pg-{site}-initial")["status"]["phase"]
-            for site in SITES
-        },
+        "first_backup": get(lab, target, "-n", NAMESPACE, "backup", f"kms-pg-{target}-initial")["status"]["phase"],
     }
 
 
@@ -1023,7 +1020,7 @@ def switched(clusters):
             FIGURES[f"switchover to {target}: cnpg_promote (s)"] = steps["wait_promotion"]["data"]["timings"]["total"]
             # one haproxy_backend call over both LB hosts' Runtime API (TLS), then each saves its state over SSH
             FIGURES[f"switchover to {target}: switch_lb step, 2 LB hosts (s)"] = steps["switch_lb"]["seconds"]
-            seen[target] = after_switch(lab, marker)
+            seen[target] = after_switch(lab, target, marker)
             if target == "dc2":
                 again, seconds = switchover(lab, "dc2")
                 FIGURES["switchover to dc2 again, nothing to do (s)"] = seconds
@@ -1064,8 +1061,8 @@ def test_switchover_leaves_the_new_active_site_whole(switched, clusters):
         assert [s["name"] for s in done["steps"]] == done["steps_planned"]
         assert all(s["result"] in ("ok", "changed") for s in done["steps"]), done["steps"]
         assert done["data_loss"]["postgres"]["bound_seconds"] == 0
-        assert seen["marker"][target] == b"from-dc1", target
-        assert seen["first_backup"][target] == "completed"
+        assert seen["marker"] == b"from-dc1", target
+        assert seen["first_backup"] == "completed", target
         assert_same_objects(seen["objects"], objects)
 
 
