@@ -15,7 +15,10 @@ tainted, hostPath volumes, cluster DNS):
 4. ``hanzo.kms.cnpg_promote`` itself: its dry runs and refusals change nothing; a run killed after its demotion
    patch and a run that timed out while the old Cluster's operator did not reconcile are finished by a re-run (to dc2
    and back);
-5. ``switchover.yml`` to dc2 and back loses no acknowledged write (clients use the VIP); ``failover.yml`` after dc1
+5. ``switchover.yml`` to dc2 and back loses no acknowledged write (clients use the VIP) and leaves the new active site
+   whole: both sites' objects are the install's with the sites swapped (and the install's after the switch back),
+   the new primary has its first base backup, a marker key of dc1's Redis is in the target's; a re-run and
+   ``install.yml`` with the unchanged inventory after the switch to dc2 change nothing; ``failover.yml`` after dc1
    and lb1 (the VIP holder) are powered off (``node.lose_site``, ``lbhost.lose_host``) switches lb2 alone (the
    failover's quorum), names lb1 in its report, serves from dc2 through the VIP, and what it lost is within the bound
    its report states.
@@ -50,6 +53,7 @@ from tests.ansible_run import ansible_argv, ansible_env, local_args, recap, run_
 from tests.drill import analysis
 from tests.drill.load import LoadClient
 from tests.lab import images, kube, kube_build, lbhost, node, site_db, stack
+from tests.lab import redis as lab_redis
 from tests.lab import s3 as lab_s3
 from tests.lab.core import REPO_ROOT, Lab, wait_until
 
@@ -147,7 +151,7 @@ def clusters(operator_installed):
         "molecule default: install.yml (both Clusters healthy, initial backup, Redis, KMS, LB), its idempotence, "
         "verify (s)"
     ] = seconds
-    return {"lab": lab, "first": converge, "secrets_before": before}
+    return {"lab": lab, "first": converge, "secrets_before": before, "objects": all_site_objects(lab)}
 
 
 def molecule_default(lab):
@@ -314,6 +318,9 @@ def test_install_converges_and_keeps_the_plugin_secrets(clusters):
         "lb1",
         "lb2",
     }
+    # the autoscaler only in the active site (the objects the switchovers below compare)
+    assert "HorizontalPodAutoscaler/kms" in clusters["objects"]["dc1"]
+    assert "HorizontalPodAutoscaler/kms" not in clusters["objects"]["dc2"]
     lab = clusters["lab"]
     for site in SITES:  # the plugin's Secrets were created once and kept
         after = get(
@@ -519,11 +526,10 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     assert all(manifest["source"][field] is not None for field in bl.SOURCE_FIELDS + bl.LATER_SOURCE_FIELDS)
     # ... and field for field what hanzo.kms.redis_rdb_backup writes for the same Redis
     source = lab.state["sites"]["dc1"]["redis"]
-    password = base64.b64decode(get(lab, "dc1", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
     args = {
         "host": source["host"],
         "port": source["port"],
-        "password": password.decode(),
+        "password": redis_password(lab, "dc1"),
         "tls": True,
         "tls_ca_cert": source["ca_file"],
         "dest": str(tmp_path / "dump.rdb"),
@@ -546,12 +552,11 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     )
 
     # restore exactly that backup into dc2's (passive) Redis, as the failover would
-    password = base64.b64decode(get(lab, "dc2", "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"])
     target = lab.state["sites"]["dc2"]["redis"]
     args = {
         "host": target["host"],
         "port": target["port"],
-        "password": password.decode(),
+        "password": redis_password(lab, "dc2"),
         "tls": True,
         "tls_ca_cert": target["ca_file"],
         "bucket": s3["bucket"],
@@ -845,31 +850,243 @@ def test_cnpg_promote_finishes_interrupted_switchovers_on_the_real_operator(clus
     )
 
 
+# -- both sites' objects: after a switchover each site has what a fresh install in its new role has ------------------
+# The kinds of a site's objects the roles write (label app.kubernetes.io/part-of=hanzo-kms); a kind the cluster does
+# not serve (no PrometheusRule CRD in the lab) is skipped. Backups are left out: history, like a Cluster's bootstrap.
+SITE_KINDS = (
+    ("v1", "Service"),
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("batch/v1", "CronJob"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+    ("postgresql.cnpg.io/v1", "ScheduledBackup"),
+    ("barmancloud.cnpg.io/v1", "ObjectStore"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+)
+# What the API server, the controllers or an operation's bookkeeping write, not the roles: dropped before comparing.
+CREDENTIALS_IN_URL = re.compile(r"://([^:/@]+):[^@]*@")
+VOLATILE_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "ownerReferences")
+VOLATILE_ANNOTATIONS = (
+    "deployment.kubernetes.io/revision",
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "kubectl.kubernetes.io/restartedAt",
+    "checksum/secret",  # an HMAC of the Secret's data, which is compared decoded
+    "cnpg.io/fencedInstances",
+    "hanzo.kms/demotion-token",
+)
+
+
+def _without_volatile_annotations(metadata):
+    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k not in VOLATILE_ANNOTATIONS}
+    metadata.pop("annotations", None)
+    if annotations:
+        metadata["annotations"] = annotations
+
+
+def normalized(obj):
+    """One object as the roles wrote it: no status, server-set metadata, allocated addresses or operation history."""
+    obj = json.loads(json.dumps(obj))
+    obj.pop("status", None)
+    for key in VOLATILE_METADATA:
+        obj["metadata"].pop(key, None)
+    _without_volatile_annotations(obj["metadata"])
+    spec = obj.get("spec") or {}
+    if obj["kind"] == "Secret":
+        # the KMS Secret is the same in every role (its site-specific values name the site); the others hold each
+        # site's own credentials and certificates, which no role change touches: compared by their keys
+        data = obj.get("data") or {}
+        if obj["metadata"]["name"] == "kms-secrets":
+            # the URLs' passwords are each site's own database and Redis credentials
+            obj["data"] = {k: CREDENTIALS_IN_URL.sub(r"://\1:@", base64.b64decode(v).decode()) for k, v in data.items()}
+        else:
+            obj["data"] = sorted(data)
+    elif obj["kind"] == "Service":
+        for key in ("clusterIP", "clusterIPs"):
+            spec.pop(key, None)
+    elif obj["kind"] == "Deployment":
+        _without_volatile_annotations(spec["template"]["metadata"])
+    elif obj["kind"] == "Cluster":
+        spec.pop("bootstrap", None)  # how the Cluster was created: the first primary's initdb, a replica's recovery
+        (spec.get("replica") or {}).pop("promotionToken", None)
+        spec["externalClusters"] = sorted(spec.get("externalClusters") or [], key=lambda e: e["name"])
+    return obj
+
+
+def site_objects(lab, site):
+    """{"<Kind>/<name>": normalized object} of the site's namespace."""
+    from kubernetes.dynamic import DynamicClient  # pylint: disable=import-outside-toplevel
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError  # pylint: disable=import-outside-toplevel
+
+    dynamic = DynamicClient(kube_client.api_client({}, {"kubeconfig": lab.state["kubeconfig"], "context": site}))
+    found = {}
+    for api_version, kind in SITE_KINDS:
+        try:
+            resource = dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            continue
+        selector = "app.kubernetes.io/part-of=hanzo-kms"
+        for item in resource.get(namespace=NAMESPACE, label_selector=selector).to_dict()["items"]:
+            item.setdefault("kind", kind)
+            found[f"{kind}/{item['metadata']['name']}"] = normalized(item)
+    for name, hpa in found.items():
+        if name.startswith("HorizontalPodAutoscaler/"):
+            # the autoscaler's, not the roles': the template leaves spec.replicas out while an HPA scales it
+            found[f"Deployment/{hpa['spec']['scaleTargetRef']['name']}"]["spec"].pop("replicas", None)
+    return found
+
+
+def all_site_objects(lab):
+    return {site: site_objects(lab, site) for site in SITES}
+
+
+def site_addresses(lab):
+    """Each site's own address in its objects: the S3 endpoint its pods reach (the host side of the site's veth, in
+    its ObjectStores). It belongs to the site, not to its role, so a switchover keeps it."""
+    return {site: lab.state["sites"][site]["kube"]["s3_endpoint"] for site in SITES}
+
+
+def with_sites_swapped(objects_by_site, addresses):
+    """The objects of a fresh install with dc1 and dc2 in each other's roles: every site name and the sites'
+    ``addresses`` (site_addresses) swapped."""
+    swap = {"dc1": "dc2", "dc2": "dc1", addresses["dc1"]: addresses["dc2"], addresses["dc2"]: addresses["dc1"]}
+    pattern = "|".join(re.escape(token) for token in sorted(swap, key=len, reverse=True))
+    swapped = json.loads(re.sub(pattern, lambda match: swap[match[0]], json.dumps(objects_by_site)))
+    for objects in swapped.values():
+        for obj in objects.values():
+            if obj["kind"] == "Cluster":  # listed in site order, which the swap reversed
+                obj["spec"]["externalClusters"].sort(key=lambda e: e["name"])
+    return swapped
+
+
+def assert_same_objects(actual, expected):
+    for site in SITES:
+        assert sorted(actual[site]) == sorted(expected[site]), site
+        differing = [name for name in actual[site] if actual[site][name] != expected[site][name]]
+        assert not differing, {name: (actual[site][name], expected[site][name]) for name in differing[:2]}
+
+
+def redis_password(lab, site):
+    """The site's Redis password, from the redis role's Secret (as the playbooks read it)."""
+    return base64.b64decode(get(lab, site, "-n", NAMESPACE, "secret", "redis-auth")["data"]["redis-password"]).decode()
+
+
+def site_redis(lab, site):
+    """A client of the site's Redis pod (node port, TLS)."""
+    return lab_redis.client(dict(lab.state["sites"][site]["redis"], password=redis_password(lab, site)))
+
+
+def switchover(lab, target):
+    """switchover.yml to ``target``; (its run, seconds)."""
+    return playbook(
+        lab,
+        "playbooks/switchover.yml",
+        "-e",
+        f"switchover_target_site={target}",
+        "-e",
+        f"switchover_confirm='SWITCHOVER TO {target}'",
+    )
+
+
+def after_switch(lab, target, marker):
+    """What the tests below check after a switchover to ``target``: both Clusters, both KMS Deployments' replicas,
+    the report, the marker key in the target's Redis, both sites' objects and the target's first base Backup."""
+    return {
+        "clusters": {site: cluster(lab, site) for site in SITES},
+        "replicas": {site: get(lab, site, "-n", NAMESPACE, "deployment", "kms")["spec"]["replicas"] for site in SITES},
+        "report": report(lab, "switchover"),
+        "marker": site_redis(lab, target).get(marker),
+        "objects": all_site_objects(lab),
+        "first_backup": get(lab, target, "-n", NAMESPACE, "backup", f"kms-pg-{target}-initial")["status"]["phase"],
+    }
+
+
 @pytest.fixture(scope="module")
 def switched(clusters):
-    """switchover.yml to dc2 and back under a steady write load through the LB."""
+    """switchover.yml to dc2 and back under a steady write load through the LB, a marker key written in dc1's Redis
+    before; between them switchover.yml to dc2 again and install.yml with the unchanged inventory (dc1 active). What
+    each run left is recorded for the tests below."""
     lab = clusters["lab"]
+    marker = f"itest:marker:{time.time_ns()}"
+    site_redis(lab, "dc1").set(marker, "from-dc1")
+    seen = {}
     client = lb_client(lab, "switchover")
     client.start()
     try:
         for target in ("dc2", "dc1"):
-            _proc, seconds = playbook(
-                lab,
-                "playbooks/switchover.yml",
-                "-e",
-                f"switchover_target_site={target}",
-                "-e",
-                f"switchover_confirm='SWITCHOVER TO {target}'",
-            )
+            _proc, seconds = switchover(lab, target)
             FIGURES[f"switchover to {target} (s)"] = seconds
             steps = {s["name"]: s for s in report(lab, "switchover")["steps"]}
             # the promotion runs from the promote step's start to wait_promotion's end, restore_redis meanwhile
             FIGURES[f"switchover to {target}: cnpg_promote (s)"] = steps["wait_promotion"]["data"]["timings"]["total"]
             # one haproxy_backend call over both LB hosts' Runtime API (TLS), then each saves its state over SSH
             FIGURES[f"switchover to {target}: switch_lb step, 2 LB hosts (s)"] = steps["switch_lb"]["seconds"]
+            seen[target] = after_switch(lab, target, marker)
+            if target == "dc2":
+                again, seconds = switchover(lab, "dc2")
+                FIGURES["switchover to dc2 again, nothing to do (s)"] = seconds
+                seen["again"] = {"changed": changed(again.stdout), "report": report(lab, "switchover")}
+                install, seconds = playbook(lab, "playbooks/install.yml")
+                FIGURES["install.yml after the switchover to dc2 (s)"] = seconds
+                seen["install"] = {
+                    "stdout": install.stdout,
+                    "changed": changed(install.stdout),
+                    "primary": cluster(lab, "dc2")["spec"]["replica"]["primary"],
+                    "objects": all_site_objects(lab),
+                }
     finally:
         records = client.stop()
-    return {"lab": lab, "client": client, "records": records}
+    return {"lab": lab, "client": client, "records": records, "seen": seen}
+
+
+def test_switchover_leaves_the_new_active_site_whole(switched, clusters):
+    """After each switch: both Clusters name the target primary and the target's promotion is done, the old site's
+    KMS is scaled to 0 and the target's up, the report says every planned step succeeded with no PostgreSQL loss, the
+    marker key from dc1's Redis was restored into the target's, the new primary has its first base backup, and both
+    sites' objects are the install's with the sites swapped (to dc2) or the install's (back to dc1): the HPA, the
+    Deployments' replicas, ... of the new roles."""
+    installed = clusters["objects"]
+    for target, old, objects in (
+        ("dc2", "dc1", with_sites_swapped(installed, site_addresses(switched["lab"]))),
+        ("dc1", "dc2", installed),
+    ):
+        seen = switched["seen"][target]
+        new_cluster = seen["clusters"][target]
+        assert new_cluster["status"]["lastPromotionToken"] == new_cluster["spec"]["replica"]["promotionToken"]
+        assert {site: c["spec"]["replica"]["primary"] for site, c in seen["clusters"].items()} == {
+            site: f"kms-pg-{target}" for site in SITES
+        }
+        assert seen["replicas"][old] == 0 and seen["replicas"][target] >= 2, seen["replicas"]
+        done = seen["report"]
+        assert (done["result"], done["target"], done["old_site"]) == ("succeeded", target, old)
+        assert [s["name"] for s in done["steps"]] == done["steps_planned"]
+        assert all(s["result"] in ("ok", "changed") for s in done["steps"]), done["steps"]
+        assert done["data_loss"]["postgres"]["bound_seconds"] == 0
+        assert seen["marker"] == b"from-dc1", target
+        assert seen["first_backup"] == "completed", target
+        assert_same_objects(seen["objects"], objects)
+
+
+def test_switchover_rerun_and_install_after_it_change_nothing(switched):
+    """switchover.yml to dc2 again changes nothing and skips the Redis restore; install.yml with the unchanged
+    inventory (site_role: dc1 active) follows the Clusters: it names the stale inventory, changes no site and leaves
+    dc2 the primary with its objects."""
+    seen = switched["seen"]
+    assert set(seen["again"]["changed"].values()) == {0}, seen["again"]["changed"]
+    assert {s["name"]: s["result"] for s in seen["again"]["report"]["steps"]}["restore_redis"] == "skipped"
+    install = seen["install"]
+    assert "the inventory's site_role is stale for dc1, dc2" in install["stdout"]
+    changed_sites = {host: n for host, n in install["changed"].items() if host.endswith("-kube") and n}
+    assert changed_sites == {}, install["stdout"][-6000:]
+    assert install["primary"] == "kms-pg-dc2"
+    assert install["objects"] == seen["dc2"]["objects"]
 
 
 def test_switchover_there_and_back_loses_no_acknowledged_write(switched):
