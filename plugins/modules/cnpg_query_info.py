@@ -129,8 +129,8 @@ replication:
   type: dict
 recovery:
   description:
-    - C(in_recovery), C(timeline); when the timeline is above 1, C(history) (the entries of its history file:
-      C(parent_timeline), C(switch_lsn), C(reason)) and the newest entry's C(switch_lsn) and C(reason) (e.g.
+    - C(in_recovery), C(timeline); when the timeline is above 1, C(history) (the entries of its history file, each
+      with C(parent_timeline), C(switch_lsn), C(reason)) and the newest entry's C(switch_lsn) and C(reason) (e.g.
       C(before 2026-12-04 15:30:00.123456+00), C(at restore point "x")), or C(history_error) when the file cannot be
       read (it needs O(credentials=superuser)).
   returned: when O(read) has C(recovery)
