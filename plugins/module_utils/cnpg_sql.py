@@ -58,6 +58,14 @@ SELECT pg_is_in_recovery() AS in_recovery,
 FROM pg_stat_archiver a
 """
 
+# Where the recovery that made the instance's timeline ended: its timeline (a primary's from its WAL file name, a
+# replica's from the last checkpoint) and that timeline's history file (pg_read_file: a superuser's read).
+TIMELINE_QUERY = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline
+"""
+
 
 class SqlError(Exception):
     """Why SQL could not be run on an instance, one line, never a password."""
@@ -305,7 +313,29 @@ def row_counts(conn):
     return fetch(conn, ROW_COUNTS_QUERY)[0]["tables"]
 
 
-READS = ("row_counts", "replication")
+def recovery_end(conn):
+    """``timeline`` of the instance and, after a recovery (timeline > 1), ``history`` (the entries of its history
+    file, hanzo.kms's cnpg_recovery.timeline_history) and ``switch_lsn``/``reason`` of the newest entry: where the
+    recovery that created the timeline ended. ``history_error`` when the file cannot be read."""
+    # pylint: disable=import-outside-toplevel
+    import psycopg2
+
+    from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_recovery import timeline_history
+
+    out = fetch(conn, TIMELINE_QUERY)[0]
+    if out["timeline"] and out["timeline"] > 1:
+        try:
+            text = fetch(conn, "SELECT pg_read_file(%s) AS history", (f"pg_wal/{out['timeline']:08X}.history",))[0]
+        except psycopg2.Error as exc:
+            out["history_error"] = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        else:
+            out["history"] = timeline_history(text["history"])
+            if out["history"]:
+                out.update(switch_lsn=out["history"][-1]["switch_lsn"], reason=out["history"][-1]["reason"])
+    return out
+
+
+READS = ("row_counts", "replication", "recovery")
 
 
 def query_info(api, reader, params):
@@ -340,4 +370,6 @@ def query_info(api, reader, params):
             out["tables"] = row_counts(conn)
         if "replication" in params["read"]:
             out["replication"] = replication_state(conn)
+        if "recovery" in params["read"]:
+            out["recovery"] = recovery_end(conn)
     return out

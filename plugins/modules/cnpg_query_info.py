@@ -55,7 +55,7 @@ options:
       - What to read.
     type: list
     elements: str
-    choices: [row_counts, replication]
+    choices: [row_counts, replication, recovery]
     default: [row_counts]
   request_timeout:
     description:
@@ -127,6 +127,15 @@ replication:
       C(last_failed_age_seconds). Times are UTC (RFC 3339), ages the server's.
   returned: when O(read) has C(replication)
   type: dict
+recovery:
+  description:
+    - C(in_recovery), C(timeline); when the timeline is above 1, C(history) (the entries of its history file, each
+      with C(parent_timeline), C(switch_lsn), C(reason)) and the newest entry's C(switch_lsn) and C(reason) (e.g.
+      C(before 2026-12-04 15:30:00.123456+00), C(at restore point "x")), or C(history_error) when the file cannot be
+      read (it needs O(credentials=superuser)).
+  returned: when O(read) has C(recovery)
+  type: dict
+  sample: {"in_recovery": false, "timeline": 2, "switch_lsn": "0/5000190", "reason": "before 2026-12-04 15:30:00+00"}
 """
 
 import copy

@@ -214,6 +214,13 @@ NOT_ASKED = {
         ),
         **dict.fromkeys(["restore_test_cnpg_wait_timeout", "restore_test_cnpg_poll_interval"], TUNING),
     },
+    "pitr": {
+        "pitr_mode": "replace is refused (not automated; the runbook's manual steps): scratch is the only mode",
+        **dict.fromkeys(
+            ["pitr_cluster", "pitr_instances", "pitr_storage_size", "pitr_storage_class"], INVENTORY_SETTING
+        ),
+        **dict.fromkeys(["pitr_wait_timeout", "pitr_poll_interval"], TUNING),
+    },
     "failover": {"failover_require_promoted": "set by fence.yml, which the KMS fence returned site template runs"},
 }
 # Keys whose strings are bare Jinja expressions (the others are templates when they contain {{ or {%).
@@ -438,7 +445,7 @@ def test_setup_playbook_passes_the_syntax_check(tmp_path):
 def test_setup_playbook_checks_inputs_and_surveys_before_it_contacts_awx(tmp_path):
     proc = run_setup(tmp_path, SETUP_INPUTS)
     out = proc.stdout + proc.stderr
-    # the inputs and all six surveys pass; the first AWX call (the project) is the one that fails: nothing listens
+    # the inputs and all seven surveys pass; the first AWX call (the project) is the one that fails: nothing listens
     assert proc.returncode != 0 and "TASK [Create the project]" in out, out
     assert "Connection refused" in out and "ok=2 " in out, out
     for operation in OPERATIONS:

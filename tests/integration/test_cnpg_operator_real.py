@@ -589,6 +589,19 @@ def newest_report(lab, prefix):
     return json.loads(newest.read_text(encoding="utf-8"))
 
 
+def archive_current_wal(lab, site="dc1"):
+    """Switch ``site``'s WAL segment and wait until the switched segment is in the bucket: every commit before the
+    switch can then be recovered from the object store."""
+    segment = psql(lab, site, "select pg_walfile_name(pg_current_wal_lsn())")
+    psql(lab, site, "select pg_switch_wal()")  # its own transaction: the commits before it are in the switched segment
+    wait_until(
+        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, f"cnpg/{site}/kms-pg-{site}/wals/")),
+        60,
+        f"WAL segment {segment} in the bucket",
+    )
+    return segment
+
+
 def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     """backup.yml takes a CNPG Backup (plugin method) in both Clusters and a Redis backup per site; status.yml shows
     dc1 primary and dc2 a replica with its newest replayed commit; restore_test.yml recovers a scratch Cluster from
@@ -605,13 +618,7 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     marker = f"restore_probe_{time.time_ns() % 10**9}"
     marker_written = time.time()
     psql(lab, "dc1", f"create table {marker} (n int); insert into {marker} select generate_series(1, 7)", "kms")
-    segment = psql(lab, "dc1", "select pg_walfile_name(pg_current_wal_lsn())")
-    psql(lab, "dc1", "select pg_switch_wal()")
-    wait_until(
-        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/wals/")),
-        60,
-        f"WAL segment {segment} in the bucket",
-    )
+    segment = archive_current_wal(lab)
     wait_until(
         lambda: psql(lab, "dc2", f"select to_regclass('{marker}') is not null", "kms") == "t",
         120,
@@ -652,6 +659,56 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     assert not any(
         c["metadata"]["name"] == "kms-pg-restore-test" for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]
     ), "the scratch Cluster is removed"
+
+
+def test_pitr_recovers_exactly_the_markers_written_before_the_target_time(clusters):
+    """pitr.yml refuses a target in the future before creating anything; to a time noted on dc1's server between two
+    batches of marker rows, it recovers a new Cluster (kms-pg-pitr) from dc1's object store holding exactly the first
+    batch, on a new timeline whose history says it stopped before that time; pitr_remove=true removes the Cluster and
+    its volume claims."""
+    lab = clusters["lab"]
+    table = f"pitr_probe_{time.time_ns() % 10**9}"
+    psql(
+        lab, "dc1", f"create table {table} (n int primary key); insert into {table} select generate_series(1, 5)", "kms"
+    )
+    # the server's clock, after the first batch committed and before the second: each psql is its own transaction
+    target = psql(
+        lab, "dc1", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    )
+    psql(lab, "dc1", f"insert into {table} select generate_series(6, 9)", "kms")
+    archive_current_wal(lab)
+
+    refused = run_playbook(
+        "playbooks/pitr.yml", "-e", "pitr_target_time=2999-01-01T00:00:00Z", lab_dir=lab.dir, must_succeed=False
+    )
+    assert refused.returncode != 0 and "target time 2999-01-01T00:00:00Z is in the future" in refused.output, (
+        refused.tail()
+    )
+    assert kubectl(lab, "dc1", "-n", NAMESPACE, "get", "cluster", "kms-pg-pitr").returncode != 0, "nothing created"
+
+    try:
+        _proc, seconds = playbook(lab, "playbooks/pitr.yml", "-e", f"pitr_target_time={target}")
+        FIGURES["pitr.yml: Cluster recovered to a time from the object store (s)"] = seconds
+        report = newest_report(lab, "pitr")
+        assert report["ok"] is True and report["kind"] == "time", report
+        assert report["target"] == {"targetTime": target}, report["target"]
+        assert report["tables"][f"public.{table}"] == 5, report["tables"]
+        assert report["system_id"] == report["source_system_id"]
+        ended = report["recovery_end"]
+        assert ended["timeline"] >= 2 and ended["reason"].startswith("before "), ended
+        proc = kubectl(
+            lab,
+            "dc1",
+            *("-n", NAMESPACE, "exec", "kms-pg-pitr-1", "-c", "postgres", "--", "psql", "-d", "kms", "-Atc"),
+            f"select string_agg(n::text, ',' order by n) from {table}",
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == "1,2,3,4,5", proc.stdout + proc.stderr
+    finally:
+        _proc, seconds = playbook(lab, "playbooks/pitr.yml", "-e", "pitr_remove=true")
+        FIGURES["pitr.yml pitr_remove=true (s)"] = seconds
+    assert kubectl(lab, "dc1", "-n", NAMESPACE, "get", "cluster", "kms-pg-pitr").returncode != 0
+    claims = get(lab, "dc1", "-n", NAMESPACE, "pvc", "-l", "cnpg.io/cluster=kms-pg-pitr")["items"]
+    assert claims == [], [c["metadata"]["name"] for c in claims]
 
 
 # -- hanzo.kms.cnpg_promote on the real operator: its refusals, dry runs and interrupted runs ------------------------

@@ -170,3 +170,26 @@ def test_the_kubelet_s_error_is_recorded_before_the_client_sees_the_connection_c
             ]
     finally:
         listener.close()
+
+
+def test_recovery_end_reads_the_timelines_history_file(monkeypatch):
+    asked = []
+
+    def fetch(_conn, sql, params=None):
+        asked.append(params)
+        if params is None:
+            return [{"in_recovery": False, "timeline": 10}]
+        return [
+            {"history": "1\t0/3000090\tno recovery target specified\n9\t0/9000190\tbefore 2026-12-04 15:30:00+00\n"}
+        ]
+
+    monkeypatch.setattr(cnpg_sql, "fetch", fetch)
+    out = cnpg_sql.recovery_end("conn")
+    assert asked == [None, ("pg_wal/0000000A.history",)]
+    assert out["timeline"] == 10 and out["switch_lsn"] == "0/9000190"
+    assert out["reason"] == "before 2026-12-04 15:30:00+00" and len(out["history"]) == 2
+
+
+def test_recovery_end_of_the_first_timeline_reads_no_history(monkeypatch):
+    monkeypatch.setattr(cnpg_sql, "fetch", lambda *_args: [{"in_recovery": False, "timeline": 1}])
+    assert cnpg_sql.recovery_end("conn") == {"in_recovery": False, "timeline": 1}

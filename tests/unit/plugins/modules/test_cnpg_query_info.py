@@ -30,8 +30,11 @@ def work(collaborators):
     [
         (dict(cluster_name=None), "missing required arguments: cluster_name"),
         (dict(credentials="root"), "value of credentials must be one of: auto, superuser, app, got: root"),
-        (dict(read=["rows"]), "value of read must be one or more of: row_counts, replication. Got no match for: rows"),
-        (dict(read=[]), "read must name at least one of row_counts, replication"),
+        (
+            dict(read=["rows"]),
+            "value of read must be one or more of: row_counts, replication, recovery. Got no match for: rows",
+        ),
+        (dict(read=[]), "read must name at least one of row_counts, replication, recovery"),
         (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
     ],
 )
