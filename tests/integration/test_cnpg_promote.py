@@ -29,7 +29,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import cnpg
 from tests.ansible_run import run_play
 from tests.lab import cnpg_state
 from tests.lab.core import wait_until
-from tests.lab.kube_fixtures import kube_clients, kube_dc1, kube_dc2, kube_namespace, kubeconfig  # noqa: F401  pylint: disable=unused-import
+from tests.lab.kube_fixtures import kube_clients, kube_dc1, kube_dc2, kube_namespace, kube_sites, kubeconfig  # noqa: F401  pylint: disable=unused-import
 
 try:
     from kubernetes import client
