@@ -55,9 +55,11 @@ lint: venv
 units: venv
 	$(PY) -m pytest -q tests/unit
 
-# --durations: where the suite's time goes (CI's budget), printed at the end
+# Two workers, one lab each at a time (tests/conftest.py: lab_group). The images both labs import are built first,
+# so that a cold cache does not build each twice. --durations: where the suite's time goes (CI's budget).
 integration: venv
-	$(PY) -m pytest -q --durations=25 tests/integration
+	$(PY) -m tests.lab.images build
+	$(PY) -m pytest -q -n 2 --durations=25 tests/integration
 
 lab-up: venv
 	HANZO_KMS_LAB_CNPG=$(LAB_CNPG) $(PY) -m tests.lab up --dir $(LAB_DIR)

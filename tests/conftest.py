@@ -26,3 +26,33 @@ def fixture_run_ansible():
     """tests.ansible_run.run_ansible: ``run_ansible("ansible-playbook", ..., json_output=True)``; that module also has
     run_playbook, run_module and run_play, for helpers outside a test function (drills and benchmarks use it too)."""
     return ansible_run.run_ansible
+
+
+
+# `make integration` runs two pytest-xdist workers, each with one lab at a time: the "own-labs" group on one (the
+# real-operator module, which brings up a lab of its own, then the tests that bring up private labs, after that
+# module's lab is down), every test of the session lab on the other. A third lab beside two makes a 2-core machine
+# miss the tests' timeouts. (xdist's own --dist loadgroup does not group under pytest 9: it renames item._nodeid,
+# which pytest 9's Item.nodeid no longer reads.)
+OWN_LAB_TESTS = (
+    "tests/integration/test_cnpg_operator_real.py::",
+    "tests/integration/test_lab_lifecycle.py::",
+    "tests/integration/test_lb_hosts.py::",
+    "tests/integration/test_real_nodes.py::test_a_killed_up_is_recovered_and_down_leaves_nothing",
+)
+
+
+def lab_group(nodeid):
+    return "own-labs" if nodeid.startswith(OWN_LAB_TESTS) else "session-lab"
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+    class LabGroupScheduling(LoadScopeScheduling):
+        """One work unit per lab group, its tests in collection order."""
+
+        def _split_scope(self, nodeid):
+            return lab_group(nodeid)
+
+    return LabGroupScheduling(config, log)

@@ -573,9 +573,10 @@ def test_the_redis_backup_cronjob_runs_and_redis_rdb_restore_accepts_its_backup(
     assert result["changed"] is True and f'"key": "{key}"' in json.dumps(result), result
 
 
+AGE = r"(?:\d+[dhms] ?)+"  # times.human_age: "42s", "1m 01s", "2d 03h"
 # the "WAL archiver (SQL)" row: per site "<wal> <age> ago; <n> failed" (groups wal0, age0, failed0 for dc1, ...1 for dc2)
 ARCHIVER_ROW = r"\| WAL archiver \(SQL\) \| " + r" \| ".join(
-    rf"(?P<wal{i}>[0-9A-F]{{24}}\S*) (?P<age{i}>(?:\d+[dhms] ?)+) ago; (?P<failed{i}>\d+) failed" for i in (0, 1)
+    rf"(?P<wal{i}>[0-9A-F]{{24}}\S*) (?P<age{i}>{AGE}) ago; (?P<failed{i}>\d+) failed" for i in (0, 1)
 )
 
 
@@ -631,7 +632,7 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     status_done = time.time()
     FIGURES["status.yml (s)"] = seconds
     assert "| CNPG role | primary | replica |" in status.stdout
-    replayed = re.search(r"\| Newest replayed transaction \| - \(primary\) \| (\S+) ago", status.stdout)
+    replayed = re.search(rf"\| Newest replayed transaction \| - \(primary\) \| {AGE} ago", status.stdout)
     assert replayed, status.stdout[-3000:]
     assert "- Active site (from the Clusters): dc1." in status.stdout
     # read over SQL: dc1's archiver has just archived the marker's segment, without a failure; dc2 is in recovery
@@ -642,7 +643,7 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     assert seconds_of(archiver["age0"]) <= status_done - marker_written + 2
     replay = re.search(
         r"\| Replay \(SQL\) \| - \(not in recovery, WAL at [0-9A-F]+/[0-9A-F]+\) \| in recovery, replayed "
-        r"[0-9A-F]+/[0-9A-F]+(?:, received [0-9A-F]+/[0-9A-F]+)?, lag (?P<lag>(?:\d+[dhms] ?)+) \|",
+        rf"[0-9A-F]+/[0-9A-F]+(?:, received [0-9A-F]+/[0-9A-F]+)?, lag (?P<lag>{AGE}) \|",
         status.stdout,
     )
     assert replay, status.stdout[-3000:]
