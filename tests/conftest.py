@@ -28,7 +28,6 @@ def fixture_run_ansible():
     return ansible_run.run_ansible
 
 
-
 # `make integration` runs two pytest-xdist workers, each with one lab at a time: the "own-labs" group on one (the
 # real-operator module, which brings up a lab of its own, then the tests that bring up private labs, after that
 # module's lab is down), every test of the session lab on the other. A third lab beside two makes a 2-core machine
