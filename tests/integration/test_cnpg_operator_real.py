@@ -9,7 +9,9 @@ tainted, hostPath volumes, cluster DNS):
    Deployments run on the real node of each site and the operator's webhooks answer the apiserver;
 2. ``playbooks/install.yml`` creates dc1's primary Cluster (real PostgreSQL 15 image), which archives WAL to the lab's
    SeaweedFS through the plugin, dc2's replica Cluster, which bootstraps from dc1's object store and replays its WAL,
-   Redis (the lab chart) and the KMS stand-in in pods, and the global LB in front of them (node ports);
+   Redis (the lab chart) and the KMS stand-in in pods, and the global LB in front of them (node ports); the objects
+   pass the apiserver's strict validation, a role applying an unknown field fails, refused switch requests change
+   nothing;
 3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``; ``backup.yml``,
    ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted) run;
 4. ``hanzo.kms.cnpg_promote`` itself: its dry runs and refusals change nothing; a run killed after its demotion
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils import kube as kube_clie
 from tests.ansible_run import ansible_argv, ansible_env, local_args, recap, run_module, run_playbook
 from tests.drill import analysis
 from tests.drill.load import LoadClient
+from tests.lab import haproxy as lab_haproxy
 from tests.lab import images, kube, kube_build, lbhost, node, site_db, stack
 from tests.lab import redis as lab_redis
 from tests.lab import s3 as lab_s3
@@ -332,6 +336,182 @@ def test_install_converges_and_keeps_the_plugin_secrets(clusters):
         ]
 
 
+def test_install_lays_out_the_distributed_topology(clusters):
+    """Both Clusters name dc1 the primary and each other as source, archive to their own ObjectStore under their own
+    serverName, spread their instances over zones and have one ScheduledBackup; dc1's first base backup completed."""
+    lab = clusters["lab"]
+    for site in SITES:
+        other = "kms-pg-dc2" if site == "dc1" else "kms-pg-dc1"
+        spec = get(lab, site, "-n", NAMESPACE, "cluster", f"kms-pg-{site}")["spec"]
+        assert spec["replica"] == {"self": f"kms-pg-{site}", "primary": "kms-pg-dc1", "source": other}
+        assert [e["name"] for e in spec["externalClusters"]] == ["kms-pg-dc1", "kms-pg-dc2"]
+        [plugin] = spec["plugins"]
+        assert plugin["name"] == "barman-cloud.cloudnative-pg.io" and plugin["isWALArchiver"] is True
+        assert plugin["parameters"] == {"barmanObjectName": f"kms-pg-{site}-store", "serverName": f"kms-pg-{site}"}
+        assert spec["affinity"]["topologyKey"] == "topology.kubernetes.io/zone"
+        assert ("initdb" in spec["bootstrap"]) if site == "dc1" else spec["bootstrap"]["recovery"]["source"] == other
+        stores = get(lab, site, "-n", NAMESPACE, "objectstores")["items"]
+        assert {s["metadata"]["name"]: s["spec"]["configuration"]["destinationPath"] for s in stores} == {
+            "kms-pg-dc1-store": "s3://kms-backups/cnpg/dc1/",
+            "kms-pg-dc2-store": "s3://kms-backups/cnpg/dc2/",
+        }
+        [scheduled] = get(lab, site, "-n", NAMESPACE, "scheduledbackups")["items"]
+        assert len(scheduled["spec"]["schedule"].split()) == 6 and scheduled["spec"]["method"] == "plugin"
+    initial = get(lab, "dc1", "-n", NAMESPACE, "backup", "kms-pg-dc1-initial")
+    assert initial["status"]["phase"] == "completed"
+
+
+def secret_data(lab, site, name):
+    return {k: base64.b64decode(v).decode() for k, v in get(lab, site, "-n", NAMESPACE, "secret", name)["data"].items()}
+
+
+def test_install_gives_both_sites_the_kms_and_its_secrets_by_role(clusters):
+    """The KMS Secret's keys are the same in both sites, its URIs name the site's own services (Redis over TLS); the
+    active site has the autoscaler, the passive one 0 replicas; Redis, the backup CronJob (the operation lock first,
+    the collection's backup code, no volume claim), the Ingress and the PodDisruptionBudget in both."""
+    lab = clusters["lab"]
+    secrets = {site: secret_data(lab, site, "kms-secrets") for site in SITES}
+    for key in ("ENCRYPTION_KEY", "AUTH_SECRET"):
+        assert secrets["dc1"][key] == secrets["dc2"][key]
+    assert re.fullmatch(r"[0-9a-f]{32}", secrets["dc1"]["ENCRYPTION_KEY"])
+    assert len(base64.b64decode(secrets["dc1"]["AUTH_SECRET"], validate=True)) == 32
+    for site in SITES:
+        uri = secrets[site]["DB_CONNECTION_URI"]
+        assert re.fullmatch(rf"postgresql://kms:[^@]+@kms-pg-{site}-rw\.kms\.svc:5432/kms", uri), uri
+        assert secrets[site]["REDIS_URL"] == f"rediss://default:{redis_password(lab, site)}@redis-master:6379"
+        assert secrets[site]["SITE_URL"] == lab.state["lb"]["vip_url"]
+        deployment = get(lab, site, "-n", NAMESPACE, "deployment", "kms")
+        assert {c["type"]: c["status"] for c in deployment["status"]["conditions"]}["Available"] == "True"
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/api/status"
+        hpas = [h["metadata"]["name"] for h in get(lab, site, "-n", NAMESPACE, "hpa")["items"]]
+        assert hpas == (["kms"] if site == "dc1" else []) and (site == "dc1" or deployment["spec"]["replicas"] == 0)
+        assert get(lab, site, "-n", NAMESPACE, "statefulset", "redis-master")["status"]["readyReplicas"] == 1
+        job = get(lab, site, "-n", NAMESPACE, "cronjob", "redis-backup")["spec"]["jobTemplate"]["spec"]["template"]
+        assert [c["name"] for c in job["spec"]["initContainers"]] == ["take-lock"]  # the operation lock first
+        [backup] = job["spec"]["containers"]
+        assert backup["command"][1:] == ["-m", "ansible_collections.hanzo.kms.plugins.module_utils.redis_backup_job"]
+        assert not any("persistentVolumeClaim" in v for v in job["spec"].get("volumes", []))
+        assert get(lab, site, "-n", NAMESPACE, "ingress", "kms")["metadata"]["name"] == "kms"
+        assert get(lab, site, "-n", NAMESPACE, "pdb", "kms")["metadata"]["name"] == "kms"
+
+
+def test_installed_objects_pass_strict_server_side_validation(clusters, tmp_path):
+    """Every Cluster, ObjectStore and ScheduledBackup re-submitted to the apiserver as a strict server-side-apply dry
+    run (the operator's webhooks too); the same path rejects an unknown field, so the check has teeth."""
+    lab = clusters["lab"]
+    for site in SITES:
+        for kind in ("clusters.postgresql.cnpg.io", "objectstores.barmancloud.cnpg.io", "scheduledbackups"):
+            for item in get(lab, site, "-n", NAMESPACE, kind)["items"]:
+                body = {
+                    "apiVersion": item["apiVersion"],
+                    "kind": item["kind"],
+                    "metadata": {"name": item["metadata"]["name"], "namespace": NAMESPACE},
+                    "spec": item["spec"],
+                }
+                proc = server_dry_run(lab, site, body, tmp_path)
+                assert proc.returncode == 0, f"{item['kind']}/{item['metadata']['name']} on {site}: {proc.stderr}"
+        bad = {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": f"kms-pg-{site}", "namespace": NAMESPACE},
+            "spec": {"instances": 1, "storage": {"size": "1Gi"}, "instancesTypo": 3},
+        }
+        proc = server_dry_run(lab, site, bad, tmp_path)
+        assert proc.returncode != 0 and "instancesTypo" in proc.stderr, proc
+
+
+def server_dry_run(lab, site, body, tmp_path):
+    path = tmp_path / "object.json"
+    path.write_text(json.dumps(body), encoding="utf-8")
+    return kubectl(
+        lab,
+        site,
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--validate=strict",
+        "--force-conflicts",
+        "--field-manager=hanzo-kms-test",
+        "-f",
+        str(path),
+    )
+
+
+def test_a_role_applying_an_unknown_field_fails_and_changes_nothing(clusters, tmp_path):
+    """The roles apply server-side: a manifest with a field the schema lacks fails the play (check mode)."""
+    lab = clusters["lab"]
+    before = get(lab, "dc1", "-n", NAMESPACE, "cluster", "kms-pg-dc1")["metadata"]["generation"]
+    play = tmp_path / "bad_cnpg.yml"
+    play.write_text(
+        "- name: Apply a Cluster with an unknown field\n"
+        "  hosts: dc1\n  gather_facts: false\n"
+        "  roles:\n    - role: hanzo.kms.cnpg\n      vars:\n"
+        "        cnpg_kubeconfig: '{{ site_kubeconfig }}'\n        cnpg_context: '{{ site_kube_context }}'\n"
+        "        cnpg_site: dc1\n        cnpg_sites: [dc1, dc2]\n        cnpg_primary_site: dc1\n"
+        "        cnpg_resources: {requests: {cpu: 100m}, bogusField: 1}\n",
+        encoding="utf-8",
+    )
+    proc = run_playbook(play, "--check", lab_dir=lab.dir, timeout=900)
+    assert proc.returncode != 0
+    assert "bogusField" in proc.stdout and re.search(r"field not declared in schema|unknown field", proc.stdout), (
+        proc.stdout[-3000:]
+    )
+    assert get(lab, "dc1", "-n", NAMESPACE, "cluster", "kms-pg-dc1")["metadata"]["generation"] == before
+
+
+def test_refused_switch_requests_change_nothing(clusters):
+    """switchover.yml with a confirmation that is not exactly 'SWITCHOVER TO dc2' stops after its preflight and
+    reports it; failover.yml to a site the inventory does not have is refused."""
+    lab = clusters["lab"]
+    proc = run_playbook(
+        "playbooks/switchover.yml",
+        "-e",
+        "switchover_target_site=dc2",
+        "-e",
+        "switchover_confirm='SWITCHOVER TO DC2'",
+        lab_dir=lab.dir,
+    )
+    assert proc.returncode != 0
+    assert "the confirmation must be exactly 'SWITCHOVER TO dc2'" in proc.stdout, proc.stdout[-3000:]
+    assert cluster(lab, "dc1")["spec"]["replica"]["primary"] == "kms-pg-dc1"
+    assert get(lab, "dc1", "-n", NAMESPACE, "deployment", "kms")["spec"]["replicas"] != 0
+    refused = report(lab, "switchover")
+    assert refused["result"] == "failed"
+    assert [(s["name"], s["result"]) for s in refused["steps"]] == [("preflight", "ok"), ("confirm", "failed")]
+    proc = run_playbook(
+        "playbooks/failover.yml", "-e", "failover_target_site=dc9", "-e", "failover_confirm=x", lab_dir=lab.dir
+    )
+    assert proc.returncode != 0 and "Set failover_target_site" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_site_data_info_reads_what_the_plugin_archived_and_the_redis_pod(clusters):
+    """site_data_info lists dc1's WAL archive and base backups as the Barman Cloud plugin wrote them, and probes dc1's
+    Redis pod over TLS."""
+    lab = clusters["lab"]
+    s3, redis = lab.state["s3"], lab.state["sites"]["dc1"]["redis"]
+    args = {
+        "site": "dc1",
+        "bucket": s3["bucket"],
+        "endpoint_url": s3["endpoint_url"],
+        "access_key": s3["access_key"],
+        "secret_key": s3["secret_key"],
+        "addressing_style": "path",
+        "ca_bundle": s3["ca_file"],
+        "host": redis["host"],
+        "port": redis["port"],
+        "password": redis_password(lab, "dc1"),
+        "tls": True,
+        "tls_ca_cert": redis["ca_file"],
+    }
+    result = run_module("hanzo.kms.site_data_info", args, lab_dir=lab.dir, timeout=300, must_succeed=True).result()
+    archive = result["cnpg"]
+    assert archive["servers"] == ["kms-pg-dc1"] and archive["wal_count"] > 0, archive
+    assert re.fullmatch(r"[0-9A-F]{24}", archive["newest_wal"]["name"]), archive["newest_wal"]
+    assert archive["newest_base_backup"]["server"] == "kms-pg-dc1", archive["newest_base_backup"]
+    assert result["redis"]["server"]["role"] == "master", result["redis"]
+
+
 def test_dc1_primary_is_healthy_on_the_real_node_and_archives_wal(clusters):
     lab = clusters["lab"]
     cluster = get(lab, "dc1", "-n", NAMESPACE, "cluster", "kms-pg-dc1")
@@ -480,6 +660,13 @@ def test_redis_and_the_kms_stand_in_run_in_pods_behind_the_lb(clusters):
     client = lb_client(lab, "install")
     client.write_once()
     assert client.records[-1]["ok"] and client.records[-1]["site"] == "dc1", client.records[-1]
+    for instance in lab.state["lb"]["instances"]:  # each LB host's own frontend, not only the VIP's holder
+        with urllib.request.urlopen(  # noqa: S310
+            instance["frontend_url"] + "/api/status", timeout=5, context=lab_haproxy.frontend_context(lab.state)
+        ) as resp:
+            # the stand-in's own header and the one the LB adds from the server that answered agree
+            assert resp.status == 200
+            assert (resp.headers["X-KMS-Site"], resp.headers["X-KMS-Served-By"]) == ("dc1", "dc1"), instance
 
 
 def job_result(logs):
@@ -631,7 +818,9 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     status, seconds = playbook(lab, "playbooks/status.yml")
     status_done = time.time()
     FIGURES["status.yml (s)"] = seconds
-    assert "| CNPG role | primary | replica |" in status.stdout
+    assert '"|  | dc1 | dc2 |"' in status.stdout and "| CNPG role | primary | replica |" in status.stdout
+    assert "| LB lb1 | SERVING (ready, UP) | not serving (maint, MAINT) |" in status.stdout
+    assert "Load balancers send traffic to: dc1." in status.stdout
     replayed = re.search(rf"\| Newest replayed transaction \| - \(primary\) \| {AGE} ago", status.stdout)
     assert replayed, status.stdout[-3000:]
     assert "- Active site (from the Clusters): dc1." in status.stdout
