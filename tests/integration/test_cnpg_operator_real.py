@@ -424,18 +424,7 @@ def test_installed_objects_pass_strict_server_side_validation(clusters, tmp_path
 def server_dry_run(lab, site, body, tmp_path):
     path = tmp_path / "object.json"
     path.write_text(json.dumps(body), encoding="utf-8")
-    return kubectl(
-        lab,
-        site,
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--validate=strict",
-        "--force-conflicts",
-        "--field-manager=hanzo-kms-test",
-        "-f",
-        str(path),
-    )
+    return kubectl(lab, site, *kube.STRICT_DRY_RUN_APPLY, "--field-manager=hanzo-kms-test", "-f", str(path))
 
 
 def test_a_role_applying_an_unknown_field_fails_and_changes_nothing(clusters, tmp_path):

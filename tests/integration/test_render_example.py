@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.ansible_run import COLLECTIONS_PATH, ansible_env, run_playbook
+from tests.lab import kube as lab_kube
 from tests.lab.kube_fixtures import kube_sites, kubeconfig, kubectl  # noqa: F401  pylint: disable=unused-import
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,11 +272,7 @@ def test_the_apiserver_accepts_every_rendered_object(rendered, kubectl):  # noqa
             proc = kubectl(
                 "--context",
                 site,
-                "apply",
-                "--server-side",
-                "--dry-run=server",
-                "--validate=strict",
-                "--force-conflicts",
+                *lab_kube.STRICT_DRY_RUN_APPLY,
                 "--field-manager=hanzo-kms-render-test",
                 "-f",
                 "-",

@@ -42,6 +42,8 @@ ZONES = ("zone-a", "zone-b", "zone-c")
 NODES_PER_SITE = 3
 START_TIMEOUT = float(os.environ.get("HANZO_KMS_KUBE_START_TIMEOUT", "60"))
 FIELD_MANAGER = "hanzo-kms-lab"
+# kubectl arguments that submit objects as the roles apply them (server-side, strict field validation), changing nothing
+STRICT_DRY_RUN_APPLY = ("apply", "--server-side", "--dry-run=server", "--validate=strict", "--force-conflicts")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_TAINT = {"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 # How the lab runs CloudNativePG (HANZO_KMS_LAB_CNPG, recorded in the state as ``cnpg``):
