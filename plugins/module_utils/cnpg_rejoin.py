@@ -129,7 +129,8 @@ def plan(site, active_site, cluster_name, old, active_cluster, record=None):
     """What a rejoin of ``site`` does now. ``old``: its Cluster (None: absent); ``active_cluster``: the active site's;
     ``record``: the plan an earlier run wrote in the site (None: none). Raises :class:`RejoinRefused`.
 
-    Returns ``{"action", "server_name", "old_server_name", "primary", "timeline", "active_external_clusters"}``:
+    Returns ``{"action", "server_name", "server_name_overrides", "old_server_name", "primary", "timeline",
+    "active_external_clusters"}`` (the overrides: the cnpg role's ``cnpg_server_name_overrides``):
     ``rebuild`` (keep the old volumes aside, delete the old Cluster, create the replica), ``create`` (no Cluster:
     create the replica), ``wait`` (the replica of an earlier run exists: wait until it is healthy);
     ``active_external_clusters`` is the active Cluster's new ``spec.externalClusters`` when its entry for this site
@@ -163,6 +164,8 @@ def plan(site, active_site, cluster_name, old, active_cluster, record=None):
     return {
         "action": action,
         "server_name": server_name,
+        # what the rebuilt Cluster writes and reads: its new archive, and the archive the active Cluster writes
+        "server_name_overrides": {site: server_name, active_site: own_server_name(active_cluster)},
         "old_server_name": old_server_name,
         "primary": primary_name,
         "timeline": timeline,
@@ -203,7 +206,8 @@ def render_report(report):
     lines = [
         f"# Rejoin of {report['site']} as a replica of {report['primary']}",
         "",
-        f"- result: **{report['result']}**" + (" (check mode: nothing was changed)" if report.get("check_mode") else ""),
+        f"- result: **{report['result']}**"
+        + (" (check mode: nothing was changed)" if report.get("check_mode") else ""),
         f"- started: {report.get('started', '')}, finished: {report.get('finished', '')}",
         f"- action: {report['action']}",
         f"- new archive name (serverName): `{report['server_name']}` (timeline {report['timeline']} of "

@@ -674,6 +674,32 @@ def lose_site(lab_dir, site):
     return len(pids)
 
 
+def power_on(lab, host):
+    """Power a host lost by ``lose_site`` (or ``lbhost.lose_host``) on again, as a data center that comes back: its
+    link plugged in and every recorded process of it started again with its recorded command line, environment and
+    network namespace, in the order they first started; its data on disk is what the loss left (kubelet restarts the
+    pods, containerd cleans up the killed containers). Returns the names of the processes started."""
+    set_link(lab.dir, host, up=True)
+    started = []
+    for proc in list(lab.state.get("processes", [])):
+        if not proc["name"].startswith(f"{host}-") or lab.process_alive(proc):
+            continue
+        if "argv" not in proc:
+            raise LabError(f"{proc['name']} was started before the lab recorded command lines: restart the lab")
+        lab.state["processes"].remove(proc)
+        lab.spawn(
+            proc["name"],
+            proc["argv"],
+            env=proc.get("env"),
+            cwd=proc.get("cwd"),
+            user=proc.get("user"),
+            stop_signal=proc.get("stop_signal", "SIGTERM"),
+            netns=proc.get("netns"),
+        )
+        started.append(proc["name"])
+    return started
+
+
 def _kill_containers(lab_dir):
     """runc delete --force every container under the lab's runc roots (kills its processes, removes its cgroups)."""
     runc = shutil.which("runc")
