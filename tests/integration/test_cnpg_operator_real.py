@@ -1258,10 +1258,31 @@ def test_rejoin_rebuilds_dc1_as_a_replica_and_the_switchover_back_loses_no_write
     its data on disk), dc1's Redis up; dc1 replays what dc2 writes. Then switchover.yml back to dc1 under the write
     load loses no acknowledged write and leaves dc1 the primary, archiving under the new name."""
     lab = switched["lab"]
+    powered_on = time.monotonic()
     started = node.power_on(lab, "dc1") + node.power_on(lab, "lb1")
     assert "dc1-kube-apiserver" in started and "lb1-haproxy" in started, started
     wait_until(lambda: kubectl(lab, "dc1", "get", "--raw", "/readyz").returncode == 0, 300, "dc1's API", interval=2)
-    wait_until(lambda: bool(cluster(lab, "dc1").get("status")), 300, "dc1's Cluster read back", interval=2)
+    # the operator's webhooks validate the fencing patch: wait until its Deployment is available again
+    wait_until(
+        lambda: (
+            kubectl(
+                lab,
+                "dc1",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "wait",
+                "--for=condition=Available",
+                "deploy",
+                "--all",
+                "--timeout=5s",
+            ).returncode
+            == 0
+        ),
+        300,
+        "dc1's CNPG operator and plugin",
+        interval=2,
+    )
+    FIGURES["failback: dc1 powered on -> its operator available (s)"] = round(time.monotonic() - powered_on, 1)
     playbook(
         lab,
         "playbooks/fence.yml",
