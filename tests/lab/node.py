@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -697,7 +698,19 @@ def power_on(lab, host):
             netns=proc.get("netns"),
         )
         started.append(proc["name"])
+        if proc["name"] == f"{host}-containerd":  # kubelet exits at once when containerd does not answer yet
+            socket_path = lab.state["sites"][host]["kube"]["containerd"]["address"]
+            wait_until(lambda: _socket_answers(socket_path), 60, f"{host}'s containerd at {socket_path}", interval=0.2)
     return started
+
+
+def _socket_answers(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _kill_containers(lab_dir):
