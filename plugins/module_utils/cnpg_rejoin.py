@@ -135,6 +135,8 @@ def plan(site, active_site, cluster_name, old, active_cluster, record=None):
     create the replica), ``wait`` (the replica of an earlier run exists: wait until it is healthy);
     ``active_external_clusters`` is the active Cluster's new ``spec.externalClusters`` when its entry for this site
     must read the new archive name, else None."""
+    if record and record.get("finished"):
+        record = None  # the plan of a rejoin that finished: this is a new one (after another failover)
     if site == active_site:
         raise RejoinRefused(
             f"{site} is the active site (its Cluster is the primary): a rejoin rebuilds a passive site; nothing was "

@@ -102,6 +102,21 @@ def test_an_interrupted_run_finishes_with_the_recorded_plan():
     active["spec"]["externalClusters"] = first["active_external_clusters"]
     done = rj.plan("dc1", "dc2", "kms-pg-dc1", rebuilt, active, first)
     assert (done["action"], done["server_name"], done["active_external_clusters"]) == ("wait", "kms-pg-dc1-tl2", None)
+    # the record of a rejoin that finished is not an interrupted run: after the next failover dc1 is rebuilt again
+    again_failed = cluster("dc1", "dc1", server="kms-pg-dc1-tl2", is_primary=True, fenced=True)
+    later = rj.plan(
+        "dc1",
+        "dc2",
+        "kms-pg-dc1",
+        again_failed,
+        cluster("dc2", "dc2", is_primary=True, tl=4),
+        dict(first, finished="2026-12-04T20:00:10Z"),
+    )
+    assert (later["action"], later["server_name"], later["old_server_name"]) == (
+        "rebuild",
+        "kms-pg-dc1-tl4",
+        "kms-pg-dc1-tl2",
+    )
 
 
 def test_a_site_without_a_cluster_is_created_and_new_names_never_repeat_the_old_one():
