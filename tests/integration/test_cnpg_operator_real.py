@@ -1404,3 +1404,141 @@ def test_failover_after_losing_dc1_loses_only_what_its_report_bounds(switched):
     broken = analysis.lost_before(records, lost, analysis.iso_seconds(bound["since"]))
     assert broken == [], f"lost writes acknowledged before {bound['since']}, which the report says were kept: {broken}"
     assert psql(lab, "dc2", "select pg_is_in_recovery()") == "f"
+
+
+def rejoin(lab, site, confirm, *args):
+    """rejoin.yml for ``site`` with the confirmation ``confirm``; the run (not required to succeed)."""
+    return run_playbook(
+        "playbooks/rejoin.yml",
+        "-e",
+        f"rejoin_site={site}",
+        "-e",
+        f"rejoin_confirm='{confirm}'",
+        *args,
+        lab_dir=lab.dir,
+        timeout=2400,
+    )
+
+
+def archive_server(obj):
+    """The serverName the Cluster archives WAL under (its Barman Cloud plugin's)."""
+    return next(p for p in obj["spec"]["plugins"] if p["name"] == "barman-cloud.cloudnative-pg.io")["parameters"][
+        "serverName"
+    ]
+
+
+def available_volumes(lab, site):
+    return [pv["metadata"]["name"] for pv in get(lab, site, "pv")["items"] if pv["status"]["phase"] == "Available"]
+
+
+def test_rejoin_rebuilds_dc1_as_a_replica_and_the_switchover_back_loses_no_write(switched):
+    """The failback after the failover above. dc1 and lb1 come back (``node.power_on``: the old primary restarts on
+    the data the power cut left) and fence.yml fences the old primary; rejoin.yml refuses a wrong confirmation and the
+    active site, changes nothing in check mode, then rebuilds dc1's Cluster as a replica of dc2 from dc2's object
+    store, archiving under a new serverName (the old archive untouched), the old volume kept aside (Retain, released,
+    its data on disk), dc1's Redis up; dc1 replays what dc2 writes. Then switchover.yml back to dc1 under the write
+    load loses no acknowledged write and leaves dc1 the primary, archiving under the new name."""
+    lab = switched["lab"]
+    powered_on = time.monotonic()
+    started = node.power_on(lab, "dc1") + node.power_on(lab, "lb1")
+    assert "dc1-kube-apiserver" in started and "lb1-haproxy" in started, started
+    wait_until(lambda: kubectl(lab, "dc1", "get", "--raw", "/readyz").returncode == 0, 300, "dc1's API", interval=2)
+    # the operator's webhooks validate the fencing patch: wait until its Deployment is available again
+    wait_until(
+        lambda: (
+            kubectl(
+                lab,
+                "dc1",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "wait",
+                "--for=condition=Available",
+                "deploy",
+                "--all",
+                "--timeout=5s",
+            ).returncode
+            == 0
+        ),
+        300,
+        "dc1's CNPG operator and plugin",
+        interval=2,
+    )
+    FIGURES["failback: dc1 powered on -> its operator available (s)"] = round(time.monotonic() - powered_on, 1)
+    playbook(
+        lab,
+        "playbooks/fence.yml",
+        "-e",
+        "fence_site=dc1",
+        "-e",
+        "fence_active_site=dc2",
+        "-e",
+        "fence_confirm='FENCE dc1'",
+    )
+    fenced = cluster(lab, "dc1")
+    assert cnpg.fencing_state(fenced) == "fenced", fenced["metadata"].get("annotations")
+    old_archive = bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/")
+    assert old_archive
+
+    wrong = rejoin(lab, "dc1", "REJOIN dc2")
+    assert wrong.returncode != 0 and "rejoin_confirm to 'REJOIN <rejoin_site>'" in wrong.stdout, wrong.stdout[-2000:]
+    active = rejoin(lab, "dc2", "REJOIN dc2")
+    assert active.returncode != 0 and "dc2 is the active site" in active.stdout, active.stdout[-2000:]
+    dry = rejoin(lab, "dc1", "REJOIN dc1", "--check")
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    assert cluster(lab, "dc1")["metadata"]["uid"] == fenced["metadata"]["uid"]
+    assert available_volumes(lab, "dc1"), "a free volume for the rebuilt instance"
+
+    run = rejoin(lab, "dc1", "REJOIN dc1")
+    assert run.returncode == 0, run.stdout[-6000:]
+    FIGURES["rejoin.yml (s)"] = round(run.seconds, 1)
+    done = report(lab, "rejoin")
+    FIGURES["rejoin: start -> dc1 a healthy replica (s)"] = done["seconds_to_healthy"]
+    rebuilt = cluster(lab, "dc1")
+    timeline = cluster(lab, "dc2")["status"]["timelineID"]
+    assert rebuilt["metadata"]["uid"] != fenced["metadata"]["uid"]
+    assert rebuilt["spec"]["replica"]["primary"] == "kms-pg-dc2"
+    assert done["server_name"] == archive_server(rebuilt) == f"kms-pg-dc1-tl{timeline}"
+    assert done["old_server_name"] == "kms-pg-dc1"
+    assert healthy_replica(lab, "dc1")
+    assert bucket_keys(lab, "cnpg/dc1/kms-pg-dc1/") == old_archive, "the old archive is untouched"
+    for name in done["retained_volumes"]:
+        pv = get(lab, "dc1", "pv", name)
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+        assert pv["metadata"]["labels"]["hanzo.kms/retained-from"] == "kms-pg-dc1"
+        assert pv["status"]["phase"] == "Released"
+        assert any(Path(pv["spec"]["hostPath"]["path"]).glob("**/PG_VERSION")), "the old data is still on disk"
+    assert done["retained_volumes"], done
+    assert done["redis"].startswith("up"), done
+    # dc2's external cluster of dc1 reads the new archive (what it follows after the switchover back)
+    ext = {e["name"]: e for e in cluster(lab, "dc2")["spec"]["externalClusters"]}
+    assert ext["kms-pg-dc1"]["plugin"]["parameters"]["serverName"] == done["server_name"]
+    # dc1 replays dc2's WAL from the object store
+    marker = f"rejoin-{time.time_ns()}"
+    psql(lab, "dc2", f"create table if not exists rejoin_probe(x text); insert into rejoin_probe values ('{marker}')")
+    psql(lab, "dc2", "select pg_switch_wal()")
+    wait_until(
+        lambda: psql(lab, "dc1", f"select count(*) from rejoin_probe where x = '{marker}'") == "1",
+        300,
+        "dc1 to replay a row written on dc2",
+        interval=2,
+    )
+
+    client = lb_client(lab, "failback")
+    client.start()
+    try:
+        _proc, seconds = switchover(lab, "dc1")
+        FIGURES["failback: switchover to dc1 after rejoin (s)"] = seconds
+    finally:
+        records = client.stop()
+    assert {r["site"] for r in records if r["ok"]} == {"dc1", "dc2"}
+    assert len(client.acked) > 20
+    lost = lost_writes(lab, client, "dc1")
+    FIGURES["failback: acknowledged writes lost"] = f"{len(lost)} of {len(client.acked)}"
+    assert lost == []
+    assert psql(lab, "dc1", "select pg_is_in_recovery()") == "f"
+    assert psql(lab, "dc2", "select pg_is_in_recovery()") == "t"
+    assert report(lab, "switchover")["data_loss"]["postgres"]["bound_seconds"] == 0
+    psql(lab, "dc1", "select pg_switch_wal()")
+    wait_until(
+        lambda: bucket_keys(lab, f"cnpg/dc1/{done['server_name']}/wals/"), 300, "dc1 to archive under its new name"
+    )

@@ -277,6 +277,11 @@ class Lab:
             "exe": pid_exe(proc.pid) or str(argv[0]),
             "stop_signal": stop_signal,
             "log": str(log_path),
+            # how to start it again (node.power_on, after node.lose_site)
+            "argv": [str(a) for a in argv],
+            "env": env or {},
+            "cwd": cwd,
+            "user": user,
         }
         if netns:
             record["netns"] = netns

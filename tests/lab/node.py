@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -672,6 +673,44 @@ def lose_site(lab_dir, site):
                 os.kill(pid, sig)
     wait_until(lambda: not any(pid_alive(p) for p in pids), 20, f"{site}'s processes to die")
     return len(pids)
+
+
+def power_on(lab, host):
+    """Power a host lost by ``lose_site`` (or ``lbhost.lose_host``) on again, as a data center that comes back: its
+    link plugged in and every recorded process of it started again with its recorded command line, environment and
+    network namespace, in the order they first started; its data on disk is what the loss left (kubelet restarts the
+    pods, containerd cleans up the killed containers). Returns the names of the processes started."""
+    set_link(lab.dir, host, up=True)
+    started = []
+    for proc in list(lab.state.get("processes", [])):
+        if not proc["name"].startswith(f"{host}-") or lab.process_alive(proc):
+            continue
+        if "argv" not in proc:
+            raise LabError(f"{proc['name']} was started before the lab recorded command lines: restart the lab")
+        lab.state["processes"].remove(proc)
+        lab.spawn(
+            proc["name"],
+            proc["argv"],
+            env=proc.get("env"),
+            cwd=proc.get("cwd"),
+            user=proc.get("user"),
+            stop_signal=proc.get("stop_signal", "SIGTERM"),
+            netns=proc.get("netns"),
+        )
+        started.append(proc["name"])
+        if proc["name"] == f"{host}-containerd":  # kubelet exits at once when containerd does not answer yet
+            socket_path = lab.state["sites"][host]["kube"]["containerd"]["address"]
+            wait_until(lambda: _socket_answers(socket_path), 60, f"{host}'s containerd at {socket_path}", interval=0.2)
+    return started
+
+
+def _socket_answers(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _kill_containers(lab_dir):
