@@ -28,15 +28,14 @@ def fixture_run_ansible():
     return ansible_run.run_ansible
 
 
-# `make integration` runs two pytest-xdist workers, each with one lab at a time: the "own-labs" group on one (the
-# real-operator module, which brings up a lab of its own, then the tests that bring up private labs, after that
-# module's lab is down), every test of the session lab on the other. A third lab beside two makes a 2-core machine
-# miss the tests' timeouts. (xdist's own --dist loadgroup does not group under pytest 9: it renames item._nodeid,
-# which pytest 9's Item.nodeid no longer reads.)
+# `make integration` runs two pytest-xdist workers: the "own-labs" group on one (the real-operator module, which brings
+# up a lab of its own, then the killed `lab up` test, whose lab has Kubernetes too and starts after that module's lab
+# is down), every other test on the other: the session lab's, and the private labs without Kubernetes of
+# test_lab_lifecycle.py and test_lb_hosts.py (a few processes each). A third lab with Kubernetes beside two makes a
+# 2-core machine miss the tests' timeouts. (xdist's own --dist loadgroup does not group under pytest 9: it renames
+# item._nodeid, which pytest 9's Item.nodeid no longer reads.)
 OWN_LAB_TESTS = (
     "tests/integration/test_cnpg_operator_real.py::",
-    "tests/integration/test_lab_lifecycle.py::",
-    "tests/integration/test_lb_hosts.py::",
     "tests/integration/test_real_nodes.py::test_a_killed_up_is_recovered_and_down_leaves_nothing",
 )
 
