@@ -279,8 +279,8 @@ class Lab:
             "log": str(log_path),
             # how to start it again (node.power_on, after node.lose_site)
             "argv": [str(a) for a in argv],
-            "env": env or {},
-            "cwd": cwd,
+            "env": {key: str(value) for key, value in (env or {}).items()},
+            "cwd": str(cwd) if cwd else None,
             "user": user,
         }
         if netns:
