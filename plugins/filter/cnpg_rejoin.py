@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Jinja filters hanzo.kms.cnpg_server_names, cnpg_rejoin_plan, cnpg_retained_volumes and cnpg_rejoin_report
+"""Jinja filters hanzo.kms.cnpg_archive_server_name, cnpg_server_names, cnpg_rejoin_plan, cnpg_retained_volumes and cnpg_rejoin_report
 (documented in their .yml files); the logic is module_utils/cnpg_rejoin.py."""
 
 from __future__ import annotations
@@ -10,11 +10,19 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_rejoin import (
     RejoinRefused,
+    archive_server_name,
     plan,
     render_report,
     retained_volumes,
     server_names,
 )
+
+
+def cnpg_archive_server_name(cluster_name, reads):
+    """The serverName Cluster ``cluster_name`` archives under now, from every site's Clusters."""
+    if not isinstance(reads, (list, tuple)):
+        raise AnsibleFilterError("hanzo.kms.cnpg_archive_server_name needs a list of Clusters or k8s_info results")
+    return archive_server_name(cluster_name, list(reads))
 
 
 def cnpg_server_names(existing, prefix, site, sites, overrides=None):
@@ -45,10 +53,11 @@ def cnpg_rejoin_report(report):
 
 
 class FilterModule:
-    """hanzo.kms.cnpg_server_names, cnpg_rejoin_plan, cnpg_retained_volumes, cnpg_rejoin_report."""
+    """hanzo.kms.cnpg_archive_server_name, cnpg_server_names, cnpg_rejoin_plan, cnpg_retained_volumes, cnpg_rejoin_report."""
 
     def filters(self):
         return {
+            "cnpg_archive_server_name": cnpg_archive_server_name,
             "cnpg_server_names": cnpg_server_names,
             "cnpg_rejoin_plan": cnpg_rejoin_plan,
             "cnpg_retained_volumes": cnpg_retained_volumes,

@@ -13,6 +13,7 @@ Ansible import), used by the filters in ``plugins/filter/cnpg_rejoin.py``:
 - the plan of a rejoin (:func:`plan`): what is refused, which new ``serverName`` the rebuilt Cluster archives under
   (``<cluster>-tl<timeline of the new primary>``, never the old one: the old archive stays untouched and the plugin
   refuses to archive into a non-empty path), what an interrupted run left and what is still to do;
+- the archive a recovery reads (:func:`archive_server_name`), which a rejoin renamed;
 - the report (:func:`render_report`).
 """
 
@@ -59,6 +60,34 @@ def external_server_names(cluster):
         if plugin.get("name") == BARMAN_PLUGIN:
             names[entry["name"]] = _plugin_server_name(plugin.get("parameters"), entry["name"])
     return names
+
+
+def _clusters(reads):
+    """Cluster objects from ``reads``: Clusters, or ``k8s_info`` results (their ``resources``), skipped ones too."""
+    for read in reads or []:
+        if not isinstance(read, dict):
+            continue
+        if read.get("metadata"):
+            yield read
+        else:
+            yield from (r for r in read.get("resources") or [] if isinstance(r, dict) and r.get("metadata"))
+
+
+def archive_server_name(cluster_name, reads):
+    """The ``serverName`` Cluster ``cluster_name``'s archive is under now, for a recovery from it (restore_test.yml,
+    pitr.yml). After a rejoin it is not the Cluster's name (:func:`new_server_name`): reading ``<cluster>`` then
+    recovers the history before the failover. ``reads`` are every site's Clusters (or their ``k8s_info`` results):
+    the Cluster itself says it; failing that (its site does not answer), another Cluster's externalClusters entry
+    for it; failing that, ``cluster_name``."""
+    clusters = list(_clusters(reads))
+    for obj in clusters:
+        if obj["metadata"].get("name") == cluster_name:
+            return own_server_name(obj)
+    for obj in clusters:
+        known = external_server_names(obj)
+        if cluster_name in known:
+            return known[cluster_name]
+    return cluster_name
 
 
 def server_names(existing, prefix, site, sites, overrides=None):

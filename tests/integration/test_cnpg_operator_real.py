@@ -1542,3 +1542,40 @@ def test_rejoin_rebuilds_dc1_as_a_replica_and_the_switchover_back_loses_no_write
     wait_until(
         lambda: bucket_keys(lab, f"cnpg/dc1/{done['server_name']}/wals/"), 300, "dc1 to archive under its new name"
     )
+
+
+def test_after_the_failback_restore_test_and_pitr_read_the_new_archive(switched):
+    """After the failback above dc1 archives under ``kms-pg-dc1-tl<n>``; the archive under ``kms-pg-dc1`` holds the
+    history from before the failover. restore_test.yml recovers from the new archive (rows written after the
+    switchover back are there), and pitr.yml's check and recovery use it too: a time between two batches written
+    now recovers exactly the first batch. Reading ``kms-pg-dc1`` would find neither table."""
+    lab = switched["lab"]
+    server = archive_server(cluster(lab, "dc1"))
+    assert server.startswith("kms-pg-dc1-tl") and psql(lab, "dc1", "select pg_is_in_recovery()") == "f", (
+        f"needs the failback test before it: dc1 primary under a new archive name, found {server}"
+    )
+    table = f"failback_probe_{time.time_ns() % 10**9}"
+    psql(
+        lab, "dc1", f"create table {table} (n int primary key); insert into {table} select generate_series(1, 4)", "kms"
+    )
+    target = psql(
+        lab, "dc1", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    )
+    psql(lab, "dc1", f"insert into {table} select generate_series(5, 6)", "kms")
+    archive_current_wal(lab)
+
+    _proc, seconds = playbook(lab, "playbooks/restore_test.yml")
+    FIGURES["failback: restore_test.yml from the new archive (s)"] = seconds
+    restored = newest_report(lab, "restore-test")
+    assert restored["ok"] is True, restored
+    assert restored["cnpg"]["server_name"] == server, restored["cnpg"]
+    assert restored["cnpg"]["tables"][f"public.{table}"] == 6, restored["cnpg"]["tables"]
+
+    try:
+        _proc, seconds = playbook(lab, "playbooks/pitr.yml", "-e", f"pitr_target_time={target}")
+        FIGURES["failback: pitr.yml from the new archive (s)"] = seconds
+        recovered = newest_report(lab, "pitr")
+        assert recovered["ok"] is True and recovered["server_name"] == server, recovered
+        assert recovered["tables"][f"public.{table}"] == 4, recovered["tables"]
+    finally:
+        playbook(lab, "playbooks/pitr.yml", "-e", "pitr_remove=true")

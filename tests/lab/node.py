@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -339,15 +338,20 @@ def containerd_start(lab, site, net, spawn):
     }
 
 
-def containerd_ready(lab, site, entry, archives):
-    """Wait for containerd's socket, then import the base images into its CRI namespace."""
+def wait_containerd(lab, site, entry):
+    """Wait until the site's containerd answers ``ctr version`` (its process dying fails at once); its client."""
     ctr = images.Containerd(entry["ctr"], entry["address"])
 
     def answers():
         return _run(ctr.ctr_argv("version"), "ctr version", check=False, timeout=10).returncode == 0
 
     lab.wait_process(f"{site}-containerd", answers, START_TIMEOUT, f"{site} containerd on {entry['address']}")
-    images.import_into(ctr, archives)
+    return ctr
+
+
+def containerd_ready(lab, site, entry, archives):
+    """Wait for containerd, then import the base images into its CRI namespace."""
+    images.import_into(wait_containerd(lab, site, entry), archives)
 
 
 # -- kubelet and kube-proxy --------------------------------------------------------------------------------------
@@ -699,18 +703,8 @@ def power_on(lab, host):
         )
         started.append(proc["name"])
         if proc["name"] == f"{host}-containerd":  # kubelet exits at once when containerd does not answer yet
-            socket_path = lab.state["sites"][host]["kube"]["containerd"]["address"]
-            wait_until(lambda: _socket_answers(socket_path), 60, f"{host}'s containerd at {socket_path}", interval=0.2)
+            wait_containerd(lab, host, lab.state["sites"][host]["kube"]["containerd"])
     return started
-
-
-def _socket_answers(path):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def _kill_containers(lab_dir):

@@ -175,3 +175,28 @@ def test_retained_volumes_and_report():
         }
     )
     assert "`kms-pg-dc1-tl2`" in text and "old archive, untouched: `kms-pg-dc1`" in text and "pv-1" in text
+
+
+def test_a_recovery_reads_the_archive_the_cluster_writes_now():
+    """After a rejoin, restore_test.yml and pitr.yml must read kms-pg-dc1-tl2, not the pre-failover kms-pg-dc1."""
+    rebuilt = cluster("dc1", "dc2", server="kms-pg-dc1-tl2")
+    active = cluster("dc2", "dc2", is_primary=True, tl=2)
+    active["spec"]["externalClusters"][0] = external("dc1", "kms-pg-dc1-tl2")
+    read = {"changed": False, "resources": [rebuilt]}
+    assert rj.archive_server_name("kms-pg-dc1", [read, {"resources": [active]}]) == "kms-pg-dc1-tl2"
+    assert rj.archive_server_name("kms-pg-dc2", [read, {"resources": [active]}]) == "kms-pg-dc2"
+    # dc1 does not answer: dc2's entry for it says the name
+    unreachable = {"failed": True, "msg": "connection refused"}
+    skipped = {"skipped": True}
+    assert rj.archive_server_name("kms-pg-dc1", [unreachable, skipped, active]) == "kms-pg-dc1-tl2"
+    # the Cluster's own word wins over a stale entry elsewhere
+    stale = cluster("dc2", "dc2", is_primary=True)
+    assert rj.archive_server_name("kms-pg-dc1", [stale, rebuilt]) == "kms-pg-dc1-tl2"
+    # nothing known: the Cluster's name; a Cluster without the plugin archives under its name
+    assert rj.archive_server_name("kms-pg-dc1", [unreachable]) == "kms-pg-dc1"
+    plain = {"metadata": {"name": "kms-pg-dc1"}, "spec": {}}
+    assert rj.archive_server_name("kms-pg-dc1", [plain, active]) == "kms-pg-dc1"
+    archive_filter = FilterModule().filters()["cnpg_archive_server_name"]
+    assert archive_filter("kms-pg-dc1", [read]) == "kms-pg-dc1-tl2"
+    with pytest.raises(AnsibleFilterError, match="needs a list"):
+        archive_filter("kms-pg-dc1", {"resources": []})
