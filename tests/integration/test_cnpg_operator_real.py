@@ -885,12 +885,16 @@ def test_pitr_recovers_exactly_the_markers_written_before_the_target_time(cluste
             f"select string_agg(n::text, ',' order by n) from {table}",
         )
         assert proc.returncode == 0 and proc.stdout.strip() == "1,2,3,4,5", proc.stdout + proc.stderr
+        volume = get(lab, "dc1", "-n", NAMESPACE, "pvc", "kms-pg-pitr-1")["spec"]["volumeName"]
     finally:
         _proc, seconds = playbook(lab, "playbooks/pitr.yml", "-e", "pitr_remove=true")
         FIGURES["pitr.yml pitr_remove=true (s)"] = seconds
     assert kubectl(lab, "dc1", "-n", NAMESPACE, "get", "cluster", "kms-pg-pitr").returncode != 0
     claims = get(lab, "dc1", "-n", NAMESPACE, "pvc", "-l", "cnpg.io/cluster=kms-pg-pitr")["items"]
     assert claims == [], [c["metadata"]["name"] for c in claims]
+    # the lab's volumes are Recycle (tests/lab/kube.py): the recovered data is scrubbed and the volume bound again
+    wait_until(lambda: volume in available_volumes(lab, "dc1"), 120, f"{volume} to be recycled", interval=1)
+    assert not any(Path(get(lab, "dc1", "pv", volume)["spec"]["hostPath"]["path"]).iterdir())
 
 
 # -- hanzo.kms.cnpg_promote on the real operator: its refusals, dry runs and interrupted runs ------------------------

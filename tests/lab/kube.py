@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from tests.lab import dns as site_dns
-from tests.lab import kube_build, node, pki
+from tests.lab import images, kube_build, node, pki
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -343,12 +343,46 @@ def _component_kubeconfig(path, server, ca, cert, key, user):
     return path
 
 
+def _recycler_template(kube_dir):
+    """kube-controller-manager's recycler pod for hostPath volumes: upstream's default (scrub the volume, then the PV
+    is Available again) with an image of the lab's, never pulled. Written into ``kube_dir``; its path."""
+    path = Path(kube_dir) / "pv-recycler.yaml"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "pv-recycler-", "namespace": "default"},
+        "spec": {
+            "activeDeadlineSeconds": 60,
+            "restartPolicy": "Never",
+            "volumes": [{"name": "vol"}],  # the controller sets the PV's hostPath here
+            "containers": [
+                {
+                    "name": "pv-recycler",
+                    "image": images.BACKUP_TOOLS_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh"],
+                    "args": [
+                        "-c",
+                        'test -e /scrub && find /scrub -mindepth 1 -delete && test -z "$(ls -A /scrub)" || exit 1',
+                    ],
+                    "volumeMounts": [{"name": "vol", "mountPath": "/scrub"}],
+                }
+            ],
+        },
+    }
+    path.write_text(yaml.safe_dump(pod, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
     """Operator mode: storage for PostgreSQL without a provisioner. A no-provisioner StorageClass (the default class,
     ``WaitForFirstConsumer``) and ``count`` hostPath PersistentVolumes bound to the real node, each a directory under
     the lab dir: ``lab down`` removes them with the dir, nothing lives elsewhere on the host. Owned by PostgreSQL's
     UID, and writable by all: a hostPath volume gets no ``fsGroup`` ownership (a CSI volume would), and whichever
-    claim binds it, PostgreSQL's (UID 26) or Redis's (UID 1001), must write to it. Returns the PV names."""
+    claim binds it, PostgreSQL's (UID 26) or Redis's (UID 1001), must write to it. ``Recycle``: a volume whose claim
+    is deleted is scrubbed by kube-controller-manager's recycler pod (_recycler_template) and bound again, as a
+    dynamically provisioned volume of a ``Delete`` class is gone with its claim in production: data the collection
+    keeps (a rejoin's old volumes) must be set to ``Retain`` by the collection. Returns the PV names."""
     api.apply(
         {
             "apiVersion": "storage.k8s.io/v1",
@@ -374,7 +408,7 @@ def _volumes(api, kube_dir, node_name, count=VOLUMES_PER_SITE):
                 "spec": {
                     "capacity": {"storage": VOLUME_SIZE},
                     "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
+                    "persistentVolumeReclaimPolicy": "Recycle",
                     "storageClassName": STORAGE_CLASS,
                     "volumeMode": "Filesystem",
                     "hostPath": {"path": str(path), "type": "Directory"},
@@ -601,6 +635,7 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
             "--use-service-account-credentials=false",
             "--profiling=false",
             "--concurrent-deployment-syncs=5",
+            *([f"--pv-recycler-pod-template-filepath-hostpath={_recycler_template(kube_dir)}"] if operator else []),
         ],
     )
     spawn(
