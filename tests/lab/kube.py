@@ -360,6 +360,8 @@ def _recycler_template(kube_dir):
                     "name": "pv-recycler",
                     "image": images.BACKUP_TOOLS_IMAGE,
                     "imagePullPolicy": "Never",
+                    # as root, as upstream's image runs: PostgreSQL's data directory is 0700 of UID 26
+                    "securityContext": {"runAsUser": 0},
                     "command": ["/bin/sh"],
                     "args": [
                         "-c",
