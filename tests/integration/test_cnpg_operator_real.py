@@ -843,6 +843,23 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     ), "the scratch Cluster is removed"
 
 
+def marker_batches(lab, table, first, total):
+    """Table ``table`` in dc1's kms database with rows 1..``first``, then rows up to ``total``, and dc1's WAL archived;
+    the server's clock between the two batches (each psql is its own transaction), a PITR target time."""
+    psql(
+        lab,
+        "dc1",
+        f"create table {table} (n int primary key); insert into {table} select generate_series(1, {first})",
+        "kms",
+    )
+    target = psql(
+        lab, "dc1", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    )
+    psql(lab, "dc1", f"insert into {table} select generate_series({first + 1}, {total})", "kms")
+    archive_current_wal(lab)
+    return target
+
+
 def test_pitr_recovers_exactly_the_markers_written_before_the_target_time(clusters):
     """pitr.yml refuses a target in the future before creating anything; to a time noted on dc1's server between two
     batches of marker rows, it recovers a new Cluster (kms-pg-pitr) from dc1's object store holding exactly the first
@@ -850,15 +867,7 @@ def test_pitr_recovers_exactly_the_markers_written_before_the_target_time(cluste
     its volume claims."""
     lab = clusters["lab"]
     table = f"pitr_probe_{time.time_ns() % 10**9}"
-    psql(
-        lab, "dc1", f"create table {table} (n int primary key); insert into {table} select generate_series(1, 5)", "kms"
-    )
-    # the server's clock, after the first batch committed and before the second: each psql is its own transaction
-    target = psql(
-        lab, "dc1", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-    )
-    psql(lab, "dc1", f"insert into {table} select generate_series(6, 9)", "kms")
-    archive_current_wal(lab)
+    target = marker_batches(lab, table, 5, 9)
 
     refused = run_playbook(
         "playbooks/pitr.yml", "-e", "pitr_target_time=2999-01-01T00:00:00Z", lab_dir=lab.dir, must_succeed=False
@@ -1559,14 +1568,7 @@ def test_after_the_failback_restore_test_and_pitr_read_the_new_archive(switched)
         f"needs the failback test before it: dc1 primary under a new archive name, found {server}"
     )
     table = f"failback_probe_{time.time_ns() % 10**9}"
-    psql(
-        lab, "dc1", f"create table {table} (n int primary key); insert into {table} select generate_series(1, 4)", "kms"
-    )
-    target = psql(
-        lab, "dc1", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-    )
-    psql(lab, "dc1", f"insert into {table} select generate_series(5, 6)", "kms")
-    archive_current_wal(lab)
+    target = marker_batches(lab, table, 4, 6)
 
     _proc, seconds = playbook(lab, "playbooks/restore_test.yml")
     FIGURES["failback: restore_test.yml from the new archive (s)"] = seconds
