@@ -13,7 +13,11 @@ tainted, hostPath volumes, cluster DNS):
    pass the apiserver's strict validation, a role applying an unknown field fails, refused switch requests change
    nothing;
 3. the Redis backup CronJob really runs and its backup is accepted by ``redis_rdb_restore``; ``backup.yml``,
-   ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted) run;
+   ``status.yml`` and ``restore_test.yml`` (a scratch Cluster recovered from the object store, its rows counted, the
+   scratch Redis gone afterwards) run; ``backup.yml`` in check mode takes and deletes nothing, with the passive site's
+   Kubernetes API and Redis unreachable it backs up the primary and says the other was skipped, with the primary's
+   unreachable it backs up the passive site and fails naming the primary; ``restore_test.yml`` refuses a site's
+   Redis as its scratch Redis;
 4. ``hanzo.kms.cnpg_promote`` itself: its dry runs and refusals change nothing; a run killed after its demotion
    patch and a run that timed out while the old Cluster's operator did not reconcile are finished by a re-run (to dc2
    and back);
@@ -23,7 +27,11 @@ tainted, hostPath volumes, cluster DNS):
    ``install.yml`` with the unchanged inventory after the switch to dc2 change nothing; ``failover.yml`` after dc1
    and lb1 (the VIP holder) are powered off (``node.lose_site``, ``lbhost.lose_host``) switches lb2 alone (the
    failover's quorum), names lb1 in its report, serves from dc2 through the VIP, and what it lost is within the bound
-   its report states.
+   its report states; the failback (fence, rejoin, switchover back) follows;
+6. last, from whichever site is then primary to the other (issue 14 item 7): a switchover whose promotion the
+   target's API refuses (a ValidatingAdmissionPolicy) after the old primary was demoted, then, with the old site lost
+   (its kubeconfig points at a closed port), the same command again promotes the target with the demotion token the
+   first run recorded, losing no acknowledged write.
 
 ``HANZO_KMS_TEST_LAB_DIR`` may name a lab already up in operator mode (it is then reused and left running; the
 failover test loses its dc1 and lb1). Times are printed with ``pytest -s`` (docs/lab.md, "The real operator").
@@ -39,6 +47,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +69,7 @@ from tests.lab import haproxy as lab_haproxy
 from tests.lab import images, kube, kube_build, lbhost, node, site_db, stack
 from tests.lab import redis as lab_redis
 from tests.lab import s3 as lab_s3
-from tests.lab.core import REPO_ROOT, Lab, wait_until
+from tests.lab.core import REPO_ROOT, Lab, free_port, wait_until
 
 SITES = ("dc1", "dc2")
 NAMESPACE = "kms"
@@ -782,6 +791,88 @@ def archive_current_wal(lab, site="dc1"):
     return segment
 
 
+def backup_names(lab, site):
+    """The names of the CNPG Backups in the site's namespace."""
+    return {b["metadata"]["name"] for b in get(lab, site, "-n", NAMESPACE, "backups.postgresql.cnpg.io")["items"]}
+
+
+def lost_site_inventory(lab, tmp_path, site, redis_port=None):
+    """An inventory to layer over the lab's: host vars (they beat group_vars) of ``site``'s host giving it a copy of
+    its kubeconfig that points at a closed port (connection refused, as when the site is lost) and, with
+    ``redis_port``, that port for its Redis. The site itself keeps running."""
+    kubeconfig = yaml.safe_load(Path(lab.state["sites"][site]["kube"]["kubeconfig"]).read_text(encoding="utf-8"))
+    closed = free_port()
+    for entry in kubeconfig["clusters"]:
+        entry["cluster"]["server"] = f"https://127.0.0.1:{closed}"
+    lost = tmp_path / f"{site}-lost.kubeconfig"
+    lost.write_text(yaml.safe_dump(kubeconfig), encoding="utf-8")
+    host = {"site_kubeconfig": str(lost)}
+    if redis_port:
+        host["site_redis_port"] = redis_port
+    path = tmp_path / f"{site}-lost.yml"
+    path.write_text(json.dumps({"all": {"hosts": {f"{site}-kube": host}}}), encoding="utf-8")
+    return ["inventories/lab", str(path)]
+
+
+def test_backup_check_mode_takes_and_deletes_nothing(clusters):
+    """backup.yml --check plans a Redis backup per site and takes none (the key it names is not written), deletes no
+    Redis backup and creates no CNPG Backup (the hourly CronJob may add a Redis backup meanwhile: not compared)."""
+    lab = clusters["lab"]
+    before = {site: (backup_names(lab, site), set(bucket_keys(lab, f"redis/{site}/"))) for site in SITES}
+    proc = run_playbook("playbooks/backup.yml", "--check", lab_dir=lab.dir, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    FIGURES["backup.yml --check (s)"] = round(proc.seconds, 1)
+    assert "(CHECK MODE: nothing taken or deleted)" in proc.stdout, proc.stdout[-3000:]
+    for site in SITES:
+        planned = re.search(rf"{site} Redis \S+: would back up to (redis/{site}/\S+),", proc.stdout)
+        assert planned, proc.stdout[-3000:]
+        keys = set(bucket_keys(lab, f"redis/{site}/"))
+        assert not any(key.startswith(planned[1]) for key in keys), planned[1]
+        assert before[site][1] <= keys, "check mode deleted a Redis backup"
+        assert backup_names(lab, site) == before[site][0]
+
+
+def test_backup_skips_a_lost_passive_site_and_fails_for_a_lost_primary(clusters, tmp_path):
+    """With dc2's Kubernetes API and Redis unreachable backup.yml backs up dc1 (a new completed CNPG Backup), says
+    dc2 was skipped and succeeds; with dc1's (the primary's) unreachable it still backs up dc2 but fails naming dc1."""
+    lab = clusters["lab"]
+    assert cluster(lab, "dc1")["spec"]["replica"]["primary"] == PRIMARY, "dc1 is the primary here"
+    for lost, kept in (("dc2", "dc1"), ("dc1", "dc2")):
+        port = free_port()
+        before = {site: backup_names(lab, site) for site in SITES}
+        proc = run_playbook(
+            "playbooks/backup.yml", inventory=lost_site_inventory(lab, tmp_path, lost, port), lab_dir=lab.dir
+        )
+        FIGURES[f"backup.yml with {lost} unreachable (s)"] = round(proc.seconds, 1)
+        new = backup_names(lab, kept) - before[kept]
+        assert [get(lab, kept, "-n", NAMESPACE, "backup", name)["status"]["phase"] for name in new] == ["completed"]
+        assert f"Backup kms-pg-{kept}-ondemand-" in proc.stdout and backup_names(lab, lost) == before[lost]
+        redis = f"{lab.state['sites'][lost]['redis']['host']}:{port}"
+        if lost == "dc2":
+            assert proc.returncode == 0, proc.stdout[-6000:]
+            assert "SKIPPED dc2: Kubernetes API unreachable" in proc.stdout, proc.stdout[-3000:]
+            assert f"SKIPPED dc2: Redis at {redis} unreachable" in proc.stdout, proc.stdout[-3000:]
+        else:
+            assert proc.returncode != 0, proc.stdout[-6000:]
+            assert "dc1: the primary site's Kubernetes API did not answer" in proc.stdout, proc.stdout[-3000:]
+            assert f"dc1: the active site's Redis at {redis} did not answer" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_restore_test_refuses_a_site_redis_as_its_scratch_redis(clusters):
+    """restore_test.yml in external mode pointed at dc1's Redis refuses before restoring: its keys stay."""
+    lab = clusters["lab"]
+    target = lab.state["sites"]["dc1"]["redis"]
+    keys_before = site_redis(lab, "dc1").dbsize()
+    proc = run_playbook(
+        "playbooks/restore_test.yml",
+        *("-e", "restore_test_redis_mode=external", "-e", f"restore_test_redis_host={target['host']}"),
+        *("-e", f"restore_test_redis_port={target['port']}", "-e", "restore_test_cnpg_enabled=false"),
+        lab_dir=lab.dir,
+    )
+    assert proc.returncode != 0 and "not a site's" in proc.stdout, proc.stdout[-3000:]
+    assert site_redis(lab, "dc1").dbsize() == keys_before
+
+
 def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     """backup.yml takes a CNPG Backup (plugin method) in both Clusters and a Redis backup per site; status.yml shows
     dc1 primary and dc2 a replica with its newest replayed commit; restore_test.yml recovers a scratch Cluster from
@@ -838,6 +929,9 @@ def test_backup_status_and_restore_test_run_on_the_real_operator(clusters):
     assert restored["cnpg"]["tables"][f"public.{marker}"] == 7, restored["cnpg"]["tables"]
     assert restored["cnpg"]["system_id"] == restored["cnpg"]["source_system_id"]
     assert all(c["match"] for c in restored["redis"]["counts"]), restored["redis"]
+    # nothing left behind: the scratch Redis ("local 127.0.0.1:<port>") no longer listens
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(restored["redis"]["target"].rsplit(":", 1)[1]))) != 0
     assert not any(
         c["metadata"]["name"] == "kms-pg-restore-test" for c in get(lab, "dc1", "-n", NAMESPACE, "clusters")["items"]
     ), "the scratch Cluster is removed"
@@ -1247,16 +1341,14 @@ def site_redis(lab, site):
     return lab_redis.client(dict(lab.state["sites"][site]["redis"], password=redis_password(lab, site)))
 
 
+def switchover_args(target):
+    """switchover.yml's extra variables for a switchover to ``target``."""
+    return ("-e", f"switchover_target_site={target}", "-e", f"switchover_confirm='SWITCHOVER TO {target}'")
+
+
 def switchover(lab, target):
-    """switchover.yml to ``target``; (its run, seconds)."""
-    return playbook(
-        lab,
-        "playbooks/switchover.yml",
-        "-e",
-        f"switchover_target_site={target}",
-        "-e",
-        f"switchover_confirm='SWITCHOVER TO {target}'",
-    )
+    """switchover.yml to ``target``; (its run, seconds). Must succeed."""
+    return playbook(lab, "playbooks/switchover.yml", *switchover_args(target))
 
 
 def after_switch(lab, target, marker):
@@ -1585,3 +1677,137 @@ def test_after_the_failback_restore_test_and_pitr_read_the_new_archive(switched)
         assert recovered["tables"][f"public.{table}"] == 4, recovered["tables"]
     finally:
         playbook(lab, "playbooks/pitr.yml", "-e", "pitr_remove=true")
+
+
+# -- a switchover whose old site is lost between its demotion and its promotion (issue 14 item 7) --------------------
+BLOCK = "test-block-promotion.lab.hanzo.kms"
+BLOCK_MESSAGE = "lab test: this promotion is refused"
+
+
+def promotion_refused(lab, site):
+    """Whether the site's API refuses its Cluster's promotion with BLOCK_MESSAGE (a server dry run: nothing changes)."""
+    body = {"spec": {"replica": {"primary": f"kms-pg-{site}"}}}
+    args = ("patch", "cluster", f"kms-pg-{site}", "--type", "merge", "--dry-run=server", "-p", json.dumps(body))
+    proc = kubectl(lab, site, "-n", NAMESPACE, *args)
+    return proc.returncode != 0 and BLOCK_MESSAGE in proc.stderr
+
+
+def block_promotion(lab, site, tmp_path):
+    """A ValidatingAdmissionPolicy and its binding on the site's API refusing any update that makes its Cluster name
+    itself the primary (as a broken admission webhook or an API outage at the wrong moment would)."""
+    name = f"kms-pg-{site}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": BLOCK},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["postgresql.cnpg.io"],
+                        "apiVersions": ["v1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["clusters"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": f"object.metadata.name != '{name}' || !has(object.spec.replica) "
+                    f"|| !has(object.spec.replica.primary) || object.spec.replica.primary != '{name}'",
+                    "message": BLOCK_MESSAGE,
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": BLOCK},
+        "spec": {"policyName": BLOCK, "validationActions": ["Deny"]},
+    }
+    path = tmp_path / "block-promotion.yaml"
+    path.write_text(yaml.safe_dump_all([policy, binding]), encoding="utf-8")
+    proc = kubectl(lab, site, "create", "-f", str(path))
+    assert proc.returncode == 0, proc.stderr
+    wait_until(lambda: promotion_refused(lab, site), 30, f"{site}'s API to refuse the promotion")
+
+
+def unblock_promotion(lab, site):
+    proc = kubectl(
+        lab, site, "delete", "--ignore-not-found", "validatingadmissionpolicybinding,validatingadmissionpolicy", BLOCK
+    )
+    assert proc.returncode == 0, proc.stderr
+    wait_until(lambda: not promotion_refused(lab, site), 30, f"{site}'s API to accept the promotion again")
+
+
+def test_switchover_finishes_with_the_recorded_token_after_the_old_site_is_lost(clusters, tmp_path):
+    """From whichever site is primary (read from the Clusters) to the other, under a write load through the VIP:
+    the target's API refuses the promotion patch, so switchover.yml stops after the old primary was demoted and its
+    demotion token recorded in the target; then the old site is lost (its kubeconfig points at a closed port) and the
+    same command again promotes the target with the recorded token, losing no acknowledged write. The old site keeps
+    running: it is left a healthy replica of the new primary, its KMS stopped (a switchover's end state)."""
+    lab = clusters["lab"]
+    primaries = {cluster(lab, site)["spec"]["replica"]["primary"] for site in SITES}
+    assert len(primaries) == 1, primaries
+    old = primaries.pop().removeprefix("kms-pg-")
+    new = next(site for site in SITES if site != old)
+    assert psql(lab, old, "select pg_is_in_recovery()") == "f" and healthy_replica(lab, new)
+    started = time.monotonic()
+    client = lb_client(lab, "token")
+    client.start()
+    try:
+        # 1. the switchover stops after the demotion: the target's API refuses the promotion patch
+        block_promotion(lab, new, tmp_path)
+        try:
+            first = run_playbook("playbooks/switchover.yml", *switchover_args(new), lab_dir=lab.dir, timeout=900)
+        finally:
+            unblock_promotion(lab, new)
+        FIGURES["token: switchover refused at the promotion (s)"] = round(first.seconds, 1)
+        assert first.returncode != 0 and BLOCK_MESSAGE in first.stdout, first.stdout[-6000:]
+        demoted, target = cluster(lab, old), cluster(lab, new)
+        token = demoted["status"].get("demotionToken")
+        assert demoted["spec"]["replica"]["primary"] == f"kms-pg-{new}" and token, "the old primary was demoted"
+        assert target["spec"]["replica"]["primary"] == f"kms-pg-{old}"
+        assert "promotionToken" not in target["spec"]["replica"]
+        assert cnpg.recorded_token(target)[0] == token, "the first run recorded the token in the target"
+
+        # 2. the old site is lost (its API no longer answers the control node); 3. the same command again
+        second = run_playbook(
+            "playbooks/switchover.yml",
+            *switchover_args(new),
+            inventory=lost_site_inventory(lab, tmp_path, old),
+            lab_dir=lab.dir,
+            timeout=900,
+        )
+        FIGURES["token: switchover again with the old site lost (s)"] = round(second.seconds, 1)
+        assert second.returncode == 0, second.stdout[-8000:]
+        # the load runs until the new site serves it through the VIP
+        wait_until(lambda: any(r["ok"] and r["site"] == new for r in client.records), 30, f"a request served by {new}")
+    finally:
+        records = client.stop()
+    promoted = cluster(lab, new)
+    assert promoted["spec"]["replica"]["primary"] == f"kms-pg-{new}"
+    assert promoted["spec"]["replica"].get("promotionToken") == token, "promoted without the old site's token"
+    assert cnpg.promotion_done(promoted, token)
+    done = report(lab, "switchover")
+    assert done["result"] == "succeeded" and done["preflight"]["state"] == "resume", done
+    steps = {s["name"]: s for s in done["steps"]}
+    promotion = steps["wait_promotion"]["data"]
+    assert (promotion["token"], promotion["token_source"], promotion["old_reachable"]) == (token, "recorded", False)
+    assert steps["stop_old_kms"]["result"] == "skipped" and steps["backup_redis"]["result"] == "skipped"
+    assert steps["restore_redis"]["result"] == "changed" and steps["switch_lb"]["result"] == "changed"
+    assert done["data_loss"]["postgres"]["bound_seconds"] == 0
+    assert all(r["failed"] == 0 for r in recap(second.stdout).values()), second.stdout[-4000:]
+    assert {r["site"] for r in records if r["ok"]} == {old, new}
+    assert len(client.acked) > 20
+    assert lost_writes(lab, client, new) == []
+    # what is left is a switchover's end state: the old site a healthy replica of the new primary, its KMS stopped
+    assert psql(lab, new, "select pg_is_in_recovery()") == "f"
+    wait_until(lambda: healthy_replica(lab, old), PROMOTE_TIMEOUT, f"{old} a healthy replica of {new}", interval=1)
+    assert get(lab, old, "-n", NAMESPACE, "deployment", "kms")["spec"]["replicas"] == 0
+    FIGURES["token: refused switchover, old site lost, re-run until the old site is a replica (s)"] = round(
+        time.monotonic() - started, 1
+    )

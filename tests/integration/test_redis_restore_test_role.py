@@ -4,7 +4,7 @@ A fresh bucket holds a real backup (redis_backup's code) of a lab Redis with kno
 local scratch Redis and reports matching counts; a scratch Redis a killed run left in the same temporary directory is
 stopped first. A backup that fails the restore is recorded as a failed test, and still no scratch redis-server runs
 and no scratch directory remains. An external scratch Redis that is a site's is refused before anything is done.
-playbooks/restore_test.yml through the role: tests/integration/test_backup.py.
+playbooks/restore_test.yml through the role: tests/integration/test_cnpg_operator_real.py.
 """
 
 from __future__ import annotations

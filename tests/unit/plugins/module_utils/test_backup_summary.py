@@ -1,7 +1,7 @@
 # Copyright: Hanzo KMS contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """backup_summary: the backup playbook's summary, problems, skipped sites and printed lines from what the run
-recorded (the playbook's end-to-end run is tests/integration/test_backup.py)."""
+recorded (the playbook's end-to-end runs are in tests/integration/test_cnpg_operator_real.py)."""
 
 from __future__ import annotations
 
