@@ -15,6 +15,8 @@ import threading
 import time
 import urllib.parse
 
+READY_LINE = "load on:"  # main's first line of output, once its threads run
+
 
 class LoadClient:
     """``rate`` writes per second of new secrets plus as many reads of acknowledged ones, from two threads. An
@@ -136,13 +138,15 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--prefix", default="local")
+    parser.add_argument("--max-seconds", type=float, help="stop by itself after this long (a client left behind)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     client = LoadClient(args.url, rate=args.rate, prefix=args.prefix, ca_file=args.ca_file)
     client.start()
-    stop.wait()
+    print(f"{READY_LINE} {args.rate} writes/s + {args.rate} reads/s to {args.url}", flush=True)
+    stop.wait(args.max_seconds)
     records = client.stop()
     with open(args.out, "w", encoding="utf-8") as out:
         out.writelines(json.dumps(rec) + "\n" for rec in records)

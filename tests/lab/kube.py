@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ansible_collections.hanzo.kms.plugins.module_utils import times
 from tests.lab import dns as site_dns
 from tests.lab import images, kube_build, node, pki
 from tests.lab.core import REPO_ROOT, LabError, wait_until
@@ -54,6 +55,8 @@ STORAGE_CLASS = "lab-hostpath"
 VOLUMES_PER_SITE = int(os.environ.get("HANZO_KMS_LAB_VOLUMES", "6"))
 VOLUME_SIZE = "10Gi"
 POSTGRES_UID = 26  # CNPG's default postgresUID/postgresGID, the lab's PostgreSQL image's user
+OPERATOR_NAMESPACE = "cnpg-system"  # roles/cnpg: cnpg_operator_namespace (the lab inventory keeps it)
+BACK_TIMEOUT = 300.0  # a powered-on site: its apiserver, then its operator's pods restarted by kubelet
 
 
 # -- binaries ------------------------------------------------------------------------------------------------------
@@ -789,6 +792,44 @@ def check(lab, entry):
     except (OSError, ssl.SSLError) as exc:
         problems.append(f"{entry['context']} kube-apiserver {entry.get('server')} unreachable: {exc}")
     return problems
+
+
+def running_since(pods, since):
+    """True when there are pods and each is Ready with every container running since ``since`` (epoch seconds; the
+    kubelet's times have whole seconds). After a power cut the stored status of a Deployment and its pods still says
+    Available and Ready until the controllers catch up; the containers' start times come from the restarted kubelet."""
+    pods = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]  # finished Jobs'
+    if not pods:
+        return False
+    for pod in pods:
+        status = pod.get("status") or {}
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        containers = status.get("containerStatuses") or []
+        if conditions.get("Ready") != "True" or not containers:
+            return False
+        for container in containers:
+            started = times.parse_iso_z(((container.get("state") or {}).get("running") or {}).get("startedAt"))
+            if not container.get("ready") or started is None or started.timestamp() < int(since):
+                return False
+    return True
+
+
+def wait_back(entry, since, operator, timeout=BACK_TIMEOUT):
+    """A site's node powered on again at ``since`` (node.power_on): wait until its kube-apiserver is ready and, in
+    operator mode, the CNPG operator's and its plugin's pods run again (their webhooks admit the patches of fence.yml
+    and rejoin.yml)."""
+    api = Api.from_entry(entry)
+    wait_until(
+        lambda: api.get("/readyz", timeout=2)[0] == 200, timeout, f"{entry['context']} kube-apiserver /readyz", 1
+    )
+    if operator:
+        path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+        wait_until(
+            lambda: running_since(api.get(path, timeout=5)[1]["items"], since),
+            timeout,
+            f"{entry['context']}: the pods in {OPERATOR_NAMESPACE} running again",
+            1,
+        )
 
 
 def _dev_main():  # pragma: no cover - developer driver until the lab CLI calls up()/check()

@@ -20,7 +20,7 @@ import os
 import socket
 import subprocess
 
-from tests.lab import node, pki
+from tests.lab import haproxy, node, pki
 from tests.lab.core import LabError, require_binary, wait_until
 from tests.lab.haproxy_render import lab_keepalived_values, render
 
@@ -211,3 +211,19 @@ def lose_host(lab_dir, host):
     killed = node.lose_site(lab_dir, host)
     node.set_link(lab_dir, host, up=False)
     return killed
+
+
+def wait_back(state, host, timeout=60.0):
+    """An LB host powered on again (node.power_on): wait until its sshd and its HAProxy's admin socket answer and one
+    LB host holds the VIP (keepalived on the returned host may take it back)."""
+    instance = next(i for i in state["lb"]["instances"] if i["name"] == host)
+    wait_until(
+        lambda: (
+            check_ssh(state, host)[0]
+            and haproxy.check_instance(instance, require_serving=False)[0]
+            and len(vip_holders(state["lb_hosts"])) == 1
+        ),
+        timeout,
+        f"{host}'s sshd, HAProxy and the VIP",
+        0.5,
+    )

@@ -277,3 +277,16 @@ def down(lab, log=print):
     _wipe(lab)
     log(f"lab in {lab.dir} stopped ({len(stopped)} processes) and removed")
     return stopped
+
+
+def power_on(lab, host):
+    """A host lost by ``lose-site`` comes back (node.power_on) and serves again: a site's kube-apiserver ready and, in
+    operator mode, its CNPG operator's pods running again; an LB host's sshd, HAProxy and the VIP. (the names of the
+    processes started, seconds until it serves)."""
+    since = time.time()
+    started = node.power_on(lab, host)
+    if host in lbhost.HOSTS:
+        lbhost.wait_back(lab.state, host)
+    elif _kube() is not None and "kube" in lab.state["sites"][host]:
+        _kube().wait_back(lab.state["sites"][host]["kube"], since, lab.state.get("cnpg", {}).get("mode") == "operator")
+    return started, round(time.time() - since, 1)

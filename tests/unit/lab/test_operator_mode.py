@@ -46,3 +46,28 @@ def test_corefile_serves_the_cluster_domain_from_the_sites_apiserver_on_the_node
 )
 def test_dns_names_are_skipped_whole(data, offset, end):
     assert dns._skip_name(data, offset) == end  # pylint: disable=protected-access
+
+
+def operator_pod(started, ready=True, phase="Running"):
+    return {
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [{"name": "manager", "ready": ready, "state": {"running": {"startedAt": started}}}],
+        }
+    }
+
+
+POWERED_ON = 1796424200.0  # 2026-12-04T22:43:20Z
+
+
+def test_the_operator_runs_again_only_when_every_pod_was_restarted_after_the_power_on_and_is_ready():
+    after, before = "2026-12-04T22:43:25Z", "2026-12-04T21:00:00Z"
+    assert kube.running_since([operator_pod(after), operator_pod("2026-12-04T22:43:20Z")], POWERED_ON)
+    # the status stored before the power cut still says Ready: not yet
+    assert not kube.running_since([operator_pod(after), operator_pod(before)], POWERED_ON)
+    assert not kube.running_since([operator_pod(after, ready=False)], POWERED_ON)
+    assert not kube.running_since([{"status": {"phase": "Pending"}}], POWERED_ON)
+    assert not kube.running_since([], POWERED_ON)
+    # a finished Job's pod does not count
+    assert kube.running_since([operator_pod(after), operator_pod(before, ready=False, phase="Succeeded")], POWERED_ON)
