@@ -83,7 +83,7 @@ demo: setup lab-up
 # Molecule scenarios on the lab (LAB_DIR): install, switchover and back, failover after losing dc1, failover with dc1
 # partitioned and its fence when it returns (operator mode; both leave dc1 down or fenced;
 # the next lab-up rebuilds the lab), the failback after a failover (dc1 and lb1 lost, failover, both back, fence,
-# rejoin, switchover back under load; ≈ 15 min, so not in make test). make test runs the default scenario inside
+# rejoin, switchover back under load; ≈ 17 min, so not in make test). make test runs the default scenario inside
 # test_cnpg_operator_real.py, on the operator lab that test brings up (one lab and one install for both).
 .PHONY: molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition molecule-failback
 molecule-default molecule-backup molecule-switchover molecule-failover molecule-partition molecule-failback: venv
