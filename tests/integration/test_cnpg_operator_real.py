@@ -779,12 +779,13 @@ def newest_report(lab, prefix):
 
 
 def archive_current_wal(lab, site="dc1"):
-    """Switch ``site``'s WAL segment and wait until the switched segment is in the bucket: every commit before the
-    switch can then be recovered from the object store."""
+    """Switch ``site``'s WAL segment and wait until the switched segment is in the bucket, under the archive the
+    Cluster writes now (a rejoin renamed it): every commit before the switch can then be recovered from it."""
+    wals = f"cnpg/{site}/{archive_server(cluster(lab, site))}/wals/"
     segment = psql(lab, site, "select pg_walfile_name(pg_current_wal_lsn())")
     psql(lab, site, "select pg_switch_wal()")  # its own transaction: the commits before it are in the switched segment
     wait_until(
-        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, f"cnpg/{site}/kms-pg-{site}/wals/")),
+        lambda: any(key.endswith(f"/{segment}.gz") for key in bucket_keys(lab, wals)),
         60,
         f"WAL segment {segment} in the bucket",
     )
