@@ -216,6 +216,10 @@ NOT_ASKED = {
     },
     "pitr": {
         "pitr_mode": "replace is refused (not automated; the runbook's manual steps): scratch is the only mode",
+        "pitr_server_name": (
+            "an older archive on purpose (e.g. <cluster>, from before a failback): the runbook's -e; the default is "
+            "read from the Clusters"
+        ),
         **dict.fromkeys(
             ["pitr_cluster", "pitr_instances", "pitr_storage_size", "pitr_storage_class"], INVENTORY_SETTING
         ),
