@@ -88,11 +88,6 @@ def start(lab, out, prefix, rate, max_seconds):
     return proc.pid
 
 
-def read_records(out):
-    with open(out, encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
-
-
 def stop(out):
     """Stop the load client (SIGTERM: it writes its records and exits) and return its records."""
     out, pid_file, log_file = paths(out)
@@ -103,7 +98,7 @@ def stop(out):
     if not out.exists():
         raise LabError(f"the load client wrote no records to {out} (log {log_file})")
     pid_file.unlink(missing_ok=True)
-    return read_records(out)
+    return load.read_records(out)
 
 
 def summary(records, rows=None):
@@ -143,7 +138,7 @@ def main(argv=None):
             print(f"load client started, pid {start(lab, args.out, args.prefix, args.rate, args.max_seconds)}")
         else:
             rows = site_db.secret_values(lab.state, args.site, f"{args.prefix}-")
-            print(json.dumps(summary(read_records(args.out), rows)))
+            print(json.dumps(summary(load.read_records(args.out), rows)))
     except (LabError, OSError) as exc:
         print(f"load error: {exc}", file=sys.stderr)
         return 2

@@ -125,6 +125,18 @@ class LoadClient:
             return sorted(self.records, key=lambda r: r["t0"])
 
 
+def write_records(path, records):
+    """The records as JSON lines: one file format for the load client, the drills and their readers."""
+    with open(path, "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(rec) + "\n" for rec in records)
+
+
+def read_records(path):
+    """The records ``write_records`` wrote to ``path``."""
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
 def main(argv=None):
     """``python -m tests.drill.load --url URL --out FILE``: run a LoadClient until SIGTERM or SIGINT, then write its
     records (JSON lines) to FILE. The partition drill starts it inside a site's network namespace, as that site's own
@@ -147,9 +159,7 @@ def main(argv=None):
     client.start()
     print(f"{READY_LINE} {args.rate} writes/s + {args.rate} reads/s to {args.url}", flush=True)
     stop.wait(args.max_seconds)
-    records = client.stop()
-    with open(args.out, "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(rec) + "\n" for rec in records)
+    write_records(args.out, client.stop())
     return 0
 
 

@@ -26,8 +26,7 @@ import time
 # after tests.lab, which puts the collection (.venv/collections) on sys.path
 from ansible_collections.hanzo.kms.plugins.module_utils import operation_decisions  # pylint: disable=wrong-import-order
 from tests.ansible_run import LAB_INVENTORY, ansible_argv
-from tests.drill import analysis, plot
-from tests.drill.load import LoadClient
+from tests.drill import analysis, load, plot
 from tests.drill.run import Drill, drill_from_args
 from tests.lab import node
 from tests.lab.core import REPO_ROOT
@@ -87,8 +86,7 @@ class PartitionDrill(Drill):
             self.site_client.send_signal(signal.SIGTERM)
             self.site_client.wait(30)
         try:
-            with open(self.site_log, encoding="utf-8") as lines:
-                return [json.loads(line) for line in lines if line.strip()]
+            return load.read_records(self.site_log)
         except OSError:
             return []
 
@@ -147,8 +145,8 @@ class PartitionDrill(Drill):
         self.playbook("install", "install")
         self.playbook("backup", "backup")
         url = self.lab_state().state["lb"]["vip_url"]
-        load = LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
-        load.start()
+        client = load.LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
+        client.start()
         self.start_site_client(self.rate / 2)
         self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")
         try:
@@ -164,7 +162,7 @@ class PartitionDrill(Drill):
             time.sleep(self.settle)
             self.playbook("status", "status", "-e", f"kms_status_report_dir={self.out_dir / 'status'}")
         finally:
-            records = load.stop()
+            records = client.stop()
             site_records = self.stop_site_client()
         rows = self.surviving_rows(TARGET)
         return self.write_partition_report(records, site_records, rows)
@@ -182,8 +180,7 @@ class PartitionDrill(Drill):
         }
 
     def write_partition_report(self, records, site_records, rows):
-        with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(rec) + "\n" for rec in records)
+        load.write_records(self.out_dir / "requests.jsonl", records)
         by_label = {p["label"]: p for p in self.phases}
         reports = [
             item["report"]

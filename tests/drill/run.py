@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 from tests.ansible_run import LAB_INVENTORY, ansible_argv, ansible_env
-from tests.drill import analysis, plot
-from tests.drill.load import LoadClient
+from tests.drill import analysis, load, plot
 from tests.lab import node, site_db
 from tests.lab.core import REPO_ROOT, Lab, pid_alive, wait_until
 
@@ -168,8 +167,8 @@ class Drill:
         self.playbook("install", "install")
         self.playbook("backup", "backup")
         url = self.lab_state().state["lb"]["vip_url"]
-        load = LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
-        load.start()
+        client = load.LoadClient(url, rate=self.rate, ca_file=self.lab_state().state["pki"]["ca_file"])
+        client.start()
         sampler = ReplicationSampler(self.lab_dir)
         sampler.start()
         self.log(f"load on: {self.rate} writes/s + {self.rate} reads/s through {url}")
@@ -195,7 +194,7 @@ class Drill:
             time.sleep(self.settle)
             self.playbook("backup before loss", "backup")
             time.sleep(self.settle)
-            acked_before_loss = len(load.acked)
+            acked_before_loss = len(client.acked)
             self.kill_dc1()
             self.playbook(
                 "failover to dc2",
@@ -207,7 +206,7 @@ class Drill:
             )
             time.sleep(self.settle)
         finally:
-            records = load.stop()
+            records = client.stop()
             self.replication = sampler.stop()
         rows = self.surviving_rows("dc2")
         return self.write_report(records, rows, acked_before_loss)
@@ -222,9 +221,7 @@ class Drill:
         }
 
     def write_report(self, records, rows, acked_before_loss):
-        with open(self.out_dir / "requests.jsonl", "w", encoding="utf-8") as out:
-            for rec in records:
-                out.write(json.dumps(rec) + "\n")
+        load.write_records(self.out_dir / "requests.jsonl", records)
         acked = analysis.acknowledged_writes(records)
         by_label = {p["label"]: p for p in self.phases}
         kill_time = by_label["kill dc1"]["start"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from tests.drill import lb_load
+from tests.drill import lb_load, load
 from tests.unit.drill.test_analysis import rec
 
 
@@ -25,7 +23,7 @@ def test_the_summary_counts_what_the_load_saw_and_names_each_acknowledged_write_
 
 def test_stop_reads_the_records_of_a_client_that_already_ended(tmp_path):
     out, pid_file, _log = lb_load.paths(tmp_path / "load.jsonl")
-    out.write_text("".join(json.dumps(r) + "\n" for r in [rec(0, True), rec(1, False)]), encoding="utf-8")
+    load.write_records(out, [rec(0, True), rec(1, False)])  # what the client writes when it ends
     pid_file.write_text("999999999", encoding="ascii")  # no such process: it stopped by itself (--max-seconds)
     assert [r["ok"] for r in lb_load.stop(out)] == [True, False]
     assert not pid_file.exists()
