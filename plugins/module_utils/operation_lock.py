@@ -15,6 +15,8 @@ backup, restore test and the Redis backup CronJob so that two of them never run 
 - A site whose API does not answer is skipped when the caller allows it (a failover after losing a site), never a
   site that answers with a Lease held by someone else.
 - An expired lock is taken over; a held one only with the confirmation ``BREAK LOCK <holder>``.
+- A run may wait a bounded time for holders of named operations (the scheduled Redis backup Jobs, seconds long) to
+  give the lock back; while it waits it holds nothing, so the holder is never blocked by the waiter.
 
 The Redis backup CronJob does the same with kubectl (roles/redis/templates/operation-lock.sh.j2); the constants below
 are its single definition (tests/unit/plugins/module_utils/test_operation_lock.py checks the script against them).
@@ -40,6 +42,8 @@ LABELS = {
     "app.kubernetes.io/component": "operation-lock",
 }
 OPERATION_ANNOTATION = "hanzo.kms/operation"
+# The operation the Redis backup CronJob's Jobs record: short runs on a schedule, which the playbooks wait for.
+REDIS_BACKUP_OPERATION = "redis-backup"
 DEFAULT_TTL = 7200
 BREAK_PHRASE = "BREAK LOCK {holder}"
 # Attempts per site when a write conflicts (409): re-read and decide again each time.
@@ -184,7 +188,11 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         break_confirmation="",
         allow_unreachable=False,
         check_mode=False,
+        wait=0,
+        wait_for=(),
+        poll=2.0,
         clock=time.time,
+        sleep=time.sleep,
     ):
         self.sites = dict(sorted(sites.items()))  # the fixed order: two racers meet at the same first Lease
         self.owner = owner
@@ -194,7 +202,11 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         self.break_confirmation = break_confirmation or ""
         self.allow_unreachable = allow_unreachable
         self.check_mode = check_mode
+        self.wait = max(0.0, float(wait))
+        self.wait_for = frozenset(wait_for)
+        self.poll = poll
         self.clock = clock
+        self.sleep = sleep
 
     def _result(self, state, sites):
         changed = any(
@@ -229,6 +241,31 @@ class OperationLock:  # pylint: disable=too-many-instance-attributes
         return entry
 
     def acquire(self):
+        """Take the lock in every site; while a holder of a ``wait_for`` operation refuses it, try again every
+        ``poll`` seconds for up to ``wait`` seconds (holding nothing meanwhile: a refused attempt gives back all)."""
+        start = self.clock()
+        waited_for = []
+        while True:
+            try:
+                result = self._acquire_once()
+            except LockError as exc:
+                remaining = start + self.wait - self.clock()
+                holder = exc.details.get("holder")
+                waitable = exc.details.get("holder_operation") in self.wait_for and not self.break_confirmation
+                if holder and waitable and holder not in waited_for:
+                    waited_for.append(holder)
+                if not (holder and waitable and remaining > 0):
+                    if waited_for:
+                        exc.msg = f"After waiting {self.clock() - start:.0f} s of at most {self.wait:.0f} s: {exc.msg}"
+                        exc.details["waited_for"] = waited_for
+                    raise
+                self.sleep(min(self.poll, remaining))
+                continue
+            result["waited"] = round(self.clock() - start, 1) if waited_for else 0
+            result["waited_for"] = waited_for
+            return result
+
+    def _acquire_once(self):
         done, taken = [], []
         for site, store in self.sites.items():
             try:

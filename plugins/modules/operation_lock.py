@@ -22,6 +22,10 @@ description:
     losing a site); at least one site must answer. A site that answers is never skipped.
   - O(break_lock) takes over a lock held by someone else, for a run that crashed; it must equal
     C(BREAK LOCK <holder>) exactly.
+  - With O(wait), O(state=acquired) waits up to O(wait) seconds for a holder whose operation is in
+    O(wait_for_operations) (by default the Redis backup CronJob's Jobs, which hold the lock for the seconds a backup
+    takes). Meanwhile it holds nothing (it gives back what it took) and tries again every 2 seconds; once O(wait) has
+    passed it fails as above. It never waits for another playbook's run, nor when O(break_lock) is given.
   - O(state=released) frees the Leases held by O(owner) (the Lease is kept, without a holder). It refuses, and fails,
     when a site's lock is held by another owner.
   - The Redis backup CronJob of M(hanzo.kms.redis) takes the same Lease with kubectl (same name, labels, annotation
@@ -94,6 +98,19 @@ options:
       - Timeout in seconds of each Kubernetes API request; a site that does not answer within it is unreachable.
     type: int
     default: 10
+  wait:
+    description:
+      - Seconds to wait, with O(state=acquired), for a holder whose operation is in O(wait_for_operations) to give
+        the lock back. V(0) fails at once.
+    type: int
+    default: 0
+  wait_for_operations:
+    description:
+      - The holders' operations worth waiting for (short runs on a schedule). V(redis-backup) is the Redis backup
+        CronJob's.
+    type: list
+    elements: str
+    default: [redis-backup]
 """
 
 EXAMPLES = r"""
@@ -121,6 +138,7 @@ EXAMPLES = r"""
     allow_unreachable: true
     break_lock: "BREAK LOCK failover/20261202T040000Z-1a2b@ops1"
     request_timeout: 5
+    wait: 300
     sites:
       - {name: dc1, namespace: kms, host: "https://k8s.dc1.example.com:6443", api_key: "{{ dc1_token }}"}
       - {name: dc2, namespace: kms, host: "https://k8s.dc2.example.com:6443", api_key: "{{ dc2_token }}"}
@@ -183,6 +201,17 @@ unreachable_sites:
   returned: success
   type: list
   elements: str
+waited:
+  description: Seconds spent waiting for the holders in RV(waited_for) (V(0) when the lock was free).
+  returned: when acquired
+  type: float
+  sample: 8.0
+waited_for:
+  description: The holders this run waited for (Redis backup Jobs, by default).
+  returned: when acquired, and when refused after waiting
+  type: list
+  elements: str
+  sample: [redis-backup/redis-backup-29417837@dc1]
 holder:
   description: The other owner holding the lock.
   returned: when refused
@@ -208,6 +237,7 @@ from ansible_collections.hanzo.kms.plugins.module_utils.module_run import not_po
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_lock import (
     DEFAULT_TTL,
     LEASE_NAME,
+    REDIS_BACKUP_OPERATION,
     KubeLease,
     LockError,
     OperationLock,
@@ -231,6 +261,8 @@ def argument_spec():
         break_lock=dict(type="str", default=""),
         allow_unreachable=dict(type="bool", default=False),
         request_timeout=dict(type="int", default=10),
+        wait=dict(type="int", default=0),
+        wait_for_operations=dict(type="list", elements="str", default=[REDIS_BACKUP_OPERATION]),
     )
     return spec
 
@@ -255,6 +287,8 @@ def main():
         module.fail_json(msg=problem[0], exception=problem[1])
     params = module.params
     problem = not_positive(params, ("ttl", "request_timeout"))
+    if params["wait"] < 0:
+        problem = f"wait must be 0 (do not wait) or more seconds, got {params['wait']}"
     if problem:
         module.fail_json(msg=problem)
     owner = params["owner"]
@@ -289,6 +323,8 @@ def main():
         break_confirmation=params["break_lock"],
         allow_unreachable=params["allow_unreachable"],
         check_mode=module.check_mode,
+        wait=params["wait"],
+        wait_for=params["wait_for_operations"],
     )
     try:
         result = lock.acquire() if params["state"] == "acquired" else lock.release()

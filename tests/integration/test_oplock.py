@@ -8,6 +8,7 @@
 - the CronJob's kubectl script (roles/redis/templates/operation-lock.sh.j2, rendered by Ansible) run on the control
   node with the lab's kubectl: refused while a playbook holds the lock, takes it otherwise, and the module and the
   script see each other's Lease the same way;
+- a run with ``wait`` waits for a Redis backup Job holding the lock (holding nothing meanwhile) and then takes it;
 - backup.yml while a "failover" holds the lock fails at once with the holder in the message and changes nothing.
 """
 
@@ -366,6 +367,47 @@ def test_cronjob_script_refused_while_a_playbook_holds_the_lock(
     assert run_script("check", kube_namespace, job).returncode == 3
     rc, after = run_module({"operation": "backup", "sites": sites}, lab_dir)
     assert rc == 0 and after["sites"][0]["action"] == "taken"
+
+
+def test_a_run_waits_for_a_backup_job_and_takes_the_lock_when_the_job_releases_it(
+    lab_dir, kube_sites, kube_clients, kube_namespace, run_script
+):
+    """The Job holds dc2's Lease (the script, as in the CronJob); a failover with ``wait`` gives dc1 back while it
+    waits (the Job's check keeps passing) and takes both sites once the Job releases."""
+    sites = sites_arg(kube_sites, kube_namespace)
+    for site in SITES:
+        put_lease(kube_clients, site, kube_namespace, "", "", time.time(), 60)  # free, transitions 0
+    job = f"redis-backup/redis-backup-{uuid.uuid4().hex[:6]}@dc2"
+    assert run_script("acquire", kube_namespace, job, site="dc2").returncode == 0
+    outcome = {}
+    waiter = threading.Thread(
+        target=lambda: outcome.update(
+            zip(("rc", "result"), run_module({"operation": "failover", "wait": 120, "sites": sites}, lab_dir))
+        )
+    )
+    waiter.start()
+    try:
+        # The module took dc1, was refused at dc2 and gave dc1 back: it is waiting, holding nothing.
+        wait_until(
+            lambda: (
+                (lease(kube_clients, "dc1", kube_namespace).spec.lease_transitions or 0) >= 1
+                and holder(kube_clients, "dc1", kube_namespace) is None
+            ),
+            120,
+            "the waiting run to give dc1's Lease back",
+        )
+        assert run_script("check", kube_namespace, job, site="dc2").returncode == 0
+        assert "rc" not in outcome
+        released = run_script("release", kube_namespace, job, site="dc2")
+        assert released.returncode == 0, released.stderr
+    finally:
+        waiter.join(180)
+    assert outcome["rc"] == 0, outcome
+    result = outcome["result"]
+    assert result["acquired_sites"] == ["dc1", "dc2"] and result["waited_for"] == [job], result
+    assert result["waited"] > 0
+    assert [holder(kube_clients, s, kube_namespace) for s in SITES] == [result["owner"]] * 2
+    run_module({"state": "released", "owner": result["owner"], "sites": sites}, lab_dir)
 
 
 def test_cronjob_script_takes_an_expired_lock_and_loses_a_broken_one(

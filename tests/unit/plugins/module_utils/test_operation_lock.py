@@ -187,6 +187,74 @@ def test_racer_writing_between_read_and_write_wins_and_the_loser_is_refused():
     assert dc1.obj["spec"]["holderIdentity"] == "switchover/x@ops2"
 
 
+class Clock:
+    """A clock that only ``sleep`` moves, and that runs ``at`` hooks once their time has come."""
+
+    def __init__(self):
+        self.now = NOW
+        self.hooks = []
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+        for when, hook in [h for h in self.hooks if h[0] <= self.now]:
+            self.hooks.remove((when, hook))
+            hook()
+
+
+def backup_job_lease(site):
+    """A Redis backup Job holding the lock in ``site`` (what the CronJob's script writes)."""
+    return MemLease(lease=held(f"redis-backup/job-1@{site}", operation=ol.REDIS_BACKUP_OPERATION))
+
+
+def test_a_run_waits_for_a_backup_job_holding_nothing_meanwhile_and_takes_the_lock_once_it_ends():
+    clock = Clock()
+    sites = {"dc1": MemLease(), "dc2": backup_job_lease("dc2")}
+    seen_while_waiting = []
+
+    def job_ends():
+        seen_while_waiting.append(sites["dc1"].obj["spec"].get("holderIdentity"))
+        sites["dc2"].replace(ol.released_body(ol.LEASE_NAME, "kms", ol.lease_view(sites["dc2"].obj)))
+
+    clock.hooks.append((NOW + 7, job_ends))
+    result = lock(
+        sites, owner="failover/a@ops", wait=60, wait_for=[ol.REDIS_BACKUP_OPERATION], clock=clock, sleep=clock.sleep
+    ).acquire()
+    assert seen_while_waiting == [None]  # dc1 was given back while waiting: the Job is never blocked by the waiter
+    assert result["acquired_sites"] == ["dc1", "dc2"] and result["waited_for"] == ["redis-backup/job-1@dc2"]
+    assert result["waited"] == 8 and clock.slept == [2.0] * 4
+    assert all(s.obj["spec"]["holderIdentity"] == "failover/a@ops" for s in sites.values())
+
+
+def test_the_wait_is_bounded_and_the_refusal_says_how_long_it_waited():
+    clock = Clock()
+    sites = {"dc1": backup_job_lease("dc1")}
+    with pytest.raises(ol.LockError) as exc:
+        lock(sites, wait=5, wait_for=[ol.REDIS_BACKUP_OPERATION], clock=clock, sleep=clock.sleep).acquire()
+    assert exc.value.msg.startswith("After waiting 5 s of at most 5 s: The operation lock is held by 'redis-backup/")
+    assert exc.value.details["waited_for"] == ["redis-backup/job-1@dc1"] and clock.slept == [2.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "holder_operation, kwargs",
+    [
+        ("failover", {"wait": 60, "wait_for": [ol.REDIS_BACKUP_OPERATION]}),  # another operator's run: never waited for
+        (ol.REDIS_BACKUP_OPERATION, {}),  # no wait asked
+        (ol.REDIS_BACKUP_OPERATION, {"wait": 60, "wait_for": [ol.REDIS_BACKUP_OPERATION], "break_confirmation": "x"}),
+    ],
+)
+def test_no_wait_for_other_operations_without_a_wait_or_when_breaking(holder_operation, kwargs):
+    clock = Clock()
+    sites = {"dc1": MemLease(lease=held("someone/1@x", operation=holder_operation))}
+    with pytest.raises(ol.LockError) as exc:
+        lock(sites, clock=clock, sleep=clock.sleep, **kwargs).acquire()
+    assert clock.slept == [] and not exc.value.msg.startswith("After waiting")
+
+
 def test_expired_lock_is_taken_over():
     dc1 = MemLease(lease=held("failover/dead@ops", since=NOW - 7201, ttl=7200))
     result = lock({"dc1": dc1}).acquire()
@@ -267,6 +335,7 @@ def test_redis_role_and_script_use_the_modules_lease_constants():
     assert labels == ol.LABELS
     assert f'"{ol.OPERATION_ANNOTATION}":"%s"' in script
     assert ol.OPERATION_ANNOTATION.replace(".", "\\.") in script  # the jsonpath reading it back
+    assert f"\noperation={ol.REDIS_BACKUP_OPERATION}\n" in script  # what the playbooks wait for
 
 
 def test_doc_fragment_matches_kubernetes_core_auth_spec():
