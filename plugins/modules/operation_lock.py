@@ -330,6 +330,11 @@ def main():
         result = lock.acquire() if params["state"] == "acquired" else lock.release()
     except LockError as exc:
         module.fail_json(msg=exc.msg, owner=owner, **exc.details)
+    if result.get("waited_for"):
+        # Shown without -v: the wait is part of the run's time (a failover's RTO).
+        module.warn(
+            f"waited {result['waited']:g} s for {', '.join(result['waited_for'])} to give the operation lock back"
+        )
     for entry in result["sites"]:
         if entry["action"] == "unreachable":
             module.warn(

@@ -405,7 +405,7 @@ def test_a_run_waits_for_a_backup_job_and_takes_the_lock_when_the_job_releases_i
     assert outcome["rc"] == 0, outcome
     result = outcome["result"]
     assert result["acquired_sites"] == ["dc1", "dc2"] and result["waited_for"] == [job], result
-    assert result["waited"] > 0
+    assert result["waited"] > 0 and "to give the operation lock back" in result["output"]
     assert [holder(kube_clients, s, kube_namespace) for s in SITES] == [result["owner"]] * 2
     run_module({"state": "released", "owner": result["owner"], "sites": sites}, lab_dir)
 
