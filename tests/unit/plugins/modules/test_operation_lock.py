@@ -60,6 +60,7 @@ def test_bad_arguments_fail_naming_the_problem_before_any_client_is_built(
         (dict(ttl=0), "ttl must be greater than 0, got 0"),
         (dict(ttl=-60), "ttl must be greater than 0, got -60"),
         (dict(request_timeout=0), "request_timeout must be greater than 0, got 0"),
+        (dict(wait=-1), "wait must be 0 (do not wait) or more seconds, got -1"),
         (
             dict(sites=[{"name": "dc1"}, {"name": "dc1", "namespace": "other"}]),
             "sites must name each site once, got ['dc1', 'dc1']",
@@ -95,6 +96,8 @@ def test_defaults_reach_the_lock(run_module, work):
         "break_confirmation": "",
         "allow_unreachable": False,
         "check_mode": False,
+        "wait": 0,
+        "wait_for": ["redis-backup"],
     }
     work.OperationLock.return_value.acquire.assert_called_once_with()
     work.OperationLock.return_value.release.assert_not_called()
@@ -119,6 +122,8 @@ def test_a_given_owner_names_the_operation_and_released_releases(run_module, wor
         "break_confirmation": "",
         "allow_unreachable": True,
         "check_mode": True,
+        "wait": 0,
+        "wait_for": ["redis-backup"],
     }
     assert work.KubeLease.call_args.args == ("client-dc1", "kms2")
     work.OperationLock.return_value.release.assert_called_once_with()
