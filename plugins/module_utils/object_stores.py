@@ -5,8 +5,9 @@
 
 Two layouts (docs/install.md, "Object storage"):
 
-- ``shared`` (the default): one object store outside both data centers. Every site has the same ``object_storage_*``
-  values; the store's access keys are the Secret ``<secret_name>`` and its CA the Secret ``<ca_secret_name>``.
+- ``shared`` (the default): one object store outside both data centers, one bucket (each site may reach it at an
+  address of its own); the store's access keys are the Secret ``<secret_name>`` and its CA the Secret
+  ``<ca_secret_name>``.
 - ``per_site``: one object store per data center. Each site's host variables set its own ``object_storage_*``
   (endpoint, bucket, region, keys, CA); each site's CNPG Cluster archives to its own store, a replica reads its
   source's store, and the Redis backups are written to every store. The Secrets are named per store:
@@ -55,7 +56,7 @@ def object_stores(
     ``ca_secret_name`` (the Secret with its CA, empty without a CA bundle). ``sites``: one mapping per site (its host
     variables). Raises ``LayoutError``:
 
-    - ``shared`` with sites whose stores differ (the per_site layout was meant, or a host variable is stray);
+    - ``shared`` with sites whose buckets differ (the per_site layout was meant, or a host variable is stray);
     - ``per_site`` with two sites on the same store (a site's own object_storage_* are missing, so it fell back to
       the group's): a data center's loss would take both sites' backups.
     """
@@ -65,14 +66,16 @@ def object_stores(
     if len({store["site"] for store in stores}) != len(stores):
         raise LayoutError("two sites have the same site_name")
     if layout == "shared":
+        # One store may be reached at another address from each site (the endpoint, and with it region or CA, may
+        # differ); its bucket is one: each site's archive is a path in it, which the other site's replica reads.
         first = stores[0] if stores else None
         for store in stores[1:]:
-            differs = sorted(field for field in FIELDS if store[field] != first[field])
-            if differs:
+            if store["bucket"] != first["bucket"]:
                 raise LayoutError(
                     f"object_storage_layout is shared (one store for all sites), but site {store['site']}'s "
-                    f"object_storage_{', object_storage_'.join(differs)} differ from site {first['site']}'s; set "
-                    "object_storage_layout: per_site for one store per data center, or remove the site's own values"
+                    f"object_storage_bucket {store['bucket']!r} differs from site {first['site']}'s "
+                    f"{first['bucket']!r}; set object_storage_layout: per_site for one store per data center, or "
+                    "remove the site's own value"
                 )
         for store in stores:
             store["secret_name"] = secret_name

@@ -33,9 +33,19 @@ def test_shared_layout_without_ca_has_no_ca_secret():
     assert [(s["secret_name"], s["ca_secret_name"]) for s in stores] == [("s", ""), ("s", "")]
 
 
-def test_shared_layout_refuses_sites_with_different_stores():
-    with pytest.raises(layout.LayoutError, match=r"site dc2's object_storage_bucket, object_storage_endpoint_url"):
+def test_shared_layout_refuses_sites_with_different_buckets():
+    with pytest.raises(layout.LayoutError, match=r"site dc2's object_storage_bucket 'b2' differs from site dc1's"):
         layout.object_stores([site("dc1"), site("dc2", endpoint_url="https://s3.dc2", bucket="b2")])
+
+
+def test_shared_layout_accepts_one_store_reached_at_an_address_per_site():
+    stores = layout.object_stores(
+        [site("dc1", endpoint_url="https://10.0.1.1"), site("dc2", endpoint_url="https://10.0.2.1")]
+    )
+    assert [(s["endpoint_url"], s["secret_name"]) for s in stores] == [
+        ("https://10.0.1.1", "kms-object-store"),
+        ("https://10.0.2.1", "kms-object-store"),
+    ]
 
 
 def test_per_site_layout_names_a_secret_per_store():
