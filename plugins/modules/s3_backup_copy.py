@@ -47,11 +47,45 @@ options:
     required: true
   source:
     description:
-      - The store to copy from. C(bucket) is required; the other keys are the connection options of the
-        C(hanzo.kms.s3) doc fragment (C(endpoint_url), C(region), C(access_key), C(secret_key), C(session_token),
-        C(ca_bundle), C(validate_certs), C(addressing_style)), with the same defaults.
+      - The store to copy from, with the connection options of the module's own (the destination's), which it does
+        not inherit.
     type: dict
     required: true
+    suboptions:
+      bucket:
+        description: The source bucket.
+        type: str
+        required: true
+      endpoint_url:
+        description: URL of the source's S3-compatible endpoint; omitted, the AWS S3 endpoint of O(source.region).
+        type: str
+      region:
+        description: Region used to sign requests to the source.
+        type: str
+        default: us-east-1
+      access_key:
+        description: The source's S3 access key ID; omitted, boto3's environment and config files.
+        type: str
+        aliases: [aws_access_key_id]
+      secret_key:
+        description: The source's S3 secret access key.
+        type: str
+        aliases: [aws_secret_access_key]
+      session_token:
+        description: Session token for temporary credentials of the source.
+        type: str
+      ca_bundle:
+        description: PEM file of the CA that signed the source endpoint's certificate; omitted, the system's.
+        type: path
+      validate_certs:
+        description: Whether to verify the source endpoint's TLS certificate.
+        type: bool
+        default: true
+      addressing_style:
+        description: How the bucket is put into request URLs of the source (see O(addressing_style)).
+        type: str
+        choices: [auto, path, virtual]
+        default: auto
 """
 
 EXAMPLES = r"""
