@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from tests.integration.test_cnpg_operator_real import get, playbook, psql, report, site_redis
+from tests.integration.test_cnpg_operator_real import get, psql, report, site_redis
+from tests.integration.test_cnpg_operator_real import playbook as run_lab_playbook
 from tests.lab import node, stack
 from tests.lab import s3 as lab_s3
 from tests.lab.core import Lab
@@ -56,12 +57,22 @@ def per_site_lab():
         stack.down(lab, log=lambda _msg: None)
 
 
+def playbook(lab, path, *args, timeout=1800):
+    """``run_lab_playbook``, its output kept in the lab's reports directory (<playbook>-drill.log)."""
+    run, seconds = run_lab_playbook(lab, path, *args, timeout=timeout)
+    out = lab.dir / "reports" / f"{os.path.basename(path)}-drill.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(run.stdout, encoding="utf-8")
+    return run, seconds
+
+
 def store_keys(lab, site, prefix):
     entry = lab.state["sites"][site]["s3"]
     pages = lab_s3.client(entry).get_paginator("list_objects_v2").paginate(Bucket=entry["bucket"], Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", ()))
 
 
+@pytest.mark.timeout(3600)  # lab up, install, backup and failover on the operator lab: far beyond pytest.ini's 900 s
 def test_failover_after_losing_dc1_and_its_store_restores_from_dc2s_store(per_site_lab):
     lab = per_site_lab
     _run, FIGURES["install.yml (s)"] = playbook(lab, "playbooks/install.yml", timeout=1800)
