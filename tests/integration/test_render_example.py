@@ -11,6 +11,9 @@ made here (-e); everything else is the inventory's. Then:
 - the host name HAProxy sends to the sites (Host header of forwarded requests and health checks, SNI, the name the
   certificate is verified against) is a host of each site's Ingress, so a real ingress controller routes it;
 - a TLS site without a CA is refused before anything is rendered, naming the variable to set;
+- with one object store per data center (object_storage_layout per_site, each site's own object_storage_* values),
+  each site's ObjectStore points at that site's store with its own Secrets, every site defines all stores and the
+  Redis backup CronJob writes to its site's store; a per-site layout missing a site's store is refused;
 - the lab's kube-apiserver (v1.34, the CNPG and Barman Cloud CRDs installed) accepts every rendered object in a
   server-side dry run with strict field validation (the one test here that needs the lab).
 """
@@ -21,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +84,8 @@ def fixture_pems(tmp_path_factory):
     return out
 
 
-def render(tmp_path, pems, **extra):
-    """Run the render playbook on inventories/example; return (process, render dir)."""
+def render(tmp_path, pems, inventory="inventories/example", **extra):
+    """Run the render playbook on ``inventory`` (inventories/example); return (process, render dir)."""
     collections = tmp_path / "collections" / "ansible_collections" / "hanzo"
     collections.mkdir(parents=True)
     (collections / "kms").symlink_to(REPO)  # this checkout, whatever .venv/collections points at
@@ -116,9 +120,7 @@ def render(tmp_path, pems, **extra):
     extra_vars.update(extra)
     (tmp_path / "extra.json").write_text(json.dumps(extra_vars))
     env = ansible_env(ANSIBLE_COLLECTIONS_PATH=f"{tmp_path / 'collections'}{os.pathsep}{COLLECTIONS_PATH}")
-    proc = run_playbook(
-        PLAYBOOK, "-e", f"@{tmp_path / 'extra.json'}", inventory="inventories/example", env=env, timeout=600
-    )
+    proc = run_playbook(PLAYBOOK, "-e", f"@{tmp_path / 'extra.json'}", inventory=str(inventory), env=env, timeout=600)
     return proc, out
 
 
@@ -291,3 +293,54 @@ def test_a_tls_site_without_a_ca_is_refused_before_anything_is_rendered(tmp_path
     assert proc.returncode != 0
     assert "site_ingress_ca_file" in proc.stdout, proc.stdout[-4000:]
     assert not list(out.iterdir())  # no site object, no haproxy.cfg and no keepalived.conf was written
+
+
+def per_site_inventory(tmp_path, own_stores=True):
+    """inventories/example with one object store per data center: each site's own endpoint, bucket and CA."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventories" / "example", inventory)
+    with (inventory / "group_vars" / "kms_sites.yml").open("a") as shared:
+        shared.write("object_storage_layout: per_site\n")
+    for site in SITES if own_stores else ():
+        with (inventory / "group_vars" / f"{site}.yml").open("a") as own:
+            own.write(
+                f"object_storage_endpoint_url: https://s3.{site}.example.net\n"
+                f"object_storage_bucket: kms-backups-{site}\n"
+                f'object_storage_ca_bundle: "{{{{ inventory_dir }}}}/files/s3-{site}-ca.crt"\n'
+            )
+    return inventory
+
+
+def test_one_object_store_per_data_center(tmp_path, pems):
+    """Each site's Cluster archives to its own store, a replica reads its source's; the CronJob uses its own."""
+    proc, out = render(tmp_path, pems, inventory=per_site_inventory(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    for site in SITES:
+        objects = yaml.safe_load((out / f"{site}.yml").read_text())
+        stores = {
+            o["metadata"]["name"]: o["spec"]["configuration"] for o in objects["cnpg"] if o["kind"] == "ObjectStore"
+        }
+        assert sorted(stores) == [f"kms-pg-{s}-store" for s in SITES]
+        for store_site in SITES:
+            store = stores[f"kms-pg-{store_site}-store"]
+            assert store["destinationPath"] == f"s3://kms-backups-{store_site}/cnpg/{store_site}/"
+            assert store["endpointURL"] == f"https://s3.{store_site}.example.net"
+            assert store["endpointCA"] == {"name": f"kms-object-store-ca-{store_site}", "key": "ca.crt"}
+            assert {ref["name"] for ref in store["s3Credentials"].values()} == {f"kms-object-store-{store_site}"}
+        job = next(o for o in objects["redis"]["objects"] if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]
+        pod = job["template"]["spec"]
+        backup = pod["containers"][0]
+        assert {"name": "BACKUP_BUCKET", "value": f"kms-backups-{site}"} in backup["env"]
+        assert [e["secretRef"]["name"] for e in backup["envFrom"]] == [f"kms-object-store-{site}"]
+        assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
+            f"kms-object-store-ca-{site}",
+            "redis-tls",
+        }
+
+
+def test_a_per_site_layout_without_a_sites_store_is_refused(tmp_path, pems):
+    """Sites without their own object_storage_* share the group's store: the loss of its data center takes both."""
+    proc, out = render(tmp_path, pems, inventory=per_site_inventory(tmp_path, own_stores=False))
+    assert proc.returncode != 0
+    assert "object_storage_layout is per_site, but sites dc1 and dc2 use the same store" in proc.stdout, proc.stdout
+    assert not list(out.glob("*.yml")), "nothing is rendered"

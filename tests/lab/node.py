@@ -663,6 +663,15 @@ def _lab_pids(lab_dir, site="*"):
     return sorted(pid for pid in found - _ancestors() if pid_alive(pid))
 
 
+def _site_host_processes(lab_dir, site):
+    """The site's own services that run on the host (a per-site lab's object store ``<site>-s3``): they die with it."""
+    try:
+        state = json.loads((Path(lab_dir) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [p["pid"] for p in state.get("processes", []) if p["name"] == f"{site}-s3" and pid_alive(p["pid"])]
+
+
 def lose_site(lab_dir, site):
     """Power a site off, as a lost data center: every process of its network namespace (control plane, containerd,
     kubelet, kube-proxy, CoreDNS) and of its containers (PostgreSQL, Redis, the KMS, the operator) stops at once,
@@ -670,7 +679,7 @@ def lose_site(lab_dir, site):
     what is being killed. The namespace, its veth and the data on disk stay (``lab down`` removes them). Returns how
     many processes were killed."""
     lab_dir = str(Path(lab_dir).resolve())
-    pids = _lab_pids(lab_dir, site)
+    pids = _lab_pids(lab_dir, site) + _site_host_processes(lab_dir, site)
     for sig in (signal.SIGSTOP, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

@@ -1,6 +1,9 @@
 """S3 store: SeaweedFS (``weed server -s3``) with an identity file of access keys and one backup bucket, served over
 HTTPS only, with a certificate of the lab's service CA (tests/lab/pki.py): every client verifies it with
-``entry["ca_file"]``, as production's private-CA object stores require (issue 16)."""
+``entry["ca_file"]``, as production's private-CA object stores require (issue 16).
+
+One store for the lab (``name`` s3), and with HANZO_KMS_LAB_OBJECT_STORES=per-site one more per site (``<site>-s3``,
+tests/lab/stack.py): its own keys, bucket ``kms-backups-<site>``; node.lose_site stops it with its site."""
 
 from __future__ import annotations
 
@@ -47,14 +50,15 @@ def client(entry):
     )
 
 
-def up(lab, ca, host_ips=()):
-    """Start SeaweedFS; ``host_ips``: the host-side addresses pods reach it at (its certificate names them)."""
-    data_dir = lab.path("s3", "data")
+def up(lab, ca, host_ips=(), name="s3", bucket=BUCKET):
+    """Start SeaweedFS as lab process ``name``; ``host_ips``: the host-side addresses pods reach it at (its
+    certificate names them)."""
+    data_dir = lab.path(name, "data")
     data_dir.mkdir(parents=True, exist_ok=True)
     entry = {
         "endpoint_url": None,
         "region": REGION,
-        "bucket": BUCKET,
+        "bucket": bucket,
         "access_key": "lab" + secrets.token_hex(6),
         "secret_key": secrets.token_hex(20),
     }
@@ -67,10 +71,10 @@ def up(lab, ca, host_ips=()):
             }
         ]
     }
-    identity_path = lab.path("s3", "identity.json")
+    identity_path = lab.path(name, "identity.json")
     identity_path.write_text(json.dumps(identity), encoding="utf-8")
     identity_path.chmod(0o600)
-    tls = pki.issue_server(lab, ca, "s3", dns=("localhost",), ips=("127.0.0.1", *host_ips))
+    tls = pki.issue_server(lab, ca, name, dns=("localhost",), ips=("127.0.0.1", *host_ips))
     services = ("master", "volume", "filer", "s3", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
     ports = {name: lab.free_port() for name in services}
     argv = [
@@ -109,7 +113,7 @@ def up(lab, ca, host_ips=()):
     # (PutObject InternalError) unless it has a key.
     # SIGKILL to stop: on SIGTERM it waits 20 s for its own filer's subscribers to give up, and the lab's store is
     # removed with the lab dir anyway.
-    lab.spawn("s3", argv, env={"WEED_S3_SSE_KEY": secrets.token_hex(32)}, stop_signal="SIGKILL")
+    lab.spawn(name, argv, env={"WEED_S3_SSE_KEY": secrets.token_hex(32)}, stop_signal="SIGKILL")
     entry["endpoint_url"] = f"https://127.0.0.1:{ports['s3']}"
     entry["ca_file"] = lab.state["pki"]["ca_file"]
     entry["ports"] = ports
@@ -117,14 +121,14 @@ def up(lab, ca, host_ips=()):
 
     def bucket_ready():
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-        if BUCKET not in existing:
-            s3.create_bucket(Bucket=BUCKET)
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
         # A put/get round trip proves volumes are allocated, not only that the gateway answers.
-        s3.put_object(Bucket=BUCKET, Key=".lab-probe", Body=b"ok")
-        return s3.get_object(Bucket=BUCKET, Key=".lab-probe")["Body"].read() == b"ok"
+        s3.put_object(Bucket=bucket, Key=".lab-probe", Body=b"ok")
+        return s3.get_object(Bucket=bucket, Key=".lab-probe")["Body"].read() == b"ok"
 
-    lab.wait_process("s3", bucket_ready, 60, f"SeaweedFS S3 on {entry['endpoint_url']} to store an object")
-    s3.delete_object(Bucket=BUCKET, Key=".lab-probe")
+    lab.wait_process(name, bucket_ready, 60, f"SeaweedFS S3 on {entry['endpoint_url']} to store an object")
+    s3.delete_object(Bucket=bucket, Key=".lab-probe")
     return entry
 
 

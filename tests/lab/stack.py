@@ -110,12 +110,25 @@ def cnpg_mode():
     return mode
 
 
+def object_stores_mode():
+    """The lab's object stores: HANZO_KMS_LAB_OBJECT_STORES (``shared``, the default: one SeaweedFS on the host, or
+    ``per-site``: one more per site, which dies with its site, for one object store per data center)."""
+    mode = os.environ.get("HANZO_KMS_LAB_OBJECT_STORES") or "shared"
+    if mode not in ("shared", "per-site"):
+        raise LabError(f"HANZO_KMS_LAB_OBJECT_STORES={mode!r}: use 'shared' (default) or 'per-site'")
+    return mode
+
+
 def _reusable(lab, mode, log):
     """True when the loaded lab is healthy and runs CNPG in ``mode``; otherwise says why it is restarted."""
     try:
         running = lab.state.get("cnpg", {}).get("mode", "standin")
         if running != mode:
             log(f"lab in {lab.dir} runs CNPG as {running}, {mode} was asked (HANZO_KMS_LAB_CNPG): restarting it")
+            return False
+        stores = lab.state.get("object_stores", "shared")
+        if stores != object_stores_mode():
+            log(f"lab in {lab.dir} has {stores} object stores, not as HANZO_KMS_LAB_OBJECT_STORES asks: restarting it")
             return False
         if "pki" not in lab.state or "redis_tls" not in lab.state["sites"].get("dc1", {}):
             log(f"lab in {lab.dir} predates the lab CA (plain-text S3 or Redis): restarting it")
@@ -217,7 +230,9 @@ def up(lab, log=print):
         lab.state["ssh"] = lbhost.ssh_up(lab, lab.state["lb_hosts"])
         lab.save()
         links = node.site_links(lab, len(SITES)) if kube else [None] * len(SITES)
-        lab.state["s3"] = s3.up(lab, service_ca, host_ips=sorted({link["host_ip"] for link in links if link}))
+        host_ips = sorted({link["host_ip"] for link in links if link})
+        lab.state["s3"] = s3.up(lab, service_ca, host_ips=host_ips)
+        lab.state["object_stores"] = object_stores_mode()
         sites = lab.state["sites"]
         for index, site in enumerate(SITES):
             # the site's Redis: a host process (stand-in mode) or the chart's pod behind a node port (operator mode)
@@ -226,6 +241,8 @@ def up(lab, log=print):
                 "role": "active" if index == 0 else "passive",
                 "redis_tls": pki.issue_server(lab, service_ca, f"redis-{site}", REDIS_TLS_NAMES, ips),
             }
+            if lab.state["object_stores"] == "per-site":
+                sites[site]["s3"] = _site_store(lab, service_ca, site, host_ips, links[index])
         if mode == "standin":
             _up_host_services(lab, sites, service_ca)
         if kube is not None:
@@ -250,8 +267,20 @@ def up(lab, log=print):
     return lab.state
 
 
+def _site_store(lab, ca, site, host_ips, link):
+    """The site's own object store (per-site lab): a SeaweedFS on the host, lab process ``<site>-s3`` (node.lose_site
+    stops it with the site, power_on starts it again). Pods of every site reach it at the host side of this site's
+    veth (a host address, so from any site's namespace), the control node too: ``pod_endpoint_url``."""
+    entry = s3.up(lab, ca, host_ips=host_ips, name=f"{site}-s3", bucket=f"{s3.BUCKET}-{site}")
+    host = link["host_ip"] if link else "127.0.0.1"
+    entry["pod_endpoint_url"] = f"https://{host}:{entry['ports']['s3']}"
+    return entry
+
+
 def _ports(state):
     ports = [state["s3"]["ports"][name] for name in state.get("s3", {}).get("ports", {})]
+    for entry in state.get("sites", {}).values():
+        ports += list(entry.get("s3", {}).get("ports", {}).values())
     for entry in state.get("sites", {}).values():
         ports += [entry[c]["port"] for c in ("redis", "postgres", "kms") if c in entry and not entry[c].get("in_pod")]
     return ports
