@@ -9,7 +9,6 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_backup import (
-    PLUGIN_NAME,
     BackupConfigError,
     backup_spec,
     snapshot_sources,
@@ -24,25 +23,16 @@ def _filter_error(call):
         raise AnsibleFilterError(str(exc)) from None
 
 
-def cnpg_backup_spec(cluster, method="plugin", plugin_name=PLUGIN_NAME, target="", online=None, snapshots=None):
-    """The spec of a Backup (or the method part of a ScheduledBackup) of Cluster ``cluster``."""
-    return _filter_error(lambda: backup_spec(cluster, method, plugin_name, target or "", online, snapshots))
+def cnpg_backup_spec(cluster, *args, **kwargs):
+    """The spec of a Backup (or the method part of a ScheduledBackup) of Cluster ``cluster``: backup_spec's
+    arguments (method, plugin_name, target, online, snapshots)."""
+    return _filter_error(lambda: backup_spec(cluster, *args, **kwargs))
 
 
-def cnpg_volume_snapshot_config(
-    class_name,
-    wal_class_name="",
-    online=True,
-    immediate_checkpoint=False,
-    wait_for_archive=True,
-    owner_reference="none",
-):
-    """The Cluster's spec.backup.volumeSnapshot, or None without a VolumeSnapshotClass."""
-    return _filter_error(
-        lambda: volume_snapshot_config(
-            class_name, wal_class_name, online, immediate_checkpoint, wait_for_archive, owner_reference
-        )
-    )
+def cnpg_volume_snapshot_config(class_name, *args, **kwargs):
+    """The Cluster's spec.backup.volumeSnapshot, or None without a VolumeSnapshotClass: volume_snapshot_config's
+    arguments (wal_class_name, online, immediate_checkpoint, wait_for_archive, owner_reference)."""
+    return _filter_error(lambda: volume_snapshot_config(class_name, *args, **kwargs))
 
 
 def cnpg_snapshot_sources(backup):
