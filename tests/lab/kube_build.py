@@ -433,7 +433,8 @@ def _locked(root):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build_module(go, env, module_dir, ver, bin_dir, log, builds=BUILDS):
+def _build_module(go, env, module_dir, ver, bin_dir, log, builds=None):
+    builds = builds or BUILDS
     cwd = TOOLS_DIR / module_dir
     log(f"downloading modules for tools/kube/{module_dir} ...")
     _run([go, "mod", "download"], cwd, env, f"module download for tools/kube/{module_dir}")
