@@ -13,3 +13,10 @@ k8s-bins:
 
 k8s-bins-force:
 	PATH="$$PATH:/usr/local/go/bin" HANZO_KMS_GO_JOBS=$(K8S_GO_JOBS) $(K8S_PYTHON) -m tests.lab.kube_build --force
+
+# The CSI snapshot machinery of volume-snapshot backups (issue 18 item 4): snapshot-controller, csi-snapshotter,
+# csi-provisioner (tools/kube/csi-snapshots) and their CRDs and RBAC manifests, into the same cache. Not part of
+# make setup or make test (docs/lab.md "Volume snapshots").
+.PHONY: snapshot-bins
+snapshot-bins:
+	PATH="$$PATH:/usr/local/go/bin" HANZO_KMS_GO_JOBS=$(K8S_GO_JOBS) $(K8S_PYTHON) -m tests.lab.kube_build --snapshots

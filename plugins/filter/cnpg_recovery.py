@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_backup import BackupConfigError
 from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_recovery import (
     recovered_cluster,
     recovery_record,
@@ -26,24 +27,32 @@ def cnpg_recovered_cluster(
     recovery_target=None,
     object_store="",
     server_name="",
+    volume_snapshots=None,
+    wal_storage=None,
 ):
-    """The manifest of Cluster ``name`` recovered from ``source_cluster``'s archive."""
+    """The manifest of Cluster ``name`` recovered from ``source_cluster``'s archive (and a snapshot Backup's
+    VolumeSnapshots)."""
     if not name or not namespace or not source_cluster:
         raise AnsibleFilterError("hanzo.kms.cnpg_recovered_cluster needs a name, a namespace and a source Cluster")
     if name == source_cluster:
         raise AnsibleFilterError(f"the recovered Cluster may not be its source ({name})")
-    return recovered_cluster(
-        name,
-        namespace,
-        source_cluster,
-        labels or {},
-        instances=instances,
-        storage=storage,
-        image_name=image_name or "",
-        recovery_target_spec=recovery_target or None,
-        object_store=object_store or None,
-        server_name=server_name or None,
-    )
+    try:
+        return recovered_cluster(
+            name,
+            namespace,
+            source_cluster,
+            labels or {},
+            instances=instances,
+            storage=storage,
+            image_name=image_name or "",
+            recovery_target_spec=recovery_target or None,
+            object_store=object_store or None,
+            server_name=server_name or None,
+            volume_snapshots=volume_snapshots or None,
+            wal_storage=wal_storage or None,
+        )
+    except BackupConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def cnpg_recovery_result(

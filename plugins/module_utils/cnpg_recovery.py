@@ -12,8 +12,9 @@
   ``targetXID``/``targetImmediate``) without a ``backupID`` when recovering from a backup catalog
   (``internal/webhook/v1/cluster_webhook.go``, "BackupID is missing"): only a time or an LSN lets it choose the base
   backup itself.
-- ``recovered_cluster``: the manifest of a Cluster bootstrapped from the object store through the plugin, with no
-  WAL archiving of its own (it must never write into a site's archive).
+- ``recovered_cluster``: the manifest of a Cluster bootstrapped from the object store through the plugin (or from a
+  volume-snapshot Backup's VolumeSnapshots, with the archive's WAL), with no WAL archiving of its own (it must never
+  write into a site's archive).
 - ``timeline_history``: the recovered instance's timeline history file, read as where the recovery ended.
 - ``render_report``: the Markdown of a point-in-time recovery report.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import datetime
 import re
 
+from ansible_collections.hanzo.kms.plugins.module_utils.cnpg_backup import BackupConfigError
 from ansible_collections.hanzo.kms.plugins.module_utils.operation_reports import markdown_table
 from ansible_collections.hanzo.kms.plugins.module_utils.times import format_time, parse_time
 
@@ -239,14 +241,30 @@ def recovered_cluster(
     recovery_target_spec=None,
     object_store=None,
     server_name=None,
+    volume_snapshots=None,
+    wal_storage=None,
 ):
     """The manifest of Cluster ``name`` bootstrapped from ``source_cluster``'s archive (ObjectStore ``object_store``,
     default ``<source_cluster>-store``; ``serverName`` default ``source_cluster``) through the Barman Cloud plugin, to
     ``recovery_target_spec`` (a CNPG recoveryTarget) or the end of the archive. No ``plugins``: no WAL archiving of
-    its own. Superuser access on: its generated ``postgres`` login reads every table of the recovered database."""
+    its own. Superuser access on: its generated ``postgres`` login reads every table of the recovered database.
+
+    ``volume_snapshots``: the base backup is a volume-snapshot Backup's VolumeSnapshots instead
+    (``cnpg_backup.snapshot_sources``); the archive still supplies the WAL from the snapshot on. CNPG refuses a
+    ``backupID`` with them (the snapshot is the base backup), so the target's is left out. A snapshot of a WAL volume
+    needs a WAL volume: ``wal_storage`` (``size``, ``storageClass``)."""
     recovery = {"source": source_cluster}
     if recovery_target_spec:
         recovery["recoveryTarget"] = dict(recovery_target_spec)
+    wal_storage = {k: v for k, v in (wal_storage or {}).items() if v}
+    if volume_snapshots:
+        recovery["volumeSnapshots"] = dict(volume_snapshots)
+        recovery.get("recoveryTarget", {}).pop("backupID", None)
+        if "walStorage" in volume_snapshots and not wal_storage.get("size"):
+            raise BackupConfigError(
+                f"the base backup has a WAL volume snapshot ({volume_snapshots['walStorage'].get('name')}): the "
+                "recovered Cluster needs a WAL volume size (the source Cluster's spec.walStorage.size)"
+            )
     spec = {
         "instances": int(instances),
         "enableSuperuserAccess": True,
@@ -267,6 +285,8 @@ def recovered_cluster(
     storage = {k: v for k, v in (storage or {}).items() if v}
     if storage:
         spec["storage"] = storage
+    if volume_snapshots and "walStorage" in volume_snapshots:
+        spec["walStorage"] = wal_storage
     if image_name:
         spec["imageName"] = image_name
     return {

@@ -85,6 +85,47 @@ BUILDS = {
 }
 BINARIES = [name for bins in BUILDS.values() for name in bins]
 
+# Built only by ``make snapshot-bins`` (never by make setup / k8s-bins, and not in ``BUILDS``, whose cache check
+# must not see them): the CSI snapshot machinery of volume-snapshot backups (issue 18 item 4, docs/lab.md "Volume
+# snapshots"). external-provisioner v6 and external-snapshotter v8 in one module: one compile of the k8s libraries.
+SNAPSHOTTER_MODULE = "github.com/kubernetes-csi/external-snapshotter/v8"
+SNAPSHOT_CLIENT_MODULE = "github.com/kubernetes-csi/external-snapshotter/client/v8"
+PROVISIONER_MODULE = "github.com/kubernetes-csi/external-provisioner/v6"
+SNAPSHOT_BUILDS = {
+    "csi-snapshots": {
+        "snapshot-controller": f"{SNAPSHOTTER_MODULE}/cmd/snapshot-controller",
+        "csi-snapshotter": f"{SNAPSHOTTER_MODULE}/cmd/csi-snapshotter",
+        "csi-provisioner": f"{PROVISIONER_MODULE}/cmd/csi-provisioner",
+    },
+}
+SNAPSHOTS_MANIFEST = "snapshots.json"
+SNAPSHOTS_DIR = "snapshots"  # <cache>/snapshots/{crds,rbac}/, beside the folders _render_assets swaps
+# <module>: [files under it], copied as they are into <cache>/snapshots/<folder>/
+SNAPSHOT_ASSETS = {
+    "crds": (
+        SNAPSHOT_CLIENT_MODULE,
+        [
+            f"config/crd/{group}_{kind}.yaml"
+            for group, kinds in (
+                ("snapshot.storage.k8s.io", ("volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots")),
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    ("volumegroupsnapshotclasses", "volumegroupsnapshotcontents", "volumegroupsnapshots"),
+                ),
+            )
+            for kind in kinds
+        ],
+    ),
+    "rbac": (
+        SNAPSHOTTER_MODULE,
+        [
+            "deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml",
+            "deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml",
+            "deploy/kubernetes/csi-snapshotter/rbac-external-provisioner.yaml",
+        ],
+    ),
+}
+
 # The CRDs the lab installs at start (tests/lab/kube.py); taken from the rendered manifests, which hold them all.
 LAB_CRDS = [
     "clusters.postgresql.cnpg.io",
@@ -145,6 +186,15 @@ def versions():
 _VERSION_KEYS = {"cnpg": "cloudnative-pg", "barman-cloud-kwok": "plugin-barman-cloud", "coredns-promtool": "prometheus"}
 
 
+def snapshot_versions():
+    """The pinned versions of the CSI snapshot machinery (tools/kube/csi-snapshots/go.mod)."""
+    return {
+        "external-snapshotter": _required_version("csi-snapshots", SNAPSHOTTER_MODULE),
+        "external-snapshotter-client": _required_version("csi-snapshots", SNAPSHOT_CLIENT_MODULE),
+        "external-provisioner": _required_version("csi-snapshots", PROVISIONER_MODULE),
+    }
+
+
 def module_version(module_dir, ver):
     return ver[_VERSION_KEYS.get(module_dir, module_dir)]
 
@@ -155,9 +205,19 @@ def cnpg_ldflags(version, commit="none", date="unknown"):
     return f"-s -w -X {pkg}.buildVersion={version.lstrip('v')} -X {pkg}.buildCommit={commit} -X {pkg}.buildDate={date}"
 
 
-def ldflags(module_dir, ver, origin=None):
+def ldflags(module_dir, ver, origin=None, binary=None):
     """-ldflags of a module's binaries. ``origin``: commit and date of the CNPG module (its proxy .info file); the
-    fingerprint uses placeholders, since they follow from the pinned version."""
+    fingerprint uses placeholders, since they follow from the pinned version. ``binary``: the one binary being
+    linked, where a module's binaries take different stamps (csi-snapshots: each reports its own module's release);
+    None gives the module's whole set, which the fingerprint uses."""
+    if module_dir == "csi-snapshots":
+        stamps = {
+            "snapshot-controller": ver["external-snapshotter"],
+            "csi-snapshotter": ver["external-snapshotter"],
+            "csi-provisioner": ver["external-provisioner"],
+        }
+        names = [binary] if binary else sorted(stamps)
+        return " ".join(["-s -w"] + [f"-X main.version={stamps[name]}" for name in names])
     if module_dir == "kubernetes":
         # one set for every binary of the module: the linker ignores -X of a package a binary does not link
         return f"{kube_ldflags(KUBE_VERSION)} -X helm.sh/helm/v3/internal/version.version={ver['helm']}"
@@ -186,7 +246,7 @@ def module_fingerprint(module_dir, ver=None):
     ver = ver or versions()
     recipe = {
         "module": module_dir,
-        "binaries": BUILDS[module_dir],
+        "binaries": {**BUILDS, **SNAPSHOT_BUILDS}[module_dir],
         "ldflags": ldflags(module_dir, ver),
         "flags": BUILD_FLAGS,
     }
@@ -373,17 +433,18 @@ def _locked(root):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build_module(go, env, module_dir, ver, bin_dir, log):
+def _build_module(go, env, module_dir, ver, bin_dir, log, builds=None):
+    builds = builds or BUILDS
     cwd = TOOLS_DIR / module_dir
     log(f"downloading modules for tools/kube/{module_dir} ...")
     _run([go, "mod", "download"], cwd, env, f"module download for tools/kube/{module_dir}")
     origin = None
     if module_dir == "cnpg":
         origin = module_origin(_module_download(go, env, CNPG_MODULE, CNPG_VERSION))
-    flags = ldflags(module_dir, ver, origin)
-    for name, pkg in BUILDS[module_dir].items():
+    for name, pkg in builds[module_dir].items():
         log(f"building {name} ({pkg}) ...")
         partial = bin_dir / f".{name}.partial"
+        flags = ldflags(module_dir, ver, origin, binary=name)
         _run([go, "build", "-ldflags", flags, "-o", str(partial), pkg], cwd, env, f"building {name}")
         partial.replace(bin_dir / name)
 
@@ -413,6 +474,26 @@ def _render_assets(go, env, root, ver, log):
     return rendered
 
 
+def _toolchain(jobs):
+    """The checked go command, its build environment and its version."""
+    go = check_go()
+    env = _go_env(jobs)
+    go_version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=env)
+    return go, env, go_version.stdout.strip()
+
+
+def _module_record(fingerprint, binaries, started, go_version, **extra):
+    """A module's entry in manifest.json / snapshots.json, once its binaries are built."""
+    return {
+        "fingerprint": fingerprint,
+        **extra,
+        "binaries": sorted(binaries),
+        "seconds": round(time.monotonic() - started, 1),
+        "go": go_version,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def build(force=False, jobs=2, log=print):
     """Build what is missing or stale (everything with ``force``), reuse the rest; return the manifest dict."""
     root = cache_root()
@@ -422,11 +503,7 @@ def build(force=False, jobs=2, log=print):
             if manifest:
                 log(f"k8s binaries up to date in {root}")
                 return manifest
-        go = check_go()
-        env = _go_env(jobs)
-        go_version = subprocess.run(
-            [go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=env
-        ).stdout.strip()
+        go, env, go_version = _toolchain(jobs)
         ver = versions()
         current = fingerprints(ver)
         previous = {} if force else (_read_manifest(root) or {})
@@ -459,14 +536,13 @@ def build(force=False, jobs=2, log=print):
             modules.pop(module_dir, None)
             save()  # this module is not current until it is built
             _build_module(go, env, module_dir, ver, bin_dir, log)
-            modules[module_dir] = {
-                "fingerprint": current["modules"][module_dir],
-                "version": module_version(module_dir, ver),
-                "binaries": sorted(BUILDS[module_dir]),
-                "seconds": round(time.monotonic() - t0, 1),
-                "go": go_version,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            modules[module_dir] = _module_record(
+                current["modules"][module_dir],
+                BUILDS[module_dir],
+                t0,
+                go_version,
+                version=module_version(module_dir, ver),
+            )
             save()  # progress survives a killed build
         assets = previous.get("assets") or {}
         if (
@@ -489,6 +565,91 @@ def build(force=False, jobs=2, log=print):
     return manifest
 
 
+def snapshot_fingerprints(ver=None):
+    """{"modules": {module dir: fingerprint}, "assets": fingerprint} of the CSI snapshot machinery's sources."""
+    ver = ver or snapshot_versions()
+    modules = {module_dir: module_fingerprint(module_dir, ver) for module_dir in SNAPSHOT_BUILDS}
+    assets = {
+        folder: [module, ver[_SNAPSHOT_ASSET_KEYS[module]], files]
+        for folder, (module, files) in SNAPSHOT_ASSETS.items()
+    }
+    return {"modules": modules, "assets": hashlib.sha256(json.dumps(assets, sort_keys=True).encode()).hexdigest()}
+
+
+_SNAPSHOT_ASSET_KEYS = {
+    SNAPSHOT_CLIENT_MODULE: "external-snapshotter-client",
+    SNAPSHOTTER_MODULE: "external-snapshotter",
+}
+
+
+def snapshot_asset_paths(root=None):
+    """{folder: [paths]} of the CRDs and RBAC manifests ``make snapshot-bins`` copies from the pinned modules."""
+    root = root or cache_root()
+    return {
+        folder: [root / SNAPSHOTS_DIR / folder / Path(rel).name for rel in files]
+        for folder, (_module, files) in SNAPSHOT_ASSETS.items()
+    }
+
+
+def snapshots_cached(root=None):
+    """The CSI snapshot build's record (snapshots.json) if its binaries and assets are complete and current."""
+    root = root or cache_root()
+    try:
+        manifest = json.loads((root / SNAPSHOTS_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    current = snapshot_fingerprints()
+    recorded = recorded_fingerprints(manifest)
+    if stale_modules(recorded, current["modules"], SNAPSHOT_BUILDS, _existing_binaries(root)):
+        return None
+    if manifest.get("assets") != current["assets"]:
+        return None
+    if not all(path.is_file() for paths in snapshot_asset_paths(root).values() for path in paths):
+        return None
+    return manifest
+
+
+def build_snapshots(force=False, jobs=2, log=print):
+    """``make snapshot-bins``: the CSI snapshot machinery's binaries into the cache's bin/, its CRDs and RBAC
+    manifests (copied from the pinned modules) into <cache>/snapshots/; its own record, snapshots.json, so that
+    the default build (``build``) neither sees nor rebuilds it."""
+    root = cache_root()
+    with _locked(root):
+        if not force:
+            manifest = snapshots_cached(root)
+            if manifest:
+                log(f"CSI snapshot binaries up to date in {root}")
+                return manifest
+        go, env, go_version = _toolchain(jobs)
+        ver = snapshot_versions()
+        current = snapshot_fingerprints(ver)
+        bin_dir = root / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        (root / SNAPSHOTS_MANIFEST).unlink(missing_ok=True)  # not current until rebuilt
+        modules = {}
+        for module_dir in SNAPSHOT_BUILDS:
+            t0 = time.monotonic()
+            _build_module(go, env, module_dir, ver, bin_dir, log, builds=SNAPSHOT_BUILDS)
+            modules[module_dir] = _module_record(
+                current["modules"][module_dir], SNAPSHOT_BUILDS[module_dir], t0, go_version
+            )
+        stage = root / f".{SNAPSHOTS_DIR}.partial"
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder, (module, files) in SNAPSHOT_ASSETS.items():
+            src = _module_dir(go, env, module, ver[_SNAPSHOT_ASSET_KEYS[module]])
+            (stage / folder).mkdir(parents=True)
+            for rel in files:
+                shutil.copyfile(src / rel, stage / folder / Path(rel).name)
+        shutil.rmtree(root / SNAPSHOTS_DIR, ignore_errors=True)
+        stage.rename(root / SNAPSHOTS_DIR)
+        manifest = {"versions": ver, "go": go_version, "modules": modules, "assets": current["assets"]}
+        tmp = root / f"{SNAPSHOTS_MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(root / SNAPSHOTS_MANIFEST)
+    log(f"CSI snapshot binaries ready in {root} ({modules['csi-snapshots']['seconds']}s)")
+    return manifest
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
@@ -499,14 +660,22 @@ def main(argv=None):
         help="go build -p (parallel compile jobs; memory grows with it)",
     )
     parser.add_argument("--print-dir", action="store_true", help="print the cache dir and exit")
+    parser.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="build only the CSI snapshot machinery (make snapshot-bins), not the default set",
+    )
     args = parser.parse_args(argv)
     if args.print_dir:
         print(cache_root())
         return 0
     try:
-        build(force=args.force, jobs=args.jobs)
+        if args.snapshots:
+            build_snapshots(force=args.force, jobs=args.jobs)
+        else:
+            build(force=args.force, jobs=args.jobs)
     except LabError as exc:
-        print(f"make k8s-bins: {exc}", file=sys.stderr)
+        print(f"make {'snapshot-bins' if args.snapshots else 'k8s-bins'}: {exc}", file=sys.stderr)
         return 2
     return 0
 

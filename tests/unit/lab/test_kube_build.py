@@ -145,3 +145,43 @@ def test_prometheus_release_of_its_go_module_version():
     assert kube_build.prometheus_release("v0.300.1") == "3.0.1"
     assert kube_build.versions()["prometheus"] == "v0.316.0"
     assert "version.Version=3.16.0" in kube_build.ldflags("coredns-promtool", kube_build.versions())
+
+
+# -- make snapshot-bins: the CSI snapshot machinery, outside the default build ----------------------------------------
+def test_the_snapshot_machinery_is_not_part_of_the_default_build():
+    assert "csi-snapshots" not in kube_build.BUILDS
+    assert not set(kube_build.SNAPSHOT_BUILDS["csi-snapshots"]) & set(kube_build.BINARIES)
+    assert "csi-snapshots" not in kube_build.fingerprints()["modules"]
+
+
+def test_the_snapshot_binaries_report_their_own_modules_releases():
+    ver = kube_build.snapshot_versions()
+    assert ver["external-snapshotter"] == ver["external-snapshotter-client"]  # the snapshotter's own client tree
+    assert kube_build.ldflags("csi-snapshots", ver, binary="csi-provisioner").endswith(
+        f"-X main.version={ver['external-provisioner']}"
+    )
+    assert kube_build.ldflags("csi-snapshots", ver, binary="snapshot-controller").endswith(
+        f"-X main.version={ver['external-snapshotter']}"
+    )
+
+
+def test_a_snapshot_build_is_current_only_with_every_binary_and_asset(monkeypatch, tmp_path):
+    monkeypatch.setenv("HANZO_KMS_K8S_CACHE", str(tmp_path))
+    root = kube_build.cache_root()
+    current = kube_build.snapshot_fingerprints()
+    manifest = {
+        "modules": {m: {"fingerprint": fp} for m, fp in current["modules"].items()},
+        "assets": current["assets"],
+    }
+    (root / "bin").mkdir(parents=True)
+    (root / kube_build.SNAPSHOTS_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    for name in kube_build.SNAPSHOT_BUILDS["csi-snapshots"]:
+        (root / "bin" / name).write_text("", encoding="utf-8")
+    assert kube_build.snapshots_cached(root) is None  # no CRDs and RBAC yet
+    for paths in kube_build.snapshot_asset_paths(root).values():
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("", encoding="utf-8")
+    assert kube_build.snapshots_cached(root) == manifest
+    (root / "bin" / "csi-snapshotter").unlink()
+    assert kube_build.snapshots_cached(root) is None
