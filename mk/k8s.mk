@@ -15,8 +15,12 @@ k8s-bins-force:
 	PATH="$$PATH:/usr/local/go/bin" HANZO_KMS_GO_JOBS=$(K8S_GO_JOBS) $(K8S_PYTHON) -m tests.lab.kube_build --force
 
 # The CSI snapshot machinery of volume-snapshot backups (issue 18 item 4): snapshot-controller, csi-snapshotter,
-# csi-provisioner (tools/kube/csi-snapshots) and their CRDs and RBAC manifests, into the same cache. Not part of
-# make setup or make test (docs/lab.md "Volume snapshots").
-.PHONY: snapshot-bins
+# csi-provisioner and the lab's own CSI driver lab-csi-hostpath (tools/kube/csi-snapshots), and their CRDs and RBAC
+# manifests, into the same cache. Not part of make setup or make test (docs/lab.md "Volume snapshots").
+# snapshot-test: the driver's Go test (volumes, snapshots, restores; bind mounts when run as root).
+.PHONY: snapshot-bins snapshot-test
 snapshot-bins:
 	PATH="$$PATH:/usr/local/go/bin" HANZO_KMS_GO_JOBS=$(K8S_GO_JOBS) $(K8S_PYTHON) -m tests.lab.kube_build --snapshots
+
+snapshot-test:
+	cd tools/kube/csi-snapshots && PATH="$$PATH:/usr/local/go/bin" GOTOOLCHAIN=local CGO_ENABLED=0 go test -mod=readonly -count=1 .

@@ -96,8 +96,12 @@ SNAPSHOT_BUILDS = {
         "snapshot-controller": f"{SNAPSHOTTER_MODULE}/cmd/snapshot-controller",
         "csi-snapshotter": f"{SNAPSHOTTER_MODULE}/cmd/csi-snapshotter",
         "csi-provisioner": f"{PROVISIONER_MODULE}/cmd/csi-provisioner",
+        # the wrapper's own main package (main.go): the lab's CSI driver with snapshots, since csi-driver-host-path
+        # and node-driver-registrar are not served by the module proxy
+        "lab-csi-hostpath": "example.invalid/hanzo-kms/csisnapshotsbin",
     },
 }
+LAB_CSI_VERSION = "v0.1.0"  # the lab driver's own version (main.go), reported by --version and GetPluginInfo
 SNAPSHOTS_MANIFEST = "snapshots.json"
 SNAPSHOTS_DIR = "snapshots"  # <cache>/snapshots/{crds,rbac}/, beside the folders _render_assets swaps
 # <module>: [files under it], copied as they are into <cache>/snapshots/<folder>/
@@ -215,6 +219,7 @@ def ldflags(module_dir, ver, origin=None, binary=None):
             "snapshot-controller": ver["external-snapshotter"],
             "csi-snapshotter": ver["external-snapshotter"],
             "csi-provisioner": ver["external-provisioner"],
+            "lab-csi-hostpath": LAB_CSI_VERSION,
         }
         names = [binary] if binary else sorted(stamps)
         return " ".join(["-s -w"] + [f"-X main.version={stamps[name]}" for name in names])
