@@ -108,7 +108,9 @@ def render(tmp_path, pems, inventory="inventories/example", **extra):
         "global_lb_config_owner": user,
         "global_lb_config_group": group,
         "global_lb_server_state_file": f"{out}/{{{{ inventory_hostname }}}}/server-state",
-        "global_lb_admin_socket": f"{out}/{{{{ inventory_hostname }}}}/admin.sock",
+        # never bound (the render only validates), and short: HAProxy refuses a socket path over 97 characters,
+        # which a tmp_path under pytest-xdist with a long test name exceeds
+        "global_lb_admin_socket": "/run/hanzo-kms-render/{{ inventory_hostname }}.sock",
         "global_lb_keepalived_manage_package": False,
         "global_lb_keepalived_manage_service": False,
         "global_lb_keepalived_config_path": f"{out}/{{{{ inventory_hostname }}}}-keepalived.conf",
