@@ -34,6 +34,7 @@ from tests.integration.test_cnpg_operator_real import get, kubectl
 from tests.integration.test_cnpg_operator_real import playbook as run_lab_playbook
 from tests.lab import kube_build, node, snapshots, stack
 from tests.lab.core import Lab
+from tests.lab.fixtures import up_with
 
 NAMESPACE = "kms"
 PLAYBOOK = "tests/integration/playbooks/volume_snapshots.yml"
@@ -54,18 +55,9 @@ def snapshot_lab():
     reuse = os.environ.get("HANZO_KMS_TEST_LAB_DIR")
     # a short dir: the driver's sockets live under it (a Unix socket path has at most 107 bytes)
     lab = Lab(reuse or tempfile.mkdtemp(prefix="hanzo-kms-snap-"))
-    saved = {name: os.environ.get(name) for name in ("HANZO_KMS_LAB_CNPG", snapshots.ENV)}
-    os.environ.update({"HANZO_KMS_LAB_CNPG": "operator", snapshots.ENV: "1"})
-    try:
-        started = time.monotonic()
-        stack.up(lab, log=lambda _msg: None)
-        FIGURES["lab up, operator mode with CSI snapshots (s)"] = round(time.monotonic() - started, 1)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    FIGURES["lab up, operator mode with CSI snapshots (s)"] = up_with(
+        lab, **{"HANZO_KMS_LAB_CNPG": "operator", snapshots.ENV: "1"}
+    )
     yield lab
     print("\nvolume snapshots: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items()))
     if not reuse:
