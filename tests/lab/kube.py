@@ -8,7 +8,9 @@ node ``<site>-real``, proven by a probe pod during ``up``); on the host, the Clo
 namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The
 CNPG / Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
 (tests/lab/kube/cnpg-policies.yaml) are installed.
-Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
+With ``snapshots`` (operator mode, HANZO_KMS_LAB_SNAPSHOTS=1) also the CSI snapshot machinery of tests/lab/snapshots.py.
+Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py; ``make snapshot-bins`` for the snapshot ones); nothing
+here downloads anything.
 
     entry = kube.up(lab, "dc1", 0, s3=lab.state["s3"])   # state["sites"]["dc1"]["kube"]
     problems = kube.check(lab, entry)   # [] when healthy
