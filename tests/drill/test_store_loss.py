@@ -29,6 +29,7 @@ from tests.integration.test_cnpg_operator_real import playbook as run_lab_playbo
 from tests.lab import node, stack
 from tests.lab import s3 as lab_s3
 from tests.lab.core import Lab
+from tests.lab.fixtures import up_with
 
 NAMESPACE = "kms"
 FIGURES = {}
@@ -39,18 +40,9 @@ KEYS = 40
 def per_site_lab():
     reuse = os.environ.get("HANZO_KMS_TEST_LAB_DIR")
     lab = Lab(reuse or tempfile.mkdtemp(prefix="hanzo-kms-lab-stores-"))
-    saved = {name: os.environ.get(name) for name in ("HANZO_KMS_LAB_CNPG", "HANZO_KMS_LAB_OBJECT_STORES")}
-    os.environ.update(HANZO_KMS_LAB_CNPG="operator", HANZO_KMS_LAB_OBJECT_STORES="per-site")
-    try:
-        started = time.monotonic()
-        stack.up(lab, log=lambda _msg: None)
-        FIGURES["lab up, operator mode, a store per site (s)"] = round(time.monotonic() - started, 1)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    FIGURES["lab up, operator mode, a store per site (s)"] = up_with(
+        lab, HANZO_KMS_LAB_CNPG="operator", HANZO_KMS_LAB_OBJECT_STORES="per-site"
+    )
     yield lab
     print("\nstore-loss drill: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items()))
     if not reuse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import pytest
 
@@ -35,3 +36,20 @@ def lab(lab_handle):  # pylint: disable=redefined-outer-name
 @pytest.fixture(scope="session")
 def lab_dir(lab_handle):  # pylint: disable=redefined-outer-name
     return lab_handle.dir
+
+
+def up_with(lab, **env):
+    """``stack.up(lab)`` with the environment variables ``env`` (the lab's modes: HANZO_KMS_LAB_CNPG, ...) set for its
+    duration only; the seconds it took. For the modules and drills that bring up a lab of their own."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        started = time.monotonic()
+        stack.up(lab, log=lambda _msg: None)
+        return round(time.monotonic() - started, 1)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

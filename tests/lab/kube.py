@@ -8,7 +8,9 @@ node ``<site>-real``, proven by a probe pod during ``up``); on the host, the Clo
 namespace, hostPath volumes and the operator's images instead, for the real operator that roles/cnpg installs. The
 CNPG / Barman Cloud CRDs and (default mode) the ValidatingAdmissionPolicies that carry CNPG's webhook rules
 (tests/lab/kube/cnpg-policies.yaml) are installed.
-Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py); nothing here downloads anything.
+With ``snapshots`` (operator mode, HANZO_KMS_LAB_SNAPSHOTS=1) also the CSI snapshot machinery of tests/lab/snapshots.py.
+Binaries come from ``make k8s-bins`` (tests/lab/kube_build.py; ``make snapshot-bins`` for the snapshot ones); nothing
+here downloads anything.
 
     entry = kube.up(lab, "dc1", 0, s3=lab.state["s3"])   # state["sites"]["dc1"]["kube"]
     problems = kube.check(lab, entry)   # [] when healthy
@@ -36,6 +38,7 @@ import yaml
 from ansible_collections.hanzo.kms.plugins.module_utils import times
 from tests.lab import dns as site_dns
 from tests.lab import images, kube_build, node, pki
+from tests.lab import snapshots as csi_snapshots
 from tests.lab.core import REPO_ROOT, LabError, wait_until
 
 DATA_DIR = Path(__file__).resolve().parent / "kube"
@@ -185,6 +188,8 @@ _PLURALS = {
     "Namespace": ("v1", "namespaces", False),
     "StorageClass": ("storage.k8s.io/v1", "storageclasses", False),
     "PersistentVolume": ("v1", "persistentvolumes", False),
+    "CSIDriver": ("storage.k8s.io/v1", "csidrivers", False),
+    "VolumeSnapshotClass": ("snapshot.storage.k8s.io/v1", "volumesnapshotclasses", False),
 }
 
 
@@ -453,20 +458,24 @@ def kubectl_runner(bins, kubeconfig):
 _PENDING_IMPORTS = {}  # kube dir -> (executor, future, site start) of an operator-mode image import still running
 
 
-def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
+def up(lab, site, index, s3=None, cnpg="standin", defer_images=False, snapshots=False):
     """Start one site's network namespace, control plane and real node, run the probe pod; return the site's
     state entry (see module docstring). ``s3``: the lab's S3 entry, so pods get an endpoint they can reach.
     ``cnpg``: one of CNPG_MODES; "operator" leaves out the stand-in and the admission policies (the real operator's
     webhooks replace them once roles/cnpg installs it), imports the operator's images, untaints the real node and
     taints the kwok nodes instead, and adds hostPath volumes (``_volumes``) and cluster DNS (tests/lab/dns.py).
     ``defer_images``: return while the operator's images are still being imported; ``finish_images(entry)`` waits
-    (so one site's import overlaps the next site's start)."""
+    (so one site's import overlaps the next site's start). ``snapshots`` (operator mode): the CSI snapshot machinery
+    (tests/lab/snapshots.py), its CRDs applied with CNPG's."""
     # pylint: disable=too-many-locals,too-many-statements,too-many-branches,too-many-arguments
     # pylint: disable=too-many-positional-arguments
     if cnpg not in CNPG_MODES:
         raise LabError(f"unknown CNPG mode {cnpg!r} (HANZO_KMS_LAB_CNPG): use one of {', '.join(CNPG_MODES)}")
     operator = cnpg == "operator"
+    if snapshots and not operator:
+        raise LabError(f"{csi_snapshots.ENV}=1 needs the real CNPG operator: HANZO_KMS_LAB_CNPG=operator")
     bins = ensure_binaries()
+    snapshot_bins = csi_snapshots.ensure_binaries() if snapshots else None
     archives = node.base_images(log=lambda _msg: None)
     operator_archives = node.operator_images(log=lambda _msg: None) if operator else {}
     started = time.monotonic()
@@ -679,6 +688,9 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
             if doc:
                 api.apply(doc)
                 crd_names.append(doc["metadata"]["name"])
+    for doc in csi_snapshots.crd_documents(snapshot_bins) if snapshots else []:  # before the operator starts
+        api.apply(doc)
+        crd_names.append(doc["metadata"]["name"])
     for index_node in range(NODES_PER_SITE):
         api.apply(_node(site, index_node, taint=operator))
     wait_until(lambda: _crds_established(api, crd_names), START_TIMEOUT, f"{site} CNPG CRDs to be Established")
@@ -691,6 +703,12 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
         entry["volumes"] = _volumes(api, kube_dir, node_name)
         entry["storage_class"] = STORAGE_CLASS
         mark("volumes")
+        if snapshots:
+            entry["snapshots"] = csi_snapshots.start(
+                site, node_name, kube_dir.parent, entry["node"]["dir"], admin_kc, snapshot_bins, spawn
+            )
+            for doc in csi_snapshots.objects():
+                api.apply(doc)
     else:
         policies = yaml.safe_load((DATA_DIR / "cnpg-policies.yaml").read_text(encoding="utf-8"))
         for doc in policies["items"]:
@@ -730,6 +748,9 @@ def up(lab, site, index, s3=None, cnpg="standin", defer_images=False):
         f"{site}-kubelet", lambda: node.node_ready(api, node_name), START_TIMEOUT, f"{site} real node {node_name} Ready"
     )
     mark("real_node_ready")
+    if snapshots:
+        csi_snapshots.wait_registered(lab, site, api, node_name)
+        mark("csi_driver_registered")
     for component in ("containerd", "kube-proxy"):
         if not lab.process_alive(lab.process(f"{site}-{component}")):
             raise LabError(
@@ -789,6 +810,8 @@ def check(lab, entry):
                 problems.append(f"{entry['context']}: only {len(fake)} Ready kwok nodes ({', '.join(fake) or 'none'})")
             if real and real not in ready:
                 problems.append(f"{entry['context']}: real node {real} is not Ready")
+            if entry.get("snapshots"):
+                problems += csi_snapshots.check(api, entry)
     except (OSError, ssl.SSLError) as exc:
         problems.append(f"{entry['context']} kube-apiserver {entry.get('server')} unreachable: {exc}")
     return problems

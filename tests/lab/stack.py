@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 
-from tests.lab import haproxy, kms, lbhost, node, pki, postgres, redis, s3, site_ingress
+from tests.lab import haproxy, kms, lbhost, node, pki, postgres, redis, s3, site_ingress, snapshots
 from tests.lab.core import STATE_VERSION, LabError, port_is_free, wait_until
 
 SITES = ("dc1", "dc2")
@@ -80,6 +80,8 @@ def status(lab):
                     f"; real node {entry['kube']['node']['name']} Ready "
                     f"(containerd, kubelet, kube-proxy running in {entry['kube']['net']['netns']})"
                 )
+            if "snapshots" in entry["kube"]:
+                healthy_detail += f"; CSI driver {entry['kube']['snapshots']['driver']} with volume snapshots"
             rows.append((f"{site} kubernetes", not problems, "; ".join(problems) or healthy_detail))
         elif _kube() is not None:
             rows.append((f"{site} kubernetes", *missing))
@@ -119,6 +121,15 @@ def object_stores_mode():
     return mode
 
 
+def snapshots_mode(mode):
+    """Whether the lab gets CSI volume snapshots (HANZO_KMS_LAB_SNAPSHOTS=1, tests/lab/snapshots.py): operator mode
+    only, since only the real operator takes volumeSnapshot backups."""
+    wanted = snapshots.enabled()
+    if wanted and mode != "operator":
+        raise LabError(f"{snapshots.ENV}=1 needs HANZO_KMS_LAB_CNPG=operator (the stand-in takes no volume snapshots)")
+    return wanted
+
+
 def _reusable(lab, mode, log):
     """True when the loaded lab is healthy and runs CNPG in ``mode``; otherwise says why it is restarted."""
     try:
@@ -129,6 +140,12 @@ def _reusable(lab, mode, log):
         stores = lab.state.get("object_stores", "shared")
         if stores != object_stores_mode():
             log(f"lab in {lab.dir} has {stores} object stores, not as HANZO_KMS_LAB_OBJECT_STORES asks: restarting it")
+            return False
+        if lab.state.get("snapshots", False) != snapshots_mode(mode):
+            log(
+                f"lab in {lab.dir} has CSI volume snapshots {'on' if lab.state.get('snapshots') else 'off'}, not as "
+                f"{snapshots.ENV} asks: restarting it"
+            )
             return False
         if "pki" not in lab.state or "redis_tls" not in lab.state["sites"].get("dc1", {}):
             log(f"lab in {lab.dir} predates the lab CA (plain-text S3 or Redis): restarting it")
@@ -210,6 +227,7 @@ def up(lab, log=print):
     HANZO_KMS_LAB_CNPG=operator starts the lab for the real CNPG operator (recorded as ``state["cnpg"]``); a lab
     that runs in the other mode is restarted."""
     mode = cnpg_mode()
+    with_snapshots = snapshots_mode(mode)
     if lab.load() is not None:
         if _reusable(lab, mode, log):
             log(f"lab already up in {lab.dir}")
@@ -222,6 +240,7 @@ def up(lab, log=print):
     lab.dir.chmod(0o755)  # PostgreSQL runs as 'postgres' and must reach its data dir below this one
     (lab.dir / MARKER).touch()
     lab.state = {"version": STATE_VERSION, "dir": str(lab.dir), "processes": [], "sites": {}, "cnpg": {"mode": mode}}
+    lab.state["snapshots"] = with_snapshots
     lab.save()
     try:
         kube = _kube()
@@ -247,7 +266,9 @@ def up(lab, log=print):
             _up_host_services(lab, sites, service_ca)
         if kube is not None:
             for index, site in enumerate(SITES):
-                sites[site]["kube"] = kube.up(lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True)
+                sites[site]["kube"] = kube.up(
+                    lab, site, index, s3=lab.state["s3"], cnpg=mode, defer_images=True, snapshots=with_snapshots
+                )
                 lab.save()
             for site in SITES:  # operator mode: each site's images were imported while the next one started
                 kube.finish_images(sites[site]["kube"])
