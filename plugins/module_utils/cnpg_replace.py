@@ -92,3 +92,12 @@ def plan(cluster_name, cluster, recovery_target, target_text, confirm, record=No
         "timeline": timeline,
         "recovery_target": recovery_target,
     }
+
+
+def recovery_source(record, server_name):
+    """The archive a replacement recovers from: the ``old_server_name`` an unfinished earlier run recorded (its
+    Cluster may be gone, or already the new one archiving under the new name), else ``server_name``, the archive the
+    Cluster writes now. ``record``: the recorded plan (dict), or None/{}."""
+    if record and not record.get("finished") and record.get("old_server_name"):
+        return record["old_server_name"]
+    return server_name

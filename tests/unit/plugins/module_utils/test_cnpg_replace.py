@@ -81,6 +81,22 @@ def test_an_interrupted_run_finishes_with_the_recorded_plan():
         rp.plan("kms-pg-dc1", replaced, TARGET, TEXT, CONFIRM, finished)
 
 
+def test_a_re_run_recovers_from_the_archive_the_interrupted_run_recorded():
+    """After an interruption the Cluster is gone or already the replacement archiving under the new name: the
+    re-run's target check and recovery read the recorded old archive, not the one the Cluster writes now."""
+    old = cluster("dc1", "dc1", server="kms-pg-dc1-tl3", is_primary=True, tl=3)
+    first = rp.plan("kms-pg-dc1", old, TARGET, TEXT, CONFIRM)
+    source = FilterModule().filters()["cnpg_replace_source"]
+    assert first["old_server_name"] == "kms-pg-dc1-tl3" and first["server_name"] == "kms-pg-dc1-tl4"
+    assert source(first, "kms-pg-dc1-tl4") == "kms-pg-dc1-tl3"  # the replacement exists, archiving under tl4
+    assert source(first, "kms-pg-dc1") == "kms-pg-dc1-tl3"  # the Cluster is gone: no name to read from it
+    # no record, or a finished one: the archive the Cluster writes now (a new replacement starts from it)
+    assert source(None, "kms-pg-dc1-tl4") == source({}, "kms-pg-dc1-tl4") == "kms-pg-dc1-tl4"
+    assert source(dict(first, finished="2026-12-05T01:20:00Z"), "kms-pg-dc1-tl4") == "kms-pg-dc1-tl4"
+    with pytest.raises(AnsibleFilterError, match="needs the recorded plan as a dict"):
+        source("kms-pg-dc1-tl3", "kms-pg-dc1-tl4")
+
+
 def test_the_replacement_reads_its_old_archive_and_then_its_own_entry_reads_the_new_one():
     # the cnpg role renders the replacement writing the new archive, its own entry reading the old one (the source)
     names = rj.server_names(None, "kms-pg", "dc1", ["dc1", "dc2"], {"dc1": "kms-pg-dc1-tl2"}, "kms-pg-dc1")
