@@ -25,11 +25,11 @@ def cnpg_archive_server_name(cluster_name, reads):
     return archive_server_name(cluster_name, list(reads))
 
 
-def cnpg_server_names(existing, prefix, site, sites, overrides=None):
+def cnpg_server_names(existing, prefix, site, sites, overrides=None, own_source=None):
     """The archive names of site ``site``'s Cluster: its own and each site's."""
     if existing is not None and not isinstance(existing, dict):
         raise AnsibleFilterError("hanzo.kms.cnpg_server_names needs the existing Cluster as a dict (or None)")
-    return server_names(existing or None, prefix, site, list(sites), overrides or {})
+    return server_names(existing or None, prefix, site, list(sites), overrides or {}, own_source or None)
 
 
 def cnpg_rejoin_plan(site, active_site, cluster_name, old=None, active_cluster=None, record=None):

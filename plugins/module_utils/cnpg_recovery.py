@@ -374,6 +374,14 @@ def recovery_record(
     return record
 
 
+def _recovery_end_text(ended):
+    if not ended:
+        return "unknown"
+    if "switch_lsn" not in ended and ended.get("history_error"):
+        return f"timeline {ended.get('timeline', '')} (its history file was not read: {ended['history_error']})"
+    return f"timeline {ended.get('timeline', '')}, switched at LSN {ended.get('switch_lsn', '')}: {ended.get('reason', '')}"
+
+
 def render_report(report):
     """Markdown of a point-in-time recovery report (playbooks/pitr.yml)."""
     target = report.get("target") or {}
@@ -396,16 +404,27 @@ def render_report(report):
             else "chosen by the plugin",
         ),
         ("earliest recoverable point", report.get("first_recoverability_point", "")),
-        (
-            "recovery ended",
-            f"timeline {ended.get('timeline', '')}, switched at LSN {ended.get('switch_lsn', '')}: "
-            f"{ended.get('reason', '')}"
-            if ended
-            else "unknown",
-        ),
+        ("recovery ended", _recovery_end_text(ended)),
         ("phase", report.get("phase", "")),
         ("seconds until healthy", report.get("seconds_to_healthy", "")),
     ]
+    if report.get("mode") == "replace":
+        rows[3] = ("replaced Cluster", f"`{report.get('cluster', '')}` in site {report.get('site', '')}")
+        rows += [
+            ("new archive (serverName)", f"`{report.get('new_server_name', '')}`"),
+            ("old archive, untouched", f"`{report.get('old_server_name', '')}`"),
+            (
+                "old data kept aside (PersistentVolumes, Retain)",
+                ", ".join(report.get("retained_volumes") or []) or "none",
+            ),
+            ("KMS replicas started again", report.get("kms_replicas", "")),
+            (
+                "next",
+                "the passive site still follows the old archive, on the old history: rebuild it with rejoin.yml "
+                + " ".join(f"-e rejoin_site={site}" for site in report.get("passive_sites") or [])
+                + " before any failover",
+            ),
+        ]
     lines = [
         f"# Point-in-time recovery of {report.get('source_cluster', '')}: {'OK' if report.get('ok') else 'FAILED'}",
         "",

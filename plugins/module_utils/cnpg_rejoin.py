@@ -90,16 +90,17 @@ def archive_server_name(cluster_name, reads):
     return cluster_name
 
 
-def server_names(existing, prefix, site, sites, overrides=None):
+def server_names(existing, prefix, site, sites, overrides=None, own_source=None):
     """The archive names the cnpg role renders into site ``site``'s Cluster: ``{"self": its own, "sites": {site:
     the serverName its externalCluster <prefix>-<site> reads}}``. ``overrides`` ({site: serverName}) first, then what
-    the existing Cluster says (a rejoin changed them), then the default ``<prefix>-<site>``."""
+    the existing Cluster says (a rejoin changed them), then the default ``<prefix>-<site>``. ``own_source``: what
+    its own entry reads instead of its own archive (a replacement recovering from its old archive, pitr.yml)."""
     overrides = overrides or {}
     cluster_name = f"{prefix}-{site}"
     known = external_server_names(existing) if existing else {}
     own = overrides.get(site) or (own_server_name(existing) if existing else "") or cluster_name
     names = {s: overrides.get(s) or known.get(f"{prefix}-{s}") or f"{prefix}-{s}" for s in sites}
-    names[site] = own
+    names[site] = own_source or own
     return {"self": own, "sites": names}
 
 
@@ -136,8 +137,10 @@ def _active_checks(active_site, active_cluster):
     return name, int(timeline)
 
 
-def _old_checks(site, cluster_name, old, primary_name, record):
-    """Refuse an old Cluster that may still take writes, or one that needs no rejoin."""
+def _old_checks(site, cluster_name, old, primary_name, primary_archive, record):
+    """Refuse an old Cluster that may still take writes, or one that needs no rejoin: a healthy replica of the
+    primary that reads the archive the primary writes now (after pitr.yml replaced the primary, the replica still
+    reads the old archive, on the old history: it is rebuilt)."""
     fencing = fencing_state(old)
     writable = not is_replica(old) or any_instance_primary(old)
     if writable and fencing not in ("fenced", "hibernated"):
@@ -147,6 +150,9 @@ def _old_checks(site, cluster_name, old, primary_name, record):
             "nothing was changed"
         )
     replica_of_active = (((old.get("spec") or {}).get("replica") or {}).get("primary") or "") == primary_name
+    replica_of_active = (
+        replica_of_active and external_server_names(old).get(primary_name, primary_name) == primary_archive
+    )
     if record is None and replica_of_active and not writable and fencing == "none" and _phase(old) == PHASE_HEALTHY:
         raise RejoinRefused(
             f"{site}'s Cluster {cluster_name} is already a healthy replica of {primary_name}: nothing to rejoin "
@@ -185,7 +191,7 @@ def plan(site, active_site, cluster_name, old, active_cluster, record=None):
     elif record and own_server_name(old) == record["server_name"]:
         action = "wait"
     else:
-        _old_checks(site, cluster_name, old, primary_name, record)
+        _old_checks(site, cluster_name, old, primary_name, own_server_name(active_cluster), record)
         action = "rebuild"
     if record:
         server_name, old_server_name = record["server_name"], record.get("old_server_name") or cluster_name

@@ -215,7 +215,6 @@ NOT_ASKED = {
         **dict.fromkeys(["restore_test_cnpg_wait_timeout", "restore_test_cnpg_poll_interval"], TUNING),
     },
     "pitr": {
-        "pitr_mode": "replace is refused (not automated; the runbook's manual steps): scratch is the only mode",
         "pitr_server_name": (
             "an older archive on purpose (e.g. <cluster>, from before a failback): the runbook's -e; the default is "
             "read from the Clusters"
